@@ -1,0 +1,339 @@
+// shard: one thread, one io_uring, one provided-buffer ring, its connections.
+//
+// A shard is the unit of parallelism (Seastar's reactor, one per core). It
+// owns everything it touches: the ring, the receive buffers, the timer wheel,
+// the listeners and every `stream` accepted or connected on it. Nothing here
+// is locked; other threads talk to a shard only through its mailboxes.
+//
+// The loop, in order (one pass = one io_uring_enter):
+//   1. submit every SQE queued since the last pass and wait for at least one
+//      completion, or until the next timer tick;
+//   2. reap all available CQEs in one batch, dispatch each to its owner
+//      (stream, listener, wake-up eventfd) and advance the CQ once;
+//   3. hand receive buffers that were released during the pass back to the
+//      kernel (one buffer-ring tail update), re-arm receives that ran out of
+//      buffers (ENOBUFS) if buffers are free again;
+//   4. free streams whose last operation completed;
+//   5. fire expired timers.
+// Mailbox tasks run in step 2, when the eventfd read completes.
+//
+// Lifetime: every slice of a receive buffer must be dropped before its shard
+// is destroyed (the buffer returns itself to the shard's ring).
+//
+// Ring set-up: SINGLE_ISSUER | DEFER_TASKRUN when the kernel has them (task
+// work runs only when this thread enters the kernel, so completions never
+// interrupt the loop and no IPIs are sent); else COOP_TASKRUN | TASKRUN_FLAG
+// (5.19+); else a plain ring. Receives use a provided-buffer ring registered
+// by hand (liburing 2.3 lacks io_uring_setup_buf_ring): the kernel picks a
+// buffer per completion, so idle connections hold no receive memory.
+#pragma once
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/mailbox.h"
+#include "core/timer_wheel.h"
+
+namespace rpcgate::core {
+
+class shard;
+class stream;
+
+struct shard_config {
+    unsigned index = 0;
+    unsigned sq_entries = 1024;
+    // Receive buffers: count (a power of two, <= 32768) and size of each.
+    unsigned buffer_count = 1024;
+    unsigned buffer_size = 32 * 1024;
+    // Size of the registered-file table (streams beyond it use plain fds).
+    unsigned registered_files = 16384;
+    // Queued bytes above which a stream reports itself as full, and the level
+    // it must drain below before `on_writable` is called.
+    size_t send_high_water = 4 * 1024 * 1024;
+    size_t send_low_water = 1024 * 1024;
+    // Pin the shard's thread to this CPU (-1: no pinning).
+    int cpu = -1;
+};
+
+// What the kernel gave us; logged once at start.
+struct ring_features {
+    bool single_issuer = false;
+    bool defer_taskrun = false;
+    bool coop_taskrun = false;
+    bool buf_ring = false;
+    bool recv_multishot = false;
+    bool accept_multishot = false;
+    bool registered_files = false;
+    bool send_zc = false;
+    std::string describe() const;
+};
+
+// Counters written by the shard's thread only, readable from any thread.
+struct shard_stats {
+    std::atomic<uint64_t> accepts{0};
+    std::atomic<uint64_t> accept_errors{0};
+    std::atomic<uint64_t> connects{0};
+    std::atomic<uint64_t> connect_errors{0};
+    std::atomic<uint64_t> streams_open{0};
+    std::atomic<uint64_t> recv_bytes{0};
+    std::atomic<uint64_t> recv_completions{0};
+    std::atomic<uint64_t> send_bytes{0};
+    std::atomic<uint64_t> send_calls{0};
+    std::atomic<uint64_t> enobufs{0};       // receives that found the buffer ring empty
+    std::atomic<uint64_t> buffers_free{0};  // receive buffers the kernel can use now
+    std::atomic<uint64_t> loop_passes{0};
+    std::atomic<uint64_t> cqes{0};
+};
+
+// Single-writer counter bump: a plain load+store, no locked RMW on the hot path.
+inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// Callbacks of a stream. All run on the stream's shard thread.
+class stream_handler {
+public:
+    virtual ~stream_handler() = default;
+    // An outgoing connect finished; err is 0 or -errno. On error the stream is
+    // closed right after (on_closed follows).
+    virtual void on_connected(stream& s, int err) {}
+    // Bytes received, in order. The slice points into a receive buffer that
+    // returns itself to the ring when the last share of it dies.
+    virtual void on_data(stream& s, slice data) = 0;
+    // The receive side ended: 0 for an orderly EOF, -errno for an error. The
+    // stream is still usable for sending; the default closes it.
+    virtual void on_eof(stream& s, int err);
+    // Queued send bytes fell below the low-water mark after exceeding the high one.
+    virtual void on_writable(stream& s) {}
+    // Last call: every operation has completed and the fd is closed. The stream
+    // is freed when this returns.
+    virtual void on_closed(stream& s, int err) = 0;
+};
+
+// A connected TCP socket driven by a shard. Created by shard::adopt or
+// shard::connect, freed by the shard after on_closed. Not thread-safe.
+class stream {
+public:
+    stream(const stream&) = delete;
+    stream& operator=(const stream&) = delete;
+
+    shard& owner() const noexcept { return *shard_; }
+    int fd() const noexcept { return fd_; }
+    bool open() const noexcept { return state_ == state::open || state_ == state::connecting; }
+    stream_handler* handler() const noexcept { return handler_; }
+    void set_handler(stream_handler* h) noexcept { handler_ = h; }
+
+    // Queues bytes for sending, in order. Silently drops them if the stream is
+    // closing (the caller learns through on_closed).
+    void send(slice_chain&& data);
+    void send(slice&& data);
+    size_t queued_bytes() const noexcept { return queued_; }
+    // True above the high-water mark: the producer should stop feeding it.
+    bool full() const noexcept;
+
+    // Stops/restarts delivery of on_data. Bytes already received while paused
+    // are kept and delivered on resume; the kernel keeps the rest.
+    void pause_receive();
+    void resume_receive();
+    bool receive_paused() const noexcept { return paused_; }
+
+    // Closes now: pending sends are dropped, on_closed(err) follows once the
+    // kernel has finished with every operation.
+    void close(int err = 0);
+    // Closes once the send queue has drained (or after `deadline_ms`).
+    void close_after_send(uint64_t deadline_ms = 5000);
+
+    // Hands the socket over (e.g. to the TLS control thread): stops receiving
+    // at once, lets queued sends finish, then calls `done(fd, unread)` with the
+    // raw fd (ownership passes to the callee) and any bytes received but not
+    // yet delivered. The stream then ends with on_closed(0), fd left open.
+    using detach_fn = std::function<void(int fd, slice_chain&& unread)>;
+    void detach(detach_fn done);
+
+    uint64_t bytes_in() const noexcept { return bytes_in_; }
+    uint64_t bytes_out() const noexcept { return bytes_out_; }
+    int close_error() const noexcept { return close_err_; }
+
+private:
+    friend class shard;
+    enum class state : uint8_t { connecting, open, closing, closed };
+
+    stream(shard* s, int fd, stream_handler* h) noexcept;
+    ~stream();
+
+    void arm_receive();
+    void on_receive_cqe(const io_uring_cqe* cqe);
+    void on_send_cqe(const io_uring_cqe* cqe);
+    void on_connect_cqe(const io_uring_cqe* cqe);
+    void submit_send();
+    void maybe_finish();
+    static void on_close_deadline(timer*, void* arg);
+
+    shard* shard_;
+    int fd_;
+    int file_index_ = -1;  // registered-file slot, or -1
+    stream_handler* handler_;
+    state state_ = state::open;
+    bool recv_armed_ = false;
+    bool recv_cancel_sent_ = false;
+    bool paused_ = false;
+    bool starved_ = false;      // receive ended with ENOBUFS; waiting for buffers
+    bool eof_seen_ = false;
+    bool send_inflight_ = false;
+    bool over_high_ = false;
+    bool close_when_drained_ = false;
+    bool finish_queued_ = false;
+    bool detaching_ = false;
+    bool eof_pending_ = false;  // EOF/error seen while paused, delivered on resume
+    int eof_err_ = 0;
+    int close_err_ = 0;
+    size_t slot_ = 0;  // index in shard::streams_
+    detach_fn detach_cb_;
+    uint32_t ops_inflight_ = 0;
+    uint64_t bytes_in_ = 0;
+    uint64_t bytes_out_ = 0;
+    size_t queued_ = 0;
+    slice_chain held_;  // received while paused
+    // Send queue: slices waiting to go, in order; iov_/msg_ describe the send in flight.
+    small_vector<slice, 8> sendq_;
+    size_t sendq_head_ = 0;
+    static constexpr size_t k_max_iov = 64;
+    iovec iov_[k_max_iov];
+    msghdr msg_{};
+    timer close_timer_;
+    sockaddr_storage connect_addr_{};
+    socklen_t connect_len_ = 0;
+};
+
+// Accept callbacks of a listener; run on the shard thread.
+class listener_handler {
+public:
+    virtual ~listener_handler() = default;
+    // A new connection; the callee adopts `fd` (shard::adopt) or closes it.
+    virtual void on_accept(shard& s, int fd, const sockaddr_storage& peer) = 0;
+};
+
+struct connect_options {
+    // Bind a source port below 1024 (needs CAP_NET_BIND_SERVICE; knfsd's
+    // `secure` export option checks it). Falls back to an ephemeral port with
+    // a warning when binding fails with EACCES.
+    bool reserved_port = false;
+};
+
+class shard {
+public:
+    explicit shard(const shard_config& cfg);
+    ~shard();
+    shard(const shard&) = delete;
+    shard& operator=(const shard&) = delete;
+
+    // --- any thread, before start() ---
+    // A mailbox that exactly one producer thread may post to.
+    mailbox& make_inbox(size_t capacity_pow2 = 1024);
+
+    // --- the creating thread ---
+    // Starts the thread, sets up the ring and runs `init` on it. Returns an
+    // empty string on success or a one-line reason (the thread has then exited).
+    std::string start(task init);
+    // Thread-safe: asks the loop to run `on_stop` (if set) and then exit once
+    // every stream is closed. Idempotent.
+    void request_stop() noexcept;
+    void join();
+    // Runs on the shard thread when a stop is requested (e.g. stop listeners,
+    // start draining connections).
+    void set_on_stop(task t) { on_stop_ = std::move(t); }
+    // Exit the loop even if streams remain (after a drain deadline).
+    void force_exit() noexcept { exit_now_ = true; }
+
+    // --- the shard thread ---
+    unsigned index() const noexcept { return cfg_.index; }
+    const shard_config& config() const noexcept { return cfg_; }
+    const ring_features& features() const noexcept { return feat_; }
+    shard_stats& stats() noexcept { return stats_; }
+    timer_wheel& timers() noexcept { return timers_; }
+    uint64_t now_ms() const noexcept { return now_ms_; }
+    bool stopping() const noexcept { return stop_seen_; }
+    size_t stream_count() const noexcept { return streams_.size(); }
+
+    // Opens an SO_REUSEPORT listener and keeps a multishot accept on it.
+    // Returns 0 or -errno.
+    int listen(const sockaddr* addr, socklen_t len, listener_handler* h, int backlog = 4096);
+    void close_listeners();
+    // Local port of the first listener (useful with port 0).
+    uint16_t listen_port() const noexcept { return listen_port_; }
+
+    // Wraps an accepted/connected fd; receiving starts at once.
+    stream* adopt(int fd, stream_handler* h);
+    // Starts a TCP connect; h->on_connected reports the outcome. Returns null
+    // (and sets *err) only if the socket could not even be created.
+    stream* connect(const sockaddr* addr, socklen_t len, stream_handler* h,
+                    const connect_options& opt, int* err);
+
+    // Every stream on this shard (for listing and shutdown).
+    const std::vector<stream*>& streams() const noexcept { return streams_; }
+
+private:
+    friend class stream;
+    struct listener;
+    struct ring_buffer;
+
+    void run(task init, std::string* err, std::atomic<int>* ready);
+    std::string setup_ring();
+    void loop();
+    void dispatch(io_uring_cqe* cqe);
+    io_uring_sqe* get_sqe();
+    void arm_wake();
+    void arm_accept(listener* l);
+    void recycle(uint16_t bid) noexcept;
+    void flush_buffers() noexcept;
+    void rearm_starved();
+    void reap_streams();
+    void queue_finish(stream* s);
+    int register_file(int fd);
+    void unregister_file(int idx);
+    slice take_buffer(uint16_t bid, uint32_t len);
+
+    shard_config cfg_;
+    ring_features feat_;
+    shard_stats stats_;
+    io_uring ring_{};
+    bool ring_ok_ = false;
+    std::thread thread_;
+    int wake_fd_ = -1;
+    uint64_t wake_buf_ = 0;
+    std::vector<std::unique_ptr<mailbox>> inboxes_;
+    std::atomic<bool> stop_requested_{false};
+    bool stop_seen_ = false;
+    bool exit_now_ = false;
+    task on_stop_;
+    timer_wheel timers_;
+    uint64_t now_ms_ = 0;
+
+    // Provided-buffer ring (group 0).
+    io_uring_buf_ring* br_ = nullptr;
+    size_t br_bytes_ = 0;
+    uint8_t* buf_mem_ = nullptr;
+    size_t buf_mem_bytes_ = 0;
+    std::unique_ptr<ring_buffer[]> buf_owners_;
+    unsigned br_pending_ = 0;  // buffers added since the last tail update
+    unsigned buffers_free_ = 0;
+
+    std::vector<int> free_files_;
+    std::vector<std::unique_ptr<listener>> listeners_;
+    uint16_t listen_port_ = 0;
+    std::vector<stream*> streams_;
+    std::vector<stream*> starved_;
+    std::vector<stream*> finished_;
+};
+
+}  // namespace rpcgate::core
