@@ -89,19 +89,23 @@ result<void> xdr_reader::skip(size_t n) noexcept {
     return {};
 }
 
+core::slice_chain xdr_reader::share_bytes(size_t n) {
+    core::slice_chain out;
+    while (n > 0) {
+        size_t k = std::min(n, static_cast<size_t>(end_ - cur_));
+        size_t off = static_cast<size_t>(cur_ - parts_[idx_].data());
+        out.push_back(parts_[idx_].share(off, k));
+        n -= k;
+        advance_in_slice(k);
+    }
+    return out;
+}
+
 result<core::slice_chain> xdr_reader::opaque_fixed(size_t n) {
     // RFC 4506 §4.9: padding bytes "should" be zero; we count them but do not
     // check them, like every widespread implementation.
     if (n > remaining() || xdr_pad(n) > remaining() - n) return errc::short_input;
-    core::slice_chain out;
-    size_t left = n;
-    while (left > 0) {
-        size_t k = std::min(left, static_cast<size_t>(end_ - cur_));
-        size_t off = static_cast<size_t>(cur_ - parts_[idx_].data());
-        out.push_back(parts_[idx_].share(off, k));
-        left -= k;
-        advance_in_slice(k);
-    }
+    core::slice_chain out = share_bytes(n);
     skip_bytes(xdr_pad(n));
     return out;
 }
@@ -141,10 +145,7 @@ result<std::string> xdr_reader::string(size_t max) {
     return s;
 }
 
-core::slice_chain xdr_reader::rest() {
-    auto r = opaque_fixed(remaining());
-    return r ? std::move(*r) : core::slice_chain{};
-}
+core::slice_chain xdr_reader::rest() { return share_bytes(remaining()); }
 
 void xdr_writer::opaque_fixed(std::span<const uint8_t> bytes) {
     size_t pad = xdr_pad(bytes.size());

@@ -93,6 +93,8 @@ private:
     result<uint32_t> u32_slow() noexcept;
     bool copy(uint8_t* dst, size_t n) noexcept;
     bool skip_bytes(size_t n) noexcept;
+    // Shares the next n bytes (n <= remaining()) as a chain.
+    core::slice_chain share_bytes(size_t n);
     void advance_in_slice(size_t n) noexcept {
         cur_ += n;
         pos_ += n;
