@@ -1,0 +1,75 @@
+# Shell helpers for starting real peers in tests. Source it; it defines
+# functions only. Every wait has a deadline: nothing sleeps "long enough".
+#
+#   peer_free_port                 print a TCP port free on 127.0.0.1 right now
+#   peer_wait_until SECS CMD...    run CMD until it succeeds or SECS pass (1 = timed out)
+#   peer_alive PID                 true while PID runs (a zombie counts as gone)
+#   peer_stop PID [SECS]           SIGTERM, then SIGKILL after SECS (default 10)
+#   peer_start_ready VAR LOG CMD...
+#                                  start CMD in the background (stdout and stderr to
+#                                  LOG), wait up to $PEER_READY_TIMEOUT (default 30) s
+#                                  for a line `READY port=N`; set VAR_PID and VAR_PORT
+
+peer_free_port() {
+    # The kernel picks; the port is free now, and ephemeral ports are handed out
+    # in sequence, so a reuse before the caller binds it is unlikely.
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+peer_wait_until() {
+    local secs=$1; shift
+    local end=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$end" ] || return 1
+        sleep 0.05
+    done
+}
+
+peer_alive() {
+    local state
+    [ -r "/proc/$1/stat" ] || return 1
+    # Field 3 of /proc/PID/stat is the state; the command name before it is in
+    # parentheses and may contain spaces, so cut after the last ')'.
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
+peer_stop() {
+    local pid=$1 secs=${2:-10}
+    peer_alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    if ! peer_wait_until "$secs" eval '! peer_alive '"$pid"; then
+        echo "peer $pid ignored SIGTERM for ${secs}s: SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        peer_wait_until 5 eval '! peer_alive '"$pid" || true
+    fi
+}
+
+peer_start_ready() {
+    local var=$1 log=$2; shift 2
+    local pid line port=
+    "$@" >"$log" 2>&1 </dev/null &
+    pid=$!
+    eval "${var}_PID=$pid"
+    local end=$((SECONDS + ${PEER_READY_TIMEOUT:-30}))
+    while [ "$SECONDS" -lt "$end" ]; do
+        line=$(grep -m1 '^READY port=' "$log" 2>/dev/null || true)
+        if [ -n "$line" ]; then
+            port=${line#READY port=}
+            break
+        fi
+        if ! peer_alive "$pid"; then
+            echo "peer exited before READY: $*" >&2
+            sed 's/^/  | /' "$log" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+    if [ -z "$port" ]; then
+        echo "peer not READY within ${PEER_READY_TIMEOUT:-30}s: $*" >&2
+        sed 's/^/  | /' "$log" >&2
+        peer_stop "$pid"
+        return 1
+    fi
+    eval "${var}_PORT=$port"
+}
