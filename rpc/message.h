@@ -21,7 +21,7 @@
 #include "core/buffer.h"
 #include "rpc/record.h"
 #include "rpc/result.h"
-#include "rpc/xdr.h"
+#include "rpc/xdr_codec.h"
 
 namespace rpcgate::rpc {
 

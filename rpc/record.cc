@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "rpc/xdr.h"
+#include "rpc/xdr_codec.h"
 
 namespace rpcgate::rpc {
 
@@ -26,6 +26,7 @@ bool record_reassembler::begin_fragment(uint32_t header) noexcept {
         error_ = errc::too_many_fragments;
         return false;
     }
+    ++fragments_total_;
     in_record_ = true;
     record_size_ += len;
     frag_left_ = len;
@@ -35,6 +36,7 @@ bool record_reassembler::begin_fragment(uint32_t header) noexcept {
 }
 
 core::slice_chain record_reassembler::take_record() noexcept {
+    ++records_total_;
     core::slice_chain rec = std::move(record_);
     record_.clear();  // a moved-from chain keeps its byte count: reset it
     record_size_ = 0;
@@ -45,7 +47,11 @@ core::slice_chain record_reassembler::take_record() noexcept {
 }
 
 void record_reassembler::reset() noexcept {
-    take_record();
+    record_.clear();
+    record_size_ = 0;
+    fragments_ = 0;
+    in_record_ = false;
+    last_ = false;
     frag_left_ = 0;
     in_fragment_ = false;
     hdr_have_ = 0;

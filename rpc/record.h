@@ -66,6 +66,9 @@ public:
     // True when bytes of an unfinished record are held or expected — a close
     // now cuts a record off.
     bool partial() const noexcept { return in_record_ || hdr_have_ != 0; }
+    // Totals since construction (metrics; tests check fragmentation happened).
+    uint64_t records_completed() const noexcept { return records_total_; }
+    uint64_t fragments_seen() const noexcept { return fragments_total_; }
     // The sticky error, or errc::ok.
     errc error() const noexcept { return error_; }
     const record_limits& limits() const noexcept { return limits_; }
@@ -100,6 +103,8 @@ private:
     uint8_t hdr_have_ = 0;      // bytes of a straddling header gathered
     uint8_t hdr_[4] = {};
     errc error_ = errc::ok;
+    uint64_t records_total_ = 0;
+    uint64_t fragments_total_ = 0;
 };
 
 // Frames `payload` as one record: fragments of at most `max_fragment` payload
@@ -136,6 +141,8 @@ result<size_t> record_reassembler::feed(const core::slice& data, F&& on_record) 
                 len <= limits_.max_record) [[likely]] {
                 core::slice_chain rec(data.share(off, len));
                 off += len;
+                ++records_total_;
+                ++fragments_total_;
                 if (!deliver(on_record, std::move(rec))) return off;
                 continue;
             }

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "rpc/xdr.h"
+#include "rpc/xdr_codec.h"
 #include "tests/unit/rpc/test_util.h"
 
 using namespace rpcgate;

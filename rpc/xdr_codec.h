@@ -12,6 +12,9 @@
 // zero-copy chains (an RPC body being forwarded) between encoded runs. Its
 // output is a `core::slice_chain` ready for sendmsg().
 //
+// (The file is not called xdr.h: libtirpc's <rpc/xdr.h> would be shadowed by
+// it wherever the repository root is on the include path.)
+//
 // Both are single-thread objects that live for one message; the reader borrows
 // the chain (it must outlive the reader), the writer owns what it produces
 // until `finish()` hands it over.

@@ -1,4 +1,4 @@
-#include "rpc/xdr.h"
+#include "rpc/xdr_codec.h"
 
 #include <gtest/gtest.h>
 
