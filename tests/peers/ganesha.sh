@@ -135,7 +135,8 @@ do_start() {
     # on TCP", fatal). Start one at a time; the lock is released once this one
     # is initialised, and ganesha itself must not inherit it.
     exec 9>>"${GANESHA_LOCK:-${TMPDIR:-/tmp}/rpcgate-ganesha-start.lock}"
-    flock -w "${GANESHA_START_TIMEOUT:-30}" 9 || die "another ganesha start holds the lock"
+    flock -w $((2 * ${GANESHA_START_TIMEOUT:-30} + 10)) 9 ||
+        die "another ganesha start holds the lock"
     # -F keeps it a child we can signal; its stdio must not hold the caller's
     # pipes open (ctest and $(...) wait for every writer to go).
     ganesha.nfsd -F -f "$state/ganesha.conf" -L "$log" -p "$state/ganesha.pid" \
@@ -147,11 +148,14 @@ do_start() {
     # registration still kills ganesha: wait for both the ports and the log line.
     local started=$SECONDS end=$((SECONDS + ${GANESHA_START_TIMEOUT:-30}))
     until grep -q 'NFS SERVER INITIALIZED' "$log" &&
-        rpcinfo -n "$NFS_PORT" -t 127.0.0.1 100003 3 >/dev/null 2>&1 &&
-        rpcinfo -n "$MNT_PORT" -t 127.0.0.1 100005 3 >/dev/null 2>&1; do
+        peer_rpc_null 127.0.0.1 "$NFS_PORT" 100003 3 &&
+        peer_rpc_null 127.0.0.1 "$MNT_PORT" 100005 3; do
         if ! peer_alive "$pid" || [ "$SECONDS" -ge "$end" ]; then
-            echo "ganesha.sh: ganesha did not come up (pid $pid); log tail:" >&2
+            local why="still not answering after ${GANESHA_START_TIMEOUT:-30} s"
+            peer_alive "$pid" || why="exited"
+            echo "ganesha.sh: ganesha did not come up (pid $pid $why); log tail:" >&2
             tail -n 20 "$log" "$state/stdio.log" | sed 's/^/  | /' >&2
+            ss -tanp | grep -E ":($NFS_PORT|$MNT_PORT)\b" | sed 's/^/  > /' >&2
             do_stop "$state" >&2 || true
             exit 1
         fi

@@ -5,6 +5,11 @@
 #   peer_wait_until SECS CMD...    run CMD until it succeeds or SECS pass (1 = timed out)
 #   peer_alive PID                 true while PID runs (a zombie counts as gone)
 #   peer_stop PID [SECS]           SIGTERM, then SIGKILL after SECS (default 10)
+#   peer_rpc_null HOST PORT PROG VERS
+#                                  one NULL call over TCP straight to PORT; true if it
+#                                  is accepted with SUCCESS. (`rpcinfo -n PORT -t` still
+#                                  asks rpcbind and fails when the program is not
+#                                  registered there, whatever the server says.)
 #   peer_start_ready VAR LOG CMD...
 #                                  start CMD in the background (stdout and stderr to
 #                                  LOG), wait up to $PEER_READY_TIMEOUT (default 30) s
@@ -43,6 +48,31 @@ peer_stop() {
         kill -KILL "$pid" 2>/dev/null || true
         peer_wait_until 5 eval '! peer_alive '"$pid" || true
     fi
+}
+
+peer_rpc_null() {
+    python3 - "$@" <<'PY'
+import socket, struct, sys
+host, port, prog, vers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3], 0), int(sys.argv[4])
+# RFC 5531: xid, CALL, rpcvers 2, prog, vers, proc 0, AUTH_NONE cred and verf.
+call = struct.pack(">10I", 0x52504347, 0, 2, prog, vers, 0, 0, 0, 0, 0)
+try:
+    with socket.create_connection((host, port), timeout=2) as s:
+        s.sendall(struct.pack(">I", 0x80000000 | len(call)) + call)
+        reply = b""
+        while len(reply) < 4 + 24:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+except OSError:
+    sys.exit(1)
+# mark, xid, REPLY, MSG_ACCEPTED, verf flavor, verf len 0, accept_stat
+if len(reply) < 28:
+    sys.exit(1)
+_, xid, mtype, stat, _, vlen, astat = struct.unpack(">7I", reply[:28])
+sys.exit(0 if (xid, mtype, stat, vlen, astat) == (0x52504347, 1, 0, 0, 0) else 1)
+PY
 }
 
 peer_start_ready() {
