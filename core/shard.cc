@@ -665,18 +665,18 @@ int shard::listen(const sockaddr* addr, socklen_t len, listener_handler* h, int 
             if (!li->armed && !li->closed) li->s->arm_accept(li);
         },
         l.get());
-    if (listen_port_ == 0) {
-        sockaddr_storage ss{};
-        socklen_t sl = sizeof ss;
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl);
-        if (ss.ss_family == AF_INET)
-            listen_port_ = ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-        else if (ss.ss_family == AF_INET6)
-            listen_port_ = ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
-    }
+    sockaddr_storage ss{};
+    socklen_t sl = sizeof ss;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl);
+    uint16_t port = 0;
+    if (ss.ss_family == AF_INET)
+        port = ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+    else if (ss.ss_family == AF_INET6)
+        port = ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+    if (listen_port_ == 0) listen_port_ = port;
     arm_accept(l.get());
     listeners_.push_back(std::move(l));
-    return 0;
+    return port;
 }
 
 void shard::arm_accept(listener* l) {

@@ -266,7 +266,7 @@ public:
     size_t stream_count() const noexcept { return streams_.size(); }
 
     // Opens an SO_REUSEPORT listener and keeps a multishot accept on it.
-    // Returns 0 or -errno.
+    // Returns the local port it is bound to (> 0), or -errno.
     int listen(const sockaddr* addr, socklen_t len, listener_handler* h, int backlog = 4096);
     void close_listeners();
     // Local port of the first listener (useful with port 0).

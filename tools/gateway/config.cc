@@ -1,0 +1,473 @@
+#include "tools/gateway/config.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstring>
+#include <fmt/format.h>
+#include <thread>
+#include <toml++/toml.h>
+
+#include "rpc/portmap.h"
+
+namespace rpcgate::gw {
+
+uint16_t endpoint::port() const noexcept {
+    if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
+    if (addr.ss_family == AF_INET6)
+        return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
+    return 0;
+}
+
+void endpoint::set_port(uint16_t p) noexcept {
+    if (addr.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&addr)->sin_port = htons(p);
+    if (addr.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port = htons(p);
+}
+
+bool parse_endpoint(const std::string& text, endpoint* out, std::string* err) {
+    std::string host, port;
+    if (!text.empty() && text[0] == '[') {
+        size_t close = text.find(']');
+        if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+            *err = fmt::format("'{}': expected [ADDRESS]:PORT", text);
+            return false;
+        }
+        host = text.substr(1, close - 1);
+        port = text.substr(close + 2);
+    } else {
+        size_t colon = text.rfind(':');
+        if (colon == std::string::npos) {
+            host = "0.0.0.0";
+            port = text;
+        } else {
+            host = text.substr(0, colon);
+            port = text.substr(colon + 1);
+        }
+    }
+    if (host.empty() || host == "*") host = "0.0.0.0";
+    char* end = nullptr;
+    unsigned long p = std::strtoul(port.c_str(), &end, 10);
+    if (port.empty() || *end != '\0' || p > 65535) {
+        *err = fmt::format("'{}': bad port '{}'", text, port);
+        return false;
+    }
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_family = AF_UNSPEC;
+    addrinfo* res = nullptr;
+    int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+    if (rc != 0 || !res) {
+        *err = fmt::format("'{}': cannot resolve '{}': {}", text, host, gai_strerror(rc));
+        return false;
+    }
+    std::memcpy(&out->addr, res->ai_addr, res->ai_addrlen);
+    out->len = res->ai_addrlen;
+    out->text = text;
+    ::freeaddrinfo(res);
+    return true;
+}
+
+bool parse_backend(const std::string& text, backend_route* out, std::string* err) {
+    size_t eq = text.find('=');
+    if (eq == std::string::npos) {
+        *err = fmt::format("--backend '{}': expected PROG=HOST:PORT (e.g. nfs=10.0.0.5:2049)", text);
+        return false;
+    }
+    auto prog = rpc::parse_program(text.substr(0, eq));
+    if (!prog) {
+        *err = fmt::format("--backend '{}': unknown program '{}' (a number or a name such as "
+                           "nfs, mount, nlm, nsm, portmap, nfs_acl)",
+                           text, text.substr(0, eq));
+        return false;
+    }
+    out->prog = *prog;
+    out->spec = text;
+    std::string e;
+    if (!parse_endpoint(text.substr(eq + 1), &out->target, &e)) {
+        *err = "--backend " + e;
+        return false;
+    }
+    return true;
+}
+
+const char* tls_mode_name(tls_mode m) noexcept {
+    switch (m) {
+        case tls_mode::off: return "off";
+        case tls_mode::opportunistic: return "opportunistic";
+        case tls_mode::required: return "required";
+        case tls_mode::mtls: return "mtls";
+    }
+    return "?";
+}
+
+namespace {
+
+bool parse_tls_mode(const std::string& s, tls_mode* out, std::string* err) {
+    for (tls_mode m : {tls_mode::off, tls_mode::opportunistic, tls_mode::required, tls_mode::mtls}) {
+        if (s == tls_mode_name(m)) {
+            *out = m;
+            return true;
+        }
+    }
+    *err = fmt::format("--tls '{}': expected off, opportunistic, required or mtls", s);
+    return false;
+}
+
+// Sizes accept K/M/G suffixes (powers of two).
+bool parse_size(const std::string& s, uint64_t* out, std::string* err, const char* what) {
+    char* end = nullptr;
+    unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+    if (end == s.c_str()) {
+        *err = fmt::format("{} '{}': not a size", what, s);
+        return false;
+    }
+    std::string suf(end);
+    if (suf == "K" || suf == "k" || suf == "KiB") v <<= 10;
+    else if (suf == "M" || suf == "MiB") v <<= 20;
+    else if (suf == "G" || suf == "GiB") v <<= 30;
+    else if (!suf.empty()) {
+        *err = fmt::format("{} '{}': unknown suffix '{}' (K, M, G)", what, s, suf);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+// The TOML keys; every one mirrors a long option.
+template <typename T>
+bool toml_get(const toml::table& t, const char* key, T* out, std::string* err) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    if (auto v = n->value<T>()) {
+        *out = *v;
+        return true;
+    }
+    *err = fmt::format("config key '{}' has the wrong type", key);
+    return false;
+}
+
+bool toml_strings(const toml::table& t, const char* key, std::vector<std::string>* out,
+                  std::string* err) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    if (auto s = n->value<std::string>()) {
+        out->push_back(*s);
+        return true;
+    }
+    if (const toml::array* a = n->as_array()) {
+        for (const auto& e : *a) {
+            auto s = e.value<std::string>();
+            if (!s) {
+                *err = fmt::format("config key '{}' must hold strings", key);
+                return false;
+            }
+            out->push_back(*s);
+        }
+        return true;
+    }
+    *err = fmt::format("config key '{}' must be a string or an array of strings", key);
+    return false;
+}
+
+}  // namespace
+
+bool load_config_file(const std::string& path, gateway_config* cfg, std::string* err) {
+    toml::table t;
+    try {
+        t = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+        const auto& src = e.source();
+        *err = fmt::format("{}:{}:{}: {}", path, src.begin.line, src.begin.column,
+                           e.description());
+        return false;
+    }
+    static const char* known[] = {"listen",  "backend", "backends", "shards", "tls", "cert",
+                                  "key",     "ca",      "crl",      "admin",  "upstream_tls",
+                                  "reserved_port", "portmap", "idle_timeout", "connect_timeout",
+                                  "drain_timeout", "max_connections", "max_record", "max_inflight",
+                                  "buffers", "buffer_size", "log_level"};
+    for (const auto& [k, v] : t) {
+        bool ok = false;
+        for (const char* name : known) ok |= k.str() == name;
+        if (!ok) {
+            *err = fmt::format("{}: unknown key '{}'", path, k.str());
+            return false;
+        }
+    }
+    std::vector<std::string> listen, backends;
+    if (!toml_strings(t, "listen", &listen, err)) return false;
+    if (!toml_strings(t, "backend", &backends, err)) return false;
+    if (const toml::table* b = t["backends"].as_table()) {
+        // [backends] nfs = "10.0.0.5:2049"
+        for (const auto& [k, v] : *b) {
+            auto s = v.value<std::string>();
+            if (!s) {
+                *err = fmt::format("{}: backends.{} must be \"HOST:PORT\"", path, k.str());
+                return false;
+            }
+            backends.push_back(std::string(k.str()) + "=" + *s);
+        }
+    }
+    for (const auto& l : listen) {
+        endpoint ep;
+        if (!parse_endpoint(l, &ep, err)) return false;
+        cfg->listen.push_back(ep);
+    }
+    for (const auto& b : backends) {
+        backend_route r;
+        if (!parse_backend(b, &r, err)) return false;
+        cfg->backends.push_back(r);
+    }
+    int64_t i = 0;
+    std::string s;
+    bool b = false;
+#define RPCGATE_TOML_INT(key, field)                                       \
+    i = int64_t(cfg->field);                                               \
+    if (!toml_get<int64_t>(t, key, &i, err)) return false;                 \
+    if (i < 0) {                                                           \
+        *err = fmt::format("{}: '{}' must not be negative", path, key);   \
+        return false;                                                      \
+    }                                                                      \
+    cfg->field = decltype(cfg->field)(i);
+    RPCGATE_TOML_INT("shards", shards)
+    RPCGATE_TOML_INT("idle_timeout", idle_timeout_s)
+    RPCGATE_TOML_INT("connect_timeout", connect_timeout_ms)
+    RPCGATE_TOML_INT("drain_timeout", drain_timeout_ms)
+    RPCGATE_TOML_INT("max_connections", max_connections)
+    RPCGATE_TOML_INT("max_record", max_record)
+    RPCGATE_TOML_INT("max_inflight", max_inflight)
+    RPCGATE_TOML_INT("buffers", buffers)
+    RPCGATE_TOML_INT("buffer_size", buffer_size)
+#undef RPCGATE_TOML_INT
+    s = tls_mode_name(cfg->tls);
+    if (!toml_get<std::string>(t, "tls", &s, err) || !parse_tls_mode(s, &cfg->tls, err))
+        return false;
+    if (!toml_get<std::string>(t, "cert", &cfg->cert, err)) return false;
+    if (!toml_get<std::string>(t, "key", &cfg->key, err)) return false;
+    if (!toml_get<std::string>(t, "ca", &cfg->ca, err)) return false;
+    if (!toml_get<std::string>(t, "crl", &cfg->crl, err)) return false;
+    if (!toml_get<std::string>(t, "admin", &cfg->admin, err)) return false;
+    if (!toml_get<std::string>(t, "log_level", &cfg->log_level, err)) return false;
+    b = cfg->upstream_tls;
+    if (!toml_get<bool>(t, "upstream_tls", &b, err)) return false;
+    cfg->upstream_tls = b;
+    b = cfg->reserved_port;
+    if (!toml_get<bool>(t, "reserved_port", &b, err)) return false;
+    cfg->reserved_port = b;
+    b = cfg->answer_portmap;
+    if (!toml_get<bool>(t, "portmap", &b, err)) return false;
+    cfg->answer_portmap = b;
+    return true;
+}
+
+bool validate(gateway_config* cfg, std::string* err) {
+    if (cfg->listen.empty()) {
+        *err = "no --listen address given (e.g. --listen 0.0.0.0:2049)";
+        return false;
+    }
+    if (cfg->backends.empty()) {
+        *err = "no --backend given (e.g. --backend nfs=10.0.0.5:2049)";
+        return false;
+    }
+    for (size_t i = 0; i < cfg->backends.size(); ++i)
+        for (size_t j = 0; j < i; ++j)
+            if (cfg->backends[i].prog == cfg->backends[j].prog) {
+                *err = fmt::format("program {} is routed twice ('{}' and '{}')",
+                                   cfg->backends[i].prog, cfg->backends[j].spec,
+                                   cfg->backends[i].spec);
+                return false;
+            }
+    if (cfg->shards == 0) cfg->shards = std::max(1u, std::thread::hardware_concurrency());
+    if (cfg->shards > 256) {
+        *err = "--shards must be between 1 and 256";
+        return false;
+    }
+    if (cfg->buffers == 0 || (cfg->buffers & (cfg->buffers - 1)) || cfg->buffers > 32768) {
+        *err = "--buffers must be a power of two between 1 and 32768";
+        return false;
+    }
+    if (cfg->buffer_size < 512 || cfg->buffer_size > (1u << 20)) {
+        *err = "--buffer-size must be between 512 and 1048576 bytes";
+        return false;
+    }
+    if (cfg->max_record < 64) {
+        *err = "--max-record must be at least 64 bytes";
+        return false;
+    }
+    if (cfg->max_inflight < 64 * 1024) {
+        *err = "--max-inflight must be at least 64 KiB";
+        return false;
+    }
+    if (cfg->tls != tls_mode::off) {
+        *err = fmt::format("--tls {}: RPC-with-TLS is not in this build yet; use --tls off",
+                           tls_mode_name(cfg->tls));
+        return false;
+    }
+    if (cfg->upstream_tls) {
+        *err = "--upstream-tls: not in this build yet";
+        return false;
+    }
+    if (!cfg->admin.empty()) {
+        *err = "--admin: the admin endpoint is not in this build yet";
+        return false;
+    }
+    for (const std::string* f : {&cfg->cert, &cfg->key, &cfg->ca, &cfg->crl}) {
+        if (!f->empty() && ::access(f->c_str(), R_OK) != 0) {
+            *err = fmt::format("cannot read '{}': {}", *f, std::strerror(errno));
+            return false;
+        }
+    }
+    return true;
+}
+
+int parse_command_line(int argc, char** argv, gateway_config* cfg) {
+    CLI::App app{"rpcgate: an ONC RPC gateway that adds or removes RPC-with-TLS (RFC 9289) "
+                 "between NFS clients and servers.",
+                 "rpcgate"};
+    app.get_formatter()->column_width(34);
+    std::vector<std::string> listen, backends;
+    std::string tls, log_level, max_record, max_inflight, buffer_size;
+    gateway_config d;  // defaults, for the help text
+    bool version = false, no_reserved = false, no_portmap = false;
+
+    app.add_option("--listen,-l", listen, "ADDR:PORT to accept clients on (repeatable)")
+        ->type_name("ADDR:PORT");
+    app.add_option("--backend,-b", backends,
+                   "PROG=HOST:PORT: route program PROG (number or name: nfs, mount, nlm, nsm, "
+                   "portmap, nfs_acl) to a server (repeatable)")
+        ->type_name("PROG=ADDR:PORT");
+    auto* o_config = app.add_option("--config,-c", cfg->config_file,
+                                     "TOML file with the same keys; the command line wins");
+    auto* o_shards = app.add_option("--shards", cfg->shards, "engine threads (default: cores)");
+    auto* o_tls = app.add_option("--tls", tls, "client-side TLS: off|opportunistic|required|mtls");
+    auto* o_cert = app.add_option("--cert", cfg->cert, "server certificate (PEM)");
+    auto* o_key = app.add_option("--key", cfg->key, "server private key (PEM)");
+    auto* o_ca = app.add_option("--ca", cfg->ca, "CA bundle for client certificates");
+    auto* o_crl = app.add_option("--crl", cfg->crl, "certificate revocation list");
+    auto* o_admin = app.add_option("--admin", cfg->admin, "ADDR:PORT of the admin HTTP endpoint");
+    auto* o_up = app.add_flag("--upstream-tls", cfg->upstream_tls,
+                              "originate RPC-with-TLS towards the backends");
+    app.add_flag("--no-reserved-port", no_reserved,
+                 "do not bind a source port < 1024 for backend connections (default: bind one "
+                 "when running as root, as knfsd's 'secure' export option expects)");
+    app.add_flag("--no-portmap", no_portmap,
+                 "do not answer portmap GETPORT locally (forward it if routed)");
+    auto* o_idle = app.add_option("--idle-timeout", cfg->idle_timeout_s,
+                                  fmt::format("seconds without traffic before a client is "
+                                              "closed, 0 = never (default {})",
+                                              d.idle_timeout_s));
+    auto* o_ct = app.add_option("--connect-timeout", cfg->connect_timeout_ms,
+                                "milliseconds to connect to a backend (default 5000)");
+    auto* o_dt = app.add_option("--drain-timeout", cfg->drain_timeout_ms,
+                                "milliseconds to finish replies in flight on SIGTERM (default "
+                                "5000)");
+    auto* o_maxc = app.add_option("--max-connections", cfg->max_connections,
+                                  "client connections at most (default 65536)");
+    auto* o_rec = app.add_option("--max-record", max_record,
+                                 "largest RPC record accepted, bytes or K/M (default 4M+64K)");
+    auto* o_inf = app.add_option("--max-inflight", max_inflight,
+                                 "bytes queued per connection and direction before reading the "
+                                 "other side pauses (default 8M)");
+    auto* o_buf = app.add_option("--buffers", cfg->buffers,
+                                 "receive buffers per shard, a power of two (default 1024)");
+    auto* o_bsz = app.add_option("--buffer-size", buffer_size,
+                                 "bytes per receive buffer (default 32K)");
+    auto* o_log = app.add_option("--log-level", log_level,
+                                 "LEVEL or SUBSYS=LEVEL,... (trace debug info warn error; "
+                                 "subsystems core gw tls admin audit)");
+    app.add_flag("--check-config", cfg->check_only, "validate the configuration and exit");
+    app.add_flag("--version,-V", version, "print the version and exit");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        std::fputs(app.help().c_str(), stdout);
+        return 0;
+    } catch (const CLI::ParseError& e) {
+        std::fprintf(stderr, "rpcgate: %s (see --help)\n", e.what());
+        return 2;
+    }
+    if (version) {
+        std::printf("rpcgate %s\n", RPCGATE_VERSION);
+        return 0;
+    }
+    std::string err;
+    // The file first, then every option given on the command line on top of it.
+    gateway_config merged;
+    if (o_config->count() && !load_config_file(cfg->config_file, &merged, &err)) {
+        std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+        return 2;
+    }
+    for (const auto& l : listen) {
+        endpoint ep;
+        if (!parse_endpoint(l, &ep, &err)) {
+            std::fprintf(stderr, "rpcgate: --listen %s\n", err.c_str());
+            return 2;
+        }
+        if (&l == &listen.front()) merged.listen.clear();
+        merged.listen.push_back(ep);
+    }
+    for (const auto& b : backends) {
+        backend_route r;
+        if (!parse_backend(b, &r, &err)) {
+            std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+            return 2;
+        }
+        if (&b == &backends.front()) merged.backends.clear();
+        merged.backends.push_back(r);
+    }
+    merged.config_file = cfg->config_file;
+    merged.check_only = cfg->check_only;
+    if (o_shards->count()) merged.shards = cfg->shards;
+    if (o_tls->count() && !parse_tls_mode(tls, &merged.tls, &err)) {
+        std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+        return 2;
+    }
+    if (o_cert->count()) merged.cert = cfg->cert;
+    if (o_key->count()) merged.key = cfg->key;
+    if (o_ca->count()) merged.ca = cfg->ca;
+    if (o_crl->count()) merged.crl = cfg->crl;
+    if (o_admin->count()) merged.admin = cfg->admin;
+    if (o_up->count()) merged.upstream_tls = cfg->upstream_tls;
+    if (no_reserved) merged.reserved_port = false;
+    if (no_portmap) merged.answer_portmap = false;
+    if (o_idle->count()) merged.idle_timeout_s = cfg->idle_timeout_s;
+    if (o_ct->count()) merged.connect_timeout_ms = cfg->connect_timeout_ms;
+    if (o_dt->count()) merged.drain_timeout_ms = cfg->drain_timeout_ms;
+    if (o_maxc->count()) merged.max_connections = cfg->max_connections;
+    if (o_buf->count()) merged.buffers = cfg->buffers;
+    if (o_log->count()) merged.log_level = log_level;
+    uint64_t v = 0;
+    if (o_rec->count()) {
+        if (!parse_size(max_record, &v, &err, "--max-record")) {
+            std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+            return 2;
+        }
+        merged.max_record = v;
+    }
+    if (o_inf->count()) {
+        if (!parse_size(max_inflight, &v, &err, "--max-inflight")) {
+            std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+            return 2;
+        }
+        merged.max_inflight = v;
+    }
+    if (o_bsz->count()) {
+        if (!parse_size(buffer_size, &v, &err, "--buffer-size")) {
+            std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+            return 2;
+        }
+        merged.buffer_size = uint32_t(v);
+    }
+    if (!validate(&merged, &err)) {
+        std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+        return 2;
+    }
+    *cfg = std::move(merged);
+    return -1;
+}
+
+}  // namespace rpcgate::gw

@@ -1,0 +1,75 @@
+// Gateway configuration: the command line and the TOML file, merged.
+//
+// Every option has a long form on the command line and the same key in the
+// config file (`--idle-timeout 30` == `idle_timeout = 30`); the file is read
+// first and the command line wins. A bad option or file yields one line that
+// says what is wrong, and a non-zero exit from main().
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace rpcgate::gw {
+
+// A resolved socket address with the text it came from.
+struct endpoint {
+    sockaddr_storage addr{};
+    socklen_t len = 0;
+    std::string text;
+    uint16_t port() const noexcept;
+    void set_port(uint16_t p) noexcept;
+};
+
+// "HOST:PORT", "[v6addr]:PORT" or "PORT" (all interfaces when allowed).
+bool parse_endpoint(const std::string& text, endpoint* out, std::string* err);
+
+// PROG=HOST:PORT where PROG is a number or a well-known name (nfs, mount, ...).
+struct backend_route {
+    uint32_t prog = 0;
+    endpoint target;
+    std::string spec;  // as written, for logs
+};
+bool parse_backend(const std::string& text, backend_route* out, std::string* err);
+
+enum class tls_mode { off, opportunistic, required, mtls };
+const char* tls_mode_name(tls_mode m) noexcept;
+
+struct gateway_config {
+    std::vector<endpoint> listen;
+    std::vector<backend_route> backends;
+    unsigned shards = 0;  // 0: one per core
+    tls_mode tls = tls_mode::off;
+    std::string cert, key, ca, crl;
+    std::string admin;
+    bool upstream_tls = false;
+    bool reserved_port = true;      // effective only when running as root
+    bool answer_portmap = true;     // answer portmap v2 GETPORT/NULL locally
+    uint32_t idle_timeout_s = 300;  // 0: never
+    uint32_t connect_timeout_ms = 5000;
+    uint32_t drain_timeout_ms = 5000;
+    uint32_t max_connections = 65536;
+    uint64_t max_record = 4 * 1024 * 1024 + 64 * 1024;
+    // Per connection and direction: bytes queued towards a peer before the
+    // other side stops being read.
+    uint64_t max_inflight = 8 * 1024 * 1024;
+    uint32_t buffers = 1024;  // receive buffers per shard (power of two)
+    uint32_t buffer_size = 32 * 1024;
+    std::string log_level = "info";
+    std::string config_file;
+    bool check_only = false;
+};
+
+// Parses argv. Returns -1 to go on, or an exit status (0 after --help or
+// --version, 2 on error) with its message already printed.
+int parse_command_line(int argc, char** argv, gateway_config* cfg);
+
+// Applies a TOML file to `cfg` (used by parse_command_line; exposed for tests).
+bool load_config_file(const std::string& path, gateway_config* cfg, std::string* err);
+
+// Checks cross-option rules (at least one listener and backend, TLS files...).
+bool validate(gateway_config* cfg, std::string* err);
+
+}  // namespace rpcgate::gw

@@ -1,0 +1,663 @@
+#include "tools/gateway/gateway.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "core/conn_id.h"
+#include "core/log.h"
+#include "rpc/auth_tls.h"
+#include "rpc/message.h"
+#include "rpc/portmap.h"
+#include "rpc/record.h"
+#include "rpc/xdr_codec.h"
+
+namespace rpcgate::gw {
+
+using core::bump;
+using core::conn_id;
+using core::slice;
+using core::slice_chain;
+using core::stream;
+
+namespace {
+
+std::string peer_text(const sockaddr_storage& ss) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    uint16_t port = 0;
+    if (ss.ss_family == AF_INET) {
+        auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        port = ntohs(a->sin_port);
+        return fmt::format("{}:{}", host, port);
+    }
+    if (ss.ss_family == AF_INET6) {
+        auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        port = ntohs(a->sin6_port);
+    }
+    return fmt::format("[{}]:{}", host, port);
+}
+
+uint16_t local_port(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return 0;
+    endpoint ep;
+    ep.addr = ss;
+    return ep.port();
+}
+
+// Record marks for forwarded records, carved four bytes at a time out of a
+// shared block so that forwarding a record does not allocate.
+class mark_arena {
+public:
+    slice mark(uint32_t payload_len) {
+        if (used_ + 4 > k_block) {
+            block_ = slice::allocate(k_block);
+            used_ = 0;
+        }
+        rpc::store_be32(block_.mutable_data() + used_, rpc::record_last_fragment | payload_len);
+        slice s = block_.share(used_, 4);
+        used_ += 4;
+        return s;
+    }
+
+private:
+    static constexpr size_t k_block = 4096;
+    slice block_;
+    size_t used_ = k_block;
+};
+
+}  // namespace
+
+class session;
+
+class shard_context final : public core::listener_handler {
+public:
+    shard_context(const gateway_config& cfg, core::shard& sh, std::atomic<uint32_t>& open)
+        : cfg_(cfg), sh_(sh), open_(open) {
+        drain_timer_.set_callback(&shard_context::on_drain_deadline, this);
+    }
+
+    void on_accept(core::shard& s, int fd, const sockaddr_storage& peer) override;
+    void on_stop();
+
+    const gateway_config& cfg_;
+    core::shard& sh_;
+    std::atomic<uint32_t>& open_;
+    gateway_counters counters_;
+    mark_arena marks_;
+    std::string start_error_;
+    session* sessions_ = nullptr;  // intrusive list of live sessions
+    core::timer drain_timer_;
+
+private:
+    static void on_drain_deadline(core::timer*, void* arg);
+};
+
+// One client connection and the backend connections it opened.
+class session final : public core::stream_handler {
+public:
+    session(shard_context& ctx, stream* client, const sockaddr_storage& peer)
+        : ctx_(ctx),
+          client_(client),
+          id_(core::next_conn_id()),
+          peer_(peer_text(peer)),
+          own_port_(local_port(client->fd())),
+          rr_(rpc::record_limits{ctx.cfg_.max_record, rpc::default_max_fragments}),
+          links_(ctx.cfg_.backends.size()) {
+        next_ = ctx_.sessions_;
+        if (next_) next_->prev_ = this;
+        ctx_.sessions_ = this;
+        last_activity_ = ctx_.sh_.now_ms();
+        idle_timer_.set_callback(&session::on_idle_timer, this);
+        if (ctx_.cfg_.idle_timeout_s)
+            ctx_.sh_.timers().arm(idle_timer_, uint64_t(ctx_.cfg_.idle_timeout_s) * 1000);
+        RPCGATE_LOG(gw, debug, "conn {} accepted from {} on shard {}", id_, peer_,
+                    ctx_.sh_.index());
+    }
+
+    ~session() override {
+        if (prev_) prev_->next_ = next_;
+        else ctx_.sessions_ = next_;
+        if (next_) next_->prev_ = prev_;
+        ctx_.open_.fetch_sub(1, std::memory_order_relaxed);
+        bump(ctx_.counters_.sessions_open, uint64_t(-1));
+    }
+
+    // ---- client side
+    void on_data(stream& s, slice data) override {
+        last_activity_ = ctx_.sh_.now_ms();
+        bump(ctx_.counters_.bytes_from_clients, data.size());
+        auto r = rr_.feed(data, [this](slice_chain&& rec) { return on_client_record(std::move(rec)); });
+        if (!r.ok()) {
+            bump(ctx_.counters_.oversize);
+            terminate(fmt::format("client sent a record over the limit ({}): closing",
+                                  rpc::make_error_code(r.error()).message()),
+                      -EMSGSIZE);
+        }
+    }
+
+    void on_eof(stream& s, int err) override {
+        if (rr_.partial()) {
+            bump(ctx_.counters_.cut_records);
+            RPCGATE_LOG(gw, info, "conn {}: client closed inside a record ({} bytes held)", id_,
+                        rr_.buffered());
+        }
+        // Replies still owed to a client that has gone cannot be delivered.
+        close_all(err);
+    }
+
+    void on_writable(stream&) override {
+        if (!client_full_) return;
+        client_full_ = false;
+        for (auto& l : links_)
+            if (l && l->s_) l->s_->resume_receive();
+    }
+
+    void on_closed(stream&, int err) override {
+        client_ = nullptr;
+        idle_timer_.cancel();
+        for (auto& l : links_)
+            if (l && l->s_) l->s_->close(err);
+        maybe_free();
+    }
+
+    void begin_drain() {
+        if (draining_ || !client_) return;
+        draining_ = true;
+        client_->pause_receive();
+        if (calls_outstanding_ == 0) client_->close_after_send(ctx_.cfg_.drain_timeout_ms);
+    }
+
+    void terminate(const std::string& why, int err) {
+        if (!terminating_) RPCGATE_LOG(gw, info, "conn {} ({}): {}", id_, peer_, why);
+        close_all(err);
+    }
+
+    session* next_ = nullptr;
+    session* prev_ = nullptr;
+
+private:
+    // A backend connection of this session.
+    struct link final : core::stream_handler {
+        link(session& owner, size_t route)
+            : owner_(owner),
+              route_(route),
+              id_(core::next_conn_id()),
+              rr_(rpc::record_limits{owner.ctx_.cfg_.max_record, rpc::default_max_fragments}) {
+            connect_timer_.set_callback(
+                [](core::timer*, void* arg) {
+                    auto* l = static_cast<link*>(arg);
+                    bump(l->owner_.ctx_.counters_.backend_connect_failures);
+                    l->owner_.terminate(fmt::format("backend {} (conn {}): connect timed out",
+                                                    l->target(), l->id_),
+                                        -ETIMEDOUT);
+                },
+                this);
+        }
+        const std::string& target() const { return owner_.ctx_.cfg_.backends[route_].spec; }
+
+        void on_connected(stream& s, int err) override {
+            connect_timer_.cancel();
+            if (err < 0) {
+                bump(owner_.ctx_.counters_.backend_connect_failures);
+                owner_.terminate(fmt::format("backend {} (conn {}): connect failed: {}",
+                                             target(), id_, std::strerror(-err)),
+                                 err);
+                return;
+            }
+            connected_ = true;
+            bump(owner_.ctx_.counters_.backend_connects);
+            RPCGATE_LOG(gw, debug, "conn {}: backend {} connected as conn {}", owner_.id_,
+                        target(), id_);
+        }
+        void on_data(stream& s, slice data) override {
+            owner_.last_activity_ = owner_.ctx_.sh_.now_ms();
+            auto r = rr_.feed(data, [this](slice_chain&& rec) {
+                return owner_.on_backend_record(*this, std::move(rec));
+            });
+            if (!r.ok()) {
+                bump(owner_.ctx_.counters_.oversize);
+                owner_.terminate(fmt::format("backend {} sent a record over the limit: closing",
+                                             target()),
+                                 -EMSGSIZE);
+            }
+        }
+        void on_eof(stream& s, int err) override {
+            if (owner_.terminating_) {
+                s.close(err);
+                return;
+            }
+            bump(owner_.ctx_.counters_.backend_lost);
+            owner_.terminate(fmt::format("backend {} (conn {}) closed the connection{}{}",
+                                         target(), id_, err ? ": " : "",
+                                         err ? std::strerror(-err) : ""),
+                             err ? err : -ECONNRESET);
+        }
+        void on_writable(stream&) override {
+            if (!blocking_client_) return;
+            blocking_client_ = false;
+            owner_.maybe_resume_client();
+        }
+        void on_closed(stream&, int err) override {
+            s_ = nullptr;
+            connect_timer_.cancel();
+            if (!owner_.terminating_) {
+                bump(owner_.ctx_.counters_.backend_lost);
+                owner_.terminate(fmt::format("backend {} connection lost", target()), err);
+            }
+            owner_.maybe_free();  // may delete the session and this link: nothing after
+        }
+
+        session& owner_;
+        size_t route_;
+        conn_id id_;
+        stream* s_ = nullptr;
+        rpc::record_reassembler rr_;
+        core::timer connect_timer_;
+        bool connected_ = false;
+        bool blocking_client_ = false;
+    };
+
+    // Returns false to stop reading further records from this client now.
+    bool on_client_record(slice_chain&& rec) {
+        if (terminating_) return false;
+        auto peek = rpc::peek_message(rec);
+        if (!peek.ok()) {
+            bump(ctx_.counters_.malformed);
+            terminate("client sent bytes that are not an RPC message: closing", -EPROTO);
+            return false;
+        }
+        if (peek->type == rpc::msg_type::reply) return forward_backchannel_reply(std::move(rec), peek->xid);
+
+        auto call = rpc::decode_call(rec);
+        if (!call.ok()) {
+            if (call.error() == rpc::errc::rpc_version_mismatch) {
+                reply_local(rpc::build_reply(rpc::reply_header::rpc_mismatch(peek->xid)));
+            } else if (call.error() == rpc::errc::too_long) {
+                // A credential or verifier over 400 bytes (RFC 5531 §8.2).
+                reply_local(rpc::build_reply(
+                    rpc::reply_header::auth_error(peek->xid, rpc::auth_stat::badcred)));
+            } else {
+                bump(ctx_.counters_.garbage_args);
+                reply_local(rpc::build_reply(
+                    rpc::reply_header::accepted(peek->xid, rpc::accept_stat::garbage_args)));
+            }
+            return true;
+        }
+        const rpc::call_header& h = call->header;
+        switch (rpc::classify_auth_tls(h, false)) {
+            case rpc::auth_tls_use::probe:
+                // TLS is off: answer like a server that does not offer RPC-with-TLS.
+                bump(ctx_.counters_.tls_probes);
+                RPCGATE_LOG(gw, info, "conn {} ({}): AUTH_TLS probe refused (--tls off)", id_,
+                            peer_);
+                reply_local(rpc::build_reply(
+                    rpc::reply_header::auth_error(h.xid, rpc::auth_stat::rejectedcred)));
+                return true;
+            case rpc::auth_tls_use::misuse:
+                bump(ctx_.counters_.auth_tls_misuse);
+                reply_local(rpc::build_auth_tls_badcred_reply(h.xid));
+                return true;
+            case rpc::auth_tls_use::none:
+                break;
+        }
+        size_t route = route_of(h.prog);
+        if (route == k_no_route) {
+            if (h.prog == rpc::pmap_prog && ctx_.cfg_.answer_portmap) {
+                answer_portmap(*call);
+                return true;
+            }
+            bump(ctx_.counters_.prog_unavail);
+            reply_local(rpc::build_reply(
+                rpc::reply_header::accepted(h.xid, rpc::accept_stat::prog_unavail)));
+            return true;
+        }
+        link* l = link_for(route);
+        if (!l) return false;
+        ++calls_outstanding_;
+        bump(ctx_.counters_.calls_forwarded);
+        send_framed(l->s_, std::move(rec));
+        if (l->s_ && l->s_->full() && client_ && !client_->receive_paused()) {
+            l->blocking_client_ = true;
+            bump(ctx_.counters_.flow_pauses);
+            client_->pause_receive();
+        }
+        return !terminating_;
+    }
+
+    bool forward_backchannel_reply(slice_chain&& rec, uint32_t xid) {
+        // The reply goes to the backend whose CALL carried this xid.
+        link* target = nullptr;
+        for (size_t i = 0; i < bc_calls_.size(); ++i) {
+            if (bc_calls_[i].xid == xid) {
+                auto* l = links_[bc_calls_[i].route].get();
+                bc_calls_[i] = bc_calls_.back();
+                bc_calls_.pop_back();
+                if (l && l->s_) target = l;
+                break;
+            }
+        }
+        if (!target) {
+            bump(ctx_.counters_.orphan_replies);
+            RPCGATE_LOG(gw, debug, "conn {}: REPLY xid {:#x} answers no backend call; dropped",
+                        id_, xid);
+            return true;
+        }
+        bump(ctx_.counters_.backchannel_replies);
+        send_framed(target->s_, std::move(rec));
+        return true;
+    }
+
+    bool on_backend_record(link& l, slice_chain&& rec) {
+        if (terminating_ || !client_) return false;
+        auto peek = rpc::peek_message(rec);
+        if (!peek.ok()) {
+            bump(ctx_.counters_.malformed);
+            terminate(fmt::format("backend {} sent bytes that are not an RPC message", l.target()),
+                      -EPROTO);
+            return false;
+        }
+        if (peek->type == rpc::msg_type::call) {
+            // Backchannel (NFSv4.1 CB_*): remember who called, bounded.
+            if (bc_calls_.size() >= k_max_bc_calls) bc_calls_.erase(bc_calls_.begin());
+            bc_calls_.push_back({peek->xid, l.route_});
+            bump(ctx_.counters_.backchannel_calls);
+        } else {
+            if (calls_outstanding_ > 0) --calls_outstanding_;
+            bump(ctx_.counters_.replies_forwarded);
+        }
+        bump(ctx_.counters_.bytes_to_clients, rec.size());
+        send_framed(client_, std::move(rec));
+        if (client_->full() && !client_full_) {
+            client_full_ = true;
+            bump(ctx_.counters_.flow_pauses);
+            for (auto& other : links_)
+                if (other && other->s_) other->s_->pause_receive();
+        }
+        if (draining_ && calls_outstanding_ == 0)
+            client_->close_after_send(ctx_.cfg_.drain_timeout_ms);
+        // Keep going even when the client is full: pausing stops the next
+        // receive, but the rest of this buffer must still be delivered.
+        return true;
+    }
+
+    void maybe_resume_client() {
+        for (auto& l : links_)
+            if (l && l->blocking_client_) return;
+        if (client_ && !draining_) client_->resume_receive();
+    }
+
+    void send_framed(stream* s, slice_chain&& rec) {
+        if (!s) return;
+        slice_chain out;
+        out.push_back(ctx_.marks_.mark(uint32_t(rec.size())));
+        out.append(std::move(rec));
+        s->send(std::move(out));
+    }
+
+    void reply_local(slice reply) {
+        bump(ctx_.counters_.local_replies);
+        if (client_) client_->send(std::move(reply));
+    }
+
+    void answer_portmap(const rpc::call_message& call) {
+        const rpc::call_header& h = call.header;
+        bump(ctx_.counters_.portmap_calls);
+        if (h.vers != rpc::pmap_vers) {
+            // rpcbind v3/v4 are not offered; clients fall back to v2.
+            reply_local(rpc::build_reply(rpc::reply_header::prog_mismatch(h.xid, 2, 2)));
+            return;
+        }
+        switch (static_cast<rpc::pmap_proc>(h.proc)) {
+            case rpc::pmap_proc::null:
+                reply_local(rpc::build_null_reply(h.xid));
+                return;
+            case rpc::pmap_proc::getport: {
+                auto m = rpc::decode_getport_args(call.args);
+                if (!m.ok()) {
+                    bump(ctx_.counters_.garbage_args);
+                    reply_local(rpc::build_reply(
+                        rpc::reply_header::accepted(h.xid, rpc::accept_stat::garbage_args)));
+                    return;
+                }
+                uint32_t port = (m->prot == rpc::pmap_ipproto_tcp && route_of(m->prog) != k_no_route)
+                                    ? own_port_
+                                    : 0;
+                RPCGATE_LOG(gw, debug, "conn {}: portmap GETPORT prog {} vers {} -> {}", id_,
+                            m->prog, m->vers, port);
+                reply_local(rpc::build_getport_reply(h.xid, port));
+                return;
+            }
+            default:
+                reply_local(rpc::build_reply(
+                    rpc::reply_header::accepted(h.xid, rpc::accept_stat::proc_unavail)));
+                return;
+        }
+    }
+
+    static constexpr size_t k_no_route = size_t(-1);
+    size_t route_of(uint32_t prog) const {
+        const auto& b = ctx_.cfg_.backends;
+        for (size_t i = 0; i < b.size(); ++i)
+            if (b[i].prog == prog) return i;
+        return k_no_route;
+    }
+
+    link* link_for(size_t route) {
+        if (links_[route]) return links_[route]->s_ ? links_[route].get() : nullptr;
+        auto l = std::make_unique<link>(*this, route);
+        const endpoint& ep = ctx_.cfg_.backends[route].target;
+        core::connect_options opt;
+        opt.reserved_port = ctx_.cfg_.reserved_port && ::geteuid() == 0;
+        int err = 0;
+        l->s_ = ctx_.sh_.connect(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, l.get(), opt,
+                                 &err);
+        if (!l->s_) {
+            bump(ctx_.counters_.backend_connect_failures);
+            terminate(fmt::format("backend {}: cannot create socket: {}", ep.text,
+                                  std::strerror(-err)),
+                      err);
+            return nullptr;
+        }
+        ctx_.sh_.timers().arm(l->connect_timer_, ctx_.cfg_.connect_timeout_ms);
+        links_[route] = std::move(l);
+        return links_[route].get();
+    }
+
+    void close_all(int err) {
+        terminating_ = true;
+        if (client_) client_->close(err);
+        for (auto& l : links_)
+            if (l && l->s_) l->s_->close(err);
+    }
+
+    void maybe_free() {
+        if (client_) return;
+        for (auto& l : links_)
+            if (l && l->s_) return;
+        RPCGATE_LOG(gw, debug, "conn {} ({}) closed", id_, peer_);
+        delete this;
+    }
+
+    static void on_idle_timer(core::timer* t, void* arg) {
+        auto* s = static_cast<session*>(arg);
+        uint64_t idle_ms = uint64_t(s->ctx_.cfg_.idle_timeout_s) * 1000;
+        uint64_t quiet = s->ctx_.sh_.now_ms() - s->last_activity_;
+        if (quiet >= idle_ms) {
+            bump(s->ctx_.counters_.idle_timeouts);
+            s->terminate(fmt::format("idle for {} s: closing", quiet / 1000), -ETIMEDOUT);
+            return;
+        }
+        s->ctx_.sh_.timers().arm(*t, idle_ms - quiet);
+    }
+
+    struct bc_call {
+        uint32_t xid;
+        size_t route;
+    };
+    static constexpr size_t k_max_bc_calls = 1024;
+
+    shard_context& ctx_;
+    stream* client_;
+    conn_id id_;
+    std::string peer_;
+    uint16_t own_port_;
+    rpc::record_reassembler rr_;
+    std::vector<std::unique_ptr<link>> links_;  // by route index, opened on first use
+    std::vector<bc_call> bc_calls_;
+    core::timer idle_timer_;
+    uint64_t last_activity_ = 0;
+    uint64_t calls_outstanding_ = 0;
+    bool terminating_ = false;
+    bool draining_ = false;
+    bool client_full_ = false;
+};
+
+void shard_context::on_accept(core::shard& s, int fd, const sockaddr_storage& peer) {
+    if (open_.fetch_add(1, std::memory_order_relaxed) >= cfg_.max_connections) {
+        open_.fetch_sub(1, std::memory_order_relaxed);
+        bump(counters_.sessions_refused);
+        RPCGATE_LOG(gw, warn, "refusing {}: --max-connections {} reached", peer_text(peer),
+                    cfg_.max_connections);
+        ::close(fd);
+        return;
+    }
+    bump(counters_.sessions_accepted);
+    bump(counters_.sessions_open);
+    stream* st = s.adopt(fd, nullptr);
+    st->set_handler(new session(*this, st, peer));
+}
+
+void shard_context::on_stop() {
+    for (session* s = sessions_; s;) {
+        session* next = s->next_;
+        s->begin_drain();
+        s = next;
+    }
+    if (sessions_) sh_.timers().arm(drain_timer_, cfg_.drain_timeout_ms);
+}
+
+void shard_context::on_drain_deadline(core::timer*, void* arg) {
+    auto* ctx = static_cast<shard_context*>(arg);
+    for (session* s = ctx->sessions_; s;) {
+        session* next = s->next_;
+        s->terminate("drain deadline reached: closing", -ETIMEDOUT);
+        s = next;
+    }
+}
+
+// ---------------------------------------------------------------- gateway
+
+gateway::gateway(gateway_config cfg) : cfg_(std::move(cfg)) {}
+
+gateway::~gateway() {
+    stop();
+    wait();
+}
+
+std::string gateway::start() {
+    for (unsigned i = 0; i < cfg_.shards; ++i) {
+        core::shard_config sc;
+        sc.index = i;
+        sc.buffer_count = cfg_.buffers;
+        sc.buffer_size = cfg_.buffer_size;
+        sc.send_high_water = cfg_.max_inflight;
+        sc.send_low_water = cfg_.max_inflight / 4;
+        auto sh = std::make_unique<core::shard>(sc);
+        auto ctx = std::make_unique<shard_context>(cfg_, *sh, open_connections_);
+        shard_context* c = ctx.get();
+        sh->set_on_stop([c] { c->on_stop(); });
+        core::shard* raw = sh.get();
+        std::string err = sh->start([this, raw, c] {
+            for (endpoint& ep : cfg_.listen) {
+                int rc = raw->listen(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, c);
+                if (rc < 0) {
+                    c->start_error_ = fmt::format("cannot listen on {}: {}", ep.text,
+                                                  std::strerror(-rc));
+                    return;
+                }
+                // Port 0: the first shard picks it, the others share it (SO_REUSEPORT).
+                if (ep.port() == 0) ep.set_port(uint16_t(rc));
+            }
+        });
+        if (err.empty() && !c->start_error_.empty()) {
+            err = c->start_error_;
+            sh->request_stop();
+            sh->join();
+        }
+        if (!err.empty()) {
+            stop();
+            wait();
+            return err;
+        }
+        if (i == 0) {
+            port_ = cfg_.listen.front().port();
+            RPCGATE_LOG(core, info, "io_uring features: {}", raw->features().describe());
+        }
+        shards_.push_back(std::move(sh));
+        contexts_.push_back(std::move(ctx));
+    }
+    return {};
+}
+
+void gateway::stop() {
+    for (auto& s : shards_) s->request_stop();
+}
+
+void gateway::wait() {
+    for (auto& s : shards_) s->join();
+}
+
+gateway_totals gateway::totals() const {
+    gateway_totals t;
+    for (const auto& c : contexts_) {
+        const gateway_counters& k = c->counters_;
+        auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+        t.sessions_accepted += get(k.sessions_accepted);
+        t.sessions_open += get(k.sessions_open);
+        t.sessions_refused += get(k.sessions_refused);
+        t.calls_forwarded += get(k.calls_forwarded);
+        t.replies_forwarded += get(k.replies_forwarded);
+        t.backchannel_calls += get(k.backchannel_calls);
+        t.backchannel_replies += get(k.backchannel_replies);
+        t.bytes_from_clients += get(k.bytes_from_clients);
+        t.bytes_to_clients += get(k.bytes_to_clients);
+        t.local_replies += get(k.local_replies);
+        t.portmap_calls += get(k.portmap_calls);
+        t.prog_unavail += get(k.prog_unavail);
+        t.malformed += get(k.malformed);
+        t.garbage_args += get(k.garbage_args);
+        t.oversize += get(k.oversize);
+        t.cut_records += get(k.cut_records);
+        t.tls_probes += get(k.tls_probes);
+        t.auth_tls_misuse += get(k.auth_tls_misuse);
+        t.backend_connects += get(k.backend_connects);
+        t.backend_connect_failures += get(k.backend_connect_failures);
+        t.backend_lost += get(k.backend_lost);
+        t.idle_timeouts += get(k.idle_timeouts);
+        t.orphan_replies += get(k.orphan_replies);
+        t.flow_pauses += get(k.flow_pauses);
+    }
+    return t;
+}
+
+std::string gateway_totals::describe() const {
+    return fmt::format(
+        "sessions accepted={} open={} refused={}; calls={} replies={} backchannel calls={} "
+        "replies={}; bytes in={} out={}; local replies={} (portmap={} prog_unavail={} "
+        "garbage={} tls_probes={} auth_tls_misuse={}); closed for malformed={} oversize={} "
+        "cut={}; backend connects={} failures={} lost={}; idle timeouts={} orphan replies={} "
+        "flow pauses={}",
+        sessions_accepted, sessions_open, sessions_refused, calls_forwarded, replies_forwarded,
+        backchannel_calls, backchannel_replies, bytes_from_clients, bytes_to_clients,
+        local_replies, portmap_calls, prog_unavail, garbage_args, tls_probes, auth_tls_misuse,
+        malformed, oversize, cut_records, backend_connects, backend_connect_failures,
+        backend_lost, idle_timeouts, orphan_replies, flow_pauses);
+}
+
+}  // namespace rpcgate::gw

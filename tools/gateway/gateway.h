@@ -1,0 +1,102 @@
+// The plaintext RPC gateway: sessions, routing, portmap, flow control.
+//
+// One `gateway` owns N shards (core::shard). Each shard accepts clients on
+// its own SO_REUSEPORT listener; a client connection becomes a `session` on
+// that shard, and the session opens one backend connection per backend it
+// uses, on first use, on the same shard. Records are reassembled on both
+// sides and forwarded whole and in order (xid untouched), by direction: CALLs
+// from the client go to the backend of their program, REPLYs come back; CALLs
+// from a backend (the NFSv4.1 backchannel) go to the client and the client's
+// REPLYs go back to the backend that called. Nothing is copied: a record is
+// forwarded as the receive buffers it arrived in, plus a new record mark.
+//
+// The gateway answers some calls itself: portmap v2 NULL/GETPORT (GETPORT
+// of a routed program returns the gateway's own port, so an NFSv3 client can
+// mount through one port with no rpcbind behind it), PROG_UNAVAIL for
+// unrouted programs, RPC_MISMATCH, GARBAGE_ARGS, and AUTH_ERROR for AUTH_TLS
+// probes (TLS is off in this build).
+//
+// Threading: `start`, `stop`, `wait` and `totals` are for the main thread;
+// everything else runs on the shards.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/shard.h"
+#include "tools/gateway/config.h"
+
+namespace rpcgate::gw {
+
+// Per-shard counters; written by the shard, read by anyone.
+struct gateway_counters {
+    std::atomic<uint64_t> sessions_accepted{0};
+    std::atomic<uint64_t> sessions_open{0};
+    std::atomic<uint64_t> sessions_refused{0};  // over --max-connections
+    std::atomic<uint64_t> calls_forwarded{0};
+    std::atomic<uint64_t> replies_forwarded{0};
+    std::atomic<uint64_t> backchannel_calls{0};
+    std::atomic<uint64_t> backchannel_replies{0};
+    std::atomic<uint64_t> bytes_from_clients{0};
+    std::atomic<uint64_t> bytes_to_clients{0};
+    std::atomic<uint64_t> local_replies{0};   // answered by the gateway itself
+    std::atomic<uint64_t> portmap_calls{0};
+    std::atomic<uint64_t> prog_unavail{0};
+    std::atomic<uint64_t> malformed{0};       // undecodable records (connection closed)
+    std::atomic<uint64_t> garbage_args{0};    // calls with a bad header, answered
+    std::atomic<uint64_t> oversize{0};        // records over --max-record (closed)
+    std::atomic<uint64_t> cut_records{0};     // connection closed inside a record
+    std::atomic<uint64_t> tls_probes{0};      // AUTH_TLS probes refused (TLS off)
+    std::atomic<uint64_t> auth_tls_misuse{0};
+    std::atomic<uint64_t> backend_connects{0};
+    std::atomic<uint64_t> backend_connect_failures{0};
+    std::atomic<uint64_t> backend_lost{0};    // a backend closed under a client
+    std::atomic<uint64_t> idle_timeouts{0};
+    std::atomic<uint64_t> orphan_replies{0};  // a client REPLY no backend asked for
+    std::atomic<uint64_t> flow_pauses{0};     // a side paused because its peer was full
+};
+
+// Sum of the counters of all shards (plain values).
+struct gateway_totals {
+    uint64_t sessions_accepted = 0, sessions_open = 0, sessions_refused = 0, calls_forwarded = 0,
+             replies_forwarded = 0, backchannel_calls = 0, backchannel_replies = 0,
+             bytes_from_clients = 0, bytes_to_clients = 0, local_replies = 0, portmap_calls = 0,
+             prog_unavail = 0, malformed = 0, garbage_args = 0, oversize = 0, cut_records = 0,
+             tls_probes = 0, auth_tls_misuse = 0, backend_connects = 0,
+             backend_connect_failures = 0, backend_lost = 0, idle_timeouts = 0,
+             orphan_replies = 0, flow_pauses = 0;
+    std::string describe() const;
+};
+
+class shard_context;
+
+class gateway {
+public:
+    explicit gateway(gateway_config cfg);
+    ~gateway();
+    gateway(const gateway&) = delete;
+    gateway& operator=(const gateway&) = delete;
+
+    // Starts every shard and opens the listeners. Returns "" or a one-line error.
+    std::string start();
+    // Stop accepting, finish replies in flight (up to the drain timeout), close.
+    // Thread-safe; idempotent.
+    void stop();
+    // Waits until every shard has exited.
+    void wait();
+    // The port of the first --listen address (resolved when it was 0).
+    uint16_t port() const noexcept { return port_; }
+    gateway_totals totals() const;
+    const gateway_config& config() const noexcept { return cfg_; }
+
+private:
+    gateway_config cfg_;
+    std::atomic<uint32_t> open_connections_{0};
+    std::vector<std::unique_ptr<core::shard>> shards_;
+    std::vector<std::unique_ptr<shard_context>> contexts_;
+    uint16_t port_ = 0;
+};
+
+}  // namespace rpcgate::gw

@@ -1,0 +1,71 @@
+// rpcgate: the gateway daemon.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "core/log.h"
+#include "rpc/portmap.h"
+#include "tools/gateway/config.h"
+#include "tools/gateway/gateway.h"
+
+using namespace rpcgate;
+
+int main(int argc, char** argv) {
+    gw::gateway_config cfg;
+    int rc = gw::parse_command_line(argc, argv, &cfg);
+    if (rc >= 0) return rc;
+    std::string err;
+    if (!core::set_log_levels(cfg.log_level, &err)) {
+        std::fprintf(stderr, "rpcgate: --log-level: %s\n", err.c_str());
+        return 2;
+    }
+    if (cfg.check_only) {
+        std::printf("rpcgate: configuration OK: %zu listener(s), %zu backend(s), %u shard(s), "
+                    "tls %s\n",
+                    cfg.listen.size(), cfg.backends.size(), cfg.shards,
+                    gw::tls_mode_name(cfg.tls));
+        return 0;
+    }
+
+    // Signals are taken synchronously by this thread; the shards never see them.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    ::signal(SIGPIPE, SIG_IGN);
+
+    gw::gateway gateway(cfg);
+    err = gateway.start();
+    if (!err.empty()) {
+        std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+        return 1;
+    }
+    std::string routes;
+    for (const auto& b : cfg.backends) {
+        auto name = rpc::program_name_of(b.prog);
+        routes += fmt::format(" {}({})->{}", name.empty() ? "prog" : name, b.prog, b.target.text);
+    }
+    RPCGATE_LOG(gw, info, "rpcgate {} listening on port {} ({} shard(s), tls {}); routes:{}",
+                RPCGATE_VERSION, gateway.port(), cfg.shards, gw::tls_mode_name(cfg.tls), routes);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            RPCGATE_LOG(gw, warn, "SIGHUP: configuration reload is not in this build yet");
+            continue;
+        }
+        RPCGATE_LOG(gw, info, "{}: stopping; finishing replies in flight (up to {} ms)",
+                    strsignal(sig), cfg.drain_timeout_ms);
+        break;
+    }
+    gateway.stop();
+    gateway.wait();
+    RPCGATE_LOG(gw, info, "stopped: {}", gateway.totals().describe());
+    return 0;
+}
