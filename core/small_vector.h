@@ -59,6 +59,9 @@ public:
 
     // Removes the first n elements, shifting the rest down.
     void erase_front(size_t n) noexcept {
+        // n == 0 must be a no-op: the loop below would move-construct each
+        // element onto itself, which empties a slice and leaks its reference.
+        if (n == 0) return;
         T* p = ptr();
         for (size_t i = 0; i < n; ++i) p[i].~T();
         for (size_t i = n; i < size_; ++i) {
