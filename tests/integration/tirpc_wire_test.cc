@@ -182,9 +182,13 @@ int run(const run_options& opt, totals& t) {
             if (w == pid) exited = true;
         }
         std::vector<pollfd> fds;
+        std::vector<connection*> polled;  // fds[i + 1] belongs to polled[i]
         fds.push_back({listener.fd, POLLIN, 0});
-        for (auto& c : conns)
-            if (c->open) fds.push_back({c->sock->fd, POLLIN, 0});
+        for (auto& c : conns) {
+            if (!c->open) continue;
+            fds.push_back({c->sock->fd, POLLIN, 0});
+            polled.push_back(c.get());
+        }
         // Short poll timeout only so the client's exit is noticed promptly.
         int n = ::poll(fds.data(), fds.size(), 50);
         if (n < 0 && errno != EINTR) {
@@ -201,10 +205,9 @@ int run(const run_options& opt, totals& t) {
                 conns.push_back(std::move(conn));
             }
         }
-        size_t k = 1;
-        for (auto& c : conns) {
-            if (!c->open) continue;
-            const pollfd& p = fds[k++];
+        for (size_t k = 0; k < polled.size(); ++k) {
+            connection* c = polled[k];
+            const pollfd& p = fds[k + 1];
             if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
             // A fresh buffer per read, as a shard's provided-buffer ring would give.
             core::slice buf = core::slice::allocate(recv_size);
