@@ -24,6 +24,15 @@ size_t reply_header_size(const reply_header& h) noexcept {
     if (!var##_r) return var##_r.error();   \
     const uint32_t var = *var##_r
 
+// The (low, high) pair of PROG_MISMATCH and RPC_MISMATCH.
+result<void> read_mismatch(xdr_reader& r, reply_header& h) noexcept {
+    RPCGATE_TRY_U32(low, r);
+    RPCGATE_TRY_U32(high, r);
+    h.mismatch_low = low;
+    h.mismatch_high = high;
+    return {};
+}
+
 }  // namespace
 
 opaque_auth opaque_auth::make(uint32_t flavor, std::span<const uint8_t> bytes) noexcept {
@@ -131,21 +140,14 @@ result<reply_message> decode_reply(const core::slice_chain& record) {
         RPCGATE_TRY_U32(accept, r);
         if (accept > static_cast<uint32_t>(accept_stat::system_err)) return errc::bad_value;
         h.accept = static_cast<accept_stat>(accept);
-        if (h.accept == accept_stat::prog_mismatch) {
-            RPCGATE_TRY_U32(low, r);
-            RPCGATE_TRY_U32(high, r);
-            h.mismatch_low = low;
-            h.mismatch_high = high;
-        }
+        if (h.accept == accept_stat::prog_mismatch)
+            if (auto e = read_mismatch(r, h); !e) return e.error();
     } else if (stat == static_cast<uint32_t>(reply_stat::denied)) {
         h.stat = reply_stat::denied;
         RPCGATE_TRY_U32(reject, r);
         if (reject == static_cast<uint32_t>(reject_stat::rpc_mismatch)) {
             h.reject = reject_stat::rpc_mismatch;
-            RPCGATE_TRY_U32(low, r);
-            RPCGATE_TRY_U32(high, r);
-            h.mismatch_low = low;
-            h.mismatch_high = high;
+            if (auto e = read_mismatch(r, h); !e) return e.error();
         } else if (reject == static_cast<uint32_t>(reject_stat::auth_error)) {
             h.reject = reject_stat::auth_error;
             RPCGATE_TRY_U32(why, r);
