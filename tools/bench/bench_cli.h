@@ -1,0 +1,22 @@
+// The rpcgate-bench command line: `serve` and `run` (see DESIGN.md, contract).
+//
+//   rpcgate-bench serve --listen ADDR:PORT [--shards N]
+//   rpcgate-bench run --target ADDR:PORT --connections N --depth D --size BYTES
+//                     (--duration SECONDS | --calls COUNT) [--proc echo|null|callback]
+//                     [--threads T] [--verify] [--json] [--seed S] [--size-max BYTES]
+//
+// `bench_main` is main() minus the process: it parses, runs and returns the
+// exit status, so tests can drive the whole CLI in-process. Output: `serve`
+// prints `READY port=<n>` (flushed) once listening and a one-line summary at
+// exit; `run` prints its report on stdout, progress lines and logs on stderr.
+// A bad option is one line on stderr and exit status 2.
+//
+// Main thread only (installs signal handling: SIGINT/SIGTERM end a `serve`
+// with status 0, and end a `run` early with its report).
+#pragma once
+
+namespace rpcgate::bench {
+
+int bench_main(int argc, char** argv);
+
+}  // namespace rpcgate::bench

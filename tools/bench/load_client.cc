@@ -1,0 +1,622 @@
+#include "tools/bench/load_client.h"
+
+#include <fmt/format.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "core/log.h"
+#include "rpc/message.h"
+#include "rpc/record.h"
+#include "tools/bench/echo_protocol.h"
+
+namespace rpcgate::bench {
+namespace {
+
+// Calls start at a random offset in [0, k_offset_span) of the payload block,
+// so that a reply carrying another call's bytes fails --verify.
+constexpr size_t k_offset_span = 4096;
+// How often a shard checks deadlines (run end, call and connect timeouts).
+constexpr uint64_t k_tick_ms = 20;
+// After its last connection finished, a shard gets this long to close the rest.
+constexpr uint64_t k_exit_grace_ms = 1000;
+
+uint64_t now_ns() noexcept {
+    timespec ts;
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+}
+
+// splitmix64: tiny, fast, and good enough for sizes and payload bytes.
+struct rng {
+    uint64_t s;
+    uint64_t next() noexcept {
+        uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    }
+    // Uniform enough in [0, n) for n far below 2^64.
+    uint64_t below(uint64_t n) noexcept { return n ? next() % n : 0; }
+};
+
+uint32_t proc_number(bench_proc p) noexcept {
+    switch (p) {
+        case bench_proc::null: return proc_null;
+        case bench_proc::echo: return proc_echo;
+        case bench_proc::callback: return proc_callback;
+    }
+    return proc_echo;
+}
+
+const char* reply_problem(const rpc::reply_header& h) noexcept {
+    if (h.stat == rpc::reply_stat::denied)
+        return h.reject == rpc::reject_stat::rpc_mismatch ? "RPC_MISMATCH" : "AUTH_ERROR";
+    switch (h.accept) {
+        case rpc::accept_stat::success: return "SUCCESS";
+        case rpc::accept_stat::prog_unavail: return "PROG_UNAVAIL";
+        case rpc::accept_stat::prog_mismatch: return "PROG_MISMATCH";
+        case rpc::accept_stat::proc_unavail: return "PROC_UNAVAIL";
+        case rpc::accept_stat::garbage_args: return "GARBAGE_ARGS";
+        case rpc::accept_stat::system_err: return "SYSTEM_ERR";
+    }
+    return "unknown accept_stat";
+}
+
+// Counters of one shard: written by its thread only, read by the main thread
+// for progress lines and the final report.
+struct worker_counters {
+    std::atomic<uint64_t> calls{0}, connect_errors{0}, lost_calls{0}, timeouts{0};
+    std::atomic<uint64_t> rpc_errors{0}, bad_replies{0}, backchannel_calls{0};
+    std::atomic<uint64_t> bytes_sent{0}, bytes_received{0};
+
+    uint64_t errors() const noexcept {
+        auto g = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+        return g(connect_errors) + g(lost_calls) + g(timeouts) + g(rpc_errors) + g(bad_replies);
+    }
+};
+
+class load_worker;
+
+// One connection with `depth` call slots. Owned by its worker; lives on the
+// worker's shard thread.
+class load_conn final : public core::stream_handler {
+public:
+    load_conn(load_worker& w, unsigned index, uint64_t budget);
+
+    void start();
+    void check(uint64_t now);
+    void wind_down();
+    bool finished() const noexcept { return finished_; }
+    core::stream* stream() const noexcept { return st_; }
+
+    void on_connected(core::stream& s, int err) override;
+    void on_data(core::stream& s, core::slice data) override;
+    void on_eof(core::stream& s, int err) override;
+    void on_closed(core::stream& s, int err) override;
+
+private:
+    struct call_slot {
+        uint64_t sent_ns = 0;
+        uint32_t xid = 0;
+        uint32_t len = 0;
+        uint32_t off = 0;
+        bool busy = false;
+    };
+
+    void fill();
+    void issue(uint32_t idx);
+    bool handle(core::slice_chain&& rec);
+    bool check_results(const call_slot& sl, core::slice_chain& results) const noexcept;
+    void release(uint32_t idx);
+    // Ends the connection early: calls in flight count as `kind` errors.
+    void fail(std::atomic<uint64_t>& kind, const char* why, int err);
+    void close_if_done();
+    void finish();
+
+    load_worker& w_;
+    unsigned index_;
+    core::stream* st_ = nullptr;
+    rpc::record_reassembler rr_;
+    header_slab slab_;
+    std::vector<call_slot> slots_;
+    std::vector<uint32_t> free_;
+    unsigned slot_bits_ = 0;
+    uint32_t seq_ = 0;
+    uint64_t budget_;
+    unsigned inflight_ = 0;
+    rng rng_;
+    uint64_t connect_started_ = 0;
+    bool connected_ = false;
+    bool finished_ = false;
+};
+
+class load_worker {
+public:
+    load_worker(const run_options& opt, unsigned index, const uint8_t* payload)
+        : sh(shard_cfg(opt, index)), opt(opt), payload(payload), inbox(&sh.make_inbox(16)) {}
+
+    // Shard thread: opens the connections and starts the deadline tick.
+    void init(const std::vector<std::pair<unsigned, uint64_t>>& conns) {
+        start_ns = now_ns();
+        if (opt.duration_s > 0) end_ns = start_ns + uint64_t(opt.duration_s * 1e9);
+        live = unsigned(conns.size());
+        for (auto& [idx, budget] : conns)
+            this->conns.push_back(std::make_unique<load_conn>(*this, idx, budget));
+        tick_timer.set_callback([](core::timer*, void* a) { static_cast<load_worker*>(a)->tick(); },
+                                this);
+        exit_timer.set_callback(
+            [](core::timer*, void* a) { static_cast<load_worker*>(a)->sh.force_exit(); }, this);
+        sh.set_on_stop([this] { on_stop(); });
+        sh.timers().arm(tick_timer, k_tick_ms);
+        if (live == 0) mark_done();
+        for (auto& c : this->conns) c->start();
+    }
+
+    // Shard thread: no new calls; connections close once their calls are in.
+    void begin_stop() {
+        if (stopping) return;
+        stopping = true;
+        for (auto& c : conns) c->wind_down();
+    }
+
+    void conn_done() {
+        if (--live == 0) mark_done();
+    }
+
+    core::shard sh;  // first member: destroyed last, after everything using it
+    const run_options& opt;
+    const uint8_t* payload;
+    core::mailbox* inbox;
+    worker_counters ctr;
+    latency_histogram hist;
+    std::atomic<bool> done{false};
+    bool stopping = false;
+    uint64_t start_ns = 0, end_ns = 0;
+    uint64_t first_send_ns = UINT64_MAX, last_reply_ns = 0;
+    bool warned_connect = false, warned_rpc = false, warned_lost = false, warned_bad = false;
+
+private:
+    static core::shard_config shard_cfg(const run_options& opt, unsigned index) {
+        core::shard_config c = opt.shard;
+        c.index = index;
+        return c;
+    }
+    void mark_done() { done.store(true, std::memory_order_release); }
+
+    void tick() {
+        uint64_t t = now_ns();
+        if (end_ns && t >= end_ns) begin_stop();
+        for (auto& c : conns)
+            if (!c->finished()) c->check(t);
+        if (!done.load(std::memory_order_relaxed)) sh.timers().arm(tick_timer, k_tick_ms);
+    }
+
+    void on_stop() {
+        begin_stop();
+        // Whatever is still open now (a stuck connect, a run cut short) is closed;
+        // the loop is then left even if the kernel is slow to finish the closes.
+        for (auto& c : conns)
+            if (c->stream()) c->stream()->close(-ECANCELED);
+        sh.timers().arm(exit_timer, k_exit_grace_ms);
+    }
+
+    std::vector<std::unique_ptr<load_conn>> conns;
+    unsigned live = 0;
+    core::timer tick_timer;
+    core::timer exit_timer;
+};
+
+// Logs the first problem of each kind per shard at warn, the rest at debug:
+// 64 refused connections make one line, not 64.
+template <typename... A>
+void report_once(bool& warned, fmt::format_string<A...> f, A&&... a) {
+    auto level = warned ? core::log_level::debug : core::log_level::warn;
+    warned = true;
+    core::log(core::log_subsys::bench, level, f, std::forward<A>(a)...);
+}
+
+load_conn::load_conn(load_worker& w, unsigned index, uint64_t budget)
+    : w_(w),
+      index_(index),
+      slab_(w.opt.depth * 2 + 2),
+      budget_(budget),
+      rng_{w.opt.seed * 0x100000001b3ull + index} {
+    unsigned depth = std::max(1u, w.opt.depth);
+    while ((1u << slot_bits_) < depth) ++slot_bits_;
+    slots_.resize(depth);
+    free_.reserve(depth);
+    for (uint32_t i = depth; i-- > 0;) free_.push_back(i);
+    seq_ = uint32_t(rng_.next());
+}
+
+void load_conn::start() {
+    connect_started_ = now_ns();
+    int err = 0;
+    st_ = w_.sh.connect(w_.opt.target.get(), w_.opt.target.len, this, {}, &err);
+    if (!st_) {
+        core::bump(w_.ctr.connect_errors);
+        report_once(w_.warned_connect, "run: socket for {}: {}", w_.opt.target.str(),
+                    std::strerror(-err));
+        finish();
+    }
+}
+
+void load_conn::on_connected(core::stream& s, int err) {
+    if (err < 0) {
+        if (!finished_) {
+            core::bump(w_.ctr.connect_errors);
+            report_once(w_.warned_connect, "run: connect to {}: {}", w_.opt.target.str(),
+                        std::strerror(-err));
+        }
+        finish();
+        return;  // the stream closes itself; on_closed follows
+    }
+    connected_ = true;
+    if (w_.stopping) {
+        close_if_done();
+        return;
+    }
+    fill();
+}
+
+void load_conn::fill() {
+    while (!free_.empty() && budget_ > 0 && !w_.stopping && st_ && st_->open()) {
+        uint32_t idx = free_.back();
+        free_.pop_back();
+        --budget_;
+        issue(idx);
+    }
+}
+
+void load_conn::issue(uint32_t idx) {
+    const run_options& o = w_.opt;
+    call_slot& sl = slots_[idx];
+    sl.len = uint32_t(o.size);
+    if (o.size_max > o.size) sl.len += uint32_t(rng_.below(o.size_max - o.size + 1));
+    sl.off = uint32_t(rng_.below(k_offset_span));
+    sl.xid = (++seq_ << slot_bits_) | idx;
+    sl.busy = true;
+    ++inflight_;
+    const bool with_opaque = o.proc != bench_proc::null;
+    if (!with_opaque) sl.len = 0;
+    sl.sent_ns = now_ns();
+    // One clock per shard thread: its first call is its earliest.
+    if (w_.first_send_ns == UINT64_MAX) w_.first_send_ns = sl.sent_ns;
+    st_->send(opaque_call(slab_, sl.xid, o.program, o.version, proc_number(o.proc),
+                          core::slice::unowned(w_.payload + sl.off, sl.len), with_opaque));
+}
+
+void load_conn::on_data(core::stream& s, core::slice data) {
+    auto fed = rr_.feed(data, [this](core::slice_chain&& rec) { return handle(std::move(rec)); });
+    if (!fed && !finished_) fail(w_.ctr.bad_replies, rpc::to_string(fed.error()), -EPROTO);
+}
+
+bool load_conn::handle(core::slice_chain&& rec) {
+    if (finished_ || !st_) return false;
+    auto pk = rpc::peek_message(rec);
+    if (!pk) {
+        fail(w_.ctr.bad_replies, "not an RPC message", -EPROTO);
+        return false;
+    }
+    if (pk->type == rpc::msg_type::call) {
+        auto call = rpc::decode_call(rec);
+        if (!call) {
+            fail(w_.ctr.bad_replies, "undecodable backchannel call", -EPROTO);
+            return false;
+        }
+        core::bump(w_.ctr.backchannel_calls);
+        st_->send(answer_callback(slab_, std::move(*call)));
+        return true;
+    }
+    auto rep = rpc::decode_reply(rec);
+    if (!rep) {
+        fail(w_.ctr.bad_replies, "undecodable reply", -EPROTO);
+        return false;
+    }
+    const uint32_t xid = rep->header.xid;
+    const uint32_t idx = xid & ((1u << slot_bits_) - 1);
+    if (idx >= slots_.size() || !slots_[idx].busy || slots_[idx].xid != xid) {
+        core::bump(w_.ctr.bad_replies);
+        report_once(w_.warned_bad, "run: reply with unknown xid {:#x}", xid);
+        return true;
+    }
+    const uint64_t t = now_ns();
+    call_slot& sl = slots_[idx];
+    if (rep->header.stat != rpc::reply_stat::accepted ||
+        rep->header.accept != rpc::accept_stat::success) {
+        core::bump(w_.ctr.rpc_errors);
+        report_once(w_.warned_rpc, "run: call refused: {}", reply_problem(rep->header));
+    } else if (!check_results(sl, rep->results)) {
+        core::bump(w_.ctr.bad_replies);
+        report_once(w_.warned_bad, "run: reply of {} bytes does not match the {}-byte call{}",
+                    rep->results.size(), sl.len, w_.opt.verify ? " (verified)" : "");
+    } else {
+        core::bump(w_.ctr.calls);
+        core::bump(w_.ctr.bytes_sent, sl.len);
+        core::bump(w_.ctr.bytes_received, sl.len);
+        w_.hist.record(t - sl.sent_ns);
+        w_.last_reply_ns = t;
+    }
+    release(idx);
+    fill();
+    close_if_done();
+    return !finished_;
+}
+
+bool load_conn::check_results(const call_slot& sl, core::slice_chain& results) const noexcept {
+    if (w_.opt.proc == bench_proc::null) return results.empty();
+    auto len = opaque_length(results);
+    if (!len || *len != sl.len) return false;
+    if (!w_.opt.verify) return true;
+    results.trim_front(4);
+    results.trim(sl.len);
+    return chain_equals(results, w_.payload + sl.off, sl.len);
+}
+
+void load_conn::release(uint32_t idx) {
+    slots_[idx].busy = false;
+    free_.push_back(idx);
+    --inflight_;
+}
+
+void load_conn::check(uint64_t now) {
+    const uint64_t limit = uint64_t(w_.opt.timeout_ms) * 1000000u;
+    if (!connected_) {
+        if (now - connect_started_ > limit) {
+            core::bump(w_.ctr.connect_errors);
+            report_once(w_.warned_connect, "run: connect to {}: timed out", w_.opt.target.str());
+            if (st_) st_->close(-ETIMEDOUT);
+            finish();
+        }
+        return;
+    }
+    unsigned late = 0;
+    for (const call_slot& sl : slots_)
+        if (sl.busy && now - sl.sent_ns > limit) ++late;
+    if (late == 0) return;
+    core::bump(w_.ctr.timeouts, late);
+    inflight_ -= late;
+    fail(w_.ctr.lost_calls, "call timed out", -ETIMEDOUT);
+}
+
+void load_conn::wind_down() {
+    if (!connected_) {
+        if (st_) st_->close(-ECANCELED);
+        finish();
+        return;
+    }
+    close_if_done();
+}
+
+void load_conn::close_if_done() {
+    if (finished_ || inflight_ > 0) return;
+    if (budget_ > 0 && !w_.stopping) return;
+    if (st_) st_->close(0);
+    finish();
+}
+
+void load_conn::fail(std::atomic<uint64_t>& kind, const char* why, int err) {
+    if (finished_) return;
+    if (&kind != &w_.ctr.lost_calls) core::bump(kind);  // the event itself
+    if (inflight_ > 0) {
+        core::bump(w_.ctr.lost_calls, inflight_);
+        report_once(w_.warned_lost, "run: connection {} ended with {} calls in flight: {}",
+                    index_, inflight_, why);
+    }
+    for (auto& sl : slots_) sl.busy = false;
+    inflight_ = 0;
+    if (st_) st_->close(err);
+    finish();
+}
+
+void load_conn::on_eof(core::stream& s, int err) {
+    if (!finished_ && (inflight_ > 0 || (budget_ > 0 && !w_.stopping))) {
+        // Closed under us mid-run: the calls in flight are lost; a connection
+        // that had none in flight still counts once.
+        if (inflight_ == 0) core::bump(w_.ctr.lost_calls);
+        fail(w_.ctr.lost_calls, err ? std::strerror(-err) : "closed by the server", err);
+        return;
+    }
+    s.close(err);
+    finish();
+}
+
+void load_conn::on_closed(core::stream&, int err) {
+    st_ = nullptr;
+    if (!finished_ && connected_ && (inflight_ > 0 || (budget_ > 0 && !w_.stopping))) {
+        if (inflight_ == 0) core::bump(w_.ctr.lost_calls);
+        fail(w_.ctr.lost_calls, err ? std::strerror(-err) : "closed", err);
+    }
+    finish();
+}
+
+void load_conn::finish() {
+    if (finished_) return;
+    finished_ = true;
+    w_.conn_done();
+}
+
+unsigned default_threads(unsigned connections) {
+    unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    return std::max(1u, std::min(cores, connections));
+}
+
+}  // namespace
+
+const char* to_string(bench_proc p) noexcept {
+    switch (p) {
+        case bench_proc::null: return "null";
+        case bench_proc::echo: return "echo";
+        case bench_proc::callback: return "callback";
+    }
+    return "?";
+}
+
+run_report run_load(const run_options& opt, std::string* err, const std::atomic<bool>* stop) {
+    run_report r;
+    err->clear();
+    if (opt.connections == 0 || opt.depth == 0) {
+        *err = "connections and depth must be at least 1";
+        return r;
+    }
+    if (opt.duration_s <= 0 && opt.calls == 0) {
+        *err = "a run needs --duration or --calls";
+        return r;
+    }
+    const unsigned threads = std::min(opt.threads ? opt.threads : default_threads(opt.connections),
+                                      opt.connections);
+    // One payload block for every call of every thread, random from the seed.
+    const size_t max_size = std::max(opt.size, opt.size_max);
+    std::vector<uint8_t> payload(max_size + k_offset_span);
+    rng fill_rng{opt.seed};
+    for (size_t i = 0; i < payload.size(); i += 8) {
+        uint64_t v = fill_rng.next();
+        std::memcpy(payload.data() + i, &v, std::min<size_t>(8, payload.size() - i));
+    }
+
+    // Connection i goes to shard i % threads; --calls is split evenly.
+    std::vector<std::vector<std::pair<unsigned, uint64_t>>> plan(threads);
+    for (unsigned i = 0; i < opt.connections; ++i) {
+        uint64_t budget = UINT64_MAX;
+        if (opt.calls) budget = opt.calls / opt.connections + (i < opt.calls % opt.connections);
+        plan[i % threads].push_back({i, budget});
+    }
+
+    std::vector<std::unique_ptr<load_worker>> workers;
+    for (unsigned t = 0; t < threads; ++t) {
+        auto w = std::make_unique<load_worker>(opt, t, payload.data());
+        load_worker* wp = w.get();
+        const auto& conns = plan[t];
+        std::string e = wp->sh.start([wp, &conns] { wp->init(conns); });
+        if (!e.empty()) {
+            *err = e;
+            for (auto& o : workers) {
+                o->sh.request_stop();
+                o->sh.join();
+            }
+            return r;
+        }
+        workers.push_back(std::move(w));
+    }
+
+    using clock = std::chrono::steady_clock;
+    const auto started = clock::now();
+    // Backstop: per-call and connect timeouts end every connection well before this.
+    const double limit_s = (opt.duration_s > 0 ? opt.duration_s : 0) +
+                           3.0 * opt.timeout_ms / 1000.0 + 5.0;
+    auto next_progress = started + std::chrono::duration<double>(
+                                       opt.progress_interval_s > 0 ? opt.progress_interval_s : 1e9);
+    uint64_t last_calls = 0;
+    auto last_progress = started;
+    bool stop_sent = false;
+    for (;;) {
+        bool all_done = true;
+        for (auto& w : workers) all_done &= w->done.load(std::memory_order_acquire);
+        if (all_done) break;
+        auto now = clock::now();
+        double elapsed = std::chrono::duration<double>(now - started).count();
+        if (!stop_sent && ((stop && stop->load()) || elapsed > limit_s)) {
+            stop_sent = true;
+            for (auto& w : workers) {
+                load_worker* wp = w.get();
+                if (!wp->inbox->try_post([wp] { wp->begin_stop(); })) wp->sh.request_stop();
+            }
+        }
+        if (elapsed > limit_s + 2.0 * k_exit_grace_ms / 1000.0) break;  // shards forced below
+        if (opt.progress_interval_s > 0 && now >= next_progress) {
+            uint64_t calls = 0, errors = 0;
+            for (auto& w : workers) {
+                calls += w->ctr.calls.load(std::memory_order_relaxed);
+                errors += w->ctr.errors();
+            }
+            double dt = std::chrono::duration<double>(now - last_progress).count();
+            std::string line =
+                fmt::format("progress: {:.0f}s calls={} ops/s={:.0f} errors={}\n", elapsed, calls,
+                            dt > 0 ? double(calls - last_calls) / dt : 0.0, errors);
+            ssize_t wr = ::write(2, line.data(), line.size());
+            (void)wr;
+            last_calls = calls;
+            last_progress = now;
+            next_progress += std::chrono::duration<double>(opt.progress_interval_s);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    for (auto& w : workers) w->sh.request_stop();
+    for (auto& w : workers) w->sh.join();
+
+    r.connections = opt.connections;
+    r.depth = opt.depth;
+    r.threads = threads;
+    r.size = opt.size;
+    r.size_max = std::max(opt.size, opt.size_max);
+    r.proc = opt.proc;
+    r.verify = opt.verify;
+    uint64_t first = UINT64_MAX, last = 0;
+    for (auto& w : workers) {
+        auto g = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+        r.calls += g(w->ctr.calls);
+        r.connect_errors += g(w->ctr.connect_errors);
+        r.lost_calls += g(w->ctr.lost_calls);
+        r.timeouts += g(w->ctr.timeouts);
+        r.rpc_errors += g(w->ctr.rpc_errors);
+        r.bad_replies += g(w->ctr.bad_replies);
+        r.backchannel_calls += g(w->ctr.backchannel_calls);
+        r.payload_bytes_sent += g(w->ctr.bytes_sent);
+        r.payload_bytes_received += g(w->ctr.bytes_received);
+        r.latency.merge(w->hist);
+        first = std::min(first, w->first_send_ns);
+        last = std::max(last, w->last_reply_ns);
+    }
+    r.errors = r.connect_errors + r.lost_calls + r.timeouts + r.rpc_errors + r.bad_replies;
+    if (r.calls > 0 && last > first) r.elapsed_s = double(last - first) / 1e9;
+    return r;
+}
+
+std::string format_human(const run_report& r) {
+    auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
+    std::string sizes = r.size_max > r.size ? fmt::format("{}..{} B", r.size, r.size_max)
+                                            : fmt::format("{} B", r.size);
+    std::string out = fmt::format(
+        "rpcgate-bench run: proc={} size={} connections={} depth={} threads={}{}\n", to_string(r.proc),
+        sizes, r.connections, r.depth, r.threads, r.verify ? " verify" : "");
+    out += fmt::format("  calls      {} in {:.3f} s: {:.0f} ops/s\n", r.calls, r.elapsed_s,
+                       r.ops_per_sec());
+    out += fmt::format(
+        "  payload    {:.2f} MB/s both directions ({:.2f} MB/s each way; MB = 10^6 bytes)\n",
+        r.bytes_per_sec() / 1e6, r.bytes_per_sec() / 2e6);
+    out += fmt::format("  latency    p50 {:.1f} us  p99 {:.1f} us  p999 {:.1f} us  max {:.1f} us\n",
+                       us(r.latency.percentile(0.50)), us(r.latency.percentile(0.99)),
+                       us(r.latency.percentile(0.999)), us(r.latency.max()));
+    out += fmt::format(
+        "  errors     {} (connect {}, lost {}, timeouts {}, rpc {}, bad replies {})", r.errors,
+        r.connect_errors, r.lost_calls, r.timeouts, r.rpc_errors, r.bad_replies);
+    if (r.backchannel_calls) out += fmt::format("\n  backchannel calls answered {}", r.backchannel_calls);
+    return out;
+}
+
+std::string format_json(const run_report& r) {
+    auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
+    return fmt::format(
+        "{{\"proc\":\"{}\",\"connections\":{},\"depth\":{},\"threads\":{},\"size\":{},"
+        "\"size_max\":{},\"verify\":{},\"calls\":{},\"elapsed_s\":{:.6f},\"ops_per_sec\":{:.1f},"
+        "\"bytes_per_sec\":{:.1f},\"bytes_per_sec_note\":\"payload, both directions\","
+        "\"payload_bytes_sent\":{},\"payload_bytes_received\":{},"
+        "\"p50_us\":{:.2f},\"p99_us\":{:.2f},\"p999_us\":{:.2f},\"max_us\":{:.2f},"
+        "\"mean_us\":{:.2f},\"errors\":{},\"connect_errors\":{},\"lost_calls\":{},"
+        "\"timeouts\":{},\"rpc_errors\":{},\"bad_replies\":{},\"backchannel_calls\":{}}}",
+        to_string(r.proc), r.connections, r.depth, r.threads, r.size, r.size_max,
+        r.verify ? "true" : "false", r.calls, r.elapsed_s, r.ops_per_sec(), r.bytes_per_sec(),
+        r.payload_bytes_sent, r.payload_bytes_received, us(r.latency.percentile(0.50)),
+        us(r.latency.percentile(0.99)), us(r.latency.percentile(0.999)), us(r.latency.max()),
+        r.latency.mean() / 1000.0, r.errors, r.connect_errors, r.lost_calls, r.timeouts,
+        r.rpc_errors, r.bad_replies, r.backchannel_calls);
+}
+
+}  // namespace rpcgate::bench

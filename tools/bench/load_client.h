@@ -1,0 +1,102 @@
+// load_client: the `rpcgate-bench run` load generator, on the rpcgate engine.
+//
+// N connections are spread round-robin over T shards; each keeps `depth`
+// calls in flight (pipelined on the one connection) until the run's duration
+// or call count is reached, then drains what is in flight and closes. Per
+// call: one hand-encoded 48-byte header from a per-connection slab, and the
+// payload as an *unowned* slice of one process-wide block (same bytes for
+// every call and thread, so nothing is copied or reference-counted); replies
+// come through one record_reassembler per connection and are matched by xid
+// to a slot (xid = sequence << slot_bits | slot). Latency (queued for sending
+// → reply decoded) goes into a per-shard latency_histogram.
+//
+// Every run is bounded: a call unanswered after `timeout_ms`, or a connect
+// that takes longer, is an error and ends its connection; the shards are made
+// to exit a short grace after the last connection finished.
+//
+// Errors are counted, never fatal to the run: refused or failed connects, a
+// connection lost mid-run (its calls in flight count), timeouts, non-SUCCESS
+// replies (PROG_UNAVAIL, ...), malformed replies, replies whose xid matches
+// no call in flight, and with `verify` any byte that differs.
+//
+// A CALL received from the server (the backchannel, program 0x20000002) is
+// answered with its own opaque (echo), as an NFSv4.1 client answers callbacks.
+//
+// Threads: `run_load` is called from one thread, which it blocks; it starts
+// and joins the shards itself. `stop` may be set from any thread (a signal
+// handler's flag): the run then ends early, as if its duration had passed.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "core/shard.h"
+#include "tools/bench/address.h"
+#include "tools/bench/latency_histogram.h"
+
+namespace rpcgate::bench {
+
+enum class bench_proc { null, echo, callback };
+
+struct run_options {
+    socket_address target;
+    unsigned connections = 1;
+    unsigned depth = 1;
+    unsigned threads = 0;       // 0: min(cores, connections)
+    size_t size = 0;            // payload bytes per call
+    size_t size_max = 0;        // > size: uniform random in [size, size_max]
+    double duration_s = 0;      // run time (0: until `calls`)
+    uint64_t calls = 0;         // total calls (0: until `duration_s`)
+    bench_proc proc = bench_proc::echo;
+    uint32_t program = 0x20000001;  // overridable to test refusals
+    uint32_t version = 1;
+    bool verify = false;        // compare every reply byte (default: lengths only)
+    uint64_t seed = 1;
+    uint32_t timeout_ms = 10000;      // per call, and per connect
+    double progress_interval_s = 5;   // stderr progress line; 0: none
+    core::shard_config shard;         // index set per shard
+};
+
+struct run_report {
+    // What was asked.
+    unsigned connections = 0, depth = 0, threads = 0;
+    size_t size = 0, size_max = 0;
+    bench_proc proc = bench_proc::echo;
+    bool verify = false;
+    // What happened.
+    uint64_t calls = 0;            // completed successfully
+    uint64_t errors = 0;           // sum of the kinds below
+    uint64_t connect_errors = 0;   // connects refused, failed or timed out
+    uint64_t lost_calls = 0;       // calls in flight on a connection that closed
+    uint64_t timeouts = 0;         // calls unanswered after timeout_ms
+    uint64_t rpc_errors = 0;       // replies that were not MSG_ACCEPTED/SUCCESS
+    uint64_t bad_replies = 0;      // malformed, wrong length, bytes differ, unknown xid
+    uint64_t backchannel_calls = 0;  // server CALLs answered by the client
+    uint64_t payload_bytes_sent = 0;      // opaque bytes of completed calls
+    uint64_t payload_bytes_received = 0;  // opaque bytes of their replies
+    double elapsed_s = 0;          // first call sent -> last reply
+    latency_histogram latency;     // nanoseconds
+
+    double ops_per_sec() const noexcept { return elapsed_s > 0 ? double(calls) / elapsed_s : 0; }
+    // Payload bytes both ways (sent + received) per second.
+    double bytes_per_sec() const noexcept {
+        return elapsed_s > 0 ? double(payload_bytes_sent + payload_bytes_received) / elapsed_s
+                             : 0;
+    }
+    // The process exit status the CLI uses: 0 only if calls completed and
+    // nothing failed.
+    int exit_status() const noexcept { return calls > 0 && errors == 0 ? 0 : 1; }
+};
+
+// Runs the load; returns the report, or "" in `err` on success and a one-line
+// reason (and an empty report) when the run could not start at all.
+run_report run_load(const run_options& opt, std::string* err,
+                    const std::atomic<bool>* stop = nullptr);
+
+// A multi-line human summary / one JSON object (single line, no newline).
+std::string format_human(const run_report& r);
+std::string format_json(const run_report& r);
+const char* to_string(bench_proc p) noexcept;
+
+}  // namespace rpcgate::bench
