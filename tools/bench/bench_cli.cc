@@ -23,7 +23,9 @@ constexpr size_t k_max_payload = 4 * 1024 * 1024;
 
 std::atomic<bool> g_stop{false};
 
-void on_stop_signal(int) { g_stop.store(true); }
+void on_stop_signal(int) {
+    g_stop.store(true);
+}
 
 void print_line(FILE* f, const std::string& s) {
     std::fputs(s.c_str(), f);
@@ -64,8 +66,8 @@ int serve(const std::string& listen, unsigned shards) {
     serve_totals t = srv.totals();
     print_line(stdout, fmt::format("rpcgate-bench serve: calls={} null={} echo={} callback={} "
                                    "refused={} garbage_closes={} connections={} payload_bytes={}",
-                                   t.calls, t.null_calls, t.echo_calls, t.callback_calls,
-                                   t.refused, t.garbage_closes, t.connections, t.payload_bytes));
+                                   t.calls, t.null_calls, t.echo_calls, t.callback_calls, t.refused,
+                                   t.garbage_closes, t.connections, t.payload_bytes));
     return 0;
 }
 
@@ -77,7 +79,8 @@ int run(run_options& opt, const std::string& target, bool json) {
     if (opt.size_max && opt.size_max < opt.size)
         return bad_option("--size-max must be at least --size");
     g_stop.store(false);
-    struct sigaction sa {}, old_int{}, old_term{};
+    struct sigaction sa {
+    }, old_int{}, old_term{};
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
@@ -115,8 +118,7 @@ int bench_main(int argc, char** argv) {
     bool json = false;
     double timeout_s = 10;
     cl->add_option("--target", target, "ADDR:PORT of the server")->required();
-    cl->add_option("--connections", opt.connections, "connections")
-        ->check(CLI::Range(1u, 100000u));
+    cl->add_option("--connections", opt.connections, "connections")->check(CLI::Range(1u, 100000u));
     cl->add_option("--depth", opt.depth, "calls in flight per connection")
         ->check(CLI::Range(1u, 65536u));
     cl->add_option("--size", opt.size, "payload bytes per call")
@@ -136,7 +138,8 @@ int bench_main(int argc, char** argv) {
         ->check(CLI::Range(0.001, 3600.0));
     cl->add_option("--program", opt.program, "RPC program number (tests refusals)");
     cl->add_option("--prog-version", opt.version, "RPC program version");
-    cl->add_option("--progress", opt.progress_interval_s, "seconds between progress lines (0: none)");
+    cl->add_option("--progress", opt.progress_interval_s,
+                   "seconds between progress lines (0: none)");
     cl->add_option("--tls", tls, "off (starttls and implicit are not implemented yet)")
         ->check(CLI::IsMember({"off", "starttls", "implicit"}));
 
@@ -154,7 +157,7 @@ int bench_main(int argc, char** argv) {
 
     if (srv->parsed()) return serve(listen, shards);
     if (tls != "off") return bad_option("--tls " + tls + " is not implemented yet");
-    opt.proc = proc == "null" ? bench_proc::null
+    opt.proc = proc == "null"       ? bench_proc::null
                : proc == "callback" ? bench_proc::callback
                                     : bench_proc::echo;
     opt.timeout_ms = uint32_t(timeout_s * 1000);

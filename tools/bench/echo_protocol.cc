@@ -81,8 +81,8 @@ core::slice_chain opaque_call(header_slab& slab, uint32_t xid, uint32_t prog, ui
     return out;
 }
 
-std::optional<rpc::reply_header> refusal(const rpc::call_header& h, uint32_t prog,
-                                         uint32_t vers, uint32_t max_proc) noexcept {
+std::optional<rpc::reply_header> refusal(const rpc::call_header& h, uint32_t prog, uint32_t vers,
+                                         uint32_t max_proc) noexcept {
     if (h.prog != prog) return rpc::reply_header::accepted(h.xid, rpc::accept_stat::prog_unavail);
     if (h.vers != vers) return rpc::reply_header::prog_mismatch(h.xid, vers, vers);
     if (h.proc > max_proc)

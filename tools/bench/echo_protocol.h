@@ -47,7 +47,7 @@ inline constexpr size_t reply_header_bytes = 28;  // mark + 6 words (accepted, S
 // size. The slab must outlive every slice it handed out: owners keep it in the
 // connection, whose stream drops its send queue before on_closed.
 class header_slab {
-public:
+  public:
     static constexpr size_t block_size = 64;
 
     explicit header_slab(size_t count);
@@ -59,7 +59,7 @@ public:
     // Blocks taken from the heap because the pool was busy (diagnostics).
     uint64_t fallbacks() const noexcept { return fallbacks_; }
 
-private:
+  private:
     struct block : core::buffer_owner {
         alignas(16) uint8_t bytes[block_size];
     };
@@ -88,8 +88,8 @@ core::slice_chain opaque_call(header_slab& slab, uint32_t xid, uint32_t prog, ui
 // How a program with procedures [0, max_proc] of one version answers a call
 // header: nothing when the call is for it, else the refusal (PROG_UNAVAIL,
 // PROG_MISMATCH(vers, vers), PROC_UNAVAIL).
-std::optional<rpc::reply_header> refusal(const rpc::call_header& h, uint32_t prog,
-                                         uint32_t vers, uint32_t max_proc) noexcept;
+std::optional<rpc::reply_header> refusal(const rpc::call_header& h, uint32_t prog, uint32_t vers,
+                                         uint32_t max_proc) noexcept;
 
 // Answers a backchannel CALL the way the client does: program 0x20000002
 // version 1 proc 1 echoes its opaque; anything else is refused. Returns the

@@ -26,13 +26,15 @@ namespace {
 
 // One accepted connection. Owned by itself: deleted in on_closed.
 class server_conn final : public core::stream_handler {
-public:
+  public:
     explicit server_conn(echo_server::per_shard& ps) : ps_(ps), slab_(32) {}
 
     void on_data(core::stream& s, core::slice data) override {
-        auto fed = rr_.feed(data, [&](core::slice_chain&& rec) { return handle(s, std::move(rec)); });
+        auto fed =
+            rr_.feed(data, [&](core::slice_chain&& rec) { return handle(s, std::move(rec)); });
         if (!fed) {
-            RPCGATE_LOG(bench, debug, "serve: closing connection: record {}", rpc::to_string(fed.error()));
+            RPCGATE_LOG(bench, debug, "serve: closing connection: record {}",
+                        rpc::to_string(fed.error()));
             garbage(s);
             return;
         }
@@ -41,7 +43,7 @@ public:
     void on_writable(core::stream& s) override { s.resume_receive(); }
     void on_closed(core::stream&, int) override { delete this; }
 
-private:
+  private:
     void garbage(core::stream& s) {
         core::bump(ps_.garbage_closes);
         s.close(-EPROTO);
@@ -159,7 +161,9 @@ void echo_server::per_shard::on_accept(core::shard& s, int fd, const sockaddr_st
 
 echo_server::echo_server(serve_options opt) : opt_(std::move(opt)) {}
 
-echo_server::~echo_server() { stop(); }
+echo_server::~echo_server() {
+    stop();
+}
 
 std::string echo_server::start() {
     if (running_) return "already running";

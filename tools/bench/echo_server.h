@@ -34,7 +34,7 @@ struct serve_options {
 
 // Counters summed across shards.
 struct serve_totals {
-    uint64_t calls = 0;       // calls answered, any outcome
+    uint64_t calls = 0;  // calls answered, any outcome
     uint64_t null_calls = 0;
     uint64_t echo_calls = 0;
     uint64_t callback_calls = 0;  // proc-2 calls answered (after the backchannel round trip)
@@ -45,7 +45,7 @@ struct serve_totals {
 };
 
 class echo_server {
-public:
+  public:
     explicit echo_server(serve_options opt);
     ~echo_server();
     echo_server(const echo_server&) = delete;
@@ -64,8 +64,7 @@ public:
     // that the connection handlers there can name it).
     struct per_shard;
 
-private:
-
+  private:
     serve_options opt_;
     std::vector<std::unique_ptr<per_shard>> shards_;
     uint16_t port_ = 0;

@@ -17,8 +17,8 @@
 namespace rpcgate::bench {
 
 class latency_histogram {
-public:
-    static constexpr unsigned sub_bits = 7;                 // 128 buckets per power of two
+  public:
+    static constexpr unsigned sub_bits = 7;                  // 128 buckets per power of two
     static constexpr size_t linear = size_t{2} << sub_bits;  // 256 exact buckets
     static constexpr size_t bucket_count = linear + (63 - sub_bits - 1 + 1) * (1u << sub_bits);
 
@@ -49,14 +49,14 @@ public:
     static size_t index_of(uint64_t v) noexcept {
         if (v < linear) return size_t(v);
         unsigned shift = unsigned(63 - __builtin_clzll(v)) - sub_bits;  // >= 1
-        uint64_t mantissa = v >> shift;  // in [128, 256)
+        uint64_t mantissa = v >> shift;                                 // in [128, 256)
         return linear + (shift - 1) * (size_t{1} << sub_bits) +
                size_t(mantissa - (uint64_t{1} << sub_bits));
     }
     static uint64_t lowest_of(size_t idx) noexcept;
     static uint64_t highest_of(size_t idx) noexcept;
 
-private:
+  private:
     std::unique_ptr<uint64_t[]> counts_;
     uint64_t count_ = 0;
     uint64_t sum_ = 0;

@@ -48,9 +48,12 @@ struct rng {
 
 uint32_t proc_number(bench_proc p) noexcept {
     switch (p) {
-        case bench_proc::null: return proc_null;
-        case bench_proc::echo: return proc_echo;
-        case bench_proc::callback: return proc_callback;
+        case bench_proc::null:
+            return proc_null;
+        case bench_proc::echo:
+            return proc_echo;
+        case bench_proc::callback:
+            return proc_callback;
     }
     return proc_echo;
 }
@@ -59,12 +62,18 @@ const char* reply_problem(const rpc::reply_header& h) noexcept {
     if (h.stat == rpc::reply_stat::denied)
         return h.reject == rpc::reject_stat::rpc_mismatch ? "RPC_MISMATCH" : "AUTH_ERROR";
     switch (h.accept) {
-        case rpc::accept_stat::success: return "SUCCESS";
-        case rpc::accept_stat::prog_unavail: return "PROG_UNAVAIL";
-        case rpc::accept_stat::prog_mismatch: return "PROG_MISMATCH";
-        case rpc::accept_stat::proc_unavail: return "PROC_UNAVAIL";
-        case rpc::accept_stat::garbage_args: return "GARBAGE_ARGS";
-        case rpc::accept_stat::system_err: return "SYSTEM_ERR";
+        case rpc::accept_stat::success:
+            return "SUCCESS";
+        case rpc::accept_stat::prog_unavail:
+            return "PROG_UNAVAIL";
+        case rpc::accept_stat::prog_mismatch:
+            return "PROG_MISMATCH";
+        case rpc::accept_stat::proc_unavail:
+            return "PROC_UNAVAIL";
+        case rpc::accept_stat::garbage_args:
+            return "GARBAGE_ARGS";
+        case rpc::accept_stat::system_err:
+            return "SYSTEM_ERR";
     }
     return "unknown accept_stat";
 }
@@ -82,12 +91,12 @@ struct worker_counters {
     }
 };
 
-class load_worker;
+struct load_worker;
 
 // One connection with `depth` call slots. Owned by its worker; lives on the
 // worker's shard thread.
 class load_conn final : public core::stream_handler {
-public:
+  public:
     load_conn(load_worker& w, unsigned index, uint64_t budget);
 
     void start();
@@ -101,7 +110,7 @@ public:
     void on_eof(core::stream& s, int err) override;
     void on_closed(core::stream& s, int err) override;
 
-private:
+  private:
     struct call_slot {
         uint64_t sent_ns = 0;
         uint32_t xid = 0;
@@ -137,37 +146,39 @@ private:
     bool finished_ = false;
 };
 
-class load_worker {
-public:
+// The state of one shard of the run: its connections, counters and
+// histogram. Public fields are read by run_load after the shard has joined
+// (counters: at any time); everything else is the shard thread's.
+struct load_worker {
     load_worker(const run_options& opt, unsigned index, const uint8_t* payload)
         : sh(shard_cfg(opt, index)), opt(opt), payload(payload), inbox(&sh.make_inbox(16)) {}
 
     // Shard thread: opens the connections and starts the deadline tick.
-    void init(const std::vector<std::pair<unsigned, uint64_t>>& conns) {
+    void init(const std::vector<std::pair<unsigned, uint64_t>>& plan) {
         start_ns = now_ns();
         if (opt.duration_s > 0) end_ns = start_ns + uint64_t(opt.duration_s * 1e9);
-        live = unsigned(conns.size());
-        for (auto& [idx, budget] : conns)
-            this->conns.push_back(std::make_unique<load_conn>(*this, idx, budget));
-        tick_timer.set_callback([](core::timer*, void* a) { static_cast<load_worker*>(a)->tick(); },
-                                this);
-        exit_timer.set_callback(
+        live_ = unsigned(plan.size());
+        for (auto& [idx, budget] : plan)
+            conns_.push_back(std::make_unique<load_conn>(*this, idx, budget));
+        tick_timer_.set_callback(
+            [](core::timer*, void* a) { static_cast<load_worker*>(a)->tick(); }, this);
+        exit_timer_.set_callback(
             [](core::timer*, void* a) { static_cast<load_worker*>(a)->sh.force_exit(); }, this);
         sh.set_on_stop([this] { on_stop(); });
-        sh.timers().arm(tick_timer, k_tick_ms);
-        if (live == 0) mark_done();
-        for (auto& c : this->conns) c->start();
+        sh.timers().arm(tick_timer_, k_tick_ms);
+        if (live_ == 0) mark_done();
+        for (auto& c : conns_) c->start();
     }
 
     // Shard thread: no new calls; connections close once their calls are in.
     void begin_stop() {
         if (stopping) return;
         stopping = true;
-        for (auto& c : conns) c->wind_down();
+        for (auto& c : conns_) c->wind_down();
     }
 
     void conn_done() {
-        if (--live == 0) mark_done();
+        if (--live_ == 0) mark_done();
     }
 
     core::shard sh;  // first member: destroyed last, after everything using it
@@ -182,7 +193,7 @@ public:
     uint64_t first_send_ns = UINT64_MAX, last_reply_ns = 0;
     bool warned_connect = false, warned_rpc = false, warned_lost = false, warned_bad = false;
 
-private:
+  private:
     static core::shard_config shard_cfg(const run_options& opt, unsigned index) {
         core::shard_config c = opt.shard;
         c.index = index;
@@ -193,24 +204,24 @@ private:
     void tick() {
         uint64_t t = now_ns();
         if (end_ns && t >= end_ns) begin_stop();
-        for (auto& c : conns)
+        for (auto& c : conns_)
             if (!c->finished()) c->check(t);
-        if (!done.load(std::memory_order_relaxed)) sh.timers().arm(tick_timer, k_tick_ms);
+        if (!done.load(std::memory_order_relaxed)) sh.timers().arm(tick_timer_, k_tick_ms);
     }
 
     void on_stop() {
         begin_stop();
         // Whatever is still open now (a stuck connect, a run cut short) is closed;
         // the loop is then left even if the kernel is slow to finish the closes.
-        for (auto& c : conns)
+        for (auto& c : conns_)
             if (c->stream()) c->stream()->close(-ECANCELED);
-        sh.timers().arm(exit_timer, k_exit_grace_ms);
+        sh.timers().arm(exit_timer_, k_exit_grace_ms);
     }
 
-    std::vector<std::unique_ptr<load_conn>> conns;
-    unsigned live = 0;
-    core::timer tick_timer;
-    core::timer exit_timer;
+    std::vector<std::unique_ptr<load_conn>> conns_;
+    unsigned live_ = 0;
+    core::timer tick_timer_;
+    core::timer exit_timer_;
 };
 
 // Logs the first problem of each kind per shard at warn, the rest at debug:
@@ -407,8 +418,8 @@ void load_conn::fail(std::atomic<uint64_t>& kind, const char* why, int err) {
     if (&kind != &w_.ctr.lost_calls) core::bump(kind);  // the event itself
     if (inflight_ > 0) {
         core::bump(w_.ctr.lost_calls, inflight_);
-        report_once(w_.warned_lost, "run: connection {} ended with {} calls in flight: {}",
-                    index_, inflight_, why);
+        report_once(w_.warned_lost, "run: connection {} ended with {} calls in flight: {}", index_,
+                    inflight_, why);
     }
     for (auto& sl : slots_) sl.busy = false;
     inflight_ = 0;
@@ -452,9 +463,12 @@ unsigned default_threads(unsigned connections) {
 
 const char* to_string(bench_proc p) noexcept {
     switch (p) {
-        case bench_proc::null: return "null";
-        case bench_proc::echo: return "echo";
-        case bench_proc::callback: return "callback";
+        case bench_proc::null:
+            return "null";
+        case bench_proc::echo:
+            return "echo";
+        case bench_proc::callback:
+            return "callback";
     }
     return "?";
 }
@@ -470,8 +484,8 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         *err = "a run needs --duration or --calls";
         return r;
     }
-    const unsigned threads = std::min(opt.threads ? opt.threads : default_threads(opt.connections),
-                                      opt.connections);
+    const unsigned threads =
+        std::min(opt.threads ? opt.threads : default_threads(opt.connections), opt.connections);
     // One payload block for every call of every thread, random from the seed.
     const size_t max_size = std::max(opt.size, opt.size_max);
     std::vector<uint8_t> payload(max_size + k_offset_span);
@@ -509,8 +523,8 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
     using clock = std::chrono::steady_clock;
     const auto started = clock::now();
     // Backstop: per-call and connect timeouts end every connection well before this.
-    const double limit_s = (opt.duration_s > 0 ? opt.duration_s : 0) +
-                           3.0 * opt.timeout_ms / 1000.0 + 5.0;
+    const double limit_s =
+        (opt.duration_s > 0 ? opt.duration_s : 0) + 3.0 * opt.timeout_ms / 1000.0 + 5.0;
     auto next_progress = started + std::chrono::duration<double>(
                                        opt.progress_interval_s > 0 ? opt.progress_interval_s : 1e9);
     uint64_t last_calls = 0;
@@ -584,8 +598,8 @@ std::string format_human(const run_report& r) {
     std::string sizes = r.size_max > r.size ? fmt::format("{}..{} B", r.size, r.size_max)
                                             : fmt::format("{} B", r.size);
     std::string out = fmt::format(
-        "rpcgate-bench run: proc={} size={} connections={} depth={} threads={}{}\n", to_string(r.proc),
-        sizes, r.connections, r.depth, r.threads, r.verify ? " verify" : "");
+        "rpcgate-bench run: proc={} size={} connections={} depth={} threads={}{}\n",
+        to_string(r.proc), sizes, r.connections, r.depth, r.threads, r.verify ? " verify" : "");
     out += fmt::format("  calls      {} in {:.3f} s: {:.0f} ops/s\n", r.calls, r.elapsed_s,
                        r.ops_per_sec());
     out += fmt::format(
@@ -594,10 +608,11 @@ std::string format_human(const run_report& r) {
     out += fmt::format("  latency    p50 {:.1f} us  p99 {:.1f} us  p999 {:.1f} us  max {:.1f} us\n",
                        us(r.latency.percentile(0.50)), us(r.latency.percentile(0.99)),
                        us(r.latency.percentile(0.999)), us(r.latency.max()));
-    out += fmt::format(
-        "  errors     {} (connect {}, lost {}, timeouts {}, rpc {}, bad replies {})", r.errors,
-        r.connect_errors, r.lost_calls, r.timeouts, r.rpc_errors, r.bad_replies);
-    if (r.backchannel_calls) out += fmt::format("\n  backchannel calls answered {}", r.backchannel_calls);
+    out += fmt::format("  errors     {} (connect {}, lost {}, timeouts {}, rpc {}, bad replies {})",
+                       r.errors, r.connect_errors, r.lost_calls, r.timeouts, r.rpc_errors,
+                       r.bad_replies);
+    if (r.backchannel_calls)
+        out += fmt::format("\n  backchannel calls answered {}", r.backchannel_calls);
     return out;
 }
 

@@ -43,19 +43,19 @@ struct run_options {
     socket_address target;
     unsigned connections = 1;
     unsigned depth = 1;
-    unsigned threads = 0;       // 0: min(cores, connections)
-    size_t size = 0;            // payload bytes per call
-    size_t size_max = 0;        // > size: uniform random in [size, size_max]
-    double duration_s = 0;      // run time (0: until `calls`)
-    uint64_t calls = 0;         // total calls (0: until `duration_s`)
+    unsigned threads = 0;   // 0: min(cores, connections)
+    size_t size = 0;        // payload bytes per call
+    size_t size_max = 0;    // > size: uniform random in [size, size_max]
+    double duration_s = 0;  // run time (0: until `calls`)
+    uint64_t calls = 0;     // total calls (0: until `duration_s`)
     bench_proc proc = bench_proc::echo;
     uint32_t program = 0x20000001;  // overridable to test refusals
     uint32_t version = 1;
-    bool verify = false;        // compare every reply byte (default: lengths only)
+    bool verify = false;  // compare every reply byte (default: lengths only)
     uint64_t seed = 1;
-    uint32_t timeout_ms = 10000;      // per call, and per connect
-    double progress_interval_s = 5;   // stderr progress line; 0: none
-    core::shard_config shard;         // index set per shard
+    uint32_t timeout_ms = 10000;     // per call, and per connect
+    double progress_interval_s = 5;  // stderr progress line; 0: none
+    core::shard_config shard;        // index set per shard
 };
 
 struct run_report {
@@ -65,24 +65,23 @@ struct run_report {
     bench_proc proc = bench_proc::echo;
     bool verify = false;
     // What happened.
-    uint64_t calls = 0;            // completed successfully
-    uint64_t errors = 0;           // sum of the kinds below
-    uint64_t connect_errors = 0;   // connects refused, failed or timed out
-    uint64_t lost_calls = 0;       // calls in flight on a connection that closed
-    uint64_t timeouts = 0;         // calls unanswered after timeout_ms
-    uint64_t rpc_errors = 0;       // replies that were not MSG_ACCEPTED/SUCCESS
-    uint64_t bad_replies = 0;      // malformed, wrong length, bytes differ, unknown xid
-    uint64_t backchannel_calls = 0;  // server CALLs answered by the client
+    uint64_t calls = 0;                   // completed successfully
+    uint64_t errors = 0;                  // sum of the kinds below
+    uint64_t connect_errors = 0;          // connects refused, failed or timed out
+    uint64_t lost_calls = 0;              // calls in flight on a connection that closed
+    uint64_t timeouts = 0;                // calls unanswered after timeout_ms
+    uint64_t rpc_errors = 0;              // replies that were not MSG_ACCEPTED/SUCCESS
+    uint64_t bad_replies = 0;             // malformed, wrong length, bytes differ, unknown xid
+    uint64_t backchannel_calls = 0;       // server CALLs answered by the client
     uint64_t payload_bytes_sent = 0;      // opaque bytes of completed calls
     uint64_t payload_bytes_received = 0;  // opaque bytes of their replies
-    double elapsed_s = 0;          // first call sent -> last reply
-    latency_histogram latency;     // nanoseconds
+    double elapsed_s = 0;                 // first call sent -> last reply
+    latency_histogram latency;            // nanoseconds
 
     double ops_per_sec() const noexcept { return elapsed_s > 0 ? double(calls) / elapsed_s : 0; }
     // Payload bytes both ways (sent + received) per second.
     double bytes_per_sec() const noexcept {
-        return elapsed_s > 0 ? double(payload_bytes_sent + payload_bytes_received) / elapsed_s
-                             : 0;
+        return elapsed_s > 0 ? double(payload_bytes_sent + payload_bytes_received) / elapsed_s : 0;
     }
     // The process exit status the CLI uses: 0 only if calls completed and
     // nothing failed.

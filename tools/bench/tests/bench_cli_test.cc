@@ -57,7 +57,8 @@ struct child {
         auto end = clock_type::now() + std::chrono::duration<double>(seconds);
         bool open[2] = {true, true};
         while (!pred() && (open[0] || open[1])) {
-            int left = int(std::chrono::duration<double, std::milli>(end - clock_type::now()).count());
+            int left =
+                int(std::chrono::duration<double, std::milli>(end - clock_type::now()).count());
             if (left <= 0) return false;
             pollfd p[2] = {{open[0] ? out : -1, POLLIN, 0}, {open[1] ? err : -1, POLLIN, 0}};
             if (::poll(p, 2, left) <= 0) continue;

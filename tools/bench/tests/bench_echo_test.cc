@@ -261,7 +261,8 @@ TEST_F(server_fixture, refusals_and_garbage) {
     std::string rec;
 
     // Unknown procedure.
-    ASSERT_TRUE(write_chain(fd, opaque_call(slab, 1, echo_program, echo_version, 9, payload, true)));
+    ASSERT_TRUE(
+        write_chain(fd, opaque_call(slab, 1, echo_program, echo_version, 9, payload, true)));
     ASSERT_TRUE(read_record(fd, rec));
     auto h = decode(rec);
     EXPECT_EQ(h.xid, 1u);

@@ -10,8 +10,8 @@
 using rpcgate::bench::latency_histogram;
 
 TEST(latency_histogram, buckets_cover_values_within_one_percent) {
-    for (uint64_t v : {0ull, 1ull, 255ull, 256ull, 257ull, 1000ull, 123456789ull, 1ull << 40,
-                       ~0ull}) {
+    for (uint64_t v :
+         {0ull, 1ull, 255ull, 256ull, 257ull, 1000ull, 123456789ull, 1ull << 40, ~0ull}) {
         size_t i = latency_histogram::index_of(v);
         ASSERT_LT(i, latency_histogram::bucket_count) << v;
         EXPECT_LE(latency_histogram::lowest_of(i), v);
