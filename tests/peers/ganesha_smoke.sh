@@ -17,18 +17,13 @@ for tool in nfs-cp nfs-ls; do
     command -v "$tool" >/dev/null || { echo "SKIP: $tool is not installed (libnfs-utils)" >&2; exit 77; }
 done
 
-"$here/ganesha.sh" stop "$state"   # leftovers of an interrupted run
 work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-nfs.XXXXXX")
 cleanup() {
     "$here/ganesha.sh" stop "$state" || true
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-rc=0
-env=$("$here/ganesha.sh" start "$state") || rc=$?
-[ "$rc" -eq 0 ] || exit "$rc"
-eval "$env"
+peer_ganesha_start "$state" || exit
 
 url() { # url PATH [EXTRA_ARGS]
     echo "nfs://127.0.0.1$1?nfsport=$NFS_PORT&mountport=$MNT_PORT${2:+&$2}"

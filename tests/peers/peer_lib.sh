@@ -10,6 +10,10 @@
 #                                  is accepted with SUCCESS. (`rpcinfo -n PORT -t` still
 #                                  asks rpcbind and fails when the program is not
 #                                  registered there, whatever the server says.)
+#   peer_ganesha_start STATEDIR    ganesha.sh stop (leftovers) + start, and set its
+#                                  variables (NFS_PORT, MNT_PORT, EXPORT, ...) here;
+#                                  returns ganesha.sh's status (77: cannot run here).
+#                                  Stop it with: ganesha.sh stop STATEDIR
 #   peer_start_ready VAR LOG CMD...
 #                                  start CMD in the background (stdout and stderr to
 #                                  LOG), wait up to $PEER_READY_TIMEOUT (default 30) s
@@ -73,6 +77,14 @@ if len(reply) < 28:
 _, xid, mtype, stat, _, vlen, astat = struct.unpack(">7I", reply[:28])
 sys.exit(0 if (xid, mtype, stat, vlen, astat) == (0x52504347, 1, 0, 0, 0) else 1)
 PY
+}
+
+peer_ganesha_start() {
+    local script env
+    script=$(dirname "${BASH_SOURCE[0]}")/ganesha.sh
+    "$script" stop "$1"
+    env=$("$script" start "$1") || return
+    eval "$env"
 }
 
 peer_start_ready() {
