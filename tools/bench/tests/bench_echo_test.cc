@@ -53,6 +53,16 @@ struct server_fixture : ::testing::Test {
         EXPECT_EQ(err, "");
         return r;
     }
+    // Runs `o` and expects every call to complete without error.
+    run_report run_clean(const run_options& o) {
+        run_report r = run(o);
+        EXPECT_EQ(r.errors, 0u) << format_human(r);
+        if (o.calls) {
+            EXPECT_EQ(r.calls, o.calls);
+        }
+        EXPECT_EQ(r.exit_status(), 0);
+        return r;
+    }
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -67,10 +77,7 @@ TEST_F(server_fixture, echo_of_mixed_sizes_up_to_2mib_verifies) {
     o.size_max = 2 * 1024 * 1024;
     o.verify = true;
     o.seed = 42;
-    run_report r = run(o);
-    EXPECT_EQ(r.errors, 0u) << format_human(r);
-    EXPECT_EQ(r.calls, 240u);
-    EXPECT_EQ(r.exit_status(), 0);
+    run_report r = run_clean(o);
     EXPECT_GT(r.payload_bytes_sent, 100u * 1024 * 1024);  // ~1 MiB average
     EXPECT_EQ(r.payload_bytes_sent, r.payload_bytes_received);
     EXPECT_EQ(srv->totals().echo_calls, 240u);
@@ -83,9 +90,7 @@ TEST_F(server_fixture, echo_of_small_calls_pipelined) {
     o.depth = 16;
     o.size = 64;
     o.verify = true;
-    run_report r = run(o);
-    EXPECT_EQ(r.errors, 0u) << format_human(r);
-    EXPECT_EQ(r.calls, 20000u);
+    run_report r = run_clean(o);
     EXPECT_EQ(r.payload_bytes_sent, 20000u * 64);
 }
 
@@ -95,9 +100,7 @@ TEST_F(server_fixture, null_proc) {
     o.depth = 8;
     o.proc = bench_proc::null;
     o.size = 1000;  // ignored: NULL has no arguments
-    run_report r = run(o);
-    EXPECT_EQ(r.errors, 0u) << format_human(r);
-    EXPECT_EQ(r.calls, 1000u);
+    run_report r = run_clean(o);
     EXPECT_EQ(r.payload_bytes_sent, 0u);
     EXPECT_EQ(srv->totals().null_calls, 1000u);
 }
@@ -130,9 +133,7 @@ TEST_F(server_fixture, callback_round_trips_through_the_client_backchannel) {
     o.size_max = 64 * 1024;
     o.proc = bench_proc::callback;
     o.verify = true;
-    run_report r = run(o);
-    EXPECT_EQ(r.errors, 0u) << format_human(r);
-    EXPECT_EQ(r.calls, 300u);
+    run_report r = run_clean(o);
     EXPECT_EQ(r.backchannel_calls, 300u);
     EXPECT_EQ(srv->totals().callback_calls, 300u);
 }
@@ -144,9 +145,8 @@ TEST_F(server_fixture, duration_run_ends_on_time) {
     o.depth = 16;
     o.size = 64;
     auto t0 = std::chrono::steady_clock::now();
-    run_report r = run(o);
+    run_report r = run_clean(o);
     double took = seconds_since(t0);
-    EXPECT_EQ(r.errors, 0u) << format_human(r);
     EXPECT_GT(r.calls, 100u);
     EXPECT_GE(took, 0.45);
     EXPECT_LT(took, 5.0);
@@ -307,8 +307,7 @@ TEST_F(server_fixture, refusals_and_garbage) {
     EXPECT_EQ(srv->totals().garbage_closes, 1u);
 
     // And the server serves the next client.
-    run_options o = options(10);
-    EXPECT_EQ(run(o).errors, 0u);
+    run_clean(options(10));
 }
 
 }  // namespace
