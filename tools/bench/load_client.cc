@@ -522,28 +522,44 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
 
     using clock = std::chrono::steady_clock;
     const auto started = clock::now();
-    // Backstop: per-call and connect timeouts end every connection well before this.
-    const double limit_s =
-        (opt.duration_s > 0 ? opt.duration_s : 0) + 3.0 * opt.timeout_ms / 1000.0 + 5.0;
+    // Backstops; the per-call and connect timeouts end every connection well
+    // before them: a duration run may overrun by little, and any run whose
+    // counters stall for several timeouts is stopped.
+    const double timeout_s = opt.timeout_ms / 1000.0;
+    const double stall_s = 3 * timeout_s + 5;
     auto next_progress = started + std::chrono::duration<double>(
                                        opt.progress_interval_s > 0 ? opt.progress_interval_s : 1e9);
-    uint64_t last_calls = 0;
-    auto last_progress = started;
+    uint64_t last_calls = 0, last_events = 0;
+    auto last_progress = started, last_change = started, stop_sent_at = started;
     bool stop_sent = false;
     for (;;) {
         bool all_done = true;
-        for (auto& w : workers) all_done &= w->done.load(std::memory_order_acquire);
+        uint64_t events = 0;
+        for (auto& w : workers) {
+            all_done &= w->done.load(std::memory_order_acquire);
+            events += w->ctr.calls.load(std::memory_order_relaxed) + w->ctr.errors();
+        }
         if (all_done) break;
         auto now = clock::now();
-        double elapsed = std::chrono::duration<double>(now - started).count();
-        if (!stop_sent && ((stop && stop->load()) || elapsed > limit_s)) {
+        auto secs = [&](clock::time_point since) {
+            return std::chrono::duration<double>(now - since).count();
+        };
+        const double elapsed = secs(started);
+        if (events != last_events) {
+            last_events = events;
+            last_change = now;
+        }
+        if (!stop_sent && ((stop && stop->load()) || secs(last_change) > stall_s ||
+                           (opt.duration_s > 0 && elapsed > opt.duration_s + stall_s))) {
             stop_sent = true;
+            stop_sent_at = now;
             for (auto& w : workers) {
                 load_worker* wp = w.get();
                 if (!wp->inbox->try_post([wp] { wp->begin_stop(); })) wp->sh.request_stop();
             }
         }
-        if (elapsed > limit_s + 2.0 * k_exit_grace_ms / 1000.0) break;  // shards forced below
+        // Calls in flight get one timeout to come in; then the shards are stopped.
+        if (stop_sent && secs(stop_sent_at) > timeout_s + 2) break;
         if (opt.progress_interval_s > 0 && now >= next_progress) {
             uint64_t calls = 0, errors = 0;
             for (auto& w : workers) {
