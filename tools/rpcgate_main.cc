@@ -1,5 +1,6 @@
 // rpcgate: the gateway daemon.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -29,6 +30,18 @@ int main(int argc, char** argv) {
                     gw::tls_mode_name(cfg.tls));
         return 0;
     }
+
+    // One fd per client and one per backend link: lift the soft fd limit to the
+    // hard one, as daemons do, and say so if it is still low.
+    rlimit nofile{};
+    if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < 2 * cfg.max_connections + 64)
+        RPCGATE_LOG(gw, warn, "fd limit {} is below 2 x --max-connections ({}): accepts will "
+                    "pause when it is reached",
+                    uint64_t(nofile.rlim_cur), cfg.max_connections);
 
     // Signals are taken synchronously by this thread; the shards never see them.
     sigset_t set;

@@ -1,0 +1,165 @@
+#!/bin/bash
+# End-to-end comparison on loopback, all in one run so the ratios are fair:
+#   direct   client -> echo server
+#   rpcgate  client -> rpcgate -> echo server
+#   haproxy  client -> HAProxy (mode tcp) -> echo server
+#   socat    client -> socat (fork per connection) -> echo server
+# for two workloads:
+#   large  1 MiB calls, 8 connections x 1 in flight
+#   small  64-byte calls, 64 connections x 16 in flight
+# and the RSS of rpcgate and HAProxy holding 10,000 idle client connections.
+#
+#   bench/e2e/compare.sh [BUILD_DIR] [OUT_DIR]
+# Environment: DURATION (seconds per run, default 10), SHARDS (rpcgate, default 2),
+# IDLE_CONNS (default 10000), WORKLOADS ("large small").
+# Writes OUT_DIR/results.json and OUT_DIR/summary.md; prints the table.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+build=${1:-$root/build/release}
+out=${2:-$build/bench-e2e}
+duration=${DURATION:-10}
+shards=${SHARDS:-2}
+idle_conns=${IDLE_CONNS:-10000}
+workloads=${WORKLOADS:-"large small"}
+. "$root/tests/peers/peer_lib.sh"
+
+find_bin() { # the binary under the build dir, wherever CMake put it
+    local p
+    p=$(find "$build" -type f -name "$1" -perm -u+x 2>/dev/null | head -n 1)
+    [ -n "$p" ] || { echo "compare.sh: $1 not found under $build (build first)" >&2; exit 1; }
+    echo "$p"
+}
+bench=$(find_bin rpcgate-bench)
+rpcgate=$(find_bin rpcgate)
+for tool in haproxy socat python3; do
+    command -v "$tool" >/dev/null || { echo "compare.sh: $tool is not installed (scripts/setup.sh)" >&2; exit 1; }
+done
+mkdir -p "$out"
+work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-cmp.XXXXXX")
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do peer_stop "$p" 5; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+echo_port=$(peer_free_port)
+"$bench" serve --listen "127.0.0.1:$echo_port" --shards 1 >"$work/serve.log" 2>&1 &
+pids+=($!)
+peer_wait_until 10 peer_rpc_null 127.0.0.1 "$echo_port" 0x20000001 1 || { echo "echo server did not start" >&2; exit 1; }
+
+gw_port=$(peer_free_port)
+"$rpcgate" --listen "127.0.0.1:$gw_port" --backend "536870913=127.0.0.1:$echo_port" \
+    --shards "$shards" --no-reserved-port >"$work/rpcgate.log" 2>&1 &
+gw_pid=$!
+pids+=($gw_pid)
+
+ha_port=$(peer_free_port)
+cat >"$work/haproxy.cfg" <<CFG
+global
+    nbthread $shards
+    maxconn 40000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind 127.0.0.1:$ha_port
+    default_backend be
+backend be
+    server echo 127.0.0.1:$echo_port
+CFG
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+ha_pid=$!
+pids+=($ha_pid)
+
+socat_port=$(peer_free_port)
+socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,fork,reuseaddr,nodelay" "TCP:127.0.0.1:$echo_port,nodelay" \
+    >"$work/socat.log" 2>&1 &
+pids+=($!)
+
+for p in "$gw_port" "$ha_port" "$socat_port"; do
+    peer_wait_until 10 peer_rpc_null 127.0.0.1 "$p" 0x20000001 1 || { echo "proxy on port $p did not start" >&2; exit 1; }
+done
+
+declare -A target=([direct]=$echo_port [rpcgate]=$gw_port [haproxy]=$ha_port [socat]=$socat_port)
+setups="direct rpcgate haproxy socat"
+results="$work/runs.jsonl"
+: >"$results"
+for w in $workloads; do
+    case $w in
+        large) args=(--connections 8 --depth 1 --size 1048576) ;;
+        small) args=(--connections 64 --depth 16 --size 64) ;;
+        *) echo "unknown workload $w" >&2; exit 2 ;;
+    esac
+    for s in $setups; do
+        echo "== $w via $s (${duration} s)" >&2
+        json=$("$bench" run --target "127.0.0.1:${target[$s]}" "${args[@]}" --duration "$duration" --json) || {
+            echo "run failed: $w via $s" >&2
+            json='{"ops_per_sec":0,"bytes_per_sec":0,"p50_us":0,"p99_us":0,"p999_us":0,"errors":-1}'
+        }
+        echo "{\"workload\":\"$w\",\"setup\":\"$s\",\"result\":$json}" >>"$results"
+    done
+done
+
+# Idle connections: memory of each proxy holding IDLE_CONNS client connections.
+idle_rss() { # idle_rss PORT PID -> RSS in KiB while IDLE_CONNS connections are open
+    python3 - "$1" "$2" "$idle_conns" <<'PY'
+import socket, sys, time
+port, pid, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def rss():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    socks.append(s)
+# Every connection accepted: the proxy's fd count has grown by n.
+deadline = time.time() + 30
+import os
+while time.time() < deadline and len(os.listdir(f"/proc/{pid}/fd")) < n:
+    time.sleep(0.05)
+print(rss())
+for s in socks:
+    s.close()
+PY
+}
+gw_rss_base=$(awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status")
+gw_rss=$(idle_rss "$gw_port" "$gw_pid")
+ha_rss_base=$(awk '/VmRSS/ {print $2}' "/proc/$ha_pid/status")
+ha_rss=$(idle_rss "$ha_port" "$ha_pid")
+
+python3 - "$results" "$out" "$duration" "$idle_conns" "$gw_rss_base" "$gw_rss" "$ha_rss_base" "$ha_rss" <<'PY'
+import json, sys
+path, out, duration, idle = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+gw_base, gw_rss, ha_base, ha_rss = map(int, sys.argv[5:9])
+runs = [json.loads(l) for l in open(path)]
+by = {(r["workload"], r["setup"]): r["result"] for r in runs}
+lines = ["| workload | setup | ops/s | MB/s | p50 µs | p99 µs | p999 µs | errors | vs direct | vs haproxy | vs socat |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+ratios = {}
+for (w, s), r in by.items():
+    def ratio(other):
+        o = by.get((w, other), {}).get("ops_per_sec", 0)
+        return r["ops_per_sec"] / o if o else 0.0
+    ratios[f"{w}/{s}"] = {"vs_direct": ratio("direct"), "vs_haproxy": ratio("haproxy"), "vs_socat": ratio("socat")}
+    lines.append(f"| {w} | {s} | {r['ops_per_sec']:.0f} | {r['bytes_per_sec']/1e6:.1f} | {r['p50_us']:.0f} | "
+                 f"{r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['errors']} | {ratio('direct'):.2f} | "
+                 f"{ratio('haproxy'):.2f} | {ratio('socat'):.2f} |")
+lines.append("")
+lines.append(f"Idle connections: {idle} open clients: rpcgate RSS {gw_rss/1024:.1f} MiB "
+             f"(at rest {gw_base/1024:.1f} MiB); HAProxy RSS {ha_rss/1024:.1f} MiB (at rest {ha_base/1024:.1f} MiB).")
+table = "\n".join(lines)
+print(table)
+with open(f"{out}/summary.md", "w") as f:
+    f.write(f"# rpcgate end-to-end comparison ({duration} s per run, loopback)\n\n{table}\n")
+with open(f"{out}/results.json", "w") as f:
+    json.dump({"duration_s": int(duration), "runs": runs, "ratios": ratios,
+               "idle": {"connections": idle, "rpcgate_rss_kib": gw_rss, "rpcgate_rss_base_kib": gw_base,
+                        "haproxy_rss_kib": ha_rss, "haproxy_rss_base_kib": ha_base}}, f, indent=1)
+PY
+echo "wrote $out/results.json and $out/summary.md" >&2
