@@ -14,9 +14,9 @@ auth_tls_use classify_auth_tls(const call_header& h, bool over_tls) noexcept {
 
 core::slice build_starttls_reply(uint32_t xid) {
     reply_header h = reply_header::accepted(xid, accept_stat::success);
-    h.verf = opaque_auth::make(static_cast<uint32_t>(auth_flavor::none),
-                               {reinterpret_cast<const uint8_t*>(starttls_verifier.data()),
-                                starttls_verifier.size()});
+    h.verf = opaque_auth::make(
+        static_cast<uint32_t>(auth_flavor::none),
+        {reinterpret_cast<const uint8_t*>(starttls_verifier.data()), starttls_verifier.size()});
     return build_reply(h);
 }
 

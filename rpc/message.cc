@@ -19,9 +19,9 @@ size_t reply_header_size(const reply_header& h) noexcept {
     return n;
 }
 
-#define RPCGATE_TRY_U32(var, reader)        \
-    auto var##_r = (reader).u32();          \
-    if (!var##_r) return var##_r.error();   \
+#define RPCGATE_TRY_U32(var, reader)      \
+    auto var##_r = (reader).u32();        \
+    if (!var##_r) return var##_r.error(); \
     const uint32_t var = *var##_r
 
 // The (low, high) pair of PROG_MISMATCH and RPC_MISMATCH.
@@ -212,8 +212,7 @@ core::slice_chain build_reply(const reply_header& h, core::slice_chain&& results
     return frame_record(w.finish(), max_fragment);
 }
 
-core::slice_chain build_call(const call_header& h, core::slice_chain&& args,
-                             size_t max_fragment) {
+core::slice_chain build_call(const call_header& h, core::slice_chain&& args, size_t max_fragment) {
     xdr_writer w(40 + xdr_align(h.cred.len) + xdr_align(h.verf.len));
     encode_call_header(w, h);
     w.append(std::move(args));
@@ -271,7 +270,8 @@ opaque_auth encode_auth_sys(const auth_sys_params& p) noexcept {
         store_be32(out, v);
         out += 4;
     };
-    const uint32_t name_len = std::min<uint32_t>(p.machinename_len, auth_sys_params::max_machinename);
+    const uint32_t name_len =
+        std::min<uint32_t>(p.machinename_len, auth_sys_params::max_machinename);
     const uint32_t ngids = std::min<uint32_t>(p.gid_count, auth_sys_params::max_gids);
     put(p.stamp);
     put(name_len);

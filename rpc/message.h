@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string_view>
 
@@ -80,7 +81,21 @@ struct opaque_auth {
     uint32_t len = 0;
     uint8_t body[max_body];
 
-    static opaque_auth none() noexcept { return opaque_auth{}; }
+    opaque_auth() noexcept {}
+    // Copies only the `len` bytes in use: headers are moved around per call,
+    // and copying 400 mostly-unused bytes twice per header costs more than
+    // decoding it.
+    opaque_auth(const opaque_auth& o) noexcept : flavor(o.flavor), len(o.len) {
+        std::memcpy(body, o.body, len);
+    }
+    opaque_auth& operator=(const opaque_auth& o) noexcept {
+        flavor = o.flavor;
+        len = o.len;
+        std::memmove(body, o.body, len);
+        return *this;
+    }
+
+    static opaque_auth none() noexcept { return opaque_auth(); }
     // Precondition: bytes.size() <= max_body.
     static opaque_auth make(uint32_t flavor, std::span<const uint8_t> bytes) noexcept;
     std::span<const uint8_t> bytes() const noexcept { return {body, len}; }

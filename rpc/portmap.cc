@@ -7,12 +7,12 @@ namespace {
 
 // The first entry of a number is its preferred name.
 constexpr program_name programs[] = {
-    {"portmap", 100000}, {"rpcbind", 100000}, {"portmapper", 100000}, {"sunrpc", 100000},
-    {"rstat", 100001},   {"rusers", 100002},  {"nfs", 100003},        {"ypserv", 100004},
-    {"mount", 100005},   {"mountd", 100005},  {"ypbind", 100007},     {"walld", 100008},
-    {"yppasswd", 100009}, {"rquota", 100011}, {"rquotad", 100011},    {"spray", 100012},
-    {"nlm", 100021},     {"nlockmgr", 100021}, {"nsm", 100024},       {"status", 100024},
-    {"ypxfr", 100069},   {"nfs_acl", 100227},
+    {"portmap", 100000},  {"rpcbind", 100000},  {"portmapper", 100000}, {"sunrpc", 100000},
+    {"rstat", 100001},    {"rusers", 100002},   {"nfs", 100003},        {"ypserv", 100004},
+    {"mount", 100005},    {"mountd", 100005},   {"ypbind", 100007},     {"walld", 100008},
+    {"yppasswd", 100009}, {"rquota", 100011},   {"rquotad", 100011},    {"spray", 100012},
+    {"nlm", 100021},      {"nlockmgr", 100021}, {"nsm", 100024},        {"status", 100024},
+    {"ypxfr", 100069},    {"nfs_acl", 100227},
 };
 
 }  // namespace
@@ -68,7 +68,9 @@ core::slice_chain build_getport_call(uint32_t xid, const pmap_mapping& m) {
     return build_call(h, w.finish());
 }
 
-std::span<const program_name> well_known_programs() noexcept { return programs; }
+std::span<const program_name> well_known_programs() noexcept {
+    return programs;
+}
 
 std::optional<uint32_t> parse_program(std::string_view text) noexcept {
     for (const auto& p : programs)

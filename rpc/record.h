@@ -42,7 +42,7 @@ struct record_limits {
 };
 
 class record_reassembler {
-public:
+  public:
     explicit record_reassembler(record_limits limits = {}) noexcept : limits_(limits) {}
     record_reassembler(const record_reassembler&) = delete;
     record_reassembler& operator=(const record_reassembler&) = delete;
@@ -75,7 +75,7 @@ public:
     // Forgets any partial record and a previous error.
     void reset() noexcept;
 
-private:
+  private:
     // Parses a fragment header; returns false (and sets error_) if it breaks a limit.
     bool begin_fragment(uint32_t header) noexcept;
     // Gathers header bytes from data[off..]; returns the bytes taken.
@@ -98,9 +98,9 @@ private:
     size_t fragments_ = 0;      // fragments begun in this record
     size_t frag_left_ = 0;      // payload bytes still expected in this fragment
     bool in_fragment_ = false;
-    bool last_ = false;         // this fragment ends the record
-    bool in_record_ = false;    // at least one header of the record was seen
-    uint8_t hdr_have_ = 0;      // bytes of a straddling header gathered
+    bool last_ = false;       // this fragment ends the record
+    bool in_record_ = false;  // at least one header of the record was seen
+    uint8_t hdr_have_ = 0;    // bytes of a straddling header gathered
     uint8_t hdr_[4] = {};
     errc error_ = errc::ok;
     uint64_t records_total_ = 0;

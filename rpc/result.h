@@ -42,7 +42,7 @@ template <typename T>
 class [[nodiscard]] result {
     static_assert(std::is_nothrow_move_constructible_v<T>);
 
-public:
+  public:
     result(T&& v) noexcept : err_(errc::ok) { new (&storage_) T(std::move(v)); }
     result(const T& v) : err_(errc::ok) { new (&storage_) T(v); }
     result(errc e) noexcept : err_(e) {}
@@ -75,7 +75,7 @@ public:
     T* operator->() noexcept { return ptr(); }
     const T* operator->() const noexcept { return ptr(); }
 
-private:
+  private:
     T* ptr() noexcept { return std::launder(reinterpret_cast<T*>(&storage_)); }
     const T* ptr() const noexcept { return std::launder(reinterpret_cast<const T*>(&storage_)); }
     void reset() noexcept {
@@ -90,14 +90,14 @@ private:
 // Success or an error, without a value.
 template <>
 class [[nodiscard]] result<void> {
-public:
+  public:
     result() noexcept = default;
     result(errc e) noexcept : err_(e) {}
     bool ok() const noexcept { return err_ == errc::ok; }
     explicit operator bool() const noexcept { return ok(); }
     errc error() const noexcept { return err_; }
 
-private:
+  private:
     errc err_ = errc::ok;
 };
 

@@ -27,7 +27,9 @@ void xdr_reader::enter(size_t idx) noexcept {
     }
 }
 
-void xdr_reader::next_slice() noexcept { enter(idx_ + 1); }
+void xdr_reader::next_slice() noexcept {
+    enter(idx_ + 1);
+}
 
 bool xdr_reader::copy(uint8_t* dst, size_t n) noexcept {
     if (n > remaining()) return false;
@@ -145,7 +147,9 @@ result<std::string> xdr_reader::string(size_t max) {
     return s;
 }
 
-core::slice_chain xdr_reader::rest() { return share_bytes(remaining()); }
+core::slice_chain xdr_reader::rest() {
+    return share_bytes(remaining());
+}
 
 void xdr_writer::opaque_fixed(std::span<const uint8_t> bytes) {
     size_t pad = xdr_pad(bytes.size());

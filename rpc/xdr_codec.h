@@ -33,9 +33,13 @@
 namespace rpcgate::rpc {
 
 // Bytes of padding that follow an n-byte opaque or string (0..3).
-constexpr size_t xdr_pad(size_t n) noexcept { return (4 - (n & 3)) & 3; }
+constexpr size_t xdr_pad(size_t n) noexcept {
+    return (4 - (n & 3)) & 3;
+}
 // n rounded up to a multiple of 4.
-constexpr size_t xdr_align(size_t n) noexcept { return n + xdr_pad(n); }
+constexpr size_t xdr_align(size_t n) noexcept {
+    return n + xdr_pad(n);
+}
 
 // Big-endian loads and stores on raw memory (no alignment requirement).
 inline uint32_t load_be32(const uint8_t* p) noexcept {
@@ -49,7 +53,7 @@ inline void store_be32(uint8_t* p, uint32_t v) noexcept {
 }
 
 class xdr_reader {
-public:
+  public:
     // Reads `chain`, which must outlive the reader and not change meanwhile.
     explicit xdr_reader(const core::slice_chain& chain) noexcept;
     // Reads contiguous bytes (an auth body, a test vector). Opaques returned as
@@ -92,7 +96,7 @@ public:
     // Everything not yet read, shared (zero-copy); the reader moves to the end.
     core::slice_chain rest();
 
-private:
+  private:
     result<uint32_t> u32_slow() noexcept;
     bool copy(uint8_t* dst, size_t n) noexcept;
     bool skip_bytes(size_t n) noexcept;
@@ -117,9 +121,14 @@ private:
 };
 
 class xdr_writer {
-public:
+  public:
     // `reserve` is the size of the first heap block, allocated on first write.
     explicit xdr_writer(size_t reserve = 256) noexcept : reserve_(reserve ? reserve : 64) {}
+    // Writes into `block` first — private memory the caller supplies, e.g. from
+    // a per-shard pool, so that a small header costs no malloc — and grows on
+    // the heap beyond it. `block` must not be shared with anyone else.
+    explicit xdr_writer(core::slice block) noexcept
+        : reserve_(block.size() ? block.size() : 64), block_(std::move(block)) {}
     xdr_writer(const xdr_writer&) = delete;
     xdr_writer& operator=(const xdr_writer&) = delete;
 
@@ -165,7 +174,7 @@ public:
     // As finish(), as one slice; requires that nothing was spliced with append().
     core::slice finish_slice();
 
-private:
+  private:
     uint8_t* space(size_t n) {
         if (block_.size() - block_used_ < n) grow(n);
         uint8_t* p = block_.mutable_data() + block_used_;
@@ -178,10 +187,10 @@ private:
     void flush();
 
     size_t reserve_;
-    core::slice block_;          // private heap block being written
-    size_t block_used_ = 0;      // bytes of block_ written
-    size_t block_flushed_ = 0;   // bytes of block_ already moved into done_
-    core::slice_chain done_;     // finished runs and spliced chains, in order
+    core::slice block_;         // private heap block being written
+    size_t block_used_ = 0;     // bytes of block_ written
+    size_t block_flushed_ = 0;  // bytes of block_ already moved into done_
+    core::slice_chain done_;    // finished runs and spliced chains, in order
 };
 
 }  // namespace rpcgate::rpc

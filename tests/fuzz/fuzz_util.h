@@ -10,13 +10,12 @@
 
 namespace rpcgate::fuzz {
 
-#define RPCGATE_FUZZ_CHECK(cond)                                                 \
-    do {                                                                         \
-        if (!(cond)) {                                                           \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                         #cond);                                                 \
-            std::abort();                                                        \
-        }                                                                        \
+#define RPCGATE_FUZZ_CHECK(cond)                                                          \
+    do {                                                                                  \
+        if (!(cond)) {                                                                    \
+            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+            std::abort();                                                                 \
+        }                                                                                 \
     } while (0)
 
 // Bytes [data, data+size) as a chain cut into slices of sizes chosen by

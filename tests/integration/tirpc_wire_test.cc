@@ -49,7 +49,7 @@ struct run_options {
     size_t min = 0;
     size_t max = 0;
     unsigned seed = 1;
-    size_t sendsz = 0;       // client's record buffer (0: libtirpc default)
+    size_t sendsz = 0;  // client's record buffer (0: libtirpc default)
     unsigned connections = 1;
     size_t reply_fragment = rpc::record_max_fragment;  // our replies' fragment size
 };
@@ -145,14 +145,22 @@ int run(const run_options& opt, totals& t) {
     EXPECT_EQ(::getsockname(listener.fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
 
     std::vector<std::string> args = {RPCGATE_TIRPC_ECHO_CLIENT,
-                                     "--host", "127.0.0.1",
-                                     "--port", std::to_string(ntohs(addr.sin_port)),
-                                     "--calls", std::to_string(opt.calls),
-                                     "--min", std::to_string(opt.min),
-                                     "--max", std::to_string(opt.max),
-                                     "--seed", std::to_string(opt.seed),
-                                     "--connections", std::to_string(opt.connections),
-                                     "--timeout", "60"};
+                                     "--host",
+                                     "127.0.0.1",
+                                     "--port",
+                                     std::to_string(ntohs(addr.sin_port)),
+                                     "--calls",
+                                     std::to_string(opt.calls),
+                                     "--min",
+                                     std::to_string(opt.min),
+                                     "--max",
+                                     std::to_string(opt.max),
+                                     "--seed",
+                                     std::to_string(opt.seed),
+                                     "--connections",
+                                     std::to_string(opt.connections),
+                                     "--timeout",
+                                     "60"};
     if (opt.sendsz) {
         args.push_back("--sendsz");
         args.push_back(std::to_string(opt.sendsz));
@@ -270,8 +278,12 @@ TEST(tirpc_wire, up_to_two_mebibytes) {
 TEST(tirpc_wire, many_fragments_both_ways) {
     // 4 KiB client buffers: every call above 4 KiB is several fragments; our
     // replies are cut into 1000-byte fragments, which libtirpc must reassemble.
-    run_options opt{.calls = 30, .min = 0, .max = 2 * 1024 * 1024, .seed = 13,
-                    .sendsz = 4096, .reply_fragment = 1000};
+    run_options opt{.calls = 30,
+                    .min = 0,
+                    .max = 2 * 1024 * 1024,
+                    .seed = 13,
+                    .sendsz = 4096,
+                    .reply_fragment = 1000};
     totals t;
     EXPECT_EQ(run(opt, t), 0);
     EXPECT_EQ(t.echo_calls, opt.calls);
@@ -279,8 +291,8 @@ TEST(tirpc_wire, many_fragments_both_ways) {
 }
 
 TEST(tirpc_wire, two_connections) {
-    run_options opt{.calls = 200, .min = 0, .max = 300000, .seed = 14, .sendsz = 8192,
-                    .connections = 2};
+    run_options opt{
+        .calls = 200, .min = 0, .max = 300000, .seed = 14, .sendsz = 8192, .connections = 2};
     totals t;
     EXPECT_EQ(run(opt, t), 0);
     EXPECT_EQ(t.null_calls, 2u);

@@ -95,13 +95,17 @@ TEST(message, malformed_calls) {
     EXPECT_EQ(rpc::decode_call(r2).error(), errc::bad_value);
 
     // Credential body of 401 bytes.
-    std::string big = unhex("00000001 00000000 00000002 00000001 00000001 00000000"
-                            "00000001 00000191") + std::string(404, 'x') + unhex("0000000000000000");
+    std::string big = unhex(
+                          "00000001 00000000 00000002 00000001 00000001 00000000"
+                          "00000001 00000191") +
+                      std::string(404, 'x') + unhex("0000000000000000");
     auto r3 = chain_of(big);
     EXPECT_EQ(rpc::decode_call(r3).error(), errc::too_long);
     // 400 is fine.
-    std::string max = unhex("00000001 00000000 00000002 00000001 00000001 00000000"
-                            "00000006 00000190") + std::string(400, 'x') + unhex("0000000000000000");
+    std::string max = unhex(
+                          "00000001 00000000 00000002 00000001 00000001 00000000"
+                          "00000006 00000190") +
+                      std::string(400, 'x') + unhex("0000000000000000");
     auto r4 = chain_of(max);
     auto m = rpc::decode_call(r4);
     ASSERT_TRUE(m);
@@ -152,12 +156,18 @@ TEST(message, every_reply_kind_round_trips) {
         std::string body_hex;  // after xid 00000009 and REPLY 00000001
     };
     std::vector<sample> samples = {
-        {rpc::reply_header::accepted(9, rpc::accept_stat::success), "00000000 00000000 00000000 00000000"},
-        {rpc::reply_header::accepted(9, rpc::accept_stat::prog_unavail), "00000000 00000000 00000000 00000001"},
-        {rpc::reply_header::prog_mismatch(9, 2, 4), "00000000 00000000 00000000 00000002 00000002 00000004"},
-        {rpc::reply_header::accepted(9, rpc::accept_stat::proc_unavail), "00000000 00000000 00000000 00000003"},
-        {rpc::reply_header::accepted(9, rpc::accept_stat::garbage_args), "00000000 00000000 00000000 00000004"},
-        {rpc::reply_header::accepted(9, rpc::accept_stat::system_err), "00000000 00000000 00000000 00000005"},
+        {rpc::reply_header::accepted(9, rpc::accept_stat::success),
+         "00000000 00000000 00000000 00000000"},
+        {rpc::reply_header::accepted(9, rpc::accept_stat::prog_unavail),
+         "00000000 00000000 00000000 00000001"},
+        {rpc::reply_header::prog_mismatch(9, 2, 4),
+         "00000000 00000000 00000000 00000002 00000002 00000004"},
+        {rpc::reply_header::accepted(9, rpc::accept_stat::proc_unavail),
+         "00000000 00000000 00000000 00000003"},
+        {rpc::reply_header::accepted(9, rpc::accept_stat::garbage_args),
+         "00000000 00000000 00000000 00000004"},
+        {rpc::reply_header::accepted(9, rpc::accept_stat::system_err),
+         "00000000 00000000 00000000 00000005"},
         {rpc::reply_header::rpc_mismatch(9), "00000001 00000000 00000002 00000002"},
     };
     for (uint32_t a = 0; a <= rpc::auth_stat_max; ++a) {
@@ -204,7 +214,7 @@ TEST(message, auth_stat_values_match_rfc) {
 }
 
 TEST(message, malformed_replies) {
-    for (const char* h : {"00000001 00000001 00000002",                            // reply_stat 2
+    for (const char* h : {"00000001 00000001 00000002",                             // reply_stat 2
                           "00000001 00000001 00000000 00000000 00000000 00000006",  // accept 6
                           "00000001 00000001 00000001 00000002",                    // reject 2
                           "00000001 00000001 00000001 00000001 0000000f",           // auth_stat 15
@@ -245,24 +255,26 @@ TEST(auth_sys, limits) {
     EXPECT_EQ(back->gid_count, 16u);
 
     // 256-byte machine name and 17 gids are refused on decode.
-    std::string name256 = unhex("00000000 00000100") + std::string(256, 'm') +
-                          unhex("00000000 00000000 00000000");
-    EXPECT_EQ(rpc::decode_auth_sys({reinterpret_cast<const uint8_t*>(name256.data()), name256.size()})
-                  .error(),
-              errc::too_long);
-    std::string gids17 = unhex("00000000 00000000 00000000 00000000 00000011") +
-                         std::string(17 * 4, '\0');
+    std::string name256 =
+        unhex("00000000 00000100") + std::string(256, 'm') + unhex("00000000 00000000 00000000");
+    EXPECT_EQ(
+        rpc::decode_auth_sys({reinterpret_cast<const uint8_t*>(name256.data()), name256.size()})
+            .error(),
+        errc::too_long);
+    std::string gids17 =
+        unhex("00000000 00000000 00000000 00000000 00000011") + std::string(17 * 4, '\0');
     EXPECT_EQ(rpc::decode_auth_sys({reinterpret_cast<const uint8_t*>(gids17.data()), gids17.size()})
                   .error(),
               errc::too_long);
     std::string trailing = unhex("00000000 00000000 00000000 00000000 00000000 00000000");
-    EXPECT_EQ(rpc::decode_auth_sys({reinterpret_cast<const uint8_t*>(trailing.data()), trailing.size()})
-                  .error(),
-              errc::trailing_bytes);
+    EXPECT_EQ(
+        rpc::decode_auth_sys({reinterpret_cast<const uint8_t*>(trailing.data()), trailing.size()})
+            .error(),
+        errc::trailing_bytes);
     std::string shrt = unhex("00000000 00000000 00000000 00000000");
-    EXPECT_EQ(rpc::decode_auth_sys({reinterpret_cast<const uint8_t*>(shrt.data()), shrt.size()})
-                  .error(),
-              errc::short_input);
+    EXPECT_EQ(
+        rpc::decode_auth_sys({reinterpret_cast<const uint8_t*>(shrt.data()), shrt.size()}).error(),
+        errc::short_input);
     EXPECT_EQ(rpc::decode_auth_sys(rpc::opaque_auth::none()).error(), errc::bad_value);
 }
 

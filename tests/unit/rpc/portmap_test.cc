@@ -26,8 +26,9 @@ TEST(portmap, getport_args_and_reply) {
     EXPECT_EQ(rpc::decode_getport_args(longer).error(), errc::trailing_bytes);
 
     auto reply = rpc::build_getport_reply(0x11, 2049);
-    EXPECT_EQ(hex(reply.view()),
-              hex(unhex("8000001c 00000011 00000001 00000000 00000000 00000000 00000000 00000801")));
+    EXPECT_EQ(
+        hex(reply.view()),
+        hex(unhex("8000001c 00000011 00000001 00000000 00000000 00000000 00000000 00000801")));
     auto rec = chain_of(std::string(reply.view().substr(4)));
     auto d = rpc::decode_reply(rec);
     ASSERT_TRUE(d);
@@ -70,7 +71,8 @@ TEST(portmap, program_names) {
     EXPECT_EQ(rpc::program_name_of(100003), "nfs");
     EXPECT_EQ(rpc::program_name_of(100000), "portmap");
     EXPECT_EQ(rpc::program_name_of(42), "");
-    for (const auto& p : rpc::well_known_programs()) EXPECT_EQ(rpc::parse_program(p.name), p.number);
+    for (const auto& p : rpc::well_known_programs())
+        EXPECT_EQ(rpc::parse_program(p.name), p.number);
 }
 
 }  // namespace

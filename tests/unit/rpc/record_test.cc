@@ -114,7 +114,8 @@ TEST(record_reassembler, partial_and_buffered_track_progress) {
 }
 
 TEST(record_reassembler, payload_is_not_copied) {
-    std::string stream = fragment(std::string(100, 'a'), false) + fragment(std::string(50, 'b'), true) +
+    std::string stream = fragment(std::string(100, 'a'), false) +
+                         fragment(std::string(50, 'b'), true) +
                          fragment(std::string(20, 'c'), true);
     core::slice one = core::slice::copy_of(stream);
     core::slice first = one.share(0, 60);
@@ -140,7 +141,8 @@ TEST(record_reassembler, payload_is_not_copied) {
 
 TEST(record_reassembler, oversize_record_is_an_error) {
     rpc::record_reassembler ra(rpc::record_limits{.max_record = 100});
-    std::string stream = fragment(std::string(60, 'x'), false) + fragment(std::string(41, 'y'), true);
+    std::string stream =
+        fragment(std::string(60, 'x'), false) + fragment(std::string(41, 'y'), true);
     auto out = feed_split(ra, stream, {});
     ASSERT_FALSE(out);
     EXPECT_EQ(out.error(), errc::record_too_large);
@@ -168,8 +170,8 @@ TEST(record_reassembler, hostile_header_refused_before_buffering) {
 
 TEST(record_reassembler, too_many_fragments) {
     rpc::record_reassembler ra(rpc::record_limits{.max_fragments = 3});
-    std::string stream = fragment("a", false) + fragment("b", false) + fragment("c", false) +
-                         fragment("d", true);
+    std::string stream =
+        fragment("a", false) + fragment("b", false) + fragment("c", false) + fragment("d", true);
     auto out = feed_split(ra, stream, {});
     ASSERT_FALSE(out);
     EXPECT_EQ(out.error(), errc::too_many_fragments);
@@ -254,8 +256,8 @@ TEST(frame_record, splits_into_fragments_sharing_payload) {
     core::slice body = core::slice::copy_of(payload);
     const uint8_t* body_ptr = body.data();
     auto framed = rpc::frame_record(core::slice_chain(std::move(body)), 4);
-    EXPECT_EQ(framed.to_string(), unhex("00000004") + "pppp" + unhex("00000004") + "pppp" +
-                                      unhex("80000002") + "pp");
+    EXPECT_EQ(framed.to_string(),
+              unhex("00000004") + "pppp" + unhex("00000004") + "pppp" + unhex("80000002") + "pp");
     EXPECT_EQ(framed.part(1).data(), body_ptr);
     EXPECT_EQ(framed.part(3).data(), body_ptr + 4);
 

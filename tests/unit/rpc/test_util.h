@@ -17,8 +17,7 @@ inline std::string unhex(std::string_view text) {
     int hi = -1;
     for (char c : text) {
         if (!std::isxdigit(static_cast<unsigned char>(c))) continue;
-        int v = std::isdigit(static_cast<unsigned char>(c)) ? c - '0'
-                                                            : std::tolower(c) - 'a' + 10;
+        int v = std::isdigit(static_cast<unsigned char>(c)) ? c - '0' : std::tolower(c) - 'a' + 10;
         if (hi < 0) {
             hi = v;
         } else {
@@ -40,7 +39,9 @@ inline std::string hex(std::string_view bytes) {
     return out;
 }
 
-inline std::string to_string(const core::slice& s) { return std::string(s.view()); }
+inline std::string to_string(const core::slice& s) {
+    return std::string(s.view());
+}
 
 // A chain holding `bytes` split after each offset in `cuts` (heap copies).
 inline core::slice_chain chain_of(std::string_view bytes, std::vector<size_t> cuts = {}) {

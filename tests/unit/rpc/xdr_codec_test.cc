@@ -15,7 +15,8 @@ using rpc::test::unhex;
 namespace {
 
 TEST(xdr_reader, integers_big_endian) {
-    auto c = chain_of(unhex("00000001 ffffffff 00000001 00000002 ffffffff fffffffe 00000000 00000001"));
+    auto c =
+        chain_of(unhex("00000001 ffffffff 00000001 00000002 ffffffff fffffffe 00000000 00000001"));
     rpc::xdr_reader r(c);
     EXPECT_EQ(*r.u32(), 1u);
     EXPECT_EQ(*r.i32(), -1);
@@ -101,16 +102,16 @@ TEST(xdr_reader, opaque_limits) {
 
 TEST(xdr_reader, strings_and_spans) {
     std::string bytes = unhex("00000003 616263 00 00000000");
-    rpc::xdr_reader r(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()),
-                                               bytes.size()));
+    rpc::xdr_reader r(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
     auto s = r.string(3);
     ASSERT_TRUE(s);
     EXPECT_EQ(*s, "abc");
     auto e = r.string(0);
     ASSERT_TRUE(e);
     EXPECT_EQ(*e, "");
-    rpc::xdr_reader r2(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()),
-                                                bytes.size()));
+    rpc::xdr_reader r2(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
     EXPECT_EQ(r2.string(2).error(), errc::too_long);
 }
 
@@ -165,6 +166,22 @@ TEST(xdr_writer, patch_after_growth) {
     ASSERT_EQ(s.size(), 404u);
     EXPECT_EQ(rpc::load_be32(s.data()), 0xdeadbeefu);
     EXPECT_EQ(rpc::load_be32(s.data() + 400), 99u);
+}
+
+TEST(xdr_writer, writes_into_caller_block_first) {
+    core::slice block = core::slice::allocate(8);
+    const uint8_t* mem = block.data();
+    rpc::xdr_writer w(std::move(block));
+    w.u32(1);
+    w.u32(2);
+    auto s = w.finish_slice();
+    EXPECT_EQ(s.data(), mem);  // no new allocation
+    EXPECT_EQ(rpc::test::hex(s.view()), "00 00 00 01 00 00 00 02");
+
+    rpc::xdr_writer over(core::slice::allocate(4));
+    over.u32(1);
+    over.u32(2);  // spills into a heap block
+    EXPECT_EQ(over.finish().to_string(), unhex("00000001 00000002"));
 }
 
 TEST(xdr, round_trip_through_reader) {
