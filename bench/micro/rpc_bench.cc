@@ -57,14 +57,19 @@ stream make_stream(const std::string& bytes, size_t records) {
     return s;
 }
 
+// 1 MiB of 128-byte framed calls in 64 KiB slices.
+stream small_call_stream() {
+    const std::string rec = framed(make_call(1, 124));
+    std::string bytes;
+    const size_t n = 16 * slice_size / rec.size();
+    for (size_t i = 0; i < n; ++i) bytes += rec;
+    return make_stream(bytes, n);
+}
+
 // 128-byte calls (124 bytes of payload behind the 4-byte mark), 64 KiB slices:
 // records straddle slice boundaries 1 time in 512, exactly as on the wire.
 void reassemble_small_calls(benchmark::State& state) {
-    const std::string rec = framed(make_call(1, 124));
-    std::string bytes;
-    const size_t n = 16 * slice_size / rec.size();  // 1 MiB of calls
-    for (size_t i = 0; i < n; ++i) bytes += rec;
-    stream s = make_stream(bytes, n);
+    stream s = small_call_stream();
     size_t seen = 0;
     for (auto _ : state) {
         rpc::record_reassembler ra;
@@ -78,17 +83,13 @@ void reassemble_small_calls(benchmark::State& state) {
     }
     if (seen != state.iterations() * s.records) state.SkipWithError("records lost");
     state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * s.records));
-    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes.size()));
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * s.whole.size()));
 }
 BENCHMARK(reassemble_small_calls);
 
 // The shard's real first step: reassemble 128-byte calls and decode each header.
 void reassemble_and_decode_small_calls(benchmark::State& state) {
-    const std::string rec = framed(make_call(1, 124));
-    std::string bytes;
-    const size_t n = 16 * slice_size / rec.size();
-    for (size_t i = 0; i < n; ++i) bytes += rec;
-    stream s = make_stream(bytes, n);
+    stream s = small_call_stream();
     size_t procs = 0;
     for (auto _ : state) {
         rpc::record_reassembler ra;
