@@ -558,7 +558,7 @@ void shard::loop() {
             if (on_stop_) on_stop_();
             close_listeners();
         }
-        if (exit_now_ || (stop_seen_ && streams_.empty())) break;
+        if (exit_now_.load(std::memory_order_acquire) || (stop_seen_ && streams_.empty())) break;
 
         int64_t wait = timers_.ms_until_next(monotonic_ms());
         __kernel_timespec ts{};

@@ -252,8 +252,11 @@ public:
     // Runs on the shard thread when a stop is requested (e.g. stop listeners,
     // start draining connections).
     void set_on_stop(task t) { on_stop_ = std::move(t); }
-    // Exit the loop even if streams remain (after a drain deadline).
-    void force_exit() noexcept { exit_now_ = true; }
+    // Exit the loop even if streams remain (after a drain deadline). Thread-safe.
+    void force_exit() noexcept {
+        exit_now_.store(true, std::memory_order_release);
+        request_stop();
+    }
 
     // --- the shard thread ---
     unsigned index() const noexcept { return cfg_.index; }
@@ -314,7 +317,7 @@ private:
     std::vector<std::unique_ptr<mailbox>> inboxes_;
     std::atomic<bool> stop_requested_{false};
     bool stop_seen_ = false;
-    bool exit_now_ = false;
+    std::atomic<bool> exit_now_{false};
     task on_stop_;
     timer_wheel timers_;
     uint64_t now_ms_ = 0;

@@ -475,3 +475,42 @@ TEST_F(gateway_test, stop_delivers_replies_in_flight) {
 }
 
 }  // namespace
+
+namespace {
+
+// NFSv4.1-style backchannel: behind the gateway, rpcgate-bench's CALLBACK
+// procedure makes the server send a CALL to the client on the same
+// connection; the client's REPLY must reach the server, which then answers
+// the original call with what the client returned (checked with --verify).
+TEST(gateway_backchannel, server_calls_reach_the_client_and_replies_come_back) {
+    child_process backend({RPCGATE_BENCH, "serve", "--listen", "127.0.0.1:0", "--shards", "1"});
+    int bport = backend.wait_ready();
+    ASSERT_GT(bport, 0);
+    gw::gateway_config cfg;
+    std::string err;
+    gw::endpoint ep;
+    ASSERT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
+    cfg.listen.push_back(ep);
+    gw::backend_route r;
+    ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, bport), &r, &err));
+    cfg.backends.push_back(r);
+    cfg.shards = 2;
+    cfg.reserved_port = false;
+    ASSERT_TRUE(gw::validate(&cfg, &err)) << err;
+    gw::gateway g(cfg);
+    ASSERT_EQ(g.start(), "");
+    child_process client({RPCGATE_BENCH, "run", "--target", fmt::format("127.0.0.1:{}", g.port()),
+                          "--connections", "4", "--depth", "8", "--size", "0", "--size-max",
+                          "200000", "--calls", "1000", "--proc", "callback", "--verify"});
+    auto st = client.wait_exit(120000);
+    ASSERT_TRUE(st.has_value());
+    EXPECT_EQ(*st, 0) << client.drain_output();
+    auto t = g.totals();
+    EXPECT_EQ(t.backchannel_calls, 1000u);
+    EXPECT_EQ(t.backchannel_replies, 1000u);
+    EXPECT_EQ(t.orphan_replies, 0u);
+    g.stop();
+    g.wait();
+}
+
+}  // namespace
