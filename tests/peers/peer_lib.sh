@@ -14,6 +14,9 @@
 #                                  variables (NFS_PORT, MNT_PORT, EXPORT, ...) here;
 #                                  returns ganesha.sh's status (77: cannot run here).
 #                                  Stop it with: ganesha.sh stop STATEDIR
+#   peer_nfs_roundtrip FILE URL COPY
+#                                  nfs-cp FILE to the libnfs URL and back into COPY,
+#                                  cmp them; prints "in N ms, out M ms"
 #   peer_start_ready VAR LOG CMD...
 #                                  start CMD in the background (stdout and stderr to
 #                                  LOG), wait up to $PEER_READY_TIMEOUT (default 30) s
@@ -85,6 +88,17 @@ peer_ganesha_start() {
     "$script" stop "$1"
     env=$("$script" start "$1") || return
     eval "$env"
+}
+
+peer_nfs_roundtrip() {
+    local t0 t1 t2
+    t0=$(date +%s%3N)
+    nfs-cp "$1" "$2" >/dev/null || { echo "nfs-cp $1 -> $2 failed" >&2; return 1; }
+    t1=$(date +%s%3N)
+    nfs-cp "$2" "$3" >/dev/null || { echo "nfs-cp $2 -> $3 failed" >&2; return 1; }
+    t2=$(date +%s%3N)
+    cmp "$1" "$3" >&2 || { echo "what came back from $2 differs from $1" >&2; return 1; }
+    echo "in $((t1 - t0)) ms, out $((t2 - t1)) ms"
 }
 
 peer_start_ready() {
