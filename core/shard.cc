@@ -94,10 +94,12 @@ void stream::send(slice_chain&& data) {
     for (const slice& part : data) sendq_.push_back(part.share());
     data.clear();
     if (queued_ >= shard_->cfg_.send_high_water) over_high_ = true;
-    if (!send_inflight_ && state_ != state::connecting) submit_send();
+    if (!send_inflight_ && state_ != state::connecting) shard_->queue_flush(this);
 }
 
 void stream::submit_send() {
+    if (send_inflight_ || state_ == state::connecting || state_ == state::closed) return;
+    if (state_ == state::closing && !detaching_) return;
     size_t n = 0;
     for (size_t i = sendq_head_; i < sendq_.size() && n < k_max_iov; ++i, ++n) {
         iov_[n].iov_base = const_cast<uint8_t*>(sendq_[i].data());
@@ -160,7 +162,7 @@ void stream::on_send_cqe(const io_uring_cqe* cqe) {
         return;
     }
     if (queued_ > 0) {
-        submit_send();
+        shard_->queue_flush(this);
     } else if (detaching_) {
         maybe_finish();
         return;
@@ -518,6 +520,12 @@ void shard::run(task init, std::string* err, std::atomic<int>* ready) {
     ready->notify_all();
     loop();
 
+    RPCGATE_LOG(core, info,
+                "shard {}: {} loop passes, {} completions, {} receives ({} bytes), {} sends ({} "
+                "bytes), {} ENOBUFS",
+                cfg_.index, stats_.loop_passes.load(), stats_.cqes.load(),
+                stats_.recv_completions.load(), stats_.recv_bytes.load(), stats_.send_calls.load(),
+                stats_.send_bytes.load(), stats_.enobufs.load());
     // Exit: close what is left. Tearing the ring down cancels every request,
     // so no completion can refer to a stream after this point.
     close_listeners();
@@ -560,6 +568,7 @@ void shard::loop() {
         }
         if (exit_now_.load(std::memory_order_acquire) || (stop_seen_ && streams_.empty())) break;
 
+        flush_sends();
         int64_t wait = timers_.ms_until_next(monotonic_ms());
         __kernel_timespec ts{};
         if (wait >= 0) {
@@ -807,6 +816,22 @@ void shard::rearm_starved() {
 
 void shard::queue_finish(stream* s) { finished_.push_back(s); }
 
+void shard::queue_flush(stream* s) {
+    if (s->flush_queued_) return;
+    s->flush_queued_ = true;
+    flush_.push_back(s);
+}
+
+void shard::flush_sends() {
+    // reap_streams takes a freed stream off this list, so every entry is alive.
+    for (size_t i = 0; i < flush_.size(); ++i) {
+        stream* s = flush_[i];
+        s->flush_queued_ = false;
+        if (s->queued_ > 0) s->submit_send();
+    }
+    flush_.clear();
+}
+
 void shard::reap_streams() {
     while (!finished_.empty()) {
         std::vector<stream*> list;
@@ -817,6 +842,10 @@ void shard::reap_streams() {
                 continue;
             }
             s->state_ = stream::state::closed;
+            if (s->flush_queued_) {
+                for (auto& p : flush_)
+                    if (p == s) p = flush_.back(), flush_.pop_back();
+            }
             if (s->starved_) {
                 for (auto& p : starved_)
                     if (p == s) p = starved_.back(), starved_.pop_back();

@@ -6,16 +6,18 @@
 // is locked; other threads talk to a shard only through its mailboxes.
 //
 // The loop, in order (one pass = one io_uring_enter):
-//   1. submit every SQE queued since the last pass and wait for at least one
+//   1. prepare one sendmsg per stream that was given bytes since the last
+//      pass (corking: every record forwarded in a pass leaves in one sendmsg);
+//   2. submit every SQE queued since the last pass and wait for at least one
 //      completion, or until the next timer tick;
-//   2. reap all available CQEs in one batch, dispatch each to its owner
+//   3. reap all available CQEs in one batch, dispatch each to its owner
 //      (stream, listener, wake-up eventfd) and advance the CQ once;
-//   3. hand receive buffers that were released during the pass back to the
+//   4. hand receive buffers that were released during the pass back to the
 //      kernel (one buffer-ring tail update), re-arm receives that ran out of
 //      buffers (ENOBUFS) if buffers are free again;
-//   4. free streams whose last operation completed;
-//   5. fire expired timers.
-// Mailbox tasks run in step 2, when the eventfd read completes.
+//   5. free streams whose last operation completed;
+//   6. fire expired timers.
+// Mailbox tasks run in step 3, when the eventfd read completes.
 //
 // Lifetime: every slice of a receive buffer must be dropped before its shard
 // is destroyed (the buffer returns itself to the shard's ring).
@@ -193,6 +195,7 @@ private:
     bool over_high_ = false;
     bool close_when_drained_ = false;
     bool finish_queued_ = false;
+    bool flush_queued_ = false;  // on the shard's list of streams to send at the end of the pass
     bool detaching_ = false;
     bool eof_pending_ = false;  // EOF/error seen while paused, delivered on resume
     int eof_err_ = 0;
@@ -302,6 +305,8 @@ private:
     void rearm_starved();
     void reap_streams();
     void queue_finish(stream* s);
+    void queue_flush(stream* s);
+    void flush_sends();
     int register_file(int fd);
     void unregister_file(int idx);
     slice take_buffer(uint16_t bid, uint32_t len);
@@ -337,6 +342,7 @@ private:
     std::vector<stream*> streams_;
     std::vector<stream*> starved_;
     std::vector<stream*> finished_;
+    std::vector<stream*> flush_;  // streams with bytes to send, submitted once per pass
 };
 
 }  // namespace rpcgate::core
