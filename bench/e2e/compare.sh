@@ -60,7 +60,7 @@ ha_port=$(peer_free_port)
 cat >"$work/haproxy.cfg" <<CFG
 global
     nbthread $shards
-    maxconn 40000
+    maxconn $(( ($(ulimit -n) - 200) / 2 ))
 defaults
     mode tcp
     timeout connect 5s
@@ -82,7 +82,11 @@ socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,fork,reuseaddr,nodelay" "TCP:127.0.
 pids+=($!)
 
 for p in "$gw_port" "$ha_port" "$socat_port"; do
-    peer_wait_until 10 peer_rpc_null 127.0.0.1 "$p" 0x20000001 1 || { echo "proxy on port $p did not start" >&2; exit 1; }
+    peer_wait_until 10 peer_rpc_null 127.0.0.1 "$p" 0x20000001 1 || {
+        echo "proxy on port $p did not start; logs:" >&2
+        tail -n 5 "$work"/*.log >&2
+        exit 1
+    }
 done
 
 declare -A target=([direct]=$echo_port [rpcgate]=$gw_port [haproxy]=$ha_port [socat]=$socat_port)
