@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -24,6 +25,7 @@ enum op_tag : uintptr_t {
     tag_connect = 3,
     tag_accept = 4,
     tag_wake = 5,
+    tag_poll = 6,
 };
 constexpr uintptr_t k_tag_mask = 7;
 
@@ -207,10 +209,22 @@ void stream::on_receive_cqe(const io_uring_cqe* cqe) {
         }
         slice data = shard_->take_buffer(uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT),
                                          uint32_t(res));
+        if (shard_->buffers_free_ < shard_->pressure_below_) {
+            data = slice::copy_of(data.data(), data.size());  // the ring buffer goes back now
+            bump(shard_->stats_.pressure_copies);
+        }
         bytes_in_ += uint32_t(res);
         bump(shard_->stats_.recv_bytes, uint32_t(res));
         bump(shard_->stats_.recv_completions);
-        if (state_ != state::open) return;  // closing or detaching: drop (the slice recycles)
+        if (detaching_) {
+            held_.push_back(std::move(data));  // handed over with the fd
+            maybe_finish();
+            return;
+        }
+        if (state_ != state::open) {  // closing: drop (the buffer recycles)
+            maybe_finish();
+            return;
+        }
         if (paused_) {
             held_.push_back(std::move(data));
         } else {
@@ -219,10 +233,14 @@ void stream::on_receive_cqe(const io_uring_cqe* cqe) {
         if (!more && state_ == state::open && !paused_ && !recv_armed_) arm_receive();
         return;
     }
+    if (state_ != state::open) {
+        maybe_finish();
+        return;
+    }
     if (res == -ENOBUFS) {
         // Ring empty: the bytes stay in the socket. Re-arm when buffers return.
         bump(shard_->stats_.enobufs);
-        if (!more && state_ == state::open && !starved_) {
+        if (!more && !starved_) {
             starved_ = true;
             shard_->starved_.push_back(this);
         }
@@ -233,19 +251,14 @@ void stream::on_receive_cqe(const io_uring_cqe* cqe) {
         shard_->feat_.recv_multishot = false;
         RPCGATE_LOG(core, warn, "shard {}: multishot recv refused, using one-shot recv",
                     shard_->index());
-        if (state_ == state::open) arm_receive();
+        arm_receive();
         return;
     }
     if (res == -ECANCELED) {
-        if (state_ == state::open && !paused_ && !recv_armed_ && !eof_seen_) arm_receive();
-        if (state_ != state::open) maybe_finish();
+        if (!paused_ && !recv_armed_ && !eof_seen_) arm_receive();
         return;
     }
     // EOF (0) or a receive error.
-    if (state_ != state::open) {
-        maybe_finish();
-        return;
-    }
     if (eof_seen_) return;
     eof_seen_ = true;
     if (paused_) {
@@ -254,6 +267,41 @@ void stream::on_receive_cqe(const io_uring_cqe* cqe) {
         return;
     }
     handler_->on_eof(*this, res);
+}
+
+void stream::arm_liveness_poll() {
+    if (poll_armed_) return;
+    io_uring_sqe* sqe = shard_->get_sqe();
+    io_uring_prep_poll_add(sqe, fd_, POLLRDHUP);
+    io_uring_sqe_set_data64(sqe, encode(this, tag_poll));
+    poll_armed_ = true;
+    ++ops_inflight_;
+}
+
+void stream::cancel_liveness_poll() {
+    if (!poll_armed_) return;
+    io_uring_sqe* sqe = shard_->get_sqe();
+    io_uring_prep_poll_remove(sqe, encode(this, tag_poll));
+    io_uring_sqe_set_data64(sqe, tag_ignore);
+}
+
+void stream::on_poll_cqe(const io_uring_cqe* cqe) {
+    --ops_inflight_;
+    poll_armed_ = false;
+    if (state_ != state::open) {
+        maybe_finish();
+        return;
+    }
+    // A reset or error while paused: report it now, so that the other side of
+    // a proxied pair is not left waiting on a peer that is gone. An orderly
+    // FIN alone (POLLRDHUP) waits for resume, after the bytes still held.
+    if (cqe->res > 0 && (cqe->res & (POLLERR | POLLHUP)) && paused_ && !eof_seen_) {
+        eof_seen_ = true;
+        int err = 0;
+        socklen_t len = sizeof err;
+        ::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len);
+        handler_->on_eof(*this, err ? -err : -ECONNRESET);
+    }
 }
 
 void stream::pause_receive() {
@@ -265,11 +313,13 @@ void stream::pause_receive() {
         io_uring_sqe_set_data64(sqe, tag_ignore);
         recv_cancel_sent_ = true;
     }
+    if (state_ == state::open && !eof_seen_) arm_liveness_poll();
 }
 
 void stream::resume_receive() {
     if (!paused_) return;
     paused_ = false;
+    cancel_liveness_poll();
     if (state_ != state::open) return;
     // Deliver what arrived while paused; the handler may pause again.
     while (!held_.empty() && !paused_ && state_ == state::open) {
@@ -295,6 +345,7 @@ void stream::close(int err) {
     // shutdown() completes an in-flight receive (EOF) and send at once; the
     // cancel covers a receive the kernel has not started yet.
     ::shutdown(fd_, SHUT_RDWR);
+    cancel_liveness_poll();
     if (recv_armed_ && !recv_cancel_sent_) {
         io_uring_sqe* sqe = shard_->get_sqe();
         io_uring_prep_cancel64(sqe, encode(this, tag_recv), 0);
@@ -320,6 +371,15 @@ void stream::close_after_send(uint64_t deadline_ms) {
     shard_->timers_.arm(close_timer_, deadline_ms);
 }
 
+std::string stream::describe() const {
+    static const char* names[] = {"connecting", "open", "closing", "closed"};
+    return fmt::format(
+        "fd={} state={} ops={} recv_armed={} cancel_sent={} paused={} starved={} eof={} "
+        "send_inflight={} queued={} detaching={} finish_queued={}",
+        fd_, names[int(state_)], ops_inflight_, recv_armed_, recv_cancel_sent_, paused_, starved_,
+        eof_seen_, send_inflight_, queued_, detaching_, finish_queued_);
+}
+
 void stream::on_close_deadline(timer*, void* arg) { static_cast<stream*>(arg)->close(-ETIMEDOUT); }
 
 void stream::detach(detach_fn done) {
@@ -328,6 +388,7 @@ void stream::detach(detach_fn done) {
     detaching_ = true;
     state_ = state::closing;
     close_timer_.cancel();
+    cancel_liveness_poll();
     if (recv_armed_ && !recv_cancel_sent_) {
         io_uring_sqe* sqe = shard_->get_sqe();
         io_uring_prep_cancel64(sqe, encode(this, tag_recv), 0);
@@ -475,6 +536,7 @@ std::string shard::setup_ring() {
                        MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
     if (mem == MAP_FAILED) return std::string("mmap receive buffers: ") + std::strerror(errno);
     buf_mem_ = static_cast<uint8_t*>(mem);
+    pressure_below_ = cfg_.pressure_copy_below < 0 ? count / 4 : unsigned(cfg_.pressure_copy_below);
     buf_owners_ = std::make_unique<ring_buffer[]>(count);
     for (unsigned i = 0; i < count; ++i) {
         buf_owners_[i].owner_shard = this;
@@ -522,10 +584,10 @@ void shard::run(task init, std::string* err, std::atomic<int>* ready) {
 
     RPCGATE_LOG(core, info,
                 "shard {}: {} loop passes, {} completions, {} receives ({} bytes), {} sends ({} "
-                "bytes), {} ENOBUFS",
+                "bytes), {} ENOBUFS, {} pressure copies",
                 cfg_.index, stats_.loop_passes.load(), stats_.cqes.load(),
                 stats_.recv_completions.load(), stats_.recv_bytes.load(), stats_.send_calls.load(),
-                stats_.send_bytes.load(), stats_.enobufs.load());
+                stats_.send_bytes.load(), stats_.enobufs.load(), stats_.pressure_copies.load());
     // Exit: close what is left. Tearing the ring down cancels every request,
     // so no completion can refer to a stream after this point.
     close_listeners();
@@ -614,6 +676,9 @@ void shard::dispatch(io_uring_cqe* cqe) {
             return;
         case tag_connect:
             static_cast<stream*>(p)->on_connect_cqe(cqe);
+            return;
+        case tag_poll:
+            static_cast<stream*>(p)->on_poll_cqe(cqe);
             return;
         case tag_wake:
             for (auto& box : inboxes_) box->drain();

@@ -57,6 +57,12 @@ struct shard_config {
     // Receive buffers: count (a power of two, <= 32768) and size of each.
     unsigned buffer_count = 1024;
     unsigned buffer_size = 32 * 1024;
+    // Below this many free receive buffers, received bytes are copied to the
+    // heap and their ring buffer is handed back at once. Without it, records
+    // half-assembled in ring buffers could hold the whole ring while the bytes
+    // that would complete them wait in a socket the kernel cannot read into:
+    // a deadlock. -1: a quarter of buffer_count; 0: never copy.
+    int pressure_copy_below = -1;
     // Size of the registered-file table (streams beyond it use plain fds).
     unsigned registered_files = 16384;
     // Queued bytes above which a stream reports itself as full, and the level
@@ -92,6 +98,7 @@ struct shard_stats {
     std::atomic<uint64_t> send_bytes{0};
     std::atomic<uint64_t> send_calls{0};
     std::atomic<uint64_t> enobufs{0};       // receives that found the buffer ring empty
+    std::atomic<uint64_t> pressure_copies{0};  // receives copied out of a ring running low
     std::atomic<uint64_t> buffers_free{0};  // receive buffers the kernel can use now
     std::atomic<uint64_t> loop_passes{0};
     std::atomic<uint64_t> cqes{0};
@@ -162,6 +169,9 @@ public:
     using detach_fn = std::function<void(int fd, slice_chain&& unread)>;
     void detach(detach_fn done);
 
+    // One line of internal state, for diagnostics of a stream that will not close.
+    std::string describe() const;
+
     uint64_t bytes_in() const noexcept { return bytes_in_; }
     uint64_t bytes_out() const noexcept { return bytes_out_; }
     int close_error() const noexcept { return close_err_; }
@@ -177,6 +187,10 @@ private:
     void on_receive_cqe(const io_uring_cqe* cqe);
     void on_send_cqe(const io_uring_cqe* cqe);
     void on_connect_cqe(const io_uring_cqe* cqe);
+    void on_poll_cqe(const io_uring_cqe* cqe);
+    // While paused, a poll for reset/hang-up keeps a dead peer from going unnoticed.
+    void arm_liveness_poll();
+    void cancel_liveness_poll();
     void submit_send();
     void maybe_finish();
     static void on_close_deadline(timer*, void* arg);
@@ -188,6 +202,7 @@ private:
     state state_ = state::open;
     bool recv_armed_ = false;
     bool recv_cancel_sent_ = false;
+    bool poll_armed_ = false;
     bool paused_ = false;
     bool starved_ = false;      // receive ended with ENOBUFS; waiting for buffers
     bool eof_seen_ = false;
@@ -335,6 +350,7 @@ private:
     std::unique_ptr<ring_buffer[]> buf_owners_;
     unsigned br_pending_ = 0;  // buffers added since the last tail update
     unsigned buffers_free_ = 0;
+    unsigned pressure_below_ = 0;
 
     std::vector<int> free_files_;
     std::vector<std::unique_ptr<listener>> listeners_;

@@ -549,6 +549,18 @@ void shard_context::on_drain_deadline(core::timer*, void* arg) {
         s->terminate("drain deadline reached: closing", -ETIMEDOUT);
         s = next;
     }
+    // Closing takes one pass; anything left a second later is a bug worth a
+    // line each, and must not keep the process from exiting.
+    ctx->drain_timer_.set_callback(
+        [](core::timer*, void* arg) {
+            auto* c = static_cast<shard_context*>(arg);
+            for (core::stream* st : c->sh_.streams())
+                RPCGATE_LOG(gw, error, "shard {}: stream still open after the drain: {}",
+                            c->sh_.index(), st->describe());
+            c->sh_.force_exit();
+        },
+        ctx);
+    ctx->sh_.timers().arm(ctx->drain_timer_, 1000);
 }
 
 // ---------------------------------------------------------------- gateway

@@ -153,6 +153,7 @@ TEST(shard, buffer_ring_exhaustion_rearms_without_loss) {
     shard_config cfg;
     cfg.buffer_count = 4;
     cfg.buffer_size = 1024;
+    cfg.pressure_copy_below = 0;  // let the ring run dry
     echo_server srv;
     srv.hold = true;
     running_shard rs(cfg);
@@ -173,6 +174,45 @@ TEST(shard, buffer_ring_exhaustion_rearms_without_loss) {
         return collected.size() >= payload.size();
     }));
     EXPECT_TRUE(collected == payload);
+    ::close(fd);
+}
+
+// The handler never lets go of anything, yet every byte arrives: once the
+// ring runs low, received bytes are copied out and the buffers go back.
+TEST(shard, pressure_copies_keep_a_hoarding_handler_from_starving_the_ring) {
+    shard_config cfg;
+    cfg.buffer_count = 8;
+    cfg.buffer_size = 1024;
+    cfg.pressure_copy_below = 4;
+    echo_server srv;
+    srv.hold = true;
+    running_shard rs(cfg);
+    ASSERT_EQ(rs.start(&srv), "");
+    int fd = connect_to(rs.sh->listen_port());
+    ASSERT_GE(fd, 0);
+    std::string payload(256 * 1024, '\0');
+    for (size_t i = 0; i < payload.size(); ++i) payload[i] = char(i * 7);
+    std::thread writer([&] {
+        size_t off = 0;
+        while (off < payload.size()) {
+            ssize_t w = ::write(fd, payload.data() + off, payload.size() - off);
+            if (w <= 0) return;
+            off += size_t(w);
+        }
+    });
+    size_t have = 0;
+    ASSERT_TRUE(wait_for([&] {
+        rs.run([&] { have = srv.held.size(); });
+        return have == payload.size();
+    })) << "received " << have << " of " << payload.size();
+    writer.join();
+    std::string got;
+    rs.run([&] {
+        got = srv.held.to_string();
+        srv.held.clear();
+    });
+    EXPECT_TRUE(got == payload);
+    EXPECT_GT(rs.sh->stats().pressure_copies.load(), 0u);
     ::close(fd);
 }
 
