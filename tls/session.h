@@ -1,0 +1,95 @@
+// A TLS session driven by bytes: no sockets, no blocking, no threads of its own.
+//
+// The owner feeds ciphertext it received (`feed`) and sends whatever the
+// session produces (`out` chains). The same object runs the handshake (on the
+// control thread) and then the data path (on a shard), moved between them;
+// it is never used by two threads at once. OpenSSL sees custom BIOs that
+// read from the fed slices and write into our own heap blocks, so ciphertext
+// is neither copied into nor out of a BIO_s_mem.
+//
+// Plaintext comes out as slices of fresh heap blocks (decryption writes new
+// bytes anyway); `write` coalesces a plaintext chain into full-size TLS
+// records (up to 16 KiB each) so that a 4-byte record mark never becomes a
+// record of its own.
+//
+// Outcome flags follow FreeBSD's rpctls names (RFC 9289 §6 audit):
+#pragma once
+
+#include <openssl/ssl.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/buffer.h"
+#include "tls/context.h"
+
+namespace rpcgate::tls {
+
+enum flag : uint32_t {
+    flag_handshake = 1u << 0,   // the handshake completed
+    flag_gotcert = 1u << 1,     // the peer presented a certificate
+    flag_selfsigned = 1u << 2,  // ... which is self-signed
+    flag_verified = 1u << 3,    // ... which verified against the CA (and CRL)
+    flag_certuser = 1u << 4,    // ... which maps to an AUTH_SYS identity
+    flag_disabled = 1u << 5,    // TLS was refused by policy / revoked later
+    flag_handshfail = 1u << 6,  // the handshake failed
+};
+// "HANDSHAKE|GOTCERT|VERIFIED" for logs.
+std::string flags_text(uint32_t flags);
+
+enum class status {
+    ok,        // progress made; nothing more to do until more bytes arrive
+    done,      // handshake: complete
+    closed,    // the peer sent close_notify
+    error,     // fatal: see error_text(); send `out` (an alert) and close
+};
+
+class session {
+public:
+    // A session for one connection; `ctx` must outlive it.
+    static std::unique_ptr<session> make(const context& ctx, std::string* err);
+    ~session();
+    session(const session&) = delete;
+    session& operator=(const session&) = delete;
+
+    // Ciphertext from the peer, in order (shared, not copied).
+    void feed(core::slice ciphertext);
+    void feed(core::slice_chain&& ciphertext);
+    // Bytes fed but not yet consumed by OpenSSL.
+    size_t pending_input() const noexcept;
+
+    // Advances the handshake with what was fed; appends bytes to send to `out`.
+    // Returns ok (needs more input), done, or error.
+    status handshake(core::slice_chain& out);
+    bool handshake_done() const noexcept;
+
+    // Decrypts every complete record fed so far; appends plaintext to `plain`
+    // and any bytes to send (e.g. a KeyUpdate response) to `out`.
+    status read(core::slice_chain& plain, core::slice_chain& out);
+    // Encrypts `plain` (all of it); appends the records to `out`.
+    status write(const core::slice_chain& plain, core::slice_chain& out);
+    // Appends a close_notify alert to `out`.
+    void shutdown(core::slice_chain& out);
+
+    // After the handshake.
+    uint32_t flags() const noexcept { return flags_; }
+    void add_flags(uint32_t f) noexcept { flags_ |= f; }
+    std::string version() const;      // "TLSv1.3"
+    std::string cipher() const;       // "TLS_AES_256_GCM_SHA384"
+    std::string alpn() const;         // "sunrpc" or ""
+    std::string peer_subject() const; // "CN=client,O=..." or ""
+    // Why the handshake or a read failed (one line), or "".
+    const std::string& error_text() const noexcept { return error_; }
+    SSL* native() const noexcept { return ssl_; }
+
+private:
+    session() = default;
+    struct io;  // the custom BIO state
+    SSL* ssl_ = nullptr;
+    std::unique_ptr<io> io_;
+    uint32_t flags_ = 0;
+    std::string error_;
+};
+
+}  // namespace rpcgate::tls
