@@ -102,21 +102,23 @@ void stream::send(slice_chain&& data) {
 void stream::submit_send() {
     if (send_inflight_ || state_ == state::connecting || state_ == state::closed) return;
     if (state_ == state::closing && !detaching_) return;
-    size_t n = 0;
-    for (size_t i = sendq_head_; i < sendq_.size() && n < k_max_iov; ++i, ++n) {
-        iov_[n].iov_base = const_cast<uint8_t*>(sendq_[i].data());
-        iov_[n].iov_len = sendq_[i].size();
-    }
-    if (n == 0) return;
-    msg_ = msghdr{};
-    msg_.msg_iov = iov_;
-    msg_.msg_iovlen = n;
+    if (sendq_head_ == sendq_.size()) return;
+    // The SQE first: taking it may submit (SQ full), which frees the arena.
     io_uring_sqe* sqe = shard_->get_sqe();
+    shard::send_desc* d = shard_->take_send_desc();
+    size_t n = 0;
+    for (size_t i = sendq_head_; i < sendq_.size() && n < shard::k_max_iov; ++i, ++n) {
+        d->iov[n].iov_base = const_cast<uint8_t*>(sendq_[i].data());
+        d->iov[n].iov_len = sendq_[i].size();
+    }
+    d->msg = msghdr{};
+    d->msg.msg_iov = d->iov;
+    d->msg.msg_iovlen = n;
     if (file_index_ >= 0) {
-        io_uring_prep_sendmsg(sqe, file_index_, &msg_, MSG_NOSIGNAL);
+        io_uring_prep_sendmsg(sqe, file_index_, &d->msg, MSG_NOSIGNAL);
         sqe->flags |= IOSQE_FIXED_FILE;
     } else {
-        io_uring_prep_sendmsg(sqe, fd_, &msg_, MSG_NOSIGNAL);
+        io_uring_prep_sendmsg(sqe, fd_, &d->msg, MSG_NOSIGNAL);
     }
     io_uring_sqe_set_data64(sqe, encode(this, tag_send));
     send_inflight_ = true;
@@ -499,6 +501,10 @@ std::string shard::setup_ring() {
     }
     if (rc < 0) return std::string("io_uring_queue_init: ") + std::strerror(-rc);
     ring_ok_ = true;
+    if (!(ring_.features & IORING_FEAT_SUBMIT_STABLE))
+        return "io_uring lacks IORING_FEAT_SUBMIT_STABLE (kernel too old)";
+    // One slot per SQ entry: at most that many sends are prepared between submissions.
+    send_descs_ = std::make_unique<send_desc[]>(ring_.sq.ring_entries);
 
     if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
         feat_.send_zc = io_uring_opcode_supported(probe, IORING_OP_SEND_ZC);
@@ -610,6 +616,7 @@ io_uring_sqe* shard::get_sqe() {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     while (!sqe) {
         io_uring_submit(&ring_);
+        submitted();
         sqe = io_uring_get_sqe(&ring_);
     }
     return sqe;
@@ -640,6 +647,7 @@ void shard::loop() {
         io_uring_cqe* first = nullptr;
         int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, wait >= 0 ? &ts : nullptr,
                                                   nullptr);
+        submitted();
         if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
             RPCGATE_LOG(core, error, "shard {}: io_uring wait failed: {}", cfg_.index,
                         std::strerror(-rc));

@@ -222,12 +222,10 @@ private:
     uint64_t bytes_out_ = 0;
     size_t queued_ = 0;
     slice_chain held_;  // received while paused
-    // Send queue: slices waiting to go, in order; iov_/msg_ describe the send in flight.
+    // Send queue: slices waiting to go, in order. The msghdr/iovecs of a send
+    // live in the shard's per-submission arena (see shard::send_desc).
     small_vector<slice, 8> sendq_;
     size_t sendq_head_ = 0;
-    static constexpr size_t k_max_iov = 64;
-    iovec iov_[k_max_iov];
-    msghdr msg_{};
     timer close_timer_;
     sockaddr_storage connect_addr_{};
     socklen_t connect_len_ = 0;
@@ -307,6 +305,17 @@ private:
     friend class stream;
     struct listener;
     struct ring_buffer;
+    // msghdr + iovecs of one sendmsg. The kernel copies them when the SQE is
+    // submitted (IORING_FEAT_SUBMIT_STABLE), so they need to live only until
+    // the next io_uring_enter: one arena slot per SQ entry, reused after every
+    // submission, instead of a kilobyte of iovecs in every stream.
+    static constexpr size_t k_max_iov = 64;
+    struct send_desc {
+        msghdr msg;
+        iovec iov[k_max_iov];
+    };
+    send_desc* take_send_desc() noexcept { return &send_descs_[send_descs_used_++]; }
+    void submitted() noexcept { send_descs_used_ = 0; }
 
     void run(task init, std::string* err, std::atomic<int>* ready);
     std::string setup_ring();
@@ -359,6 +368,8 @@ private:
     std::vector<stream*> starved_;
     std::vector<stream*> finished_;
     std::vector<stream*> flush_;  // streams with bytes to send, submitted once per pass
+    std::unique_ptr<send_desc[]> send_descs_;
+    unsigned send_descs_used_ = 0;
 };
 
 }  // namespace rpcgate::core
