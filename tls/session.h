@@ -71,6 +71,11 @@ public:
     status write(const core::slice_chain& plain, core::slice_chain& out);
     // Appends a close_notify alert to `out`.
     void shutdown(core::slice_chain& out);
+    // Lets go of the session's buffers (OpenSSL's record buffers and our output
+    // blocks) while nothing is in flight; they come back on the next call.
+    // Call it when a connection goes idle: afterwards the session costs only
+    // the SSL object and its peer certificate.
+    void release_buffers() noexcept;
 
     // After the handshake.
     uint32_t flags() const noexcept { return flags_; }
@@ -85,7 +90,12 @@ public:
 
 private:
     session() = default;
-    struct io;  // the custom BIO state
+    status finish_handshake();
+    void fail(std::string why);  // HANDSHFAIL with a one-line reason
+    void note_peer(bool completed);
+    bool write_records(const uint8_t* p, size_t n);
+
+    struct io;  // the custom BIO state, the verify record and the output blocks
     SSL* ssl_ = nullptr;
     std::unique_ptr<io> io_;
     uint32_t flags_ = 0;

@@ -1,0 +1,425 @@
+#include "tls/session.h"
+
+#include <gtest/gtest.h>
+#include <openssl/ssl.h>
+
+#include <random>
+
+#include "test_util.h"
+
+namespace rpcgate::tls {
+namespace {
+
+using test::cert;
+using test::pair;
+
+std::unique_ptr<context> server_ctx(server_options o = test::server_opts()) {
+    std::string err;
+    auto c = context::make_server(o, &err);
+    EXPECT_TRUE(c) << err;
+    return c;
+}
+
+std::unique_ptr<context> client_ctx(client_options o = test::client_opts()) {
+    std::string err;
+    auto c = context::make_client(o, &err);
+    EXPECT_TRUE(c) << err;
+    return c;
+}
+
+server_options mtls() {
+    auto o = test::server_opts();
+    o.require_client_cert = true;
+    o.crl_file = cert("crl.pem");
+    return o;
+}
+
+bool has(uint32_t flags, uint32_t f) { return (flags & f) == f; }
+
+TEST(TlsSession, HandshakeWithAlpn) {
+    auto s = server_ctx();
+    auto c = client_ctx();
+    pair p(*c, *s);
+    p.handshake();
+    ASSERT_EQ(p.cst, status::done) << p.client->error_text();
+    ASSERT_EQ(p.sst, status::done) << p.server->error_text();
+    EXPECT_EQ(p.server->alpn(), "sunrpc");
+    EXPECT_EQ(p.client->alpn(), "sunrpc");
+    EXPECT_EQ(p.server->version(), "TLSv1.3");
+    EXPECT_FALSE(p.server->cipher().empty());
+    // The client sent no certificate; the server's verified against the CA.
+    EXPECT_EQ(p.server->flags(), flag_handshake) << flags_text(p.server->flags());
+    EXPECT_EQ(p.client->flags(), flag_handshake | flag_gotcert | flag_verified)
+        << flags_text(p.client->flags());
+    EXPECT_EQ(p.client->peer_subject(), "CN=localhost");
+    EXPECT_EQ(p.server->pending_input(), 0u);
+}
+
+TEST(TlsSession, ClientWithoutAlpn) {
+    auto s = server_ctx();
+    auto c = client_ctx();
+    SSL_CTX_set_alpn_protos(c->native(), nullptr, 0);
+    pair p(*c, *s);
+    p.handshake();
+    ASSERT_EQ(p.sst, status::done) << p.server->error_text();
+    ASSERT_EQ(p.cst, status::done) << p.client->error_text();
+    EXPECT_EQ(p.server->alpn(), "");
+
+    auto so = test::server_opts();
+    so.alpn_strict = true;
+    auto strict = server_ctx(so);
+    pair q(*c, *strict);
+    q.handshake();
+    EXPECT_EQ(q.sst, status::error);
+    EXPECT_EQ(q.cst, status::error);
+    EXPECT_TRUE(has(q.server->flags(), flag_handshfail));
+    EXPECT_NE(q.server->error_text().find("no application protocol"), std::string::npos)
+        << q.server->error_text();
+    EXPECT_NE(q.client->error_text().find("no application protocol"), std::string::npos)
+        << q.client->error_text();
+}
+
+TEST(TlsSession, ClientOfferingOnlyH2IsRefused) {
+    auto s = server_ctx();
+    auto c = client_ctx();
+    static const unsigned char h2[] = {2, 'h', '2'};
+    ASSERT_EQ(SSL_CTX_set_alpn_protos(c->native(), h2, sizeof(h2)), 0);
+    pair p(*c, *s);
+    p.handshake();
+    EXPECT_EQ(p.sst, status::error);
+    EXPECT_EQ(p.cst, status::error);
+    EXPECT_EQ(p.server->flags(), flag_handshfail);
+    EXPECT_NE(p.server->error_text().find("no application protocol"), std::string::npos)
+        << p.server->error_text();
+    EXPECT_NE(p.client->error_text().find("alert received: no application protocol"),
+              std::string::npos)
+        << p.client->error_text();
+}
+
+TEST(TlsSession, AlpnListWithSunrpcLast) {
+    auto s = server_ctx();
+    auto c = client_ctx();
+    static const unsigned char list[] = {2, 'h', '2', 6, 's', 'u', 'n', 'r', 'p', 'c'};
+    ASSERT_EQ(SSL_CTX_set_alpn_protos(c->native(), list, sizeof(list)), 0);
+    pair p(*c, *s);
+    p.handshake();
+    ASSERT_EQ(p.sst, status::done) << p.server->error_text();
+    EXPECT_EQ(p.client->alpn(), "sunrpc");
+}
+
+TEST(TlsSession, Tls12OnlyClientIsRefused) {
+    auto s = server_ctx();
+    auto co = test::client_opts();
+    co.min_version = TLS1_2_VERSION;
+    auto c = client_ctx(co);
+    SSL_CTX_set_max_proto_version(c->native(), TLS1_2_VERSION);
+    pair p(*c, *s);
+    p.handshake();
+    EXPECT_EQ(p.sst, status::error);
+    EXPECT_EQ(p.cst, status::error);
+    EXPECT_NE(p.server->error_text().find("unsupported protocol"), std::string::npos)
+        << p.server->error_text();
+    EXPECT_NE(p.server->error_text().find("alert sent: protocol version"), std::string::npos)
+        << p.server->error_text();
+}
+
+TEST(TlsSession, ClientRequiresAlpn) {
+    // A server that selects nothing (plain OpenSSL context, no ALPN callback).
+    std::string err;
+    auto so = test::server_opts();
+    auto s = server_ctx(so);
+    SSL_CTX_set_alpn_select_cb(s->native(), nullptr, nullptr);
+    auto co = test::client_opts();
+    co.require_alpn = true;
+    auto c = client_ctx(co);
+    pair p(*c, *s);
+    p.handshake();
+    EXPECT_EQ(p.cst, status::error);
+    EXPECT_NE(p.client->error_text().find("ALPN"), std::string::npos) << p.client->error_text();
+}
+
+TEST(TlsSession, ClientChecksServerName) {
+    auto s = server_ctx();
+    auto co = test::client_opts();
+    co.server_name = "127.0.0.1";  // the IP SAN
+    auto ok = client_ctx(co);
+    pair p(*ok, *s);
+    p.handshake();
+    EXPECT_EQ(p.cst, status::done) << p.client->error_text();
+
+    co.server_name = "otherhost";
+    auto bad = client_ctx(co);
+    pair q(*bad, *s);
+    q.handshake();
+    EXPECT_EQ(q.cst, status::error);
+    EXPECT_NE(q.client->error_text().find("hostname mismatch"), std::string::npos)
+        << q.client->error_text();
+}
+
+TEST(TlsSession, MtlsValidClient) {
+    auto s = server_ctx(mtls());
+    auto c = client_ctx(test::client_opts("client"));
+    pair p(*c, *s);
+    p.handshake();
+    ASSERT_EQ(p.sst, status::done) << p.server->error_text();
+    ASSERT_EQ(p.cst, status::done) << p.client->error_text();
+    EXPECT_EQ(p.server->flags(), flag_handshake | flag_gotcert | flag_verified)
+        << flags_text(p.server->flags());
+    EXPECT_EQ(p.server->peer_subject(), "CN=client1,O=rpcgate test");
+}
+
+struct refusal {
+    const char* who;
+    const char* reason;
+    uint32_t flags;
+};
+
+class TlsMtlsRefusal : public testing::TestWithParam<refusal> {};
+
+TEST_P(TlsMtlsRefusal, IsRefusedAndFlagged) {
+    const refusal& r = GetParam();
+    auto s = server_ctx(mtls());
+    auto c = client_ctx(test::client_opts(r.who));
+    pair p(*c, *s);
+    p.handshake();
+    EXPECT_EQ(p.sst, status::error);
+    // TLS 1.3: the client is done before the server judges its certificate, and
+    // learns of the refusal from the alert on its next read.
+    ASSERT_EQ(p.cst, status::done) << p.client->error_text();
+    core::slice_chain plain, out;
+    EXPECT_EQ(p.client->read(plain, out), status::error);
+    EXPECT_NE(p.client->error_text().find("alert"), std::string::npos) << p.client->error_text();
+    EXPECT_EQ(p.server->flags(), r.flags) << flags_text(p.server->flags());
+    EXPECT_NE(p.server->error_text().find(r.reason), std::string::npos)
+        << p.server->error_text();
+    EXPECT_EQ(p.server->peer_subject(), std::string("CN=") + r.who);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Certs, TlsMtlsRefusal,
+    testing::Values(refusal{"expired", "certificate has expired", flag_handshfail | flag_gotcert},
+                    refusal{"selfsigned", "self-signed",
+                            flag_handshfail | flag_gotcert | flag_selfsigned},
+                    refusal{"revoked", "certificate revoked", flag_handshfail | flag_gotcert},
+                    refusal{"untrusted", "unable to get local issuer",
+                            flag_handshfail | flag_gotcert}),
+    [](const testing::TestParamInfo<refusal>& i) { return std::string(i.param.who); });
+
+TEST(TlsSession, MtlsWithoutCertificate) {
+    auto s = server_ctx(mtls());
+    auto c = client_ctx();
+    pair p(*c, *s);
+    p.handshake();
+    // TLS 1.3: the client finishes first and learns of the refusal on its next read.
+    EXPECT_EQ(p.sst, status::error);
+    EXPECT_EQ(p.server->flags(), flag_handshfail);
+    EXPECT_NE(p.server->error_text().find("did not return a certificate"), std::string::npos)
+        << p.server->error_text();
+}
+
+TEST(TlsSession, OpportunisticSelfSigned) {
+    auto so = test::server_opts();
+    so.crl_file = cert("crl.pem");
+    auto s = server_ctx(so);
+    auto c = client_ctx(test::client_opts("selfsigned"));
+    pair p(*c, *s);
+    p.handshake();
+    ASSERT_EQ(p.sst, status::done) << p.server->error_text();
+    EXPECT_EQ(p.server->flags(), flag_handshake | flag_gotcert | flag_selfsigned)
+        << flags_text(p.server->flags());
+    EXPECT_NE(SSL_get_verify_result(p.server->native()), X509_V_OK);
+}
+
+TEST(TlsSession, OpportunisticRevokedIsNotVerified) {
+    auto so = test::server_opts();
+    so.crl_file = cert("crl.pem");
+    auto s = server_ctx(so);
+    auto c = client_ctx(test::client_opts("revoked"));
+    pair p(*c, *s);
+    p.handshake();
+    ASSERT_EQ(p.sst, status::done) << p.server->error_text();
+    EXPECT_EQ(p.server->flags(), flag_handshake | flag_gotcert) << flags_text(p.server->flags());
+}
+
+class TlsData : public testing::Test {
+protected:
+    void SetUp() override {
+        s_ = server_ctx();
+        c_ = client_ctx();
+        p_ = std::make_unique<pair>(*c_, *s_);
+        p_->handshake();
+        ASSERT_EQ(p_->sst, status::done) << p_->server->error_text();
+        ASSERT_EQ(p_->cst, status::done) << p_->client->error_text();
+    }
+
+    // Random bytes in slices of varying sizes.
+    static core::slice_chain make_chain(size_t n, std::mt19937& rng, std::string* copy) {
+        core::slice_chain c;
+        copy->clear();
+        while (copy->size() < n) {
+            size_t len = std::min<size_t>(n - copy->size(), 1 + rng() % 70000);
+            core::slice s = core::slice::allocate(len);
+            for (size_t i = 0; i < len; ++i) s.mutable_data()[i] = static_cast<uint8_t>(rng());
+            copy->append(s.view());
+            c.push_back(std::move(s));
+        }
+        return c;
+    }
+
+    std::unique_ptr<context> s_, c_;
+    std::unique_ptr<pair> p_;
+};
+
+TEST_F(TlsData, BothWaysManySizes) {
+    std::mt19937 rng(42);
+    std::string expect;
+    for (size_t n : {size_t(0), size_t(1), size_t(100), size_t(16383), size_t(16384),
+                     size_t(16385), size_t(65536), size_t(100000), size_t(1 << 20),
+                     size_t(2 << 20)}) {
+        core::slice_chain in = make_chain(n, rng, &expect);
+        auto got = pair::send(*p_->client, *p_->server, in);
+        ASSERT_EQ(got.size(), n);
+        EXPECT_TRUE(got == expect) << "client->server " << n;
+        in = make_chain(n, rng, &expect);
+        got = pair::send(*p_->server, *p_->client, in);
+        ASSERT_EQ(got.size(), n);
+        EXPECT_TRUE(got == expect) << "server->client " << n;
+    }
+}
+
+TEST_F(TlsData, ByteAtATimeFeeding) {
+    std::string expect(50000, 'x');
+    for (size_t i = 0; i < expect.size(); ++i) expect[i] = static_cast<char>(i * 7);
+    core::slice_chain wire, plain, reply;
+    ASSERT_EQ(p_->client->write(core::slice_chain(core::slice::copy_of(expect)), wire),
+              status::ok);
+    std::string wire_bytes = wire.to_string();
+    for (char ch : wire_bytes) {
+        p_->server->feed(core::slice::copy_of(&ch, 1));
+        ASSERT_EQ(p_->server->read(plain, reply), status::ok) << p_->server->error_text();
+    }
+    EXPECT_TRUE(plain == expect);
+}
+
+TEST_F(TlsData, TinySlicesAreCoalesced) {
+    core::slice_chain in;
+    std::string expect;
+    for (int i = 0; i < 1000; ++i) {
+        char b[4] = {char(i), char(i >> 8), 'a', 'b'};
+        in.push_back(core::slice::copy_of(b, 4));
+        expect.append(b, 4);
+    }
+    size_t wire = 0;
+    auto got = pair::send(*p_->client, *p_->server, in, nullptr, &wire);
+    EXPECT_TRUE(got == expect);
+    // One record: 5 header + 1 type + 16 tag.
+    EXPECT_LE(wire, expect.size() + 32) << wire;
+
+    // A record mark then a large payload: full records, not a 4-byte one.
+    core::slice_chain rec;
+    rec.push_back(core::slice::copy_of("\x80\x01\x00\x00", 4));
+    rec.push_back(core::slice::copy_of(std::string(65536, 'p')));
+    got = pair::send(*p_->client, *p_->server, rec, nullptr, &wire);
+    EXPECT_EQ(got.size(), 65540u);
+    EXPECT_LE(wire, 65540u + 5 * 22) << wire;
+}
+
+TEST_F(TlsData, OutputIsFewSlices) {
+    core::slice_chain in(core::slice::copy_of(std::string(64 * 1024, 'z')));
+    core::slice_chain wire;
+    ASSERT_EQ(p_->client->write(in, wire), status::ok);
+    EXPECT_EQ(wire.count(), 1u);
+}
+
+TEST_F(TlsData, CloseNotify) {
+    core::slice_chain wire, plain, reply;
+    p_->client->shutdown(wire);
+    EXPECT_GT(wire.size(), 0u);
+    p_->server->feed(std::move(wire));
+    EXPECT_EQ(p_->server->read(plain, reply), status::closed);
+    EXPECT_TRUE(plain.empty());
+}
+
+TEST_F(TlsData, DataThenCloseNotifyInOneFeed) {
+    core::slice_chain wire, plain, reply;
+    ASSERT_EQ(p_->server->write(core::slice_chain(core::slice::copy_of("last words")), wire),
+              status::ok);
+    p_->server->shutdown(wire);
+    p_->client->feed(std::move(wire));
+    EXPECT_EQ(p_->client->read(plain, reply), status::closed);
+    EXPECT_TRUE(plain == "last words");
+}
+
+TEST_F(TlsData, KeyUpdateKeepsDataFlowing) {
+    for (auto* side : {p_->client.get(), p_->server.get()}) {
+        session* other = side == p_->client.get() ? p_->server.get() : p_->client.get();
+        ASSERT_EQ(SSL_key_update(side->native(), SSL_KEY_UPDATE_REQUESTED), 1);
+        core::slice_chain reply;
+        auto got = pair::send(*side, *other, core::slice_chain(core::slice::copy_of("after")),
+                              &reply);
+        EXPECT_TRUE(got == "after");
+        // The peer answers the request with its own KeyUpdate.
+        EXPECT_GT(reply.size(), 0u);
+        core::slice_chain plain, none;
+        side->feed(std::move(reply));
+        EXPECT_EQ(side->read(plain, none), status::ok) << side->error_text();
+        EXPECT_TRUE(plain.empty());
+        for (int i = 0; i < 3; ++i) {
+            got = pair::send(*other, *side, core::slice_chain(core::slice::copy_of("back")));
+            EXPECT_TRUE(got == "back");
+            got = pair::send(*side, *other, core::slice_chain(core::slice::copy_of("forth")));
+            EXPECT_TRUE(got == "forth");
+        }
+    }
+}
+
+TEST_F(TlsData, GarbageIsAnError) {
+    core::slice_chain plain, reply;
+    p_->server->feed(core::slice::copy_of(std::string(64, '\x17')));
+    EXPECT_EQ(p_->server->read(plain, reply), status::error);
+    EXPECT_FALSE(p_->server->error_text().empty());
+    EXPECT_GT(reply.size(), 0u);  // the alert to send
+}
+
+TEST_F(TlsData, ReleaseBuffersWhenIdle) {
+    auto got = pair::send(*p_->client, *p_->server,
+                          core::slice_chain(core::slice::copy_of(std::string(5000, 'q'))));
+    got.clear();
+    p_->client->release_buffers();
+    p_->server->release_buffers();
+    got = pair::send(*p_->client, *p_->server,
+                     core::slice_chain(core::slice::copy_of(std::string(7000, 'r'))));
+    EXPECT_TRUE(got == std::string(7000, 'r'));
+}
+
+TEST(TlsSession, WriteBeforeHandshakeIsAnError) {
+    auto s = server_ctx();
+    std::string err;
+    auto ss = session::make(*s, &err);
+    core::slice_chain out;
+    EXPECT_EQ(ss->write(core::slice_chain(core::slice::copy_of("x")), out), status::error);
+}
+
+TEST(TlsSession, SessionTicketsWhenAsked) {
+    auto so = test::server_opts();
+    so.session_tickets = true;
+    auto s = server_ctx(so);
+    auto c = client_ctx();
+    pair p(*c, *s);
+    p.handshake();
+    ASSERT_EQ(p.sst, status::done);
+    // The tickets went to the client with the server's last flight; it reads them.
+    core::slice_chain plain, out;
+    EXPECT_EQ(p.client->read(plain, out), status::ok) << p.client->error_text();
+    EXPECT_TRUE(plain.empty());
+}
+
+TEST(TlsSession, FlagsText) {
+    EXPECT_EQ(flags_text(flag_handshake | flag_gotcert | flag_verified),
+              "HANDSHAKE|GOTCERT|VERIFIED");
+    EXPECT_EQ(flags_text(flag_handshfail), "HANDSHFAIL");
+    EXPECT_EQ(flags_text(0), "");
+}
+
+}  // namespace
+}  // namespace rpcgate::tls

@@ -1,0 +1,451 @@
+#include "tls/session.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "tls/verify_state.h"
+
+namespace rpcgate::tls {
+namespace {
+
+// TLS plaintext record limit (RFC 8446 §5.1) and the per-record expansion we
+// plan for: header 5 + content type 1 + AEAD tag 16 in TLS 1.3; TLS 1.2 GCM
+// adds an 8-byte explicit nonce instead of the type byte. 32 covers both.
+constexpr size_t max_record = 16384;
+constexpr size_t record_overhead = 32;
+// One ciphertext block holds four full records, so a 64 KiB write is one slice.
+constexpr size_t cipher_block_size = 4 * (max_record + record_overhead) + 1024;
+constexpr size_t plain_block_size = max_record;
+// A plaintext block with less room than this is retired rather than filled
+// with a sliver of a record.
+constexpr size_t plain_min_room = 2048;
+
+// Small slices are gathered here so they leave as one record. Per thread, not
+// per session: it is empty between calls, and idle sessions should not pay
+// 16 KiB each for it.
+thread_local uint8_t staging[max_record];
+
+}  // namespace
+
+namespace {
+
+// Fills heap blocks front to back and hands out what was written as shares
+// of the block: one slice per block per call, not one per record, and no
+// allocation while the previous output has been released (the block is then
+// reused from the start).
+class block_writer {
+public:
+    explicit block_writer(size_t block_size) : block_size_(block_size) {}
+
+    size_t room() const noexcept { return blk_.size() - used_; }
+    uint8_t* tail() noexcept { return blk_.mutable_data() + used_; }
+    void commit(size_t n) noexcept { used_ += n; }
+
+    // Makes room for at least n contiguous bytes.
+    void ensure(size_t n) {
+        if (room() >= n) return;
+        flush();
+        if (!blk_.empty() && blk_.owner()->refs == 1 && blk_.size() >= n) {
+            used_ = start_ = 0;
+            return;
+        }
+        blk_ = core::slice::allocate(std::max(block_size_, n));
+        used_ = start_ = 0;
+    }
+    // Moves everything written so far to `out`.
+    void drain(core::slice_chain& out) {
+        flush();
+        if (!ready_.empty()) out.append(std::move(ready_));
+    }
+    bool idle() const noexcept { return used_ == start_ && ready_.empty(); }
+    // Forgets the block; slices already handed out keep it alive until they go.
+    void release() noexcept {
+        if (!idle()) return;
+        blk_ = core::slice();
+        used_ = start_ = 0;
+    }
+
+private:
+    void flush() {
+        if (used_ > start_) ready_.push_back(blk_.share(start_, used_ - start_));
+        start_ = used_;
+    }
+
+    size_t block_size_;
+    core::slice blk_;   // the whole block; size() is its capacity
+    size_t used_ = 0;   // bytes written into blk_
+    size_t start_ = 0;  // first written byte not yet in ready_
+    core::slice_chain ready_;
+};
+
+// What the BIO callbacks touch: the ciphertext going in and coming out.
+struct bio_io {
+    core::slice_chain in;  // fed ciphertext not yet read by OpenSSL
+    block_writer cipher{cipher_block_size};
+};
+
+// Both BIOs of a session use this method with the same bio_io. Reading
+// serves the fed slices (OpenSSL copies into its record buffer, the one copy
+// there has to be); writing appends to the ciphertext block and never blocks.
+int bio_read(BIO* b, char* buf, size_t len, size_t* got) {
+    auto* io = static_cast<bio_io*>(BIO_get_data(b));
+    BIO_clear_retry_flags(b);
+    if (io->in.empty()) {
+        BIO_set_retry_read(b);
+        *got = 0;
+        return 0;
+    }
+    size_t n = std::min(len, io->in.size());
+    io->in.copy_out(0, buf, n);
+    io->in.trim_front(n);
+    *got = n;
+    return 1;
+}
+
+int bio_write(BIO* b, const char* data, size_t len, size_t* put) {
+    auto* io = static_cast<bio_io*>(BIO_get_data(b));
+    BIO_clear_retry_flags(b);
+    io->cipher.ensure(len);
+    std::memcpy(io->cipher.tail(), data, len);
+    io->cipher.commit(len);
+    *put = len;
+    return 1;
+}
+
+long bio_ctrl(BIO* b, int cmd, long, void*) {
+    switch (cmd) {
+        case BIO_CTRL_FLUSH:  // everything is "sent" as soon as it is written
+            return 1;
+        case BIO_CTRL_PENDING:
+            return static_cast<long>(static_cast<bio_io*>(BIO_get_data(b))->in.size());
+        default:  // includes BIO_CTRL_SET_KTLS: no kTLS on memory, OpenSSL carries on
+            return 0;
+    }
+}
+
+int bio_create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+const BIO_METHOD* bio_method() {
+    static BIO_METHOD* const m = [] {
+        BIO_METHOD* bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "rpcgate slices");
+        if (!bm) return bm;
+        BIO_meth_set_read_ex(bm, bio_read);
+        BIO_meth_set_write_ex(bm, bio_write);
+        BIO_meth_set_ctrl(bm, bio_ctrl);
+        BIO_meth_set_create(bm, bio_create);
+        return bm;
+    }();
+    return m;
+}
+
+const char* alert_text(int desc) { return SSL_alert_desc_string_long(desc); }
+
+}  // namespace
+
+struct session::io : bio_io {
+    verify_state vs;
+    block_writer plain{plain_block_size};
+    bool server = false;
+    bool require_alpn = false;
+};
+
+// ---- verify_state (declared in verify_state.h) ----
+
+std::string subject_text(const X509* cert) {
+    if (!cert) return {};
+    BIO* b = BIO_new(BIO_s_mem());
+    if (!b) return {};
+    X509_NAME_print_ex(b, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253);
+    char* p = nullptr;
+    long n = BIO_get_mem_data(b, &p);
+    std::string s(p, n > 0 ? static_cast<size_t>(n) : 0);
+    BIO_free(b);
+    return s;
+}
+
+bool is_self_signed(X509* cert) {
+    if (X509_NAME_cmp(X509_get_subject_name(cert), X509_get_issuer_name(cert)) != 0) return false;
+    EVP_PKEY* key = X509_get0_pubkey(cert);
+    bool ok = key && X509_verify(cert, key) == 1;
+    ERR_clear_error();  // a failed self-check is an answer, not an error to report
+    return ok;
+}
+
+void verify_state::record(int preverify_ok, X509_STORE_CTX* store) {
+    if (!saw_cert) {
+        saw_cert = true;
+        X509* leaf = X509_STORE_CTX_get0_cert(store);
+        if (leaf) {
+            leaf_subject = subject_text(leaf);
+            selfsigned = is_self_signed(leaf);
+        }
+    }
+    if (preverify_ok) return;
+    int e = X509_STORE_CTX_get_error(store);
+    if (e == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT) selfsigned = true;
+    if (first_error == X509_V_OK) {
+        first_error = e;
+        error_depth = X509_STORE_CTX_get_error_depth(store);
+    }
+}
+
+void verify_state::record_alert(bool received, int ret) {
+    int desc = ret & 0xff;
+    if (desc == SSL_AD_CLOSE_NOTIFY) return;
+    (received ? alert_received : alert_sent) = desc;
+}
+
+// ---- session ----
+
+std::string flags_text(uint32_t flags) {
+    static constexpr const char* names[] = {"HANDSHAKE", "GOTCERT",  "SELFSIGNED", "VERIFIED",
+                                            "CERTUSER",  "DISABLED", "HANDSHFAIL"};
+    std::string s;
+    for (size_t i = 0; i < std::size(names); ++i) {
+        if (!(flags & (1u << i))) continue;
+        if (!s.empty()) s += '|';
+        s += names[i];
+    }
+    return s;
+}
+
+std::unique_ptr<session> session::make(const context& ctx, std::string* err) {
+    std::string scratch;
+    if (!err) err = &scratch;
+    const BIO_METHOD* method = bio_method();
+    if (!method) {
+        *err = "BIO_meth_new: " + last_error();
+        return nullptr;
+    }
+    std::unique_ptr<session> s(new session());
+    s->io_ = std::make_unique<io>();
+    s->io_->server = ctx.is_server();
+    s->io_->require_alpn = !ctx.is_server() && ctx.client().require_alpn;
+    s->ssl_ = SSL_new(ctx.native());
+    BIO* rb = s->ssl_ ? BIO_new(method) : nullptr;
+    BIO* wb = rb ? BIO_new(method) : nullptr;
+    if (!wb) {
+        BIO_free(rb);
+        *err = "SSL_new: " + last_error();
+        return nullptr;  // ~session frees ssl_
+    }
+    bio_io* bio_state = s->io_.get();
+    BIO_set_data(rb, bio_state);
+    BIO_set_data(wb, bio_state);
+    SSL_set_bio(s->ssl_, rb, wb);
+    SSL_set_ex_data(s->ssl_, session_ex_index(), &s->io_->vs);
+    // Read-ahead lets OpenSSL take every fed byte in one BIO call instead of
+    // a header and then a body per record: many small records, few calls.
+    SSL_set_read_ahead(s->ssl_, 1);
+    if (ctx.is_server()) {
+        SSL_set_accept_state(s->ssl_);
+    } else {
+        SSL_set_connect_state(s->ssl_);
+        const std::string& name = ctx.client().server_name;
+        // RFC 6066 §3: SNI carries DNS names only, never address literals.
+        if (!name.empty() && !is_ip_address(name) &&
+            SSL_set_tlsext_host_name(s->ssl_, name.c_str()) != 1) {
+            *err = "SNI '" + name + "': " + last_error();
+            return nullptr;
+        }
+    }
+    return s;
+}
+
+session::~session() { SSL_free(ssl_); }
+
+void session::feed(core::slice ciphertext) { io_->in.push_back(std::move(ciphertext)); }
+void session::feed(core::slice_chain&& ciphertext) { io_->in.append(std::move(ciphertext)); }
+size_t session::pending_input() const noexcept { return io_->in.size(); }
+
+bool session::handshake_done() const noexcept { return (flags_ & flag_handshake) != 0; }
+
+status session::handshake(core::slice_chain& out) {
+    if (flags_ & flag_handshake) return status::done;
+    if (flags_ & flag_handshfail) return status::error;
+    ERR_clear_error();
+    int r = SSL_do_handshake(ssl_);
+    status st = status::ok;
+    if (r == 1) {
+        st = finish_handshake();
+    } else if (SSL_get_error(ssl_, r) != SSL_ERROR_WANT_READ) {
+        fail(last_error());
+        st = status::error;
+    }
+    io_->cipher.drain(out);
+    return st;
+}
+
+void session::note_peer(bool completed) {
+    const verify_state& vs = io_->vs;
+    X509* peer = SSL_get0_peer_certificate(ssl_);
+    if (peer || vs.saw_cert) flags_ |= flag_gotcert;
+    if (vs.selfsigned) flags_ |= flag_selfsigned;
+    if (completed && peer && vs.first_error == X509_V_OK &&
+        SSL_get_verify_result(ssl_) == X509_V_OK) {
+        flags_ |= flag_verified;
+    }
+}
+
+status session::finish_handshake() {
+    note_peer(true);
+    if (io_->require_alpn && alpn().empty()) {
+        fail("server selected no ALPN protocol (\"sunrpc\" required)");
+        return status::error;
+    }
+    flags_ |= flag_handshake;
+    return status::done;
+}
+
+void session::fail(std::string why) {
+    const verify_state& vs = io_->vs;
+    note_peer(false);
+    flags_ |= flag_handshfail;
+    if (vs.first_error != X509_V_OK) {
+        why += "; certificate: ";
+        why += X509_verify_cert_error_string(vs.first_error);
+        why += " at depth " + std::to_string(vs.error_depth);
+    }
+    if (vs.alert_sent >= 0) {
+        why += "; alert sent: ";
+        why += alert_text(vs.alert_sent);
+    }
+    if (vs.alert_received >= 0) {
+        why += "; alert received: ";
+        why += alert_text(vs.alert_received);
+    }
+    error_ = std::move(why);
+}
+
+status session::read(core::slice_chain& plain, core::slice_chain& out) {
+    if (!(flags_ & flag_handshake)) {
+        // Still handshaking (or a caller that is eager): finish it first.
+        status h = handshake(out);
+        if (h != status::done) return h;
+    }
+    // Nothing fed and nothing buffered: skip the call and the block it needs.
+    if (io_->in.empty() && !SSL_has_pending(ssl_)) return status::ok;
+    ERR_clear_error();
+    status st = status::ok;
+    block_writer& pb = io_->plain;
+    for (;;) {
+        pb.ensure(plain_min_room);
+        size_t n = 0;
+        int r = SSL_read_ex(ssl_, pb.tail(), pb.room(), &n);
+        if (r == 1) {
+            pb.commit(n);
+            continue;
+        }
+        int e = SSL_get_error(ssl_, r);
+        if (e == SSL_ERROR_WANT_READ) break;
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            st = status::closed;
+        } else {
+            error_ = last_error();
+            st = status::error;
+        }
+        break;
+    }
+    // A KeyUpdate that asked for ours (RFC 8446 §4.6.3) would otherwise wait
+    // for our next write; answer now, the reading side may have nothing to say.
+    // OpenSSL only notes the owed update; SSL_key_update with the same
+    // (not-requested) type re-enters the state machine, which sends it once.
+    if (st == status::ok && SSL_get_key_update_type(ssl_) == SSL_KEY_UPDATE_NOT_REQUESTED &&
+        SSL_key_update(ssl_, SSL_KEY_UPDATE_NOT_REQUESTED) == 1) {
+        SSL_do_handshake(ssl_);
+        ERR_clear_error();
+    }
+    pb.drain(plain);
+    io_->cipher.drain(out);
+    return st;
+}
+
+bool session::write_records(const uint8_t* p, size_t n) {
+    size_t put = 0;
+    if (SSL_write_ex(ssl_, p, n, &put) == 1 && put == n) return true;
+    error_ = last_error();
+    return false;
+}
+
+status session::write(const core::slice_chain& plain, core::slice_chain& out) {
+    if (!(flags_ & flag_handshake)) {
+        error_ = "write before the handshake completed";
+        return status::error;
+    }
+    if (plain.empty()) return status::ok;
+    ERR_clear_error();
+    // Room for all the records at once (plus a KeyUpdate that may go first),
+    // so that the output is one slice and at most one allocation.
+    io_->cipher.ensure(plain.size() + (plain.size() / max_record + 2) * record_overhead + 64);
+    size_t staged = 0;
+    bool ok = true;
+    for (const core::slice& s : plain) {
+        const uint8_t* p = s.data();
+        size_t n = s.size();
+        while (ok && n > 0) {
+            if (staged == 0 && n >= max_record) {
+                // Whole records straight from the caller's memory.
+                size_t direct = n - n % max_record;
+                ok = write_records(p, direct);
+                p += direct;
+                n -= direct;
+                continue;
+            }
+            size_t take = std::min(n, max_record - staged);
+            std::memcpy(staging + staged, p, take);
+            staged += take;
+            p += take;
+            n -= take;
+            if (staged == max_record) {
+                ok = write_records(staging, staged);
+                staged = 0;
+            }
+        }
+    }
+    if (ok && staged > 0) ok = write_records(staging, staged);
+    io_->cipher.drain(out);
+    return ok ? status::ok : status::error;
+}
+
+void session::shutdown(core::slice_chain& out) {
+    if (flags_ & flag_handshake) {
+        ERR_clear_error();
+        SSL_shutdown(ssl_);
+        ERR_clear_error();
+    }
+    io_->cipher.drain(out);
+}
+
+void session::release_buffers() noexcept {
+    if (!io_->in.empty()) return;
+    SSL_free_buffers(ssl_);  // refuses (harmlessly) while a partial record is buffered
+    io_->cipher.release();
+    io_->plain.release();
+}
+
+std::string session::version() const { return SSL_get_version(ssl_); }
+
+std::string session::cipher() const {
+    const SSL_CIPHER* c = SSL_get_current_cipher(ssl_);
+    return c ? SSL_CIPHER_get_name(c) : "";
+}
+
+std::string session::alpn() const {
+    const unsigned char* p = nullptr;
+    unsigned int n = 0;
+    SSL_get0_alpn_selected(ssl_, &p, &n);
+    return p ? std::string(reinterpret_cast<const char*>(p), n) : std::string();
+}
+
+std::string session::peer_subject() const {
+    if (X509* peer = SSL_get0_peer_certificate(ssl_)) return subject_text(peer);
+    return io_->vs.leaf_subject;
+}
+
+}  // namespace rpcgate::tls
