@@ -188,7 +188,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "key",     "ca",      "crl",      "admin",  "upstream_tls",
                                   "reserved_port", "portmap", "idle_timeout", "connect_timeout",
                                   "drain_timeout", "max_connections", "max_record", "max_inflight",
-                                  "buffers", "buffer_size", "log_level"};
+                                  "buffers", "buffer_size", "log_level", "implicit_tls", "alpn_strict",
+                                  "handshake_timeout"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -197,8 +198,14 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
             return false;
         }
     }
-    std::vector<std::string> listen, backends;
+    std::vector<std::string> listen, backends, implicit;
     if (!toml_strings(t, "listen", &listen, err)) return false;
+    if (!toml_strings(t, "implicit_tls", &implicit, err)) return false;
+    for (const auto& l : implicit) {
+        endpoint ep;
+        if (!parse_endpoint(l, &ep, err)) return false;
+        cfg->implicit_tls.push_back(ep);
+    }
     if (!toml_strings(t, "backend", &backends, err)) return false;
     if (const toml::table* b = t["backends"].as_table()) {
         // [backends] nfs = "10.0.0.5:2049"
@@ -241,6 +248,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     RPCGATE_TOML_INT("max_inflight", max_inflight)
     RPCGATE_TOML_INT("buffers", buffers)
     RPCGATE_TOML_INT("buffer_size", buffer_size)
+    RPCGATE_TOML_INT("handshake_timeout", handshake_timeout_ms)
 #undef RPCGATE_TOML_INT
     s = tls_mode_name(cfg->tls);
     if (!toml_get<std::string>(t, "tls", &s, err) || !parse_tls_mode(s, &cfg->tls, err))
@@ -260,11 +268,14 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     b = cfg->answer_portmap;
     if (!toml_get<bool>(t, "portmap", &b, err)) return false;
     cfg->answer_portmap = b;
+    b = cfg->alpn_strict;
+    if (!toml_get<bool>(t, "alpn_strict", &b, err)) return false;
+    cfg->alpn_strict = b;
     return true;
 }
 
 bool validate(gateway_config* cfg, std::string* err) {
-    if (cfg->listen.empty()) {
+    if (cfg->listen.empty() && cfg->implicit_tls.empty()) {
         *err = "no --listen address given (e.g. --listen 0.0.0.0:2049)";
         return false;
     }
@@ -301,9 +312,18 @@ bool validate(gateway_config* cfg, std::string* err) {
         *err = "--max-inflight must be at least 64 KiB";
         return false;
     }
-    if (cfg->tls != tls_mode::off) {
-        *err = fmt::format("--tls {}: RPC-with-TLS is not in this build yet; use --tls off",
-                           tls_mode_name(cfg->tls));
+    bool tls_used = cfg->tls != tls_mode::off || !cfg->implicit_tls.empty();
+    if (tls_used && (cfg->cert.empty() || cfg->key.empty())) {
+        *err = fmt::format("--tls {}{} needs --cert and --key", tls_mode_name(cfg->tls),
+                           cfg->implicit_tls.empty() ? "" : " / --implicit-tls");
+        return false;
+    }
+    if (cfg->tls == tls_mode::mtls && cfg->ca.empty()) {
+        *err = "--tls mtls needs --ca (the CA that signs client certificates)";
+        return false;
+    }
+    if (cfg->handshake_timeout_ms < 100) {
+        *err = "--handshake-timeout must be at least 100 ms";
         return false;
     }
     if (cfg->upstream_tls) {
@@ -343,6 +363,16 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                      "TOML file with the same keys; the command line wins");
     auto* o_shards = app.add_option("--shards", cfg->shards, "engine threads (default: cores)");
     auto* o_tls = app.add_option("--tls", tls, "client-side TLS: off|opportunistic|required|mtls");
+    std::vector<std::string> implicit;
+    app.add_option("--implicit-tls", implicit,
+                   "ADDR:PORT where TLS starts with the first byte, no AUTH_TLS probe "
+                   "(stunnel-style clients; repeatable)")
+        ->type_name("ADDR:PORT");
+    auto* o_alpn = app.add_flag("--alpn-strict", cfg->alpn_strict,
+                                "refuse TLS clients that offer no ALPN (the Linux kernel "
+                                "client offers none)");
+    auto* o_hst = app.add_option("--handshake-timeout", cfg->handshake_timeout_ms,
+                                 "milliseconds for a TLS handshake (default 10000)");
     auto* o_cert = app.add_option("--cert", cfg->cert, "server certificate (PEM)");
     auto* o_key = app.add_option("--key", cfg->key, "server private key (PEM)");
     auto* o_ca = app.add_option("--ca", cfg->ca, "CA bundle for client certificates");
@@ -419,6 +449,17 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
         if (&b == &backends.front()) merged.backends.clear();
         merged.backends.push_back(r);
     }
+    for (const auto& l : implicit) {
+        endpoint ep;
+        if (!parse_endpoint(l, &ep, &err)) {
+            std::fprintf(stderr, "rpcgate: --implicit-tls %s\n", err.c_str());
+            return 2;
+        }
+        if (&l == &implicit.front()) merged.implicit_tls.clear();
+        merged.implicit_tls.push_back(ep);
+    }
+    if (o_alpn->count()) merged.alpn_strict = true;
+    if (o_hst->count()) merged.handshake_timeout_ms = cfg->handshake_timeout_ms;
     merged.config_file = cfg->config_file;
     merged.check_only = cfg->check_only;
     if (o_shards->count()) merged.shards = cfg->shards;

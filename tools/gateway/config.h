@@ -39,10 +39,14 @@ const char* tls_mode_name(tls_mode m) noexcept;
 
 struct gateway_config {
     std::vector<endpoint> listen;
+    // Listeners where TLS starts with the first byte (stunnel / efs-utils style).
+    std::vector<endpoint> implicit_tls;
     std::vector<backend_route> backends;
     unsigned shards = 0;  // 0: one per core
     tls_mode tls = tls_mode::off;
     std::string cert, key, ca, crl;
+    bool alpn_strict = false;           // refuse TLS clients that offer no ALPN
+    uint32_t handshake_timeout_ms = 10000;
     std::string admin;
     bool upstream_tls = false;
     bool reserved_port = true;      // effective only when running as root

@@ -13,6 +13,7 @@
 #include "rpc/portmap.h"
 #include "rpc/record.h"
 #include "rpc/xdr_codec.h"
+#include "tools/gateway/handshake_service.h"
 
 namespace rpcgate::gw {
 
@@ -80,10 +81,23 @@ public:
     shard_context(const gateway_config& cfg, core::shard& sh, std::atomic<uint32_t>& open)
         : cfg_(cfg), sh_(sh), open_(open) {
         drain_timer_.set_callback(&shard_context::on_drain_deadline, this);
+        implicit_.ctx = this;
     }
 
     void on_accept(core::shard& s, int fd, const sockaddr_storage& peer) override;
     void on_stop();
+    // A connection whose TLS handshake completed on the control thread.
+    void deliver(handshake_result&& r);
+    // Takes a slot of --max-connections; false (and counted) when full.
+    bool admit(const sockaddr_storage& peer);
+
+    // Accepts on --implicit-tls listeners: straight to the control thread.
+    struct implicit_acceptor final : core::listener_handler {
+        shard_context* ctx = nullptr;
+        void on_accept(core::shard& s, int fd, const sockaddr_storage& peer) override;
+    };
+    implicit_acceptor implicit_;
+    handshake_service* hs_ = nullptr;
 
     const gateway_config& cfg_;
     core::shard& sh_;
@@ -102,13 +116,24 @@ private:
 class session final : public core::stream_handler {
 public:
     session(shard_context& ctx, stream* client, const sockaddr_storage& peer)
+        : session(ctx, client, core::next_conn_id(), peer_text(peer), nullptr) {}
+
+    // After a handshake on the control thread: same connection ID as before.
+    session(shard_context& ctx, stream* client, handshake_result&& r)
+        : session(ctx, client, r.id, std::move(r.peer), std::move(r.session)) {}
+
+    session(shard_context& ctx, stream* client, conn_id id, std::string peer,
+            std::unique_ptr<tls::session> tls)
         : ctx_(ctx),
           client_(client),
-          id_(core::next_conn_id()),
-          peer_(peer_text(peer)),
+          id_(id),
+          peer_(std::move(peer)),
           own_port_(local_port(client->fd())),
           rr_(rpc::record_limits{ctx.cfg_.max_record, rpc::default_max_fragments}),
-          links_(ctx.cfg_.backends.size()) {
+          links_(ctx.cfg_.backends.size()),
+          tls_(std::move(tls)) {
+        bump(ctx_.counters_.sessions_open);
+        if (tls_) bump(ctx_.counters_.tls_sessions);
         next_ = ctx_.sessions_;
         if (next_) next_->prev_ = this;
         ctx_.sessions_ = this;
@@ -116,15 +141,16 @@ public:
         idle_timer_.set_callback(&session::on_idle_timer, this);
         if (ctx_.cfg_.idle_timeout_s)
             ctx_.sh_.timers().arm(idle_timer_, uint64_t(ctx_.cfg_.idle_timeout_s) * 1000);
-        RPCGATE_LOG(gw, debug, "conn {} accepted from {} on shard {}", id_, peer_,
-                    ctx_.sh_.index());
+        RPCGATE_LOG(gw, debug, "conn {} {} from {} on shard {}", id_,
+                    tls_ ? "continues in TLS" : "accepted", peer_, ctx_.sh_.index());
     }
 
     ~session() override {
         if (prev_) prev_->next_ = next_;
         else ctx_.sessions_ = next_;
         if (next_) next_->prev_ = prev_;
-        ctx_.open_.fetch_sub(1, std::memory_order_relaxed);
+        // A connection handed to the control thread lives on there.
+        if (!handed_off_) ctx_.open_.fetch_sub(1, std::memory_order_relaxed);
         bump(ctx_.counters_.sessions_open, uint64_t(-1));
     }
 
@@ -132,13 +158,44 @@ public:
     void on_data(stream& s, slice data) override {
         last_activity_ = ctx_.sh_.now_ms();
         bump(ctx_.counters_.bytes_from_clients, data.size());
+        if (tls_) {
+            tls_->feed(std::move(data));
+            pump_tls();
+            return;
+        }
+        feed_plain(data);
+    }
+
+    // Decrypts what the TLS session holds and forwards the records in it.
+    void pump_tls() {
+        slice_chain plain, out;
+        tls::status st = tls_->read(plain, out);
+        if (!out.empty() && client_) client_->send(std::move(out));
+        for (const slice& p : plain) {
+            if (terminating_ || !client_) return;
+            feed_plain(p);
+        }
+        if (st == tls::status::closed) {
+            // close_notify from the client: answer it and close.
+            finish_client();
+        } else if (st == tls::status::error) {
+            bump(ctx_.counters_.tls_errors);
+            terminate(fmt::format("TLS error: {}", tls_->error_text()), -EPROTO);
+        }
+    }
+
+    void feed_plain(const slice& data) {
         auto r = rr_.feed(data, [this](slice_chain&& rec) { return on_client_record(std::move(rec)); });
         if (!r.ok()) {
             bump(ctx_.counters_.oversize);
             terminate(fmt::format("client sent a record over the limit ({}): closing",
                                   rpc::make_error_code(r.error()).message()),
                       -EMSGSIZE);
+            return;
         }
+        // After a probe, the rest of this buffer already belongs to TLS.
+        if (starttls_ && *r < data.size())
+            early_.push_back(slice::copy_of(data.data() + *r, data.size() - *r));
     }
 
     void on_eof(stream& s, int err) override {
@@ -167,10 +224,22 @@ public:
     }
 
     void begin_drain() {
-        if (draining_ || !client_) return;
+        if (draining_ || !client_ || starttls_) return;
         draining_ = true;
         client_->pause_receive();
-        if (calls_outstanding_ == 0) client_->close_after_send(ctx_.cfg_.drain_timeout_ms);
+        if (calls_outstanding_ == 0) finish_client();
+    }
+
+    // Orderly end: close_notify first when in TLS, then close once sent.
+    void finish_client() {
+        if (!client_ || !client_->open()) return;
+        if (tls_ && !tls_shut_) {
+            tls_shut_ = true;
+            slice_chain out;
+            tls_->shutdown(out);
+            client_->send(std::move(out));
+        }
+        client_->close_after_send(ctx_.cfg_.drain_timeout_ms);
     }
 
     void terminate(const std::string& why, int err) {
@@ -290,21 +359,31 @@ private:
             return true;
         }
         const rpc::call_header& h = call->header;
-        switch (rpc::classify_auth_tls(h, false)) {
+        switch (rpc::classify_auth_tls(h, tls_ != nullptr)) {
             case rpc::auth_tls_use::probe:
-                // TLS is off: answer like a server that does not offer RPC-with-TLS.
-                bump(ctx_.counters_.tls_probes);
-                RPCGATE_LOG(gw, info, "conn {} ({}): AUTH_TLS probe refused (--tls off)", id_,
-                            peer_);
-                reply_local(rpc::build_reply(
-                    rpc::reply_header::auth_error(h.xid, rpc::auth_stat::rejectedcred)));
-                return true;
+                if (!ctx_.hs_ || ctx_.cfg_.tls == tls_mode::off) {
+                    // TLS is off: answer like a server that does not offer RPC-with-TLS.
+                    bump(ctx_.counters_.tls_probes);
+                    RPCGATE_LOG(gw, info, "conn {} ({}): AUTH_TLS probe refused (--tls off)",
+                                id_, peer_);
+                    reply_local(rpc::build_reply(
+                        rpc::reply_header::auth_error(h.xid, rpc::auth_stat::rejectedcred)));
+                    return true;
+                }
+                start_tls(h.xid);
+                return false;  // what follows the probe is TLS, not RPC
             case rpc::auth_tls_use::misuse:
                 bump(ctx_.counters_.auth_tls_misuse);
                 reply_local(rpc::build_auth_tls_badcred_reply(h.xid));
                 return true;
             case rpc::auth_tls_use::none:
                 break;
+        }
+        if (!tls_ && ctx_.cfg_.tls >= tls_mode::required) {
+            // RFC 9289 §4.2 policy: this listener serves RPC only inside TLS.
+            bump(ctx_.counters_.too_weak);
+            reply_local(rpc::build_reply(rpc::reply_header::auth_error(h.xid, rpc::auth_stat::tooweak)));
+            return true;
         }
         size_t route = route_of(h.prog);
         if (route == k_no_route) {
@@ -372,15 +451,15 @@ private:
             bump(ctx_.counters_.replies_forwarded);
         }
         bump(ctx_.counters_.bytes_to_clients, rec.size());
-        send_framed(client_, std::move(rec));
+        send_to_client(frame(std::move(rec)));
+        if (!client_) return false;
         if (client_->full() && !client_full_) {
             client_full_ = true;
             bump(ctx_.counters_.flow_pauses);
             for (auto& other : links_)
                 if (other && other->s_) other->s_->pause_receive();
         }
-        if (draining_ && calls_outstanding_ == 0)
-            client_->close_after_send(ctx_.cfg_.drain_timeout_ms);
+        if (draining_ && calls_outstanding_ == 0) finish_client();
         // Keep going even when the client is full: pausing stops the next
         // receive, but the rest of this buffer must still be delivered.
         return true;
@@ -392,17 +471,58 @@ private:
         if (client_ && !draining_) client_->resume_receive();
     }
 
-    void send_framed(stream* s, slice_chain&& rec) {
-        if (!s) return;
+    slice_chain frame(slice_chain&& rec) {
         slice_chain out;
         out.push_back(ctx_.marks_.mark(uint32_t(rec.size())));
         out.append(std::move(rec));
-        s->send(std::move(out));
+        return out;
+    }
+
+    void send_framed(stream* s, slice_chain&& rec) {
+        if (s) s->send(frame(std::move(rec)));
+    }
+
+    // Everything for the client goes through here: encrypted when in TLS.
+    void send_to_client(slice_chain&& bytes) {
+        if (!client_) return;
+        if (!tls_) {
+            client_->send(std::move(bytes));
+            return;
+        }
+        slice_chain out;
+        if (tls_->write(bytes, out) == tls::status::error) {
+            bump(ctx_.counters_.tls_errors);
+            terminate(fmt::format("TLS write failed: {}", tls_->error_text()), -EPROTO);
+            return;
+        }
+        client_->send(std::move(out));
     }
 
     void reply_local(slice reply) {
         bump(ctx_.counters_.local_replies);
-        if (client_) client_->send(std::move(reply));
+        send_to_client(slice_chain(std::move(reply)));
+    }
+
+    // The probe was answered: hand the socket to the control thread once the
+    // STARTTLS reply is out (RFC 9289 §4.1). The session ends here; the
+    // connection comes back as a new session with the same ID.
+    void start_tls(uint32_t xid) {
+        starttls_ = true;
+        bump(ctx_.counters_.starttls);
+        client_->send(rpc::build_starttls_reply(xid));
+        for (auto& l : links_)
+            if (l && l->s_) l->s_->close(0);
+        client_->detach([this](int fd, slice_chain&& unread) {
+            slice_chain early = std::move(early_);
+            for (const slice& p : unread) early.push_back(slice::copy_of(p.data(), p.size()));
+            if (ctx_.hs_->submit(ctx_.sh_.index(), fd, id_, peer_, std::move(early))) {
+                handed_off_ = true;
+            } else {
+                RPCGATE_LOG(gw, warn, "conn {} ({}): TLS control thread busy: closing", id_,
+                            peer_);
+                ::close(fd);
+            }
+        });
     }
 
     void answer_portmap(const rpc::call_message& call) {
@@ -471,7 +591,11 @@ private:
 
     void close_all(int err) {
         terminating_ = true;
-        if (client_) client_->close(err);
+        if (client_ && tls_ && client_->open() && !tls_shut_) {
+            finish_client();  // close_notify first, then the socket
+        } else if (client_) {
+            client_->close(err);
+        }
         for (auto& l : links_)
             if (l && l->s_) l->s_->close(err);
     }
@@ -513,24 +637,62 @@ private:
     core::timer idle_timer_;
     uint64_t last_activity_ = 0;
     uint64_t calls_outstanding_ = 0;
+    std::unique_ptr<tls::session> tls_;
+    slice_chain early_;  // bytes after a probe, for the control thread
     bool terminating_ = false;
     bool draining_ = false;
     bool client_full_ = false;
+    bool starttls_ = false;
+    bool handed_off_ = false;
+    bool tls_shut_ = false;
 };
 
-void shard_context::on_accept(core::shard& s, int fd, const sockaddr_storage& peer) {
+bool shard_context::admit(const sockaddr_storage& peer) {
     if (open_.fetch_add(1, std::memory_order_relaxed) >= cfg_.max_connections) {
         open_.fetch_sub(1, std::memory_order_relaxed);
         bump(counters_.sessions_refused);
         RPCGATE_LOG(gw, warn, "refusing {}: --max-connections {} reached", peer_text(peer),
                     cfg_.max_connections);
+        return false;
+    }
+    bump(counters_.sessions_accepted);
+    return true;
+}
+
+void shard_context::on_accept(core::shard& s, int fd, const sockaddr_storage& peer) {
+    if (!admit(peer)) {
         ::close(fd);
         return;
     }
-    bump(counters_.sessions_accepted);
-    bump(counters_.sessions_open);
     stream* st = s.adopt(fd, nullptr);
     st->set_handler(new session(*this, st, peer));
+}
+
+void shard_context::implicit_acceptor::on_accept(core::shard& s, int fd,
+                                                 const sockaddr_storage& peer) {
+    if (!ctx->admit(peer)) {
+        ::close(fd);
+        return;
+    }
+    bump(ctx->counters_.implicit_tls);
+    conn_id id = core::next_conn_id();
+    if (!ctx->hs_->submit(s.index(), fd, id, peer_text(peer), {})) {
+        RPCGATE_LOG(gw, warn, "conn {}: TLS control thread busy: closing", id);
+        ::close(fd);
+        ctx->open_.fetch_sub(1, std::memory_order_relaxed);
+    }
+}
+
+void shard_context::deliver(handshake_result&& r) {
+    if (sh_.stopping()) {
+        ::close(r.fd);
+        open_.fetch_sub(1, std::memory_order_relaxed);
+        return;
+    }
+    stream* st = sh_.adopt(r.fd, nullptr);
+    auto* s = new session(*this, st, std::move(r));
+    st->set_handler(s);
+    s->pump_tls();  // records that arrived with the handshake's last flight
 }
 
 void shard_context::on_stop() {
@@ -573,6 +735,22 @@ gateway::~gateway() {
 }
 
 std::string gateway::start() {
+    bool tls_used = cfg_.tls != tls_mode::off || !cfg_.implicit_tls.empty();
+    if (tls_used) {
+        tls::server_options o;
+        o.cert_file = cfg_.cert;
+        o.key_file = cfg_.key;
+        o.ca_file = cfg_.ca;
+        o.crl_file = cfg_.crl;
+        o.require_client_cert = cfg_.tls == tls_mode::mtls;
+        o.alpn_strict = cfg_.alpn_strict;
+        std::string err;
+        tls_ctx_ = tls::context::make_server(o, &err);
+        if (!tls_ctx_) return "TLS: " + err;
+        hs_ = std::make_unique<handshake_service>(*tls_ctx_, cfg_.handshake_timeout_ms,
+                                                  &open_connections_);
+    }
+    // Every shard exists (and is wired to the control thread) before any starts.
     for (unsigned i = 0; i < cfg_.shards; ++i) {
         core::shard_config sc;
         sc.index = i;
@@ -584,10 +762,23 @@ std::string gateway::start() {
         auto ctx = std::make_unique<shard_context>(cfg_, *sh, open_connections_);
         shard_context* c = ctx.get();
         sh->set_on_stop([c] { c->on_stop(); });
-        core::shard* raw = sh.get();
-        std::string err = sh->start([this, raw, c] {
-            for (endpoint& ep : cfg_.listen) {
-                int rc = raw->listen(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, c);
+        if (hs_) {
+            c->hs_ = hs_.get();
+            hs_->attach(*sh, [c](handshake_result&& r) { c->deliver(std::move(r)); });
+        }
+        shards_.push_back(std::move(sh));
+        contexts_.push_back(std::move(ctx));
+    }
+    if (hs_) {
+        std::string err = hs_->start();
+        if (!err.empty()) return "TLS control thread: " + err;
+    }
+    for (unsigned i = 0; i < cfg_.shards; ++i) {
+        core::shard* raw = shards_[i].get();
+        shard_context* c = contexts_[i].get();
+        auto open_all = [this, raw, c](std::vector<endpoint>& eps, core::listener_handler* h) {
+            for (endpoint& ep : eps) {
+                int rc = raw->listen(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, h);
                 if (rc < 0) {
                     c->start_error_ = fmt::format("cannot listen on {}: {}", ep.text,
                                                   std::strerror(-rc));
@@ -596,23 +787,22 @@ std::string gateway::start() {
                 // Port 0: the first shard picks it, the others share it (SO_REUSEPORT).
                 if (ep.port() == 0) ep.set_port(uint16_t(rc));
             }
+        };
+        std::string err = raw->start([&] {
+            open_all(cfg_.listen, c);
+            if (c->start_error_.empty()) open_all(cfg_.implicit_tls, &c->implicit_);
         });
-        if (err.empty() && !c->start_error_.empty()) {
-            err = c->start_error_;
-            sh->request_stop();
-            sh->join();
-        }
+        if (err.empty() && !c->start_error_.empty()) err = c->start_error_;
         if (!err.empty()) {
             stop();
             wait();
             return err;
         }
         if (i == 0) {
-            port_ = cfg_.listen.front().port();
+            if (!cfg_.listen.empty()) port_ = cfg_.listen.front().port();
+            if (!cfg_.implicit_tls.empty()) implicit_port_ = cfg_.implicit_tls.front().port();
             RPCGATE_LOG(core, info, "io_uring features: {}", raw->features().describe());
         }
-        shards_.push_back(std::move(sh));
-        contexts_.push_back(std::move(ctx));
     }
     return {};
 }
@@ -623,6 +813,10 @@ void gateway::stop() {
 
 void gateway::wait() {
     for (auto& s : shards_) s->join();
+    if (hs_) {
+        hs_->stop();
+        hs_->wait();
+    }
 }
 
 gateway_totals gateway::totals() const {
@@ -654,6 +848,20 @@ gateway_totals gateway::totals() const {
         t.idle_timeouts += get(k.idle_timeouts);
         t.orphan_replies += get(k.orphan_replies);
         t.flow_pauses += get(k.flow_pauses);
+        t.starttls += get(k.starttls);
+        t.implicit_tls += get(k.implicit_tls);
+        t.tls_sessions += get(k.tls_sessions);
+        t.tls_errors += get(k.tls_errors);
+        t.too_weak += get(k.too_weak);
+    }
+    if (hs_) {
+        const handshake_counters& h = hs_->counters();
+        t.handshakes_ok = h.succeeded.load(std::memory_order_relaxed);
+        t.handshakes_failed = h.failed.load(std::memory_order_relaxed);
+        t.handshakes_timed_out = h.timed_out.load(std::memory_order_relaxed);
+        t.handshakes_not_tls = h.not_tls.load(std::memory_order_relaxed);
+        t.handshakes_busy = h.rejected_busy.load(std::memory_order_relaxed);
+        t.handshakes_in_progress = h.in_progress.load(std::memory_order_relaxed);
     }
     return t;
 }
@@ -664,12 +872,15 @@ std::string gateway_totals::describe() const {
         "replies={}; bytes in={} out={}; local replies={} (portmap={} prog_unavail={} "
         "garbage={} tls_probes={} auth_tls_misuse={}); closed for malformed={} oversize={} "
         "cut={}; backend connects={} failures={} lost={}; idle timeouts={} orphan replies={} "
-        "flow pauses={}",
+        "flow pauses={}; tls starttls={} implicit={} sessions={} errors={} too_weak={} "
+        "handshakes ok={} failed={} timed_out={} not_tls={} busy={}",
         sessions_accepted, sessions_open, sessions_refused, calls_forwarded, replies_forwarded,
         backchannel_calls, backchannel_replies, bytes_from_clients, bytes_to_clients,
         local_replies, portmap_calls, prog_unavail, garbage_args, tls_probes, auth_tls_misuse,
         malformed, oversize, cut_records, backend_connects, backend_connect_failures,
-        backend_lost, idle_timeouts, orphan_replies, flow_pauses);
+        backend_lost, idle_timeouts, orphan_replies, flow_pauses, starttls, implicit_tls,
+        tls_sessions, tls_errors, too_weak, handshakes_ok, handshakes_failed,
+        handshakes_timed_out, handshakes_not_tls, handshakes_busy);
 }
 
 }  // namespace rpcgate::gw

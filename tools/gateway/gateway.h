@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "core/shard.h"
+#include "tls/context.h"
 #include "tools/gateway/config.h"
 
 namespace rpcgate::gw {
@@ -56,6 +57,11 @@ struct gateway_counters {
     std::atomic<uint64_t> idle_timeouts{0};
     std::atomic<uint64_t> orphan_replies{0};  // a client REPLY no backend asked for
     std::atomic<uint64_t> flow_pauses{0};     // a side paused because its peer was full
+    std::atomic<uint64_t> starttls{0};        // probes answered with STARTTLS
+    std::atomic<uint64_t> implicit_tls{0};    // accepts on --implicit-tls listeners
+    std::atomic<uint64_t> tls_sessions{0};    // connections back from a handshake
+    std::atomic<uint64_t> tls_errors{0};      // TLS failures after the handshake
+    std::atomic<uint64_t> too_weak{0};        // plaintext calls refused (AUTH_TOOWEAK)
 };
 
 // Sum of the counters of all shards (plain values).
@@ -66,11 +72,16 @@ struct gateway_totals {
              prog_unavail = 0, malformed = 0, garbage_args = 0, oversize = 0, cut_records = 0,
              tls_probes = 0, auth_tls_misuse = 0, backend_connects = 0,
              backend_connect_failures = 0, backend_lost = 0, idle_timeouts = 0,
-             orphan_replies = 0, flow_pauses = 0;
+             orphan_replies = 0, flow_pauses = 0, starttls = 0, implicit_tls = 0,
+             tls_sessions = 0, tls_errors = 0, too_weak = 0;
+    // From the control thread.
+    uint64_t handshakes_ok = 0, handshakes_failed = 0, handshakes_timed_out = 0,
+             handshakes_not_tls = 0, handshakes_busy = 0, handshakes_in_progress = 0;
     std::string describe() const;
 };
 
 class shard_context;
+class handshake_service;
 
 class gateway {
 public:
@@ -88,15 +99,20 @@ public:
     void wait();
     // The port of the first --listen address (resolved when it was 0).
     uint16_t port() const noexcept { return port_; }
+    // The port of the first --implicit-tls address, or 0.
+    uint16_t implicit_port() const noexcept { return implicit_port_; }
     gateway_totals totals() const;
     const gateway_config& config() const noexcept { return cfg_; }
 
 private:
     gateway_config cfg_;
     std::atomic<uint32_t> open_connections_{0};
+    std::unique_ptr<tls::context> tls_ctx_;
+    std::unique_ptr<handshake_service> hs_;
     std::vector<std::unique_ptr<core::shard>> shards_;
     std::vector<std::unique_ptr<shard_context>> contexts_;
     uint16_t port_ = 0;
+    uint16_t implicit_port_ = 0;
 };
 
 }  // namespace rpcgate::gw

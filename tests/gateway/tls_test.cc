@@ -1,0 +1,210 @@
+// RFC 9289 server role of the gateway, against a client that is not ours:
+// Python's ssl module (tests/gateway/rpc_tls_client.py). Certificates come
+// from tests/tls/make_certs.sh; the backend is `rpcgate-bench serve`.
+#include <dirent.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <functional>
+
+#include "tests/gateway/child_process.h"
+#include "tools/gateway/gateway.h"
+
+using namespace rpcgate;
+using rpcgate::testing::child_process;
+
+namespace {
+
+constexpr uint32_t k_echo_prog = 0x20000001;
+
+std::string g_certs;  // made once per run
+
+size_t count_fds() {
+    size_t n = 0;
+    DIR* d = ::opendir("/proc/self/fd");
+    while (dirent* e = ::readdir(d))
+        if (e->d_name[0] != '.') ++n;
+    ::closedir(d);
+    return n;
+}
+
+class tls_gateway : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        char tmpl[] = "/tmp/rpcgate-certs.XXXXXX";
+        ASSERT_NE(::mkdtemp(tmpl), nullptr);
+        g_certs = tmpl;
+        child_process mk({"/bin/sh", MAKE_CERTS, g_certs});
+        auto st = mk.wait_exit(60000);
+        ASSERT_TRUE(st && *st == 0) << "make_certs.sh failed";
+    }
+
+    void SetUp() override {
+        backend_ = std::make_unique<child_process>(std::vector<std::string>{
+            RPCGATE_BENCH, "serve", "--listen", "127.0.0.1:0", "--shards", "1"});
+        backend_port_ = backend_->wait_ready();
+        ASSERT_GT(backend_port_, 0);
+    }
+
+    void start(gw::tls_mode mode, std::function<void(gw::gateway_config&)> tweak = {}) {
+        gw::gateway_config cfg;
+        std::string err;
+        gw::endpoint ep;
+        ASSERT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
+        cfg.listen.push_back(ep);
+        cfg.implicit_tls.push_back(ep);
+        gw::backend_route r;
+        ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, backend_port_),
+                                      &r, &err));
+        cfg.backends.push_back(r);
+        cfg.shards = 2;
+        cfg.reserved_port = false;
+        cfg.tls = mode;
+        cfg.cert = g_certs + "/server.pem";
+        cfg.key = g_certs + "/server.key";
+        cfg.ca = g_certs + "/ca.pem";
+        cfg.crl = g_certs + "/crl.pem";
+        if (tweak) tweak(cfg);
+        ASSERT_TRUE(gw::validate(&cfg, &err)) << err;
+        gw_ = std::make_unique<gw::gateway>(cfg);
+        ASSERT_EQ(gw_->start(), "");
+    }
+
+    void TearDown() override {
+        if (gw_) {
+            gw_->stop();
+            gw_->wait();
+        }
+    }
+
+    // Runs the Python client; returns {exit status, stdout}.
+    std::pair<int, std::string> client(const std::string& mode, std::vector<std::string> extra = {},
+                                       uint16_t port = 0) {
+        std::vector<std::string> argv{"/usr/bin/python3", RPC_TLS_CLIENT, mode, "--port",
+                                      std::to_string(port ? port : gw_->port()), "--ca",
+                                      g_certs + "/ca.pem"};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        child_process c(argv);
+        auto st = c.wait_exit(60000);
+        std::string out = c.drain_output();
+        return {st.value_or(-1), out};
+    }
+
+    std::unique_ptr<child_process> backend_;
+    int backend_port_ = 0;
+    std::unique_ptr<gw::gateway> gw_;
+};
+
+TEST_F(tls_gateway, python_ssl_client_starttls_echo_0_to_2mib) {
+    start(gw::tls_mode::opportunistic);
+    auto [st, out] = client("echo", {"--close-notify"});
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_NE(out.find("tls TLSv1.3"), std::string::npos) << out;
+    EXPECT_NE(out.find("sunrpc"), std::string::npos) << out;
+    auto t = gw_->totals();
+    EXPECT_EQ(t.starttls, 1u);
+    EXPECT_EQ(t.handshakes_ok, 1u);
+    EXPECT_EQ(t.tls_sessions, 1u);
+    EXPECT_EQ(t.calls_forwarded, 7u);
+}
+
+TEST_F(tls_gateway, implicit_tls_listener) {
+    start(gw::tls_mode::opportunistic);
+    auto [st, out] = client("implicit", {"--sizes", "0,5000,1048576"}, gw_->implicit_port());
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_EQ(gw_->totals().implicit_tls, 1u);
+}
+
+TEST_F(tls_gateway, client_without_alpn_accepted_unless_strict) {
+    start(gw::tls_mode::opportunistic);
+    auto [st, out] = client("echo", {"--alpn", "none", "--sizes", "10"});
+    EXPECT_EQ(st, 0) << out;  // the Linux kernel client sends no ALPN
+}
+
+TEST_F(tls_gateway, client_without_alpn_refused_when_strict) {
+    start(gw::tls_mode::opportunistic, [](gw::gateway_config& c) { c.alpn_strict = true; });
+    auto [st, out] = client("echo", {"--alpn", "none", "--sizes", "10"});
+    EXPECT_EQ(st, 3) << out;
+    EXPECT_EQ(gw_->totals().handshakes_failed, 1u);
+}
+
+TEST_F(tls_gateway, alpn_h2_only_is_refused) {
+    start(gw::tls_mode::opportunistic);
+    auto [st, out] = client("echo", {"--alpn", "h2", "--sizes", "10"});
+    EXPECT_EQ(st, 3) << out;
+    EXPECT_EQ(gw_->totals().handshakes_failed, 1u);
+}
+
+TEST_F(tls_gateway, tls12_only_client_is_refused) {
+    start(gw::tls_mode::opportunistic);
+    auto [st, out] = client("echo", {"--max-version", "1.2", "--sizes", "10"});
+    EXPECT_EQ(st, 3) << out;
+    EXPECT_EQ(gw_->totals().handshakes_failed, 1u);
+}
+
+TEST_F(tls_gateway, junk_after_the_probe_is_dropped) {
+    start(gw::tls_mode::opportunistic);
+    auto [st, out] = client("junk");
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_EQ(gw_->totals().handshakes_not_tls, 1u);
+}
+
+TEST_F(tls_gateway, probe_inside_tls_gets_badcred) {
+    start(gw::tls_mode::opportunistic);
+    auto [st, out] = client("probe-in-tls");
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_EQ(gw_->totals().auth_tls_misuse, 1u);
+}
+
+TEST_F(tls_gateway, plaintext_call_in_required_mode_gets_tooweak) {
+    start(gw::tls_mode::required);
+    auto [st, out] = client("plain-call");
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_NE(out.find("denied auth_error 5"), std::string::npos) << out;  // AUTH_TOOWEAK
+    EXPECT_EQ(gw_->totals().too_weak, 1u);
+    // ... while the same call inside TLS goes through.
+    auto [st2, out2] = client("echo", {"--sizes", "100"});
+    EXPECT_EQ(st2, 0) << out2;
+}
+
+TEST_F(tls_gateway, mtls_accepts_a_valid_client_certificate) {
+    start(gw::tls_mode::mtls);
+    auto [st, out] = client("echo", {"--cert", g_certs + "/client.pem", "--key",
+                                     g_certs + "/client.key", "--sizes", "100"});
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_EQ(gw_->totals().handshakes_ok, 1u);
+}
+
+TEST_F(tls_gateway, mtls_refuses_bad_client_certificates) {
+    start(gw::tls_mode::mtls);
+    for (const char* who : {"expired", "selfsigned", "revoked", "untrusted"}) {
+        auto [st, out] = client("echo", {"--cert", g_certs + "/" + who + ".pem", "--key",
+                                         g_certs + "/" + who + ".key", "--sizes", "100"});
+        EXPECT_EQ(st, 3) << who << ": " << out;
+    }
+    {
+        auto [st, out] = client("echo", {"--sizes", "100"});  // no certificate at all
+        EXPECT_EQ(st, 3) << out;
+    }
+    auto t = gw_->totals();
+    EXPECT_EQ(t.handshakes_failed, 5u);
+    EXPECT_EQ(t.handshakes_ok, 0u);
+    EXPECT_EQ(t.calls_forwarded, 0u);
+}
+
+// 200 clients send the probe and then nothing: each is cut at the handshake
+// deadline and every fd comes back.
+TEST_F(tls_gateway, silent_clients_after_the_probe_are_cut_at_the_deadline) {
+    start(gw::tls_mode::opportunistic,
+          [](gw::gateway_config& c) { c.handshake_timeout_ms = 1000; });
+    size_t fds_before = count_fds();
+    auto [st, out] = client("flood", {"--count", "200", "--timeout", "20"});
+    EXPECT_EQ(st, 0) << out;
+    auto t = gw_->totals();
+    EXPECT_EQ(t.handshakes_timed_out, 200u);
+    EXPECT_EQ(t.handshakes_in_progress, 0u);
+    EXPECT_EQ(count_fds(), fds_before);
+}
+
+}  // namespace

@@ -1,0 +1,94 @@
+// The TLS control thread: runs every server-side handshake of the gateway.
+//
+// Shards never run a handshake (FreeBSD's kernel RPC-over-TLS design: the
+// data path hands the socket to a daemon and gets it back ready for bulk
+// data). A shard that answered an AUTH_TLS probe with STARTTLS, or accepted a
+// connection on an implicit-TLS listener, submits {fd, conn ID, bytes already
+// received}; the control thread adopts the fd on its own io_uring (it is a
+// core::shard too), runs the TLS 1.3 handshake non-blocking with a deadline,
+// many at once, writes one audit line per decision (RFC 9289 §6), and posts
+// the outcome back to the shard that asked: the fd and a ready tls::session,
+// or nothing (the fd is closed here and the failure counted).
+//
+// Threads: `submit` is called on shard `i` only (each shard has its own SPSC
+// mailbox into the control thread, and the control thread one into each
+// shard); `start`/`stop`/`wait`/`counters` on the main thread.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/conn_id.h"
+#include "core/shard.h"
+#include "tls/context.h"
+#include "tls/session.h"
+
+namespace rpcgate::gw {
+
+struct handshake_counters {
+    std::atomic<uint64_t> started{0};
+    std::atomic<uint64_t> succeeded{0};
+    std::atomic<uint64_t> failed{0};      // refused by TLS or policy
+    std::atomic<uint64_t> timed_out{0};   // the deadline passed
+    std::atomic<uint64_t> not_tls{0};     // bytes after the probe were no TLS handshake
+    std::atomic<uint64_t> rejected_busy{0};  // mailbox full: dropped at once
+    std::atomic<uint64_t> in_progress{0};
+    std::atomic<uint64_t> latency_us_sum{0};
+};
+
+// What comes back to the shard after a successful handshake.
+struct handshake_result {
+    int fd = -1;
+    core::conn_id id;
+    std::string peer;
+    std::unique_ptr<tls::session> session;
+};
+
+class handshake_service {
+public:
+    using deliver_fn = std::function<void(handshake_result&&)>;
+
+    // `deliver[i]` runs on shard i with each completed handshake.
+    // `open_connections` is the gateway's connection count: a connection whose
+    // handshake fails ends here, and is taken off it here.
+    handshake_service(const tls::context& ctx, uint32_t deadline_ms,
+                      std::atomic<uint32_t>* open_connections);
+    ~handshake_service();
+
+    // Before start(): wires the mailboxes with shard i (both directions).
+    void attach(core::shard& sh, deliver_fn deliver);
+    std::string start();
+    void stop();
+    void wait();
+
+    // On shard `shard_index`: hand a connection over. `early` must be private
+    // heap memory (it crosses threads). Returns false if the control thread's
+    // mailbox is full: the caller closes the fd and counts it.
+    bool submit(unsigned shard_index, int fd, core::conn_id id, std::string peer,
+                core::slice_chain&& early);
+
+    const handshake_counters& counters() const noexcept { return counters_; }
+
+private:
+    class conn;
+    struct link {
+        core::shard* sh = nullptr;
+        core::mailbox* to_control = nullptr;  // written by the shard
+        core::mailbox* to_shard = nullptr;    // written by the control thread
+        deliver_fn deliver;
+    };
+    void begin(unsigned from, int fd, core::conn_id id, std::string peer,
+               core::slice_chain&& early);
+
+    const tls::context& ctx_;
+    uint32_t deadline_ms_;
+    std::atomic<uint32_t>* open_;
+    std::unique_ptr<core::shard> control_;
+    std::vector<link> links_;
+    handshake_counters counters_;
+};
+
+}  // namespace rpcgate::gw
