@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "rpc/record.h"
 #include "tools/bench/echo_server.h"
+#include "tools/bench/handshake_load.h"
 #include "tools/bench/load_client.h"
 
 namespace rpcgate::bench {
@@ -38,10 +39,116 @@ int bad_option(const std::string& what) {
     return 2;
 }
 
-int serve(const std::string& listen, unsigned shards) {
+// TLS options shared by the subcommands.
+struct tls_cli {
+    std::string mode = "off";
+    std::string ca, cert, key, server_name, ciphersuites;
+
+    void add(CLI::App* app, bool server) {
+        app->add_option("--cert", cert, server ? "server certificate (PEM)"
+                                               : "client certificate (PEM, mtls)");
+        app->add_option("--key", key, server ? "server key (PEM)" : "client key (PEM, mtls)");
+        app->add_option("--ciphersuites", ciphersuites,
+                        "TLS 1.3 cipher suites, e.g. TLS_AES_128_GCM_SHA256");
+        if (server) return;
+        app->add_option("--ca", ca, "CA bundle to verify the server (default: no check)");
+        app->add_option("--server-name", server_name, "name to verify and send as SNI");
+    }
+    tls::client_options client(const std::string& target_host) const {
+        tls::client_options o;
+        o.ca_file = ca;
+        o.cert_file = cert;
+        o.key_file = key;
+        o.server_name = server_name.empty() ? target_host : server_name;
+        return o;
+    }
+};
+
+// The host part of ADDR:PORT, as typed (for SNI and name checks).
+std::string host_of(const std::string& target) {
+    size_t colon = target.rfind(':');
+    std::string h = colon == std::string::npos ? "" : target.substr(0, colon);
+    if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+    return h.empty() ? "127.0.0.1" : h;
+}
+
+// SIGINT/SIGTERM set g_stop while installed.
+struct stop_on_signal {
+    struct sigaction old_int {}, old_term {};
+    stop_on_signal() {
+        g_stop.store(false);
+        struct sigaction sa {};
+        sa.sa_handler = on_stop_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+    }
+    ~stop_on_signal() {
+        sigaction(SIGINT, &old_int, nullptr);
+        sigaction(SIGTERM, &old_term, nullptr);
+    }
+};
+
+int handshake(handshake_options& opt, const std::string& target, bool baseline, bool json,
+              const tls_cli& t) {
+    if (!baseline) {
+        if (target.empty()) return bad_option("handshake needs --target or --baseline");
+        socket_address a;
+        std::string err;
+        if (!parse_address(target, false, &a, &err)) return bad_option(err);
+        opt.host = host_of(target);
+        opt.port = a.port();
+        if (!client::parse_tls_mode(t.mode, &opt.mode) || opt.mode == client::tls_mode::off)
+            return bad_option("handshake needs --tls starttls or --tls implicit");
+    } else if (t.cert.empty() || t.key.empty()) {
+        return bad_option("--baseline needs --cert and --key (the server side's)");
+    }
+    opt.tls = t.client(baseline ? "localhost" : opt.host);
+    if (baseline) {
+        // --cert/--key are the in-memory server's; the client side has none.
+        opt.server_cert = t.cert;
+        opt.server_key = t.key;
+        opt.tls.cert_file.clear();
+        opt.tls.key_file.clear();
+    }
+    opt.ciphersuites = t.ciphersuites;
+    std::string err;
+    stop_on_signal sig;
+    handshake_report r =
+        baseline ? run_baseline(opt, &err, &g_stop) : run_handshakes(opt, &err, &g_stop);
+    if (!err.empty()) {
+        print_line(stderr, "rpcgate-bench handshake: " + err);
+        return 1;
+    }
+    print_line(stdout, json ? format_json(r) : format_human(r));
+    return r.exit_status();
+}
+
+int serve(const std::string& listen, unsigned shards, const tls_cli& tls_opt) {
     serve_options opt;
     std::string err;
     if (!parse_address(listen, true, &opt.listen, &err)) return bad_option(err);
+    std::unique_ptr<tls::context> tls_ctx;
+    if (tls_opt.mode == "implicit") {
+        if (tls_opt.cert.empty() || tls_opt.key.empty())
+            return bad_option("serve --tls implicit needs --cert and --key");
+        tls::server_options so;
+        so.cert_file = tls_opt.cert;
+        so.key_file = tls_opt.key;
+        tls_ctx = tls::context::make_server(so, &err);
+        if (!tls_ctx) {
+            print_line(stderr, "rpcgate-bench serve: " + err);
+            return 1;
+        }
+        if (!tls_opt.ciphersuites.empty() &&
+            !client::set_tls13_ciphersuites(*tls_ctx, tls_opt.ciphersuites, &err)) {
+            print_line(stderr, "rpcgate-bench serve: " + err);
+            return 1;
+        }
+        opt.tls = tls_ctx.get();
+    } else if (tls_opt.mode != "off") {
+        return bad_option("serve supports --tls off or implicit");
+    }
     opt.shards = shards ? shards : std::max(1u, std::thread::hardware_concurrency());
     // Shard threads inherit the mask: the signals come to sigwait below only.
     sigset_t set, old;
@@ -71,23 +178,22 @@ int serve(const std::string& listen, unsigned shards) {
     return 0;
 }
 
-int run(run_options& opt, const std::string& target, bool json) {
+int run(run_options& opt, const std::string& target, bool json, const tls_cli& t) {
     std::string err;
     if (!parse_address(target, false, &opt.target, &err)) return bad_option(err);
+    if (!client::parse_tls_mode(t.mode, &opt.tls)) return bad_option("bad --tls " + t.mode);
+    if (t.cert.empty() != t.key.empty()) return bad_option("--cert and --key go together");
+    opt.tls_options = t.client(host_of(target));
+    opt.ciphersuites = t.ciphersuites;
     if (opt.duration_s <= 0 && opt.calls == 0)
         return bad_option("run needs --duration SECONDS or --calls COUNT");
     if (opt.size_max && opt.size_max < opt.size)
         return bad_option("--size-max must be at least --size");
-    g_stop.store(false);
-    struct sigaction sa {
-    }, old_int{}, old_term{};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    run_report r = run_load(opt, &err, &g_stop);
-    sigaction(SIGINT, &old_int, nullptr);
-    sigaction(SIGTERM, &old_term, nullptr);
+    run_report r;
+    {
+        stop_on_signal sig;
+        r = run_load(opt, &err, &g_stop);
+    }
     if (!err.empty()) {
         print_line(stderr, "rpcgate-bench run: " + err);
         return 1;
@@ -111,10 +217,15 @@ int bench_main(int argc, char** argv) {
     srv->add_option("--listen", listen, "ADDR:PORT to listen on (port 0: any)")->required();
     srv->add_option("--shards", shards, "shard threads (default: one per core)")
         ->check(CLI::Range(1u, 1024u));
+    tls_cli srv_tls;
+    srv->add_option("--tls", srv_tls.mode, "off, or implicit (TLS from the first byte)")
+        ->check(CLI::IsMember({"off", "implicit"}));
+    srv_tls.add(srv, true);
 
     CLI::App* cl = app.add_subcommand("run", "drive RPC load against a server");
     run_options opt;
-    std::string target, proc = "echo", tls = "off";
+    std::string target, proc = "echo";
+    tls_cli run_tls;
     bool json = false;
     double timeout_s = 10;
     cl->add_option("--target", target, "ADDR:PORT of the server")->required();
@@ -140,8 +251,32 @@ int bench_main(int argc, char** argv) {
     cl->add_option("--prog-version", opt.version, "RPC program version");
     cl->add_option("--progress", opt.progress_interval_s,
                    "seconds between progress lines (0: none)");
-    cl->add_option("--tls", tls, "off (starttls and implicit are not implemented yet)")
+    cl->add_option("--tls", run_tls.mode,
+                   "off, starttls (RFC 9289 probe, then TLS 1.3) or implicit")
         ->check(CLI::IsMember({"off", "starttls", "implicit"}));
+    run_tls.add(cl, false);
+
+    CLI::App* hs = app.add_subcommand(
+        "handshake", "handshake rate: connect, TLS, one NULL call, close, repeat");
+    handshake_options hopt;
+    std::string hs_target;
+    bool hs_baseline = false, hs_json = false;
+    tls_cli hs_tls;
+    hs_tls.mode = "starttls";
+    hs->add_option("--target", hs_target, "ADDR:PORT of the server");
+    hs->add_flag("--baseline", hs_baseline,
+                 "no server: two in-memory OpenSSL sessions in this process (--cert/--key are "
+                 "the server side's)");
+    hs->add_option("--tls", hs_tls.mode, "starttls or implicit")
+        ->check(CLI::IsMember({"starttls", "implicit"}));
+    hs->add_option("--connections", hopt.connections, "client threads")
+        ->check(CLI::Range(1u, 4096u));
+    hs->add_option("--duration", hopt.duration_s, "seconds to run")->check(CLI::Range(0.01, 1e6));
+    hs->add_option("--timeout", hopt.timeout_s, "seconds per stage")->check(CLI::Range(0.01, 3600.0));
+    hs->add_option("--program", hopt.program, "RPC program to probe and call");
+    hs->add_option("--prog-version", hopt.version, "its version");
+    hs->add_flag("--json", hs_json, "print one JSON object");
+    hs_tls.add(hs, false);
 
     try {
         app.parse(argc, argv);
@@ -155,13 +290,13 @@ int bench_main(int argc, char** argv) {
     std::string err;
     if (!core::set_log_levels(log_spec, &err)) return bad_option("--log-level: " + err);
 
-    if (srv->parsed()) return serve(listen, shards);
-    if (tls != "off") return bad_option("--tls " + tls + " is not implemented yet");
+    if (srv->parsed()) return serve(listen, shards, srv_tls);
+    if (hs->parsed()) return handshake(hopt, hs_target, hs_baseline, hs_json, hs_tls);
     opt.proc = proc == "null"       ? bench_proc::null
                : proc == "callback" ? bench_proc::callback
                                     : bench_proc::echo;
     opt.timeout_ms = uint32_t(timeout_s * 1000);
-    return run(opt, target, json);
+    return run(opt, target, json, run_tls);
 }
 
 }  // namespace rpcgate::bench

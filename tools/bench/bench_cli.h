@@ -1,9 +1,17 @@
-// The rpcgate-bench command line: `serve` and `run` (see DESIGN.md, contract).
+// The rpcgate-bench command line: `serve`, `run` and `handshake` (see
+// DESIGN.md, contract).
 //
 //   rpcgate-bench serve --listen ADDR:PORT [--shards N]
+//                       [--tls off|implicit --cert FILE --key FILE [--ciphersuites S]]
 //   rpcgate-bench run --target ADDR:PORT --connections N --depth D --size BYTES
 //                     (--duration SECONDS | --calls COUNT) [--proc echo|null|callback]
 //                     [--threads T] [--verify] [--json] [--seed S] [--size-max BYTES]
+//                     [--tls off|starttls|implicit [--ca FILE] [--cert FILE --key FILE]
+//                      [--server-name NAME] [--ciphersuites S]]
+//   rpcgate-bench handshake --target ADDR:PORT --tls starttls|implicit
+//                     --connections N --duration S [--json] [TLS options as for run]
+//   rpcgate-bench handshake --baseline --cert FILE --key FILE --duration S [--ca FILE]
+//                     [--server-name NAME] [--ciphersuites S] [--json]
 //
 // `bench_main` is main() minus the process: it parses, runs and returns the
 // exit status, so tests can drive the whole CLI in-process. Output: `serve`

@@ -7,15 +7,17 @@
 #include "core/log.h"
 #include "rpc/message.h"
 #include "rpc/record.h"
+#include "tls/session.h"
 #include "tools/bench/echo_protocol.h"
 
 namespace rpcgate::bench {
 
 struct echo_server::per_shard final : core::listener_handler {
-    explicit per_shard(const core::shard_config& cfg) : sh(cfg) {}
+    per_shard(const core::shard_config& cfg, const tls::context* tls) : sh(cfg), tls_ctx(tls) {}
     void on_accept(core::shard& s, int fd, const sockaddr_storage& peer) override;
 
     core::shard sh;
+    const tls::context* tls_ctx;  // implicit TLS when set
     core::timer exit_timer;
     // Single-writer counters (this shard's thread), read by totals().
     std::atomic<uint64_t> calls{0}, null_calls{0}, echo_calls{0}, callback_calls{0};
@@ -27,16 +29,19 @@ namespace {
 // One accepted connection. Owned by itself: deleted in on_closed.
 class server_conn final : public core::stream_handler {
   public:
-    explicit server_conn(echo_server::per_shard& ps) : ps_(ps), slab_(32) {}
+    server_conn(echo_server::per_shard& ps, const tls::context* tls_ctx) : ps_(ps), slab_(32) {
+        if (tls_ctx) {
+            std::string err;
+            tls_ = tls::session::make(*tls_ctx, &err);
+            if (!tls_) RPCGATE_LOG(bench, warn, "serve: TLS session: {}", err);
+        }
+    }
 
     void on_data(core::stream& s, core::slice data) override {
-        auto fed =
-            rr_.feed(data, [&](core::slice_chain&& rec) { return handle(s, std::move(rec)); });
-        if (!fed) {
-            RPCGATE_LOG(bench, debug, "serve: closing connection: record {}",
-                        rpc::to_string(fed.error()));
-            garbage(s);
-            return;
+        if (tls_) {
+            on_ciphertext(s, std::move(data));
+        } else {
+            feed_plain(s, data);
         }
         if (s.open() && s.full()) s.pause_receive();
     }
@@ -44,13 +49,71 @@ class server_conn final : public core::stream_handler {
     void on_closed(core::stream&, int) override { delete this; }
 
   private:
+    // Plaintext (from the socket, or decrypted) through the reassembler.
+    bool feed_plain(core::stream& s, const core::slice& data) {
+        auto fed =
+            rr_.feed(data, [&](core::slice_chain&& rec) { return handle(s, std::move(rec)); });
+        if (!fed) {
+            RPCGATE_LOG(bench, debug, "serve: closing connection: record {}",
+                        rpc::to_string(fed.error()));
+            garbage(s);
+            return false;
+        }
+        return s.open();
+    }
+
+    // Implicit TLS: the handshake from the first byte, then records. Replies
+    // produced while one receive is processed are encrypted together, so a
+    // pipelined burst of small calls becomes few TLS records.
+    void on_ciphertext(core::stream& s, core::slice data) {
+        tls_->feed(std::move(data));
+        core::slice_chain out, plain;
+        if (!tls_->handshake_done()) {
+            tls::status st = tls_->handshake(out);
+            if (st == tls::status::error || st == tls::status::closed) {
+                RPCGATE_LOG(bench, debug, "serve: TLS handshake: {}", tls_->error_text());
+                s.send(std::move(out));
+                s.close_after_send(1000);
+                return;
+            }
+            if (st != tls::status::done) {
+                s.send(std::move(out));
+                return;
+            }
+        }
+        tls::status st = tls_->read(plain, out);
+        s.send(std::move(out));
+        for (const core::slice& p : plain)
+            if (!feed_plain(s, p)) break;
+        if (!pending_out_.empty() && s.open()) {
+            core::slice_chain enc;
+            if (tls_->write(pending_out_, enc) == tls::status::error) st = tls::status::error;
+            pending_out_.clear();
+            s.send(std::move(enc));
+        }
+        if (st == tls::status::closed) {
+            tls_->shutdown(out);
+            s.send(std::move(out));
+            s.close_after_send(1000);
+        } else if (st == tls::status::error) {
+            garbage(s);
+        }
+    }
+    // Every byte this connection sends goes through here.
+    void emit(core::stream& s, core::slice_chain&& c) {
+        if (tls_)
+            pending_out_.append(std::move(c));
+        else
+            s.send(std::move(c));
+    }
+
     void garbage(core::stream& s) {
         core::bump(ps_.garbage_closes);
         s.close(-EPROTO);
     }
     void answer(core::stream& s, core::slice_chain&& reply) {
         core::bump(ps_.calls);
-        s.send(std::move(reply));
+        emit(s, std::move(reply));
     }
     void refuse(core::stream& s, const rpc::reply_header& h) {
         core::bump(ps_.refused);
@@ -111,7 +174,7 @@ class server_conn final : public core::stream_handler {
         cb.cred = rpc::opaque_auth::none();
         cb.verf = rpc::opaque_auth::none();
         pending_.push_back({cb.xid, h.xid});
-        s.send(rpc::build_call(cb, std::move(call->args)));
+        emit(s, rpc::build_call(cb, std::move(call->args)));
         return true;
     }
 
@@ -147,6 +210,8 @@ class server_conn final : public core::stream_handler {
     echo_server::per_shard& ps_;
     rpc::record_reassembler rr_;
     header_slab slab_;
+    std::unique_ptr<tls::session> tls_;  // implicit TLS; null in plaintext
+    core::slice_chain pending_out_;      // replies to encrypt at the end of on_data
     // Backchannel calls awaiting the client's answer: (our xid, the proc-2 xid).
     std::vector<std::pair<uint32_t, uint32_t>> pending_;
     uint32_t next_cb_xid_ = 0x40000000;
@@ -156,7 +221,7 @@ class server_conn final : public core::stream_handler {
 
 void echo_server::per_shard::on_accept(core::shard& s, int fd, const sockaddr_storage&) {
     core::bump(connections);
-    s.adopt(fd, new server_conn(*this));
+    s.adopt(fd, new server_conn(*this, tls_ctx));
 }
 
 echo_server::echo_server(serve_options opt) : opt_(std::move(opt)) {}
@@ -172,7 +237,7 @@ std::string echo_server::start() {
     for (unsigned i = 0; i < n; ++i) {
         core::shard_config cfg = opt_.shard;
         cfg.index = i;
-        auto ps = std::make_unique<per_shard>(cfg);
+        auto ps = std::make_unique<per_shard>(cfg, opt_.tls);
         per_shard* p = ps.get();
         int rc = 0;
         std::string err = p->sh.start([p, &addr, &rc] {

@@ -6,6 +6,8 @@
 // same connection; its answer becomes the reply). Wrong program, version or
 // procedure get PROG_UNAVAIL / PROG_MISMATCH(1,1) / PROC_UNAVAIL; rpcvers != 2
 // gets RPC_MISMATCH(2,2); bytes that are not RPC close the connection (counted).
+// With a TLS context every connection is implicit TLS (a direct-TLS baseline):
+// each has its own tls::session driven on the shard, no handshake thread.
 // A connection whose send queue is full stops being read until it drains, so
 // a client that never reads its replies holds bounded memory.
 //
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "core/shard.h"
+#include "tls/context.h"
 #include "tools/bench/address.h"
 
 namespace rpcgate::bench {
@@ -28,6 +31,9 @@ struct serve_options {
     socket_address listen;
     unsigned shards = 1;
     core::shard_config shard;  // index and cpu are set per shard
+    // Implicit TLS (from the first byte) with this server context; null for
+    // plaintext. Must outlive the server.
+    const tls::context* tls = nullptr;
     // On stop: how long connections may take to flush their replies.
     uint64_t drain_ms = 2000;
 };

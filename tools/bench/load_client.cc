@@ -82,12 +82,13 @@ const char* reply_problem(const rpc::reply_header& h) noexcept {
 // for progress lines and the final report.
 struct worker_counters {
     std::atomic<uint64_t> calls{0}, connect_errors{0}, lost_calls{0}, timeouts{0};
-    std::atomic<uint64_t> rpc_errors{0}, bad_replies{0}, backchannel_calls{0};
+    std::atomic<uint64_t> rpc_errors{0}, bad_replies{0}, backchannel_calls{0}, tls_errors{0};
     std::atomic<uint64_t> bytes_sent{0}, bytes_received{0};
 
     uint64_t errors() const noexcept {
         auto g = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
-        return g(connect_errors) + g(lost_calls) + g(timeouts) + g(rpc_errors) + g(bad_replies);
+        return g(connect_errors) + g(lost_calls) + g(timeouts) + g(rpc_errors) + g(bad_replies) +
+               g(tls_errors);
     }
 };
 
@@ -121,6 +122,13 @@ class load_conn final : public core::stream_handler {
 
     void fill();
     void issue(uint32_t idx);
+    // Every byte sent goes through send(); with TLS it is collected and
+    // encrypted once per burst by flush().
+    void send(core::slice_chain&& c);
+    void flush();
+    void feed_plain(const core::slice& data);
+    void on_tls_bytes(core::slice data);
+    void on_ready();
     bool handle(core::slice_chain&& rec);
     bool check_results(const call_slot& sl, core::slice_chain& results) const noexcept;
     void release(uint32_t idx);
@@ -142,7 +150,10 @@ class load_conn final : public core::stream_handler {
     unsigned inflight_ = 0;
     rng rng_;
     uint64_t connect_started_ = 0;
-    bool connected_ = false;
+    uint64_t tcp_connected_ = 0;
+    std::unique_ptr<client::client_session> sess_;  // TLS modes only
+    core::slice_chain outq_;                         // plaintext waiting for flush()
+    bool connected_ = false;  // ready for calls (after the handshake with TLS)
     bool finished_ = false;
 };
 
@@ -150,8 +161,13 @@ class load_conn final : public core::stream_handler {
 // histogram. Public fields are read by run_load after the shard has joined
 // (counters: at any time); everything else is the shard thread's.
 struct load_worker {
-    load_worker(const run_options& opt, unsigned index, const uint8_t* payload)
-        : sh(shard_cfg(opt, index)), opt(opt), payload(payload), inbox(&sh.make_inbox(16)) {}
+    load_worker(const run_options& opt, unsigned index, const uint8_t* payload,
+                const tls::context* tls_ctx)
+        : sh(shard_cfg(opt, index)),
+          opt(opt),
+          payload(payload),
+          tls_ctx(tls_ctx),
+          inbox(&sh.make_inbox(16)) {}
 
     // Shard thread: opens the connections and starts the deadline tick.
     void init(const std::vector<std::pair<unsigned, uint64_t>>& plan) {
@@ -184,14 +200,18 @@ struct load_worker {
     core::shard sh;  // first member: destroyed last, after everything using it
     const run_options& opt;
     const uint8_t* payload;
+    const tls::context* tls_ctx;
     core::mailbox* inbox;
     worker_counters ctr;
     latency_histogram hist;
+    latency_histogram handshake_hist;
+    std::string tls_version, tls_cipher;
     std::atomic<bool> done{false};
     bool stopping = false;
     uint64_t start_ns = 0, end_ns = 0;
     uint64_t first_send_ns = UINT64_MAX, last_reply_ns = 0;
     bool warned_connect = false, warned_rpc = false, warned_lost = false, warned_bad = false;
+    bool warned_tls = false;
 
   private:
     static core::shard_config shard_cfg(const run_options& opt, unsigned index) {
@@ -269,12 +289,80 @@ void load_conn::on_connected(core::stream& s, int err) {
         finish();
         return;  // the stream closes itself; on_closed follows
     }
+    tcp_connected_ = now_ns();
+    if (w_.opt.tls != client::tls_mode::off) {
+        client::session_params p;
+        p.mode = w_.opt.tls;
+        p.ctx = w_.tls_ctx;
+        p.prog = w_.opt.program;
+        p.vers = w_.opt.version;
+        sess_ = std::make_unique<client::client_session>(p);
+        core::slice_chain out;
+        if (sess_->start(out) == client::session_state::failed) {
+            fail(w_.ctr.tls_errors, sess_->error().c_str(), -EPROTO);
+            return;
+        }
+        st_->send(std::move(out));
+        return;  // calls start in on_ready()
+    }
+    on_ready();
+}
+
+void load_conn::on_ready() {
     connected_ = true;
     if (w_.stopping) {
         close_if_done();
         return;
     }
     fill();
+    flush();
+}
+
+void load_conn::send(core::slice_chain&& c) {
+    if (sess_)
+        outq_.append(std::move(c));
+    else
+        st_->send(std::move(c));
+}
+
+void load_conn::flush() {
+    if (!sess_ || outq_.empty() || !st_) return;
+    core::slice_chain out;
+    if (!sess_->write(std::move(outq_), out)) {
+        outq_.clear();
+        fail(w_.ctr.tls_errors, sess_->error().c_str(), -EPROTO);
+        return;
+    }
+    outq_.clear();
+    st_->send(std::move(out));
+}
+
+void load_conn::on_tls_bytes(core::slice data) {
+    core::slice_chain out, plain;
+    const bool was_ready = sess_->ready();
+    client::session_state st = sess_->on_bytes(std::move(data), out, plain);
+    if (!out.empty() && st_) st_->send(std::move(out));
+    if (st == client::session_state::failed || st == client::session_state::refused) {
+        if (!finished_) {
+            report_once(w_.warned_tls, "run: TLS: {}", sess_->error());
+            fail(w_.ctr.tls_errors, "TLS failed", -EPROTO);
+        }
+        return;
+    }
+    if (!was_ready && st == client::session_state::ready) {
+        w_.handshake_hist.record(now_ns() - tcp_connected_);
+        if (w_.tls_version.empty() && sess_->tls()) {
+            w_.tls_version = sess_->tls()->version();
+            w_.tls_cipher = sess_->tls()->cipher();
+        }
+        on_ready();
+    }
+    for (const core::slice& p : plain) {
+        if (finished_) break;
+        feed_plain(p);
+    }
+    flush();
+    if (st == client::session_state::closed && !finished_ && st_) on_eof(*st_, 0);
 }
 
 void load_conn::fill() {
@@ -300,11 +388,18 @@ void load_conn::issue(uint32_t idx) {
     sl.sent_ns = now_ns();
     // One clock per shard thread: its first call is its earliest.
     if (w_.first_send_ns == UINT64_MAX) w_.first_send_ns = sl.sent_ns;
-    st_->send(opaque_call(slab_, sl.xid, o.program, o.version, proc_number(o.proc),
-                          core::slice::unowned(w_.payload + sl.off, sl.len), with_opaque));
+    send(opaque_call(slab_, sl.xid, o.program, o.version, proc_number(o.proc),
+                     core::slice::unowned(w_.payload + sl.off, sl.len), with_opaque));
 }
 
 void load_conn::on_data(core::stream& s, core::slice data) {
+    if (sess_)
+        on_tls_bytes(std::move(data));
+    else
+        feed_plain(data);
+}
+
+void load_conn::feed_plain(const core::slice& data) {
     auto fed = rr_.feed(data, [this](core::slice_chain&& rec) { return handle(std::move(rec)); });
     if (!fed && !finished_) fail(w_.ctr.bad_replies, rpc::to_string(fed.error()), -EPROTO);
 }
@@ -323,7 +418,7 @@ bool load_conn::handle(core::slice_chain&& rec) {
             return false;
         }
         core::bump(w_.ctr.backchannel_calls);
-        st_->send(answer_callback(slab_, std::move(*call)));
+        send(answer_callback(slab_, std::move(*call)));
         return true;
     }
     auto rep = rpc::decode_reply(rec);
@@ -503,9 +598,19 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         plan[i % threads].push_back({i, budget});
     }
 
+    // One TLS client context for every connection (SSL_CTX is shared safely).
+    std::unique_ptr<tls::context> tls_ctx;
+    if (opt.tls != client::tls_mode::off) {
+        tls_ctx = tls::context::make_client(opt.tls_options, err);
+        if (!tls_ctx) return r;
+        if (!opt.ciphersuites.empty() &&
+            !client::set_tls13_ciphersuites(*tls_ctx, opt.ciphersuites, err))
+            return r;
+    }
+
     std::vector<std::unique_ptr<load_worker>> workers;
     for (unsigned t = 0; t < threads; ++t) {
-        auto w = std::make_unique<load_worker>(opt, t, payload.data());
+        auto w = std::make_unique<load_worker>(opt, t, payload.data(), tls_ctx.get());
         load_worker* wp = w.get();
         const auto& conns = plan[t];
         std::string e = wp->sh.start([wp, &conns] { wp->init(conns); });
@@ -588,6 +693,7 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
     r.size_max = std::max(opt.size, opt.size_max);
     r.proc = opt.proc;
     r.verify = opt.verify;
+    r.tls = opt.tls;
     uint64_t first = UINT64_MAX, last = 0;
     for (auto& w : workers) {
         auto g = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
@@ -597,6 +703,12 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         r.timeouts += g(w->ctr.timeouts);
         r.rpc_errors += g(w->ctr.rpc_errors);
         r.bad_replies += g(w->ctr.bad_replies);
+        r.tls_errors += g(w->ctr.tls_errors);
+        r.handshake_latency.merge(w->handshake_hist);
+        if (r.tls_version.empty()) {
+            r.tls_version = w->tls_version;
+            r.tls_cipher = w->tls_cipher;
+        }
         r.backchannel_calls += g(w->ctr.backchannel_calls);
         r.payload_bytes_sent += g(w->ctr.bytes_sent);
         r.payload_bytes_received += g(w->ctr.bytes_received);
@@ -604,7 +716,8 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         first = std::min(first, w->first_send_ns);
         last = std::max(last, w->last_reply_ns);
     }
-    r.errors = r.connect_errors + r.lost_calls + r.timeouts + r.rpc_errors + r.bad_replies;
+    r.errors =
+        r.connect_errors + r.lost_calls + r.timeouts + r.rpc_errors + r.bad_replies + r.tls_errors;
     if (r.calls > 0 && last > first) r.elapsed_s = double(last - first) / 1e9;
     return r;
 }
@@ -624,9 +737,15 @@ std::string format_human(const run_report& r) {
     out += fmt::format("  latency    p50 {:.1f} us  p99 {:.1f} us  p999 {:.1f} us  max {:.1f} us\n",
                        us(r.latency.percentile(0.50)), us(r.latency.percentile(0.99)),
                        us(r.latency.percentile(0.999)), us(r.latency.max()));
-    out += fmt::format("  errors     {} (connect {}, lost {}, timeouts {}, rpc {}, bad replies {})",
-                       r.errors, r.connect_errors, r.lost_calls, r.timeouts, r.rpc_errors,
-                       r.bad_replies);
+    if (r.tls != client::tls_mode::off)
+        out += fmt::format("  tls        {} {} {}: handshake p50 {:.1f} us  p99 {:.1f} us ({} done)\n",
+                           client::to_string(r.tls), r.tls_version, r.tls_cipher,
+                           us(r.handshake_latency.percentile(0.50)),
+                           us(r.handshake_latency.percentile(0.99)), r.handshake_latency.count());
+    out += fmt::format(
+        "  errors     {} (connect {}, lost {}, timeouts {}, rpc {}, bad replies {}, tls {})",
+        r.errors, r.connect_errors, r.lost_calls, r.timeouts, r.rpc_errors, r.bad_replies,
+        r.tls_errors);
     if (r.backchannel_calls)
         out += fmt::format("\n  backchannel calls answered {}", r.backchannel_calls);
     return out;
@@ -641,13 +760,17 @@ std::string format_json(const run_report& r) {
         "\"payload_bytes_sent\":{},\"payload_bytes_received\":{},"
         "\"p50_us\":{:.2f},\"p99_us\":{:.2f},\"p999_us\":{:.2f},\"max_us\":{:.2f},"
         "\"mean_us\":{:.2f},\"errors\":{},\"connect_errors\":{},\"lost_calls\":{},"
-        "\"timeouts\":{},\"rpc_errors\":{},\"bad_replies\":{},\"backchannel_calls\":{}}}",
+        "\"timeouts\":{},\"rpc_errors\":{},\"bad_replies\":{},\"backchannel_calls\":{},"
+        "\"tls\":\"{}\",\"tls_errors\":{},\"tls_version\":\"{}\",\"tls_cipher\":\"{}\","
+        "\"handshakes\":{},\"handshake_p50_us\":{:.2f},\"handshake_p99_us\":{:.2f}}}",
         to_string(r.proc), r.connections, r.depth, r.threads, r.size, r.size_max,
         r.verify ? "true" : "false", r.calls, r.elapsed_s, r.ops_per_sec(), r.bytes_per_sec(),
         r.payload_bytes_sent, r.payload_bytes_received, us(r.latency.percentile(0.50)),
         us(r.latency.percentile(0.99)), us(r.latency.percentile(0.999)), us(r.latency.max()),
         r.latency.mean() / 1000.0, r.errors, r.connect_errors, r.lost_calls, r.timeouts,
-        r.rpc_errors, r.bad_replies, r.backchannel_calls);
+        r.rpc_errors, r.bad_replies, r.backchannel_calls, client::to_string(r.tls), r.tls_errors,
+        r.tls_version, r.tls_cipher, r.handshake_latency.count(),
+        us(r.handshake_latency.percentile(0.50)), us(r.handshake_latency.percentile(0.99)));
 }
 
 }  // namespace rpcgate::bench

@@ -32,7 +32,9 @@
 #include <string>
 
 #include "core/shard.h"
+#include "tls/context.h"
 #include "tools/bench/address.h"
+#include "tools/client/client_session.h"
 #include "tools/bench/latency_histogram.h"
 
 namespace rpcgate::bench {
@@ -56,6 +58,13 @@ struct run_options {
     uint32_t timeout_ms = 10000;     // per call, and per connect
     double progress_interval_s = 5;  // stderr progress line; 0: none
     core::shard_config shard;        // index set per shard
+    // TLS per connection (client::client_session, the RFC 9289 client role):
+    // starttls = AUTH_TLS probe of (program, version), then TLS 1.3; implicit
+    // = TLS from the first byte. The handshake is done on the shard, before
+    // the connection's first call; its time is not in the throughput figures.
+    client::tls_mode tls = client::tls_mode::off;
+    tls::client_options tls_options;
+    std::string ciphersuites;  // TLS 1.3 suites to offer ("" = OpenSSL's default)
 };
 
 struct run_report {
@@ -64,6 +73,7 @@ struct run_report {
     size_t size = 0, size_max = 0;
     bench_proc proc = bench_proc::echo;
     bool verify = false;
+    client::tls_mode tls = client::tls_mode::off;
     // What happened.
     uint64_t calls = 0;                   // completed successfully
     uint64_t errors = 0;                  // sum of the kinds below
@@ -72,11 +82,14 @@ struct run_report {
     uint64_t timeouts = 0;                // calls unanswered after timeout_ms
     uint64_t rpc_errors = 0;              // replies that were not MSG_ACCEPTED/SUCCESS
     uint64_t bad_replies = 0;             // malformed, wrong length, bytes differ, unknown xid
+    uint64_t tls_errors = 0;              // probe refused, handshake or record failure
     uint64_t backchannel_calls = 0;       // server CALLs answered by the client
     uint64_t payload_bytes_sent = 0;      // opaque bytes of completed calls
     uint64_t payload_bytes_received = 0;  // opaque bytes of their replies
     double elapsed_s = 0;                 // first call sent -> last reply
     latency_histogram latency;            // nanoseconds
+    latency_histogram handshake_latency;  // connect done -> TLS ready, nanoseconds
+    std::string tls_version, tls_cipher;  // as negotiated (first connection)
 
     double ops_per_sec() const noexcept { return elapsed_s > 0 ? double(calls) / elapsed_s : 0; }
     // Payload bytes both ways (sent + received) per second.

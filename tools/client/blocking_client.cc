@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 namespace rpcgate::client {
 namespace {
@@ -92,6 +93,23 @@ blocking_client::~blocking_client() {
     if (fd_ >= 0) ::close(fd_);
 }
 
+blocking_client& blocking_client::operator=(blocking_client&& o) noexcept {
+    if (this == &o) return *this;
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(o.fd_, -1);
+    stage_ = o.stage_;
+    error_ = std::move(o.error_);
+    connect_ms = o.connect_ms;
+    probe_ms = o.probe_ms;
+    handshake_ms = o.handshake_ms;
+    sess_.reset();  // before the context it was made from
+    own_ctx_ = std::move(o.own_ctx_);
+    sess_ = std::move(o.sess_);
+    rr_ = std::move(o.rr_);
+    records_ = std::move(o.records_);
+    return *this;
+}
+
 blocking_client& blocking_client::failed(connect_stage st, std::string why) {
     if (stage_ == connect_stage::none) {
         stage_ = st;
@@ -104,15 +122,27 @@ blocking_client blocking_client::open(const std::string& host, uint16_t port, tl
                                       uint32_t prog, uint32_t vers,
                                       const tls::client_options& opt,
                                       std::chrono::milliseconds timeout) {
+    std::unique_ptr<tls::context> ctx;
+    if (mode != tls_mode::off) {
+        std::string err;
+        ctx = tls::context::make_client(opt, &err);
+        if (!ctx) {
+            blocking_client c;
+            return std::move(c.failed(connect_stage::options, err));
+        }
+    }
+    blocking_client c = open(host, port, mode, prog, vers, ctx.get(), timeout);
+    c.own_ctx_ = std::move(ctx);
+    return c;
+}
+
+blocking_client blocking_client::open(const std::string& host, uint16_t port, tls_mode mode,
+                                      uint32_t prog, uint32_t vers, const tls::context* ctx,
+                                      std::chrono::milliseconds timeout) {
     blocking_client c;
     const auto deadline = clock::now() + timeout;
     c.rr_ = std::make_unique<rpc::record_reassembler>();
-    if (mode != tls_mode::off) {
-        std::string err;
-        c.ctx_ = tls::context::make_client(opt, &err);
-        if (!c.ctx_) return std::move(c.failed(connect_stage::options, err));
-    }
-    c.sess_ = std::make_unique<client_session>(session_params{mode, c.ctx_.get(), prog, vers});
+    c.sess_ = std::make_unique<client_session>(session_params{mode, ctx, prog, vers});
     auto t0 = clock::now();
     std::string err;
     c.fd_ = connect_to(host, port, deadline, &err);

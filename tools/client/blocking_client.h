@@ -34,8 +34,9 @@ class blocking_client {
   public:
     blocking_client() = default;
     ~blocking_client();
-    blocking_client(blocking_client&&) noexcept = default;
-    blocking_client& operator=(blocking_client&&) noexcept = default;
+    // Moves leave the source without a socket.
+    blocking_client(blocking_client&& o) noexcept { *this = std::move(o); }
+    blocking_client& operator=(blocking_client&& o) noexcept;
 
     bool ok() const noexcept { return stage_ == connect_stage::none && fd_ >= 0; }
     connect_stage failed_at() const noexcept { return stage_; }
@@ -57,8 +58,14 @@ class blocking_client {
     void close();
 
     // Connects and runs the mode's start-up; `host` is a name or address.
+    // This form makes (and owns) a client context from `opt`.
     static blocking_client open(const std::string& host, uint16_t port, tls_mode mode,
                                 uint32_t prog, uint32_t vers, const tls::client_options& opt,
+                                std::chrono::milliseconds timeout);
+    // The same with a context the caller made once (loops that open many
+    // connections); `ctx` may be null for tls_mode::off and must outlive the client.
+    static blocking_client open(const std::string& host, uint16_t port, tls_mode mode,
+                                uint32_t prog, uint32_t vers, const tls::context* ctx,
                                 std::chrono::milliseconds timeout);
 
   private:
@@ -72,7 +79,7 @@ class blocking_client {
     int fd_ = -1;
     connect_stage stage_ = connect_stage::none;
     std::string error_;
-    std::unique_ptr<tls::context> ctx_;  // before sess_: outlives it
+    std::unique_ptr<tls::context> own_ctx_;  // before sess_: outlives it
     std::unique_ptr<client_session> sess_;
     // Plaintext from the server cut into records; records not yet returned.
     std::unique_ptr<rpc::record_reassembler> rr_;

@@ -21,6 +21,12 @@ bool parse_tls_mode(std::string_view text, tls_mode* out) noexcept {
     return true;
 }
 
+bool set_tls13_ciphersuites(tls::context& ctx, const std::string& suites, std::string* err) {
+    if (SSL_CTX_set_ciphersuites(ctx.native(), suites.c_str()) == 1) return true;
+    *err = "cipher suites '" + suites + "': " + tls::last_error();
+    return false;
+}
+
 const char* to_string(session_state s) noexcept {
     switch (s) {
         case session_state::probing: return "probing";
