@@ -1,0 +1,276 @@
+#!/bin/bash
+# TLS termination on loopback, all in one run so the ratios are fair. The
+# client (rpcgate-bench run --tls implicit) speaks TLS 1.3 with one pinned
+# cipher suite and the same certificates to:
+#   direct-tls  rpcgate-bench serve --tls implicit (TLS in the echo server itself)
+#   rpcgate     rpcgate --implicit-tls -> plaintext echo server
+#   haproxy     HAProxy (mode tcp, bind ... ssl alpn sunrpc) -> echo server
+#   stunnel     stunnel4 (server mode) -> echo server
+# for two workloads:
+#   large  1 MiB calls, 8 connections x 1 in flight
+#   small  64-byte calls, 64 connections x 16 in flight
+# then handshakes per second (connect, TLS, one NULL call, close) through each
+# of them, rpcgate also with RFC 9289 STARTTLS, against the in-process OpenSSL
+# loop (rpcgate-bench handshake --baseline) in the same run; and the RSS of
+# rpcgate (and HAProxy) holding IDLE_TLS_CONNS idle TLS connections.
+#
+#   bench/e2e/compare_tls.sh [BUILD_DIR] [OUT_DIR]
+# Environment: DURATION (seconds per run, default 10), SHARDS (rpcgate and
+# HAProxy threads, default 2), CIPHER (default TLS_AES_128_GCM_SHA256),
+# WORKLOADS ("large small"), HS_CONNS (handshake client threads, default 4),
+# IDLE_TLS_CONNS (default 2000).
+# Writes OUT_DIR/results.json and OUT_DIR/summary.md; prints the table.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+build=${1:-$root/build/release}
+out=${2:-$build/bench-e2e-tls}
+duration=${DURATION:-10}
+shards=${SHARDS:-2}
+cipher=${CIPHER:-TLS_AES_128_GCM_SHA256}
+workloads=${WORKLOADS:-"large small"}
+hs_conns=${HS_CONNS:-4}
+idle_conns=${IDLE_TLS_CONNS:-2000}
+. "$root/tests/peers/peer_lib.sh"
+
+find_bin() { # the binary under the build dir, wherever CMake put it
+    local p
+    p=$(find "$build" -type f -name "$1" -perm -u+x 2>/dev/null | head -n 1)
+    [ -n "$p" ] || { echo "compare_tls.sh: $1 not found under $build (build first)" >&2; exit 1; }
+    echo "$p"
+}
+bench=$(find_bin rpcgate-bench)
+rpcgate=$(find_bin rpcgate)
+probe=$(find_bin rpcgate-probe)
+stunnel=$(command -v stunnel4 || command -v stunnel || true)
+for tool in haproxy openssl python3 "$stunnel"; do
+    [ -n "$tool" ] && command -v "$tool" >/dev/null || {
+        echo "compare_tls.sh: ${tool:-stunnel4} is not installed (scripts/setup.sh)" >&2; exit 1; }
+done
+mkdir -p "$out"
+work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-cmp-tls.XXXXXX")
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do peer_stop "$p" 5; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+# --- certificates: the TLS tests' fixtures --------------------------------------
+certs=$work/certs
+"$root/tests/tls/make_certs.sh" "$certs"
+cat "$certs/server.pem" "$certs/server.key" >"$work/haproxy.pem"
+tls_client=(--ca "$certs/ca.pem" --server-name localhost --ciphersuites "$cipher")
+
+# --- the echo backend and the four TLS endpoints ----------------------------------
+echo_port=$(peer_free_port)
+"$bench" serve --listen "127.0.0.1:$echo_port" --shards 1 >"$work/serve.log" 2>&1 &
+pids+=($!)
+peer_wait_until 10 peer_rpc_null 127.0.0.1 "$echo_port" 0x20000001 1 || { echo "echo server did not start" >&2; exit 1; }
+
+direct_port=$(peer_free_port)
+"$bench" serve --listen "127.0.0.1:$direct_port" --shards "$shards" --tls implicit \
+    --cert "$certs/server.pem" --key "$certs/server.key" --ciphersuites "$cipher" \
+    >"$work/direct-tls.log" 2>&1 &
+pids+=($!)
+
+gw_port=$(peer_free_port)
+gw_starttls_port=$(peer_free_port)
+"$rpcgate" --listen "127.0.0.1:$gw_starttls_port" --tls opportunistic \
+    --implicit-tls "127.0.0.1:$gw_port" --cert "$certs/server.pem" --key "$certs/server.key" \
+    --backend "536870913=127.0.0.1:$echo_port" --shards "$shards" --no-reserved-port \
+    >"$work/rpcgate.log" 2>&1 &
+gw_pid=$!
+pids+=($gw_pid)
+
+ha_port=$(peer_free_port)
+cat >"$work/haproxy.cfg" <<CFG
+global
+    nbthread $shards
+    maxconn $(( ($(ulimit -n) - 200) / 2 ))
+    ssl-default-bind-ciphersuites $cipher
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind 127.0.0.1:$ha_port ssl crt $work/haproxy.pem alpn sunrpc
+    default_backend be
+backend be
+    server echo 127.0.0.1:$echo_port
+CFG
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+ha_pid=$!
+pids+=($ha_pid)
+
+st_port=$(peer_free_port)
+cat >"$work/stunnel.conf" <<CFG
+foreground = yes
+pid =
+debug = warning
+[rpc]
+accept = 127.0.0.1:$st_port
+connect = 127.0.0.1:$echo_port
+cert = $certs/server.pem
+key = $certs/server.key
+sslVersionMin = TLSv1.3
+ciphersuites = $cipher
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+CFG
+"$stunnel" "$work/stunnel.conf" >"$work/stunnel.log" 2>&1 &
+pids+=($!)
+
+tls_ready() { # TLS endpoint answers a NULL call over implicit TLS
+    "$probe" "127.0.0.1:$1" --implicit --prog 536870913 --vers 1 --ca "$certs/ca.pem" \
+        --server-name localhost --timeout 2
+}
+for p in "$direct_port" "$gw_port" "$ha_port" "$st_port"; do
+    peer_wait_until 15 tls_ready "$p" || {
+        echo "TLS endpoint on port $p did not start; logs:" >&2
+        tail -n 5 "$work"/*.log >&2
+        exit 1
+    }
+done
+# The RFC 9289 path too, and keep what the probe says for the report.
+"$probe" "127.0.0.1:$gw_starttls_port" --prog 536870913 --vers 1 --ca "$certs/ca.pem" \
+    --server-name localhost >"$work/probe.txt" || { cat "$work/probe.txt" >&2; exit 1; }
+
+declare -A target=([direct-tls]=$direct_port [rpcgate]=$gw_port [haproxy]=$ha_port [stunnel]=$st_port)
+setups="direct-tls rpcgate haproxy stunnel"
+results="$work/runs.jsonl"
+: >"$results"
+for w in $workloads; do
+    case $w in
+        large) args=(--connections 8 --depth 1 --size 1048576) ;;
+        small) args=(--connections 64 --depth 16 --size 64) ;;
+        *) echo "unknown workload $w" >&2; exit 2 ;;
+    esac
+    for s in $setups; do
+        echo "== $w via $s (${duration} s)" >&2
+        json=$("$bench" run --target "127.0.0.1:${target[$s]}" --tls implicit "${tls_client[@]}" \
+            "${args[@]}" --duration "$duration" --progress 0 --json) || {
+            echo "run failed: $w via $s" >&2
+            json='{"ops_per_sec":0,"bytes_per_sec":0,"p50_us":0,"p99_us":0,"p999_us":0,"errors":-1}'
+        }
+        echo "{\"workload\":\"$w\",\"setup\":\"$s\",\"result\":$json}" >>"$results"
+    done
+done
+
+# --- handshake rate ----------------------------------------------------------------
+hs_results="$work/handshakes.jsonl"
+: >"$hs_results"
+hs_duration=$(( duration < 5 ? duration : 5 ))
+hs_run() { # NAME ARGS...
+    local name=$1; shift
+    echo "== handshakes: $name (${hs_duration} s)" >&2
+    local json
+    json=$("$bench" handshake "$@" --duration "$hs_duration" --json) || {
+        echo "handshake run failed: $name" >&2
+        json='{"handshakes_per_sec":0,"errors":-1}'
+    }
+    echo "{\"setup\":\"$name\",\"result\":$json}" >>"$hs_results"
+}
+hs_run baseline --baseline --cert "$certs/server.pem" --key "$certs/server.key" "${tls_client[@]}"
+for s in $setups; do
+    hs_run "$s" --target "127.0.0.1:${target[$s]}" --tls implicit --connections "$hs_conns" "${tls_client[@]}"
+done
+hs_run rpcgate-starttls --target "127.0.0.1:$gw_starttls_port" --tls starttls \
+    --connections "$hs_conns" "${tls_client[@]}"
+
+# --- memory per idle TLS connection -------------------------------------------------
+idle_tls_rss() { # PORT PID -> "before after n" (KiB, KiB, connections completed)
+    python3 - "$1" "$2" "$idle_conns" "$certs/ca.pem" <<'PY'
+import os, socket, ssl, sys, time
+port, pid, n, ca = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def rss():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+ctx = ssl.create_default_context(cafile=ca)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.set_alpn_protocols(["sunrpc"])
+time.sleep(0.5)
+before = rss()
+conns = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    conns.append(ctx.wrap_socket(s, server_hostname="localhost"))
+# The server finishes its side after the client's Finished: let it settle.
+deadline = time.time() + 30
+last = -1
+while time.time() < deadline:
+    time.sleep(0.5)
+    now = rss()
+    if now == last:
+        break
+    last = now
+print(before, rss(), len(conns))
+for c in conns:
+    c.close()
+PY
+}
+echo "== idle TLS connections: $idle_conns via rpcgate and haproxy" >&2
+read -r gw_before gw_after gw_n < <(idle_tls_rss "$gw_port" "$gw_pid")
+read -r ha_before ha_after ha_n < <(idle_tls_rss "$ha_port" "$ha_pid")
+
+python3 - "$results" "$hs_results" "$out" "$duration" "$cipher" "$work/probe.txt" \
+    "$gw_before" "$gw_after" "$gw_n" "$ha_before" "$ha_after" "$ha_n" <<'PY'
+import json, sys
+path, hs_path, out, duration, cipher, probe_txt = sys.argv[1:7]
+gw_before, gw_after, gw_n, ha_before, ha_after, ha_n = map(int, sys.argv[7:13])
+runs = [json.loads(l) for l in open(path)]
+hs = [json.loads(l) for l in open(hs_path)]
+by = {(r["workload"], r["setup"]): r["result"] for r in runs}
+lines = [f"Implicit TLS 1.3, {cipher}, same certificates everywhere; {duration} s per run.", "",
+         "| workload | setup | ops/s | MB/s | p50 µs | p99 µs | p999 µs | errors | vs direct-tls | vs haproxy | vs stunnel |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+ratios = {}
+for (w, s), r in by.items():
+    def ratio(other):
+        o = by.get((w, other), {}).get("ops_per_sec", 0)
+        return r["ops_per_sec"] / o if o else 0.0
+    ratios[f"{w}/{s}"] = {"vs_direct_tls": ratio("direct-tls"), "vs_haproxy": ratio("haproxy"),
+                          "vs_stunnel": ratio("stunnel")}
+    lines.append(f"| {w} | {s} | {r['ops_per_sec']:.0f} | {r['bytes_per_sec']/1e6:.1f} | {r['p50_us']:.0f} | "
+                 f"{r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['errors']} | {ratio('direct-tls'):.2f} | "
+                 f"{ratio('haproxy'):.2f} | {ratio('stunnel'):.2f} |")
+base = next((h["result"] for h in hs if h["setup"] == "baseline"), {})
+base_loop = base.get("handshakes_per_sec", 0)
+base_server = base.get("server_handshakes_per_sec", 0)
+lines += ["", "Handshakes (connect, TLS 1.3, one NULL call, close) against the in-process OpenSSL "
+          f"loop: {base_loop:.0f}/s for both sides in one thread, {base_server:.0f}/s for the "
+          "server side alone (one thread's ceiling).", "",
+          "| setup | handshakes/s | p50 µs | p99 µs | errors | vs loop | vs server-side ceiling |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+for h in hs:
+    r = h["result"]
+    rate = r.get("handshakes_per_sec", 0)
+    lines.append(f"| {h['setup']} | {rate:.0f} | {r.get('p50_us', 0):.0f} | {r.get('p99_us', 0):.0f} | "
+                 f"{r.get('errors', 0)} | {rate / base_loop if base_loop else 0:.2f} | "
+                 f"{rate / base_server if base_server else 0:.2f} |")
+def per_conn(before, after, n):
+    return (after - before) / n if n else 0.0
+gw_pc, ha_pc = per_conn(gw_before, gw_after, gw_n), per_conn(ha_before, ha_after, ha_n)
+lines += ["", f"Idle TLS connections after the handshake: rpcgate {gw_n} connections, RSS "
+          f"{gw_before/1024:.1f} -> {gw_after/1024:.1f} MiB = {gw_pc:.1f} KiB per connection; "
+          f"HAProxy {ha_n}: {ha_before/1024:.1f} -> {ha_after/1024:.1f} MiB = {ha_pc:.1f} KiB per connection.",
+          "", "rpcgate-probe on the RFC 9289 (STARTTLS) listener:", "", "```",
+          open(probe_txt).read().rstrip(), "```"]
+table = "\n".join(lines)
+print(table)
+with open(f"{out}/summary.md", "w") as f:
+    f.write(f"# rpcgate TLS termination comparison (loopback)\n\n{table}\n")
+with open(f"{out}/results.json", "w") as f:
+    json.dump({"duration_s": int(duration), "cipher": cipher, "runs": runs, "ratios": ratios,
+               "handshakes": hs,
+               "idle_tls": {"rpcgate": {"connections": gw_n, "rss_before_kib": gw_before,
+                                        "rss_after_kib": gw_after, "kib_per_connection": gw_pc},
+                            "haproxy": {"connections": ha_n, "rss_before_kib": ha_before,
+                                        "rss_after_kib": ha_after, "kib_per_connection": ha_pc}}},
+              f, indent=1)
+PY
+echo "wrote $out/results.json and $out/summary.md" >&2
