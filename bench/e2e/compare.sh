@@ -132,15 +132,25 @@ for s in socks:
     s.close()
 PY
 }
+# rpcgate twice: the instance that carried the load above, and a fresh one.
 gw_rss_base=$(awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status")
 gw_rss=$(idle_rss "$gw_port" "$gw_pid")
+fresh_port=$(peer_free_port)
+"$rpcgate" --listen "127.0.0.1:$fresh_port" --backend "536870913=127.0.0.1:$echo_port" \
+    --shards "$shards" --no-reserved-port >"$work/rpcgate-fresh.log" 2>&1 &
+fresh_pid=$!
+pids+=($fresh_pid)
+peer_wait_until 10 peer_rpc_null 127.0.0.1 "$fresh_port" 0x20000001 1 || { echo "fresh rpcgate did not start" >&2; exit 1; }
+fresh_base=$(awk '/VmRSS/ {print $2}' "/proc/$fresh_pid/status")
+fresh_rss=$(idle_rss "$fresh_port" "$fresh_pid")
 ha_rss_base=$(awk '/VmRSS/ {print $2}' "/proc/$ha_pid/status")
 ha_rss=$(idle_rss "$ha_port" "$ha_pid")
 
-python3 - "$results" "$out" "$duration" "$idle_conns" "$gw_rss_base" "$gw_rss" "$ha_rss_base" "$ha_rss" <<'PY'
+python3 - "$results" "$out" "$duration" "$idle_conns" "$gw_rss_base" "$gw_rss" "$ha_rss_base" "$ha_rss" \
+    "$fresh_base" "$fresh_rss" <<'PY'
 import json, sys
 path, out, duration, idle = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-gw_base, gw_rss, ha_base, ha_rss = map(int, sys.argv[5:9])
+gw_base, gw_rss, ha_base, ha_rss, fresh_base, fresh_rss = map(int, sys.argv[5:11])
 runs = [json.loads(l) for l in open(path)]
 by = {(r["workload"], r["setup"]): r["result"] for r in runs}
 lines = ["| workload | setup | ops/s | MB/s | p50 µs | p99 µs | p999 µs | errors | vs direct | vs haproxy | vs socat |",
@@ -155,8 +165,10 @@ for (w, s), r in by.items():
                  f"{r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['errors']} | {ratio('direct'):.2f} | "
                  f"{ratio('haproxy'):.2f} | {ratio('socat'):.2f} |")
 lines.append("")
-lines.append(f"Idle connections: {idle} open clients: rpcgate RSS {gw_rss/1024:.1f} MiB "
-             f"(at rest {gw_base/1024:.1f} MiB); HAProxy RSS {ha_rss/1024:.1f} MiB (at rest {ha_base/1024:.1f} MiB).")
+lines.append(f"Idle connections, {idle} open clients: rpcgate RSS {fresh_rss/1024:.1f} MiB on a fresh "
+             f"instance (at rest {fresh_base/1024:.1f} MiB), {gw_rss/1024:.1f} MiB on the instance that "
+             f"carried the load (at rest {gw_base/1024:.1f} MiB: its receive buffers are touched); "
+             f"HAProxy RSS {ha_rss/1024:.1f} MiB (at rest {ha_base/1024:.1f} MiB).")
 table = "\n".join(lines)
 print(table)
 with open(f"{out}/summary.md", "w") as f:
@@ -164,6 +176,7 @@ with open(f"{out}/summary.md", "w") as f:
 with open(f"{out}/results.json", "w") as f:
     json.dump({"duration_s": int(duration), "runs": runs, "ratios": ratios,
                "idle": {"connections": idle, "rpcgate_rss_kib": gw_rss, "rpcgate_rss_base_kib": gw_base,
+                        "rpcgate_fresh_rss_kib": fresh_rss, "rpcgate_fresh_base_kib": fresh_base,
                         "haproxy_rss_kib": ha_rss, "haproxy_rss_base_kib": ha_base}}, f, indent=1)
 PY
 echo "wrote $out/results.json and $out/summary.md" >&2

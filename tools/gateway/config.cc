@@ -402,7 +402,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                  "bytes queued per connection and direction before reading the "
                                  "other side pauses (default 8M)");
     auto* o_buf = app.add_option("--buffers", cfg->buffers,
-                                 "receive buffers per shard, a power of two (default 1024)");
+                                 "receive buffers per shard, a power of two (default 512)");
     auto* o_bsz = app.add_option("--buffer-size", buffer_size,
                                  "bytes per receive buffer (default 32K)");
     auto* o_log = app.add_option("--log-level", log_level,
