@@ -34,8 +34,8 @@ bool offers_sunrpc(const unsigned char* in, unsigned int inlen) {
 // Called only when the client sent the ALPN extension. RFC 7301 §3.2: no
 // common protocol is a fatal no_application_protocol alert, which is what
 // SSL_TLSEXT_ERR_ALERT_FATAL makes OpenSSL send.
-int alpn_select(SSL* ssl, const unsigned char** out, unsigned char* outlen,
-                const unsigned char* in, unsigned int inlen, void*) {
+int alpn_select(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                unsigned int inlen, void*) {
     if (!offers_sunrpc(in, inlen)) return SSL_TLSEXT_ERR_ALERT_FATAL;
     *out = alpn_wire + 1;
     *outlen = sizeof(alpn_wire) - 1;
@@ -62,8 +62,8 @@ int client_hello(SSL* ssl, int* alert, void*) {
 // server that does not require a client certificate lets the handshake go on
 // whatever the verdict (opportunistic: the flags tell the policy what it got).
 int verify_peer(int preverify_ok, X509_STORE_CTX* store) {
-    auto* ssl = static_cast<SSL*>(
-        X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+    auto* ssl =
+        static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
     if (!ssl) return preverify_ok;
     if (auto* st = static_cast<verify_state*>(SSL_get_ex_data(ssl, session_ex_index()))) {
         st->record(preverify_ok, store);
@@ -140,7 +140,9 @@ int session_ex_index() {
     return idx;
 }
 
-context::~context() { SSL_CTX_free(ctx_); }
+context::~context() {
+    SSL_CTX_free(ctx_);
+}
 
 std::unique_ptr<context> context::make_server(const server_options& opt, std::string* err) {
     std::string scratch;
@@ -255,6 +257,10 @@ std::unique_ptr<context> context::make_client(const client_options& opt, std::st
 }
 
 std::string last_error() {
+    // Reason strings are loaded by the first SSL_CTX_new; a caller may ask earlier.
+    static const bool strings_loaded =
+        OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, nullptr);
+    (void)strings_loaded;
     std::string out;
     unsigned long e;
     const char* data = nullptr;

@@ -72,8 +72,7 @@ bool identity_map::parse(std::string_view text, std::string_view origin, std::st
 
         auto bad = [&](std::string_view why) {
             if (err) {
-                *err = std::string(origin) + ":" + std::to_string(lineno) + ": " +
-                       std::string(why);
+                *err = std::string(origin) + ":" + std::to_string(lineno) + ": " + std::string(why);
             }
             return false;
         };
@@ -138,8 +137,8 @@ std::optional<identity> identity_map::lookup(X509* cert) const {
         }
     }
     if (by_san_.empty()) return std::nullopt;
-    auto* names = static_cast<GENERAL_NAMES*>(
-        X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+    auto* names =
+        static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
     std::optional<identity> found;
     for (int i = 0; names && i < sk_GENERAL_NAME_num(names) && !found; ++i) {
         std::string v = san_text(sk_GENERAL_NAME_value(names, i));

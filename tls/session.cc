@@ -16,12 +16,16 @@ namespace {
 // adds an 8-byte explicit nonce instead of the type byte. 32 covers both.
 constexpr size_t max_record = 16384;
 constexpr size_t record_overhead = 32;
-// One ciphertext block holds four full records, so a 64 KiB write is one slice.
-constexpr size_t cipher_block_size = 4 * (max_record + record_overhead) + 1024;
-constexpr size_t plain_block_size = max_record;
-// A plaintext block with less room than this is retired rather than filled
-// with a sliver of a record.
-constexpr size_t plain_min_room = 2048;
+// Blocks are sized to what a call needs (a 64 KiB write gets one block and
+// leaves as one slice), never smaller than these floors, so that a connection
+// exchanging small RPCs keeps a few KiB, not a few dozen.
+constexpr size_t cipher_block_min = 4096;
+constexpr size_t plain_block_min = 2048;
+// Plaintext blocks are sized from the ciphertext fed (plaintext is never
+// larger) up to this, and are retired when less room than a small record is
+// left rather than filled with a sliver of one.
+constexpr size_t plain_block_max = 256 * 1024;
+constexpr size_t plain_min_room = 512;
 
 // Small slices are gathered here so they leave as one record. Per thread, not
 // per session: it is empty between calls, and idle sessions should not pay
@@ -84,7 +88,7 @@ private:
 // What the BIO callbacks touch: the ciphertext going in and coming out.
 struct bio_io {
     core::slice_chain in;  // fed ciphertext not yet read by OpenSSL
-    block_writer cipher{cipher_block_size};
+    block_writer cipher{cipher_block_min};
 };
 
 // Both BIOs of a session use this method with the same bio_io. Reading
@@ -144,13 +148,15 @@ const BIO_METHOD* bio_method() {
     return m;
 }
 
-const char* alert_text(int desc) { return SSL_alert_desc_string_long(desc); }
+const char* alert_text(int desc) {
+    return SSL_alert_desc_string_long(desc);
+}
 
 }  // namespace
 
 struct session::io : bio_io {
     verify_state vs;
-    block_writer plain{plain_block_size};
+    block_writer plain{plain_block_min};
     bool server = false;
     bool require_alpn = false;
 };
@@ -258,13 +264,23 @@ std::unique_ptr<session> session::make(const context& ctx, std::string* err) {
     return s;
 }
 
-session::~session() { SSL_free(ssl_); }
+session::~session() {
+    SSL_free(ssl_);
+}
 
-void session::feed(core::slice ciphertext) { io_->in.push_back(std::move(ciphertext)); }
-void session::feed(core::slice_chain&& ciphertext) { io_->in.append(std::move(ciphertext)); }
-size_t session::pending_input() const noexcept { return io_->in.size(); }
+void session::feed(core::slice ciphertext) {
+    io_->in.push_back(std::move(ciphertext));
+}
+void session::feed(core::slice_chain&& ciphertext) {
+    io_->in.append(std::move(ciphertext));
+}
+size_t session::pending_input() const noexcept {
+    return io_->in.size();
+}
 
-bool session::handshake_done() const noexcept { return (flags_ & flag_handshake) != 0; }
+bool session::handshake_done() const noexcept {
+    return (flags_ & flag_handshake) != 0;
+}
 
 status session::handshake(core::slice_chain& out) {
     if (flags_ & flag_handshake) return status::done;
@@ -279,6 +295,9 @@ status session::handshake(core::slice_chain& out) {
         st = status::error;
     }
     io_->cipher.drain(out);
+    // The session now goes to a shard: keep no block whose (non-atomic)
+    // reference count the control thread still touches through `out`.
+    if (st != status::ok) io_->cipher.release();
     return st;
 }
 
@@ -334,12 +353,14 @@ status session::read(core::slice_chain& plain, core::slice_chain& out) {
     ERR_clear_error();
     status st = status::ok;
     block_writer& pb = io_->plain;
+    size_t expect = io_->in.size();  // an upper bound on the plaintext still to come
     for (;;) {
-        pb.ensure(plain_min_room);
+        pb.ensure(std::clamp(expect, plain_min_room, plain_block_max));
         size_t n = 0;
         int r = SSL_read_ex(ssl_, pb.tail(), pb.room(), &n);
         if (r == 1) {
             pb.commit(n);
+            expect -= std::min(expect, n);
             continue;
         }
         int e = SSL_get_error(ssl_, r);
@@ -429,7 +450,9 @@ void session::release_buffers() noexcept {
     io_->plain.release();
 }
 
-std::string session::version() const { return SSL_get_version(ssl_); }
+std::string session::version() const {
+    return SSL_get_version(ssl_);
+}
 
 std::string session::cipher() const {
     const SSL_CIPHER* c = SSL_get_current_cipher(ssl_);

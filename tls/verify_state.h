@@ -16,13 +16,13 @@
 namespace rpcgate::tls {
 
 struct verify_state {
-    bool saw_cert = false;       // verification ran: the peer sent a certificate
-    bool selfsigned = false;     // the peer's leaf certificate signs itself
-    int first_error = X509_V_OK; // the first verification error, if any
-    int error_depth = -1;        // ... and where in the chain it was
-    std::string leaf_subject;    // RFC 2253 subject of the leaf, kept for audit lines
-    int alert_sent = -1;         // last alert description we sent (-1: none)
-    int alert_received = -1;     // last alert description the peer sent
+    bool saw_cert = false;        // verification ran: the peer sent a certificate
+    bool selfsigned = false;      // the peer's leaf certificate signs itself
+    int first_error = X509_V_OK;  // the first verification error, if any
+    int error_depth = -1;         // ... and where in the chain it was
+    std::string leaf_subject;     // RFC 2253 subject of the leaf, kept for audit lines
+    int alert_sent = -1;          // last alert description we sent (-1: none)
+    int alert_received = -1;      // last alert description the peer sent
 
     // From the verify callback: one call per certificate and per error.
     void record(int preverify_ok, X509_STORE_CTX* store);

@@ -26,8 +26,8 @@ TEST(TlsContext, ServerSettings) {
     EXPECT_EQ(SSL_CTX_get_max_early_data(ctx), 0u);
     EXPECT_TRUE(SSL_CTX_get_verify_mode(ctx) & SSL_VERIFY_PEER);
     EXPECT_FALSE(SSL_CTX_get_verify_mode(ctx) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT);
-    unsigned long flags = X509_VERIFY_PARAM_get_flags(X509_STORE_get0_param(
-        SSL_CTX_get_cert_store(ctx)));
+    unsigned long flags =
+        X509_VERIFY_PARAM_get_flags(X509_STORE_get0_param(SSL_CTX_get_cert_store(ctx)));
     EXPECT_TRUE(flags & X509_V_FLAG_CRL_CHECK);
     EXPECT_TRUE(flags & X509_V_FLAG_CRL_CHECK_ALL);
 }

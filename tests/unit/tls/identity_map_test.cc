@@ -24,12 +24,13 @@ X509* read_cert(const std::string& path) {
 TEST(TlsIdentityMap, ParsesRules) {
     identity_map m;
     std::string err;
-    ASSERT_TRUE(m.parse("# users\n"
-                        "subject:CN=client1,O=rpcgate test   1000 1000,20,24  # with groups\n"
-                        "\n"
-                        "san:host1.example.org 0 0\r\n"
-                        "  san:revoked@example.org\t7 8\n",
-                        "map", &err))
+    ASSERT_TRUE(
+        m.parse("# users\n"
+                "subject:CN=client1,O=rpcgate test   1000 1000,20,24  # with groups\n"
+                "\n"
+                "san:host1.example.org 0 0\r\n"
+                "  san:revoked@example.org\t7 8\n",
+                "map", &err))
         << err;
     EXPECT_EQ(m.size(), 3u);
 
@@ -54,8 +55,8 @@ TEST(TlsIdentityMap, ParsesRules) {
 TEST(TlsIdentityMap, SanWhenSubjectDoesNotMatch) {
     identity_map m;
     std::string err;
-    ASSERT_TRUE(m.parse("subject:CN=someone else 1 1\nsan:client1@example.org 1001 1001\n", "m",
-                        &err))
+    ASSERT_TRUE(
+        m.parse("subject:CN=someone else 1 1\nsan:client1@example.org 1001 1001\n", "m", &err))
         << err;
     X509* client = read_cert(cert("client.pem"));
     auto id = m.lookup(client);
@@ -69,16 +70,13 @@ TEST(TlsIdentityMap, ErrorsNameTheLine) {
         const char* text;
         const char* want;
     };
-    for (const bad& b : {bad{"subject:CN=x 1 1\nfoo:bar 1 1\n", "m:2: match must start"},
-                         bad{"san:x abc 1\n", "m:1: bad uid 'abc'"},
-                         bad{"san:x 1 1,,2\n", "m:1: bad gid ''"},
-                         bad{"san:x 1\n", "m:1: expected"},
-                         bad{"1 2\n", "m:1: expected"},
-                         bad{"san: 1 2\n", "m:1: empty match"},
-                         bad{"san:x 1 2\nsan:x 3 4\n", "m:2: duplicate"},
-                         bad{"san:x 1 -2\n", "m:1: bad gid"},
-                         bad{"san:x 1 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17\n",
-                             "m:1: more than 16"}}) {
+    for (const bad& b :
+         {bad{"subject:CN=x 1 1\nfoo:bar 1 1\n", "m:2: match must start"},
+          bad{"san:x abc 1\n", "m:1: bad uid 'abc'"}, bad{"san:x 1 1,,2\n", "m:1: bad gid ''"},
+          bad{"san:x 1\n", "m:1: expected"}, bad{"1 2\n", "m:1: expected"},
+          bad{"san: 1 2\n", "m:1: empty match"}, bad{"san:x 1 2\nsan:x 3 4\n", "m:2: duplicate"},
+          bad{"san:x 1 -2\n", "m:1: bad gid"},
+          bad{"san:x 1 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17\n", "m:1: more than 16"}}) {
         identity_map m;
         ASSERT_TRUE(m.parse("san:keep 1 1\n", "m", nullptr));
         std::string err;
@@ -104,8 +102,7 @@ TEST(TlsIdentityMap, LoadFromFile) {
 
 TEST(TlsIdentityMap, OnlyVerifiedConnectionsMap) {
     identity_map m;
-    ASSERT_TRUE(m.parse("san:client1@example.org 5 6\nsubject:CN=selfsigned 9 9\n", "m",
-                        nullptr));
+    ASSERT_TRUE(m.parse("san:client1@example.org 5 6\nsubject:CN=selfsigned 9 9\n", "m", nullptr));
     std::string err;
     auto so = test::server_opts();
     auto s = context::make_server(so, &err);

@@ -63,7 +63,9 @@ public:
         if (out_ >= 0) close(out_);
     }
     bool started() const { return pid_ > 0; }
-    void send(const std::string& s) { ASSERT_EQ(::write(in_, s.data(), s.size()), ssize_t(s.size())); }
+    void send(const std::string& s) {
+        ASSERT_EQ(::write(in_, s.data(), s.size()), ssize_t(s.size()));
+    }
 
     // Reads output until it contains `what`; false at the deadline or EOF.
     bool wait_for(const std::string& what, clock_type::time_point deadline) {
@@ -85,7 +87,9 @@ private:
     std::string output_;
 };
 
-bool have_openssl() { return std::system("openssl version >/dev/null 2>&1") == 0; }
+bool have_openssl() {
+    return std::system("openssl version >/dev/null 2>&1") == 0;
+}
 
 void send_all(int fd, const core::slice_chain& c) {
     for (const core::slice& s : c) {
@@ -210,10 +214,22 @@ private:
 };
 
 std::vector<std::string> s_client_args(uint16_t port, const char* alpn) {
-    return {"openssl",   "s_client", "-connect",        "127.0.0.1:" + std::to_string(port),
-            "-alpn",     alpn,       "-CAfile",         cert("ca.pem"),
-            "-cert",     cert("client.pem"), "-key",    cert("client.key"),
-            "-servername", "localhost", "-verify_return_error", "-quiet"};
+    return {"openssl",
+            "s_client",
+            "-connect",
+            "127.0.0.1:" + std::to_string(port),
+            "-alpn",
+            alpn,
+            "-CAfile",
+            cert("ca.pem"),
+            "-cert",
+            cert("client.pem"),
+            "-key",
+            cert("client.key"),
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-quiet"};
 }
 
 TEST(TlsInterop, OpensslClientAgainstOurServer) {

@@ -34,7 +34,9 @@ server_options mtls() {
     return o;
 }
 
-bool has(uint32_t flags, uint32_t f) { return (flags & f) == f; }
+bool has(uint32_t flags, uint32_t f) {
+    return (flags & f) == f;
+}
 
 TEST(TlsSession, HandshakeWithAlpn) {
     auto s = server_ctx();
@@ -190,19 +192,17 @@ TEST_P(TlsMtlsRefusal, IsRefusedAndFlagged) {
     EXPECT_EQ(p.client->read(plain, out), status::error);
     EXPECT_NE(p.client->error_text().find("alert"), std::string::npos) << p.client->error_text();
     EXPECT_EQ(p.server->flags(), r.flags) << flags_text(p.server->flags());
-    EXPECT_NE(p.server->error_text().find(r.reason), std::string::npos)
-        << p.server->error_text();
+    EXPECT_NE(p.server->error_text().find(r.reason), std::string::npos) << p.server->error_text();
     EXPECT_EQ(p.server->peer_subject(), std::string("CN=") + r.who);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Certs, TlsMtlsRefusal,
-    testing::Values(refusal{"expired", "certificate has expired", flag_handshfail | flag_gotcert},
-                    refusal{"selfsigned", "self-signed",
-                            flag_handshfail | flag_gotcert | flag_selfsigned},
-                    refusal{"revoked", "certificate revoked", flag_handshfail | flag_gotcert},
-                    refusal{"untrusted", "unable to get local issuer",
-                            flag_handshfail | flag_gotcert}),
+    testing::Values(
+        refusal{"expired", "certificate has expired", flag_handshfail | flag_gotcert},
+        refusal{"selfsigned", "self-signed", flag_handshfail | flag_gotcert | flag_selfsigned},
+        refusal{"revoked", "certificate revoked", flag_handshfail | flag_gotcert},
+        refusal{"untrusted", "unable to get local issuer", flag_handshfail | flag_gotcert}),
     [](const testing::TestParamInfo<refusal>& i) { return std::string(i.param.who); });
 
 TEST(TlsSession, MtlsWithoutCertificate) {
@@ -273,9 +273,8 @@ protected:
 TEST_F(TlsData, BothWaysManySizes) {
     std::mt19937 rng(42);
     std::string expect;
-    for (size_t n : {size_t(0), size_t(1), size_t(100), size_t(16383), size_t(16384),
-                     size_t(16385), size_t(65536), size_t(100000), size_t(1 << 20),
-                     size_t(2 << 20)}) {
+    for (size_t n : {size_t(0), size_t(1), size_t(100), size_t(16383), size_t(16384), size_t(16385),
+                     size_t(65536), size_t(100000), size_t(1 << 20), size_t(2 << 20)}) {
         core::slice_chain in = make_chain(n, rng, &expect);
         auto got = pair::send(*p_->client, *p_->server, in);
         ASSERT_EQ(got.size(), n);
@@ -291,8 +290,7 @@ TEST_F(TlsData, ByteAtATimeFeeding) {
     std::string expect(50000, 'x');
     for (size_t i = 0; i < expect.size(); ++i) expect[i] = static_cast<char>(i * 7);
     core::slice_chain wire, plain, reply;
-    ASSERT_EQ(p_->client->write(core::slice_chain(core::slice::copy_of(expect)), wire),
-              status::ok);
+    ASSERT_EQ(p_->client->write(core::slice_chain(core::slice::copy_of(expect)), wire), status::ok);
     std::string wire_bytes = wire.to_string();
     for (char ch : wire_bytes) {
         p_->server->feed(core::slice::copy_of(&ch, 1));
@@ -355,8 +353,8 @@ TEST_F(TlsData, KeyUpdateKeepsDataFlowing) {
         session* other = side == p_->client.get() ? p_->server.get() : p_->client.get();
         ASSERT_EQ(SSL_key_update(side->native(), SSL_KEY_UPDATE_REQUESTED), 1);
         core::slice_chain reply;
-        auto got = pair::send(*side, *other, core::slice_chain(core::slice::copy_of("after")),
-                              &reply);
+        auto got =
+            pair::send(*side, *other, core::slice_chain(core::slice::copy_of("after")), &reply);
         EXPECT_TRUE(got == "after");
         // The peer answers the request with its own KeyUpdate.
         EXPECT_GT(reply.size(), 0u);

@@ -32,7 +32,9 @@ inline const std::string& cert_dir() {
     return dir;
 }
 
-inline std::string cert(const std::string& name) { return cert_dir() + "/" + name; }
+inline std::string cert(const std::string& name) {
+    return cert_dir() + "/" + name;
+}
 
 inline server_options server_opts() {
     server_options o;
