@@ -79,8 +79,9 @@ if [ ${#backends[@]} -eq 0 ]; then
     backends=(--backend "$echo_prog=127.0.0.1:$echo_port")
 fi
 
-say "gateway on $listen; Ctrl-C to stop"
-"$gateway" --listen "$listen" "${backends[@]}" \
+say "gateway on $listen (RFC 9289 STARTTLS offered, plaintext allowed); Ctrl-C to stop"
+say "try:  $(dirname "$bench")/rpcgate-bench run --target ${listen/0.0.0.0/127.0.0.1} --connections 4 --depth 8 --size 4096 --duration 5"
+"$gateway" --listen "$listen" "${backends[@]}" --tls opportunistic \
     --cert "$state/cert.pem" --key "$state/key.pem" &
 gateway_pid=$!
 rc=0

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -38,10 +39,17 @@ int main(int argc, char** argv) {
         nofile.rlim_cur = nofile.rlim_max;
         ::setrlimit(RLIMIT_NOFILE, &nofile);
     }
-    if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < 2 * cfg.max_connections + 64)
-        RPCGATE_LOG(gw, warn, "fd limit {} is below 2 x --max-connections ({}): accepts will "
-                    "pause when it is reached",
-                    uint64_t(nofile.rlim_cur), cfg.max_connections);
+    // Each client can hold a backend connection per route: keep --max-connections
+    // within what the fd limit allows, so accepts never fail with EMFILE.
+    if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+        uint64_t per_client = 1 + std::max<size_t>(1, cfg.backends.size());
+        uint64_t allowed = nofile.rlim_cur > 128 ? (nofile.rlim_cur - 128) / per_client : 1;
+        if (cfg.max_connections > allowed) {
+            RPCGATE_LOG(gw, info, "max connections {} (fd limit {}, {} fds per client)", allowed,
+                        uint64_t(nofile.rlim_cur), per_client);
+            cfg.max_connections = uint32_t(allowed);
+        }
+    }
 
     // Signals are taken synchronously by this thread; the shards never see them.
     sigset_t set;
