@@ -52,6 +52,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-cmp-tls.XXXXXX")
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do peer_stop "$p" 5; done
+    # The servers' logs stay with the results: errors in a run are explained there.
+    mkdir -p "$out/logs" && cp "$work"/*.log "$out/logs/" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -151,11 +153,12 @@ for w in $workloads; do
     esac
     for s in $setups; do
         echo "== $w via $s (${duration} s)" >&2
+        # A run with errors exits non-zero but still reports; keep its figures.
         json=$("$bench" run --target "127.0.0.1:${target[$s]}" --tls implicit "${tls_client[@]}" \
-            "${args[@]}" --duration "$duration" --progress 0 --json) || {
-            echo "run failed: $w via $s" >&2
+            "${args[@]}" --duration "$duration" --progress 0 --json 2>>"$work/bench-client.log") ||
+            echo "run had errors: $w via $s" >&2
+        [ -n "$json" ] ||
             json='{"ops_per_sec":0,"bytes_per_sec":0,"p50_us":0,"p99_us":0,"p999_us":0,"errors":-1}'
-        }
         echo "{\"workload\":\"$w\",\"setup\":\"$s\",\"result\":$json}" >>"$results"
     done
 done
@@ -168,10 +171,9 @@ hs_run() { # NAME ARGS...
     local name=$1; shift
     echo "== handshakes: $name (${hs_duration} s)" >&2
     local json
-    json=$("$bench" handshake "$@" --duration "$hs_duration" --json) || {
-        echo "handshake run failed: $name" >&2
-        json='{"handshakes_per_sec":0,"errors":-1}'
-    }
+    json=$("$bench" handshake "$@" --duration "$hs_duration" --json 2>>"$work/bench-client.log") ||
+        echo "handshake run had errors: $name" >&2
+    [ -n "$json" ] || json='{"handshakes_per_sec":0,"errors":-1}'
     echo "{\"setup\":\"$name\",\"result\":$json}" >>"$hs_results"
 }
 hs_run baseline --baseline --cert "$certs/server.pem" --key "$certs/server.key" "${tls_client[@]}"

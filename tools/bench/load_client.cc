@@ -523,6 +523,14 @@ void load_conn::fail(std::atomic<uint64_t>& kind, const char* why, int err) {
 }
 
 void load_conn::on_eof(core::stream& s, int err) {
+    if (sess_ && !connected_ && !finished_) {
+        // The server gave up on the probe or the handshake (a deadline, a
+        // refusal it did not explain): a TLS failure, not a lost call.
+        report_once(w_.warned_tls, "run: TLS: {}",
+                    err ? std::strerror(-err) : "closed by the server during the handshake");
+        fail(w_.ctr.tls_errors, "closed during the TLS handshake", err);
+        return;
+    }
     if (!finished_ && (inflight_ > 0 || (budget_ > 0 && !w_.stopping))) {
         // Closed under us mid-run: the calls in flight are lost; a connection
         // that had none in flight still counts once.
@@ -536,6 +544,10 @@ void load_conn::on_eof(core::stream& s, int err) {
 
 void load_conn::on_closed(core::stream&, int err) {
     st_ = nullptr;
+    if (sess_ && !connected_ && !finished_) {
+        core::bump(w_.ctr.tls_errors);
+        report_once(w_.warned_tls, "run: TLS: connection ended during the handshake");
+    }
     if (!finished_ && connected_ && (inflight_ > 0 || (budget_ > 0 && !w_.stopping))) {
         if (inflight_ == 0) core::bump(w_.ctr.lost_calls);
         fail(w_.ctr.lost_calls, err ? std::strerror(-err) : "closed", err);

@@ -13,18 +13,13 @@
 #include "tools/bench/echo_protocol.h"
 #include "tools/bench/echo_server.h"
 #include "tools/bench/load_client.h"
+#include "tools/bench/tests/test_address.h"
 
 using namespace rpcgate;
 using namespace rpcgate::bench;
+using rpcgate::bench::test_util::loopback;
 
 namespace {
-
-socket_address loopback(uint16_t port) {
-    socket_address a;
-    std::string err;
-    EXPECT_TRUE(parse_address("127.0.0.1:" + std::to_string(port), false, &a, &err)) << err;
-    return a;
-}
 
 struct server_fixture : ::testing::Test {
     std::unique_ptr<echo_server> srv;

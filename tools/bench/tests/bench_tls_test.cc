@@ -10,20 +10,15 @@
 #include "tools/bench/echo_server.h"
 #include "tools/bench/handshake_load.h"
 #include "tools/bench/load_client.h"
+#include "tools/bench/tests/test_address.h"
 #include "tools/client/tests/test_support.h"
 
 using namespace rpcgate;
 using namespace rpcgate::bench;
+using rpcgate::bench::test_util::loopback;
 using namespace rpcgate::client::testing;
 
 namespace {
-
-socket_address loopback(uint16_t port) {
-    socket_address a;
-    std::string err;
-    EXPECT_TRUE(parse_address("127.0.0.1:" + std::to_string(port), false, &a, &err)) << err;
-    return a;
-}
 
 struct tls_fixture : ::testing::Test {
     static test_pki pki;
