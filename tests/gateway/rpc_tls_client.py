@@ -169,6 +169,7 @@ def do_flood(a):
         s = socket.create_connection(("127.0.0.1", a.port), timeout=a.timeout)
         probe(s)
         socks.append(s)
+    print(f"probes answered {len(socks)}", flush=True)
     start = time.monotonic()
     open_ = set(range(len(socks)))
     deadline = start + a.timeout

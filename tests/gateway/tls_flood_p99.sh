@@ -1,0 +1,58 @@
+#!/bin/bash
+# 200 clients send the AUTH_TLS probe and then nothing, while an established
+# TLS connection carries calls: the silent ones are all cut at the handshake
+# deadline, the gateway's fd count returns to where it started, and the
+# established connection's p99 latency stays within 2x its value before the
+# flood (measured in the same run).
+#
+#   tls_flood_p99.sh RPCGATE RPCGATE_BENCH MAKE_CERTS CLIENT_PY
+set -euo pipefail
+rpcgate=$1 bench=$2 make_certs=$3 client_py=$4
+. "$(cd "$(dirname "$0")/../peers" && pwd)/peer_lib.sh"
+work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-flood.XXXXXX")
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do peer_stop "$p" 5; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+sh "$make_certs" "$work/certs"
+
+echo_port=$(peer_free_port)
+"$bench" serve --listen "127.0.0.1:$echo_port" --shards 1 >"$work/serve.log" 2>&1 &
+pids+=($!)
+peer_wait_until 10 peer_rpc_null 127.0.0.1 "$echo_port" 0x20000001 1 || { echo "echo server did not start" >&2; exit 1; }
+gw_port=$(peer_free_port)
+"$rpcgate" --listen "127.0.0.1:$gw_port" --backend "536870913=127.0.0.1:$echo_port" --shards 2 \
+    --tls opportunistic --cert "$work/certs/server.pem" --key "$work/certs/server.key" \
+    --handshake-timeout 4000 --no-reserved-port >"$work/gw.log" 2>&1 &
+gw_pid=$!
+pids+=($gw_pid)
+peer_wait_until 10 peer_rpc_null 127.0.0.1 "$gw_port" 0x20000001 1 || { echo "rpcgate did not start" >&2; exit 1; }
+
+fds() { ls "/proc/$gw_pid/fd" | wc -l; }
+p99() { python3 -c 'import json,sys; print(json.load(sys.stdin)["p99_us"])'; }
+run_tls() {
+    "$bench" run --target "127.0.0.1:$gw_port" --tls starttls --ca "$work/certs/ca.pem" \
+        --server-name localhost --connections 1 --depth 1 --size 1024 --duration 2 --json
+}
+fds_before=$(fds)
+run_tls >/dev/null  # warm up
+idle=$(run_tls | p99)
+python3 "$client_py" flood --port "$gw_port" --count 200 --timeout 20 >"$work/flood.out" 2>&1 &
+flood_pid=$!
+# Measure while the 200 silent handshakes are held by the control thread.
+peer_wait_until 10 grep -q "probes answered" "$work/flood.out" ||
+    { cat "$work/flood.out" >&2; echo "FAIL: the flood did not get its probes answered" >&2; exit 1; }
+busy=$(run_tls | p99)
+grep -q "^closed" "$work/flood.out" && { echo "FAIL: the flood ended before the measurement did" >&2; exit 1; }
+wait "$flood_pid" && flood_rc=0 || flood_rc=$?
+cat "$work/flood.out"
+peer_wait_until 10 test "$(fds)" -le "$fds_before" || true
+fds_after=$(fds)
+echo "p99 idle ${idle} us, during the flood ${busy} us; gateway fds ${fds_before} -> ${fds_after}"
+grep -c "no handshake within" "$work/gw.log" | sed 's/^/handshakes cut at the deadline: /'
+[ "$flood_rc" -eq 0 ] || { echo "FAIL: not every silent client was cut" >&2; exit 1; }
+[ "$fds_after" -le "$fds_before" ] || { echo "FAIL: fd count did not come back" >&2; exit 1; }
+python3 -c "import sys; sys.exit(0 if $busy <= 2 * $idle else 1)" ||
+    { echo "FAIL: p99 during the flood is more than 2x the idle p99" >&2; exit 1; }
