@@ -45,8 +45,8 @@ struct tls_cli {
     std::string ca, cert, key, server_name, ciphersuites;
 
     void add(CLI::App* app, bool server) {
-        app->add_option("--cert", cert, server ? "server certificate (PEM)"
-                                               : "client certificate (PEM, mtls)");
+        app->add_option("--cert", cert,
+                        server ? "server certificate (PEM)" : "client certificate (PEM, mtls)");
         app->add_option("--key", key, server ? "server key (PEM)" : "client key (PEM, mtls)");
         app->add_option("--ciphersuites", ciphersuites,
                         "TLS 1.3 cipher suites, e.g. TLS_AES_128_GCM_SHA256");
@@ -74,7 +74,8 @@ std::string host_of(const std::string& target) {
 
 // SIGINT/SIGTERM set g_stop while installed.
 struct stop_on_signal {
-    struct sigaction old_int {}, old_term {};
+    struct sigaction old_int {
+    }, old_term{};
     stop_on_signal() {
         g_stop.store(false);
         struct sigaction sa {};
@@ -256,8 +257,8 @@ int bench_main(int argc, char** argv) {
         ->check(CLI::IsMember({"off", "starttls", "implicit"}));
     run_tls.add(cl, false);
 
-    CLI::App* hs = app.add_subcommand(
-        "handshake", "handshake rate: connect, TLS, one NULL call, close, repeat");
+    CLI::App* hs = app.add_subcommand("handshake",
+                                      "handshake rate: connect, TLS, one NULL call, close, repeat");
     handshake_options hopt;
     std::string hs_target;
     bool hs_baseline = false, hs_json = false;
@@ -272,7 +273,8 @@ int bench_main(int argc, char** argv) {
     hs->add_option("--connections", hopt.connections, "client threads")
         ->check(CLI::Range(1u, 4096u));
     hs->add_option("--duration", hopt.duration_s, "seconds to run")->check(CLI::Range(0.01, 1e6));
-    hs->add_option("--timeout", hopt.timeout_s, "seconds per stage")->check(CLI::Range(0.01, 3600.0));
+    hs->add_option("--timeout", hopt.timeout_s, "seconds per stage")
+        ->check(CLI::Range(0.01, 3600.0));
     hs->add_option("--program", hopt.program, "RPC program to probe and call");
     hs->add_option("--prog-version", hopt.version, "its version");
     hs->add_flag("--json", hs_json, "print one JSON object");

@@ -20,7 +20,8 @@ namespace {
 using clock = std::chrono::steady_clock;
 
 uint64_t ns_since(clock::time_point t0) {
-    return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - t0).count());
+    return uint64_t(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - t0).count());
 }
 
 std::unique_ptr<tls::context> client_context(const handshake_options& opt, std::string* err) {
@@ -210,14 +211,15 @@ handshake_report run_baseline(const handshake_options& opt, std::string* err,
 
 std::string format_human(const handshake_report& r) {
     auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
-    std::string out = fmt::format("rpcgate-bench handshake: {} connections={}\n", r.what,
-                                  r.connections);
+    std::string out =
+        fmt::format("rpcgate-bench handshake: {} connections={}\n", r.what, r.connections);
     out += fmt::format("  handshakes {} in {:.3f} s: {:.0f} /s ({} {})\n", r.handshakes,
                        r.elapsed_s, r.rate(), r.version, r.cipher);
     if (r.server_cpu_s > 0)
-        out += fmt::format("  server     {:.3f} s in the server session: {:.0f} handshakes/s "
-                           "per thread\n",
-                           r.server_cpu_s, r.server_rate());
+        out += fmt::format(
+            "  server     {:.3f} s in the server session: {:.0f} handshakes/s "
+            "per thread\n",
+            r.server_cpu_s, r.server_rate());
     out += fmt::format("  latency    p50 {:.1f} us  p99 {:.1f} us  max {:.1f} us\n",
                        us(r.latency.percentile(0.5)), us(r.latency.percentile(0.99)),
                        us(r.latency.max()));
@@ -238,9 +240,9 @@ std::string format_json(const handshake_report& r) {
         "\"handshakes_per_sec\":{:.1f},\"server_cpu_s\":{:.6f},\"server_handshakes_per_sec\":"
         "{:.1f},\"p50_us\":{:.2f},\"p99_us\":{:.2f},\"max_us\":{:.2f},\"version\":\"{}\","
         "\"cipher\":\"{}\",\"errors\":{},\"first_error\":\"{}\"}}",
-        r.what, r.connections, r.handshakes, r.elapsed_s, r.rate(), r.server_cpu_s,
-        r.server_rate(), us(r.latency.percentile(0.5)), us(r.latency.percentile(0.99)),
-        us(r.latency.max()), r.version, r.cipher, r.errors, first);
+        r.what, r.connections, r.handshakes, r.elapsed_s, r.rate(), r.server_cpu_s, r.server_rate(),
+        us(r.latency.percentile(0.5)), us(r.latency.percentile(0.99)), us(r.latency.max()),
+        r.version, r.cipher, r.errors, first);
 }
 
 }  // namespace rpcgate::bench

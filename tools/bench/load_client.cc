@@ -152,7 +152,7 @@ class load_conn final : public core::stream_handler {
     uint64_t connect_started_ = 0;
     uint64_t tcp_connected_ = 0;
     std::unique_ptr<client::client_session> sess_;  // TLS modes only
-    core::slice_chain outq_;                         // plaintext waiting for flush()
+    core::slice_chain outq_;                        // plaintext waiting for flush()
     bool connected_ = false;  // ready for calls (after the handshake with TLS)
     bool finished_ = false;
 };
@@ -750,10 +750,11 @@ std::string format_human(const run_report& r) {
                        us(r.latency.percentile(0.50)), us(r.latency.percentile(0.99)),
                        us(r.latency.percentile(0.999)), us(r.latency.max()));
     if (r.tls != client::tls_mode::off)
-        out += fmt::format("  tls        {} {} {}: handshake p50 {:.1f} us  p99 {:.1f} us ({} done)\n",
-                           client::to_string(r.tls), r.tls_version, r.tls_cipher,
-                           us(r.handshake_latency.percentile(0.50)),
-                           us(r.handshake_latency.percentile(0.99)), r.handshake_latency.count());
+        out +=
+            fmt::format("  tls        {} {} {}: handshake p50 {:.1f} us  p99 {:.1f} us ({} done)\n",
+                        client::to_string(r.tls), r.tls_version, r.tls_cipher,
+                        us(r.handshake_latency.percentile(0.50)),
+                        us(r.handshake_latency.percentile(0.99)), r.handshake_latency.count());
     out += fmt::format(
         "  errors     {} (connect {}, lost {}, timeouts {}, rpc {}, bad replies {}, tls {})",
         r.errors, r.connect_errors, r.lost_calls, r.timeouts, r.rpc_errors, r.bad_replies,

@@ -34,8 +34,8 @@
 #include "core/shard.h"
 #include "tls/context.h"
 #include "tools/bench/address.h"
-#include "tools/client/client_session.h"
 #include "tools/bench/latency_histogram.h"
+#include "tools/client/client_session.h"
 
 namespace rpcgate::bench {
 

@@ -58,8 +58,10 @@ int connect_to(const std::string& host, uint16_t port, clock::time_point deadlin
             if (e == EINPROGRESS) {
                 int w = wait_fd(fd, POLLOUT, deadline);
                 socklen_t len = sizeof e;
-                if (w == 1) ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len);
-                else e = w == 0 ? ETIMEDOUT : -w;
+                if (w == 1)
+                    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len);
+                else
+                    e = w == 0 ? ETIMEDOUT : -w;
             }
         }
         if (e == 0) break;
@@ -79,12 +81,18 @@ int connect_to(const std::string& host, uint16_t port, clock::time_point deadlin
 
 const char* to_string(connect_stage s) noexcept {
     switch (s) {
-        case connect_stage::none: return "none";
-        case connect_stage::options: return "options";
-        case connect_stage::connect: return "connect";
-        case connect_stage::probe: return "probe";
-        case connect_stage::refused: return "refused";
-        case connect_stage::handshake: return "handshake";
+        case connect_stage::none:
+            return "none";
+        case connect_stage::options:
+            return "options";
+        case connect_stage::connect:
+            return "connect";
+        case connect_stage::probe:
+            return "probe";
+        case connect_stage::refused:
+            return "refused";
+        case connect_stage::handshake:
+            return "handshake";
     }
     return "?";
 }
@@ -119,8 +127,7 @@ blocking_client& blocking_client::failed(connect_stage st, std::string why) {
 }
 
 blocking_client blocking_client::open(const std::string& host, uint16_t port, tls_mode mode,
-                                      uint32_t prog, uint32_t vers,
-                                      const tls::client_options& opt,
+                                      uint32_t prog, uint32_t vers, const tls::client_options& opt,
                                       std::chrono::milliseconds timeout) {
     std::unique_ptr<tls::context> ctx;
     if (mode != tls_mode::off) {
@@ -206,8 +213,8 @@ bool blocking_client::flush(core::slice_chain& out, clock::time_point deadline) 
 
 bool blocking_client::take_plain(core::slice_chain&& plain) {
     for (const core::slice& s : plain) {
-        auto fed = rr_->feed(
-            s, [this](core::slice_chain&& rec) { records_.push_back(std::move(rec)); });
+        auto fed =
+            rr_->feed(s, [this](core::slice_chain&& rec) { records_.push_back(std::move(rec)); });
         if (!fed) {
             error_ = std::string("server sent bytes that are not RPC records: ") +
                      rpc::to_string(fed.error());

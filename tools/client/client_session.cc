@@ -6,18 +6,25 @@ namespace rpcgate::client {
 
 const char* to_string(tls_mode m) noexcept {
     switch (m) {
-        case tls_mode::off: return "off";
-        case tls_mode::starttls: return "starttls";
-        case tls_mode::implicit: return "implicit";
+        case tls_mode::off:
+            return "off";
+        case tls_mode::starttls:
+            return "starttls";
+        case tls_mode::implicit:
+            return "implicit";
     }
     return "?";
 }
 
 bool parse_tls_mode(std::string_view text, tls_mode* out) noexcept {
-    if (text == "off") *out = tls_mode::off;
-    else if (text == "starttls") *out = tls_mode::starttls;
-    else if (text == "implicit") *out = tls_mode::implicit;
-    else return false;
+    if (text == "off")
+        *out = tls_mode::off;
+    else if (text == "starttls")
+        *out = tls_mode::starttls;
+    else if (text == "implicit")
+        *out = tls_mode::implicit;
+    else
+        return false;
     return true;
 }
 
@@ -29,12 +36,18 @@ bool set_tls13_ciphersuites(tls::context& ctx, const std::string& suites, std::s
 
 const char* to_string(session_state s) noexcept {
     switch (s) {
-        case session_state::probing: return "probing";
-        case session_state::handshaking: return "handshaking";
-        case session_state::ready: return "ready";
-        case session_state::refused: return "refused";
-        case session_state::failed: return "failed";
-        case session_state::closed: return "closed";
+        case session_state::probing:
+            return "probing";
+        case session_state::handshaking:
+            return "handshaking";
+        case session_state::ready:
+            return "ready";
+        case session_state::refused:
+            return "refused";
+        case session_state::failed:
+            return "failed";
+        case session_state::closed:
+            return "closed";
     }
     return "?";
 }

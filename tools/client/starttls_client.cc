@@ -26,35 +26,46 @@ uint32_t random_xid() noexcept {
 
 const char* accept_name(rpc::accept_stat s) noexcept {
     switch (s) {
-        case rpc::accept_stat::success: return "SUCCESS";
-        case rpc::accept_stat::prog_unavail: return "PROG_UNAVAIL";
-        case rpc::accept_stat::prog_mismatch: return "PROG_MISMATCH";
-        case rpc::accept_stat::proc_unavail: return "PROC_UNAVAIL";
-        case rpc::accept_stat::garbage_args: return "GARBAGE_ARGS";
-        case rpc::accept_stat::system_err: return "SYSTEM_ERR";
+        case rpc::accept_stat::success:
+            return "SUCCESS";
+        case rpc::accept_stat::prog_unavail:
+            return "PROG_UNAVAIL";
+        case rpc::accept_stat::prog_mismatch:
+            return "PROG_MISMATCH";
+        case rpc::accept_stat::proc_unavail:
+            return "PROC_UNAVAIL";
+        case rpc::accept_stat::garbage_args:
+            return "GARBAGE_ARGS";
+        case rpc::accept_stat::system_err:
+            return "SYSTEM_ERR";
     }
     return "accept_stat?";
 }
 
 const char* auth_name(rpc::auth_stat s) noexcept {
     static const char* const names[] = {
-        "AUTH_OK",          "AUTH_BADCRED",     "AUTH_REJECTEDCRED",
-        "AUTH_BADVERF",     "AUTH_REJECTEDVERF", "AUTH_TOOWEAK",
-        "AUTH_INVALIDRESP", "AUTH_FAILED",      "AUTH_KERB_GENERIC",
-        "AUTH_TIMEEXPIRE",  "AUTH_TKTFILE",     "AUTH_DECODE",
-        "AUTH_NET_ADDR",    "RPCSEC_GSS_CREDPROBLEM", "RPCSEC_GSS_CTXPROBLEM"};
+        "AUTH_OK",           "AUTH_BADCRED",           "AUTH_REJECTEDCRED",    "AUTH_BADVERF",
+        "AUTH_REJECTEDVERF", "AUTH_TOOWEAK",           "AUTH_INVALIDRESP",     "AUTH_FAILED",
+        "AUTH_KERB_GENERIC", "AUTH_TIMEEXPIRE",        "AUTH_TKTFILE",         "AUTH_DECODE",
+        "AUTH_NET_ADDR",     "RPCSEC_GSS_CREDPROBLEM", "RPCSEC_GSS_CTXPROBLEM"};
     auto i = static_cast<uint32_t>(s);
     return i <= rpc::auth_stat_max ? names[i] : "auth_stat?";
 }
 
 const char* flavor_name(uint32_t f) noexcept {
     switch (static_cast<rpc::auth_flavor>(f)) {
-        case rpc::auth_flavor::none: return "AUTH_NONE";
-        case rpc::auth_flavor::sys: return "AUTH_SYS";
-        case rpc::auth_flavor::short_: return "AUTH_SHORT";
-        case rpc::auth_flavor::dh: return "AUTH_DH";
-        case rpc::auth_flavor::rpcsec_gss: return "RPCSEC_GSS";
-        case rpc::auth_flavor::tls: return "AUTH_TLS";
+        case rpc::auth_flavor::none:
+            return "AUTH_NONE";
+        case rpc::auth_flavor::sys:
+            return "AUTH_SYS";
+        case rpc::auth_flavor::short_:
+            return "AUTH_SHORT";
+        case rpc::auth_flavor::dh:
+            return "AUTH_DH";
+        case rpc::auth_flavor::rpcsec_gss:
+            return "RPCSEC_GSS";
+        case rpc::auth_flavor::tls:
+            return "AUTH_TLS";
     }
     return "flavor?";
 }
@@ -68,7 +79,8 @@ std::string describe_verifier(const rpc::opaque_auth& v) {
     if (v.len == 0)
         body = "empty";
     else if (printable && v.len <= 32)
-        body = fmt::format("\"{}\"", std::string_view(reinterpret_cast<const char*>(v.body), v.len));
+        body =
+            fmt::format("\"{}\"", std::string_view(reinterpret_cast<const char*>(v.body), v.len));
     else
         body = fmt::format("{} bytes", v.len);
     return fmt::format("verifier {} {}", flavor_name(v.flavor), body);
@@ -78,10 +90,14 @@ std::string describe_verifier(const rpc::opaque_auth& v) {
 
 const char* to_string(probe_outcome o) noexcept {
     switch (o) {
-        case probe_outcome::pending: return "pending";
-        case probe_outcome::accepted: return "accepted";
-        case probe_outcome::refused: return "refused";
-        case probe_outcome::error: return "error";
+        case probe_outcome::pending:
+            return "pending";
+        case probe_outcome::accepted:
+            return "accepted";
+        case probe_outcome::refused:
+            return "refused";
+        case probe_outcome::error:
+            return "error";
     }
     return "?";
 }

@@ -138,8 +138,9 @@ probe_report run_probe(const probe_options& opt) {
     if (!r.connected) {
         r.connect_error = c.error();
         r.exit_status = st == client::connect_stage::options ? exit_usage : exit_connect;
-        r.verdict = (st == client::connect_stage::options ? "bad TLS options: " : "no connection: ") +
-                    c.error();
+        r.verdict =
+            (st == client::connect_stage::options ? "bad TLS options: " : "no connection: ") +
+            c.error();
         return r;
     }
     if (opt.implicit) {
@@ -198,12 +199,12 @@ std::string format_human(const probe_report& r) {
     };
     line("target", fmt::format("{} prog {} vers {}{}", r.target, r.prog, r.vers,
                                r.implicit ? " (implicit TLS)" : ""));
-    line("connect", r.connected ? fmt::format("ok ({:.1f} ms)", r.connect_ms)
-                                : "FAILED: " + r.connect_error);
+    line("connect",
+         r.connected ? fmt::format("ok ({:.1f} ms)", r.connect_ms) : "FAILED: " + r.connect_error);
     if (!r.connected) return s + fmt::format("{:<10}{}", "result", r.verdict);
     if (!r.implicit)
-        line("probe", fmt::format("{} — {} (xid {:#x}, {:.1f} ms)", r.probe_outcome,
-                                  r.probe_reply, r.probe_xid, r.probe_ms));
+        line("probe", fmt::format("{} — {} (xid {:#x}, {:.1f} ms)", r.probe_outcome, r.probe_reply,
+                                  r.probe_xid, r.probe_ms));
     if (r.exit_status != exit_probe) {
         if (r.handshake_ok)
             line("tls", fmt::format("{} {} ALPN {} ({:.1f} ms)", r.version, r.cipher,
@@ -215,10 +216,12 @@ std::string format_human(const probe_report& r) {
             line("", "issuer  " + r.peer_issuer);
             line("", "valid   " + r.not_before + " .. " + r.not_after);
         }
-        if (!r.verify.empty()) line("verify", r.verify + (r.flags.empty() ? "" : " [" + r.flags + "]"));
+        if (!r.verify.empty())
+            line("verify", r.verify + (r.flags.empty() ? "" : " [" + r.flags + "]"));
         if (r.handshake_ok && r.version == "TLSv1.3")
-            line("null", fmt::format("{} ({:.1f} ms)", r.null_ok ? r.null_result : "FAILED: " + r.null_result,
-                                     r.null_ms));
+            line("null",
+                 fmt::format("{} ({:.1f} ms)",
+                             r.null_ok ? r.null_result : "FAILED: " + r.null_result, r.null_ms));
     }
     s += fmt::format("{:<10}{}", "result", r.verdict);
     return s;
@@ -227,14 +230,16 @@ std::string format_human(const probe_report& r) {
 std::string format_json(const probe_report& r) {
     std::string o = "{";
     json_string(o, "target", r.target);
-    o += fmt::format("\"prog\":{},\"vers\":{},\"implicit\":{},\"connected\":{},\"connect_ms\":{:.3f},",
-                     r.prog, r.vers, r.implicit, r.connected, r.connect_ms);
+    o += fmt::format(
+        "\"prog\":{},\"vers\":{},\"implicit\":{},\"connected\":{},\"connect_ms\":{:.3f},", r.prog,
+        r.vers, r.implicit, r.connected, r.connect_ms);
     json_string(o, "connect_error", r.connect_error);
     json_string(o, "probe", r.probe_outcome);
     json_string(o, "probe_reply", r.probe_reply);
-    o += fmt::format("\"probe_xid\":{},\"probe_ms\":{:.3f},\"handshake_ok\":{},"
-                     "\"handshake_ms\":{:.3f},",
-                     r.probe_xid, r.probe_ms, r.handshake_ok, r.handshake_ms);
+    o += fmt::format(
+        "\"probe_xid\":{},\"probe_ms\":{:.3f},\"handshake_ok\":{},"
+        "\"handshake_ms\":{:.3f},",
+        r.probe_xid, r.probe_ms, r.handshake_ok, r.handshake_ms);
     json_string(o, "handshake_error", r.handshake_error);
     json_string(o, "version", r.version);
     json_string(o, "cipher", r.cipher);
@@ -267,7 +272,8 @@ int probe_main(int argc, char** argv) {
                    "name to send as SNI and verify (default: HOST)");
     app.add_flag("--implicit", opt.implicit, "TLS from the first byte, no AUTH_TLS probe");
     app.add_flag("--json", json, "print one JSON object");
-    app.add_option("--timeout", opt.timeout_s, "seconds per stage")->check(CLI::Range(0.01, 3600.0));
+    app.add_option("--timeout", opt.timeout_s, "seconds per stage")
+        ->check(CLI::Range(0.01, 3600.0));
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

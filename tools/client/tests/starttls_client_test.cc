@@ -24,8 +24,8 @@ core::slice bytes_of(const core::slice_chain& c) {
 
 rpc::reply_header success_with_verifier(uint32_t flavor, std::string_view body) {
     rpc::reply_header h = rpc::reply_header::accepted(k_xid, rpc::accept_stat::success);
-    h.verf = rpc::opaque_auth::make(
-        flavor, {reinterpret_cast<const uint8_t*>(body.data()), body.size()});
+    h.verf = rpc::opaque_auth::make(flavor,
+                                    {reinterpret_cast<const uint8_t*>(body.data()), body.size()});
     return h;
 }
 
@@ -135,14 +135,13 @@ TEST(starttls_client, program_errors) {
 }
 
 TEST(starttls_client, wrong_xid_is_an_error) {
-    probe_result r =
-        feed_both_ways(rpc::build_starttls_reply(k_xid + 1), probe_outcome::error);
+    probe_result r = feed_both_ways(rpc::build_starttls_reply(k_xid + 1), probe_outcome::error);
     EXPECT_NE(r.reason.find("does not match"), std::string::npos) << r.reason;
 }
 
 TEST(starttls_client, a_call_is_not_a_reply) {
-    probe_result r = feed_both_ways(rpc::build_tls_probe_call(k_xid, 100003, 3),
-                                    probe_outcome::error);
+    probe_result r =
+        feed_both_ways(rpc::build_tls_probe_call(k_xid, 100003, 3), probe_outcome::error);
     EXPECT_NE(r.reason.find("CALL"), std::string::npos) << r.reason;
 }
 
@@ -157,8 +156,7 @@ TEST(starttls_client, garbage_and_truncated_replies) {
     static const uint8_t short_rec[] = {0x80, 0, 0, 8, 0x51, 0x50, 0xca, 0xfe, 0, 0, 0, 1};
     starttls_client d(k_xid);
     d.start(100003, 3);
-    EXPECT_EQ(d.on_bytes(core::slice::copy_of(short_rec, sizeof short_rec)),
-              probe_outcome::error);
+    EXPECT_EQ(d.on_bytes(core::slice::copy_of(short_rec, sizeof short_rec)), probe_outcome::error);
     EXPECT_NE(d.result().reason.find("malformed"), std::string::npos) << d.result().reason;
 
     // Half a reply, then the server goes away.

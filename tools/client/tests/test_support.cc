@@ -121,8 +121,7 @@ test_pki make_test_pki() {
     X509* srv = new_cert(srv_key, "localhost", ca, ca_key, 2);
     X509* cli = new_cert(cli_key, "client", ca, ca_key, 3);
     bool ok = write_pem(p.ca_cert, ca, nullptr) && write_pem(p.ca_key, nullptr, ca_key) &&
-              write_pem(p.server_cert, srv, nullptr) &&
-              write_pem(p.server_key, nullptr, srv_key) &&
+              write_pem(p.server_cert, srv, nullptr) && write_pem(p.server_key, nullptr, srv_key) &&
               write_pem(p.client_cert, cli, nullptr) && write_pem(p.client_key, nullptr, cli_key);
     X509_free(ca);
     X509_free(srv);
@@ -139,8 +138,7 @@ void remove_test_pki(const test_pki& pki) {
     if (!pki.dir.empty()) std::filesystem::remove_all(pki.dir, ec);
 }
 
-tls_test_server::tls_test_server(const test_pki& pki, server_behavior b)
-    : pki_(pki), behavior_(b) {
+tls_test_server::tls_test_server(const test_pki& pki, server_behavior b) : pki_(pki), behavior_(b) {
     listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -197,8 +195,8 @@ void tls_test_server::serve(int fd) {
         }
         switch (behavior_) {
             case server_behavior::rejectedcred:
-                send_all(fd, core::slice_chain(rpc::build_reply(
-                                 rpc::reply_header::auth_error(xid, rpc::auth_stat::rejectedcred))));
+                send_all(fd, core::slice_chain(rpc::build_reply(rpc::reply_header::auth_error(
+                                 xid, rpc::auth_stat::rejectedcred))));
                 return;
             case server_behavior::no_token:
                 send_all(fd, core::slice_chain(rpc::build_null_reply(xid)));

@@ -26,12 +26,12 @@ void remove_test_pki(const test_pki& pki);
 
 // How the test server answers.
 enum class server_behavior {
-    starttls,        // STARTTLS, TLS 1.3, then answer NULL calls over TLS
-    implicit,        // TLS from the first byte, then NULL calls
-    rejectedcred,    // AUTH_ERROR / AUTH_REJECTEDCRED (nfs-ganesha 4.3)
-    no_token,        // MSG_ACCEPTED SUCCESS with an empty verifier
-    close_on_probe,  // close without answering
-    silent_over_tls, // STARTTLS and the handshake, then never answer
+    starttls,         // STARTTLS, TLS 1.3, then answer NULL calls over TLS
+    implicit,         // TLS from the first byte, then NULL calls
+    rejectedcred,     // AUTH_ERROR / AUTH_REJECTEDCRED (nfs-ganesha 4.3)
+    no_token,         // MSG_ACCEPTED SUCCESS with an empty verifier
+    close_on_probe,   // close without answering
+    silent_over_tls,  // STARTTLS and the handshake, then never answer
 };
 
 class tls_test_server {

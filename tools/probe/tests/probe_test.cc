@@ -121,8 +121,8 @@ TEST_F(probe_fixture, cli_bad_options_are_2) {
 
 TEST_F(probe_fixture, cli_end_to_end) {
     tls_test_server srv(pki, server_behavior::starttls);
-    EXPECT_EQ(run_cli({"rpcgate-probe", "127.0.0.1:" + std::to_string(srv.port()), "--prog",
-                       "536870913", "--vers", "1", "--ca", pki.ca_cert, "--server-name",
-                       "localhost", "--json"}),
-              exit_ok);
+    EXPECT_EQ(
+        run_cli({"rpcgate-probe", "127.0.0.1:" + std::to_string(srv.port()), "--prog", "536870913",
+                 "--vers", "1", "--ca", pki.ca_cert, "--server-name", "localhost", "--json"}),
+        exit_ok);
 }
