@@ -58,26 +58,6 @@ uint32_t proc_number(bench_proc p) noexcept {
     return proc_echo;
 }
 
-const char* reply_problem(const rpc::reply_header& h) noexcept {
-    if (h.stat == rpc::reply_stat::denied)
-        return h.reject == rpc::reject_stat::rpc_mismatch ? "RPC_MISMATCH" : "AUTH_ERROR";
-    switch (h.accept) {
-        case rpc::accept_stat::success:
-            return "SUCCESS";
-        case rpc::accept_stat::prog_unavail:
-            return "PROG_UNAVAIL";
-        case rpc::accept_stat::prog_mismatch:
-            return "PROG_MISMATCH";
-        case rpc::accept_stat::proc_unavail:
-            return "PROC_UNAVAIL";
-        case rpc::accept_stat::garbage_args:
-            return "GARBAGE_ARGS";
-        case rpc::accept_stat::system_err:
-            return "SYSTEM_ERR";
-    }
-    return "unknown accept_stat";
-}
-
 // Counters of one shard: written by its thread only, read by the main thread
 // for progress lines and the final report.
 struct worker_counters {
@@ -438,7 +418,7 @@ bool load_conn::handle(core::slice_chain&& rec) {
     if (rep->header.stat != rpc::reply_stat::accepted ||
         rep->header.accept != rpc::accept_stat::success) {
         core::bump(w_.ctr.rpc_errors);
-        report_once(w_.warned_rpc, "run: call refused: {}", reply_problem(rep->header));
+        report_once(w_.warned_rpc, "run: call refused: {}", client::describe_reply(rep->header));
     } else if (!check_results(sl, rep->results)) {
         core::bump(w_.ctr.bad_replies);
         report_once(w_.warned_bad, "run: reply of {} bytes does not match the {}-byte call{}",
