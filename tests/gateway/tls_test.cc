@@ -8,6 +8,15 @@
 
 #include <functional>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
+#include "rpc/message.h"
 #include "tests/gateway/child_process.h"
 #include "tools/gateway/gateway.h"
 
@@ -205,6 +214,70 @@ TEST_F(tls_gateway, silent_clients_after_the_probe_are_cut_at_the_deadline) {
     EXPECT_EQ(t.handshakes_timed_out, 200u);
     EXPECT_EQ(t.handshakes_in_progress, 0u);
     EXPECT_EQ(count_fds(), fds_before);
+}
+
+// tlscertuser: with --cert-user-map, a call from a client whose verified
+// certificate is in the map reaches the backend with that AUTH_SYS identity,
+// whatever credential the client sent. The backend here is a raw socket that
+// records the credential it saw.
+TEST_F(tls_gateway, certificate_identity_replaces_the_credential) {
+    int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(::listen(lfd, 4), 0);
+    socklen_t al = sizeof a;
+    ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &al);
+    backend_port_ = ntohs(a.sin_port);
+
+    std::string map = g_certs + "/users.map";
+    std::ofstream(map) << "# test map\nsubject:CN=client1,O=rpcgate test 1234 5678,10,20\n";
+    rpc::auth_sys_params seen;
+    bool got = false;
+    std::thread backend([&] {
+        int fd = ::accept(lfd, nullptr, nullptr);
+        if (fd < 0) return;
+        timeval tv{20, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        std::string buf;
+        char tmp[65536];
+        for (;;) {  // one record, in one fragment (the gateway frames it so)
+            if (buf.size() >= 4) {
+                uint32_t mark = ntohl(*reinterpret_cast<const uint32_t*>(buf.data()));
+                if (buf.size() >= 4 + (mark & 0x7fffffff)) break;
+            }
+            ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
+            if (n <= 0) break;
+            buf.append(tmp, size_t(n));
+        }
+        core::slice_chain rec(core::slice::copy_of(buf.substr(4)));
+        auto call = rpc::decode_call(rec);
+        if (call.ok()) {
+            if (auto p = rpc::decode_auth_sys(call->header.cred); p.ok()) {
+                seen = *p;
+                got = true;
+            }
+            auto reply = rpc::build_reply(
+                rpc::reply_header::accepted(call->header.xid, rpc::accept_stat::success),
+                std::move(call->args));
+            std::string out = reply.to_string();
+            ::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+        }
+        ::close(fd);
+    });
+    start(gw::tls_mode::mtls, [&](gw::gateway_config& c) { c.cert_user_map = map; });
+    auto [st, out] = client("echo", {"--cert", g_certs + "/client.pem", "--key",
+                                     g_certs + "/client.key", "--sizes", "100"});
+    backend.join();
+    ::close(lfd);
+    EXPECT_EQ(st, 0) << out;
+    ASSERT_TRUE(got) << "the backend saw no AUTH_SYS credential";
+    EXPECT_EQ(seen.uid, 1234u);
+    EXPECT_EQ(seen.gid, 5678u);
+    EXPECT_EQ(std::vector<uint32_t>(seen.group_ids().begin(), seen.group_ids().end()),
+              (std::vector<uint32_t>{10, 20}));
+    EXPECT_EQ(gw_->totals().certuser_rewrites, 1u);
 }
 
 }  // namespace

@@ -189,7 +189,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "reserved_port", "portmap", "idle_timeout", "connect_timeout",
                                   "drain_timeout", "max_connections", "max_record", "max_inflight",
                                   "buffers", "buffer_size", "log_level", "implicit_tls", "alpn_strict",
-                                  "handshake_timeout"};
+                                  "handshake_timeout", "cert_user_map"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -259,6 +259,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "crl", &cfg->crl, err)) return false;
     if (!toml_get<std::string>(t, "admin", &cfg->admin, err)) return false;
     if (!toml_get<std::string>(t, "log_level", &cfg->log_level, err)) return false;
+    if (!toml_get<std::string>(t, "cert_user_map", &cfg->cert_user_map, err)) return false;
     b = cfg->upstream_tls;
     if (!toml_get<bool>(t, "upstream_tls", &b, err)) return false;
     cfg->upstream_tls = b;
@@ -334,7 +335,11 @@ bool validate(gateway_config* cfg, std::string* err) {
         *err = "--admin: the admin endpoint is not in this build yet";
         return false;
     }
-    for (const std::string* f : {&cfg->cert, &cfg->key, &cfg->ca, &cfg->crl}) {
+    if (!cfg->cert_user_map.empty() && !tls_used) {
+        *err = "--cert-user-map needs TLS (--tls or --implicit-tls)";
+        return false;
+    }
+    for (const std::string* f : {&cfg->cert, &cfg->key, &cfg->ca, &cfg->crl, &cfg->cert_user_map}) {
         if (!f->empty() && ::access(f->c_str(), R_OK) != 0) {
             *err = fmt::format("cannot read '{}': {}", *f, std::strerror(errno));
             return false;
@@ -373,6 +378,10 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                 "client offers none)");
     auto* o_hst = app.add_option("--handshake-timeout", cfg->handshake_timeout_ms,
                                  "milliseconds for a TLS handshake (default 10000)");
+    auto* o_map = app.add_option("--cert-user-map", cfg->cert_user_map,
+                                 "FILE mapping verified client certificates (subject:... or "
+                                 "san:...) to 'UID GID[,GID...]'; calls on such a connection "
+                                 "carry that AUTH_SYS identity");
     auto* o_cert = app.add_option("--cert", cfg->cert, "server certificate (PEM)");
     auto* o_key = app.add_option("--key", cfg->key, "server private key (PEM)");
     auto* o_ca = app.add_option("--ca", cfg->ca, "CA bundle for client certificates");
@@ -468,6 +477,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
         return 2;
     }
     if (o_cert->count()) merged.cert = cfg->cert;
+    if (o_map->count()) merged.cert_user_map = cfg->cert_user_map;
     if (o_key->count()) merged.key = cfg->key;
     if (o_ca->count()) merged.ca = cfg->ca;
     if (o_crl->count()) merged.crl = cfg->crl;

@@ -46,6 +46,9 @@ struct gateway_config {
     tls_mode tls = tls_mode::off;
     std::string cert, key, ca, crl;
     bool alpn_strict = false;           // refuse TLS clients that offer no ALPN
+    // Map file: a verified client certificate -> AUTH_SYS identity that replaces
+    // the credentials of every call on that connection (FreeBSD's tlscertuser).
+    std::string cert_user_map;
     uint32_t handshake_timeout_ms = 10000;
     std::string admin;
     bool upstream_tls = false;

@@ -120,7 +120,9 @@ public:
 
     // After a handshake on the control thread: same connection ID as before.
     session(shard_context& ctx, stream* client, handshake_result&& r)
-        : session(ctx, client, r.id, std::move(r.peer), std::move(r.session)) {}
+        : session(ctx, client, r.id, std::move(r.peer), std::move(r.session)) {
+        certuser_ = std::move(r.certuser);
+    }
 
     session(shard_context& ctx, stream* client, conn_id id, std::string peer,
             std::unique_ptr<tls::session> tls)
@@ -411,7 +413,13 @@ private:
         if (!l) return false;
         ++calls_outstanding_;
         bump(ctx_.counters_.calls_forwarded);
-        send_framed(l->s_, std::move(rec));
+        if (certuser_) {
+            // tlscertuser: the certificate's identity replaces the credential;
+            // the arguments are spliced behind the new header, not copied.
+            send_framed(l->s_, with_certuser_cred(h, std::move(call->args)));
+        } else {
+            send_framed(l->s_, std::move(rec));
+        }
         if (l->s_ && l->s_->full() && client_ && !client_->receive_paused()) {
             l->blocking_client_ = true;
             bump(ctx_.counters_.flow_pauses);
@@ -480,6 +488,26 @@ private:
         for (auto& l : links_)
             if (l && l->blocking_client_) return;
         if (client_ && !draining_) client_->resume_receive();
+    }
+
+    slice_chain with_certuser_cred(const rpc::call_header& h, slice_chain&& args) {
+        rpc::auth_sys_params p;
+        if (auto orig = rpc::decode_auth_sys(h.cred); orig.ok()) {
+            p.stamp = orig->stamp;
+            p.set_machine(orig->machine());
+        } else {
+            p.set_machine("rpcgate");
+        }
+        p.uid = certuser_->uid;
+        p.gid = certuser_->gid;
+        p.set_groups(certuser_->gids);
+        rpc::call_header h2 = h;
+        h2.cred = rpc::encode_auth_sys(p);
+        bump(ctx_.counters_.certuser_rewrites);
+        rpc::xdr_writer w;
+        rpc::encode_call_header(w, h2);
+        w.append(std::move(args));
+        return w.finish();
     }
 
     slice_chain frame(slice_chain&& rec) {
@@ -651,6 +679,7 @@ private:
     uint64_t last_activity_ = 0;
     uint64_t calls_outstanding_ = 0;
     std::unique_ptr<tls::session> tls_;
+    std::optional<tls::identity> certuser_;
     slice_chain early_;  // bytes after a probe, for the control thread
     bool terminating_ = false;
     bool draining_ = false;
@@ -762,6 +791,11 @@ std::string gateway::start() {
         if (!tls_ctx_) return "TLS: " + err;
         hs_ = std::make_unique<handshake_service>(*tls_ctx_, cfg_.handshake_timeout_ms,
                                                   &open_connections_);
+        if (!cfg_.cert_user_map.empty()) {
+            identities_ = std::make_unique<tls::identity_map>();
+            if (!identities_->load(cfg_.cert_user_map, &err)) return "--cert-user-map: " + err;
+            hs_->set_identity_map(identities_.get());
+        }
     }
     // Every shard exists (and is wired to the control thread) before any starts.
     for (unsigned i = 0; i < cfg_.shards; ++i) {
@@ -866,6 +900,7 @@ gateway_totals gateway::totals() const {
         t.tls_sessions += get(k.tls_sessions);
         t.tls_errors += get(k.tls_errors);
         t.too_weak += get(k.too_weak);
+        t.certuser_rewrites += get(k.certuser_rewrites);
     }
     if (hs_) {
         const handshake_counters& h = hs_->counters();

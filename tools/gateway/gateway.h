@@ -27,6 +27,7 @@
 
 #include "core/shard.h"
 #include "tls/context.h"
+#include "tls/identity_map.h"
 #include "tools/gateway/config.h"
 
 namespace rpcgate::gw {
@@ -62,6 +63,7 @@ struct gateway_counters {
     std::atomic<uint64_t> tls_sessions{0};    // connections back from a handshake
     std::atomic<uint64_t> tls_errors{0};      // TLS failures after the handshake
     std::atomic<uint64_t> too_weak{0};        // plaintext calls refused (AUTH_TOOWEAK)
+    std::atomic<uint64_t> certuser_rewrites{0};  // calls given a certificate's identity
 };
 
 // Sum of the counters of all shards (plain values).
@@ -73,7 +75,7 @@ struct gateway_totals {
              tls_probes = 0, auth_tls_misuse = 0, backend_connects = 0,
              backend_connect_failures = 0, backend_lost = 0, idle_timeouts = 0,
              orphan_replies = 0, flow_pauses = 0, starttls = 0, implicit_tls = 0,
-             tls_sessions = 0, tls_errors = 0, too_weak = 0;
+             tls_sessions = 0, tls_errors = 0, too_weak = 0, certuser_rewrites = 0;
     // From the control thread.
     uint64_t handshakes_ok = 0, handshakes_failed = 0, handshakes_timed_out = 0,
              handshakes_not_tls = 0, handshakes_busy = 0, handshakes_in_progress = 0;
@@ -108,6 +110,7 @@ private:
     gateway_config cfg_;
     std::atomic<uint32_t> open_connections_{0};
     std::unique_ptr<tls::context> tls_ctx_;
+    std::unique_ptr<tls::identity_map> identities_;
     std::unique_ptr<handshake_service> hs_;
     std::vector<std::unique_ptr<core::shard>> shards_;
     std::vector<std::unique_ptr<shard_context>> contexts_;

@@ -71,6 +71,10 @@ public:
         uint64_t us = (svc_.control_->now_ms() - started_ms_) * 1000;
         bump(svc_.counters_.succeeded);
         bump(svc_.counters_.latency_us_sum, us);
+        if (svc_.map_ && (tls_->flags() & tls::flag_verified)) {
+            certuser_ = svc_.map_->lookup(tls_->native());
+            if (certuser_) tls_->add_flags(tls::flag_certuser);
+        }
         audit("accepted");
         // The Finished flight must leave before the socket changes hands.
         stream_->detach([this](int fd, core::slice_chain&& unread) {
@@ -86,12 +90,14 @@ private:
         unsigned from = from_;
         core::conn_id id = id_;
         std::string peer = peer_;
-        bool posted = svc.links_[from].to_shard->try_post([&svc, from, fd, id, peer, sess] {
+        std::optional<tls::identity> user = certuser_;
+        bool posted = svc.links_[from].to_shard->try_post([&svc, from, fd, id, peer, sess, user] {
             handshake_result r;
             r.fd = fd;
             r.id = id;
             r.peer = peer;
             r.session.reset(sess);
+            r.certuser = user;
             svc.links_[from].deliver(std::move(r));
         });
         if (!posted) {
@@ -116,10 +122,12 @@ private:
 
     void audit(const char* verdict) {
         RPCGATE_LOG(audit, info,
-                    "conn {} peer {} tls {}: flags={} version={} cipher={} alpn={} subject=\"{}\"{}{}",
+                    "conn {} peer {} tls {}: flags={} version={} cipher={} alpn={} subject=\"{}\"{}{}{}",
                     id_, peer_, verdict, tls::flags_text(tls_->flags()), tls_->version(),
                     tls_->cipher(), tls_->alpn().empty() ? "-" : tls_->alpn(),
-                    tls_->peer_subject(), error_.empty() ? "" : " reason=", error_);
+                    tls_->peer_subject(),
+                    certuser_ ? fmt::format(" certuser={}:{}", certuser_->uid, certuser_->gid) : "",
+                    error_.empty() ? "" : " reason=", error_);
     }
 
     handshake_service& svc_;
@@ -133,6 +141,7 @@ private:
     bool done_ = false;
     bool tls_checked_ = false;
     bool handed_ = false;
+    std::optional<tls::identity> certuser_;
     std::string error_;
 };
 

@@ -18,12 +18,14 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/conn_id.h"
 #include "core/shard.h"
 #include "tls/context.h"
+#include "tls/identity_map.h"
 #include "tls/session.h"
 
 namespace rpcgate::gw {
@@ -45,6 +47,7 @@ struct handshake_result {
     core::conn_id id;
     std::string peer;
     std::unique_ptr<tls::session> session;
+    std::optional<tls::identity> certuser;  // from --cert-user-map
 };
 
 class handshake_service {
@@ -58,6 +61,8 @@ public:
                       std::atomic<uint32_t>* open_connections);
     ~handshake_service();
 
+    // Before start(): verified client certificates found in `map` get its identity.
+    void set_identity_map(const tls::identity_map* map) noexcept { map_ = map; }
     // Before start(): wires the mailboxes with shard i (both directions).
     void attach(core::shard& sh, deliver_fn deliver);
     std::string start();
@@ -86,6 +91,7 @@ private:
     const tls::context& ctx_;
     uint32_t deadline_ms_;
     std::atomic<uint32_t>* open_;
+    const tls::identity_map* map_ = nullptr;
     std::unique_ptr<core::shard> control_;
     std::vector<link> links_;
     handshake_counters counters_;
