@@ -125,6 +125,21 @@ TEST_F(tls_gateway, implicit_tls_listener) {
     EXPECT_EQ(gw_->totals().implicit_tls, 1u);
 }
 
+// --tls-auto: one port takes plaintext RPC, STARTTLS and TLS from the first byte.
+TEST_F(tls_gateway, auto_mode_tells_tls_from_rpc_by_the_first_byte) {
+    start(gw::tls_mode::opportunistic, [](gw::gateway_config& c) { c.tls_auto = true; });
+    auto [st, out] = client("implicit", {"--sizes", "0,70000"});
+    EXPECT_EQ(st, 0) << out;
+    auto [st2, out2] = client("echo", {"--sizes", "70000"});
+    EXPECT_EQ(st2, 0) << out2;
+    auto [st3, out3] = client("plain-call");
+    EXPECT_NE(out3.find("accepted 0"), std::string::npos) << out3;
+    auto t = gw_->totals();
+    EXPECT_EQ(t.implicit_tls, 1u);
+    EXPECT_EQ(t.starttls, 1u);
+    EXPECT_EQ(t.handshakes_ok, 2u);
+}
+
 TEST_F(tls_gateway, client_without_alpn_accepted_unless_strict) {
     start(gw::tls_mode::opportunistic);
     auto [st, out] = client("echo", {"--alpn", "none", "--sizes", "10"});

@@ -189,7 +189,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "reserved_port", "portmap", "idle_timeout", "connect_timeout",
                                   "drain_timeout", "max_connections", "max_record", "max_inflight",
                                   "buffers", "buffer_size", "log_level", "implicit_tls", "alpn_strict",
-                                  "handshake_timeout", "cert_user_map"};
+                                  "handshake_timeout", "cert_user_map", "tls_auto"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -272,6 +272,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     b = cfg->alpn_strict;
     if (!toml_get<bool>(t, "alpn_strict", &b, err)) return false;
     cfg->alpn_strict = b;
+    b = cfg->tls_auto;
+    if (!toml_get<bool>(t, "tls_auto", &b, err)) return false;
+    cfg->tls_auto = b;
     return true;
 }
 
@@ -313,7 +316,7 @@ bool validate(gateway_config* cfg, std::string* err) {
         *err = "--max-inflight must be at least 64 KiB";
         return false;
     }
-    bool tls_used = cfg->tls != tls_mode::off || !cfg->implicit_tls.empty();
+    bool tls_used = cfg->tls != tls_mode::off || !cfg->implicit_tls.empty() || cfg->tls_auto;
     if (tls_used && (cfg->cert.empty() || cfg->key.empty())) {
         *err = fmt::format("--tls {}{} needs --cert and --key", tls_mode_name(cfg->tls),
                            cfg->implicit_tls.empty() ? "" : " / --implicit-tls");
@@ -373,6 +376,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                    "ADDR:PORT where TLS starts with the first byte, no AUTH_TLS probe "
                    "(stunnel-style clients; repeatable)")
         ->type_name("ADDR:PORT");
+    auto* o_auto = app.add_flag("--tls-auto", cfg->tls_auto,
+                                "on --listen ports, also accept TLS from the first byte (told "
+                                "from a record mark by the first byte)");
     auto* o_alpn = app.add_flag("--alpn-strict", cfg->alpn_strict,
                                 "refuse TLS clients that offer no ALPN (the Linux kernel "
                                 "client offers none)");
@@ -468,6 +474,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
         merged.implicit_tls.push_back(ep);
     }
     if (o_alpn->count()) merged.alpn_strict = true;
+    if (o_auto->count()) merged.tls_auto = true;
     if (o_hst->count()) merged.handshake_timeout_ms = cfg->handshake_timeout_ms;
     merged.config_file = cfg->config_file;
     merged.check_only = cfg->check_only;

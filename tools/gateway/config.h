@@ -46,6 +46,10 @@ struct gateway_config {
     tls_mode tls = tls_mode::off;
     std::string cert, key, ca, crl;
     bool alpn_strict = false;           // refuse TLS clients that offer no ALPN
+    // On --listen ports, a connection whose first byte is a TLS handshake
+    // record (0x16) is taken as implicit TLS. No record mark can start with
+    // 0x16: that would announce a non-final fragment of over 350 MiB.
+    bool tls_auto = false;
     // Map file: a verified client certificate -> AUTH_SYS identity that replaces
     // the credentials of every call on that connection (FreeBSD's tlscertuser).
     std::string cert_user_map;

@@ -172,6 +172,16 @@ public:
             pump_tls();
             return;
         }
+        if (first_bytes_) {
+            first_bytes_ = false;
+            if (ctx_.cfg_.tls_auto && ctx_.hs_ && data.size() > 0 && data[0] == 0x16) {
+                bump(ctx_.counters_.implicit_tls);
+                starttls_ = true;
+                early_.push_back(slice::copy_of(data.data(), data.size()));
+                hand_off();
+                return;
+            }
+        }
         feed_plain(data);
     }
 
@@ -549,6 +559,10 @@ private:
         starttls_ = true;
         bump(ctx_.counters_.starttls);
         client_->send(rpc::build_starttls_reply(xid));
+        hand_off();
+    }
+
+    void hand_off() {
         for (auto& l : links_)
             if (l && l->s_) l->s_->close(0);
         client_->detach([this](int fd, slice_chain&& unread) {
@@ -685,6 +699,7 @@ private:
     bool draining_ = false;
     bool client_full_ = false;
     bool starttls_ = false;
+    bool first_bytes_ = true;
     bool handed_off_ = false;
     bool tls_shut_ = false;
 };
