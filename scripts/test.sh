@@ -2,11 +2,12 @@
 # The test command: installs what is missing, builds, starts the shared peers
 # and runs every test. Exits with ctest's status.
 #
-#   sudo ./scripts/test.sh [--preset NAME] [--asan] [--no-setup] [-- CTEST ARGS...]
+#   sudo ./scripts/test.sh [--preset NAME] [--asan] [--no-setup] [--fuzz SECONDS] [-- CTEST ARGS...]
 #
 #   --preset NAME   configure/build/test preset (default: release)
 #   --asan          afterwards, the same again with the `asan` preset
 #   --no-setup      skip scripts/setup.sh (packages and build are up to date)
+#   --fuzz SECONDS  afterwards, each libFuzzer target for SECONDS (default 20; 0 = skip)
 #   -- ARGS         passed to ctest, e.g. `-- -R peers -L nfs`
 #
 # rpcbind is the one peer shared by all tests: nfs-ganesha will not start
@@ -17,14 +18,16 @@ set -euo pipefail
 
 presets=(release)
 setup=1
+fuzz_seconds=20
 ctest_args=()
 while [ $# -gt 0 ]; do
     case $1 in
         --preset) presets[0]=${2:?--preset needs a name}; shift ;;
         --asan) presets+=(asan) ;;
         --no-setup) setup=0 ;;
+        --fuzz) fuzz_seconds=${2:?--fuzz needs SECONDS}; shift ;;
         --) shift; ctest_args=("$@"); break ;;
-        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
     shift
@@ -68,4 +71,13 @@ for preset in "${presets[@]}"; do
     say "preset $preset: ctest exit status $rc"
     [ "$status" -ne 0 ] || status=$rc
 done
+# The parsers fed by the network, each under libFuzzer for a bounded time,
+# from the committed seed corpora (tests/fuzz/corpus/).
+if [ "$fuzz_seconds" -gt 0 ] && [ ${#ctest_args[@]} -eq 0 ]; then
+    say "fuzzing each target for ${fuzz_seconds} s"
+    rc=0
+    BUILD_DIR="$RPCGATE_ROOT/build/fuzz" "$RPCGATE_ROOT/tests/fuzz/run.sh" "$fuzz_seconds" || rc=$?
+    say "fuzz exit status $rc"
+    [ "$status" -ne 0 ] || status=$rc
+fi
 exit "$status"
