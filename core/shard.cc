@@ -648,11 +648,14 @@ void shard::loop() {
         int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, wait >= 0 ? &ts : nullptr,
                                                   nullptr);
         submitted();
+        now_ms_ = monotonic_ms();
+        // With no timer armed the wait above had no timeout and the wheel's
+        // clock stood still; bring it to now before anything arms a timer.
+        if (timers_.armed_count() == 0) timers_.set_now(now_ms_);
         if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
             RPCGATE_LOG(core, error, "shard {}: io_uring wait failed: {}", cfg_.index,
                         std::strerror(-rc));
         }
-        now_ms_ = monotonic_ms();
         unsigned head, n = 0;
         io_uring_cqe* cqe;
         io_uring_for_each_cqe(&ring_, head, cqe) {

@@ -56,6 +56,8 @@ public:
     // Milliseconds until the next tick that has work, or -1 if no timer is armed.
     int64_t ms_until_next(uint64_t now_ms) const noexcept;
     uint32_t armed_count() const noexcept { return armed_; }
+    // Moves the wheel's clock without firing anything: only for an empty wheel
+    // (or at start), since armed timers would be skipped.
     void set_now(uint64_t now_ms) noexcept { now_tick_ = now_ms / tick_ms_; }
 
 private:

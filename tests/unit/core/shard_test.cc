@@ -216,6 +216,39 @@ TEST(shard, pressure_copies_keep_a_hoarding_handler_from_starving_the_ring) {
     ::close(fd);
 }
 
+// A shard that sat with no timer armed (its wait had no timeout) must not arm
+// the next timer against its stale clock: a 300 ms timer armed after 500 ms of
+// idleness fired at once before the fix.
+TEST(shard, timer_armed_after_an_idle_spell_waits_its_full_delay) {
+    echo_server unused;
+    running_shard rs(shard_config{});
+    ASSERT_EQ(rs.start(&unused), "");
+    rs.run([] {});
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the idle spell under test
+    std::atomic<int64_t> fired_after{-1};
+    timer t;
+    auto armed_at = std::chrono::steady_clock::now();
+    struct ctx_t {
+        std::atomic<int64_t>* out;
+        std::chrono::steady_clock::time_point at;
+    } ctx{&fired_after, armed_at};
+    t.set_callback(
+        [](timer*, void* arg) {
+            auto* c = static_cast<ctx_t*>(arg);
+            c->out->store(std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::steady_clock::now() - c->at)
+                              .count());
+        },
+        &ctx);
+    rs.run([&] {
+        ctx.at = std::chrono::steady_clock::now();
+        rs.sh->timers().arm(t, 300);
+    });
+    ASSERT_TRUE(wait_for([&] { return fired_after.load() >= 0; }));
+    EXPECT_GE(fired_after.load(), 290);
+    rs.run([&] { t.cancel(); });
+}
+
 struct pausing_server : echo_server {
     void on_data(stream& s, slice data) override {
         held.push_back(std::move(data));
