@@ -114,6 +114,8 @@ private:
 
 // One client connection and the backend connections it opened.
 class session final : public core::stream_handler {
+    friend class shard_context;
+
 public:
     session(shard_context& ctx, stream* client, const sockaddr_storage& peer)
         : session(ctx, client, core::next_conn_id(), peer_text(peer), nullptr) {}
@@ -170,6 +172,7 @@ public:
         if (tls_) {
             tls_->feed(std::move(data));
             pump_tls();
+            flush_tls();
             return;
         }
         if (first_bytes_) {
@@ -257,6 +260,7 @@ public:
     void finish_client() {
         if (!client_ || !client_->open()) return;
         if (tls_ && !tls_shut_) {
+            flush_tls();
             tls_shut_ = true;
             slice_chain out;
             tls_->shutdown(out);
@@ -312,6 +316,7 @@ private:
             auto r = rr_.feed(data, [this](slice_chain&& rec) {
                 return owner_.on_backend_record(*this, std::move(rec));
             });
+            owner_.flush_tls();
             if (!r.ok()) {
                 bump(owner_.ctx_.counters_.oversize);
                 owner_.terminate(fmt::format("backend {} sent a record over the limit: closing",
@@ -538,8 +543,18 @@ private:
             client_->send(std::move(bytes));
             return;
         }
+        // Encrypted once per batch (flush_tls at the end of every receive
+        // handler): many small replies share one TLS record.
+        tls_pending_.append(std::move(bytes));
+        if (tls_pending_.size() >= k_tls_batch) flush_tls();
+    }
+
+    void flush_tls() {
+        if (!tls_ || tls_pending_.empty() || !client_) return;
         slice_chain out;
-        if (tls_->write(bytes, out) == tls::status::error) {
+        tls::status st = tls_->write(tls_pending_, out);
+        tls_pending_.clear();
+        if (st == tls::status::error) {
             bump(ctx_.counters_.tls_errors);
             terminate(fmt::format("TLS write failed: {}", tls_->error_text()), -EPROTO);
             return;
@@ -694,6 +709,8 @@ private:
     uint64_t calls_outstanding_ = 0;
     std::unique_ptr<tls::session> tls_;
     std::optional<tls::identity> certuser_;
+    slice_chain tls_pending_;  // plaintext for the client, encrypted per batch
+    static constexpr size_t k_tls_batch = 256 * 1024;
     slice_chain early_;  // bytes after a probe, for the control thread
     bool terminating_ = false;
     bool draining_ = false;
@@ -750,6 +767,7 @@ void shard_context::deliver(handshake_result&& r) {
     auto* s = new session(*this, st, std::move(r));
     st->set_handler(s);
     s->pump_tls();  // records that arrived with the handshake's last flight
+    s->flush_tls();
 }
 
 void shard_context::on_stop() {
