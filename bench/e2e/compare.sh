@@ -24,14 +24,9 @@ idle_conns=${IDLE_CONNS:-10000}
 workloads=${WORKLOADS:-"large small"}
 . "$root/tests/peers/peer_lib.sh"
 
-find_bin() { # the binary under the build dir, wherever CMake put it
-    local p
-    p=$(find "$build" -type f -name "$1" -perm -u+x 2>/dev/null | head -n 1)
-    [ -n "$p" ] || { echo "compare.sh: $1 not found under $build (build first)" >&2; exit 1; }
-    echo "$p"
-}
-bench=$(find_bin rpcgate-bench)
-rpcgate=$(find_bin rpcgate)
+. "$here/lib.sh"
+bench=$(e2e_find_bin rpcgate-bench)
+rpcgate=$(e2e_find_bin rpcgate)
 for tool in haproxy socat python3; do
     command -v "$tool" >/dev/null || { echo "compare.sh: $tool is not installed (scripts/setup.sh)" >&2; exit 1; }
 done
@@ -94,11 +89,7 @@ setups="direct rpcgate haproxy socat"
 results="$work/runs.jsonl"
 : >"$results"
 for w in $workloads; do
-    case $w in
-        large) args=(--connections 8 --depth 1 --size 1048576) ;;
-        small) args=(--connections 64 --depth 16 --size 64) ;;
-        *) echo "unknown workload $w" >&2; exit 2 ;;
-    esac
+    e2e_workload_args "$w"
     for s in $setups; do
         echo "== $w via $s (${duration} s)" >&2
         json=$("$bench" run --target "127.0.0.1:${target[$s]}" "${args[@]}" --duration "$duration" --json) || {

@@ -33,15 +33,10 @@ hs_conns=${HS_CONNS:-4}
 idle_conns=${IDLE_TLS_CONNS:-2000}
 . "$root/tests/peers/peer_lib.sh"
 
-find_bin() { # the binary under the build dir, wherever CMake put it
-    local p
-    p=$(find "$build" -type f -name "$1" -perm -u+x 2>/dev/null | head -n 1)
-    [ -n "$p" ] || { echo "compare_tls.sh: $1 not found under $build (build first)" >&2; exit 1; }
-    echo "$p"
-}
-bench=$(find_bin rpcgate-bench)
-rpcgate=$(find_bin rpcgate)
-probe=$(find_bin rpcgate-probe)
+. "$here/lib.sh"
+bench=$(e2e_find_bin rpcgate-bench)
+rpcgate=$(e2e_find_bin rpcgate)
+probe=$(e2e_find_bin rpcgate-probe)
 stunnel=$(command -v stunnel4 || command -v stunnel || true)
 for tool in haproxy openssl python3 "$stunnel"; do
     [ -n "$tool" ] && command -v "$tool" >/dev/null || {
@@ -146,11 +141,7 @@ setups="direct-tls rpcgate haproxy stunnel"
 results="$work/runs.jsonl"
 : >"$results"
 for w in $workloads; do
-    case $w in
-        large) args=(--connections 8 --depth 1 --size 1048576) ;;
-        small) args=(--connections 64 --depth 16 --size 64) ;;
-        *) echo "unknown workload $w" >&2; exit 2 ;;
-    esac
+    e2e_workload_args "$w"
     for s in $setups; do
         echo "== $w via $s (${duration} s)" >&2
         # A run with errors exits non-zero but still reports; keep its figures.
