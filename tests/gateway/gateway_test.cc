@@ -443,6 +443,57 @@ TEST_F(gateway_test, backend_down_closes_client_and_counts) {
     EXPECT_TRUE(wait_for([&] { return gw_->totals().backend_connect_failures == 1; }));
 }
 
+// GET on the admin endpoint; returns the whole HTTP response.
+std::string http_get(uint16_t port, const std::string& path) {
+    rpc_conn c(port);
+    if (c.fd < 0) return "";
+    c.send_bytes("GET " + path + " HTTP/1.0\r\n\r\n");
+    std::string out;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::recv(c.fd, buf, sizeof buf, 0)) > 0) out.append(buf, size_t(n));
+    return out;
+}
+
+// Sum of a metric family's samples over all shards.
+uint64_t metric_sum(const std::string& text, const std::string& name) {
+    uint64_t sum = 0;
+    size_t at = 0;
+    while ((at = text.find("\n" + name + "{", at)) != std::string::npos) {
+        size_t sp = text.find(' ', at + 1);
+        sum += std::stoull(text.substr(sp + 1));
+        at = sp;
+    }
+    return sum;
+}
+
+TEST_F(gateway_test, admin_metrics_move_with_traffic) {
+    start_gateway([](gw::gateway_config& c) { c.admin = "127.0.0.1:0"; });
+    ASSERT_GT(gw_->admin_port(), 0);
+    std::string health = http_get(gw_->admin_port(), "/healthz");
+    EXPECT_EQ(health.rfind("HTTP/1.0 200", 0), 0u) << health;
+    std::string before = http_get(gw_->admin_port(), "/metrics");
+    ASSERT_NE(before.find("# TYPE rpcgate_calls_forwarded_total counter"), std::string::npos);
+    for (int i = 0; i < 5; ++i) expect_echo_works("metered");
+    {
+        rpc_conn c(port_);
+        ASSERT_TRUE(c.send_bytes(make_call(1, 100099, 1, 0)));  // unrouted
+        ASSERT_TRUE(c.read_record());
+    }
+    std::string after = http_get(gw_->admin_port(), "/metrics");
+    EXPECT_EQ(metric_sum(after, "rpcgate_calls_forwarded_total") -
+                  metric_sum(before, "rpcgate_calls_forwarded_total"),
+              5u);
+    EXPECT_EQ(metric_sum(after, "rpcgate_replies_forwarded_total") -
+                  metric_sum(before, "rpcgate_replies_forwarded_total"),
+              5u);
+    EXPECT_EQ(metric_sum(after, "rpcgate_connections_accepted_total") -
+                  metric_sum(before, "rpcgate_connections_accepted_total"),
+              6u);
+    EXPECT_EQ(metric_sum(after, "rpcgate_prog_unavail_total"), 1u);
+    EXPECT_EQ(http_get(gw_->admin_port(), "/nope").rfind("HTTP/1.0 404", 0), 0u);
+}
+
 TEST_F(gateway_test, max_connections_refuses_the_extra_client) {
     start_gateway([](gw::gateway_config& c) { c.max_connections = 2; });
     rpc_conn a(port_), b(port_);

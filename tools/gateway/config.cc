@@ -335,8 +335,11 @@ bool validate(gateway_config* cfg, std::string* err) {
         return false;
     }
     if (!cfg->admin.empty()) {
-        *err = "--admin: the admin endpoint is not in this build yet";
-        return false;
+        endpoint ep;
+        if (!parse_endpoint(cfg->admin, &ep, err)) {
+            *err = "--admin " + *err;
+            return false;
+        }
     }
     if (!cfg->cert_user_map.empty() && !tls_used) {
         *err = "--cert-user-map needs TLS (--tls or --implicit-tls)";
@@ -392,7 +395,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_key = app.add_option("--key", cfg->key, "server private key (PEM)");
     auto* o_ca = app.add_option("--ca", cfg->ca, "CA bundle for client certificates");
     auto* o_crl = app.add_option("--crl", cfg->crl, "certificate revocation list");
-    auto* o_admin = app.add_option("--admin", cfg->admin, "ADDR:PORT of the admin HTTP endpoint");
+    auto* o_admin = app.add_option("--admin", cfg->admin, "ADDR:PORT of the admin HTTP endpoint (/metrics, /healthz); keep it on loopback");
     auto* o_up = app.add_flag("--upstream-tls", cfg->upstream_tls,
                               "originate RPC-with-TLS towards the backends");
     app.add_flag("--no-reserved-port", no_reserved,

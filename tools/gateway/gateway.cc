@@ -13,6 +13,7 @@
 #include "rpc/portmap.h"
 #include "rpc/record.h"
 #include "rpc/xdr_codec.h"
+#include "tools/gateway/admin.h"
 #include "tools/gateway/handshake_service.h"
 
 namespace rpcgate::gw {
@@ -881,18 +882,113 @@ std::string gateway::start() {
         if (i == 0) {
             if (!cfg_.listen.empty()) port_ = cfg_.listen.front().port();
             if (!cfg_.implicit_tls.empty()) implicit_port_ = cfg_.implicit_tls.front().port();
+            if (!cfg_.implicit_tls.empty()) implicit_port_ = cfg_.implicit_tls.front().port();
             RPCGATE_LOG(core, info, "io_uring features: {}", raw->features().describe());
         }
+    }
+    if (!cfg_.admin.empty()) {
+        endpoint ep;
+        std::string err;
+        if (!parse_endpoint(cfg_.admin, &ep, &err)) return "--admin " + err;
+        admin_ = std::make_unique<admin_server>();
+        err = admin_->start(ep, {[this] { return metrics_text(); },
+                                 [this] { return !stopping_.load(); }});
+        if (!err.empty()) return err;
+        RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz)", admin_->port());
     }
     return {};
 }
 
+uint16_t gateway::admin_port() const noexcept { return admin_ ? admin_->port() : 0; }
+
+namespace {
+
+// One metric family: HELP, TYPE, then a sample per shard.
+template <typename F>
+void family(std::string& out, const char* name, const char* type, const char* help, size_t n,
+            F value) {
+    fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name,
+                   type);
+    for (size_t i = 0; i < n; ++i)
+        fmt::format_to(std::back_inserter(out), "{}{{shard=\"{}\"}} {}\n", name, i, value(i));
+}
+
+}  // namespace
+
+std::string gateway::metrics_text() const {
+    std::string out;
+    size_t n = contexts_.size();
+    auto rd = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+#define RPCGATE_GW_COUNTER(name, field, help) \
+    family(out, "rpcgate_" name, "counter", help, n, [&](size_t i) { return rd(contexts_[i]->counters_.field); })
+#define RPCGATE_CORE_COUNTER(name, field, help) \
+    family(out, "rpcgate_" name, "counter", help, n, [&](size_t i) { return rd(shards_[i]->stats().field); })
+    RPCGATE_GW_COUNTER("connections_accepted_total", sessions_accepted, "Client connections accepted.");
+    family(out, "rpcgate_connections_open", "gauge", "Client connections open.", n,
+           [&](size_t i) { return rd(contexts_[i]->counters_.sessions_open); });
+    RPCGATE_GW_COUNTER("connections_refused_total", sessions_refused, "Connections refused over --max-connections.");
+    RPCGATE_GW_COUNTER("calls_forwarded_total", calls_forwarded, "CALL records forwarded to backends.");
+    RPCGATE_GW_COUNTER("replies_forwarded_total", replies_forwarded, "REPLY records forwarded to clients.");
+    RPCGATE_GW_COUNTER("backchannel_calls_total", backchannel_calls, "CALL records from backends to clients.");
+    RPCGATE_GW_COUNTER("backchannel_replies_total", backchannel_replies, "REPLY records from clients to backends.");
+    RPCGATE_GW_COUNTER("client_bytes_received_total", bytes_from_clients, "Bytes received from clients (as on the wire).");
+    RPCGATE_GW_COUNTER("client_bytes_sent_total", bytes_to_clients, "Record bytes forwarded to clients.");
+    RPCGATE_GW_COUNTER("local_replies_total", local_replies, "Replies the gateway made itself.");
+    RPCGATE_GW_COUNTER("portmap_calls_total", portmap_calls, "Portmap calls answered locally.");
+    RPCGATE_GW_COUNTER("prog_unavail_total", prog_unavail, "Calls for programs with no route.");
+    RPCGATE_GW_COUNTER("malformed_total", malformed, "Connections closed for bytes that are no RPC.");
+    RPCGATE_GW_COUNTER("garbage_args_total", garbage_args, "Calls answered GARBAGE_ARGS.");
+    RPCGATE_GW_COUNTER("oversize_total", oversize, "Connections closed for a record over --max-record.");
+    RPCGATE_GW_COUNTER("cut_records_total", cut_records, "Connections closed inside a record.");
+    RPCGATE_GW_COUNTER("backend_connects_total", backend_connects, "Backend connections opened.");
+    RPCGATE_GW_COUNTER("backend_connect_failures_total", backend_connect_failures, "Backend connects that failed or timed out.");
+    RPCGATE_GW_COUNTER("backend_lost_total", backend_lost, "Backend connections lost under a client.");
+    RPCGATE_GW_COUNTER("idle_timeouts_total", idle_timeouts, "Clients closed for idleness.");
+    RPCGATE_GW_COUNTER("flow_pauses_total", flow_pauses, "Times a side stopped being read because its peer was full.");
+    RPCGATE_GW_COUNTER("tls_starttls_total", starttls, "AUTH_TLS probes answered with STARTTLS.");
+    RPCGATE_GW_COUNTER("tls_probes_refused_total", tls_probes, "AUTH_TLS probes refused (TLS off).");
+    RPCGATE_GW_COUNTER("tls_implicit_total", implicit_tls, "Connections that started with TLS.");
+    RPCGATE_GW_COUNTER("tls_sessions_total", tls_sessions, "Connections back from a successful handshake.");
+    RPCGATE_GW_COUNTER("tls_errors_total", tls_errors, "TLS failures after the handshake.");
+    RPCGATE_GW_COUNTER("tls_too_weak_total", too_weak, "Plaintext calls refused with AUTH_TOOWEAK.");
+    RPCGATE_GW_COUNTER("auth_tls_misuse_total", auth_tls_misuse, "AUTH_TLS misuse answered AUTH_BADCRED.");
+    RPCGATE_GW_COUNTER("certuser_rewrites_total", certuser_rewrites, "Calls given a client certificate's identity.");
+    RPCGATE_CORE_COUNTER("engine_receives_total", recv_completions, "Receive completions.");
+    RPCGATE_CORE_COUNTER("engine_received_bytes_total", recv_bytes, "Bytes received by the engine.");
+    RPCGATE_CORE_COUNTER("engine_sends_total", send_calls, "sendmsg operations.");
+    RPCGATE_CORE_COUNTER("engine_sent_bytes_total", send_bytes, "Bytes sent by the engine.");
+    RPCGATE_CORE_COUNTER("engine_enobufs_total", enobufs, "Receives that found the buffer ring empty.");
+    RPCGATE_CORE_COUNTER("engine_pressure_copies_total", pressure_copies, "Receives copied out of a ring running low.");
+    RPCGATE_CORE_COUNTER("engine_loop_passes_total", loop_passes, "Event loop passes.");
+    family(out, "rpcgate_engine_buffers_free", "gauge", "Receive buffers the kernel can use now.", n,
+           [&](size_t i) { return rd(shards_[i]->stats().buffers_free); });
+#undef RPCGATE_GW_COUNTER
+#undef RPCGATE_CORE_COUNTER
+    if (hs_) {
+        const handshake_counters& h = hs_->counters();
+        auto one = [&](const char* name, const char* type, const char* help, auto v) {
+            fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n{} {}\n", name,
+                           help, name, type, name, v);
+        };
+        one("rpcgate_tls_handshakes_ok_total", "counter", "Handshakes that completed.", rd(h.succeeded));
+        one("rpcgate_tls_handshakes_failed_total", "counter", "Handshakes refused by TLS or policy.", rd(h.failed));
+        one("rpcgate_tls_handshakes_timed_out_total", "counter", "Handshakes cut at the deadline.", rd(h.timed_out));
+        one("rpcgate_tls_handshakes_not_tls_total", "counter", "Probes followed by bytes that were no TLS.", rd(h.not_tls));
+        one("rpcgate_tls_handshakes_in_progress", "gauge", "Handshakes running now.", rd(h.in_progress));
+        one("rpcgate_tls_handshake_seconds_total", "counter", "Time spent in completed handshakes.",
+            fmt::format("{:.6f}", double(rd(h.latency_us_sum)) / 1e6));
+    }
+    return out;
+}
+
 void gateway::stop() {
+    stopping_.store(true);
     for (auto& s : shards_) s->request_stop();
 }
 
 void gateway::wait() {
     for (auto& s : shards_) s->join();
+    if (admin_) admin_->stop();
     if (hs_) {
         hs_->stop();
         hs_->wait();

@@ -84,6 +84,7 @@ struct gateway_totals {
 
 class shard_context;
 class handshake_service;
+class admin_server;
 
 class gateway {
 public:
@@ -104,6 +105,10 @@ public:
     // The port of the first --implicit-tls address, or 0.
     uint16_t implicit_port() const noexcept { return implicit_port_; }
     gateway_totals totals() const;
+    // Every counter in Prometheus text format (what /metrics serves).
+    std::string metrics_text() const;
+    // The port of the --admin endpoint, or 0.
+    uint16_t admin_port() const noexcept;
     const gateway_config& config() const noexcept { return cfg_; }
 
 private:
@@ -112,6 +117,8 @@ private:
     std::unique_ptr<tls::context> tls_ctx_;
     std::unique_ptr<tls::identity_map> identities_;
     std::unique_ptr<handshake_service> hs_;
+    std::unique_ptr<admin_server> admin_;
+    std::atomic<bool> stopping_{false};
     std::vector<std::unique_ptr<core::shard>> shards_;
     std::vector<std::unique_ptr<shard_context>> contexts_;
     uint16_t port_ = 0;

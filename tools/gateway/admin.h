@@ -1,0 +1,51 @@
+// The admin HTTP endpoint (--admin ADDR:PORT): read-only views of a running
+// gateway for operators and scrapers.
+//
+//   GET /metrics   Prometheus text format (version 0.0.4)
+//   GET /healthz   200 "ok" while every shard's loop is turning, else 503
+//
+// It runs on its own thread with blocking sockets, off the data path: the
+// shards never wait for it. What it serves is read from counters that the
+// shards publish (single-writer atomics), so a scrape takes no lock and
+// sends no message to a shard. One request per connection (HTTP/1.0 style),
+// a 2 s read deadline and an 8 KiB request cap.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include "tools/gateway/config.h"
+
+namespace rpcgate::gw {
+
+class admin_server {
+public:
+    struct handlers {
+        std::function<std::string()> metrics;  // the /metrics body
+        std::function<bool()> healthy;         // /healthz
+    };
+
+    admin_server() = default;
+    ~admin_server();
+    admin_server(const admin_server&) = delete;
+    admin_server& operator=(const admin_server&) = delete;
+
+    // Binds `ep` and starts the thread. Returns "" or a one-line error.
+    std::string start(const endpoint& ep, handlers h);
+    void stop();
+    uint16_t port() const noexcept { return port_; }
+
+private:
+    void run();
+    void serve(int fd);
+
+    handlers h_;
+    int listen_fd_ = -1;
+    uint16_t port_ = 0;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+
+}  // namespace rpcgate::gw
