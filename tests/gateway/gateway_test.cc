@@ -500,6 +500,17 @@ TEST_F(gateway_test, admin_metrics_move_with_traffic) {
               6u);
     EXPECT_EQ(metric_sum(after, "rpcgate_prog_unavail_total"), 1u);
     EXPECT_EQ(http_get(gw_->admin_port(), "/nope").rfind("HTTP/1.0 404", 0), 0u);
+
+    // /connections lists an open client with its ID, peer and counters.
+    rpc_conn open_one(port_);
+    ASSERT_TRUE(open_one.send_bytes(make_call(2, k_echo_prog, 1, 0)));
+    ASSERT_TRUE(open_one.read_record());
+    std::string conns = http_get(gw_->admin_port(), "/connections");
+    EXPECT_NE(conns.find("application/json"), std::string::npos) << conns;
+    EXPECT_NE(conns.find("\"state\":\"open\""), std::string::npos) << conns;
+    EXPECT_NE(conns.find("\"peer\":\"127.0.0.1:"), std::string::npos) << conns;
+    EXPECT_NE(conns.find("\"backend_links\":1"), std::string::npos) << conns;
+    EXPECT_NE(conns.find("\"tls\":null"), std::string::npos) << conns;
 }
 
 TEST_F(gateway_test, max_connections_refuses_the_extra_client) {

@@ -76,13 +76,16 @@ void admin_server::serve(int fd) {
     if (line.rfind("GET /metrics", 0) == 0) {
         type = "text/plain; version=0.0.4; charset=utf-8";
         body = h_.metrics ? h_.metrics() : "";
+    } else if (line.rfind("GET /connections", 0) == 0) {
+        type = "application/json";
+        body = h_.connections ? h_.connections() : "[]";
     } else if (line.rfind("GET /healthz", 0) == 0) {
         bool ok = h_.healthy && h_.healthy();
         status = ok ? "200 OK" : "503 Service Unavailable";
         body = ok ? "ok\n" : "not ready\n";
     } else if (line.rfind("GET ", 0) == 0) {
         status = "404 Not Found";
-        body = "not found: try /metrics or /healthz\n";
+        body = "not found: try /metrics, /connections or /healthz\n";
     } else {
         status = "405 Method Not Allowed";
         body = "only GET\n";

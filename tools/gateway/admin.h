@@ -2,7 +2,9 @@
 // gateway for operators and scrapers.
 //
 //   GET /metrics   Prometheus text format (version 0.0.4)
-//   GET /healthz   200 "ok" while every shard's loop is turning, else 503
+//   GET /healthz   200 "ok" when every shard and the TLS control thread
+//                  answer a ping within a second, else 503
+//   GET /connections  every client connection as JSON (asks each shard)
 //
 // It runs on its own thread with blocking sockets, off the data path: the
 // shards never wait for it. What it serves is read from counters that the
@@ -23,8 +25,9 @@ namespace rpcgate::gw {
 class admin_server {
 public:
     struct handlers {
-        std::function<std::string()> metrics;  // the /metrics body
-        std::function<bool()> healthy;         // /healthz
+        std::function<std::string()> metrics;      // the /metrics body
+        std::function<bool()> healthy;             // /healthz
+        std::function<std::string()> connections;  // the /connections body (JSON)
     };
 
     admin_server() = default;

@@ -4,7 +4,9 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 
 #include "core/conn_id.h"
 #include "core/log.h"
@@ -143,6 +145,7 @@ public:
         if (next_) next_->prev_ = this;
         ctx_.sessions_ = this;
         last_activity_ = ctx_.sh_.now_ms();
+        created_ms_ = last_activity_;
         idle_timer_.set_callback(&session::on_idle_timer, this);
         tls_quiet_timer_.set_callback(
             [](core::timer*, void* arg) {
@@ -248,6 +251,34 @@ public:
         for (auto& l : links_)
             if (l && l->s_) l->s_->close(err);
         maybe_free();
+    }
+
+    // One JSON object for /connections (shard thread).
+    std::string describe_json() const {
+        size_t links = 0;
+        for (const auto& l : links_)
+            if (l && l->s_) ++links;
+        std::string tls = "null";
+        if (tls_)
+            tls = fmt::format(R"({{"flags":"{}","version":"{}","cipher":"{}","alpn":"{}","subject":"{}","protection":"userspace"}})",
+                              tls::flags_text(tls_->flags()), tls_->version(), tls_->cipher(),
+                              tls_->alpn(), json_escape(tls_->peer_subject()));
+        return fmt::format(
+            R"({{"id":"{}","peer":"{}","shard":{},"state":"{}","tls":{},"bytes_in":{},"bytes_out":{},"calls_in_flight":{},"backend_links":{},"age_s":{:.3f}}})",
+            id_, peer_, ctx_.sh_.index(),
+            terminating_ ? "closing" : draining_ ? "draining" : client_ ? "open" : "closed", tls,
+            client_ ? client_->bytes_in() : 0, client_ ? client_->bytes_out() : 0,
+            calls_outstanding_, links, double(ctx_.sh_.now_ms() - created_ms_) / 1000.0);
+    }
+
+    static std::string json_escape(const std::string& in) {
+        std::string out;
+        for (char c : in) {
+            if (c == '"' || c == '\\') out += '\\';
+            if (static_cast<unsigned char>(c) < 0x20) continue;
+            out += c;
+        }
+        return out;
     }
 
     void begin_drain() {
@@ -707,6 +738,7 @@ private:
     core::timer tls_quiet_timer_;
     static constexpr uint64_t k_tls_quiet_ms = 2000;
     uint64_t last_activity_ = 0;
+    uint64_t created_ms_ = 0;
     uint64_t calls_outstanding_ = 0;
     std::unique_ptr<tls::session> tls_;
     std::optional<tls::identity> certuser_;
@@ -847,9 +879,11 @@ std::string gateway::start() {
             c->hs_ = hs_.get();
             hs_->attach(*sh, [c](handshake_result&& r) { c->deliver(std::move(r)); });
         }
+        if (!cfg_.admin.empty()) admin_inboxes_.push_back(&sh->make_inbox(64));
         shards_.push_back(std::move(sh));
         contexts_.push_back(std::move(ctx));
     }
+    if (hs_ && !cfg_.admin.empty()) admin_to_control_ = &hs_->make_inbox();
     if (hs_) {
         std::string err = hs_->start();
         if (!err.empty()) return "TLS control thread: " + err;
@@ -892,7 +926,8 @@ std::string gateway::start() {
         if (!parse_endpoint(cfg_.admin, &ep, &err)) return "--admin " + err;
         admin_ = std::make_unique<admin_server>();
         err = admin_->start(ep, {[this] { return metrics_text(); },
-                                 [this] { return !stopping_.load(); }});
+                                 [this] { return !stopping_.load() && ping_all(1000); },
+                                 [this] { return connections_json(); }});
         if (!err.empty()) return err;
         RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz)", admin_->port());
     }
@@ -900,6 +935,66 @@ std::string gateway::start() {
 }
 
 uint16_t gateway::admin_port() const noexcept { return admin_ ? admin_->port() : 0; }
+
+namespace {
+
+// A reply from another thread, waited for with a deadline. Shared, so that a
+// reply arriving after the waiter gave up has somewhere to go.
+template <typename T>
+struct rendezvous {
+    std::mutex m;
+    std::condition_variable cv;
+    std::vector<T> got;
+    size_t expected = 0;
+
+    void put(T v) {
+        std::lock_guard g(m);
+        got.push_back(std::move(v));
+        cv.notify_one();
+    }
+    bool wait(int ms) {
+        std::unique_lock g(m);
+        return cv.wait_for(g, std::chrono::milliseconds(ms), [&] { return got.size() >= expected; });
+    }
+};
+
+}  // namespace
+
+bool gateway::ping_all(int ms) {
+    auto r = std::make_shared<rendezvous<int>>();
+    r->expected = admin_inboxes_.size() + (admin_to_control_ ? 1 : 0);
+    for (core::mailbox* box : admin_inboxes_)
+        if (!box->try_post([r] { r->put(1); })) return false;
+    if (admin_to_control_ && !admin_to_control_->try_post([r] { r->put(1); })) return false;
+    return r->wait(ms);
+}
+
+std::string gateway::connections_json() {
+    auto r = std::make_shared<rendezvous<std::string>>();
+    r->expected = admin_inboxes_.size();
+    for (size_t i = 0; i < admin_inboxes_.size(); ++i) {
+        shard_context* c = contexts_[i].get();
+        admin_inboxes_[i]->try_post([r, c] {
+            std::string part;
+            for (session* s = c->sessions_; s; s = s->next_) {
+                if (!part.empty()) part += ",\n";
+                part += s->describe_json();
+            }
+            r->put(std::move(part));
+        });
+    }
+    bool complete = r->wait(1000);
+    std::lock_guard g(r->m);
+    std::string out = "[";
+    for (const std::string& part : r->got) {
+        if (part.empty()) continue;
+        if (out.size() > 1) out += ",\n";
+        out += part;
+    }
+    out += "]\n";
+    if (!complete) RPCGATE_LOG(admin, warn, "/connections: a shard did not answer within 1 s");
+    return out;
+}
 
 namespace {
 

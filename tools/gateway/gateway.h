@@ -107,6 +107,10 @@ public:
     gateway_totals totals() const;
     // Every counter in Prometheus text format (what /metrics serves).
     std::string metrics_text() const;
+    // Every client connection as a JSON array (asks each shard; main/admin thread).
+    std::string connections_json();
+    // True when every shard and the control thread answer within `ms`.
+    bool ping_all(int ms);
     // The port of the --admin endpoint, or 0.
     uint16_t admin_port() const noexcept;
     const gateway_config& config() const noexcept { return cfg_; }
@@ -121,6 +125,8 @@ private:
     std::atomic<bool> stopping_{false};
     std::vector<std::unique_ptr<core::shard>> shards_;
     std::vector<std::unique_ptr<shard_context>> contexts_;
+    std::vector<core::mailbox*> admin_inboxes_;  // admin thread -> shard i
+    core::mailbox* admin_to_control_ = nullptr;
     uint16_t port_ = 0;
     uint16_t implicit_port_ = 0;
 };

@@ -68,6 +68,9 @@ public:
     std::string start();
     void stop();
     void wait();
+    // Before start(): a mailbox into the control thread for one other thread
+    // (the admin endpoint pings through it).
+    core::mailbox& make_inbox() { return control_->make_inbox(64); }
 
     // On shard `shard_index`: hand a connection over. `early` must be private
     // heap memory (it crosses threads). Returns false if the control thread's
