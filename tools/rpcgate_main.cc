@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
         int sig = 0;
         if (sigwait(&set, &sig) != 0) continue;
         if (sig == SIGHUP) {
-            RPCGATE_LOG(gw, warn, "SIGHUP: configuration reload is not in this build yet");
+            std::string why = gateway.reload();
+            if (!why.empty()) RPCGATE_LOG(gw, error, "SIGHUP: {}", why);
             continue;
         }
         RPCGATE_LOG(gw, info, "{}: stopping; finishing replies in flight (up to {} ms)",

@@ -12,6 +12,9 @@ handshake was refused, with the reason on stdout):
   junk          probe, then bytes that are not TLS: the server must close
   probe-in-tls  a second probe inside TLS must get AUTH_ERROR/AUTH_BADCRED
   plain-call    one plaintext ECHO call; prints the reply's stat line
+  hold          STARTTLS, then an ECHO call every 50 ms until the server closes
+                the connection (exit 0, printing how many calls worked) or
+                --timeout passes (exit 1); prints "ready" after the first call
   flood         --count connections each send the probe, read STARTTLS and then
                 stay silent; waits until the server has closed all of them and
                 prints how long that took
@@ -163,6 +166,27 @@ def do_plain_call(a):
     print(st)
 
 
+def do_hold(a):
+    sock = socket.create_connection(("127.0.0.1", a.port), timeout=a.timeout)
+    probe(sock)
+    t = handshake(a, sock)
+    deadline = time.monotonic() + a.timeout
+    calls = 0
+    while time.monotonic() < deadline:
+        try:
+            t.sendall(call(1000 + calls, 1, opaque(b"held")))
+            record(t)
+        except (ssl.SSLError, ConnectionError, EOFError, OSError):
+            print(f"closed by the server after {calls} calls", flush=True)
+            sys.exit(0)
+        calls += 1
+        if calls == 1:
+            print("ready", flush=True)
+        time.sleep(0.05)
+    print(f"still open after {calls} calls")
+    sys.exit(1)
+
+
 def do_flood(a):
     socks = []
     for _ in range(a.count):
@@ -204,7 +228,8 @@ def main():
     a = p.parse_args()
     modes = {"echo": lambda: do_echo(a, False), "implicit": lambda: do_echo(a, True),
              "junk": lambda: do_junk(a), "probe-in-tls": lambda: do_probe_in_tls(a),
-             "plain-call": lambda: do_plain_call(a), "flood": lambda: do_flood(a)}
+             "plain-call": lambda: do_plain_call(a), "flood": lambda: do_flood(a),
+             "hold": lambda: do_hold(a)}
     modes[a.mode]()
 
 

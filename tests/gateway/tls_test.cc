@@ -231,6 +231,41 @@ TEST_F(tls_gateway, silent_clients_after_the_probe_are_cut_at_the_deadline) {
     EXPECT_EQ(count_fds(), fds_before);
 }
 
+// Reload (SIGHUP): a new CRL that revokes client1 closes its established
+// connection (FreeBSD's rpc.tlsservd -r) and refuses its next handshake; a
+// reload that cannot read its files changes nothing and says why.
+TEST_F(tls_gateway, reload_with_a_new_crl_closes_the_revoked_client) {
+    std::string crl = g_certs + "/reload-crl.pem";
+    {
+        std::ifstream in(g_certs + "/crl.pem");
+        std::ofstream(crl) << in.rdbuf();
+    }
+    start(gw::tls_mode::mtls, [&](gw::gateway_config& c) { c.crl = crl; });
+    std::vector<std::string> argv{"/usr/bin/python3", RPC_TLS_CLIENT, "hold", "--port",
+                                  std::to_string(gw_->port()), "--ca", g_certs + "/ca.pem",
+                                  "--cert", g_certs + "/client.pem", "--key",
+                                  g_certs + "/client.key", "--timeout", "20"};
+    child_process held(argv);
+    ASSERT_TRUE(held.wait_line("ready", 15000)) << held.drain_output();
+
+    child_process revoke({"/bin/sh", REVOKE_CERT, g_certs, "client", crl + ".new"});
+    ASSERT_EQ(revoke.wait_exit(30000).value_or(-1), 0);
+    ASSERT_EQ(::rename((crl + ".new").c_str(), crl.c_str()), 0);
+    EXPECT_EQ(gw_->reload(), "");
+
+    auto st = held.wait_exit(10000);
+    ASSERT_TRUE(st.has_value()) << "the revoked client was not closed";
+    EXPECT_EQ(*st, 0) << held.drain_output();
+    EXPECT_EQ(gw_->totals().tls_revoked, 1u);
+    auto [st2, out2] = client("echo", {"--cert", g_certs + "/client.pem", "--key",
+                                       g_certs + "/client.key", "--sizes", "10"});
+    EXPECT_EQ(st2, 3) << out2;  // new handshakes use the new CRL
+
+    std::ofstream(crl) << "not a CRL\n";
+    std::string why = gw_->reload();
+    EXPECT_NE(why.find("keeping the old TLS material"), std::string::npos) << why;
+}
+
 // tlscertuser: with --cert-user-map, a call from a client whose verified
 // certificate is in the map reaches the backend with that AUTH_SYS identity,
 // whatever credential the client sent. The backend here is a raw socket that

@@ -76,6 +76,10 @@ void admin_server::serve(int fd) {
     if (line.rfind("GET /metrics", 0) == 0) {
         type = "text/plain; version=0.0.4; charset=utf-8";
         body = h_.metrics ? h_.metrics() : "";
+    } else if (line.rfind("POST /reload", 0) == 0) {
+        std::string why = h_.reload ? h_.reload() : "reload is not available";
+        status = why.empty() ? "200 OK" : "500 Internal Server Error";
+        body = why.empty() ? "reloaded\n" : why + "\n";
     } else if (line.rfind("GET /connections", 0) == 0) {
         type = "application/json";
         body = h_.connections ? h_.connections() : "[]";

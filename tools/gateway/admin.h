@@ -5,6 +5,7 @@
 //   GET /healthz   200 "ok" when every shard and the TLS control thread
 //                  answer a ping within a second, else 503
 //   GET /connections  every client connection as JSON (asks each shard)
+//   POST /reload   re-read the TLS material, as SIGHUP does
 //
 // It runs on its own thread with blocking sockets, off the data path: the
 // shards never wait for it. What it serves is read from counters that the
@@ -28,6 +29,7 @@ public:
         std::function<std::string()> metrics;      // the /metrics body
         std::function<bool()> healthy;             // /healthz
         std::function<std::string()> connections;  // the /connections body (JSON)
+        std::function<std::string()> reload;       // POST /reload: "" or why it failed
     };
 
     admin_server() = default;

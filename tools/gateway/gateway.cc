@@ -1,6 +1,9 @@
 #include "tools/gateway/gateway.h"
 
 #include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <netinet/in.h>
 #include <unistd.h>
 
@@ -251,6 +254,28 @@ public:
         for (auto& l : links_)
             if (l && l->s_) l->s_->close(err);
         maybe_free();
+    }
+
+    // After a CRL reload (shard thread): true if this TLS client's certificate
+    // is now revoked; the connection is then closed with an audit line.
+    bool close_if_revoked(const std::vector<X509_CRL*>& crls) {
+        if (!tls_ || !client_) return false;
+        X509* cert = SSL_get0_peer_certificate(tls_->native());
+        if (!cert) return false;
+        for (X509_CRL* crl : crls) {
+            X509_REVOKED* entry = nullptr;
+            if (X509_CRL_get0_by_cert(crl, &entry, cert) == 1) {
+                tls_->add_flags(tls::flag_disabled);
+                RPCGATE_LOG(audit, info,
+                            "conn {} peer {} tls revoked: flags={} subject=\"{}\" reason=certificate "
+                            "revoked by the reloaded CRL: closing",
+                            id_, peer_, tls::flags_text(tls_->flags()), tls_->peer_subject());
+                bump(ctx_.counters_.tls_revoked);
+                terminate("client certificate revoked by the reloaded CRL", -EKEYREVOKED);
+                return true;
+            }
+        }
+        return false;
     }
 
     // One JSON object for /connections (shard thread).
@@ -880,6 +905,7 @@ std::string gateway::start() {
             hs_->attach(*sh, [c](handshake_result&& r) { c->deliver(std::move(r)); });
         }
         if (!cfg_.admin.empty()) admin_inboxes_.push_back(&sh->make_inbox(64));
+        main_inboxes_.push_back(&sh->make_inbox(64));
         shards_.push_back(std::move(sh));
         contexts_.push_back(std::move(ctx));
     }
@@ -927,7 +953,8 @@ std::string gateway::start() {
         admin_ = std::make_unique<admin_server>();
         err = admin_->start(ep, {[this] { return metrics_text(); },
                                  [this] { return !stopping_.load() && ping_all(1000); },
-                                 [this] { return connections_json(); }});
+                                 [this] { return connections_json(); },
+                                 [this] { return reload(); }});
         if (!err.empty()) return err;
         RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz)", admin_->port());
     }
@@ -935,6 +962,80 @@ std::string gateway::start() {
 }
 
 uint16_t gateway::admin_port() const noexcept { return admin_ ? admin_->port() : 0; }
+
+namespace {
+
+// Every CRL in a PEM file; the shared pointer frees them with the last user.
+std::shared_ptr<std::vector<X509_CRL*>> load_crls(const std::string& path, std::string* err) {
+    auto crls = std::shared_ptr<std::vector<X509_CRL*>>(new std::vector<X509_CRL*>,
+                                                        [](std::vector<X509_CRL*>* v) {
+                                                            for (X509_CRL* c : *v) X509_CRL_free(c);
+                                                            delete v;
+                                                        });
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (!f) {
+        *err = fmt::format("{}: {}", path, std::strerror(errno));
+        return nullptr;
+    }
+    while (X509_CRL* c = PEM_read_X509_CRL(f, nullptr, nullptr, nullptr)) crls->push_back(c);
+    std::fclose(f);
+    ERR_clear_error();  // the read that ends the loop leaves "no start line"
+    if (crls->empty()) {
+        *err = fmt::format("{}: no CRL in it", path);
+        return nullptr;
+    }
+    return crls;
+}
+
+}  // namespace
+
+std::string gateway::reload() {
+    // SIGHUP (main thread) and POST /reload (admin thread) take turns; that
+    // also keeps each shard's main inbox single-producer.
+    std::lock_guard serial(reload_mu_);
+    if (!tls_ctx_) return "nothing to reload: TLS is not configured";
+    tls::server_options o = tls_ctx_->server();
+    std::string err;
+    auto fresh = tls::context::make_server(o, &err);
+    if (!fresh) return "reload failed, keeping the old TLS material: " + err;
+    std::unique_ptr<tls::identity_map> ids;
+    if (!cfg_.cert_user_map.empty()) {
+        ids = std::make_unique<tls::identity_map>();
+        if (!ids->load(cfg_.cert_user_map, &err))
+            return "reload failed, keeping the old TLS material: --cert-user-map: " + err;
+    }
+    std::shared_ptr<std::vector<X509_CRL*>> crls;
+    if (!cfg_.crl.empty()) {
+        crls = load_crls(cfg_.crl, &err);
+        if (!crls) return "reload failed, keeping the old TLS material: " + err;
+    }
+    // Commit: new handshakes use the new context from now on.
+    hs_->set_context(fresh.get());
+    old_contexts_.push_back(std::move(tls_ctx_));
+    tls_ctx_ = std::move(fresh);
+    if (ids) {
+        hs_->set_identity_map(ids.get());
+        if (identities_) old_identities_.push_back(std::move(identities_));
+        identities_ = std::move(ids);
+    }
+    // FreeBSD's rpc.tlsservd -r: a client the new CRL revokes is closed.
+    if (crls) {
+        for (size_t i = 0; i < main_inboxes_.size(); ++i) {
+            shard_context* c = contexts_[i].get();
+            main_inboxes_[i]->try_post([c, crls] {
+                for (session* s = c->sessions_; s;) {
+                    session* next = s->next_;
+                    s->close_if_revoked(*crls);
+                    s = next;
+                }
+            });
+        }
+    }
+    RPCGATE_LOG(gw, info, "reloaded TLS material: cert {}, CA {}, CRL {} ({} list(s))", o.cert_file,
+                o.ca_file.empty() ? "-" : o.ca_file, o.crl_file.empty() ? "-" : o.crl_file,
+                crls ? crls->size() : 0);
+    return {};
+}
 
 namespace {
 
@@ -1048,6 +1149,7 @@ std::string gateway::metrics_text() const {
     RPCGATE_GW_COUNTER("tls_too_weak_total", too_weak, "Plaintext calls refused with AUTH_TOOWEAK.");
     RPCGATE_GW_COUNTER("auth_tls_misuse_total", auth_tls_misuse, "AUTH_TLS misuse answered AUTH_BADCRED.");
     RPCGATE_GW_COUNTER("certuser_rewrites_total", certuser_rewrites, "Calls given a client certificate's identity.");
+    RPCGATE_GW_COUNTER("tls_revoked_total", tls_revoked, "TLS clients closed after a CRL reload revoked them.");
     RPCGATE_CORE_COUNTER("engine_receives_total", recv_completions, "Receive completions.");
     RPCGATE_CORE_COUNTER("engine_received_bytes_total", recv_bytes, "Bytes received by the engine.");
     RPCGATE_CORE_COUNTER("engine_sends_total", send_calls, "sendmsg operations.");
@@ -1125,6 +1227,7 @@ gateway_totals gateway::totals() const {
         t.tls_errors += get(k.tls_errors);
         t.too_weak += get(k.too_weak);
         t.certuser_rewrites += get(k.certuser_rewrites);
+        t.tls_revoked += get(k.tls_revoked);
     }
     if (hs_) {
         const handshake_counters& h = hs_->counters();

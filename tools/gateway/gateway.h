@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,7 @@ struct gateway_counters {
     std::atomic<uint64_t> tls_errors{0};      // TLS failures after the handshake
     std::atomic<uint64_t> too_weak{0};        // plaintext calls refused (AUTH_TOOWEAK)
     std::atomic<uint64_t> certuser_rewrites{0};  // calls given a certificate's identity
+    std::atomic<uint64_t> tls_revoked{0};     // closed after a CRL reload revoked them
 };
 
 // Sum of the counters of all shards (plain values).
@@ -75,7 +77,8 @@ struct gateway_totals {
              tls_probes = 0, auth_tls_misuse = 0, backend_connects = 0,
              backend_connect_failures = 0, backend_lost = 0, idle_timeouts = 0,
              orphan_replies = 0, flow_pauses = 0, starttls = 0, implicit_tls = 0,
-             tls_sessions = 0, tls_errors = 0, too_weak = 0, certuser_rewrites = 0;
+             tls_sessions = 0, tls_errors = 0, too_weak = 0, certuser_rewrites = 0,
+             tls_revoked = 0;
     // From the control thread.
     uint64_t handshakes_ok = 0, handshakes_failed = 0, handshakes_timed_out = 0,
              handshakes_not_tls = 0, handshakes_busy = 0, handshakes_in_progress = 0;
@@ -107,6 +110,11 @@ public:
     gateway_totals totals() const;
     // Every counter in Prometheus text format (what /metrics serves).
     std::string metrics_text() const;
+    // Main thread (SIGHUP): re-reads the certificate, key, CA, CRL and the
+    // --cert-user-map. New handshakes use them; established connections go on,
+    // except those whose client certificate the new CRL revokes, which are
+    // closed. On any error nothing changes and the reason is returned.
+    std::string reload();
     // Every client connection as a JSON array (asks each shard; main/admin thread).
     std::string connections_json();
     // True when every shard and the control thread answer within `ms`.
@@ -126,6 +134,12 @@ private:
     std::vector<std::unique_ptr<core::shard>> shards_;
     std::vector<std::unique_ptr<shard_context>> contexts_;
     std::vector<core::mailbox*> admin_inboxes_;  // admin thread -> shard i
+    std::vector<core::mailbox*> main_inboxes_;   // main thread -> shard i
+    // Every TLS context and identity map ever loaded: sessions made from an
+    // old one may still run, and reloads are rare.
+    std::vector<std::unique_ptr<tls::context>> old_contexts_;
+    std::vector<std::unique_ptr<tls::identity_map>> old_identities_;
+    std::mutex reload_mu_;
     core::mailbox* admin_to_control_ = nullptr;
     uint16_t port_ = 0;
     uint16_t implicit_port_ = 0;

@@ -71,8 +71,9 @@ public:
         uint64_t us = (svc_.control_->now_ms() - started_ms_) * 1000;
         bump(svc_.counters_.succeeded);
         bump(svc_.counters_.latency_us_sum, us);
-        if (svc_.map_ && (tls_->flags() & tls::flag_verified)) {
-            certuser_ = svc_.map_->lookup(tls_->native());
+        const tls::identity_map* map = svc_.map_.load();
+        if (map && (tls_->flags() & tls::flag_verified)) {
+            certuser_ = map->lookup(tls_->native());
             if (certuser_) tls_->add_flags(tls::flag_certuser);
         }
         audit("accepted");
@@ -147,7 +148,7 @@ private:
 
 handshake_service::handshake_service(const tls::context& ctx, uint32_t deadline_ms,
                                      std::atomic<uint32_t>* open_connections)
-    : ctx_(ctx), deadline_ms_(deadline_ms), open_(open_connections) {
+    : ctx_(&ctx), deadline_ms_(deadline_ms), open_(open_connections) {
     core::shard_config cfg;
     cfg.index = 1000;  // not a data shard; only for logs
     cfg.buffer_count = 256;
@@ -198,7 +199,7 @@ bool handshake_service::submit(unsigned shard_index, int fd, core::conn_id id, s
 void handshake_service::begin(unsigned from, int fd, core::conn_id id, std::string peer,
                               core::slice_chain&& early) {
     std::string err;
-    auto s = tls::session::make(ctx_, &err);
+    auto s = tls::session::make(*ctx_.load(), &err);
     if (!s) {
         RPCGATE_LOG(tls, error, "conn {}: cannot create a TLS session: {}", id, err);
         bump(counters_.failed);

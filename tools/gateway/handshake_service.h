@@ -62,7 +62,10 @@ public:
     ~handshake_service();
 
     // Before start(): verified client certificates found in `map` get its identity.
-    void set_identity_map(const tls::identity_map* map) noexcept { map_ = map; }
+    void set_identity_map(const tls::identity_map* map) noexcept { map_.store(map); }
+    // Any thread: handshakes that start from now on use `ctx` (a reload). The
+    // caller keeps every context it ever set alive.
+    void set_context(const tls::context* ctx) noexcept { ctx_.store(ctx); }
     // Before start(): wires the mailboxes with shard i (both directions).
     void attach(core::shard& sh, deliver_fn deliver);
     std::string start();
@@ -91,10 +94,10 @@ private:
     void begin(unsigned from, int fd, core::conn_id id, std::string peer,
                core::slice_chain&& early);
 
-    const tls::context& ctx_;
+    std::atomic<const tls::context*> ctx_;
     uint32_t deadline_ms_;
     std::atomic<uint32_t>* open_;
-    const tls::identity_map* map_ = nullptr;
+    std::atomic<const tls::identity_map*> map_{nullptr};
     std::unique_ptr<core::shard> control_;
     std::vector<link> links_;
     handshake_counters counters_;
