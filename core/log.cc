@@ -14,6 +14,8 @@ std::atomic<int> g_log_levels[static_cast<int>(log_subsys::count_)] = {
 
 namespace {
 std::atomic<int> g_log_fd{2};
+std::atomic<int> g_subsys_fd[static_cast<int>(log_subsys::count_)] = {{-1}, {-1}, {-1},
+                                                                      {-1}, {-1}, {-1}};
 
 constexpr const char* k_subsys_names[] = {"core", "gw", "tls", "admin", "bench", "audit"};
 constexpr const char* k_level_names[] = {"trace", "debug", "info", "warn", "error", "off"};
@@ -38,6 +40,10 @@ void set_log_level(log_subsys s, log_level l) noexcept {
 }
 
 void set_log_fd(int fd) noexcept { g_log_fd.store(fd, std::memory_order_relaxed); }
+
+void set_subsys_fd(log_subsys s, int fd) noexcept {
+    g_subsys_fd[int(s)].store(fd, std::memory_order_relaxed);
+}
 
 bool set_log_levels(std::string_view spec, std::string* err) {
     while (!spec.empty()) {
@@ -89,7 +95,9 @@ void log_write(log_subsys s, log_level l, std::string_view msg) noexcept {
     size_t len = msg.size() < room ? msg.size() : room;
     std::memcpy(line + n, msg.data(), len);
     line[n + len] = '\n';
-    ssize_t r = ::write(g_log_fd.load(std::memory_order_relaxed), line, n + len + 1);
+    int fd = g_subsys_fd[int(s)].load(std::memory_order_relaxed);
+    if (fd < 0) fd = g_log_fd.load(std::memory_order_relaxed);
+    ssize_t r = ::write(fd, line, n + len + 1);
     (void)r;
 }
 

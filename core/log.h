@@ -24,6 +24,9 @@ bool set_log_levels(std::string_view spec, std::string* err);
 void set_log_level(log_subsys s, log_level l) noexcept;
 // Sends log lines to this fd instead of stderr (e.g. a file).
 void set_log_fd(int fd) noexcept;
+// Sends the lines of one subsystem (e.g. audit) to their own fd; -1: back to
+// the common one.
+void set_subsys_fd(log_subsys s, int fd) noexcept;
 
 extern std::atomic<int> g_log_levels[static_cast<int>(log_subsys::count_)];
 

@@ -1,4 +1,5 @@
 // rpcgate: the gateway daemon.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "core/log.h"
+#include "core/sd_notify.h"
 #include "rpc/portmap.h"
 #include "tools/gateway/config.h"
 #include "tools/gateway/gateway.h"
@@ -23,6 +25,15 @@ int main(int argc, char** argv) {
     if (!core::set_log_levels(cfg.log_level, &err)) {
         std::fprintf(stderr, "rpcgate: --log-level: %s\n", err.c_str());
         return 2;
+    }
+    if (!cfg.audit_log.empty()) {
+        int fd = ::open(cfg.audit_log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            std::fprintf(stderr, "rpcgate: --audit-log %s: %s\n", cfg.audit_log.c_str(),
+                         std::strerror(errno));
+            return 2;
+        }
+        core::set_subsys_fd(core::log_subsys::audit, fd);
     }
     if (cfg.check_only) {
         std::printf("rpcgate: configuration OK: %zu listener(s), %zu backend(s), %u shard(s), "
@@ -74,9 +85,23 @@ int main(int argc, char** argv) {
     RPCGATE_LOG(gw, info, "rpcgate {} listening on port {} ({} shard(s), tls {}); routes:{}",
                 RPCGATE_VERSION, gateway.port(), cfg.shards, gw::tls_mode_name(cfg.tls), routes);
 
+    // systemd: ready now; with a watchdog, a keep-alive only while every shard
+    // and the control thread answer a ping (a stuck loop stops the keep-alives).
+    core::sd_notify("READY=1");
+    uint64_t watchdog_us = core::sd_watchdog_usec();
     for (;;) {
         int sig = 0;
-        if (sigwait(&set, &sig) != 0) continue;
+        if (watchdog_us) {
+            timespec ts{time_t(watchdog_us / 2 / 1000000), long(watchdog_us / 2 % 1000000 * 1000)};
+            sig = sigtimedwait(&set, nullptr, &ts);
+            if (sig < 0) {
+                if (gateway.ping_all(1000)) core::sd_notify("WATCHDOG=1");
+                else RPCGATE_LOG(gw, error, "watchdog: a shard or the TLS thread did not answer");
+                continue;
+            }
+        } else if (sigwait(&set, &sig) != 0) {
+            continue;
+        }
         if (sig == SIGHUP) {
             std::string why = gateway.reload();
             if (!why.empty()) RPCGATE_LOG(gw, error, "SIGHUP: {}", why);
@@ -86,6 +111,7 @@ int main(int argc, char** argv) {
                     strsignal(sig), cfg.drain_timeout_ms);
         break;
     }
+    core::sd_notify("STOPPING=1");
     gateway.stop();
     gateway.wait();
     RPCGATE_LOG(gw, info, "stopped: {}", gateway.totals().describe());

@@ -189,7 +189,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "reserved_port", "portmap", "idle_timeout", "connect_timeout",
                                   "drain_timeout", "max_connections", "max_record", "max_inflight",
                                   "buffers", "buffer_size", "log_level", "implicit_tls", "alpn_strict",
-                                  "handshake_timeout", "cert_user_map", "tls_auto"};
+                                  "handshake_timeout", "cert_user_map", "tls_auto", "audit_log"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -260,6 +260,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "admin", &cfg->admin, err)) return false;
     if (!toml_get<std::string>(t, "log_level", &cfg->log_level, err)) return false;
     if (!toml_get<std::string>(t, "cert_user_map", &cfg->cert_user_map, err)) return false;
+    if (!toml_get<std::string>(t, "audit_log", &cfg->audit_log, err)) return false;
     b = cfg->upstream_tls;
     if (!toml_get<bool>(t, "upstream_tls", &b, err)) return false;
     cfg->upstream_tls = b;
@@ -426,6 +427,8 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_log = app.add_option("--log-level", log_level,
                                  "LEVEL or SUBSYS=LEVEL,... (trace debug info warn error; "
                                  "subsystems core gw tls admin audit)");
+    auto* o_audit = app.add_option("--audit-log", cfg->audit_log,
+                                   "FILE for the audit lines of TLS decisions (appended)");
     app.add_flag("--check-config", cfg->check_only, "validate the configuration and exit");
     app.add_flag("--version,-V", version, "print the version and exit");
 
@@ -501,6 +504,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_maxc->count()) merged.max_connections = cfg->max_connections;
     if (o_buf->count()) merged.buffers = cfg->buffers;
     if (o_log->count()) merged.log_level = log_level;
+    if (o_audit->count()) merged.audit_log = cfg->audit_log;
     uint64_t v = 0;
     if (o_rec->count()) {
         if (!parse_size(max_record, &v, &err, "--max-record")) {

@@ -72,6 +72,7 @@ struct gateway_config {
     uint32_t buffers = 512;
     uint32_t buffer_size = 32 * 1024;
     std::string log_level = "info";
+    std::string audit_log;  // file for the audit lines (RFC 9289 §6); "" = with the rest
     std::string config_file;
     bool check_only = false;
 };

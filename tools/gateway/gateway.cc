@@ -904,12 +904,11 @@ std::string gateway::start() {
             c->hs_ = hs_.get();
             hs_->attach(*sh, [c](handshake_result&& r) { c->deliver(std::move(r)); });
         }
-        if (!cfg_.admin.empty()) admin_inboxes_.push_back(&sh->make_inbox(64));
         main_inboxes_.push_back(&sh->make_inbox(64));
         shards_.push_back(std::move(sh));
         contexts_.push_back(std::move(ctx));
     }
-    if (hs_ && !cfg_.admin.empty()) admin_to_control_ = &hs_->make_inbox();
+    if (hs_) main_to_control_ = &hs_->make_inbox();
     if (hs_) {
         std::string err = hs_->start();
         if (!err.empty()) return "TLS control thread: " + err;
@@ -992,7 +991,7 @@ std::shared_ptr<std::vector<X509_CRL*>> load_crls(const std::string& path, std::
 std::string gateway::reload() {
     // SIGHUP (main thread) and POST /reload (admin thread) take turns; that
     // also keeps each shard's main inbox single-producer.
-    std::lock_guard serial(reload_mu_);
+    std::lock_guard serial(producer_mu_);
     if (!tls_ctx_) return "nothing to reload: TLS is not configured";
     tls::server_options o = tls_ctx_->server();
     std::string err;
@@ -1063,19 +1062,23 @@ struct rendezvous {
 
 bool gateway::ping_all(int ms) {
     auto r = std::make_shared<rendezvous<int>>();
-    r->expected = admin_inboxes_.size() + (admin_to_control_ ? 1 : 0);
-    for (core::mailbox* box : admin_inboxes_)
-        if (!box->try_post([r] { r->put(1); })) return false;
-    if (admin_to_control_ && !admin_to_control_->try_post([r] { r->put(1); })) return false;
+    {
+        std::lock_guard serial(producer_mu_);
+        r->expected = main_inboxes_.size() + (main_to_control_ ? 1 : 0);
+        for (core::mailbox* box : main_inboxes_)
+            if (!box->try_post([r] { r->put(1); })) return false;
+        if (main_to_control_ && !main_to_control_->try_post([r] { r->put(1); })) return false;
+    }
     return r->wait(ms);
 }
 
 std::string gateway::connections_json() {
     auto r = std::make_shared<rendezvous<std::string>>();
-    r->expected = admin_inboxes_.size();
-    for (size_t i = 0; i < admin_inboxes_.size(); ++i) {
+    std::unique_lock serial(producer_mu_);
+    r->expected = main_inboxes_.size();
+    for (size_t i = 0; i < main_inboxes_.size(); ++i) {
         shard_context* c = contexts_[i].get();
-        admin_inboxes_[i]->try_post([r, c] {
+        main_inboxes_[i]->try_post([r, c] {
             std::string part;
             for (session* s = c->sessions_; s; s = s->next_) {
                 if (!part.empty()) part += ",\n";
@@ -1084,6 +1087,7 @@ std::string gateway::connections_json() {
             r->put(std::move(part));
         });
     }
+    serial.unlock();
     bool complete = r->wait(1000);
     std::lock_guard g(r->m);
     std::string out = "[";

@@ -133,14 +133,15 @@ private:
     std::atomic<bool> stopping_{false};
     std::vector<std::unique_ptr<core::shard>> shards_;
     std::vector<std::unique_ptr<shard_context>> contexts_;
-    std::vector<core::mailbox*> admin_inboxes_;  // admin thread -> shard i
-    std::vector<core::mailbox*> main_inboxes_;   // main thread -> shard i
+    // Other threads (main, admin) -> shard i, and -> the control thread. They
+    // are single-producer rings: every use holds producer_mu_.
+    std::vector<core::mailbox*> main_inboxes_;
+    core::mailbox* main_to_control_ = nullptr;
     // Every TLS context and identity map ever loaded: sessions made from an
     // old one may still run, and reloads are rare.
     std::vector<std::unique_ptr<tls::context>> old_contexts_;
     std::vector<std::unique_ptr<tls::identity_map>> old_identities_;
-    std::mutex reload_mu_;
-    core::mailbox* admin_to_control_ = nullptr;
+    std::mutex producer_mu_;
     uint16_t port_ = 0;
     uint16_t implicit_port_ = 0;
 };
