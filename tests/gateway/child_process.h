@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,8 +22,13 @@ public:
     explicit child_process(std::vector<std::string> argv) : argv_(std::move(argv)) {
         int p[2];
         if (::pipe2(p, O_CLOEXEC) != 0) return;
+        pid_t parent = ::getpid();
         pid_ = ::fork();
         if (pid_ == 0) {
+            // If the test process dies (a crash, an abort), the child must die
+            // too: an orphan holding the test's stdout would stall ctest.
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (::getppid() != parent) ::_exit(127);
             ::dup2(p[1], 1);
             std::vector<char*> args;
             for (auto& a : argv_) args.push_back(a.data());
