@@ -52,24 +52,7 @@ gw_pid=$!
 pids+=($gw_pid)
 
 ha_port=$(peer_free_port)
-cat >"$work/haproxy.cfg" <<CFG
-global
-    nbthread $shards
-    maxconn $(( ($(ulimit -n) - 200) / 2 ))
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend fe
-    bind 127.0.0.1:$ha_port
-    default_backend be
-backend be
-    server echo 127.0.0.1:$echo_port
-CFG
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-ha_pid=$!
-pids+=($ha_pid)
+e2e_start_haproxy "$ha_port" "$echo_port" "" ""
 
 socat_port=$(peer_free_port)
 socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,fork,reuseaddr,nodelay" "TCP:127.0.0.1:$echo_port,nodelay" \

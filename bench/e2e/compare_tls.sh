@@ -82,26 +82,8 @@ gw_pid=$!
 pids+=($gw_pid)
 
 ha_port=$(peer_free_port)
-cat >"$work/haproxy.cfg" <<CFG
-global
-    nbthread $shards
-    maxconn $(( ($(ulimit -n) - 200) / 2 ))
-    ssl-default-bind-ciphersuites $cipher
-    ssl-default-bind-options ssl-min-ver TLSv1.3
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend fe
-    bind 127.0.0.1:$ha_port ssl crt $work/haproxy.pem alpn sunrpc
-    default_backend be
-backend be
-    server echo 127.0.0.1:$echo_port
-CFG
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-ha_pid=$!
-pids+=($ha_pid)
+e2e_start_haproxy "$ha_port" "$echo_port" "ssl crt $work/haproxy.pem alpn sunrpc" "    ssl-default-bind-ciphersuites $cipher
+    ssl-default-bind-options ssl-min-ver TLSv1.3"
 
 st_port=$(peer_free_port)
 cat >"$work/stunnel.conf" <<CFG
