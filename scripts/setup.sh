@@ -37,6 +37,7 @@ packages=(
     # real peers and tools the tests drive
     nfs-ganesha nfs-ganesha-vfs nfs-ganesha-mem libnfs-utils rpcbind
     tshark haproxy socat stunnel4
+    prometheus  # promtool checks the /metrics format
     "gnuplot-nox|gnuplot-qt|gnuplot-x11"
     procps iproute2 util-linux python3
 )
