@@ -38,6 +38,7 @@ packages=(
     nfs-ganesha nfs-ganesha-vfs nfs-ganesha-mem libnfs-utils rpcbind
     tshark haproxy socat stunnel4
     prometheus  # promtool checks the /metrics format
+    systemd     # systemd-analyze verifies the unit file
     "gnuplot-nox|gnuplot-qt|gnuplot-x11"
     procps iproute2 util-linux python3
 )

@@ -118,6 +118,8 @@ def do_echo(a, implicit):
         probe(sock)
     t = handshake(a, sock)
     print("tls", t.version(), t.cipher()[0], t.selected_alpn_protocol())
+    subject = dict(x[0] for x in t.getpeercert().get("subject", ()))
+    print("server certificate:", ",".join(f"{k}={v}" for k, v in sorted(subject.items())))
     xid = 100
     for size in [int(s) for s in a.sizes.split(",")]:
         payload = bytes((i * 31 + size) & 0xFF for i in range(size))

@@ -231,39 +231,76 @@ TEST_F(tls_gateway, silent_clients_after_the_probe_are_cut_at_the_deadline) {
     EXPECT_EQ(count_fds(), fds_before);
 }
 
-// Reload (SIGHUP): a new CRL that revokes client1 closes its established
-// connection (FreeBSD's rpc.tlsservd -r) and refuses its next handshake; a
-// reload that cannot read its files changes nothing and says why.
-TEST_F(tls_gateway, reload_with_a_new_crl_closes_the_revoked_client) {
-    std::string crl = g_certs + "/reload-crl.pem";
-    {
-        std::ifstream in(g_certs + "/crl.pem");
-        std::ofstream(crl) << in.rdbuf();
-    }
-    start(gw::tls_mode::mtls, [&](gw::gateway_config& c) { c.crl = crl; });
-    std::vector<std::string> argv{"/usr/bin/python3", RPC_TLS_CLIENT, "hold", "--port",
-                                  std::to_string(gw_->port()), "--ca", g_certs + "/ca.pem",
-                                  "--cert", g_certs + "/client.pem", "--key",
-                                  g_certs + "/client.key", "--timeout", "20"};
-    child_process held(argv);
-    ASSERT_TRUE(held.wait_line("ready", 15000)) << held.drain_output();
+// Reload (SIGHUP / POST /reload), issue 7's acceptance: rotate the server
+// certificate while TLS connections stream — they go on unbroken and a new
+// connection sees the new certificate; revoke one connected client in the
+// CRL and reload — that client is closed within 1 s, the other is not; a
+// reload with a bad file changes nothing and is counted in /metrics.
+TEST_F(tls_gateway, reload_rotates_the_certificate_and_applies_the_crl) {
+    // A second server certificate and a second client, from the same CA.
+    std::string sh = fmt::format(
+        "set -e; cd {0}; "
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server2.key "
+        "-subj '/CN=localhost/O=rotated' -out server2.csr 2>/dev/null; "
+        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext; "
+        "openssl x509 -req -in server2.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 "
+        "-extfile san.ext -out server2.pem 2>/dev/null; "
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout client2.key "
+        "-subj '/CN=client2' -out client2.csr 2>/dev/null; "
+        "openssl x509 -req -in client2.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 "
+        "-out client2.pem 2>/dev/null; "
+        "cp server.pem live.pem; cp server.key live.key; cp crl.pem live-crl.pem",
+        g_certs);
+    child_process gen({"/bin/sh", "-c", sh});
+    ASSERT_EQ(gen.wait_exit(30000).value_or(-1), 0);
+    start(gw::tls_mode::mtls, [&](gw::gateway_config& c) {
+        c.cert = g_certs + "/live.pem";
+        c.key = g_certs + "/live.key";
+        c.crl = g_certs + "/live-crl.pem";
+    });
+    auto hold = [&](const std::string& who) {
+        return std::make_unique<child_process>(std::vector<std::string>{
+            "/usr/bin/python3", RPC_TLS_CLIENT, "hold", "--port", std::to_string(gw_->port()),
+            "--ca", g_certs + "/ca.pem", "--cert", g_certs + "/" + who + ".pem", "--key",
+            g_certs + "/" + who + ".key", "--timeout", "60"});
+    };
+    auto keeper = hold("client2");   // stays through everything
+    auto victim = hold("client");    // client1: revoked below
+    ASSERT_TRUE(keeper->wait_line("ready", 15000));
+    ASSERT_TRUE(victim->wait_line("ready", 15000));
 
-    child_process revoke({"/bin/sh", REVOKE_CERT, g_certs, "client", crl + ".new"});
-    ASSERT_EQ(revoke.wait_exit(30000).value_or(-1), 0);
-    ASSERT_EQ(::rename((crl + ".new").c_str(), crl.c_str()), 0);
+    // Rotate the server certificate.
+    ASSERT_EQ(::rename((g_certs + "/server2.pem").c_str(), (g_certs + "/live.pem").c_str()), 0);
+    ASSERT_EQ(::rename((g_certs + "/server2.key").c_str(), (g_certs + "/live.key").c_str()), 0);
     EXPECT_EQ(gw_->reload(), "");
+    auto [st, out] = client("echo", {"--cert", g_certs + "/client2.pem", "--key",
+                                     g_certs + "/client2.key", "--sizes", "10"});
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_NE(out.find("organizationName=rotated"), std::string::npos) << out;  // the new one
+    EXPECT_FALSE(keeper->wait_exit(0).has_value()) << "a streaming connection broke on reload";
+    EXPECT_FALSE(victim->wait_exit(0).has_value()) << "a streaming connection broke on reload";
 
-    auto st = held.wait_exit(10000);
-    ASSERT_TRUE(st.has_value()) << "the revoked client was not closed";
-    EXPECT_EQ(*st, 0) << held.drain_output();
+    // Revoke client1 and reload: it is closed within 1 s, client2 is not.
+    child_process revoke({"/bin/sh", REVOKE_CERT, g_certs, "client", g_certs + "/new-crl.pem"});
+    ASSERT_EQ(revoke.wait_exit(30000).value_or(-1), 0);
+    ASSERT_EQ(::rename((g_certs + "/new-crl.pem").c_str(), (g_certs + "/live-crl.pem").c_str()), 0);
+    EXPECT_EQ(gw_->reload(), "");
+    auto gone = victim->wait_exit(1000);
+    ASSERT_TRUE(gone.has_value()) << "the revoked client was not closed within 1 s";
+    EXPECT_EQ(*gone, 0) << victim->drain_output();
     EXPECT_EQ(gw_->totals().tls_revoked, 1u);
     auto [st2, out2] = client("echo", {"--cert", g_certs + "/client.pem", "--key",
                                        g_certs + "/client.key", "--sizes", "10"});
     EXPECT_EQ(st2, 3) << out2;  // new handshakes use the new CRL
 
-    std::ofstream(crl) << "not a CRL\n";
+    // A bad file: nothing changes, the failure is counted.
+    std::ofstream(g_certs + "/live-crl.pem") << "not a CRL\n";
     std::string why = gw_->reload();
     EXPECT_NE(why.find("keeping the old TLS material"), std::string::npos) << why;
+    std::string metrics = gw_->metrics_text();
+    EXPECT_NE(metrics.find("rpcgate_reload_failures_total 1\n"), std::string::npos);
+    EXPECT_NE(metrics.find("rpcgate_reloads_total 2\n"), std::string::npos);
+    EXPECT_FALSE(keeper->wait_exit(0).has_value()) << "the other client was closed";
 }
 
 // tlscertuser: with --cert-user-map, a call from a client whose verified

@@ -988,10 +988,7 @@ std::shared_ptr<std::vector<X509_CRL*>> load_crls(const std::string& path, std::
 
 }  // namespace
 
-std::string gateway::reload() {
-    // SIGHUP (main thread) and POST /reload (admin thread) take turns; that
-    // also keeps each shard's main inbox single-producer.
-    std::lock_guard serial(producer_mu_);
+std::string gateway::reload_locked() {
     if (!tls_ctx_) return "nothing to reload: TLS is not configured";
     tls::server_options o = tls_ctx_->server();
     std::string err;
@@ -1035,6 +1032,16 @@ std::string gateway::reload() {
                 crls ? crls->size() : 0);
     return {};
 }
+
+std::string gateway::reload() {
+    // SIGHUP (main thread) and POST /reload (admin thread) take turns; that
+    // also keeps each shard's main inbox single-producer.
+    std::lock_guard serial(producer_mu_);
+    std::string why = reload_locked();
+    bump(why.empty() ? reloads_ : reload_failures_);
+    return why;
+}
+
 
 namespace {
 
@@ -1165,8 +1172,33 @@ std::string gateway::metrics_text() const {
            [&](size_t i) { return rd(shards_[i]->stats().buffers_free); });
 #undef RPCGATE_GW_COUNTER
 #undef RPCGATE_CORE_COUNTER
+    auto one = [&](const char* name, const char* type, const char* help, auto v) {
+        fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n{} {}\n", name,
+                       help, name, type, name, v);
+    };
+    one("rpcgate_reloads_total", "counter", "Reloads (SIGHUP, POST /reload) that took effect.",
+        rd(reloads_));
+    one("rpcgate_reload_failures_total", "counter",
+        "Reloads refused for a bad file; the old material stays.", rd(reload_failures_));
     if (hs_) {
         const handshake_counters& h = hs_->counters();
+        {
+            // Handshake latency histogram (cumulative buckets, as Prometheus wants).
+            out += "# HELP rpcgate_tls_handshake_seconds Time from hand-off to a completed "
+                   "handshake.\n# TYPE rpcgate_tls_handshake_seconds histogram\n";
+            uint64_t cum = 0;
+            for (size_t i = 0; i < handshake_counters::k_buckets; ++i) {
+                cum += rd(h.latency_buckets[i]);
+                fmt::format_to(std::back_inserter(out),
+                               "rpcgate_tls_handshake_seconds_bucket{{le=\"{}\"}} {}\n",
+                               double(handshake_counters::k_bucket_ms[i]) / 1000.0, cum);
+            }
+            fmt::format_to(std::back_inserter(out),
+                           "rpcgate_tls_handshake_seconds_bucket{{le=\"+Inf\"}} {}\n"
+                           "rpcgate_tls_handshake_seconds_sum {:.6f}\n"
+                           "rpcgate_tls_handshake_seconds_count {}\n",
+                           rd(h.succeeded), double(rd(h.latency_us_sum)) / 1e6, rd(h.succeeded));
+        }
         auto one = [&](const char* name, const char* type, const char* help, auto v) {
             fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n{} {}\n", name,
                            help, name, type, name, v);
@@ -1176,8 +1208,6 @@ std::string gateway::metrics_text() const {
         one("rpcgate_tls_handshakes_timed_out_total", "counter", "Handshakes cut at the deadline.", rd(h.timed_out));
         one("rpcgate_tls_handshakes_not_tls_total", "counter", "Probes followed by bytes that were no TLS.", rd(h.not_tls));
         one("rpcgate_tls_handshakes_in_progress", "gauge", "Handshakes running now.", rd(h.in_progress));
-        one("rpcgate_tls_handshake_seconds_total", "counter", "Time spent in completed handshakes.",
-            fmt::format("{:.6f}", double(rd(h.latency_us_sum)) / 1e6));
     }
     return out;
 }

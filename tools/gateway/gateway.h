@@ -142,8 +142,11 @@ private:
     std::vector<std::unique_ptr<tls::context>> old_contexts_;
     std::vector<std::unique_ptr<tls::identity_map>> old_identities_;
     std::mutex producer_mu_;
+    std::atomic<uint64_t> reloads_{0};
+    std::atomic<uint64_t> reload_failures_{0};
     uint16_t port_ = 0;
     uint16_t implicit_port_ = 0;
+    std::string reload_locked();
 };
 
 }  // namespace rpcgate::gw

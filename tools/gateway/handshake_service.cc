@@ -14,7 +14,7 @@ public:
     conn(handshake_service& svc, unsigned from, core::conn_id id, std::string peer,
          std::unique_ptr<tls::session> s)
         : svc_(svc), from_(from), id_(id), peer_(std::move(peer)), tls_(std::move(s)) {
-        started_ms_ = svc_.control_->now_ms();
+        started_ms_ = core::monotonic_ms();
         deadline_.set_callback(
             [](core::timer*, void* arg) {
                 auto* c = static_cast<conn*>(arg);
@@ -68,9 +68,15 @@ public:
         }
         done_ = true;
         deadline_.cancel();
-        uint64_t us = (svc_.control_->now_ms() - started_ms_) * 1000;
+        uint64_t ms = core::monotonic_ms() - started_ms_;
         bump(svc_.counters_.succeeded);
-        bump(svc_.counters_.latency_us_sum, us);
+        bump(svc_.counters_.latency_us_sum, ms * 1000);
+        for (size_t i = 0; i < handshake_counters::k_buckets; ++i) {
+            if (ms <= handshake_counters::k_bucket_ms[i]) {
+                bump(svc_.counters_.latency_buckets[i]);
+                break;
+            }
+        }
         const tls::identity_map* map = svc_.map_.load();
         if (map && (tls_->flags() & tls::flag_verified)) {
             certuser_ = map->lookup(tls_->native());

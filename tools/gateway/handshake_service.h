@@ -39,6 +39,11 @@ struct handshake_counters {
     std::atomic<uint64_t> rejected_busy{0};  // mailbox full: dropped at once
     std::atomic<uint64_t> in_progress{0};
     std::atomic<uint64_t> latency_us_sum{0};
+    // Completed handshakes by latency: bucket i counts those <= k_bucket_ms[i]
+    // (and above the previous bound); slower ones only in `succeeded`.
+    static constexpr size_t k_buckets = 8;
+    static constexpr uint32_t k_bucket_ms[k_buckets] = {1, 2, 5, 10, 25, 100, 1000, 10000};
+    std::atomic<uint64_t> latency_buckets[k_buckets] = {};
 };
 
 // What comes back to the shard after a successful handshake.
