@@ -253,10 +253,13 @@ TEST_F(tls_gateway, reload_rotates_the_certificate_and_applies_the_crl) {
         g_certs);
     child_process gen({"/bin/sh", "-c", sh});
     ASSERT_EQ(gen.wait_exit(30000).value_or(-1), 0);
+    std::string conf = g_certs + "/rpcgate.toml";
+    std::ofstream(conf) << "listen = \"127.0.0.1:0\"\nbackend = \"536870913=127.0.0.1:9\"\n";
     start(gw::tls_mode::mtls, [&](gw::gateway_config& c) {
         c.cert = g_certs + "/live.pem";
         c.key = g_certs + "/live.key";
         c.crl = g_certs + "/live-crl.pem";
+        c.config_file = conf;
     });
     auto hold = [&](const std::string& who) {
         return std::make_unique<child_process>(std::vector<std::string>{
@@ -300,7 +303,15 @@ TEST_F(tls_gateway, reload_rotates_the_certificate_and_applies_the_crl) {
     std::string metrics = gw_->metrics_text();
     EXPECT_NE(metrics.find("rpcgate_reload_failures_total 1\n"), std::string::npos);
     EXPECT_NE(metrics.find("rpcgate_reloads_total 2\n"), std::string::npos);
+    // A config file that no longer parses: same, with one clear reason.
+    std::ofstream(conf) << "listen = [\n";
+    why = gw_->reload();
+    EXPECT_NE(why.find("keeping the old configuration"), std::string::npos) << why;
+    EXPECT_NE(gw_->metrics_text().find("rpcgate_reload_failures_total 2\n"), std::string::npos);
     EXPECT_FALSE(keeper->wait_exit(0).has_value()) << "the other client was closed";
+    auto [st3, out3] = client("echo", {"--cert", g_certs + "/client2.pem", "--key",
+                                       g_certs + "/client2.key", "--sizes", "10"});
+    EXPECT_EQ(st3, 0) << out3;  // still serving
 }
 
 // tlscertuser: with --cert-user-map, a call from a client whose verified

@@ -110,6 +110,11 @@ public:
     std::atomic<uint32_t>& open_;
     gateway_counters counters_;
     mark_arena marks_;
+    // Per route (index in cfg.backends): connects, failures, losses.
+    struct backend_health {
+        std::atomic<uint64_t> connects{0}, failures{0}, lost{0}, open{0};
+    };
+    std::unique_ptr<backend_health[]> health_{new backend_health[cfg_.backends.size()]};
     std::string start_error_;
     session* sessions_ = nullptr;  // intrusive list of live sessions
     core::timer drain_timer_;
@@ -143,7 +148,10 @@ public:
           links_(ctx.cfg_.backends.size()),
           tls_(std::move(tls)) {
         bump(ctx_.counters_.sessions_open);
-        if (tls_) bump(ctx_.counters_.tls_sessions);
+        if (tls_) {
+            bump(ctx_.counters_.tls_sessions);
+            bump(ctx_.counters_.tls_open);
+        }
         next_ = ctx_.sessions_;
         if (next_) next_->prev_ = this;
         ctx_.sessions_ = this;
@@ -170,6 +178,7 @@ public:
         // A connection handed to the control thread lives on there.
         if (!handed_off_) ctx_.open_.fetch_sub(1, std::memory_order_relaxed);
         bump(ctx_.counters_.sessions_open, uint64_t(-1));
+        if (tls_) bump(ctx_.counters_.tls_open, uint64_t(-1));
     }
 
     // ---- client side
@@ -358,6 +367,7 @@ private:
             connect_timer_.cancel();
             if (err < 0) {
                 bump(owner_.ctx_.counters_.backend_connect_failures);
+                bump(owner_.ctx_.health_[route_].failures);
                 owner_.terminate(fmt::format("backend {} (conn {}): connect failed: {}",
                                              target(), id_, std::strerror(-err)),
                                  err);
@@ -365,6 +375,8 @@ private:
             }
             connected_ = true;
             bump(owner_.ctx_.counters_.backend_connects);
+            bump(owner_.ctx_.health_[route_].connects);
+            bump(owner_.ctx_.health_[route_].open);
             RPCGATE_LOG(gw, debug, "conn {}: backend {} connected as conn {}", owner_.id_,
                         target(), id_);
         }
@@ -387,6 +399,7 @@ private:
                 return;
             }
             bump(owner_.ctx_.counters_.backend_lost);
+            bump(owner_.ctx_.health_[route_].lost);
             owner_.terminate(fmt::format("backend {} (conn {}) closed the connection{}{}",
                                          target(), id_, err ? ": " : "",
                                          err ? std::strerror(-err) : ""),
@@ -400,6 +413,7 @@ private:
         void on_closed(stream&, int err) override {
             s_ = nullptr;
             connect_timer_.cancel();
+            if (connected_) bump(owner_.ctx_.health_[route_].open, uint64_t(-1));
             if (!owner_.terminating_) {
                 bump(owner_.ctx_.counters_.backend_lost);
                 owner_.terminate(fmt::format("backend {} connection lost", target()), err);
@@ -989,6 +1003,15 @@ std::shared_ptr<std::vector<X509_CRL*>> load_crls(const std::string& path, std::
 }  // namespace
 
 std::string gateway::reload_locked() {
+    // A config file that no longer parses or validates stops the reload: the
+    // daemon keeps serving with what it has. (Listeners and routes need a
+    // restart; the TLS files are re-read at the paths in effect.)
+    if (!cfg_.config_file.empty()) {
+        gateway_config probe;
+        std::string err;
+        if (!load_config_file(cfg_.config_file, &probe, &err) || !validate(&probe, &err))
+            return "reload failed, keeping the old configuration: " + err;
+    }
     if (!tls_ctx_) return "nothing to reload: TLS is not configured";
     tls::server_options o = tls_ctx_->server();
     std::string err;
@@ -1147,9 +1170,6 @@ std::string gateway::metrics_text() const {
     RPCGATE_GW_COUNTER("garbage_args_total", garbage_args, "Calls answered GARBAGE_ARGS.");
     RPCGATE_GW_COUNTER("oversize_total", oversize, "Connections closed for a record over --max-record.");
     RPCGATE_GW_COUNTER("cut_records_total", cut_records, "Connections closed inside a record.");
-    RPCGATE_GW_COUNTER("backend_connects_total", backend_connects, "Backend connections opened.");
-    RPCGATE_GW_COUNTER("backend_connect_failures_total", backend_connect_failures, "Backend connects that failed or timed out.");
-    RPCGATE_GW_COUNTER("backend_lost_total", backend_lost, "Backend connections lost under a client.");
     RPCGATE_GW_COUNTER("idle_timeouts_total", idle_timeouts, "Clients closed for idleness.");
     RPCGATE_GW_COUNTER("flow_pauses_total", flow_pauses, "Times a side stopped being read because its peer was full.");
     RPCGATE_GW_COUNTER("tls_starttls_total", starttls, "AUTH_TLS probes answered with STARTTLS.");
@@ -1170,6 +1190,40 @@ std::string gateway::metrics_text() const {
     RPCGATE_CORE_COUNTER("engine_loop_passes_total", loop_passes, "Event loop passes.");
     family(out, "rpcgate_engine_buffers_free", "gauge", "Receive buffers the kernel can use now.", n,
            [&](size_t i) { return rd(shards_[i]->stats().buffers_free); });
+    // Backend health, per route (summed over shards).
+    auto per_backend = [&](const char* name, const char* type, const char* help,
+                           std::atomic<uint64_t> shard_context::backend_health::*field) {
+        fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name,
+                       type);
+        for (size_t r = 0; r < cfg_.backends.size(); ++r) {
+            uint64_t v = 0;
+            for (const auto& c : contexts_) v += rd(c->health_[r].*field);
+            fmt::format_to(std::back_inserter(out), "{}{{backend=\"{}\"}} {}\n", name,
+                           cfg_.backends[r].spec, v);
+        }
+    };
+    per_backend("rpcgate_backend_connects_total", "counter", "Connections opened to a backend.",
+                &shard_context::backend_health::connects);
+    per_backend("rpcgate_backend_connect_failures_total", "counter",
+                "Connects to a backend that failed or timed out.",
+                &shard_context::backend_health::failures);
+    per_backend("rpcgate_backend_lost_total", "counter",
+                "Backend connections that closed under a client.",
+                &shard_context::backend_health::lost);
+    per_backend("rpcgate_backend_connections_open", "gauge", "Backend connections open now.",
+                &shard_context::backend_health::open);
+    // Where the TLS crypto runs: userspace here (this kernel has no kTLS).
+    {
+        uint64_t tls_open = 0;
+        for (const auto& c : contexts_) tls_open += rd(c->counters_.tls_open);
+        fmt::format_to(std::back_inserter(out),
+                       "# HELP rpcgate_tls_connections_open TLS client connections by where the "
+                       "crypto runs.\n# TYPE rpcgate_tls_connections_open gauge\n"
+                       "rpcgate_tls_connections_open{{protection=\"userspace\"}} {}\n"
+                       "rpcgate_tls_connections_open{{protection=\"ktls-sw\"}} 0\n"
+                       "rpcgate_tls_connections_open{{protection=\"ktls-hw\"}} 0\n",
+                       tls_open);
+    }
 #undef RPCGATE_GW_COUNTER
 #undef RPCGATE_CORE_COUNTER
     auto one = [&](const char* name, const char* type, const char* help, auto v) {

@@ -66,6 +66,7 @@ struct gateway_counters {
     std::atomic<uint64_t> too_weak{0};        // plaintext calls refused (AUTH_TOOWEAK)
     std::atomic<uint64_t> certuser_rewrites{0};  // calls given a certificate's identity
     std::atomic<uint64_t> tls_revoked{0};     // closed after a CRL reload revoked them
+    std::atomic<uint64_t> tls_open{0};        // TLS client connections open now
 };
 
 // Sum of the counters of all shards (plain values).
