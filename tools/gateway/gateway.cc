@@ -1212,6 +1212,18 @@ std::string gateway::metrics_text() const {
                 &shard_context::backend_health::lost);
     per_backend("rpcgate_backend_connections_open", "gauge", "Backend connections open now.",
                 &shard_context::backend_health::open);
+    // The kernel's own kTLS counters (TlsCurrTxSw, TlsTxDevice, TlsDecryptError
+    // ...), when the kernel has kTLS; absent here, so nothing is emitted.
+    if (FILE* f = std::fopen("/proc/net/tls_stat", "r")) {
+        char key[64];
+        unsigned long long v;
+        while (std::fscanf(f, "%63s %llu", key, &v) == 2)
+            fmt::format_to(std::back_inserter(out),
+                           "# HELP rpcgate_kernel_{0} /proc/net/tls_stat {1}.\n# TYPE "
+                           "rpcgate_kernel_{0} gauge\nrpcgate_kernel_{0} {2}\n",
+                           key, key, v);
+        std::fclose(f);
+    }
     // Where the TLS crypto runs: userspace here (this kernel has no kTLS).
     {
         uint64_t tls_open = 0;
