@@ -8,27 +8,10 @@
 #   tls_flood_p99.sh RPCGATE RPCGATE_BENCH MAKE_CERTS CLIENT_PY
 set -euo pipefail
 rpcgate=$1 bench=$2 make_certs=$3 client_py=$4
-. "$(cd "$(dirname "$0")/../peers" && pwd)/peer_lib.sh"
-work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-flood.XXXXXX")
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do peer_stop "$p" 5; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-sh "$make_certs" "$work/certs"
-
-echo_port=$(peer_free_port)
-"$bench" serve --listen "127.0.0.1:$echo_port" --shards 1 >"$work/serve.log" 2>&1 &
-pids+=($!)
-peer_wait_until 10 peer_rpc_null 127.0.0.1 "$echo_port" 0x20000001 1 || { echo "echo server did not start" >&2; exit 1; }
-gw_port=$(peer_free_port)
-"$rpcgate" --listen "127.0.0.1:$gw_port" --backend "536870913=127.0.0.1:$echo_port" --shards 2 \
-    --tls opportunistic --cert "$work/certs/server.pem" --key "$work/certs/server.key" \
-    --handshake-timeout 4000 --no-reserved-port >"$work/gw.log" 2>&1 &
-gw_pid=$!
-pids+=($gw_pid)
-peer_wait_until 10 peer_rpc_null 127.0.0.1 "$gw_port" 0x20000001 1 || { echo "rpcgate did not start" >&2; exit 1; }
+. "$(dirname "$0")/script_lib.sh"
+gwt_init flood
+gwt_start_echo
+gwt_start_gateway --handshake-timeout 4000
 
 fds() { ls "/proc/$gw_pid/fd" | wc -l; }
 p99() { python3 -c 'import json,sys; print(json.load(sys.stdin)["p99_us"])'; }
