@@ -41,6 +41,7 @@ packages=(
     systemd     # systemd-analyze verifies the unit file
     "gnuplot-nox|gnuplot-qt|gnuplot-x11"
     procps iproute2 util-linux python3
+    qemu-system-x86 busybox-static cpio  # tests/vm: boots a kernel with kTLS
 )
 
 installed() { # installed PKG: true if dpkg has it fully installed

@@ -1,0 +1,249 @@
+#!/bin/bash
+# Boots Debian's own kernel (CONFIG_TLS=m: kernel TLS) under qemu with a
+# busybox initramfs, runs test programs inside, and reads their verdicts from
+# the serial console. The host kernel of these machines has no kTLS; this is
+# where kTLS is really exercised.
+#
+#   tests/vm/run_vm.sh --cache DIR [--timeout SECONDS] [--env NAME=VALUE]...
+#                      --run NAME 'PROGRAM [ARG...]' [--run NAME '...']...
+#
+#   --cache DIR   where the guest pieces are kept between runs (a build dir):
+#                 the kernel package, its vmlinuz and a base initramfs with
+#                 busybox and the kTLS modules, rebuilt only when Debian
+#                 publishes a new kernel
+#   --run NAME 'PROGRAM ARGS'   a host program (copied in with the shared
+#                 libraries ldd lists) and its arguments; NAME passes if it
+#                 exits 0 inside the guest. Runs in order, each in /tmp.
+#   --env NAME=VALUE   set for every program in the guest
+#   --timeout S   hard limit for the whole boot (default 480)
+#
+# Nothing is installed on the host: the kernel package is fetched with
+# `apt-get download` and unpacked with `dpkg -x` into the cache. The guest
+# boots with `-accel tcg` (no KVM needed) in about 8 s.
+#
+# Serial protocol (one line each, parsed here; anything else is the log):
+#   RPCGATE-VM BOOT <kernel release>
+#   RPCGATE-VM MODULE <name> ok|fail
+#   RPCGATE-VM BEGIN <name>
+#   RPCGATE-VM PASS <name> | RPCGATE-VM FAIL <name> rc=<n>
+#   RPCGATE-VM END
+# Exit: 0 every --run passed; 1 a failure, a missing verdict, a hang (the
+# guest is killed at the timeout) or a guest that could not be built; 77 (skip)
+# only where qemu cannot run at all (no qemu-system-x86_64, not an x86-64 host).
+set -euo pipefail
+
+say() { echo "run_vm: $*" >&2; }
+die() { say "FAIL: $*"; exit 1; }
+skip() { say "SKIP: $*"; exit 77; }
+
+cache=""
+timeout_s=480
+envs=()
+names=()
+cmds=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --cache) cache=${2:?--cache needs a directory}; shift ;;
+        --timeout) timeout_s=${2:?--timeout needs seconds}; shift ;;
+        --env) envs+=("${2:?--env needs NAME=VALUE}"); shift ;;
+        --run) names+=("${2:?--run needs a name}"); cmds+=("${3:?--run needs a command}"); shift 2 ;;
+        -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+        *) die "unknown option: $1 (see --help)" ;;
+    esac
+    shift
+done
+[ -n "$cache" ] || die "--cache DIR is required"
+[ ${#names[@]} -gt 0 ] || die "nothing to run (--run NAME 'PROGRAM ARGS')"
+
+[ "$(uname -m)" = x86_64 ] || skip "the guest is x86-64 and this host is $(uname -m)"
+qemu=$(command -v qemu-system-x86_64) ||
+    skip "qemu-system-x86_64 is not installed (scripts/setup.sh installs qemu-system-x86)"
+busybox=$(command -v busybox) || die "busybox is not installed (scripts/setup.sh: busybox-static)"
+# The initramfs runs busybox before any library is there: it must be static.
+if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is dynamically linked: install busybox-static"; fi
+for tool in apt-get apt-cache dpkg cpio gzip timeout; do
+    command -v "$tool" >/dev/null || die "$tool is missing"
+done
+
+mkdir -p "$cache"
+cache=$(cd "$cache" && pwd)
+
+# ---- the kernel: Debian's current linux-image-amd64, cached per version ----
+
+# The metapackage depends on the versioned image package; that one holds
+# vmlinuz and the modules.
+resolve_kernel() {
+    local pkg ver
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+        sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
+    [ -n "$pkg" ] || return 1
+    ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+    [ -n "$ver" ] || return 1
+    echo "${pkg}_${ver}"
+}
+
+if key=$(resolve_kernel); then
+    :
+elif key=$(ls -1 "$cache" 2>/dev/null | grep '^linux-image-.*_' | sort -V | tail -n 1) && [ -n "$key" ]; then
+    say "apt cannot resolve linux-image-amd64 now; using the cached $key"
+else
+    die "apt-cache cannot resolve linux-image-amd64 (run apt-get update, as scripts/setup.sh does)"
+fi
+kdir=$cache/$key
+pkg=${key%%_*}
+modules=(
+    # kTLS itself, the AEADs it asks the crypto API for (gcm(aes),
+    # rfc7539(chacha20,poly1305)) with the x86 implementations, and sock_diag
+    # for TCP (INET_DIAG_ULP_INFO reports where a socket's crypto runs).
+    tls gcm ghash-generic ghash-clmulni-intel aesni-intel ctr
+    chacha20poly1305 chacha_generic chacha-x86_64 poly1305_generic poly1305-x86_64
+    inet_diag tcp_diag
+)
+
+build_kernel_pieces() {
+    local work=$kdir.tmp
+    rm -rf "$work"
+    mkdir -p "$work/deb"
+    say "fetching $key (apt-get download; nothing is installed)"
+    (cd "$work/deb" && apt-get download -q "$pkg=${key#*_}" >download.log 2>&1) || {
+        tail -n 20 "$work/deb/download.log" >&2
+        die "apt-get download $pkg failed"
+    }
+    dpkg -x "$work"/deb/*.deb "$work/x"
+    local kver
+    kver=$(ls -1 "$work/x/lib/modules" | head -n 1)
+    [ -n "$kver" ] && [ -f "$work/x/boot/vmlinuz-$kver" ] || die "$pkg holds no vmlinuz/modules"
+    # The package ships no modules.dep (its postinst runs depmod): make one
+    # for the unpacked tree, without touching the host's /lib/modules.
+    "$busybox" depmod -b "$work/x" "$kver"
+    local mroot=$work/x/lib/modules/$kver want=() m path dep
+    for m in "${modules[@]}"; do
+        path=$(cd "$mroot" && find kernel -name "$m.ko" | head -n 1)
+        [ -n "$path" ] || die "$pkg has no module $m"
+        want+=("$path")
+    done
+    # Close over modules.dep (a module line lists every module it needs).
+    local closure=() seen=" "
+    for path in "${want[@]}"; do
+        for dep in $path $(sed -n "s|^$path: *||p" "$mroot/modules.dep"); do
+            case $seen in *" $dep "*) continue ;; esac
+            seen+="$dep "
+            closure+=("$dep")
+        done
+    done
+    local base=$work/base
+    mkdir -p "$base/bin" "$base/sbin" "$base/lib/modules/$kver"
+    cp "$busybox" "$base/bin/busybox"
+    for path in "${closure[@]}"; do
+        mkdir -p "$base/lib/modules/$kver/$(dirname "$path")"
+        cp "$mroot/$path" "$base/lib/modules/$kver/$path"
+    done
+    cp "$mroot/modules.builtin" "$mroot/modules.order" "$base/lib/modules/$kver/"
+    # modules.dep and modules.alias for just this subset: the kernel's own
+    # request_module("crypto-...") then finds them through busybox modprobe.
+    "$busybox" depmod -b "$base" "$kver"
+    (cd "$base" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) >"$work/base.cpio.gz"
+    cp "$work/x/boot/vmlinuz-$kver" "$work/vmlinuz"
+    echo "$kver" >"$work/release"
+    printf '%s\n' "${closure[@]}" >"$work/modules.txt"
+    rm -rf "$work/x" "$work/base" "$work/deb"
+    rm -rf "$kdir"
+    mv "$work" "$kdir"
+}
+
+[ -f "$kdir/base.cpio.gz" ] && [ -f "$kdir/vmlinuz" ] || build_kernel_pieces
+kver=$(cat "$kdir/release")
+
+# ---- the payload: init, the programs and their libraries (every run) ----
+
+run_dir=$cache/run
+rm -rf "$run_dir"
+mkdir -p "$run_dir/root/opt/bin" "$run_dir/root/etc"
+root=$run_dir/root
+
+copy_with_path() { # copy_with_path FILE: same absolute path inside the guest
+    local f=$1
+    [ -e "$root$f" ] && return 0
+    mkdir -p "$root$(dirname "$f")"
+    cp -L "$f" "$root$f"
+}
+
+libdirs=" "
+guest_cmds=()
+for i in "${!cmds[@]}"; do
+    read -r -a words <<<"${cmds[$i]}"
+    prog=${words[0]}
+    [ -x "$prog" ] || die "--run ${names[$i]}: $prog is not an executable file"
+    cp -L "$prog" "$root/opt/bin/"
+    # ldd prints "name => /path (addr)" and "/lib64/ld-linux-x86-64.so.2 (addr)".
+    while read -r lib; do
+        copy_with_path "$lib"
+        case $libdirs in *" $(dirname "$lib") "*) ;; *) libdirs+="$(dirname "$lib") " ;; esac
+    done < <(ldd "$prog" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p')
+    args="${words[*]:1}"
+    guest_cmds+=("/opt/bin/$(basename "$prog")${args:+ $args}")
+done
+
+{
+    echo "export LD_LIBRARY_PATH=$(echo $libdirs | tr ' ' ':')"
+    for e in "${envs[@]}"; do printf 'export %q\n' "$e"; done
+} >"$root/etc/rpcgate-vm.env"
+: >"$root/etc/rpcgate-vm.tests"
+for i in "${!names[@]}"; do
+    printf '%s %s\n' "${names[$i]}" "${guest_cmds[$i]}" >>"$root/etc/rpcgate-vm.tests"
+done
+cp "$(dirname "$0")/guest_init.sh" "$root/init"
+chmod 755 "$root/init"
+(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) >"$run_dir/payload.cpio.gz"
+# Concatenated cpio archives are one initramfs to the kernel: the cached base
+# (busybox, modules) and this run's payload.
+cat "$kdir/base.cpio.gz" "$run_dir/payload.cpio.gz" >"$run_dir/initrd.cpio.gz"
+
+# ---- boot ----
+
+log=$run_dir/console.log
+say "booting $kver under qemu (tcg), at most ${timeout_s}s; console: $log"
+start=$(date +%s)
+set +e
+# -cpu max: TCG then emulates AES-NI and PCLMULQDQ, so aesni-intel loads.
+# -no-reboot + panic=-1: a kernel panic ends qemu instead of looping.
+timeout --kill-after=10 "$timeout_s" "$qemu" -accel tcg -cpu max -m 768 -smp 1 \
+    -nographic -no-reboot -nodefaults -serial stdio -monitor none \
+    -kernel "$kdir/vmlinuz" -initrd "$run_dir/initrd.cpio.gz" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init" \
+    </dev/null >"$log" 2>&1
+qrc=$?
+set -e
+took=$(($(date +%s) - start))
+tr -d '\r' <"$log" >"$log.txt"
+
+verdicts=$(grep -o 'RPCGATE-VM [A-Z]* .*' "$log.txt" || true)
+fail=0
+if [ $qrc = 124 ] || [ $qrc = 137 ]; then
+    say "the guest did not finish within ${timeout_s}s (killed)"
+    fail=1
+elif ! grep -q 'RPCGATE-VM END' "$log.txt"; then
+    say "the guest stopped without its END line (qemu exit $qrc)"
+    fail=1
+fi
+grep -q "RPCGATE-VM BOOT" "$log.txt" || { say "the guest never booted"; fail=1; }
+while read -r line; do
+    case $line in *" MODULE "*" fail"*) say "guest: $line"; fail=1 ;; esac
+done <<<"$verdicts"
+for n in "${names[@]}"; do
+    if grep -q "RPCGATE-VM PASS $n\$" <<<"$verdicts"; then
+        say "PASS $n"
+    elif v=$(grep "RPCGATE-VM FAIL $n " <<<"$verdicts"); then
+        say "FAIL $n (${v##* })"
+        fail=1
+    else
+        say "FAIL $n (no verdict)"
+        fail=1
+    fi
+done
+if [ $fail != 0 ]; then
+    echo "---- guest console (last 150 lines) ----" >&2
+    tail -n 150 "$log.txt" >&2
+    die "VM tests failed after ${took}s"
+fi
+say "all ${#names[@]} passed in the guest ($kver, ${took}s including boot)"
