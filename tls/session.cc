@@ -318,6 +318,12 @@ status session::finish_handshake() {
         fail("server selected no ALPN protocol (\"sunrpc\" required)");
         return status::error;
     }
+    // A client offers only "sunrpc"; a server that selects anything else is
+    // not speaking RPC-with-TLS (RFC 9289 §5.2), whatever OpenSSL let through.
+    if (!SSL_is_server(ssl_) && !alpn().empty() && alpn() != alpn_sunrpc) {
+        fail("server selected ALPN \"" + alpn() + "\", not \"sunrpc\"");
+        return status::error;
+    }
     flags_ |= flag_handshake;
     return status::done;
 }

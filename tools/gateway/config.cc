@@ -70,6 +70,10 @@ bool parse_endpoint(const std::string& text, endpoint* out, std::string* err) {
     return true;
 }
 
+namespace {
+bool parse_tls_mode(const std::string& s, tls_mode* out, std::string* err, const char* what);
+}
+
 bool parse_backend(const std::string& text, backend_route* out, std::string* err) {
     size_t eq = text.find('=');
     if (eq == std::string::npos) {
@@ -85,10 +89,49 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
     }
     out->prog = *prog;
     out->spec = text;
+    // HOST:PORT, then ",key=value" options.
+    std::string rest = text.substr(eq + 1);
+    size_t comma = rest.find(',');
+    std::string addr = rest.substr(0, comma);
+    while (comma != std::string::npos) {
+        size_t next = rest.find(',', comma + 1);
+        std::string opt = rest.substr(comma + 1, next == std::string::npos ? std::string::npos
+                                                                           : next - comma - 1);
+        comma = next;
+        size_t oe = opt.find('=');
+        std::string k = opt.substr(0, oe), v = oe == std::string::npos ? "" : opt.substr(oe + 1);
+        if (oe == std::string::npos || v.empty()) {
+            *err = fmt::format("--backend '{}': option '{}' needs a value (KEY=VALUE)", text, opt);
+            return false;
+        }
+        if (k == "tls") {
+            if (!parse_tls_mode(v, &out->tls.mode, err, "--backend tls=")) return false;
+            out->tls_set = true;
+        } else if (k == "name") {
+            out->tls.server_name = v;
+        } else if (k == "ca") {
+            out->tls.ca = v;
+        } else if (k == "cert") {
+            out->tls.cert = v;
+        } else if (k == "key") {
+            out->tls.key = v;
+        } else {
+            *err = fmt::format("--backend '{}': unknown option '{}' (tls, name, ca, cert, key)",
+                               text, k);
+            return false;
+        }
+    }
     std::string e;
-    if (!parse_endpoint(text.substr(eq + 1), &out->target, &e)) {
+    if (!parse_endpoint(addr, &out->target, &e)) {
         *err = "--backend " + e;
         return false;
+    }
+    // The host as written: "[v6]:port" -> v6, "name:port" -> name.
+    if (!addr.empty() && addr.front() == '[') {
+        out->host = addr.substr(1, addr.find(']') - 1);
+    } else {
+        size_t colon = addr.rfind(':');
+        out->host = colon == std::string::npos ? std::string() : addr.substr(0, colon);
     }
     return true;
 }
@@ -105,14 +148,15 @@ const char* tls_mode_name(tls_mode m) noexcept {
 
 namespace {
 
-bool parse_tls_mode(const std::string& s, tls_mode* out, std::string* err) {
+bool parse_tls_mode(const std::string& s, tls_mode* out, std::string* err,
+                    const char* what = "--tls") {
     for (tls_mode m : {tls_mode::off, tls_mode::opportunistic, tls_mode::required, tls_mode::mtls}) {
         if (s == tls_mode_name(m)) {
             *out = m;
             return true;
         }
     }
-    *err = fmt::format("--tls '{}': expected off, opportunistic, required or mtls", s);
+    *err = fmt::format("{} '{}': expected off, opportunistic, required or mtls", what, s);
     return false;
 }
 
@@ -189,7 +233,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "reserved_port", "portmap", "idle_timeout", "connect_timeout",
                                   "drain_timeout", "max_connections", "max_record", "max_inflight",
                                   "buffers", "buffer_size", "log_level", "implicit_tls", "alpn_strict",
-                                  "handshake_timeout", "cert_user_map", "tls_auto", "audit_log"};
+                                  "handshake_timeout", "cert_user_map", "tls_auto", "audit_log",
+                                  "upstream_ca", "upstream_cert", "upstream_key",
+                                  "upstream_server_name", "upstream_alpn_strict"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -261,9 +307,18 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "log_level", &cfg->log_level, err)) return false;
     if (!toml_get<std::string>(t, "cert_user_map", &cfg->cert_user_map, err)) return false;
     if (!toml_get<std::string>(t, "audit_log", &cfg->audit_log, err)) return false;
-    b = cfg->upstream_tls;
-    if (!toml_get<bool>(t, "upstream_tls", &b, err)) return false;
-    cfg->upstream_tls = b;
+    s = tls_mode_name(cfg->upstream.mode);
+    if (!toml_get<std::string>(t, "upstream_tls", &s, err) ||
+        !parse_tls_mode(s, &cfg->upstream.mode, err, "upstream_tls"))
+        return false;
+    if (!toml_get<std::string>(t, "upstream_ca", &cfg->upstream.ca, err)) return false;
+    if (!toml_get<std::string>(t, "upstream_cert", &cfg->upstream.cert, err)) return false;
+    if (!toml_get<std::string>(t, "upstream_key", &cfg->upstream.key, err)) return false;
+    if (!toml_get<std::string>(t, "upstream_server_name", &cfg->upstream.server_name, err))
+        return false;
+    b = cfg->upstream.alpn_strict;
+    if (!toml_get<bool>(t, "upstream_alpn_strict", &b, err)) return false;
+    cfg->upstream.alpn_strict = b;
     b = cfg->reserved_port;
     if (!toml_get<bool>(t, "reserved_port", &b, err)) return false;
     cfg->reserved_port = b;
@@ -331,9 +386,49 @@ bool validate(gateway_config* cfg, std::string* err) {
         *err = "--handshake-timeout must be at least 100 ms";
         return false;
     }
-    if (cfg->upstream_tls) {
-        *err = "--upstream-tls: not in this build yet";
-        return false;
+    // Each backend's effective upstream TLS: its own options over the defaults.
+    for (backend_route& r : cfg->backends) {
+        upstream_tls& u = r.tls;
+        const upstream_tls& d = cfg->upstream;
+        if (!r.tls_set) u.mode = d.mode;
+        if (u.ca.empty()) u.ca = d.ca;
+        if (u.cert.empty()) u.cert = d.cert;
+        if (u.key.empty()) u.key = d.key;
+        if (u.server_name.empty()) u.server_name = d.server_name;
+        if (u.server_name.empty()) u.server_name = r.host;
+        u.alpn_strict = d.alpn_strict;
+        if (u.mode == tls_mode::off) continue;
+        if (u.ca.empty()) {
+            *err = fmt::format("backend '{}': upstream TLS {} needs a CA to verify the server "
+                               "(--upstream-ca or ca=FILE in the backend)",
+                               r.spec, tls_mode_name(u.mode));
+            return false;
+        }
+        if (u.server_name.empty()) {
+            *err = fmt::format("backend '{}': no server name to verify (--upstream-server-name "
+                               "or name=NAME in the backend)",
+                               r.spec);
+            return false;
+        }
+        if (u.mode == tls_mode::mtls && (u.cert.empty() || u.key.empty())) {
+            *err = fmt::format("backend '{}': upstream TLS mtls needs a client certificate and "
+                               "key (--upstream-cert/--upstream-key or cert=/key= in the backend)",
+                               r.spec);
+            return false;
+        }
+        if (u.cert.empty() != u.key.empty()) {
+            *err = fmt::format("backend '{}': an upstream client certificate needs its key, and "
+                               "a key its certificate",
+                               r.spec);
+            return false;
+        }
+        for (const std::string* f : {&u.ca, &u.cert, &u.key}) {
+            if (!f->empty() && ::access(f->c_str(), R_OK) != 0) {
+                *err = fmt::format("backend '{}': cannot read '{}': {}", r.spec, *f,
+                                   std::strerror(errno));
+                return false;
+            }
+        }
     }
     if (!cfg->admin.empty()) {
         endpoint ep;
@@ -368,8 +463,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     app.add_option("--listen,-l", listen, "ADDR:PORT to accept clients on (repeatable)")
         ->type_name("ADDR:PORT");
     app.add_option("--backend,-b", backends,
-                   "PROG=HOST:PORT: route program PROG (number or name: nfs, mount, nlm, nsm, "
-                   "portmap, nfs_acl) to a server (repeatable)")
+                   "PROG=HOST:PORT[,tls=MODE,name=NAME,ca=FILE,cert=FILE,key=FILE]: route program "
+                   "PROG (number or name: nfs, mount, nlm, nsm, portmap, nfs_acl) to a server, "
+                   "with its own upstream TLS settings (repeatable)")
         ->type_name("PROG=ADDR:PORT");
     auto* o_config = app.add_option("--config,-c", cfg->config_file,
                                      "TOML file with the same keys; the command line wins");
@@ -397,8 +493,22 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_ca = app.add_option("--ca", cfg->ca, "CA bundle for client certificates");
     auto* o_crl = app.add_option("--crl", cfg->crl, "certificate revocation list");
     auto* o_admin = app.add_option("--admin", cfg->admin, "ADDR:PORT of the admin HTTP endpoint (/metrics, /healthz); keep it on loopback");
-    auto* o_up = app.add_flag("--upstream-tls", cfg->upstream_tls,
-                              "originate RPC-with-TLS towards the backends");
+    std::string up_tls;
+    auto* o_up = app.add_option("--upstream-tls", up_tls,
+                                "RPC-with-TLS towards the backends: off|opportunistic|required|"
+                                "mtls (default off; a backend's tls=MODE overrides it)");
+    auto* o_up_ca = app.add_option("--upstream-ca", cfg->upstream.ca,
+                                   "CA bundle that verifies the backends' certificates");
+    auto* o_up_cert = app.add_option("--upstream-cert", cfg->upstream.cert,
+                                     "client certificate (PEM) presented to the backends");
+    auto* o_up_key = app.add_option("--upstream-key", cfg->upstream.key,
+                                    "key of --upstream-cert (PEM)");
+    auto* o_up_name = app.add_option("--upstream-server-name", cfg->upstream.server_name,
+                                     "name (or IP) the backends' certificates must carry "
+                                     "(default: each backend's host)");
+    auto* o_up_alpn = app.add_flag("--upstream-alpn-strict", cfg->upstream.alpn_strict,
+                                   "refuse a backend that selects no ALPN (default: 'sunrpc' "
+                                   "or none)");
     app.add_flag("--no-reserved-port", no_reserved,
                  "do not bind a source port < 1024 for backend connections (default: bind one "
                  "when running as root, as knfsd's 'secure' export option expects)");
@@ -495,7 +605,16 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_ca->count()) merged.ca = cfg->ca;
     if (o_crl->count()) merged.crl = cfg->crl;
     if (o_admin->count()) merged.admin = cfg->admin;
-    if (o_up->count()) merged.upstream_tls = cfg->upstream_tls;
+    if (o_up->count() &&
+        !parse_tls_mode(up_tls, &merged.upstream.mode, &err, "--upstream-tls")) {
+        std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+        return 2;
+    }
+    if (o_up_ca->count()) merged.upstream.ca = cfg->upstream.ca;
+    if (o_up_cert->count()) merged.upstream.cert = cfg->upstream.cert;
+    if (o_up_key->count()) merged.upstream.key = cfg->upstream.key;
+    if (o_up_name->count()) merged.upstream.server_name = cfg->upstream.server_name;
+    if (o_up_alpn->count()) merged.upstream.alpn_strict = true;
     if (no_reserved) merged.reserved_port = false;
     if (no_portmap) merged.answer_portmap = false;
     if (o_idle->count()) merged.idle_timeout_s = cfg->idle_timeout_s;

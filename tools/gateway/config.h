@@ -26,16 +26,38 @@ struct endpoint {
 // "HOST:PORT", "[v6addr]:PORT" or "PORT" (all interfaces when allowed).
 bool parse_endpoint(const std::string& text, endpoint* out, std::string* err);
 
-// PROG=HOST:PORT where PROG is a number or a well-known name (nfs, mount, ...).
+enum class tls_mode { off, opportunistic, required, mtls };
+const char* tls_mode_name(tls_mode m) noexcept;
+
+// RPC-with-TLS towards one backend (the RFC 9289 client role). `mode`:
+//   off           plaintext;
+//   opportunistic probe; a server that does not answer STARTTLS is used in
+//                 plaintext (logged); a failed handshake still fails;
+//   required      probe + TLS 1.3, or the backend connection (and the client
+//                 connection that needed it) is refused;
+//   mtls          required, presenting `cert`/`key`.
+// The server certificate is verified against `ca` with `server_name` (a DNS
+// name, no wildcard matching, or an IP address checked against the IP SAN).
+struct upstream_tls {
+    tls_mode mode = tls_mode::off;
+    std::string ca, cert, key;
+    std::string server_name;  // "" = the backend's host as written
+    bool alpn_strict = false;  // refuse a server that selects no ALPN
+};
+
+// PROG=HOST:PORT[,tls=MODE][,name=NAME][,ca=FILE][,cert=FILE][,key=FILE]
+// where PROG is a number or a well-known name (nfs, mount, ...). The options
+// override the --upstream-* defaults for this backend.
 struct backend_route {
     uint32_t prog = 0;
     endpoint target;
     std::string spec;  // as written, for logs
+    std::string host;  // HOST as written (no port)
+    // Overrides given in the spec ("" / unset = take the global default).
+    bool tls_set = false;
+    upstream_tls tls;  // after validate(): the effective settings
 };
 bool parse_backend(const std::string& text, backend_route* out, std::string* err);
-
-enum class tls_mode { off, opportunistic, required, mtls };
-const char* tls_mode_name(tls_mode m) noexcept;
 
 struct gateway_config {
     std::vector<endpoint> listen;
@@ -55,7 +77,8 @@ struct gateway_config {
     std::string cert_user_map;
     uint32_t handshake_timeout_ms = 10000;
     std::string admin;
-    bool upstream_tls = false;
+    // Defaults for every backend (each may override them in its spec).
+    upstream_tls upstream;
     bool reserved_port = true;      // effective only when running as root
     bool answer_portmap = true;     // answer portmap v2 GETPORT/NULL locally
     uint32_t idle_timeout_s = 300;  // 0: never

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <unordered_map>
 
 #include "core/conn_id.h"
 #include "core/log.h"
@@ -82,6 +83,16 @@ private:
 
 class session;
 
+// A backend link waiting for the control thread to take it through the
+// RFC 9289 probe and client handshake.
+class upstream_waiter {
+public:
+    virtual void on_upstream(upstream_result&& r) = 0;
+
+protected:
+    ~upstream_waiter() = default;
+};
+
 class shard_context final : public core::listener_handler {
 public:
     shard_context(const gateway_config& cfg, core::shard& sh, std::atomic<uint32_t>& open)
@@ -94,6 +105,15 @@ public:
     void on_stop();
     // A connection whose TLS handshake completed on the control thread.
     void deliver(handshake_result&& r);
+    // A backend connection back from the control thread (client role).
+    void deliver_upstream(upstream_result&& r);
+    // Links waiting for deliver_upstream, by token.
+    uint64_t wait_upstream(upstream_waiter* w) {
+        uint64_t t = ++next_token_;
+        waiting_.emplace(t, w);
+        return t;
+    }
+    void forget_upstream(uint64_t token) { waiting_.erase(token); }
     // Takes a slot of --max-connections; false (and counted) when full.
     bool admit(const sockaddr_storage& peer);
 
@@ -118,8 +138,13 @@ public:
     std::string start_error_;
     session* sessions_ = nullptr;  // intrusive list of live sessions
     core::timer drain_timer_;
+    // Per route: the client TLS context for upstream TLS (null: plaintext).
+    // Swapped by reload(); the gateway keeps every one alive.
+    const std::atomic<const tls::context*>* upstream_ctx_ = nullptr;
 
 private:
+    std::unordered_map<uint64_t, upstream_waiter*> waiting_;
+    uint64_t next_token_ = 0;
     static void on_drain_deadline(core::timer*, void* arg);
 };
 
@@ -189,6 +214,7 @@ public:
             tls_->feed(std::move(data));
             pump_tls();
             flush_tls();
+            flush_links();
             return;
         }
         if (first_bytes_) {
@@ -202,6 +228,15 @@ public:
             }
         }
         feed_plain(data);
+        flush_links();
+    }
+
+    // Calls for TLS backends are encrypted once per client receive batch.
+    void flush_links() {
+        if (!links_tls_dirty_) return;
+        links_tls_dirty_ = false;
+        for (auto& l : links_)
+            if (l) l->flush();
     }
 
     // Decrypts what the TLS session holds and forwards the records in it.
@@ -261,7 +296,7 @@ public:
         idle_timer_.cancel();
         tls_quiet_timer_.cancel();
         for (auto& l : links_)
-            if (l && l->s_) l->s_->close(err);
+            if (l) l->close(err);
         maybe_free();
     }
 
@@ -291,7 +326,7 @@ public:
     std::string describe_json() const {
         size_t links = 0;
         for (const auto& l : links_)
-            if (l && l->s_) ++links;
+            if (l && l->alive()) ++links;
         std::string tls = "null";
         if (tls_)
             tls = fmt::format(R"({{"flags":"{}","version":"{}","cipher":"{}","alpn":"{}","subject":"{}","protection":"userspace"}})",
@@ -344,11 +379,14 @@ public:
     session* prev_ = nullptr;
 
 private:
-    // A backend connection of this session.
-    struct link final : core::stream_handler {
-        link(session& owner, size_t route)
+    // A backend connection of this session. With upstream TLS it goes
+    // connecting -> (control thread: probe, handshake) -> ready; calls wait
+    // in `pending_` until then.
+    struct link final : core::stream_handler, upstream_waiter {
+        link(session& owner, size_t route, uint32_t vers)
             : owner_(owner),
               route_(route),
+              vers_(vers),
               id_(core::next_conn_id()),
               rr_(rpc::record_limits{owner.ctx_.cfg_.max_record, rpc::default_max_fragments}) {
             connect_timer_.set_callback(
@@ -360,8 +398,19 @@ private:
                                         -ETIMEDOUT);
                 },
                 this);
+            const tls::context* up = owner.ctx_.upstream_ctx_
+                                         ? owner.ctx_.upstream_ctx_[route].load()
+                                         : nullptr;
+            ready_ = up == nullptr;  // plaintext: calls go straight to the stream
+        }
+        ~link() override {
+            if (!token_) return;
+            // Still with the control thread: its answer will find no one.
+            owner_.ctx_.forget_upstream(token_);
+            if (connected_) bump(owner_.ctx_.health_[route_].open, uint64_t(-1));
         }
         const std::string& target() const { return owner_.ctx_.cfg_.backends[route_].spec; }
+        const backend_route& route() const { return owner_.ctx_.cfg_.backends[route_]; }
 
         void on_connected(stream& s, int err) override {
             connect_timer_.cancel();
@@ -379,13 +428,148 @@ private:
             bump(owner_.ctx_.health_[route_].open);
             RPCGATE_LOG(gw, debug, "conn {}: backend {} connected as conn {}", owner_.id_,
                         target(), id_);
+            if (!ready_) start_upstream_tls();
         }
+
+        // RFC 9289 client role: the control thread sends the probe, reads the
+        // reply and runs the handshake; on_upstream() gets the socket back.
+        void start_upstream_tls() {
+            handing_ = true;
+            s_->detach([this](int fd, slice_chain&& unread) {
+                upstream_request r;
+                r.fd = fd;
+                r.id = id_;
+                r.target = target();
+                r.ctx = owner_.ctx_.upstream_ctx_[route_].load();
+                r.prog = route().prog;
+                r.vers = vers_;
+                r.opportunistic = route().tls.mode == tls_mode::opportunistic;
+                token_ = owner_.ctx_.wait_upstream(this);
+                r.token = token_;
+                // Nothing can have arrived: we have sent nothing yet.
+                (void)unread;
+                if (!owner_.ctx_.hs_->submit_upstream(owner_.ctx_.sh_.index(), std::move(r))) {
+                    owner_.ctx_.forget_upstream(token_);
+                    token_ = 0;
+                    ::close(fd);
+                    fail_upstream("the TLS control thread is busy");
+                }
+            });
+        }
+
+        void on_upstream(upstream_result&& r) override {
+            token_ = 0;
+            handing_ = false;
+            if (r.outcome == upstream_result::kind::failed) {
+                fail_upstream(r.reason);
+                return;
+            }
+            if (owner_.terminating_ || !owner_.client_) {
+                ::close(r.fd);
+                if (connected_) {
+                    connected_ = false;
+                    bump(owner_.ctx_.health_[route_].open, uint64_t(-1));
+                }
+                owner_.maybe_free();  // may delete the session and this link
+                return;
+            }
+            s_ = owner_.ctx_.sh_.adopt(r.fd, this);
+            if (r.outcome == upstream_result::kind::tls) {
+                tls_ = std::move(r.session);
+                bump(owner_.ctx_.counters_.upstream_tls);
+                RPCGATE_LOG(gw, debug, "conn {}: backend {} in TLS ({} {})", owner_.id_, target(),
+                            tls_->version(), tls_->cipher());
+            } else {
+                bump(owner_.ctx_.counters_.upstream_plaintext);
+                RPCGATE_LOG(gw, info,
+                            "conn {}: backend {} does not offer RPC-with-TLS ({}): continuing in "
+                            "plaintext (upstream tls opportunistic)",
+                            owner_.id_, target(), r.reason);
+            }
+            ready_ = true;
+            // Calls that waited for the handshake go first, in order.
+            send_record(std::move(pending_));
+            flush();
+            if (tls_) {
+                receive_tls();
+            } else if (!r.early.empty()) {
+                for (const slice& p : r.early) receive_plain(p);
+            }
+            owner_.flush_tls();
+            if (blocking_client_ && s_ && !s_->full()) {
+                blocking_client_ = false;
+                owner_.maybe_resume_client();
+            }
+        }
+
+        void fail_upstream(const std::string& why) {
+            bump(owner_.ctx_.counters_.upstream_tls_failures);
+            bump(owner_.ctx_.counters_.backend_connect_failures);
+            bump(owner_.ctx_.health_[route_].failures);
+            if (connected_) {
+                connected_ = false;
+                bump(owner_.ctx_.health_[route_].open, uint64_t(-1));
+            }
+            owner_.terminate(fmt::format("backend {} (conn {}): upstream TLS {} failed: {}",
+                                         target(), id_, tls_mode_name(route().tls.mode), why),
+                             -ECONNREFUSED);
+            owner_.maybe_free();  // may delete the session and this link
+        }
+
+        // A framed record for the backend: queued until ready, encrypted per batch.
+        void send_record(slice_chain&& framed) {
+            if (framed.empty()) return;
+            if (!ready_) {
+                pending_.append(std::move(framed));
+                return;
+            }
+            if (!s_) return;
+            if (!tls_) {
+                s_->send(std::move(framed));
+                return;
+            }
+            tls_out_.append(std::move(framed));
+            owner_.links_tls_dirty_ = true;
+            if (tls_out_.size() >= k_tls_batch) flush();
+        }
+
+        void flush() {
+            if (!tls_ || tls_out_.empty() || !s_) return;
+            slice_chain out;
+            tls::status st = tls_->write(tls_out_, out);
+            tls_out_.clear();
+            if (st == tls::status::error) {
+                bump(owner_.ctx_.counters_.tls_errors);
+                owner_.terminate(fmt::format("backend {}: TLS write failed: {}", target(),
+                                             tls_->error_text()),
+                                 -EPROTO);
+                return;
+            }
+            s_->send(std::move(out));
+        }
+
+        // Above its limit the client stops being read.
+        bool full() const {
+            if (!ready_) return pending_.size() >= owner_.ctx_.cfg_.max_inflight;
+            return s_ && s_->full();
+        }
+        bool alive() const { return s_ != nullptr || handing_; }
+
         void on_data(stream& s, slice data) override {
             owner_.last_activity_ = owner_.ctx_.sh_.now_ms();
+            if (tls_) {
+                tls_->feed(std::move(data));
+                receive_tls();
+            } else {
+                receive_plain(data);
+            }
+            owner_.flush_tls();
+        }
+
+        void receive_plain(const slice& data) {
             auto r = rr_.feed(data, [this](slice_chain&& rec) {
                 return owner_.on_backend_record(*this, std::move(rec));
             });
-            owner_.flush_tls();
             if (!r.ok()) {
                 bump(owner_.ctx_.counters_.oversize);
                 owner_.terminate(fmt::format("backend {} sent a record over the limit: closing",
@@ -393,6 +577,48 @@ private:
                                  -EMSGSIZE);
             }
         }
+
+        void receive_tls() {
+            slice_chain plain, out;
+            // Post-handshake messages (NewSessionTicket, KeyUpdate) are
+            // consumed here; only application data comes out.
+            tls::status st = tls_->read(plain, out);
+            if (!out.empty() && s_) s_->send(std::move(out));
+            for (const slice& p : plain) {
+                if (owner_.terminating_ || !owner_.client_) return;
+                receive_plain(p);
+            }
+            if (st == tls::status::closed) {
+                if (owner_.terminating_) return;
+                bump(owner_.ctx_.counters_.backend_lost);
+                bump(owner_.ctx_.health_[route_].lost);
+                owner_.terminate(fmt::format("backend {} (conn {}) ended TLS (close_notify)",
+                                             target(), id_),
+                                 -ECONNRESET);
+            } else if (st == tls::status::error) {
+                bump(owner_.ctx_.counters_.tls_errors);
+                owner_.terminate(fmt::format("backend {}: TLS error: {}", target(),
+                                             tls_->error_text()),
+                                 -EPROTO);
+            }
+        }
+
+        // Ends this backend connection: close_notify first when in TLS and
+        // the end is orderly.
+        void close(int err) {
+            if (!s_) return;
+            if (tls_ && err == 0 && s_->open() && !tls_shut_) {
+                tls_shut_ = true;
+                flush();
+                slice_chain out;
+                tls_->shutdown(out);
+                s_->send(std::move(out));
+                s_->close_after_send(200);
+                return;
+            }
+            s_->close(err);
+        }
+
         void on_eof(stream& s, int err) override {
             if (owner_.terminating_) {
                 s.close(err);
@@ -412,6 +638,8 @@ private:
         }
         void on_closed(stream&, int err) override {
             s_ = nullptr;
+            if (handing_ && token_) return;  // the socket went to the control thread
+            handing_ = false;
             connect_timer_.cancel();
             if (connected_) bump(owner_.ctx_.health_[route_].open, uint64_t(-1));
             if (!owner_.terminating_) {
@@ -421,14 +649,23 @@ private:
             owner_.maybe_free();  // may delete the session and this link: nothing after
         }
 
+        static constexpr size_t k_tls_batch = 256 * 1024;
         session& owner_;
         size_t route_;
+        uint32_t vers_;
         conn_id id_;
         stream* s_ = nullptr;
         rpc::record_reassembler rr_;
         core::timer connect_timer_;
+        std::unique_ptr<tls::session> tls_;  // upstream TLS, once established
+        slice_chain pending_;  // framed calls waiting for the upstream handshake
+        slice_chain tls_out_;  // framed records to encrypt at the next flush
+        uint64_t token_ = 0;   // registered with the shard while handing_
         bool connected_ = false;
         bool blocking_client_ = false;
+        bool ready_ = true;
+        bool handing_ = false;  // the control thread has the socket
+        bool tls_shut_ = false;
     };
 
     // Returns false to stop reading further records from this client now.
@@ -495,18 +732,18 @@ private:
                 rpc::reply_header::accepted(h.xid, rpc::accept_stat::prog_unavail)));
             return true;
         }
-        link* l = link_for(route);
+        link* l = link_for(route, h.vers);
         if (!l) return false;
         ++calls_outstanding_;
         bump(ctx_.counters_.calls_forwarded);
         if (certuser_) {
             // tlscertuser: the certificate's identity replaces the credential;
             // the arguments are spliced behind the new header, not copied.
-            send_framed(l->s_, with_certuser_cred(h, std::move(call->args)));
+            l->send_record(frame(with_certuser_cred(h, std::move(call->args))));
         } else {
-            send_framed(l->s_, std::move(rec));
+            l->send_record(frame(std::move(rec)));
         }
-        if (l->s_ && l->s_->full() && client_ && !client_->receive_paused()) {
+        if (l->full() && client_ && !client_->receive_paused()) {
             l->blocking_client_ = true;
             bump(ctx_.counters_.flow_pauses);
             client_->pause_receive();
@@ -522,7 +759,7 @@ private:
                 auto* l = links_[bc_calls_[i].route].get();
                 bc_calls_[i] = bc_calls_.back();
                 bc_calls_.pop_back();
-                if (l && l->s_) target = l;
+                if (l && l->alive()) target = l;
                 break;
             }
         }
@@ -533,7 +770,7 @@ private:
             return true;
         }
         bump(ctx_.counters_.backchannel_replies);
-        send_framed(target->s_, std::move(rec));
+        target->send_record(frame(std::move(rec)));
         return true;
     }
 
@@ -603,10 +840,6 @@ private:
         return out;
     }
 
-    void send_framed(stream* s, slice_chain&& rec) {
-        if (s) s->send(frame(std::move(rec)));
-    }
-
     // Everything for the client goes through here: encrypted when in TLS.
     void send_to_client(slice_chain&& bytes) {
         if (!client_) return;
@@ -650,7 +883,7 @@ private:
 
     void hand_off() {
         for (auto& l : links_)
-            if (l && l->s_) l->s_->close(0);
+            if (l) l->close(0);
         client_->detach([this](int fd, slice_chain&& unread) {
             slice_chain early = std::move(early_);
             for (const slice& p : unread) early.push_back(slice::copy_of(p.data(), p.size()));
@@ -707,9 +940,9 @@ private:
         return k_no_route;
     }
 
-    link* link_for(size_t route) {
-        if (links_[route]) return links_[route]->s_ ? links_[route].get() : nullptr;
-        auto l = std::make_unique<link>(*this, route);
+    link* link_for(size_t route, uint32_t vers) {
+        if (links_[route]) return links_[route]->alive() ? links_[route].get() : nullptr;
+        auto l = std::make_unique<link>(*this, route, vers);
         const endpoint& ep = ctx_.cfg_.backends[route].target;
         core::connect_options opt;
         opt.reserved_port = ctx_.cfg_.reserved_port && ::geteuid() == 0;
@@ -736,7 +969,7 @@ private:
             client_->close(err);
         }
         for (auto& l : links_)
-            if (l && l->s_) l->s_->close(err);
+            if (l) l->close(err);
     }
 
     void maybe_free() {
@@ -791,6 +1024,7 @@ private:
     bool first_bytes_ = true;
     bool handed_off_ = false;
     bool tls_shut_ = false;
+    bool links_tls_dirty_ = false;  // a TLS backend link holds calls to encrypt
 };
 
 bool shard_context::admit(const sockaddr_storage& peer) {
@@ -840,6 +1074,18 @@ void shard_context::deliver(handshake_result&& r) {
     st->set_handler(s);
     s->pump_tls();  // records that arrived with the handshake's last flight
     s->flush_tls();
+}
+
+void shard_context::deliver_upstream(upstream_result&& r) {
+    auto it = waiting_.find(r.token);
+    if (it == waiting_.end()) {
+        // The session ended while the control thread had its backend socket.
+        if (r.fd >= 0) ::close(r.fd);
+        return;
+    }
+    upstream_waiter* w = it->second;
+    waiting_.erase(it);
+    w->on_upstream(std::move(r));
 }
 
 void shard_context::on_stop() {
@@ -894,7 +1140,7 @@ std::string gateway::start() {
         std::string err;
         tls_ctx_ = tls::context::make_server(o, &err);
         if (!tls_ctx_) return "TLS: " + err;
-        hs_ = std::make_unique<handshake_service>(*tls_ctx_, cfg_.handshake_timeout_ms,
+        hs_ = std::make_unique<handshake_service>(tls_ctx_.get(), cfg_.handshake_timeout_ms,
                                                   &open_connections_);
         if (!cfg_.cert_user_map.empty()) {
             identities_ = std::make_unique<tls::identity_map>();
@@ -902,6 +1148,18 @@ std::string gateway::start() {
             hs_->set_identity_map(identities_.get());
         }
     }
+    // RFC 9289 client role: one client context per route that wants TLS.
+    std::string up_err = make_upstream_contexts(&upstream_ctx_);
+    if (!up_err.empty()) return up_err;
+    upstream_live_.reset(new std::atomic<const tls::context*>[cfg_.backends.size()]);
+    bool upstream_used = false;
+    for (size_t r = 0; r < cfg_.backends.size(); ++r) {
+        upstream_live_[r].store(upstream_ctx_[r].get());
+        upstream_used |= upstream_ctx_[r] != nullptr;
+    }
+    if (upstream_used && !hs_)
+        hs_ = std::make_unique<handshake_service>(nullptr, cfg_.handshake_timeout_ms,
+                                                  &open_connections_);
     // Every shard exists (and is wired to the control thread) before any starts.
     for (unsigned i = 0; i < cfg_.shards; ++i) {
         core::shard_config sc;
@@ -914,9 +1172,12 @@ std::string gateway::start() {
         auto ctx = std::make_unique<shard_context>(cfg_, *sh, open_connections_);
         shard_context* c = ctx.get();
         sh->set_on_stop([c] { c->on_stop(); });
+        c->upstream_ctx_ = upstream_live_.get();
         if (hs_) {
             c->hs_ = hs_.get();
-            hs_->attach(*sh, [c](handshake_result&& r) { c->deliver(std::move(r)); });
+            hs_->attach(
+                *sh, [c](handshake_result&& r) { c->deliver(std::move(r)); },
+                [c](upstream_result&& r) { c->deliver_upstream(std::move(r)); });
         }
         main_inboxes_.push_back(&sh->make_inbox(64));
         shards_.push_back(std::move(sh));
@@ -1002,6 +1263,31 @@ std::shared_ptr<std::vector<X509_CRL*>> load_crls(const std::string& path, std::
 
 }  // namespace
 
+std::string gateway::make_upstream_contexts(
+    std::vector<std::unique_ptr<tls::context>>* out) const {
+    out->clear();
+    for (const backend_route& r : cfg_.backends) {
+        if (r.tls.mode == tls_mode::off) {
+            out->emplace_back();
+            continue;
+        }
+        tls::client_options o;
+        o.ca_file = r.tls.ca;
+        o.cert_file = r.tls.cert;
+        o.key_file = r.tls.key;
+        o.server_name = r.tls.server_name;
+        o.require_alpn = r.tls.alpn_strict;
+        std::string err;
+        auto c = tls::context::make_client(o, &err);
+        if (!c) return fmt::format("backend '{}': upstream TLS: {}", r.spec, err);
+        RPCGATE_LOG(tls, info, "backend {}: upstream TLS {} (server name {}, CA {}{})", r.spec,
+                    tls_mode_name(r.tls.mode), o.server_name, o.ca_file,
+                    o.cert_file.empty() ? "" : ", client certificate " + o.cert_file);
+        out->push_back(std::move(c));
+    }
+    return {};
+}
+
 std::string gateway::reload_locked() {
     // A config file that no longer parses or validates stops the reload: the
     // daemon keeps serving with what it has. (Listeners and routes need a
@@ -1012,7 +1298,28 @@ std::string gateway::reload_locked() {
         if (!load_config_file(cfg_.config_file, &probe, &err) || !validate(&probe, &err))
             return "reload failed, keeping the old configuration: " + err;
     }
-    if (!tls_ctx_) return "nothing to reload: TLS is not configured";
+    bool upstream_used = false;
+    for (const auto& c : upstream_ctx_) upstream_used |= c != nullptr;
+    if (!tls_ctx_ && !upstream_used) return "nothing to reload: TLS is not configured";
+    // Upstream client contexts (CA, client certificate) are re-read too.
+    std::vector<std::unique_ptr<tls::context>> fresh_up;
+    if (upstream_used) {
+        std::string why = make_upstream_contexts(&fresh_up);
+        if (!why.empty()) return "reload failed, keeping the old TLS material: " + why;
+    }
+    // Shards read the live pointers; the contexts they replace stay alive.
+    auto commit_upstream = [&] {
+        for (size_t r = 0; r < fresh_up.size(); ++r) {
+            upstream_live_[r].store(fresh_up[r].get());
+            if (upstream_ctx_[r]) old_contexts_.push_back(std::move(upstream_ctx_[r]));
+            upstream_ctx_[r] = std::move(fresh_up[r]);
+        }
+    };
+    if (!tls_ctx_) {
+        commit_upstream();
+        RPCGATE_LOG(gw, info, "reloaded upstream TLS material");
+        return {};
+    }
     tls::server_options o = tls_ctx_->server();
     std::string err;
     auto fresh = tls::context::make_server(o, &err);
@@ -1028,7 +1335,8 @@ std::string gateway::reload_locked() {
         crls = load_crls(cfg_.crl, &err);
         if (!crls) return "reload failed, keeping the old TLS material: " + err;
     }
-    // Commit: new handshakes use the new context from now on.
+    // Commit: new handshakes use the new contexts from now on.
+    commit_upstream();
     hs_->set_context(fresh.get());
     old_contexts_.push_back(std::move(tls_ctx_));
     tls_ctx_ = std::move(fresh);
@@ -1181,6 +1489,9 @@ std::string gateway::metrics_text() const {
     RPCGATE_GW_COUNTER("auth_tls_misuse_total", auth_tls_misuse, "AUTH_TLS misuse answered AUTH_BADCRED.");
     RPCGATE_GW_COUNTER("certuser_rewrites_total", certuser_rewrites, "Calls given a client certificate's identity.");
     RPCGATE_GW_COUNTER("tls_revoked_total", tls_revoked, "TLS clients closed after a CRL reload revoked them.");
+    RPCGATE_GW_COUNTER("upstream_tls_total", upstream_tls, "Backend connections that went into RPC-with-TLS.");
+    RPCGATE_GW_COUNTER("upstream_plaintext_total", upstream_plaintext, "Backends that refused the AUTH_TLS probe, used in plaintext (opportunistic).");
+    RPCGATE_GW_COUNTER("upstream_tls_failures_total", upstream_tls_failures, "Backend connections refused for upstream TLS (probe refused when required, handshake failed, timed out).");
     RPCGATE_CORE_COUNTER("engine_receives_total", recv_completions, "Receive completions.");
     RPCGATE_CORE_COUNTER("engine_received_bytes_total", recv_bytes, "Bytes received by the engine.");
     RPCGATE_CORE_COUNTER("engine_sends_total", send_calls, "sendmsg operations.");
@@ -1274,6 +1585,11 @@ std::string gateway::metrics_text() const {
         one("rpcgate_tls_handshakes_timed_out_total", "counter", "Handshakes cut at the deadline.", rd(h.timed_out));
         one("rpcgate_tls_handshakes_not_tls_total", "counter", "Probes followed by bytes that were no TLS.", rd(h.not_tls));
         one("rpcgate_tls_handshakes_in_progress", "gauge", "Handshakes running now.", rd(h.in_progress));
+        const handshake_counters& u = hs_->upstream_counters();
+        one("rpcgate_upstream_handshakes_ok_total", "counter", "Client-role handshakes towards backends that completed.", rd(u.succeeded));
+        one("rpcgate_upstream_handshakes_failed_total", "counter", "Client-role probes or handshakes that failed.", rd(u.failed));
+        one("rpcgate_upstream_handshakes_timed_out_total", "counter", "Client-role probes or handshakes cut at the deadline.", rd(u.timed_out));
+        one("rpcgate_upstream_probes_refused_total", "counter", "AUTH_TLS probes a backend refused (opportunistic: plaintext).", hs_->upstream_refused());
     }
     return out;
 }
@@ -1328,6 +1644,9 @@ gateway_totals gateway::totals() const {
         t.too_weak += get(k.too_weak);
         t.certuser_rewrites += get(k.certuser_rewrites);
         t.tls_revoked += get(k.tls_revoked);
+        t.upstream_tls += get(k.upstream_tls);
+        t.upstream_plaintext += get(k.upstream_plaintext);
+        t.upstream_tls_failures += get(k.upstream_tls_failures);
     }
     if (hs_) {
         const handshake_counters& h = hs_->counters();

@@ -67,6 +67,10 @@ struct gateway_counters {
     std::atomic<uint64_t> certuser_rewrites{0};  // calls given a certificate's identity
     std::atomic<uint64_t> tls_revoked{0};     // closed after a CRL reload revoked them
     std::atomic<uint64_t> tls_open{0};        // TLS client connections open now
+    // RFC 9289 client role, towards backends.
+    std::atomic<uint64_t> upstream_tls{0};           // backend connections that went TLS
+    std::atomic<uint64_t> upstream_plaintext{0};     // probe refused: plaintext (opportunistic)
+    std::atomic<uint64_t> upstream_tls_failures{0};  // refused, failed or timed out
 };
 
 // Sum of the counters of all shards (plain values).
@@ -79,7 +83,8 @@ struct gateway_totals {
              backend_connect_failures = 0, backend_lost = 0, idle_timeouts = 0,
              orphan_replies = 0, flow_pauses = 0, starttls = 0, implicit_tls = 0,
              tls_sessions = 0, tls_errors = 0, too_weak = 0, certuser_rewrites = 0,
-             tls_revoked = 0;
+             tls_revoked = 0, upstream_tls = 0, upstream_plaintext = 0,
+             upstream_tls_failures = 0;
     // From the control thread.
     uint64_t handshakes_ok = 0, handshakes_failed = 0, handshakes_timed_out = 0,
              handshakes_not_tls = 0, handshakes_busy = 0, handshakes_in_progress = 0;
@@ -128,6 +133,10 @@ private:
     gateway_config cfg_;
     std::atomic<uint32_t> open_connections_{0};
     std::unique_ptr<tls::context> tls_ctx_;
+    // Per route: the client context for upstream TLS (null: plaintext), and
+    // the pointer the shards read (swapped by reload()).
+    std::vector<std::unique_ptr<tls::context>> upstream_ctx_;
+    std::unique_ptr<std::atomic<const tls::context*>[]> upstream_live_;
     std::unique_ptr<tls::identity_map> identities_;
     std::unique_ptr<handshake_service> hs_;
     std::unique_ptr<admin_server> admin_;
@@ -148,6 +157,8 @@ private:
     uint16_t port_ = 0;
     uint16_t implicit_port_ = 0;
     std::string reload_locked();
+    // One client context per route with upstream TLS (null for the others).
+    std::string make_upstream_contexts(std::vector<std::unique_ptr<tls::context>>* out) const;
 };
 
 }  // namespace rpcgate::gw

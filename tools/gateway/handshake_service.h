@@ -10,6 +10,13 @@
 // the outcome back to the shard that asked: the fd and a ready tls::session,
 // or nothing (the fd is closed here and the failure counted).
 //
+// The client role (RFC 9289 towards a backend) runs here too: a shard that
+// connected to a backend whose route wants TLS submits the fd; the control
+// thread sends the AUTH_TLS probe, reads the reply, runs the TLS 1.3 client
+// handshake (all through client::client_session, the one client library) and
+// posts an `upstream_result` back: TLS, plaintext (opportunistic, the server
+// refused the probe) or a failure with its reason (the fd is then closed).
+//
 // Threads: `submit` is called on shard `i` only (each shard has its own SPSC
 // mailbox into the control thread, and the control thread one into each
 // shard); `start`/`stop`/`wait`/`counters` on the main thread.
@@ -27,6 +34,7 @@
 #include "tls/context.h"
 #include "tls/identity_map.h"
 #include "tls/session.h"
+#include "tools/client/client_session.h"
 
 namespace rpcgate::gw {
 
@@ -55,14 +63,38 @@ struct handshake_result {
     std::optional<tls::identity> certuser;  // from --cert-user-map
 };
 
+// A backend connection to take into RPC-with-TLS (client role).
+struct upstream_request {
+    int fd = -1;
+    core::conn_id id;           // the backend connection's ID (for logs)
+    std::string target;         // the backend as configured, for logs
+    const tls::context* ctx = nullptr;  // client context of the route (outlives the request)
+    uint32_t prog = 0, vers = 0;        // the probe's program and version
+    bool opportunistic = false;         // a refused probe continues in plaintext
+    uint64_t token = 0;                 // the shard's handle for the waiting link
+};
+
+// What comes back to the shard for an upstream_request.
+struct upstream_result {
+    enum class kind { tls, plaintext, failed };
+    kind outcome = kind::failed;
+    uint64_t token = 0;
+    int fd = -1;                             // -1 when failed (already closed)
+    std::unique_ptr<tls::session> session;   // when tls
+    core::slice_chain early;                 // plaintext that came with it (rare)
+    std::string reason;                      // why failed / why plaintext
+};
+
 class handshake_service {
 public:
     using deliver_fn = std::function<void(handshake_result&&)>;
+    using upstream_fn = std::function<void(upstream_result&&)>;
 
     // `deliver[i]` runs on shard i with each completed handshake.
     // `open_connections` is the gateway's connection count: a connection whose
     // handshake fails ends here, and is taken off it here.
-    handshake_service(const tls::context& ctx, uint32_t deadline_ms,
+    // `ctx` is the server context; null when only the client role is used.
+    handshake_service(const tls::context* ctx, uint32_t deadline_ms,
                       std::atomic<uint32_t>* open_connections);
     ~handshake_service();
 
@@ -72,7 +104,7 @@ public:
     // caller keeps every context it ever set alive.
     void set_context(const tls::context* ctx) noexcept { ctx_.store(ctx); }
     // Before start(): wires the mailboxes with shard i (both directions).
-    void attach(core::shard& sh, deliver_fn deliver);
+    void attach(core::shard& sh, deliver_fn deliver, upstream_fn upstream = {});
     std::string start();
     void stop();
     void wait();
@@ -86,15 +118,25 @@ public:
     bool submit(unsigned shard_index, int fd, core::conn_id id, std::string peer,
                 core::slice_chain&& early);
 
+    // On shard `shard_index`: take a connected backend socket through the probe
+    // and the client handshake. False if the mailbox is full (the caller
+    // closes the fd).
+    bool submit_upstream(unsigned shard_index, upstream_request&& r);
+
     const handshake_counters& counters() const noexcept { return counters_; }
+    const handshake_counters& upstream_counters() const noexcept { return upstream_counters_; }
+    // Probes a backend refused (opportunistic: went on in plaintext).
+    uint64_t upstream_refused() const noexcept { return upstream_refused_.load(); }
 
 private:
     class conn;
+    class upstream_conn;
     struct link {
         core::shard* sh = nullptr;
         core::mailbox* to_control = nullptr;  // written by the shard
         core::mailbox* to_shard = nullptr;    // written by the control thread
         deliver_fn deliver;
+        upstream_fn upstream;
     };
     void begin(unsigned from, int fd, core::conn_id id, std::string peer,
                core::slice_chain&& early);
@@ -106,6 +148,8 @@ private:
     std::unique_ptr<core::shard> control_;
     std::vector<link> links_;
     handshake_counters counters_;
+    handshake_counters upstream_counters_;
+    std::atomic<uint64_t> upstream_refused_{0};
 };
 
 }  // namespace rpcgate::gw
