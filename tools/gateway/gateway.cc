@@ -1667,14 +1667,16 @@ std::string gateway_totals::describe() const {
         "garbage={} tls_probes={} auth_tls_misuse={}); closed for malformed={} oversize={} "
         "cut={}; backend connects={} failures={} lost={}; idle timeouts={} orphan replies={} "
         "flow pauses={}; tls starttls={} implicit={} sessions={} errors={} too_weak={} "
-        "handshakes ok={} failed={} timed_out={} not_tls={} busy={}",
+        "handshakes ok={} failed={} timed_out={} not_tls={} busy={}; upstream tls={} "
+        "plaintext={} failures={}",
         sessions_accepted, sessions_open, sessions_refused, calls_forwarded, replies_forwarded,
         backchannel_calls, backchannel_replies, bytes_from_clients, bytes_to_clients,
         local_replies, portmap_calls, prog_unavail, garbage_args, tls_probes, auth_tls_misuse,
         malformed, oversize, cut_records, backend_connects, backend_connect_failures,
         backend_lost, idle_timeouts, orphan_replies, flow_pauses, starttls, implicit_tls,
         tls_sessions, tls_errors, too_weak, handshakes_ok, handshakes_failed,
-        handshakes_timed_out, handshakes_not_tls, handshakes_busy);
+        handshakes_timed_out, handshakes_not_tls, handshakes_busy, upstream_tls,
+        upstream_plaintext, upstream_tls_failures);
 }
 
 }  // namespace rpcgate::gw
