@@ -181,6 +181,7 @@ int serve(const std::string& listen, unsigned shards, const tls_cli& tls_opt) {
 
 int run(run_options& opt, const std::string& target, bool json, const tls_cli& t) {
     std::string err;
+    if (opt.rate < 0) return bad_option("--rate must be positive");
     if (!parse_address(target, false, &opt.target, &err)) return bad_option(err);
     if (!client::parse_tls_mode(t.mode, &opt.tls)) return bad_option("bad --tls " + t.mode);
     if (t.cert.empty() != t.key.empty()) return bad_option("--cert and --key go together");
@@ -231,8 +232,14 @@ int bench_main(int argc, char** argv) {
     double timeout_s = 10;
     cl->add_option("--target", target, "ADDR:PORT of the server")->required();
     cl->add_option("--connections", opt.connections, "connections")->check(CLI::Range(1u, 100000u));
-    cl->add_option("--depth", opt.depth, "calls in flight per connection")
-        ->check(CLI::Range(1u, 65536u));
+    CLI::Option* depth_opt =
+        cl->add_option("--depth", opt.depth,
+                       "calls in flight per connection (with --rate: the most, default 64)")
+            ->check(CLI::Range(1u, 65536u));
+    cl->add_option("--rate", opt.rate,
+                   "open loop: calls per second over all connections, latency from the "
+                   "intended send time (default: closed loop)")
+        ->check(CLI::Range(0.001, 1e9));
     cl->add_option("--size", opt.size, "payload bytes per call")
         ->check(CLI::Range(size_t{0}, k_max_payload));
     cl->add_option("--size-max", opt.size_max, "random payload sizes in [size, size-max]")
@@ -250,8 +257,10 @@ int bench_main(int argc, char** argv) {
         ->check(CLI::Range(0.001, 3600.0));
     cl->add_option("--program", opt.program, "RPC program number (tests refusals)");
     cl->add_option("--prog-version", opt.version, "RPC program version");
+    bool quiet = false;
     cl->add_option("--progress", opt.progress_interval_s,
-                   "seconds between progress lines (0: none)");
+                   "seconds between progress lines on stderr, on runs over 3 s (0: none)");
+    cl->add_flag("--quiet", quiet, "no progress lines");
     cl->add_option("--tls", run_tls.mode,
                    "off, starttls (RFC 9289 probe, then TLS 1.3) or implicit")
         ->check(CLI::IsMember({"off", "starttls", "implicit"}));
@@ -298,6 +307,10 @@ int bench_main(int argc, char** argv) {
                : proc == "callback" ? bench_proc::callback
                                     : bench_proc::echo;
     opt.timeout_ms = uint32_t(timeout_s * 1000);
+    if (quiet) opt.progress_interval_s = 0;
+    // Open loop: slots are only a bound, and one per connection would make the
+    // client fall behind at the first slow reply.
+    if (opt.rate > 0 && depth_opt->count() == 0) opt.depth = 64;
     return run(opt, target, json, run_tls);
 }
 

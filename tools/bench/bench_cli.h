@@ -5,7 +5,8 @@
 //                       [--tls off|implicit --cert FILE --key FILE [--ciphersuites S]]
 //   rpcgate-bench run --target ADDR:PORT --connections N --depth D --size BYTES
 //                     (--duration SECONDS | --calls COUNT) [--proc echo|null|callback]
-//                     [--threads T] [--verify] [--json] [--seed S] [--size-max BYTES]
+//                     [--rate OPS_PER_S] [--threads T] [--verify] [--json] [--quiet]
+//                     [--progress SECONDS] [--seed S] [--size-max BYTES]
 //                     [--tls off|starttls|implicit [--ca FILE] [--cert FILE --key FILE]
 //                      [--server-name NAME] [--ciphersuites S]]
 //   rpcgate-bench handshake --target ADDR:PORT --tls starttls|implicit
@@ -16,7 +17,10 @@
 // `bench_main` is main() minus the process: it parses, runs and returns the
 // exit status, so tests can drive the whole CLI in-process. Output: `serve`
 // prints `READY port=<n>` (flushed) once listening and a one-line summary at
-// exit; `run` prints its report on stdout, progress lines and logs on stderr.
+// exit; `run` prints its report on stdout (with --json: one object holding the
+// summary figures and the latency histogram), logs on stderr, and on runs
+// longer than 3 s a progress line a second on stderr (--quiet: none).
+// `--rate` makes `run` open-loop (see load_client.h).
 // A bad option is one line on stderr and exit status 2.
 //
 // Main thread only (installs signal handling: SIGINT/SIGTERM end a `serve`

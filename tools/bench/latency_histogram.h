@@ -56,6 +56,13 @@ class latency_histogram {
     static uint64_t lowest_of(size_t idx) noexcept;
     static uint64_t highest_of(size_t idx) noexcept;
 
+    // Calls f(lowest, highest, count) for every non-empty bucket, lowest first.
+    template <typename F>
+    void for_each_bucket(F&& f) const {
+        for (size_t i = 0; i < bucket_count; ++i)
+            if (counts_[i]) f(lowest_of(i), highest_of(i), counts_[i]);
+    }
+
   private:
     std::unique_ptr<uint64_t[]> counts_;
     uint64_t count_ = 0;

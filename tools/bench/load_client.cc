@@ -1,6 +1,7 @@
 #include "tools/bench/load_client.h"
 
 #include <fmt/format.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include "rpc/message.h"
 #include "rpc/record.h"
 #include "tools/bench/echo_protocol.h"
+#include "tools/bench/open_loop.h"
 
 namespace rpcgate::bench {
 namespace {
@@ -26,6 +28,13 @@ constexpr size_t k_offset_span = 4096;
 constexpr uint64_t k_tick_ms = 20;
 // After its last connection finished, a shard gets this long to close the rest.
 constexpr uint64_t k_exit_grace_ms = 1000;
+// Open loop: the pacer sleeps at most this long between looks at the shards'
+// next due times (a shard may lower its own after a reply), and looks again
+// this soon after it has posted a shard a wake-up.
+constexpr uint64_t k_pacer_max_sleep_ns = 1000000;
+constexpr uint64_t k_pacer_recheck_ns = 20000;
+// A progress line's percentiles wait this long for the shards' histograms.
+constexpr double k_snapshot_wait_s = 0.5;
 
 uint64_t now_ns() noexcept {
     timespec ts;
@@ -64,6 +73,7 @@ struct worker_counters {
     std::atomic<uint64_t> calls{0}, connect_errors{0}, lost_calls{0}, timeouts{0};
     std::atomic<uint64_t> rpc_errors{0}, bad_replies{0}, backchannel_calls{0}, tls_errors{0};
     std::atomic<uint64_t> bytes_sent{0}, bytes_received{0};
+    std::atomic<uint64_t> missed{0};  // open loop: due before the end, never sent
 
     uint64_t errors() const noexcept {
         auto g = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
@@ -83,6 +93,11 @@ class load_conn final : public core::stream_handler {
     void start();
     void check(uint64_t now);
     void wind_down();
+    // Open loop: sends every call due by `now` that a free slot allows.
+    void pace(uint64_t now);
+    // Open loop: when the next call is due, or UINT64_MAX if none can leave
+    // before a reply frees a slot (or ever).
+    uint64_t next_due() const noexcept;
     bool finished() const noexcept { return finished_; }
     core::stream* stream() const noexcept { return st_; }
 
@@ -93,7 +108,8 @@ class load_conn final : public core::stream_handler {
 
   private:
     struct call_slot {
-        uint64_t sent_ns = 0;
+        uint64_t sent_ns = 0;  // when it was sent (call timeouts)
+        uint64_t due_ns = 0;   // when it was meant to be sent (latency)
         uint32_t xid = 0;
         uint32_t len = 0;
         uint32_t off = 0;
@@ -101,7 +117,8 @@ class load_conn final : public core::stream_handler {
     };
 
     void fill();
-    void issue(uint32_t idx);
+    void send_due(uint64_t now);
+    void issue(uint32_t idx, uint64_t due_ns);
     // Every byte sent goes through send(); with TLS it is collected and
     // encrypted once per burst by flush().
     void send(core::slice_chain&& c);
@@ -131,6 +148,8 @@ class load_conn final : public core::stream_handler {
     rng rng_;
     uint64_t connect_started_ = 0;
     uint64_t tcp_connected_ = 0;
+    open_loop_schedule sched_;                      // open loop only; set when ready
+    uint64_t next_k_ = 0;                           // index of the next call on sched_
     std::unique_ptr<client::client_session> sess_;  // TLS modes only
     core::slice_chain outq_;                        // plaintext waiting for flush()
     bool connected_ = false;  // ready for calls (after the handshake with TLS)
@@ -147,7 +166,8 @@ struct load_worker {
           opt(opt),
           payload(payload),
           tls_ctx(tls_ctx),
-          inbox(&sh.make_inbox(16)) {}
+          inbox(&sh.make_inbox(16)),
+          pace_inbox(&sh.make_inbox(64)) {}
 
     // Shard thread: opens the connections and starts the deadline tick.
     void init(const std::vector<std::pair<unsigned, uint64_t>>& plan) {
@@ -170,6 +190,7 @@ struct load_worker {
     void begin_stop() {
         if (stopping) return;
         stopping = true;
+        next_due.store(UINT64_MAX, std::memory_order_release);
         for (auto& c : conns_) c->wind_down();
     }
 
@@ -177,14 +198,48 @@ struct load_worker {
         if (--live_ == 0) mark_done();
     }
 
+    // Shard thread, open loop: the pacer's wake-up. Sends what is due and
+    // tells the pacer when to come back.
+    void pace() {
+        pace_posted.store(false, std::memory_order_relaxed);
+        uint64_t now = now_ns(), due = UINT64_MAX;
+        for (auto& c : conns_) {
+            if (c->finished()) continue;
+            c->pace(now);
+            due = std::min(due, c->next_due());
+        }
+        next_due.store(due, std::memory_order_release);
+    }
+    // Shard thread: a connection's next call is due at `t` (maybe earlier
+    // than the pacer knows).
+    void lower_next_due(uint64_t t) noexcept {
+        if (t < next_due.load(std::memory_order_relaxed))
+            next_due.store(t, std::memory_order_release);
+    }
+    // Shard thread: copies the histogram for a progress line; `seq` tells the
+    // main thread which request the copy answers.
+    void snapshot(uint64_t seq) {
+        snap.clear();
+        snap.merge(hist);
+        snap_seq.store(seq, std::memory_order_release);
+    }
+
     core::shard sh;  // first member: destroyed last, after everything using it
     const run_options& opt;
     const uint8_t* payload;
     const tls::context* tls_ctx;
-    core::mailbox* inbox;
+    core::mailbox* inbox;       // from the main thread
+    core::mailbox* pace_inbox;  // from the pacer thread
     worker_counters ctr;
     latency_histogram hist;
     latency_histogram handshake_hist;
+    latency_histogram lag_hist;  // open loop: sent - intended
+    latency_histogram snap;      // progress copy of hist, valid once snap_seq says so
+    std::atomic<uint64_t> snap_seq{0};
+    // Open loop: the earliest intended send time of this shard's connections
+    // (written by the shard, read by the pacer) and whether a wake-up is posted.
+    std::atomic<uint64_t> next_due{UINT64_MAX};
+    std::atomic<bool> pace_posted{false};
     std::string tls_version, tls_cipher;
     std::atomic<bool> done{false};
     bool stopping = false;
@@ -294,6 +349,8 @@ void load_conn::on_ready() {
         close_if_done();
         return;
     }
+    if (w_.opt.rate > 0)
+        sched_ = open_loop_schedule(w_.opt.rate, w_.opt.connections, index_, now_ns());
     fill();
     flush();
 }
@@ -346,15 +403,46 @@ void load_conn::on_tls_bytes(core::slice data) {
 }
 
 void load_conn::fill() {
+    if (w_.opt.rate > 0) {
+        send_due(now_ns());
+        return;
+    }
     while (!free_.empty() && budget_ > 0 && !w_.stopping && st_ && st_->open()) {
         uint32_t idx = free_.back();
         free_.pop_back();
         --budget_;
-        issue(idx);
+        issue(idx, 0);
     }
 }
 
-void load_conn::issue(uint32_t idx) {
+void load_conn::send_due(uint64_t now) {
+    if (!connected_) return;
+    while (!free_.empty() && budget_ > 0 && !w_.stopping && st_ && st_->open()) {
+        const uint64_t due = sched_.intended(next_k_);
+        if (due > now) break;
+        ++next_k_;
+        uint32_t idx = free_.back();
+        free_.pop_back();
+        --budget_;
+        issue(idx, due);
+    }
+    w_.lower_next_due(next_due());
+}
+
+void load_conn::pace(uint64_t now) {
+    if (finished_) return;
+    send_due(now);
+    flush();
+}
+
+uint64_t load_conn::next_due() const noexcept {
+    if (!connected_ || finished_ || free_.empty() || budget_ == 0 || w_.stopping || !st_)
+        return UINT64_MAX;
+    return sched_.intended(next_k_);
+}
+
+// `due_ns`: the open loop's intended send time; 0 in closed loop (now).
+void load_conn::issue(uint32_t idx, uint64_t due_ns) {
     const run_options& o = w_.opt;
     call_slot& sl = slots_[idx];
     sl.len = uint32_t(o.size);
@@ -366,8 +454,10 @@ void load_conn::issue(uint32_t idx) {
     const bool with_opaque = o.proc != bench_proc::null;
     if (!with_opaque) sl.len = 0;
     sl.sent_ns = now_ns();
+    sl.due_ns = due_ns ? due_ns : sl.sent_ns;
+    if (due_ns) w_.lag_hist.record(sl.sent_ns - std::min(sl.sent_ns, due_ns));
     // One clock per shard thread: its first call is its earliest.
-    if (w_.first_send_ns == UINT64_MAX) w_.first_send_ns = sl.sent_ns;
+    if (w_.first_send_ns == UINT64_MAX) w_.first_send_ns = sl.due_ns;
     send(opaque_call(slab_, sl.xid, o.program, o.version, proc_number(o.proc),
                      core::slice::unowned(w_.payload + sl.off, sl.len), with_opaque));
 }
@@ -427,7 +517,7 @@ bool load_conn::handle(core::slice_chain&& rec) {
         core::bump(w_.ctr.calls);
         core::bump(w_.ctr.bytes_sent, sl.len);
         core::bump(w_.ctr.bytes_received, sl.len);
-        w_.hist.record(t - sl.sent_ns);
+        w_.hist.record(t - sl.due_ns);
         w_.last_reply_ns = t;
     }
     release(idx);
@@ -473,6 +563,13 @@ void load_conn::check(uint64_t now) {
 }
 
 void load_conn::wind_down() {
+    if (w_.opt.rate > 0 && connected_ && !finished_) {
+        // Calls whose time came before the end but that never left: the
+        // client (or a server holding every slot) could not keep the rate.
+        uint64_t end = w_.end_ns ? std::min(w_.end_ns, now_ns()) : now_ns();
+        uint64_t due = sched_.due_by(end);
+        if (due > next_k_) core::bump(w_.ctr.missed, std::min(due - next_k_, budget_));
+    }
     if (!connected_) {
         if (st_) st_->close(-ECANCELED);
         finish();
@@ -539,6 +636,39 @@ void load_conn::finish() {
     if (finished_) return;
     finished_ = true;
     w_.conn_done();
+}
+
+// The open loop's pacer: sleeps until the earliest call due on any shard,
+// then posts that shard a wake-up (one at a time: a shard that has not yet
+// taken the last one is not sent another). The thread's timer slack is set to
+// 1 ns: the default 50 us would make every call that much late.
+void run_pacer(const std::vector<std::unique_ptr<load_worker>>& workers,
+               const std::atomic<bool>& stop) {
+    ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    while (!stop.load(std::memory_order_relaxed)) {
+        const uint64_t now = now_ns();
+        uint64_t wake = now + k_pacer_max_sleep_ns;
+        for (auto& w : workers) {
+            if (w->done.load(std::memory_order_relaxed)) continue;
+            const uint64_t due = w->next_due.load(std::memory_order_acquire);
+            if (due > now) {
+                wake = std::min(wake, due);
+                continue;
+            }
+            if (w->pace_posted.exchange(true, std::memory_order_relaxed)) {
+                wake = std::min(wake, now + k_pacer_recheck_ns);
+                continue;
+            }
+            // Posted or not, look again soon: the shard's next due time
+            // changes once it has sent.
+            load_worker* wp = w.get();
+            if (!wp->pace_inbox->try_post([wp] { wp->pace(); }))
+                wp->pace_posted.store(false, std::memory_order_relaxed);
+            wake = std::min(wake, now + k_pacer_recheck_ns);
+        }
+        timespec ts{time_t(wake / 1000000000u), long(wake % 1000000000u)};
+        ::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr);
+    }
 }
 
 unsigned default_threads(unsigned connections) {
@@ -617,6 +747,12 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         workers.push_back(std::move(w));
     }
 
+    // Open loop: one pacer thread wakes each shard when a call of its is due.
+    std::atomic<bool> pacer_stop{false};
+    std::thread pacer;
+    if (opt.rate > 0)
+        pacer = std::thread([&workers, &pacer_stop] { run_pacer(workers, pacer_stop); });
+
     using clock = std::chrono::steady_clock;
     const auto started = clock::now();
     // Backstops; the per-call and connect timeouts end every connection well
@@ -624,11 +760,21 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
     // counters stall for several timeouts is stopped.
     const double timeout_s = opt.timeout_ms / 1000.0;
     const double stall_s = 3 * timeout_s + 5;
-    auto next_progress = started + std::chrono::duration<double>(
-                                       opt.progress_interval_s > 0 ? opt.progress_interval_s : 1e9);
+    // Progress lines: only on runs long enough to want them.
+    const bool progress = opt.progress_interval_s > 0 &&
+                          (opt.duration_s <= 0 || opt.duration_s > opt.progress_min_run_s);
+    auto next_progress =
+        started + std::chrono::duration<double>(progress ? opt.progress_interval_s : 1e9);
     uint64_t last_calls = 0, last_events = 0;
     auto last_progress = started, last_change = started, stop_sent_at = started;
     bool stop_sent = false;
+    // A progress line is printed when every shard has answered the snapshot
+    // request `snap_asked` (or after k_snapshot_wait_s, without the late ones).
+    latency_histogram so_far;
+    uint64_t snap_asked = 0, snap_errors = 0;
+    double snap_elapsed = 0, snap_rate = 0;
+    bool snap_pending = false;
+    auto snap_at = started;
     for (;;) {
         bool all_done = true;
         uint64_t events = 0;
@@ -657,23 +803,50 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         }
         // Calls in flight get one timeout to come in; then the shards are stopped.
         if (stop_sent && secs(stop_sent_at) > timeout_s + 2) break;
-        if (opt.progress_interval_s > 0 && now >= next_progress) {
-            uint64_t calls = 0, errors = 0;
-            for (auto& w : workers) {
-                calls += w->ctr.calls.load(std::memory_order_relaxed);
-                errors += w->ctr.errors();
-            }
-            double dt = std::chrono::duration<double>(now - last_progress).count();
-            std::string line =
-                fmt::format("progress: {:.0f}s calls={} ops/s={:.0f} errors={}\n", elapsed, calls,
-                            dt > 0 ? double(calls - last_calls) / dt : 0.0, errors);
-            ssize_t wr = ::write(2, line.data(), line.size());
-            (void)wr;
-            last_calls = calls;
-            last_progress = now;
+        if (progress && now >= next_progress && !snap_pending) {
             next_progress += std::chrono::duration<double>(opt.progress_interval_s);
+            if (opt.duration_s > 0 || elapsed >= opt.progress_min_run_s) {
+                uint64_t calls = 0;
+                snap_errors = 0;
+                for (auto& w : workers) {
+                    calls += w->ctr.calls.load(std::memory_order_relaxed);
+                    snap_errors += w->ctr.errors();
+                }
+                double dt = secs(last_progress);
+                snap_rate = dt > 0 ? double(calls - last_calls) / dt : 0.0;
+                snap_elapsed = elapsed;
+                last_calls = calls;
+                last_progress = now;
+                ++snap_asked;
+                for (auto& w : workers) {
+                    load_worker* wp = w.get();
+                    (void)wp->inbox->try_post([wp, n = snap_asked] { wp->snapshot(n); });
+                }
+                snap_pending = true;
+                snap_at = now;
+            }
+        }
+        if (snap_pending) {
+            bool all = true;
+            for (auto& w : workers)
+                all &= w->snap_seq.load(std::memory_order_acquire) == snap_asked;
+            if (all || secs(snap_at) > k_snapshot_wait_s) {
+                so_far.clear();
+                for (auto& w : workers)
+                    if (w->snap_seq.load(std::memory_order_acquire) == snap_asked)
+                        so_far.merge(w->snap);
+                std::string line = format_progress(snap_elapsed, snap_rate, so_far, snap_errors);
+                line += '\n';
+                ssize_t wr = ::write(2, line.data(), line.size());
+                (void)wr;
+                snap_pending = false;
+            }
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (pacer.joinable()) {
+        pacer_stop.store(true);
+        pacer.join();
     }
     for (auto& w : workers) w->sh.request_stop();
     for (auto& w : workers) w->sh.join();
@@ -686,6 +859,7 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
     r.proc = opt.proc;
     r.verify = opt.verify;
     r.tls = opt.tls;
+    r.rate = opt.rate;
     uint64_t first = UINT64_MAX, last = 0;
     for (auto& w : workers) {
         auto g = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
@@ -705,6 +879,8 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         r.payload_bytes_sent += g(w->ctr.bytes_sent);
         r.payload_bytes_received += g(w->ctr.bytes_received);
         r.latency.merge(w->hist);
+        r.send_lag.merge(w->lag_hist);
+        r.missed_calls += g(w->ctr.missed);
         first = std::min(first, w->first_send_ns);
         last = std::max(last, w->last_reply_ns);
     }
@@ -723,12 +899,19 @@ std::string format_human(const run_report& r) {
         to_string(r.proc), sizes, r.connections, r.depth, r.threads, r.verify ? " verify" : "");
     out += fmt::format("  calls      {} in {:.3f} s: {:.0f} ops/s\n", r.calls, r.elapsed_s,
                        r.ops_per_sec());
+    if (r.rate > 0)
+        out += fmt::format(
+            "  open loop  target {:.0f} calls/s; latency from the intended send time; send lag "
+            "p50 {:.1f} us  p99 {:.1f} us; {} calls due but never sent\n",
+            r.rate, us(r.send_lag.percentile(0.50)), us(r.send_lag.percentile(0.99)),
+            r.missed_calls);
     out += fmt::format(
         "  payload    {:.2f} MB/s both directions ({:.2f} MB/s each way; MB = 10^6 bytes)\n",
         r.bytes_per_sec() / 1e6, r.bytes_per_sec() / 2e6);
-    out += fmt::format("  latency    p50 {:.1f} us  p99 {:.1f} us  p999 {:.1f} us  max {:.1f} us\n",
-                       us(r.latency.percentile(0.50)), us(r.latency.percentile(0.99)),
-                       us(r.latency.percentile(0.999)), us(r.latency.max()));
+    out += fmt::format(
+        "  latency    p50 {:.1f} us  p90 {:.1f} us  p99 {:.1f} us  p999 {:.1f} us  max {:.1f} us\n",
+        us(r.latency.percentile(0.50)), us(r.latency.percentile(0.90)),
+        us(r.latency.percentile(0.99)), us(r.latency.percentile(0.999)), us(r.latency.max()));
     if (r.tls != client::tls_mode::off)
         out +=
             fmt::format("  tls        {} {} {}: handshake p50 {:.1f} us  p99 {:.1f} us ({} done)\n",
@@ -744,26 +927,58 @@ std::string format_human(const run_report& r) {
     return out;
 }
 
+std::string histogram_json(const latency_histogram& h) {
+    std::string out = fmt::format("{{\"unit\":\"ns\",\"count\":{},\"buckets\":[", h.count());
+    bool first = true;
+    h.for_each_bucket([&](uint64_t lo, uint64_t hi, uint64_t n) {
+        out += fmt::format("{}[{},{},{}]", first ? "" : ",", lo, hi, n);
+        first = false;
+    });
+    out += "]}";
+    return out;
+}
+
 std::string format_json(const run_report& r) {
     auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
-    return fmt::format(
+    const latency_histogram& l = r.latency;
+    std::string out = fmt::format(
         "{{\"proc\":\"{}\",\"connections\":{},\"depth\":{},\"threads\":{},\"size\":{},"
-        "\"size_max\":{},\"verify\":{},\"calls\":{},\"elapsed_s\":{:.6f},\"ops_per_sec\":{:.1f},"
-        "\"bytes_per_sec\":{:.1f},\"bytes_per_sec_note\":\"payload, both directions\","
+        "\"size_max\":{},\"verify\":{},\"mode\":\"{}\",\"rate\":{:.1f},\"calls\":{},"
+        "\"elapsed_s\":{:.6f},\"ops_per_sec\":{:.1f},"
+        "\"bytes_per_sec\":{:.1f},\"mb_per_sec\":{:.3f},"
+        "\"bytes_per_sec_note\":\"payload, both directions; MB = 10^6 bytes\","
         "\"payload_bytes_sent\":{},\"payload_bytes_received\":{},"
-        "\"p50_us\":{:.2f},\"p99_us\":{:.2f},\"p999_us\":{:.2f},\"max_us\":{:.2f},"
-        "\"mean_us\":{:.2f},\"errors\":{},\"connect_errors\":{},\"lost_calls\":{},"
-        "\"timeouts\":{},\"rpc_errors\":{},\"bad_replies\":{},\"backchannel_calls\":{},"
-        "\"tls\":\"{}\",\"tls_errors\":{},\"tls_version\":\"{}\",\"tls_cipher\":\"{}\","
-        "\"handshakes\":{},\"handshake_p50_us\":{:.2f},\"handshake_p99_us\":{:.2f}}}",
+        "\"p50_us\":{:.2f},\"p90_us\":{:.2f},\"p99_us\":{:.2f},\"p999_us\":{:.2f},"
+        "\"max_us\":{:.2f},\"min_us\":{:.2f},\"mean_us\":{:.2f},",
         to_string(r.proc), r.connections, r.depth, r.threads, r.size, r.size_max,
-        r.verify ? "true" : "false", r.calls, r.elapsed_s, r.ops_per_sec(), r.bytes_per_sec(),
-        r.payload_bytes_sent, r.payload_bytes_received, us(r.latency.percentile(0.50)),
-        us(r.latency.percentile(0.99)), us(r.latency.percentile(0.999)), us(r.latency.max()),
-        r.latency.mean() / 1000.0, r.errors, r.connect_errors, r.lost_calls, r.timeouts,
-        r.rpc_errors, r.bad_replies, r.backchannel_calls, client::to_string(r.tls), r.tls_errors,
-        r.tls_version, r.tls_cipher, r.handshake_latency.count(),
-        us(r.handshake_latency.percentile(0.50)), us(r.handshake_latency.percentile(0.99)));
+        r.verify ? "true" : "false", r.rate > 0 ? "open" : "closed", r.rate, r.calls, r.elapsed_s,
+        r.ops_per_sec(), r.bytes_per_sec(), r.bytes_per_sec() / 1e6, r.payload_bytes_sent,
+        r.payload_bytes_received, us(l.percentile(0.50)), us(l.percentile(0.90)),
+        us(l.percentile(0.99)), us(l.percentile(0.999)), us(l.max()), us(l.min()),
+        l.mean() / 1000.0);
+    out += fmt::format(
+        "\"errors\":{},\"connect_errors\":{},\"lost_calls\":{},"
+        "\"timeouts\":{},\"rpc_errors\":{},\"bad_replies\":{},\"backchannel_calls\":{},"
+        "\"missed_calls\":{},\"send_lag_p50_us\":{:.2f},\"send_lag_p99_us\":{:.2f},"
+        "\"tls\":\"{}\",\"tls_errors\":{},\"tls_version\":\"{}\",\"tls_cipher\":\"{}\","
+        "\"handshakes\":{},\"handshake_p50_us\":{:.2f},\"handshake_p99_us\":{:.2f},"
+        "\"histogram\":{}}}",
+        r.errors, r.connect_errors, r.lost_calls, r.timeouts, r.rpc_errors, r.bad_replies,
+        r.backchannel_calls, r.missed_calls, us(r.send_lag.percentile(0.50)),
+        us(r.send_lag.percentile(0.99)), client::to_string(r.tls), r.tls_errors, r.tls_version,
+        r.tls_cipher, r.handshake_latency.count(), us(r.handshake_latency.percentile(0.50)),
+        us(r.handshake_latency.percentile(0.99)), histogram_json(l));
+    return out;
+}
+
+std::string format_progress(double elapsed_s, double ops_per_sec, const latency_histogram& so_far,
+                            uint64_t errors) {
+    std::string out = fmt::format("progress: {:.0f}s {:.0f} ops/s", elapsed_s, ops_per_sec);
+    if (so_far.count())
+        out += fmt::format(" p50 {:.1f} us p99 {:.1f} us", double(so_far.percentile(0.50)) / 1e3,
+                           double(so_far.percentile(0.99)) / 1e3);
+    out += fmt::format(" errors {}", errors);
+    return out;
 }
 
 }  // namespace rpcgate::bench

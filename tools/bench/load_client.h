@@ -22,8 +22,20 @@
 // A CALL received from the server (the backchannel, program 0x20000002) is
 // answered with its own opaque (echo), as an NFSv4.1 client answers callbacks.
 //
+// Open loop (`rate` > 0): instead of sending when a slot frees, each
+// connection sends on the schedule of open_loop_schedule, and a call's
+// latency runs from its *intended* send time (no coordinated omission). A
+// pacer thread wakes a shard when one of its connections has a call due; the
+// `depth` slots still bound the calls in flight, and a call that finds none
+// free waits, its lateness counted. The report says how late the client sent
+// (send lag) and how many calls were due but never sent when the run ended.
+//
+// Progress: every `progress_interval_s` the main thread asks each shard for a
+// copy of its histogram (through its mailbox) and prints one line on stderr:
+// elapsed, ops/s over the last interval, p50/p99 so far, errors.
+//
 // Threads: `run_load` is called from one thread, which it blocks; it starts
-// and joins the shards itself. `stop` may be set from any thread (a signal
+// and joins the shards (and the pacer) itself. `stop` may be set from any thread (a signal
 // handler's flag): the run then ends early, as if its duration had passed.
 #pragma once
 
@@ -56,8 +68,11 @@ struct run_options {
     bool verify = false;  // compare every reply byte (default: lengths only)
     uint64_t seed = 1;
     uint32_t timeout_ms = 10000;     // per call, and per connect
-    double progress_interval_s = 5;  // stderr progress line; 0: none
-    core::shard_config shard;        // index set per shard
+    double rate = 0;                 // open loop: calls/s over all connections; 0: closed loop
+    double progress_interval_s = 1;  // stderr progress line; 0: none
+    // Progress lines only for runs longer than this (a --calls run: from then on).
+    double progress_min_run_s = 3;
+    core::shard_config shard;  // index set per shard
     // TLS per connection (client::client_session, the RFC 9289 client role):
     // starttls = AUTH_TLS probe of (program, version), then TLS 1.3; implicit
     // = TLS from the first byte. The handshake is done on the shard, before
@@ -74,6 +89,7 @@ struct run_report {
     bench_proc proc = bench_proc::echo;
     bool verify = false;
     client::tls_mode tls = client::tls_mode::off;
+    double rate = 0;  // open loop's target calls/s; 0: closed loop
     // What happened.
     uint64_t calls = 0;                   // completed successfully
     uint64_t errors = 0;                  // sum of the kinds below
@@ -84,11 +100,13 @@ struct run_report {
     uint64_t bad_replies = 0;             // malformed, wrong length, bytes differ, unknown xid
     uint64_t tls_errors = 0;              // probe refused, handshake or record failure
     uint64_t backchannel_calls = 0;       // server CALLs answered by the client
+    uint64_t missed_calls = 0;            // open loop: due before the end, never sent
     uint64_t payload_bytes_sent = 0;      // opaque bytes of completed calls
     uint64_t payload_bytes_received = 0;  // opaque bytes of their replies
     double elapsed_s = 0;                 // first call sent -> last reply
     latency_histogram latency;            // nanoseconds
     latency_histogram handshake_latency;  // connect done -> TLS ready, nanoseconds
+    latency_histogram send_lag;           // open loop: sent - intended, nanoseconds
     std::string tls_version, tls_cipher;  // as negotiated (first connection)
 
     double ops_per_sec() const noexcept { return elapsed_s > 0 ? double(calls) / elapsed_s : 0; }
@@ -107,8 +125,18 @@ run_report run_load(const run_options& opt, std::string* err,
                     const std::atomic<bool>* stop = nullptr);
 
 // A multi-line human summary / one JSON object (single line, no newline).
+// The JSON has the summary figures (ops_per_sec, mb_per_sec, p50_us, p90_us,
+// p99_us, p999_us, max_us, errors, ...) and, under "histogram", every
+// non-empty latency bucket (see histogram_json).
 std::string format_human(const run_report& r);
 std::string format_json(const run_report& r);
+// {"unit":"ns","count":N,"buckets":[[lowest,highest,count],...]}: the
+// non-empty buckets, lowest first; bucket b holds values in [lowest, highest].
+std::string histogram_json(const latency_histogram& h);
+// The progress line (no newline): elapsed seconds, ops/s over the last
+// interval, p50/p99 of `so_far` (omitted when it is empty), errors.
+std::string format_progress(double elapsed_s, double ops_per_sec, const latency_histogram& so_far,
+                            uint64_t errors);
 const char* to_string(bench_proc p) noexcept;
 
 }  // namespace rpcgate::bench

@@ -128,6 +128,17 @@ TEST(bench_cli, serve_run_json_and_clean_exit) {
     EXPECT_NE(j.find("\"errors\":0,"), std::string::npos) << j;
     EXPECT_NE(j.find("\"p99_us\":"), std::string::npos) << j;
 
+    // Open loop: the JSON says so; without --depth, 64 slots per connection.
+    child open({"run", "--target", target, "--connections", "2", "--size", "8", "--calls", "50",
+                "--rate", "1000", "--json", "--quiet"});
+    ASSERT_EQ(open.wait(30), 0) << open.out_text << open.err_text;
+    EXPECT_NE(open.out_text.find("\"mode\":\"open\",\"rate\":1000.0,\"calls\":50,"),
+              std::string::npos)
+        << open.out_text;
+    EXPECT_NE(open.out_text.find("\"depth\":64,"), std::string::npos) << open.out_text;
+    EXPECT_NE(open.out_text.find("\"histogram\":{\"unit\":\"ns\",\"count\":50,"), std::string::npos)
+        << open.out_text;
+
     child human({"run", "--target", target, "--connections", "2", "--depth", "2", "--size", "8",
                  "--duration", "0.3", "--proc", "callback"});
     ASSERT_EQ(human.wait(30), 0) << human.out_text << human.err_text;
@@ -144,6 +155,7 @@ TEST(bench_cli, bad_options_are_one_line_and_nonzero) {
              {"run", "--target", "127.0.0.1:1", "--connections", "2", "--size", "1"},  // no bound
              {"run", "--target", "nowhere", "--calls", "1"},
              {"run", "--target", "127.0.0.1:1", "--calls", "1", "--proc", "bogus"},
+             {"run", "--target", "127.0.0.1:1", "--calls", "1", "--rate", "0"},
              {"serve"},
              {"frobnicate"}}) {
         child c(args);

@@ -178,31 +178,108 @@ TEST(bench_run, closed_port_reports_errors_and_ends_quickly) {
     EXPECT_NE(r.exit_status(), 0);
 }
 
-// A peer that accepts (the kernel's backlog does) but never answers: the
-// per-call timeout turns the calls into errors and the run ends.
-TEST(bench_run, silent_server_times_out) {
+// Runs `o` against a peer that accepts (the kernel's backlog does) but never
+// answers.
+run_report run_against_silent_peer(run_options o) {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     socket_address a = loopback(0);
-    ASSERT_EQ(::bind(fd, a.get(), a.len), 0);
-    ASSERT_EQ(::listen(fd, 16), 0);
+    EXPECT_EQ(::bind(fd, a.get(), a.len), 0);
+    EXPECT_EQ(::listen(fd, 16), 0);
     socklen_t len = sizeof a.storage;
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&a.storage), &len);
-
-    run_options o;
     o.target = a;
+    o.progress_interval_s = 0;
+    std::string err;
+    run_report r = run_load(o, &err);
+    EXPECT_EQ(err, "");
+    ::close(fd);
+    return r;
+}
+
+// The per-call timeout turns the calls into errors and the run ends.
+TEST(bench_run, silent_server_times_out) {
+    run_options o;
     o.connections = 2;
     o.depth = 3;
     o.duration_s = 30;
     o.timeout_ms = 300;
-    o.progress_interval_s = 0;
-    std::string err;
     auto t0 = std::chrono::steady_clock::now();
-    run_report r = run_load(o, &err);
+    run_report r = run_against_silent_peer(o);
     EXPECT_LT(seconds_since(t0), 5.0);
     EXPECT_EQ(r.calls, 0u);
     EXPECT_EQ(r.timeouts, 6u) << format_human(r);
     EXPECT_NE(r.exit_status(), 0);
-    ::close(fd);
+}
+
+// ---- open loop
+
+TEST_F(server_fixture, open_loop_keeps_to_the_schedule) {
+    // 400 calls at 2000/s over 4 connections: the last ones are not due
+    // before ~0.2 s, however fast the server answers.
+    run_options o = options(400);
+    o.rate = 2000;
+    o.connections = 4;
+    o.depth = 8;
+    o.size = 100;
+    o.verify = true;
+    run_report r = run_clean(o);
+    EXPECT_EQ(r.rate, 2000);
+    EXPECT_GE(r.elapsed_s, 0.19) << format_human(r);
+    EXPECT_EQ(r.send_lag.count(), 400u) << "every call's lateness is recorded";
+    EXPECT_EQ(r.latency.count(), 400u);
+    EXPECT_EQ(r.missed_calls, 0u);
+    EXPECT_NE(format_json(r).find("\"mode\":\"open\""), std::string::npos);
+}
+
+TEST(bench_run, open_loop_counts_calls_it_could_not_send) {
+    // One slot, and a server that never answers: the first call takes the
+    // slot, the ~500 due after it in 0.5 s never leave. A closed-loop client
+    // would report one slow call and nothing else.
+    run_options o;
+    o.connections = 1;
+    o.depth = 1;
+    o.rate = 1000;
+    o.duration_s = 0.5;
+    o.timeout_ms = 1000;
+    run_report r = run_against_silent_peer(o);
+    EXPECT_EQ(r.calls, 0u);
+    EXPECT_EQ(r.timeouts, 1u) << format_human(r);
+    EXPECT_GE(r.missed_calls, 400u) << format_human(r);
+    EXPECT_LE(r.missed_calls, 500u) << format_human(r);
+}
+
+// ---- progress lines
+
+TEST_F(server_fixture, progress_lines_carry_rate_and_percentiles) {
+    run_options o = options(0);
+    o.duration_s = 0.7;
+    o.connections = 2;
+    o.progress_interval_s = 0.15;
+    o.progress_min_run_s = 0;
+    ::testing::internal::CaptureStderr();
+    run_report r = run_clean(o);
+    std::string err = ::testing::internal::GetCapturedStderr();
+    size_t lines = 0;
+    for (size_t at = err.find("progress: "); at != std::string::npos;
+         at = err.find("progress: ", at + 1)) {
+        ++lines;
+        size_t eol = err.find('\n', at);
+        std::string line = err.substr(at, eol - at);
+        EXPECT_NE(line.find(" ops/s p50 "), std::string::npos) << line;
+        EXPECT_NE(line.find(" us p99 "), std::string::npos) << line;
+    }
+    EXPECT_GE(lines, 2u) << err;
+    EXPECT_LE(lines, 5u) << err;
+}
+
+TEST_F(server_fixture, short_runs_print_no_progress) {
+    run_options o = options(0);
+    o.duration_s = 0.5;
+    o.progress_interval_s = 0.1;  // progress_min_run_s stays at its 3 s
+    ::testing::internal::CaptureStderr();
+    run_clean(o);
+    std::string err = ::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(err.find("progress:"), std::string::npos) << err;
 }
 
 // ---- raw-socket checks of the server
