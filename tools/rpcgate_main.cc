@@ -36,10 +36,12 @@ int main(int argc, char** argv) {
         core::set_subsys_fd(core::log_subsys::audit, fd);
     }
     if (cfg.check_only) {
+        size_t upstream = 0;
+        for (const auto& b : cfg.backends) upstream += b.tls.mode != gw::tls_mode::off;
         std::printf("rpcgate: configuration OK: %zu listener(s), %zu backend(s), %u shard(s), "
-                    "tls %s\n",
+                    "tls %s, upstream tls on %zu backend(s)\n",
                     cfg.listen.size(), cfg.backends.size(), cfg.shards,
-                    gw::tls_mode_name(cfg.tls));
+                    gw::tls_mode_name(cfg.tls), upstream);
         return 0;
     }
 
@@ -80,7 +82,10 @@ int main(int argc, char** argv) {
     std::string routes;
     for (const auto& b : cfg.backends) {
         auto name = rpc::program_name_of(b.prog);
-        routes += fmt::format(" {}({})->{}", name.empty() ? "prog" : name, b.prog, b.target.text);
+        routes += fmt::format(" {}({})->{}{}", name.empty() ? "prog" : name, b.prog, b.target.text,
+                              b.tls.mode == gw::tls_mode::off
+                                  ? ""
+                                  : fmt::format(" [tls {}]", gw::tls_mode_name(b.tls.mode)));
     }
     RPCGATE_LOG(gw, info, "rpcgate {} listening on port {} ({} shard(s), tls {}); routes:{}",
                 RPCGATE_VERSION, gateway.port(), cfg.shards, gw::tls_mode_name(cfg.tls), routes);

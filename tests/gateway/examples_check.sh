@@ -15,6 +15,7 @@ for f in "$dir"/*.toml; do
     sed -e "s|/etc/rpcgate/server.pem|$work/certs/server.pem|" \
         -e "s|/etc/rpcgate/server.key|$work/certs/server.key|" \
         -e "s|/etc/rpcgate/clients-ca.pem|$work/certs/ca.pem|" \
+        -e "s|/etc/rpcgate/server-ca.pem|$work/certs/ca.pem|" \
         -e "s|/etc/rpcgate/clients.crl|$work/certs/crl.pem|" \
         -e "s|/var/log/rpcgate/|$work/|" \
         -e "s|\"build/demo/|\"$work/build/demo/|" \
