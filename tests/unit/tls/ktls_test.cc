@@ -1,0 +1,766 @@
+// Kernel TLS: the handshake that hands records to the kernel, the protection
+// report, and what the kernel does with non-data records.
+//
+// Our side (tls::ktls over a tls::context, as the gateway's control thread
+// and shards would use it) talks over loopback TCP to an independent
+// userspace OpenSSL peer on its own thread. Where the kernel has kTLS (the
+// qemu guest of tests/vm) every test asserts that the kernel took the
+// records (ktls-sw for TX and RX, /proc/net/tls_stat moving); where it has
+// none (these machines' kernel) the same tests run on userspace TLS and
+// assert `userspace` -- the fallback. RPCGATE_REQUIRE_KTLS=1 (set in the VM)
+// turns a kernel without kTLS into a failure instead of the fallback.
+//
+// The kernel findings each test pins down are in its comment.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <liburing.h>
+#include <linux/tls.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tls/context.h"
+#include "tls/ktls.h"
+
+namespace rpcgate::tls {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+namespace k = ktls;
+
+constexpr int io_timeout_ms = 10000;
+
+int ms_left(clock_type::time_point deadline) {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
+    return ms.count() > 0 ? static_cast<int>(ms.count()) : 0;
+}
+
+bool wait_fd(int fd, short events, clock_type::time_point deadline) {
+    pollfd p{fd, events, 0};
+    return ::poll(&p, 1, ms_left(deadline)) > 0;
+}
+
+// The kernel under test: kTLS or not (decided once; the VM insists on it).
+bool have_ktls() {
+    static const bool v = k::kernel_has_ktls();
+    return v;
+}
+bool require_ktls() {
+    const char* e = std::getenv("RPCGATE_REQUIRE_KTLS");
+    return e && std::string(e) == "1";
+}
+
+// A self-signed EC certificate for "localhost", made in-process so that the
+// test runs in the guest without the openssl program or a shell.
+struct cert_files {
+    std::string dir, cert, key;
+    cert_files() {
+        char tmpl[] = "/tmp/rpcgate-ktls.XXXXXX";
+        if (!mkdtemp(tmpl)) return;
+        dir = tmpl;
+        cert = dir + "/cert.pem";
+        key = dir + "/key.pem";
+        EVP_PKEY* pk = EVP_EC_gen("P-256");
+        X509* x = X509_new();
+        X509_set_version(x, 2);
+        ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+        X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+        X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+        X509_set_pubkey(x, pk);
+        X509_NAME* n = X509_get_subject_name(x);
+        X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
+                                   reinterpret_cast<const unsigned char*>("localhost"), -1, -1, 0);
+        X509_set_issuer_name(x, n);
+        X509V3_CTX v3;
+        X509V3_set_ctx_nodb(&v3);
+        X509V3_set_ctx(&v3, x, x, nullptr, nullptr, 0);
+        for (auto [nid, val] : {std::pair{NID_subject_alt_name, "DNS:localhost"},
+                                std::pair{NID_basic_constraints, "critical,CA:TRUE"}}) {
+            X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, val);
+            X509_add_ext(x, ext, -1);
+            X509_EXTENSION_free(ext);
+        }
+        X509_sign(x, pk, EVP_sha256());
+        FILE* f = std::fopen(cert.c_str(), "w");
+        PEM_write_X509(f, x);
+        std::fclose(f);
+        f = std::fopen(key.c_str(), "w");
+        PEM_write_PrivateKey(f, pk, nullptr, nullptr, 0, nullptr, nullptr);
+        std::fclose(f);
+        X509_free(x);
+        EVP_PKEY_free(pk);
+    }
+    ~cert_files() {
+        if (dir.empty()) return;
+        std::remove(cert.c_str());
+        std::remove(key.c_str());
+        ::rmdir(dir.c_str());
+    }
+};
+
+const cert_files& certs() {
+    static const cert_files c;
+    return c;
+}
+
+// A connected loopback TCP pair: `ours` (the gateway side) and `theirs`.
+struct tcp_pair {
+    int ours = -1, theirs = -1;
+    tcp_pair() {
+        int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t al = sizeof(a);
+        if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(l, 1) != 0 ||
+            ::getsockname(l, reinterpret_cast<sockaddr*>(&a), &al) != 0) {
+            ::close(l);
+            return;
+        }
+        theirs = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (::connect(theirs, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0)
+            ours = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+        ::close(l);
+        // The peer blocks, but never for ever: a stuck test fails, it does not hang.
+        timeval tv{io_timeout_ms / 1000, 0};
+        ::setsockopt(theirs, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        ::setsockopt(theirs, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        int one = 1;
+        ::setsockopt(theirs, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        ::setsockopt(ours, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    ~tcp_pair() {
+        if (ours >= 0) ::close(ours);
+        if (theirs >= 0) ::close(theirs);
+    }
+};
+
+// The independent peer: plain OpenSSL in userspace (no SSL_OP_ENABLE_KTLS)
+// on a blocking socket, run on its own thread.
+struct peer_ctx {
+    SSL_CTX* ctx = nullptr;
+    explicit peer_ctx(bool server, int max_version = 0, const char* suites = nullptr) {
+        ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+        SSL_CTX_clear_options(ctx, SSL_OP_ENABLE_KTLS);
+        if (max_version) SSL_CTX_set_max_proto_version(ctx, max_version);
+        // TLS 1.2 names its suites in the cipher list, 1.3 in the ciphersuites.
+        if (suites && max_version == TLS1_2_VERSION) SSL_CTX_set_cipher_list(ctx, suites);
+        else if (suites) SSL_CTX_set_ciphersuites(ctx, suites);
+        if (server) {
+            SSL_CTX_use_certificate_file(ctx, certs().cert.c_str(), SSL_FILETYPE_PEM);
+            SSL_CTX_use_PrivateKey_file(ctx, certs().key.c_str(), SSL_FILETYPE_PEM);
+            // Default: two NewSessionTickets after the handshake, which is
+            // what the client-side test wants to see arrive.
+        } else {
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+        }
+    }
+    ~peer_ctx() { SSL_CTX_free(ctx); }
+};
+
+std::string random_bytes(size_t n) {
+    std::string s(n, '\0');
+    RAND_bytes(reinterpret_cast<unsigned char*>(s.data()), static_cast<int>(n));
+    return s;
+}
+
+// Our end: an SSL over socket BIOs (tls::ktls::attach_socket) on a
+// non-blocking fd, driven by poll as the control thread would; afterwards
+// plain socket I/O in each direction the kernel took, OpenSSL otherwise.
+struct ours {
+    SSL* ssl = nullptr;
+    int fd = -1;
+    k::directions dir;
+    std::string err;
+
+    ours(const context& ctx, int sock, std::string_view early = {}) : fd(sock) {
+        ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+        ssl = SSL_new(ctx.native());
+        if (ctx.is_server()) SSL_set_accept_state(ssl);
+        else SSL_set_connect_state(ssl);
+        if (!k::attach_socket(ssl, fd, early, &err)) ADD_FAILURE() << err;
+    }
+    ~ours() { SSL_free(ssl); }
+
+    bool handshake() {
+        auto deadline = clock_type::now() + std::chrono::milliseconds(io_timeout_ms);
+        for (;;) {
+            switch (k::handshake_step(ssl)) {
+                case k::step::done: dir = k::finish(ssl, fd); return true;
+                case k::step::want_read:
+                    if (!wait_fd(fd, POLLIN, deadline)) return fail("handshake: timed out");
+                    break;
+                case k::step::want_write:
+                    if (!wait_fd(fd, POLLOUT, deadline)) return fail("handshake: timed out");
+                    break;
+                case k::step::error: return fail("handshake: " + last_error());
+            }
+        }
+    }
+    bool fail(std::string why) {
+        err = std::move(why);
+        return false;
+    }
+
+    // Application bytes (or, on kTLS RX, a non-data record: *type says).
+    // >0 bytes, 0 close (TCP EOF, or close_notify in userspace), <0 -errno.
+    ssize_t read(void* buf, size_t len, uint8_t* type, int timeout_ms = io_timeout_ms) {
+        auto deadline = clock_type::now() + std::chrono::milliseconds(timeout_ms);
+        for (;;) {
+            if (dir.rx) {
+                ssize_t n = k::recv_record(fd, buf, len, type, MSG_DONTWAIT);
+                if (n != -EAGAIN) return n;
+            } else {
+                *type = k::rt_application_data;
+                size_t got = 0;
+                ERR_clear_error();
+                int r = SSL_read_ex(ssl, buf, len, &got);
+                if (r == 1) return static_cast<ssize_t>(got);
+                int e = SSL_get_error(ssl, r);
+                if (e == SSL_ERROR_ZERO_RETURN) return 0;
+                if (e != SSL_ERROR_WANT_READ) {
+                    err = last_error();
+                    return -EPROTO;
+                }
+            }
+            if (!wait_fd(fd, POLLIN, deadline)) return -ETIMEDOUT;
+        }
+    }
+
+    bool write(const std::string& data) {
+        auto deadline = clock_type::now() + std::chrono::milliseconds(io_timeout_ms);
+        size_t off = 0;
+        while (off < data.size()) {
+            ssize_t n;
+            if (dir.tx) {
+                n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+                if (n < 0 && errno != EAGAIN) return fail(std::string("send: ") + strerror(errno));
+            } else {
+                size_t put = 0;
+                int r = SSL_write_ex(ssl, data.data() + off, data.size() - off, &put);
+                n = r == 1 ? static_cast<ssize_t>(put) : -1;
+                if (r != 1 && SSL_get_error(ssl, r) != SSL_ERROR_WANT_WRITE)
+                    return fail("SSL_write: " + last_error());
+            }
+            if (n > 0) {
+                off += static_cast<size_t>(n);
+            } else if (!wait_fd(fd, POLLOUT, deadline)) {
+                return fail("write: timed out");
+            }
+        }
+        return true;
+    }
+
+    // Reads application data until `n` bytes came; stops early at a
+    // non-data record (returned in *type) or an error.
+    std::string read_n(size_t n, uint8_t* type) {
+        std::string got;
+        std::vector<char> buf(64 * 1024);
+        *type = k::rt_application_data;
+        while (got.size() < n) {
+            ssize_t r = read(buf.data(), std::min(buf.size(), n - got.size()), type);
+            if (r <= 0 || *type != k::rt_application_data) break;
+            got.append(buf.data(), static_cast<size_t>(r));
+        }
+        return got;
+    }
+};
+
+// The peer's side of a TLS connection on its own thread.
+struct peer_conn {
+    SSL* ssl = nullptr;
+    peer_conn(SSL_CTX* ctx, int fd) {
+        ssl = SSL_new(ctx);
+        SSL_set_fd(ssl, fd);
+    }
+    ~peer_conn() { SSL_free(ssl); }
+    bool read_exact(std::string& out, size_t n) {
+        out.resize(n);
+        size_t got = 0;
+        while (got < n) {
+            size_t r = 0;
+            if (SSL_read_ex(ssl, out.data() + got, n - got, &r) != 1) return false;
+            got += r;
+        }
+        return true;
+    }
+    bool write_all(const std::string& s) {
+        size_t put = 0;
+        return s.empty() || (SSL_write_ex(ssl, s.data(), s.size(), &put) == 1 && put == s.size());
+    }
+};
+
+class KtlsTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        ASSERT_FALSE(certs().dir.empty());
+        if (require_ktls()) {
+            ASSERT_TRUE(have_ktls()) << "RPCGATE_REQUIRE_KTLS=1 but the kernel has no kTLS";
+        }
+        server_options so;
+        so.cert_file = certs().cert;
+        so.key_file = certs().key;
+        so.min_version = TLS1_2_VERSION;  // the TLS 1.2 test needs it; the peers pick 1.3 otherwise
+        std::string e;
+        server_ = context::make_server(so, &e);
+        ASSERT_TRUE(server_) << e;
+        client_options co;
+        co.ca_file = certs().cert;
+        co.server_name = "localhost";
+        client_ = context::make_client(co, &e);
+        ASSERT_TRUE(client_) << e;
+    }
+
+    // The mode every direction must report here.
+    static k::mode expected() { return have_ktls() ? k::mode::ktls_sw : k::mode::userspace; }
+
+    std::unique_ptr<context> server_, client_;
+};
+
+TEST_F(KtlsTest, PlainSocketIsUserspace) {
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    k::protection pr = k::query(p.ours);
+    EXPECT_EQ(pr.tx, k::mode::userspace);
+    EXPECT_EQ(pr.rx, k::mode::userspace);
+    EXPECT_FALSE(pr.ulp);
+}
+
+// The main path: a server handshake whose ClientHello a shard already read
+// (`early`), both directions in the kernel, data byte-identical both ways,
+// the kernel's counters moving, and the peer's close_notify arriving as an
+// alert record. Finding: a plain recv() on a kTLS RX socket fails with EIO
+// at a non-data record and leaves it queued; recvmsg with a control buffer
+// then returns it with its type.
+TEST_F(KtlsTest, ServerHandsRecordsToKernel) {
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    auto before = k::read_tls_stat();
+    const std::string up = random_bytes(300 * 1000), down = random_bytes(200 * 1000);
+    peer_ctx pc(false);
+    auto peer = std::async(std::launch::async, [&]() -> std::string {
+        peer_conn c(pc.ctx, p.theirs);
+        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+        if (!c.write_all(up)) return "write: " + last_error();
+        std::string got;
+        if (!c.read_exact(got, down.size())) return "read: " + last_error();
+        if (got != down) return "the bytes that came back differ";
+        SSL_shutdown(c.ssl);  // close_notify
+        return "";
+    });
+    // The ClientHello, read as a shard reads it before the hand-off.
+    auto deadline = clock_type::now() + std::chrono::seconds(10);
+    ASSERT_TRUE(wait_fd(p.ours, POLLIN, deadline));
+    char hello[600];
+    ssize_t hn = ::recv(p.ours, hello, sizeof(hello), 0);
+    ASSERT_GT(hn, 5);
+    ours o(*server_, p.ours, std::string_view(hello, static_cast<size_t>(hn)));
+    ASSERT_TRUE(o.handshake()) << o.err;
+    EXPECT_EQ(o.dir.tx, have_ktls());
+    EXPECT_EQ(o.dir.rx, have_ktls());
+    k::protection pr = k::query(o.fd);
+    std::printf("[ktls] server: engaged tx=%d rx=%d; kernel: tx=%s rx=%s %s %s (sock_diag: %d)\n",
+                o.dir.tx, o.dir.rx, k::mode_name(pr.tx), k::mode_name(pr.rx),
+                pr.version_name().c_str(), pr.cipher_name().c_str(), pr.from_diag);
+    EXPECT_EQ(pr.tx, expected());
+    EXPECT_EQ(pr.rx, expected());
+    if (have_ktls()) {
+        EXPECT_TRUE(pr.from_diag) << "sock_diag gave no ULP info (CAP_NET_ADMIN?)";
+        EXPECT_EQ(pr.version, TLS_1_3_VERSION);
+        EXPECT_NE(pr.cipher, 0);
+    }
+
+    uint8_t type = 0;
+    std::string got = o.read_n(up.size(), &type);
+    EXPECT_EQ(got.size(), up.size()) << "stopped at record type " << int(type) << " " << o.err;
+    EXPECT_TRUE(got == up) << "the bytes that arrived differ";
+    ASSERT_TRUE(o.write(down)) << o.err;
+
+    if (have_ktls()) {
+        auto after = k::read_tls_stat();
+        for (const char* c : {"TlsTxSw", "TlsRxSw"})
+            EXPECT_GT(k::stat_value(after, c), k::stat_value(before, c)) << c;
+        EXPECT_GE(k::stat_value(after, "TlsCurrTxSw"), 1u);
+        EXPECT_GE(k::stat_value(after, "TlsCurrRxSw"), 1u);
+        // close_notify: first a plain recv, as IORING_OP_RECV would do it.
+        ASSERT_TRUE(wait_fd(o.fd, POLLIN, clock_type::now() + std::chrono::seconds(10)));
+        char b[64];
+        ssize_t n = ::recv(o.fd, b, sizeof(b), MSG_DONTWAIT);
+        int e = n < 0 ? errno : 0;
+        std::printf("[ktls] plain recv() at close_notify: %zd %s\n", n, n < 0 ? strerror(e) : "");
+        EXPECT_EQ(n, -1);
+        EXPECT_EQ(e, EIO);
+        n = k::recv_record(o.fd, b, sizeof(b), &type, MSG_DONTWAIT);
+        ASSERT_EQ(n, 2) << "the record was not left queued by the failed recv";
+        EXPECT_EQ(type, k::rt_alert);
+        k::control_record c = k::classify(type, reinterpret_cast<uint8_t*>(b), 2);
+        EXPECT_EQ(c.kind, k::control::close_notify);
+        EXPECT_EQ(k::send_alert(o.fd, 1, 0), 2);  // our close_notify, through the kernel
+    } else {
+        char b[64];
+        EXPECT_EQ(o.read(b, sizeof(b), &type), 0) << "no close_notify in userspace";
+    }
+    EXPECT_EQ(peer.get(), "");
+}
+
+// The shard's own receive: an IORING_OP_RECV (no control buffer) on a kTLS
+// RX socket completes with -EIO at a non-data record and leaves it for a
+// recvmsg with a control buffer; IORING_OP_RECVMSG with one gets the type.
+TEST_F(KtlsTest, IoUringRecvStopsAtControlRecord) {
+    if (!have_ktls()) GTEST_SKIP() << "the kernel has no kTLS (run in tests/vm)";
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false);
+    std::promise<void> sent_all;
+    auto peer = std::async(std::launch::async, [&]() -> std::string {
+        peer_conn c(pc.ctx, p.theirs);
+        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+        if (!c.write_all("data-record")) return "write: " + last_error();
+        SSL_shutdown(c.ssl);
+        sent_all.set_value();
+        return "";
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    ASSERT_TRUE(o.dir.rx);
+    sent_all.get_future().wait_for(std::chrono::seconds(10));
+    ASSERT_EQ(peer.get(), "");
+
+    io_uring ring;
+    ASSERT_EQ(io_uring_queue_init(8, &ring, 0), 0);
+    auto recv_once = [&](char* buf, size_t len, msghdr* mh) {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+        if (mh) io_uring_prep_recvmsg(sqe, o.fd, mh, 0);
+        else io_uring_prep_recv(sqe, o.fd, buf, len, 0);
+        io_uring_submit(&ring);
+        io_uring_cqe* cqe = nullptr;
+        __kernel_timespec ts{10, 0};
+        int res = io_uring_wait_cqe_timeout(&ring, &cqe, &ts) == 0 ? cqe->res : -ETIMEDOUT;
+        if (cqe) io_uring_cqe_seen(&ring, cqe);
+        return res;
+    };
+    char buf[256];
+    int r = recv_once(buf, sizeof(buf), nullptr);
+    EXPECT_EQ(r, 11) << "the data record first";
+    r = recv_once(buf, sizeof(buf), nullptr);
+    std::printf("[ktls] IORING_OP_RECV at close_notify: %d (%s)\n", r, r < 0 ? strerror(-r) : "");
+    EXPECT_EQ(r, -EIO);
+    alignas(cmsghdr) char cbuf[k::record_cmsg_space];
+    iovec iov{buf, sizeof(buf)};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof(cbuf);
+    r = recv_once(nullptr, 0, &mh);
+    EXPECT_EQ(r, 2);
+    EXPECT_EQ(k::record_type_of(mh), k::rt_alert);
+    io_uring_queue_exit(&ring);
+}
+
+// A fatal alert from the peer: our side sends a record the peer cannot
+// accept after the handshake (a Finished), OpenSSL answers with
+// unexpected_message, and the kernel hands it up as an alert record.
+TEST_F(KtlsTest, AlertFromPeerIsAControlRecord) {
+    if (!have_ktls()) GTEST_SKIP() << "needs kTLS TX to put a stray record on the wire (tests/vm)";
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false);
+    auto peer = std::async(std::launch::async, [&]() -> std::string {
+        peer_conn c(pc.ctx, p.theirs);
+        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+        char b[16];
+        size_t n = 0;
+        if (SSL_read_ex(c.ssl, b, sizeof(b), &n) == 1) return "the stray record was accepted";
+        return "";
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    ASSERT_TRUE(o.dir.tx && o.dir.rx);
+    const uint8_t finished[] = {20, 0, 0, 4, 0, 0, 0, 0};
+    ASSERT_EQ(k::send_record(o.fd, k::rt_handshake, finished, sizeof(finished)), 8);
+    uint8_t type = 0;
+    uint8_t b[64];
+    ssize_t n = o.read(b, sizeof(b), &type, 5000);
+    ASSERT_EQ(n, 2) << (n < 0 ? strerror(int(-n)) : "");
+    EXPECT_EQ(type, k::rt_alert);
+    k::control_record c = k::classify(type, b, 2);
+    EXPECT_EQ(c.kind, k::control::alert);
+    EXPECT_EQ(c.alert_level, 2);
+    EXPECT_EQ(c.alert_description, SSL_AD_UNEXPECTED_MESSAGE);
+    EXPECT_EQ(peer.get(), "");
+}
+
+// KeyUpdate from the peer (RFC 8446 §4.6.3), with update_requested. On kTLS
+// the shard sees a handshake record, stops reading there (the records after
+// it are under the peer's next key) and the control thread closes cleanly
+// with close_notify under our unchanged TX key: the peer sees the close
+// within 1 s. In userspace OpenSSL rekeys by itself and data goes on.
+TEST_F(KtlsTest, KeyUpdateFromPeerEndsCleanly) {
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false);
+    std::promise<clock_type::time_point> updated;
+    auto peer = std::async(std::launch::async, [&]() -> std::string {
+        peer_conn c(pc.ctx, p.theirs);
+        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+        if (!c.write_all("before")) return "write: " + last_error();
+        if (SSL_key_update(c.ssl, SSL_KEY_UPDATE_REQUESTED) != 1) return "key_update: " + last_error();
+        updated.set_value(clock_type::now());
+        if (!c.write_all("after")) return "write after: " + last_error();  // sends KeyUpdate first
+        char b[64];
+        size_t n = 0;
+        int r = SSL_read_ex(c.ssl, b, sizeof(b), &n);
+        if (r == 1) return std::string(b, n) == "after" ? "" : "unexpected reply";  // userspace echo
+        if (SSL_get_error(c.ssl, r) == SSL_ERROR_ZERO_RETURN) return "";  // close_notify
+        return "no clean close: " + last_error();
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    uint8_t type = 0;
+    EXPECT_EQ(o.read_n(6, &type), "before");
+    auto when = updated.get_future();
+    ASSERT_EQ(when.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    auto t0 = when.get();
+    char b[64];
+    ssize_t n = o.read(b, sizeof(b), &type, 2000);
+    if (o.dir.rx) {
+        ASSERT_GT(n, 0) << strerror(int(-n));
+        ASSERT_EQ(type, k::rt_handshake);
+        k::control_record c = k::classify(type, reinterpret_cast<uint8_t*>(b), size_t(n));
+        EXPECT_EQ(c.kind, k::control::key_update);
+        EXPECT_TRUE(c.update_requested);
+        // No TLS_RX rekey on this kernel: close cleanly.
+        EXPECT_EQ(k::send_alert(o.fd, 1, 0), 2);
+        ::shutdown(o.fd, SHUT_WR);
+    } else {
+        ASSERT_EQ(n, 5);
+        EXPECT_EQ(std::string(b, 5), "after");
+        ASSERT_TRUE(o.write("after")) << o.err;
+    }
+    EXPECT_EQ(peer.get(), "");
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0).count();
+    std::printf("[ktls] KeyUpdate -> %s in %lld ms\n", o.dir.rx ? "close_notify" : "rekey",
+                static_cast<long long>(ms));
+    EXPECT_LT(ms, 1000);
+}
+
+// What this kernel does after a KeyUpdate if a reader ignores it and reads
+// on, and whether TLS_RX can be set again (the rekey of kernels that have
+// it). Pinned so that a kernel change shows up here.
+TEST_F(KtlsTest, KernelAfterKeyUpdate) {
+    if (!have_ktls()) GTEST_SKIP() << "the kernel has no kTLS (run in tests/vm)";
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false);
+    auto peer = std::async(std::launch::async, [&]() -> std::string {
+        peer_conn c(pc.ctx, p.theirs);
+        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+        SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED);
+        if (!c.write_all("after")) return "write: " + last_error();
+        return "";
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    ASSERT_TRUE(o.dir.rx);
+    ASSERT_EQ(peer.get(), "");
+    uint8_t type = 0;
+    char b[64];
+    ssize_t n = o.read(b, sizeof(b), &type, 5000);
+    ASSERT_GT(n, 0);
+    ASSERT_EQ(type, k::rt_handshake);
+    n = o.read(b, sizeof(b), &type, 2000);
+    std::printf("[ktls] read past a KeyUpdate: %zd (%s) type %d\n", n, n < 0 ? strerror(int(-n)) : "",
+                type);
+    EXPECT_LT(n, 0) << "the kernel decrypted a record under the old key";
+    EXPECT_NE(n, -ETIMEDOUT) << "a read past a KeyUpdate hung";
+    tls12_crypto_info_aes_gcm_256 ci{};
+    k::protection pr = k::query(o.fd);
+    ci.info.version = TLS_1_3_VERSION;
+    ci.info.cipher_type = pr.cipher;
+    int r = ::setsockopt(o.fd, SOL_TLS, TLS_RX, &ci, pr.cipher == TLS_CIPHER_AES_GCM_256 ? sizeof(ci)
+                                                       : sizeof(tls12_crypto_info_aes_gcm_128));
+    std::printf("[ktls] TLS_RX set again: %d (%s)\n", r, r ? strerror(errno) : "accepted");
+}
+
+// The upstream side: our client with kTLS, a userspace server that sends its
+// default two NewSessionTickets after the handshake and then data. The
+// tickets arrive as handshake records, classify() consumes them and the data
+// that follows is intact.
+TEST_F(KtlsTest, TicketOnKtlsClientIsConsumed) {
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(true);
+    const std::string hello = random_bytes(5000);
+    auto peer = std::async(std::launch::async, [&]() -> std::string {
+        peer_conn c(pc.ctx, p.theirs);
+        if (SSL_accept(c.ssl) != 1) return "accept: " + last_error();
+        if (!c.write_all(hello)) return "write: " + last_error();
+        std::string back;
+        if (!c.read_exact(back, 4)) return "read: " + last_error();
+        return back == "done" ? "" : "wrong reply";
+    });
+    ours o(*client_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    EXPECT_EQ(o.dir.tx, have_ktls());
+    EXPECT_EQ(o.dir.rx, have_ktls());
+    k::protection pr = k::query(o.fd);
+    EXPECT_EQ(pr.tx, expected());
+    EXPECT_EQ(pr.rx, expected());
+    std::string got;
+    int tickets = 0;
+    std::vector<char> b(16384);
+    while (got.size() < hello.size()) {
+        uint8_t type = 0;
+        ssize_t n = o.read(b.data(), b.size(), &type);
+        ASSERT_GT(n, 0) << (n < 0 ? strerror(int(-n)) : "EOF");
+        if (type == k::rt_application_data) {
+            got.append(b.data(), size_t(n));
+            continue;
+        }
+        k::control_record c = k::classify(type, reinterpret_cast<uint8_t*>(b.data()), size_t(n));
+        ASSERT_EQ(c.kind, k::control::new_session_ticket) << "record type " << int(type);
+        ++tickets;
+    }
+    std::printf("[ktls] client: %d ticket record(s) consumed on %s RX\n", tickets, k::mode_name(pr.rx));
+    if (have_ktls()) {
+        EXPECT_GE(tickets, 1);
+    }
+    EXPECT_TRUE(got == hello);
+    ASSERT_TRUE(o.write("done")) << o.err;
+    EXPECT_EQ(peer.get(), "");
+}
+
+// Which suites and versions the kernel takes (OpenSSL 3.0 + Linux 6.1):
+// TLS 1.3 with ChaCha20-Poly1305 and TLS 1.2 with AES-GCM both engage.
+struct variant {
+    const char* name;
+    int max_version;
+    const char* suites;
+    uint16_t version;
+    uint16_t cipher;
+};
+class KtlsVariantTest : public KtlsTest, public ::testing::WithParamInterface<variant> {};
+
+TEST_P(KtlsVariantTest, Engages) {
+    const variant& v = GetParam();
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false, v.max_version, v.suites);
+    const std::string data = random_bytes(40000);
+    auto peer = std::async(std::launch::async, [&]() -> std::string {
+        peer_conn c(pc.ctx, p.theirs);
+        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+        if (!c.write_all(data)) return "write: " + last_error();
+        std::string back;
+        if (!c.read_exact(back, data.size())) return "read: " + last_error();
+        return back == data ? "" : "echo differs";
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    k::protection pr = k::query(o.fd);
+    std::printf("[ktls] %s: %s, engaged tx=%d rx=%d, kernel %s/%s %s %s\n", v.name,
+                SSL_get_cipher_name(o.ssl), o.dir.tx, o.dir.rx, k::mode_name(pr.tx),
+                k::mode_name(pr.rx), pr.version_name().c_str(), pr.cipher_name().c_str());
+    EXPECT_EQ(pr.tx, expected());
+    EXPECT_EQ(pr.rx, expected());
+    if (have_ktls()) {
+        EXPECT_EQ(pr.version, v.version);
+        EXPECT_EQ(pr.cipher, v.cipher);
+    }
+    uint8_t type = 0;
+    std::string got = o.read_n(data.size(), &type);
+    ASSERT_TRUE(got == data);
+    ASSERT_TRUE(o.write(got)) << o.err;
+    EXPECT_EQ(peer.get(), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Suites, KtlsVariantTest,
+    ::testing::Values(
+        variant{"tls13_aes128", 0, "TLS_AES_128_GCM_SHA256", TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_128},
+        variant{"tls13_aes256", 0, "TLS_AES_256_GCM_SHA384", TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_256},
+        variant{"tls13_chacha", 0, "TLS_CHACHA20_POLY1305_SHA256", TLS_1_3_VERSION,
+                TLS_CIPHER_CHACHA20_POLY1305},
+        variant{"tls12_aes128", TLS1_2_VERSION, "ECDHE-ECDSA-AES128-GCM-SHA256", TLS_1_2_VERSION, TLS_CIPHER_AES_GCM_128}),
+    [](const ::testing::TestParamInfo<variant>& i) { return std::string(i.param.name); });
+
+// ---- pure functions ----
+
+TEST(KtlsClassify, Records) {
+    const uint8_t close_notify[] = {1, 0}, fatal[] = {2, 40};
+    EXPECT_EQ(k::classify(k::rt_alert, close_notify, 2).kind, k::control::close_notify);
+    auto a = k::classify(k::rt_alert, fatal, 2);
+    EXPECT_EQ(a.kind, k::control::alert);
+    EXPECT_EQ(a.alert_description, 40);
+    EXPECT_EQ(k::classify(k::rt_alert, fatal, 1).kind, k::control::unexpected);
+    const uint8_t ku_req[] = {24, 0, 0, 1, 1}, ku[] = {24, 0, 0, 1, 0}, ku_bad[] = {24, 0, 0, 1, 2};
+    auto u = k::classify(k::rt_handshake, ku_req, sizeof(ku_req));
+    EXPECT_EQ(u.kind, k::control::key_update);
+    EXPECT_TRUE(u.update_requested);
+    EXPECT_FALSE(k::classify(k::rt_handshake, ku, sizeof(ku)).update_requested);
+    EXPECT_EQ(k::classify(k::rt_handshake, ku_bad, sizeof(ku_bad)).kind, k::control::unexpected);
+    // Two tickets in one record, then one followed by a KeyUpdate.
+    const uint8_t two[] = {4, 0, 0, 2, 9, 9, 4, 0, 0, 1, 7};
+    EXPECT_EQ(k::classify(k::rt_handshake, two, sizeof(two)).kind, k::control::new_session_ticket);
+    const uint8_t mix[] = {4, 0, 0, 1, 7, 24, 0, 0, 1, 0};
+    EXPECT_EQ(k::classify(k::rt_handshake, mix, sizeof(mix)).kind, k::control::key_update);
+    const uint8_t split[] = {4, 0, 0, 9, 1};
+    EXPECT_EQ(k::classify(k::rt_handshake, split, sizeof(split)).kind, k::control::unexpected);
+    const uint8_t fin[] = {20, 0, 0, 0};
+    EXPECT_EQ(k::classify(k::rt_handshake, fin, sizeof(fin)).kind, k::control::unexpected);
+    EXPECT_EQ(k::classify(k::rt_change_cipher_spec, close_notify, 1).kind, k::control::unexpected);
+}
+
+TEST(KtlsStat, ParsesTheKernelFormat) {
+    char path[] = "/tmp/rpcgate-tls-stat.XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT_GE(fd, 0);
+    const char text[] = "TlsCurrTxSw                     \t1\nTlsTxSw                         \t7\n";
+    ASSERT_EQ(::write(fd, text, sizeof(text) - 1), ssize_t(sizeof(text) - 1));
+    ::close(fd);
+    auto s = k::read_tls_stat(path);
+    ::unlink(path);
+    ASSERT_EQ(s.size(), 2u);
+    EXPECT_EQ(s[0].first, "TlsCurrTxSw");
+    EXPECT_EQ(k::stat_value(s, "TlsTxSw"), 7u);
+    EXPECT_EQ(k::stat_value(s, "TlsRxSw"), 0u);
+    EXPECT_TRUE(k::read_tls_stat("/nonexistent/tls_stat").empty());
+    // The real file: present exactly when the kernel has kTLS loaded.
+    if (have_ktls()) {
+        EXPECT_FALSE(k::read_tls_stat().empty());
+    }
+}
+
+TEST(KtlsNames, Modes) {
+    EXPECT_STREQ(k::mode_name(k::mode::userspace), "userspace");
+    EXPECT_STREQ(k::mode_name(k::mode::ktls_sw), "ktls-sw");
+    EXPECT_STREQ(k::mode_name(k::mode::ktls_hw), "ktls-hw");
+    k::protection p;
+    p.version = TLS_1_3_VERSION;
+    p.cipher = TLS_CIPHER_AES_GCM_256;
+    EXPECT_EQ(p.version_name(), "TLSv1.3");
+    EXPECT_EQ(p.cipher_name(), "AES-GCM-256");
+}
+
+}  // namespace
+}  // namespace rpcgate::tls

@@ -1,0 +1,684 @@
+#include "tls/ktls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/tls.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/kdf.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+namespace rpcgate::tls::ktls {
+namespace {
+
+#ifndef SOL_TLS
+constexpr int SOL_TLS = 282;
+#endif
+#ifndef TCP_ULP
+constexpr int TCP_ULP = 31;
+#endif
+// OpenSSL 3.0's BIO_CTRL_SET_KTLS (include/internal/bio.h, not public):
+// num = 1 for TX, 0 for RX; ptr = the kernel's crypto_info.
+constexpr int bio_ctrl_set_ktls = 72;
+
+mode mode_of_conf(uint16_t conf) {
+    switch (conf) {
+        case TLS_CONF_SW: return mode::ktls_sw;
+        case TLS_CONF_HW:
+        case TLS_CONF_HW_RECORD: return mode::ktls_hw;
+        default: return mode::userspace;  // TLS_CONF_BASE: the ULP, no keys
+    }
+}
+
+// The attributes of one netlink attribute run (nested or top level).
+template <typename F>
+void for_each_attr(const void* data, size_t len, F&& f) {
+    auto* a = static_cast<const rtattr*>(data);
+    auto n = static_cast<unsigned int>(len);
+    for (; RTA_OK(a, n); a = RTA_NEXT(a, n))
+        f(static_cast<uint16_t>(a->rta_type & NLA_TYPE_MASK), RTA_DATA(a), RTA_PAYLOAD(a));
+}
+
+uint16_t u16_of(const void* p, size_t n) {
+    uint16_t v = 0;
+    if (n >= sizeof(v)) std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+// Bytes a shard had already read off the socket, served to OpenSSL before
+// the socket BIO below it. A filter so that every other BIO control (kTLS
+// among them) reaches the socket BIO untouched.
+struct prefix {
+    std::string bytes;
+    size_t off = 0;
+    bool empty() const noexcept { return off == bytes.size(); }
+};
+
+int prefix_read(BIO* b, char* out, size_t len, size_t* got) {
+    auto* p = static_cast<prefix*>(BIO_get_data(b));
+    BIO_clear_retry_flags(b);
+    if (!p->empty()) {
+        size_t n = std::min(len, p->bytes.size() - p->off);
+        std::memcpy(out, p->bytes.data() + p->off, n);
+        p->off += n;
+        *got = n;
+        return 1;
+    }
+    BIO* next = BIO_next(b);
+    if (!next) return 0;
+    int r = BIO_read_ex(next, out, len, got);
+    BIO_copy_next_retry(b);
+    return r;
+}
+
+int prefix_write(BIO* b, const char* data, size_t len, size_t* put) {
+    BIO* next = BIO_next(b);
+    if (!next) return 0;
+    BIO_clear_retry_flags(b);
+    int r = BIO_write_ex(next, data, len, put);
+    BIO_copy_next_retry(b);
+    return r;
+}
+
+long prefix_ctrl(BIO* b, int cmd, long num, void* ptr) {
+    auto* p = static_cast<prefix*>(BIO_get_data(b));
+    BIO* next = BIO_next(b);
+    switch (cmd) {
+        case BIO_CTRL_PENDING:
+            return static_cast<long>(p->bytes.size() - p->off) + (next ? BIO_ctrl(next, cmd, num, ptr) : 0);
+        case bio_ctrl_set_ktls:
+            // The kernel would decrypt from the socket's next byte; bytes
+            // still here would be skipped. Refused: OpenSSL stays in userspace.
+            if (num == 0 && !p->empty()) return 0;
+            break;
+        default: break;
+    }
+    return next ? BIO_ctrl(next, cmd, num, ptr) : 0;
+}
+
+int prefix_create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+int prefix_destroy(BIO* b) {
+    delete static_cast<prefix*>(BIO_get_data(b));
+    BIO_set_data(b, nullptr);
+    return 1;
+}
+
+const BIO_METHOD* prefix_method() {
+    static BIO_METHOD* const m = [] {
+        BIO_METHOD* bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_FILTER, "rpcgate early bytes");
+        if (!bm) return bm;
+        BIO_meth_set_read_ex(bm, prefix_read);
+        BIO_meth_set_write_ex(bm, prefix_write);
+        BIO_meth_set_ctrl(bm, prefix_ctrl);
+        BIO_meth_set_create(bm, prefix_create);
+        BIO_meth_set_destroy(bm, prefix_destroy);
+        return bm;
+    }();
+    return m;
+}
+
+std::string openssl_errors() {
+    std::string s;
+    unsigned long e;
+    char buf[256];
+    while ((e = ERR_get_error()) != 0) {
+        ERR_error_string_n(e, buf, sizeof(buf));
+        if (!s.empty()) s += "; ";
+        s += buf;
+    }
+    return s;
+}
+
+// Per SSL (ex_data): the application traffic secrets the keylog callback
+// reported, until finish() used them, and whether it installed RX.
+struct secrets {
+    uint8_t client[EVP_MAX_MD_SIZE];
+    uint8_t server[EVP_MAX_MD_SIZE];
+    size_t client_len = 0;
+    size_t server_len = 0;
+    bool rx_installed = false;
+    void wipe() noexcept {
+        OPENSSL_cleanse(client, sizeof(client));
+        OPENSSL_cleanse(server, sizeof(server));
+        client_len = server_len = 0;
+    }
+};
+
+void free_secrets(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+    auto* s = static_cast<secrets*>(ptr);
+    if (!s) return;
+    s->wipe();
+    delete s;
+}
+
+int secrets_index() {
+    static const int idx = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, free_secrets);
+    return idx;
+}
+
+secrets* secrets_of(const SSL* ssl) {
+    return static_cast<secrets*>(SSL_get_ex_data(ssl, secrets_index()));
+}
+
+int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+// NSS key log format (what SSL_CTX_set_keylog_callback hands over):
+// "LABEL <client_random hex> <secret hex>". Only the two TLS 1.3
+// application traffic secrets are kept, and only for SSLs attach_socket set up.
+void keylog(const SSL* ssl, const char* line) {
+    secrets* s = secrets_of(ssl);
+    if (!s) return;
+    std::string_view l(line);
+    uint8_t* out = nullptr;
+    size_t* out_len = nullptr;
+    if (l.rfind("CLIENT_TRAFFIC_SECRET_0 ", 0) == 0) {
+        out = s->client;
+        out_len = &s->client_len;
+    } else if (l.rfind("SERVER_TRAFFIC_SECRET_0 ", 0) == 0) {
+        out = s->server;
+        out_len = &s->server_len;
+    } else {
+        return;
+    }
+    size_t sp = l.rfind(' ');
+    std::string_view hex = l.substr(sp + 1);
+    if (hex.size() % 2 || hex.size() / 2 > EVP_MAX_MD_SIZE) return;
+    for (size_t i = 0; i < hex.size() / 2; ++i) {
+        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) return;
+        out[i] = static_cast<uint8_t>(hi << 4 | lo);
+    }
+    *out_len = hex.size() / 2;
+}
+
+// HKDF-Expand-Label(secret, label, "", len) of RFC 8446 §7.1.
+bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, std::string_view label,
+                  uint8_t* out, size_t len) {
+    uint8_t info[2 + 1 + 255 + 1];
+    size_t n = 0;
+    std::string full = "tls13 " + std::string(label);
+    info[n++] = static_cast<uint8_t>(len >> 8);
+    info[n++] = static_cast<uint8_t>(len);
+    info[n++] = static_cast<uint8_t>(full.size());
+    std::memcpy(info + n, full.data(), full.size());
+    n += full.size();
+    info[n++] = 0;  // empty context
+    EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+    EVP_KDF_CTX* kctx = kdf ? EVP_KDF_CTX_new(kdf) : nullptr;
+    int hmode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)), 0),
+        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &hmode),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(secret), secret_len),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, n),
+        OSSL_PARAM_construct_end(),
+    };
+    bool ok = kctx && EVP_KDF_derive(kctx, out, len, params) == 1;
+    EVP_KDF_CTX_free(kctx);
+    EVP_KDF_free(kdf);
+    return ok;
+}
+
+// The kernel's crypto_info for one TLS 1.3 direction at record sequence 0:
+// the 12-byte IV is salt (4) + iv (8) for AES-GCM, all iv for ChaCha20
+// (the layout OpenSSL's own ktls_configure_crypto uses for TLS 1.2/1.3 TX).
+union crypto_info_any {
+    tls_crypto_info info;
+    tls12_crypto_info_aes_gcm_128 gcm128;
+    tls12_crypto_info_aes_gcm_256 gcm256;
+    tls12_crypto_info_chacha20_poly1305 chacha;
+};
+
+bool install_tls13_rx(SSL* ssl, int fd, const uint8_t* secret, size_t secret_len) {
+    const SSL_CIPHER* c = SSL_get_current_cipher(ssl);
+    if (!c) return false;
+    const EVP_MD* md = SSL_CIPHER_get_handshake_digest(c);
+    if (!md) return false;
+    crypto_info_any ci;
+    std::memset(&ci, 0, sizeof(ci));
+    size_t key_len, ci_len;
+    uint8_t key[32], iv[12];
+    switch (SSL_CIPHER_get_id(c)) {
+        case TLS1_3_CK_AES_128_GCM_SHA256:
+            ci.info.cipher_type = TLS_CIPHER_AES_GCM_128;
+            key_len = TLS_CIPHER_AES_GCM_128_KEY_SIZE;
+            ci_len = sizeof(ci.gcm128);
+            break;
+        case TLS1_3_CK_AES_256_GCM_SHA384:
+            ci.info.cipher_type = TLS_CIPHER_AES_GCM_256;
+            key_len = TLS_CIPHER_AES_GCM_256_KEY_SIZE;
+            ci_len = sizeof(ci.gcm256);
+            break;
+        case TLS1_3_CK_CHACHA20_POLY1305_SHA256:
+            ci.info.cipher_type = TLS_CIPHER_CHACHA20_POLY1305;
+            key_len = TLS_CIPHER_CHACHA20_POLY1305_KEY_SIZE;
+            ci_len = sizeof(ci.chacha);
+            break;
+        default: return false;  // AES-CCM: not worth it
+    }
+    ci.info.version = TLS_1_3_VERSION;
+    bool ok = expand_label(md, secret, secret_len, "key", key, key_len) &&
+              expand_label(md, secret, secret_len, "iv", iv, sizeof(iv));
+    if (ok) {
+        switch (ci.info.cipher_type) {
+            case TLS_CIPHER_AES_GCM_128:
+                std::memcpy(ci.gcm128.key, key, key_len);
+                std::memcpy(ci.gcm128.salt, iv, 4);
+                std::memcpy(ci.gcm128.iv, iv + 4, 8);
+                break;
+            case TLS_CIPHER_AES_GCM_256:
+                std::memcpy(ci.gcm256.key, key, key_len);
+                std::memcpy(ci.gcm256.salt, iv, 4);
+                std::memcpy(ci.gcm256.iv, iv + 4, 8);
+                break;
+            default:
+                std::memcpy(ci.chacha.key, key, key_len);
+                std::memcpy(ci.chacha.iv, iv, 12);
+                break;
+        }
+        // rec_seq stays 0: the first record under these keys is next.
+        ok = ::setsockopt(fd, SOL_TLS, TLS_RX, &ci, static_cast<socklen_t>(ci_len)) == 0;
+    }
+    OPENSSL_cleanse(key, sizeof(key));
+    OPENSSL_cleanse(iv, sizeof(iv));
+    OPENSSL_cleanse(&ci, sizeof(ci));
+    return ok;
+}
+
+}  // namespace
+
+const char* mode_name(mode m) noexcept {
+    switch (m) {
+        case mode::userspace: return "userspace";
+        case mode::ktls_sw: return "ktls-sw";
+        case mode::ktls_hw: return "ktls-hw";
+        case mode::ktls: return "ktls";
+    }
+    return "?";
+}
+
+std::string protection::version_name() const {
+    switch (version) {
+        case TLS_1_3_VERSION: return "TLSv1.3";
+        case TLS_1_2_VERSION: return "TLSv1.2";
+        default: return "";
+    }
+}
+
+std::string protection::cipher_name() const {
+    switch (cipher) {
+        case TLS_CIPHER_AES_GCM_128: return "AES-GCM-128";
+        case TLS_CIPHER_AES_GCM_256: return "AES-GCM-256";
+        case TLS_CIPHER_AES_CCM_128: return "AES-CCM-128";
+        case TLS_CIPHER_CHACHA20_POLY1305: return "CHACHA20-POLY1305";
+#ifdef TLS_CIPHER_SM4_GCM
+        case TLS_CIPHER_SM4_GCM: return "SM4-GCM";
+        case TLS_CIPHER_SM4_CCM: return "SM4-CCM";
+#endif
+        default: return cipher ? "cipher-" + std::to_string(cipher) : "";
+    }
+}
+
+diag_socket::~diag_socket() {
+    if (nl_ >= 0) ::close(nl_);
+}
+
+// One SOCK_DIAG_BY_FAMILY request for exactly this socket (4-tuple and
+// cookie), asking for INET_DIAG_INFO: tcp_diag then adds INET_DIAG_ULP_INFO
+// for callers with CAP_NET_ADMIN (net/ipv4/tcp_diag.c, tcp_diag_get_aux).
+bool diag_socket::diag(int fd, protection& p) {
+    sockaddr_storage local{}, peer{};
+    socklen_t ll = sizeof(local), pl = sizeof(peer);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0)
+        return false;
+    if (local.ss_family != AF_INET && local.ss_family != AF_INET6) return false;
+    if (nl_ < 0) {
+        nl_ = ::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+        if (nl_ < 0) return false;
+    }
+    struct {
+        nlmsghdr nh;
+        inet_diag_req_v2 r;
+    } req{};
+    req.nh.nlmsg_len = sizeof(req);
+    req.nh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.nh.nlmsg_flags = NLM_F_REQUEST;
+    req.nh.nlmsg_seq = ++seq_;
+    req.r.sdiag_family = static_cast<uint8_t>(local.ss_family);
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_ext = 1u << (INET_DIAG_INFO - 1);
+    req.r.idiag_states = ~0u;
+    if (local.ss_family == AF_INET) {
+        auto* l = reinterpret_cast<sockaddr_in*>(&local);
+        auto* r = reinterpret_cast<sockaddr_in*>(&peer);
+        req.r.id.idiag_sport = l->sin_port;
+        req.r.id.idiag_dport = r->sin_port;
+        req.r.id.idiag_src[0] = l->sin_addr.s_addr;
+        req.r.id.idiag_dst[0] = r->sin_addr.s_addr;
+    } else {
+        auto* l = reinterpret_cast<sockaddr_in6*>(&local);
+        auto* r = reinterpret_cast<sockaddr_in6*>(&peer);
+        req.r.id.idiag_sport = l->sin6_port;
+        req.r.id.idiag_dport = r->sin6_port;
+        std::memcpy(req.r.id.idiag_src, &l->sin6_addr, 16);
+        std::memcpy(req.r.id.idiag_dst, &r->sin6_addr, 16);
+    }
+    uint64_t cookie = 0;
+    socklen_t cl = sizeof(cookie);
+    if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &cl) == 0 && cl == sizeof(cookie)) {
+        req.r.id.idiag_cookie[0] = static_cast<uint32_t>(cookie);
+        req.r.id.idiag_cookie[1] = static_cast<uint32_t>(cookie >> 32);
+    } else {
+        req.r.id.idiag_cookie[0] = req.r.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+    }
+    sockaddr_nl kernel{};
+    kernel.nl_family = AF_NETLINK;
+    if (::sendto(nl_, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel)) !=
+        static_cast<ssize_t>(sizeof(req)))
+        return false;
+    // The kernel answers inside sendto: the reply is queued already, so
+    // never block on it (a lost reply is a failed query, not a hang).
+    alignas(nlmsghdr) char buf[8192];
+    for (;;) {
+        ssize_t n = ::recv(nl_, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n <= 0) return false;
+        auto len = static_cast<unsigned int>(n);
+        for (auto* nh = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(nh, len); nh = NLMSG_NEXT(nh, len)) {
+            if (nh->nlmsg_seq != seq_) continue;  // a late answer to an old query
+            if (nh->nlmsg_type == NLMSG_ERROR || nh->nlmsg_type == NLMSG_DONE) return false;
+            if (nh->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
+            if (nh->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) return false;
+            const char* attrs = static_cast<const char*>(NLMSG_DATA(nh)) + NLMSG_ALIGN(sizeof(inet_diag_msg));
+            size_t alen = nh->nlmsg_len - NLMSG_LENGTH(NLMSG_ALIGN(sizeof(inet_diag_msg)));
+            for_each_attr(attrs, alen, [&](uint16_t type, const void* d, size_t dn) {
+                if (type != INET_DIAG_ULP_INFO) return;
+                for_each_attr(d, dn, [&](uint16_t ut, const void* ud, size_t un) {
+                    if (ut == INET_ULP_INFO_NAME) {
+                        std::string_view name(static_cast<const char*>(ud), strnlen(static_cast<const char*>(ud), un));
+                        if (name == "tls") p.ulp = true;
+                    } else if (ut == INET_ULP_INFO_TLS) {
+                        p.from_diag = true;
+                        for_each_attr(ud, un, [&](uint16_t tt, const void* td, size_t tn) {
+                            switch (tt) {
+                                case TLS_INFO_VERSION: p.version = u16_of(td, tn); break;
+                                case TLS_INFO_CIPHER: p.cipher = u16_of(td, tn); break;
+                                case TLS_INFO_TXCONF: p.tx = mode_of_conf(u16_of(td, tn)); break;
+                                case TLS_INFO_RXCONF: p.rx = mode_of_conf(u16_of(td, tn)); break;
+                                default: break;
+                            }
+                        });
+                    }
+                });
+            });
+            return true;
+        }
+    }
+}
+
+protection diag_socket::query(int fd) {
+    protection p;
+    // The cheap test first: no "tls" ULP on the socket means no kTLS either
+    // way (and no netlink round trip for every userspace connection).
+    char ulp[16] = {};
+    socklen_t ulen = sizeof(ulp);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_ULP, ulp, &ulen) != 0 || ulen == 0 ||
+        std::string_view(ulp, strnlen(ulp, ulen)) != "tls")
+        return p;
+    p.ulp = true;
+    if (diag(fd, p) && p.from_diag) return p;
+    // No ULP details from sock_diag (no CAP_NET_ADMIN): the socket options
+    // still tell whether keys are installed. Asking for exactly the 4-byte
+    // struct tls_crypto_info returns version and cipher, never the keys.
+    p = protection{};
+    p.ulp = true;
+    for (int dir : {TLS_TX, TLS_RX}) {
+        tls_crypto_info ci{};
+        socklen_t len = sizeof(ci);
+        if (getsockopt(fd, SOL_TLS, dir, &ci, &len) != 0 || ci.cipher_type == 0) continue;
+        (dir == TLS_TX ? p.tx : p.rx) = mode::ktls;
+        p.version = ci.version;
+        p.cipher = ci.cipher_type;
+    }
+    return p;
+}
+
+protection query(int fd) {
+    diag_socket d;
+    return d.query(fd);
+}
+
+std::vector<std::pair<std::string, uint64_t>> read_tls_stat(const char* path) {
+    std::vector<std::pair<std::string, uint64_t>> out;
+    FILE* f = std::fopen(path, "re");
+    if (!f) return out;
+    char key[64];
+    unsigned long long v;
+    while (std::fscanf(f, "%63s %llu", key, &v) == 2) out.emplace_back(key, v);
+    std::fclose(f);
+    return out;
+}
+
+uint64_t stat_value(const std::vector<std::pair<std::string, uint64_t>>& stat,
+                    std::string_view name) noexcept {
+    for (const auto& [k, v] : stat)
+        if (k == name) return v;
+    return 0;
+}
+
+bool attach_socket(SSL* ssl, int fd, std::string_view early, std::string* err) {
+    // BIO_new_socket also puts the "tls" ULP on the socket (OpenSSL's
+    // ktls_enable); a kernel without kTLS refuses it and nothing changes.
+    // Two socket BIOs on one fd: OpenSSL keeps the kTLS flags per BIO, TX on
+    // the wbio and RX on the rbio, which is what engaged() reads back.
+    BIO* wb = BIO_new_socket(fd, BIO_NOCLOSE);
+    BIO* rs = wb ? BIO_new_socket(fd, BIO_NOCLOSE) : nullptr;
+    BIO* rb = rs;
+    if (rs && !early.empty()) {
+        const BIO_METHOD* m = prefix_method();
+        BIO* f = m ? BIO_new(m) : nullptr;
+        if (f) {
+            BIO_set_data(f, new prefix{std::string(early), 0});
+            rb = BIO_push(f, rs);
+        } else {
+            rb = nullptr;
+            BIO_free(rs);
+        }
+    }
+    if (!rb) {
+        BIO_free(wb);
+        if (err) *err = "socket BIO: " + openssl_errors();
+        return false;
+    }
+    SSL_set_bio(ssl, rb, wb);
+    prepare_context(SSL_get_SSL_CTX(ssl));
+    if (!secrets_of(ssl)) SSL_set_ex_data(ssl, secrets_index(), new secrets());
+    // Read-ahead would pull the first application records into OpenSSL's
+    // buffer with the client's Finished; the kernel must find them in the
+    // socket instead. Off, OpenSSL reads a header, then exactly one record.
+    SSL_set_read_ahead(ssl, 0);
+    return true;
+}
+
+step handshake_step(SSL* ssl) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(ssl);
+    if (r == 1) return step::done;
+    switch (SSL_get_error(ssl, r)) {
+        case SSL_ERROR_WANT_READ: return step::want_read;
+        case SSL_ERROR_WANT_WRITE: return step::want_write;
+        default: return step::error;
+    }
+}
+
+directions engaged(SSL* ssl) {
+    directions d;
+    if (BIO* w = SSL_get_wbio(ssl)) d.tx = BIO_get_ktls_send(w);
+    if (BIO* r = SSL_get_rbio(ssl)) d.rx = BIO_get_ktls_recv(r);
+    if (secrets* s = secrets_of(ssl)) d.rx = d.rx || s->rx_installed;
+    return d;
+}
+
+bool prepare_context(SSL_CTX* ctx) {
+    auto cb = SSL_CTX_get_keylog_callback(ctx);
+    if (cb == keylog) return true;
+    if (cb) return false;
+    SSL_CTX_set_keylog_callback(ctx, keylog);
+    return true;
+}
+
+directions finish(SSL* ssl, int fd) {
+    directions d = engaged(ssl);
+    secrets* s = secrets_of(ssl);
+    if (!s) return d;
+    const uint8_t* peer = SSL_is_server(ssl) ? s->client : s->server;
+    size_t peer_len = SSL_is_server(ssl) ? s->client_len : s->server_len;
+    // Nothing of the socket's byte stream may sit in userspace: not in
+    // OpenSSL (a record read ahead, plaintext not yet returned) and not in
+    // the early bytes a shard handed over.
+    BIO* rb = SSL_get_rbio(ssl);
+    bool drained = !SSL_has_pending(ssl) && (!rb || BIO_ctrl_pending(rb) == 0);
+    if (!d.rx && d.tx && SSL_version(ssl) == TLS1_3_VERSION && peer_len > 0 && drained &&
+        SSL_is_init_finished(ssl))
+        s->rx_installed = d.rx = install_tls13_rx(ssl, fd, peer, peer_len);
+    s->wipe();
+    return d;
+}
+
+bool kernel_has_ktls() {
+    int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int cfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int afd = -1;
+    bool ok = false;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof(a);
+    // The ULP needs an established connection.
+    if (lfd >= 0 && cfd >= 0 && ::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+        ::listen(lfd, 1) == 0 && ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &al) == 0 &&
+        ::connect(cfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+        (afd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC)) >= 0) {
+        ok = ::setsockopt(cfd, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls")) == 0;
+    }
+    for (int fd : {lfd, cfd, afd})
+        if (fd >= 0) ::close(fd);
+    return ok;
+}
+
+uint8_t record_type_of(const msghdr& m) noexcept {
+    for (const cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&m), const_cast<cmsghdr*>(c))) {
+        if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE &&
+            c->cmsg_len >= CMSG_LEN(sizeof(uint8_t)))
+            return *CMSG_DATA(c);
+    }
+    return rt_none;
+}
+
+ssize_t recv_record(int fd, void* buf, size_t len, uint8_t* type, int flags) {
+    alignas(cmsghdr) char cbuf[record_cmsg_space];
+    iovec iov{buf, len};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof(cbuf);
+    ssize_t n = ::recvmsg(fd, &m, flags);
+    if (n < 0) return -errno;
+    *type = record_type_of(m);
+    return n;
+}
+
+ssize_t send_record(int fd, uint8_t type, const void* data, size_t len, int flags) {
+    alignas(cmsghdr) char cbuf[record_cmsg_space] = {};
+    iovec iov{const_cast<void*>(data), len};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof(cbuf);
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_TLS;
+    c->cmsg_type = TLS_SET_RECORD_TYPE;
+    c->cmsg_len = CMSG_LEN(sizeof(uint8_t));
+    *CMSG_DATA(c) = type;
+    ssize_t n = ::sendmsg(fd, &m, flags | MSG_NOSIGNAL);
+    return n < 0 ? -errno : n;
+}
+
+ssize_t send_alert(int fd, uint8_t level, uint8_t description) {
+    const uint8_t alert[2] = {level, description};
+    return send_record(fd, rt_alert, alert, sizeof(alert));
+}
+
+const char* control_record::name() const noexcept {
+    switch (kind) {
+        case control::close_notify: return "close_notify";
+        case control::alert: return "alert";
+        case control::new_session_ticket: return "new_session_ticket";
+        case control::key_update: return "key_update";
+        case control::unexpected: return "unexpected";
+    }
+    return "?";
+}
+
+control_record classify(uint8_t type, const uint8_t* data, size_t len) noexcept {
+    control_record c;
+    if (type == rt_alert) {
+        // RFC 8446 §6: an alert record is level + description; close_notify
+        // (0) closes, every other alert is fatal in TLS 1.3 (user_canceled
+        // is followed by close_notify, so it also ends the connection).
+        if (len != 2) return c;
+        c.alert_level = data[0];
+        c.alert_description = data[1];
+        c.kind = data[1] == 0 ? control::close_notify : control::alert;
+        return c;
+    }
+    if (type != rt_handshake) return c;  // CCS or unknown after the handshake
+    // RFC 8446 §4: msg_type (1) + length (3) + body; several may share a record.
+    bool ticket = false, update = false, requested = false;
+    size_t off = 0;
+    while (off < len) {
+        if (len - off < 4) return c;
+        uint8_t msg = data[off];
+        size_t body = (size_t(data[off + 1]) << 16) | (size_t(data[off + 2]) << 8) | data[off + 3];
+        if (body > len - off - 4) return c;  // a message split across records: not supported
+        if (msg == 4) {  // new_session_ticket
+            ticket = true;
+        } else if (msg == 24 && body == 1 && data[off + 4] <= 1) {  // key_update
+            update = true;
+            requested = requested || data[off + 4] == 1;
+        } else {
+            return c;
+        }
+        off += 4 + body;
+    }
+    if (update) {
+        c.kind = control::key_update;
+        c.update_requested = requested;
+    } else if (ticket) {
+        c.kind = control::new_session_ticket;
+    }
+    return c;
+}
+
+}  // namespace rpcgate::tls::ktls

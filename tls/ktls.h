@@ -1,0 +1,210 @@
+// Kernel TLS (Linux kTLS) for RPC-with-TLS: where a connection's crypto runs,
+// the handshake that hands the record layer to the kernel, and the socket
+// calls of the kTLS data path.
+//
+// Three parts, each usable alone:
+//
+// 1. Reporting. `query(fd)` asks the kernel where one socket's TLS runs, for
+//    TX and RX separately: `userspace` (no kTLS: OpenSSL does it), `ktls-sw`
+//    (the kernel's software crypto) or `ktls-hw` (offloaded to the NIC, also
+//    for TLS_CONF_HW_RECORD). It reads sock_diag (NETLINK_SOCK_DIAG,
+//    INET_DIAG_ULP_INFO: TLS version, cipher, TX/RX conf), which the kernel
+//    fills only for a caller with CAP_NET_ADMIN; without it, getsockopt
+//    (SOL_TLS) still tells kernel from userspace, reported as `ktls` (kernel,
+//    software or NIC unknown). A socket without the "tls" ULP is answered
+//    with one getsockopt(TCP_ULP), no netlink. `read_tls_stat()` parses
+//    /proc/net/tls_stat (empty where the kernel has no kTLS).
+//
+// 2. The handshake (control thread). OpenSSL 3.0 switches a direction to
+//    kTLS itself when SSL_OP_ENABLE_KTLS is set, the cipher is one the
+//    kernel has, and the BIO is a socket BIO: at the change to the
+//    application traffic keys it calls BIO_set_ktls, which for BIO_s_socket
+//    is setsockopt(SOL_TLS, TLS_TX|TLS_RX) with the right keys and sequence
+//    numbers. Memory BIOs never engage (tls::session). `attach_socket` gives
+//    an SSL socket BIOs on the connection's fd, with read-ahead off (OpenSSL
+//    must not read past the client's Finished: the kernel decrypts from the
+//    next byte) and the bytes a shard already read served first. The caller
+//    drives `handshake_step` on poll readiness (the fd is non-blocking),
+//    then `finish`, which says which directions the kernel took -- and
+//    installs TLS 1.3 RX itself, which OpenSSL 3.0 does not do.
+//
+// 3. The data path (shard). On a kTLS socket the shard sends and receives
+//    plaintext. The kernel keeps record types: `recv_record` reads with a
+//    control buffer and returns the TLS_GET_RECORD_TYPE of what it read (one
+//    type per call); a plain recv()/IORING_OP_RECV fails with EIO at a
+//    non-data record and leaves it queued, so a shard can keep plain
+//    receives and call recv_record after an EIO. `classify` says what a
+//    non-data record is (close_notify, alert, KeyUpdate, NewSessionTicket) and
+//    what to do; `send_record`/`send_alert` write a record of another type.
+//
+// Threads: everything here is reentrant; a diag_socket is used by one thread.
+#pragma once
+
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace rpcgate::tls::ktls {
+
+// ---- where the crypto runs ----
+
+enum class mode : uint8_t {
+    userspace,  // no kTLS in this direction: OpenSSL (or nothing) encrypts
+    ktls_sw,    // TLS_CONF_SW: the kernel's crypto
+    ktls_hw,    // TLS_CONF_HW / TLS_CONF_HW_RECORD: the NIC's
+    ktls,       // the kernel, software or NIC unknown (no CAP_NET_ADMIN for sock_diag)
+};
+// "userspace", "ktls-sw", "ktls-hw", "ktls".
+const char* mode_name(mode m) noexcept;
+
+struct protection {
+    mode tx = mode::userspace;
+    mode rx = mode::userspace;
+    uint16_t version = 0;  // TLS_1_3_VERSION (0x0304), TLS_1_2_VERSION; 0 = none/unknown
+    uint16_t cipher = 0;   // TLS_CIPHER_AES_GCM_128 ... (linux/tls.h); 0 = none/unknown
+    bool ulp = false;      // the socket has the "tls" ULP (OpenSSL sets it on socket BIOs)
+    bool from_diag = false;  // read from sock_diag (else getsockopt)
+    // "TLSv1.3" / "TLSv1.2" / "" and "AES-GCM-128" / "AES-GCM-256" /
+    // "CHACHA20-POLY1305" / ... / "".
+    std::string version_name() const;
+    std::string cipher_name() const;
+};
+
+// A NETLINK_SOCK_DIAG socket kept open for many queries (the admin listing
+// asks per connection). One thread at a time.
+class diag_socket {
+public:
+    diag_socket() = default;
+    ~diag_socket();
+    diag_socket(const diag_socket&) = delete;
+    diag_socket& operator=(const diag_socket&) = delete;
+
+    // Where the TLS crypto of TCP socket `fd` runs. Never fails: what the
+    // kernel cannot say falls back as described at the top.
+    protection query(int fd);
+
+private:
+    bool diag(int fd, protection& p);
+    int nl_ = -1;
+    uint32_t seq_ = 0;
+};
+
+// One-off query (opens and closes a netlink socket when the ULP is there).
+protection query(int fd);
+
+// /proc/net/tls_stat: {"TlsTxSw", 3}, ... in the kernel's order; empty when
+// the file is absent (no kTLS) or unreadable.
+std::vector<std::pair<std::string, uint64_t>> read_tls_stat(
+    const char* path = "/proc/net/tls_stat");
+// The value of `name` in `stat`, 0 when absent.
+uint64_t stat_value(const std::vector<std::pair<std::string, uint64_t>>& stat,
+                    std::string_view name) noexcept;
+
+// ---- the handshake ----
+
+// Replaces the BIOs of `ssl` (before its handshake) with socket BIOs on `fd`
+// (BIO_NOCLOSE: the caller keeps the fd) and turns read-ahead off. `early`
+// holds bytes already read from fd (the ClientHello a shard saw): OpenSSL
+// reads them first. SSL_OP_ENABLE_KTLS must be set on the SSL (tls::context
+// sets it). The RX direction is refused to the kernel (OpenSSL carries on in
+// userspace) if any early byte is still unread when the keys change.
+bool attach_socket(SSL* ssl, int fd, std::string_view early, std::string* err);
+
+enum class step { want_read, want_write, done, error };
+// One SSL_do_handshake on a non-blocking fd: poll for POLLIN / POLLOUT and
+// call again, or done, or error (SSL_get_error / the OpenSSL error queue).
+step handshake_step(SSL* ssl);
+
+struct directions {
+    bool tx = false;
+    bool rx = false;
+};
+
+// Call once the handshake is done, before any SSL_read: completes the hand-
+// over and says which directions run in the kernel. OpenSSL 3.0 takes TX
+// itself for TLS 1.2 and 1.3, but RX only for TLS 1.2 (its TLS 1.3 code
+// skips kTLS for the read side; 3.2 added it). For TLS 1.3 RX this derives
+// the peer's application traffic key and IV from the traffic secret that
+// the keylog callback saw (RFC 8446 §7.1/§7.3: HKDF-Expand-Label "key",
+// "iv") and installs them with setsockopt(SOL_TLS, TLS_RX) at record
+// sequence 0 -- right after the handshake with read-ahead off, OpenSSL has
+// read no record under those keys, and no byte of the socket is buffered
+// anywhere (checked: otherwise RX stays in userspace). The secrets are wiped
+// afterwards either way. From then on OpenSSL must not read the socket: the
+// SSL is only good for its metadata (version, cipher, peer certificate).
+directions finish(SSL* ssl, int fd);
+
+// Which directions run in the kernel now: OpenSSL's own (BIO_get_ktls_send
+// on the wbio, BIO_get_ktls_recv on the rbio) plus an RX that finish()
+// installed.
+directions engaged(SSL* ssl);
+
+// Installs the keylog callback that finish() needs on `ctx` (attach_socket
+// does it too). Returns false if the context already has another keylog
+// callback: then TLS 1.3 RX stays in userspace. Call it when the context is
+// made, before handshakes run on other threads.
+bool prepare_context(SSL_CTX* ctx);
+
+// Probe: can this kernel run kTLS at all (a loopback TCP pair accepts the
+// "tls" ULP, loading the module on demand)? For tests and start-up logs.
+bool kernel_has_ktls();
+
+// ---- the data path ----
+
+// TLS content types (RFC 8446 §5.1), as TLS_GET/SET_RECORD_TYPE carry them.
+enum record_type : uint8_t {
+    rt_none = 0,  // no record type came with the bytes: not a kTLS RX socket
+    rt_change_cipher_spec = 20,
+    rt_alert = 21,
+    rt_handshake = 22,
+    rt_application_data = 23,
+};
+
+// Room for the control message that carries the record type; size the
+// msg_control of an IORING_OP_RECVMSG with it.
+inline constexpr size_t record_cmsg_space = CMSG_SPACE(sizeof(uint8_t));
+
+// The record type in a received msghdr's control messages, rt_none if absent.
+uint8_t record_type_of(const msghdr& m) noexcept;
+
+// recvmsg(fd, buf, len) with a control buffer: bytes of records of one type
+// (the kernel stops at a change of type), their type in *type. Returns the
+// byte count, 0 at EOF, or -errno (-EAGAIN on a non-blocking socket with
+// nothing to read, -EBADMSG for a record that failed to decrypt).
+ssize_t recv_record(int fd, void* buf, size_t len, uint8_t* type, int flags = 0);
+
+// Sends one record of `type` through a kTLS TX socket (sendmsg with
+// TLS_SET_RECORD_TYPE). Returns bytes sent or -errno.
+ssize_t send_record(int fd, uint8_t type, const void* data, size_t len, int flags = 0);
+// An alert record (level 1 warning, 2 fatal; RFC 8446 §6). close_notify is
+// send_alert(fd, 1, 0).
+ssize_t send_alert(int fd, uint8_t level, uint8_t description);
+
+// What a non-application record means and what the connection should do.
+enum class control {
+    close_notify,        // the peer closes: send close_notify, close
+    alert,               // any other alert (fatal in TLS 1.3): close, no reply
+    new_session_ticket,  // consumed; the connection goes on
+    key_update,          // the peer's keys changed: rekey RX or close cleanly
+    unexpected,          // a protocol violation: close with unexpected_message
+};
+struct control_record {
+    control kind = control::unexpected;
+    uint8_t alert_level = 0;        // alerts
+    uint8_t alert_description = 0;  // alerts
+    bool update_requested = false;  // key_update: the peer asked for ours too
+    const char* name() const noexcept;  // "close_notify", "alert", ...
+};
+// Classifies the plaintext of one non-data record of `type`. A handshake
+// record may hold several messages: KeyUpdate wins over tickets; anything
+// but NewSessionTicket/KeyUpdate is unexpected after the handshake.
+control_record classify(uint8_t type, const uint8_t* data, size_t len) noexcept;
+
+}  // namespace rpcgate::tls::ktls
