@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "core/buffer.h"
+#include "rpc/record.h"
 
 namespace rpcgate::fuzz {
 
@@ -31,6 +32,23 @@ inline core::slice_chain split_chain(const uint8_t* data, size_t size, uint32_t 
         at += piece;
     }
     return c;
+}
+
+// The body of a framed record that must hold exactly one record (what the
+// builders return), through the real reassembler.
+inline core::slice_chain unframe(const core::slice_chain& framed) {
+    core::slice_chain out;
+    rpc::record_reassembler ra;
+    int n = 0;
+    for (const auto& s : framed) {
+        auto r = ra.feed(s, [&](core::slice_chain&& rec) {
+            ++n;
+            out = std::move(rec);
+        });
+        RPCGATE_FUZZ_CHECK(r.ok());
+    }
+    RPCGATE_FUZZ_CHECK(n == 1);
+    return out;
 }
 
 }  // namespace rpcgate::fuzz
