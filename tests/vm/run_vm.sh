@@ -106,16 +106,17 @@ build_kernel_pieces() {
     mkdir -p "$work/deb"
     say "fetching $key (apt-get download; nothing is installed)"
     (cd "$work/deb" && apt-get download -q "$pkg=${key#*_}" >download.log 2>&1) || {
-        tail -n 20 "$work/deb/download.log" >&2
-        die "apt-get download $pkg failed"
+        tail -n 5 "$work/deb/download.log" >&2
+        say "apt-get download $pkg failed"
+        return 1
     }
-    dpkg -x "$work"/deb/*.deb "$work/x"
+    dpkg -x "$work"/deb/*.deb "$work/x" || return 1
     local kver
     kver=$(ls -1 "$work/x/lib/modules" | head -n 1)
     [ -n "$kver" ] && [ -f "$work/x/boot/vmlinuz-$kver" ] || die "$pkg holds no vmlinuz/modules"
     # The package ships no modules.dep (its postinst runs depmod): make one
     # for the unpacked tree, without touching the host's /lib/modules.
-    "$busybox" depmod -b "$work/x" "$kver"
+    "$busybox" depmod -b "$work/x" "$kver" || return 1
     local mroot=$work/x/lib/modules/$kver want=() m path dep
     for m in "${modules[@]}"; do
         path=$(cd "$mroot" && find kernel -name "$m.ko" | head -n 1)
@@ -149,9 +150,26 @@ build_kernel_pieces() {
     rm -rf "$work/x" "$work/base" "$work/deb"
     rm -rf "$kdir"
     mv "$work" "$kdir"
+    # Kernels of earlier runs are not needed any more.
+    local old
+    for old in "$cache"/linux-image-*; do
+        [ "$old" = "$kdir" ] || rm -rf "$old"
+    done
 }
 
-[ -f "$kdir/base.cpio.gz" ] && [ -f "$kdir/vmlinuz" ] || build_kernel_pieces
+if [ ! -f "$kdir/base.cpio.gz" ] || [ ! -f "$kdir/vmlinuz" ]; then
+    if ! build_kernel_pieces; then
+        # Lists older than the mirror name a kernel it no longer has: as
+        # root, refresh them once (what scripts/setup.sh does) and retry.
+        [ "$(id -u)" = 0 ] || die "cannot fetch the kernel (apt-get update as root may help)"
+        say "refreshing apt's package lists and retrying"
+        apt-get update -qq >/dev/null 2>&1 || true
+        key=$(resolve_kernel) || die "apt-cache cannot resolve linux-image-amd64"
+        kdir=$cache/$key
+        pkg=${key%%_*}
+        build_kernel_pieces || die "cannot fetch $key"
+    fi
+fi
 kver=$(cat "$kdir/release")
 
 # ---- the payload: init, the programs and their libraries (every run) ----

@@ -659,6 +659,9 @@ struct variant {
     uint16_t version;
     uint16_t cipher;
 };
+void PrintTo(const variant& v, std::ostream* os) {
+    *os << v.name;
+}
 class KtlsVariantTest : public KtlsTest, public ::testing::WithParamInterface<variant> {};
 
 TEST_P(KtlsVariantTest, Engages) {
