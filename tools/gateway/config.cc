@@ -235,7 +235,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "buffers", "buffer_size", "log_level", "implicit_tls", "alpn_strict",
                                   "handshake_timeout", "cert_user_map", "tls_auto", "audit_log",
                                   "upstream_ca", "upstream_cert", "upstream_key",
-                                  "upstream_server_name", "upstream_alpn_strict"};
+                                  "upstream_server_name", "upstream_alpn_strict",
+                                  "max_connections_per_source", "handshake_rate_per_source",
+                                  "handshake_burst_per_source"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -295,6 +297,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     RPCGATE_TOML_INT("buffers", buffers)
     RPCGATE_TOML_INT("buffer_size", buffer_size)
     RPCGATE_TOML_INT("handshake_timeout", handshake_timeout_ms)
+    RPCGATE_TOML_INT("max_connections_per_source", max_connections_per_source)
+    RPCGATE_TOML_INT("handshake_rate_per_source", handshake_rate_per_source)
+    RPCGATE_TOML_INT("handshake_burst_per_source", handshake_burst_per_source)
 #undef RPCGATE_TOML_INT
     s = tls_mode_name(cfg->tls);
     if (!toml_get<std::string>(t, "tls", &s, err) || !parse_tls_mode(s, &cfg->tls, err))
@@ -525,6 +530,15 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                 "5000)");
     auto* o_maxc = app.add_option("--max-connections", cfg->max_connections,
                                   "client connections at most (default 65536)");
+    auto* o_mcs = app.add_option("--max-connections-per-source", cfg->max_connections_per_source,
+                                 "client connections at most from one address (IPv6: one /64), "
+                                 "0 = no limit (default 0)");
+    auto* o_hrs = app.add_option("--handshake-rate-per-source", cfg->handshake_rate_per_source,
+                                 "TLS handshakes a second at most from one address, 0 = no "
+                                 "limit (default 0)");
+    auto* o_hbs = app.add_option("--handshake-burst-per-source", cfg->handshake_burst_per_source,
+                                 "handshakes one address may start back to back (default: one "
+                                 "second's worth of the rate)");
     auto* o_rec = app.add_option("--max-record", max_record,
                                  "largest RPC record accepted, bytes or K/M (default 4M+64K)");
     auto* o_inf = app.add_option("--max-inflight", max_inflight,
@@ -539,6 +553,13 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                  "subsystems core gw tls admin audit)");
     auto* o_audit = app.add_option("--audit-log", cfg->audit_log,
                                    "FILE for the audit lines of TLS decisions (appended)");
+    auto* o_iob = app.add_option("--io-backend", cfg->io_backend,
+                                 "client-facing packet I/O: uring (kernel sockets, default) or "
+                                 "dpdk (DPDK + lwIP, one shard; needs a build with DPDK)")
+                      ->check(CLI::IsMember({"uring", "dpdk"}));
+    auto* o_dpdk = app.add_option("--dpdk-args", cfg->dpdk_args,
+                                  "EAL arguments for --io-backend dpdk, e.g. \"--no-huge --no-pci "
+                                  "--vdev=net_af_packet0,iface=IF\"");
     app.add_flag("--check-config", cfg->check_only, "validate the configuration and exit");
     app.add_flag("--version,-V", version, "print the version and exit");
 
@@ -621,9 +642,14 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_ct->count()) merged.connect_timeout_ms = cfg->connect_timeout_ms;
     if (o_dt->count()) merged.drain_timeout_ms = cfg->drain_timeout_ms;
     if (o_maxc->count()) merged.max_connections = cfg->max_connections;
+    if (o_mcs->count()) merged.max_connections_per_source = cfg->max_connections_per_source;
+    if (o_hrs->count()) merged.handshake_rate_per_source = cfg->handshake_rate_per_source;
+    if (o_hbs->count()) merged.handshake_burst_per_source = cfg->handshake_burst_per_source;
     if (o_buf->count()) merged.buffers = cfg->buffers;
     if (o_log->count()) merged.log_level = log_level;
     if (o_audit->count()) merged.audit_log = cfg->audit_log;
+    if (o_iob->count()) merged.io_backend = cfg->io_backend;
+    if (o_dpdk->count()) merged.dpdk_args = cfg->dpdk_args;
     uint64_t v = 0;
     if (o_rec->count()) {
         if (!parse_size(max_record, &v, &err, "--max-record")) {

@@ -85,6 +85,11 @@ struct gateway_config {
     uint32_t connect_timeout_ms = 5000;
     uint32_t drain_timeout_ms = 5000;
     uint32_t max_connections = 65536;
+    // Per source address (IPv6: per /64), gateway-wide, 0 = no limit: open
+    // connections, and TLS handshakes a second (burst: back to back).
+    uint32_t max_connections_per_source = 0;
+    uint32_t handshake_rate_per_source = 0;
+    uint32_t handshake_burst_per_source = 0;
     uint64_t max_record = 4 * 1024 * 1024 + 64 * 1024;
     // Per connection and direction: bytes queued towards a peer before the
     // other side stops being read.
@@ -96,6 +101,10 @@ struct gateway_config {
     uint32_t buffer_size = 32 * 1024;
     std::string log_level = "info";
     std::string audit_log;  // file for the audit lines (RFC 9289 §6); "" = with the rest
+    // Client-facing packet I/O: "uring" (kernel sockets) or "dpdk" (DPDK + lwIP
+    // on one shard, see dpdk/backend.h); `dpdk_args` go to rte_eal_init.
+    std::string io_backend = "uring";
+    std::string dpdk_args;
     std::string config_file;
     bool check_only = false;
 };

@@ -14,6 +14,7 @@
 
 #include "core/conn_id.h"
 #include "core/log.h"
+#include "dpdk/backend.h"
 #include "rpc/auth_tls.h"
 #include "rpc/message.h"
 #include "rpc/portmap.h"
@@ -21,6 +22,7 @@
 #include "rpc/xdr_codec.h"
 #include "tools/gateway/admin.h"
 #include "tools/gateway/handshake_service.h"
+#include "tools/gateway/source_limits.h"
 
 namespace rpcgate::gw {
 
@@ -99,6 +101,11 @@ public:
         : cfg_(cfg), sh_(sh), open_(open) {
         drain_timer_.set_callback(&shard_context::on_drain_deadline, this);
         implicit_.ctx = this;
+        source_limits_config lc;
+        lc.max_connections_per_source = cfg.max_connections_per_source;
+        lc.handshakes_per_second = cfg.handshake_rate_per_source;
+        lc.handshake_burst = cfg.handshake_burst_per_source;
+        if (lc.enabled()) limits_ = std::make_unique<source_limits>(lc.for_shard(cfg.shards));
     }
 
     void on_accept(core::shard& s, int fd, const sockaddr_storage& peer) override;
@@ -114,8 +121,18 @@ public:
         return t;
     }
     void forget_upstream(uint64_t token) { waiting_.erase(token); }
-    // Takes a slot of --max-connections; false (and counted) when full.
+    // Takes a slot of --max-connections and of the source's share; false (and
+    // counted) when either is full. The source's slot is given back with
+    // release_source() (the session does it when it ends).
     bool admit(const sockaddr_storage& peer);
+    // Per-source limits: the source's connection slot, again (a connection
+    // back from the control thread); a token for a TLS handshake.
+    bool admit_source(const sockaddr_storage& peer);
+    bool allow_handshake(const sockaddr_storage& peer);
+    void release_source(const sockaddr_storage& peer) {
+        if (limits_) limits_->on_close(peer);
+    }
+    std::unique_ptr<source_limits> limits_;  // null: no per-source limits
 
     // Accepts on --implicit-tls listeners: straight to the control thread.
     struct implicit_acceptor final : core::listener_handler {
@@ -153,8 +170,12 @@ class session final : public core::stream_handler {
     friend class shard_context;
 
 public:
+    // `peer` holds a slot of its source's limit (shard_context::admit), given
+    // back when the session ends.
     session(shard_context& ctx, stream* client, const sockaddr_storage& peer)
-        : session(ctx, client, core::next_conn_id(), peer_text(peer), nullptr) {}
+        : session(ctx, client, core::next_conn_id(), peer_text(peer), nullptr) {
+        peer_addr_ = peer;
+    }
 
     // After a handshake on the control thread: same connection ID as before.
     session(shard_context& ctx, stream* client, handshake_result&& r)
@@ -202,6 +223,7 @@ public:
         if (next_) next_->prev_ = prev_;
         // A connection handed to the control thread lives on there.
         if (!handed_off_) ctx_.open_.fetch_sub(1, std::memory_order_relaxed);
+        ctx_.release_source(peer_addr_);
         bump(ctx_.counters_.sessions_open, uint64_t(-1));
         if (tls_) bump(ctx_.counters_.tls_open, uint64_t(-1));
     }
@@ -220,6 +242,10 @@ public:
         if (first_bytes_) {
             first_bytes_ = false;
             if (ctx_.cfg_.tls_auto && ctx_.hs_ && data.size() > 0 && data[0] == 0x16) {
+                if (!ctx_.allow_handshake(peer_addr_)) {
+                    terminate("TLS handshake rate of this source exceeded: closing", -EAGAIN);
+                    return;
+                }
                 bump(ctx_.counters_.implicit_tls);
                 starttls_ = true;
                 early_.push_back(slice::copy_of(data.data(), data.size()));
@@ -875,6 +901,10 @@ private:
     // STARTTLS reply is out (RFC 9289 §4.1). The session ends here; the
     // connection comes back as a new session with the same ID.
     void start_tls(uint32_t xid) {
+        if (!ctx_.allow_handshake(peer_addr_)) {
+            terminate("TLS handshake rate of this source exceeded: closing", -EAGAIN);
+            return;
+        }
         starttls_ = true;
         bump(ctx_.counters_.starttls);
         client_->send(rpc::build_starttls_reply(xid));
@@ -1014,6 +1044,7 @@ private:
     uint64_t calls_outstanding_ = 0;
     std::unique_ptr<tls::session> tls_;
     std::optional<tls::identity> certuser_;
+    sockaddr_storage peer_addr_{};  // AF_UNSPEC until known: never counted
     slice_chain tls_pending_;  // plaintext for the client, encrypted per batch
     static constexpr size_t k_tls_batch = 256 * 1024;
     slice_chain early_;  // bytes after a probe, for the control thread
@@ -1035,8 +1066,31 @@ bool shard_context::admit(const sockaddr_storage& peer) {
                     cfg_.max_connections);
         return false;
     }
+    if (!admit_source(peer)) {
+        open_.fetch_sub(1, std::memory_order_relaxed);
+        return false;
+    }
     bump(counters_.sessions_accepted);
     return true;
+}
+
+bool shard_context::admit_source(const sockaddr_storage& peer) {
+    if (!limits_) return true;
+    source_verdict v = limits_->on_accept(peer, sh_.now_ms());
+    if (v == source_verdict::admit) return true;
+    bump(counters_.sessions_refused);
+    // Debug only: a flood must not become a flood of log lines; the
+    // rpcgate_source_* counters tell.
+    RPCGATE_LOG(gw, debug, "refusing {}: {}", peer_text(peer), source_verdict_name(v));
+    return false;
+}
+
+bool shard_context::allow_handshake(const sockaddr_storage& peer) {
+    if (!limits_) return true;
+    source_verdict v = limits_->on_handshake(peer, sh_.now_ms());
+    if (v == source_verdict::admit) return true;
+    RPCGATE_LOG(gw, debug, "closing {}: {}", peer_text(peer), source_verdict_name(v));
+    return false;
 }
 
 void shard_context::on_accept(core::shard& s, int fd, const sockaddr_storage& peer) {
@@ -1054,6 +1108,14 @@ void shard_context::implicit_acceptor::on_accept(core::shard& s, int fd,
         ::close(fd);
         return;
     }
+    // During the handshake the connection is the control thread's: the
+    // source's slot is taken again when it comes back (deliver).
+    ctx->release_source(peer);
+    if (!ctx->allow_handshake(peer)) {
+        ::close(fd);
+        ctx->open_.fetch_sub(1, std::memory_order_relaxed);
+        return;
+    }
     bump(ctx->counters_.implicit_tls);
     conn_id id = core::next_conn_id();
     if (!ctx->hs_->submit(s.index(), fd, id, peer_text(peer), {})) {
@@ -1069,8 +1131,18 @@ void shard_context::deliver(handshake_result&& r) {
         open_.fetch_sub(1, std::memory_order_relaxed);
         return;
     }
+    // Back from the control thread: the source's connection slot again.
+    sockaddr_storage peer{};
+    socklen_t len = sizeof peer;
+    if (::getpeername(r.fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) peer = {};
+    if (!admit_source(peer)) {
+        ::close(r.fd);
+        open_.fetch_sub(1, std::memory_order_relaxed);
+        return;
+    }
     stream* st = sh_.adopt(r.fd, nullptr);
     auto* s = new session(*this, st, std::move(r));
+    s->peer_addr_ = peer;
     st->set_handler(s);
     s->pump_tls();  // records that arrived with the handshake's last flight
     s->flush_tls();
@@ -1128,6 +1200,15 @@ gateway::~gateway() {
 }
 
 std::string gateway::start() {
+    if (cfg_.io_backend == "dpdk") {
+        // One TCP stack per process (lwIP): one shard, which polls the port.
+        std::string err;
+        io_backend_ = dpdk::make_backend(dpdk::backend_options{cfg_.dpdk_args}, &err);
+        if (!io_backend_) return "--io-backend dpdk: " + err;
+        if (cfg_.shards != 1)
+            RPCGATE_LOG(gw, info, "--io-backend dpdk: 1 shard instead of {}", cfg_.shards);
+        cfg_.shards = 1;
+    }
     bool tls_used = cfg_.tls != tls_mode::off || !cfg_.implicit_tls.empty();
     if (tls_used) {
         tls::server_options o;
@@ -1169,6 +1250,7 @@ std::string gateway::start() {
         sc.send_high_water = cfg_.max_inflight;
         sc.send_low_water = cfg_.max_inflight / 4;
         auto sh = std::make_unique<core::shard>(sc);
+        if (io_backend_) sh->set_io_backend(io_backend_.get());
         auto ctx = std::make_unique<shard_context>(cfg_, *sh, open_connections_);
         shard_context* c = ctx.get();
         sh->set_on_stop([c] { c->on_stop(); });
@@ -1492,6 +1574,21 @@ std::string gateway::metrics_text() const {
     RPCGATE_GW_COUNTER("upstream_tls_total", upstream_tls, "Backend connections that went into RPC-with-TLS.");
     RPCGATE_GW_COUNTER("upstream_plaintext_total", upstream_plaintext, "Backends that refused the AUTH_TLS probe, used in plaintext (opportunistic).");
     RPCGATE_GW_COUNTER("upstream_tls_failures_total", upstream_tls_failures, "Backend connections refused for upstream TLS (probe refused when required, handshake failed, timed out).");
+    if (!contexts_.empty() && contexts_[0]->limits_) {
+#define RPCGATE_SOURCE_FAMILY(name, type, field, help)                        \
+    family(out, "rpcgate_source_" name, type, help, n,                         \
+           [&](size_t i) { return rd(contexts_[i]->limits_->counters().field); })
+        RPCGATE_SOURCE_FAMILY("refused_connections_total", "counter", refused_connections,
+                              "Connections refused: their source was at its connection cap.");
+        RPCGATE_SOURCE_FAMILY("refused_handshakes_total", "counter", refused_handshakes,
+                              "Connections closed: their source was over its handshake rate.");
+        RPCGATE_SOURCE_FAMILY("table_full_total", "counter", table_full,
+                              "Connections refused: no room to track a new source.");
+        RPCGATE_SOURCE_FAMILY("evictions_total", "counter", evictions,
+                              "Idle sources forgotten to make room.");
+        RPCGATE_SOURCE_FAMILY("tracked", "gauge", tracked, "Sources tracked now.");
+#undef RPCGATE_SOURCE_FAMILY
+    }
     RPCGATE_CORE_COUNTER("engine_receives_total", recv_completions, "Receive completions.");
     RPCGATE_CORE_COUNTER("engine_received_bytes_total", recv_bytes, "Bytes received by the engine.");
     RPCGATE_CORE_COUNTER("engine_sends_total", send_calls, "sendmsg operations.");
