@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <liburing.h>
+#include <linux/capability.h>
 #include <linux/tls.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -25,6 +26,7 @@
 #include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -309,6 +311,16 @@ struct peer_conn {
     }
 };
 
+// The peer on its own thread: the handshake, then `body`; "" when all went well.
+std::future<std::string> run_peer(SSL_CTX* ctx, int fd, bool accept,
+                                  std::function<std::string(peer_conn&)> body) {
+    return std::async(std::launch::async, [ctx, fd, accept, body = std::move(body)]() -> std::string {
+        peer_conn c(ctx, fd);
+        if ((accept ? SSL_accept(c.ssl) : SSL_connect(c.ssl)) != 1) return "handshake: " + last_error();
+        return body(c);
+    });
+}
+
 class KtlsTest : public ::testing::Test {
 protected:
     void SetUp() override {
@@ -357,9 +369,7 @@ TEST_F(KtlsTest, ServerHandsRecordsToKernel) {
     auto before = k::read_tls_stat();
     const std::string up = random_bytes(300 * 1000), down = random_bytes(200 * 1000);
     peer_ctx pc(false);
-    auto peer = std::async(std::launch::async, [&]() -> std::string {
-        peer_conn c(pc.ctx, p.theirs);
-        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
         if (!c.write_all(up)) return "write: " + last_error();
         std::string got;
         if (!c.read_exact(got, down.size())) return "read: " + last_error();
@@ -431,9 +441,7 @@ TEST_F(KtlsTest, IoUringRecvStopsAtControlRecord) {
     ASSERT_GE(p.ours, 0);
     peer_ctx pc(false);
     std::promise<void> sent_all;
-    auto peer = std::async(std::launch::async, [&]() -> std::string {
-        peer_conn c(pc.ctx, p.theirs);
-        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
         if (!c.write_all("data-record")) return "write: " + last_error();
         SSL_shutdown(c.ssl);
         sent_all.set_value();
@@ -485,9 +493,7 @@ TEST_F(KtlsTest, AlertFromPeerIsAControlRecord) {
     tcp_pair p;
     ASSERT_GE(p.ours, 0);
     peer_ctx pc(false);
-    auto peer = std::async(std::launch::async, [&]() -> std::string {
-        peer_conn c(pc.ctx, p.theirs);
-        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
         char b[16];
         size_t n = 0;
         if (SSL_read_ex(c.ssl, b, sizeof(b), &n) == 1) return "the stray record was accepted";
@@ -520,9 +526,7 @@ TEST_F(KtlsTest, KeyUpdateFromPeerEndsCleanly) {
     ASSERT_GE(p.ours, 0);
     peer_ctx pc(false);
     std::promise<clock_type::time_point> updated;
-    auto peer = std::async(std::launch::async, [&]() -> std::string {
-        peer_conn c(pc.ctx, p.theirs);
-        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
         if (!c.write_all("before")) return "write: " + last_error();
         if (SSL_key_update(c.ssl, SSL_KEY_UPDATE_REQUESTED) != 1) return "key_update: " + last_error();
         updated.set_value(clock_type::now());
@@ -572,9 +576,7 @@ TEST_F(KtlsTest, KernelAfterKeyUpdate) {
     tcp_pair p;
     ASSERT_GE(p.ours, 0);
     peer_ctx pc(false);
-    auto peer = std::async(std::launch::async, [&]() -> std::string {
-        peer_conn c(pc.ctx, p.theirs);
-        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
         SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED);
         if (!c.write_all("after")) return "write: " + last_error();
         return "";
@@ -611,9 +613,7 @@ TEST_F(KtlsTest, TicketOnKtlsClientIsConsumed) {
     ASSERT_GE(p.ours, 0);
     peer_ctx pc(true);
     const std::string hello = random_bytes(5000);
-    auto peer = std::async(std::launch::async, [&]() -> std::string {
-        peer_conn c(pc.ctx, p.theirs);
-        if (SSL_accept(c.ssl) != 1) return "accept: " + last_error();
+    auto peer = run_peer(pc.ctx, p.theirs, true, [&](peer_conn& c) -> std::string {
         if (!c.write_all(hello)) return "write: " + last_error();
         std::string back;
         if (!c.read_exact(back, 4)) return "read: " + last_error();
@@ -650,6 +650,74 @@ TEST_F(KtlsTest, TicketOnKtlsClientIsConsumed) {
     EXPECT_EQ(peer.get(), "");
 }
 
+// Tickets on: the server's OpenSSL sends NewSessionTicket after the client's
+// Finished through the kernel's TX (a handshake-type record via sendmsg),
+// and the peer gets a resumable session.
+TEST_F(KtlsTest, ServerTicketsGoThroughKernelTx) {
+    server_options so;
+    so.cert_file = certs().cert;
+    so.key_file = certs().key;
+    so.session_tickets = true;
+    std::string e;
+    auto ctx = context::make_server(so, &e);
+    ASSERT_TRUE(ctx) << e;
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false);
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
+        std::string got;
+        if (!c.read_exact(got, 5) || got != "hello") return "read: " + last_error();
+        SSL_SESSION* sess = SSL_get1_session(c.ssl);
+        bool ticket = sess && SSL_SESSION_has_ticket(sess);
+        SSL_SESSION_free(sess);
+        return ticket ? "" : "no ticket arrived";
+    });
+    ours o(*ctx, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    EXPECT_EQ(o.dir.tx, have_ktls());
+    EXPECT_EQ(o.dir.rx, have_ktls());
+    ASSERT_TRUE(o.write("hello")) << o.err;
+    EXPECT_EQ(peer.get(), "");
+}
+
+// Without CAP_NET_ADMIN the kernel leaves INET_DIAG_ULP_INFO out; the report
+// falls back to getsockopt(SOL_TLS): kernel or not, version and cipher, but
+// not software or NIC (`ktls`). Capabilities are per thread: one thread
+// drops CAP_NET_ADMIN and asks.
+TEST_F(KtlsTest, ProtectionWithoutNetAdmin) {
+    if (!have_ktls()) GTEST_SKIP() << "the kernel has no kTLS (run in tests/vm)";
+    if (geteuid() != 0) GTEST_SKIP() << "needs CAP_NET_ADMIN to drop";
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false);
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
+        std::string got;
+        return c.read_exact(got, 2) ? "" : "read: " + last_error();
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    k::protection full = k::query(o.fd), limited;
+    bool dropped = false;
+    std::thread([&] {
+        __user_cap_header_struct h{_LINUX_CAPABILITY_VERSION_3, 0};
+        __user_cap_data_struct d[2] = {};
+        if (syscall(SYS_capget, &h, d) != 0) return;
+        d[CAP_NET_ADMIN / 32].effective &= ~(1u << (CAP_NET_ADMIN % 32));
+        dropped = syscall(SYS_capset, &h, d) == 0;
+        limited = k::query(o.fd);
+    }).join();
+    ASSERT_TRUE(dropped);
+    EXPECT_TRUE(full.from_diag);
+    EXPECT_EQ(full.tx, k::mode::ktls_sw);
+    EXPECT_FALSE(limited.from_diag);
+    EXPECT_EQ(limited.tx, k::mode::ktls);
+    EXPECT_EQ(limited.rx, k::mode::ktls);
+    EXPECT_EQ(limited.version, full.version);
+    EXPECT_EQ(limited.cipher, full.cipher);
+    ASSERT_TRUE(o.write("ok")) << o.err;
+    EXPECT_EQ(peer.get(), "");
+}
+
 // Which suites and versions the kernel takes (OpenSSL 3.0 + Linux 6.1):
 // TLS 1.3 with ChaCha20-Poly1305 and TLS 1.2 with AES-GCM both engage.
 struct variant {
@@ -670,9 +738,7 @@ TEST_P(KtlsVariantTest, Engages) {
     ASSERT_GE(p.ours, 0);
     peer_ctx pc(false, v.max_version, v.suites);
     const std::string data = random_bytes(40000);
-    auto peer = std::async(std::launch::async, [&]() -> std::string {
-        peer_conn c(pc.ctx, p.theirs);
-        if (SSL_connect(c.ssl) != 1) return "connect: " + last_error();
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
         if (!c.write_all(data)) return "write: " + last_error();
         std::string back;
         if (!c.read_exact(back, data.size())) return "read: " + last_error();
