@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -30,6 +31,12 @@ enum op_tag : uintptr_t {
 constexpr uintptr_t k_tag_mask = 7;
 
 uint64_t encode(const void* p, op_tag t) { return reinterpret_cast<uintptr_t>(p) | t; }
+
+uint64_t monotonic_us() noexcept {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000000 + uint64_t(ts.tv_nsec) / 1000;
+}
 
 void set_nodelay(int fd) {
     int one = 1;
@@ -103,6 +110,17 @@ void stream::submit_send() {
     if (send_inflight_ || state_ == state::connecting || state_ == state::closed) return;
     if (state_ == state::closing && !detaching_) return;
     if (sendq_head_ == sendq_.size()) return;
+    if (transport_) {
+        // Synchronous: the transport copies what it takes into its own buffers.
+        size_t offered = queued_;
+        size_t took = transport_->transmit(&sendq_[sendq_head_], sendq_.size() - sendq_head_);
+        if (took > offered) took = offered;
+        bump(shard_->stats_.send_calls);
+        transport_full_ = took < offered;
+        dequeue_sent(took);
+        after_send();
+        return;
+    }
     // The SQE first: taking it may submit (SQ full), which frees the arena.
     io_uring_sqe* sqe = shard_->get_sqe();
     shard::send_desc* d = shard_->take_send_desc();
@@ -126,47 +144,36 @@ void stream::submit_send() {
     bump(shard_->stats_.send_calls);
 }
 
-void stream::on_send_cqe(const io_uring_cqe* cqe) {
-    --ops_inflight_;
-    send_inflight_ = false;
-    int res = cqe->res;
-    if (res > 0) {
-        size_t left = size_t(res);
-        bytes_out_ += left;
-        queued_ -= left;
-        bump(shard_->stats_.send_bytes, left);
-        while (left > 0) {
-            slice& s = sendq_[sendq_head_];
-            if (s.size() <= left) {
-                left -= s.size();
-                s = slice();
-                ++sendq_head_;
-            } else {
-                s.trim_front(left);
-                left = 0;
-            }
-        }
-        if (sendq_head_ == sendq_.size()) {
-            sendq_.clear();
-            sendq_head_ = 0;
-        } else if (sendq_head_ >= 32) {
-            sendq_.erase_front(sendq_head_);
-            sendq_head_ = 0;
+void stream::dequeue_sent(size_t n) {
+    if (n == 0) return;
+    size_t left = n;
+    bytes_out_ += left;
+    queued_ -= left;
+    bump(shard_->stats_.send_bytes, left);
+    while (left > 0) {
+        slice& s = sendq_[sendq_head_];
+        if (s.size() <= left) {
+            left -= s.size();
+            s = slice();
+            ++sendq_head_;
+        } else {
+            s.trim_front(left);
+            left = 0;
         }
     }
-    if (state_ == state::closing && !detaching_) {
+    if (sendq_head_ == sendq_.size()) {
         sendq_.clear();
         sendq_head_ = 0;
-        queued_ = 0;
-        maybe_finish();
-        return;
+    } else if (sendq_head_ >= 32) {
+        sendq_.erase_front(sendq_head_);
+        sendq_head_ = 0;
     }
-    if (res < 0) {
-        close(res);
-        return;
-    }
+}
+
+void stream::after_send() {
     if (queued_ > 0) {
-        shard_->queue_flush(this);
+        // A full transport says when it has room (transport_writable).
+        if (!transport_full_) shard_->queue_flush(this);
     } else if (detaching_) {
         maybe_finish();
         return;
@@ -178,6 +185,62 @@ void stream::on_send_cqe(const io_uring_cqe* cqe) {
         over_high_ = false;
         if (handler_) handler_->on_writable(*this);
     }
+}
+
+void stream::on_send_cqe(const io_uring_cqe* cqe) {
+    --ops_inflight_;
+    send_inflight_ = false;
+    int res = cqe->res;
+    if (res > 0) dequeue_sent(size_t(res));
+    if (state_ == state::closing && !detaching_) {
+        sendq_.clear();
+        sendq_head_ = 0;
+        queued_ = 0;
+        maybe_finish();
+        return;
+    }
+    if (res < 0) {
+        close(res);
+        return;
+    }
+    after_send();
+}
+
+void stream::transport_writable() {
+    transport_full_ = false;
+    if (queued_ > 0 && (state_ == state::open || detaching_)) shard_->queue_flush(this);
+}
+
+void stream::transport_received(slice data) {
+    size_t len = data.size();
+    if (len == 0) return;
+    bytes_in_ += len;
+    bump(shard_->stats_.recv_bytes, len);
+    bump(shard_->stats_.recv_completions);
+    if (detaching_) {
+        held_.push_back(std::move(data));  // handed over with the fd
+        return;
+    }
+    if (state_ != state::open) return;  // closing: dropped
+    if (paused_) {
+        held_.push_back(std::move(data));  // not consumed: the peer's window closes
+        return;
+    }
+    transport_->consumed(len);
+    handler_->on_data(*this, std::move(data));
+}
+
+void stream::transport_eof(int err) {
+    if (state_ != state::open || eof_seen_) return;
+    eof_seen_ = true;
+    // An orderly FIN waits behind the bytes held while paused; a reset is
+    // reported at once, like the liveness poll of a kernel socket.
+    if (paused_ && err == 0) {
+        eof_pending_ = true;
+        eof_err_ = 0;
+        return;
+    }
+    handler_->on_eof(*this, err);
 }
 
 void stream::arm_receive() {
@@ -315,7 +378,7 @@ void stream::pause_receive() {
         io_uring_sqe_set_data64(sqe, tag_ignore);
         recv_cancel_sent_ = true;
     }
-    if (state_ == state::open && !eof_seen_) arm_liveness_poll();
+    if (state_ == state::open && !eof_seen_ && !transport_) arm_liveness_poll();
 }
 
 void stream::resume_receive() {
@@ -327,6 +390,7 @@ void stream::resume_receive() {
     while (!held_.empty() && !paused_ && state_ == state::open) {
         slice_chain one = held_.split_front(held_.part(0).size());
         slice s = one.linearize();  // a single part: shares, never copies
+        if (transport_) transport_->consumed(s.size());
         handler_->on_data(*this, std::move(s));
     }
     if (paused_ || state_ != state::open) return;
@@ -335,7 +399,7 @@ void stream::resume_receive() {
         handler_->on_eof(*this, eof_err_);
         return;
     }
-    if (!recv_armed_ && !eof_seen_ && !starved_) arm_receive();
+    if (!transport_ && !recv_armed_ && !eof_seen_ && !starved_) arm_receive();
 }
 
 void stream::close(int err) {
@@ -344,6 +408,14 @@ void stream::close(int err) {
     close_err_ = err;
     close_timer_.cancel();
     held_.clear();
+    if (transport_) {
+        sendq_.clear();
+        sendq_head_ = 0;
+        queued_ = 0;
+        transport_->close(err);
+        maybe_finish();
+        return;
+    }
     // shutdown() completes an in-flight receive (EOF) and send at once; the
     // cancel covers a receive the kernel has not started yet.
     ::shutdown(fd_, SHUT_RDWR);
@@ -376,9 +448,9 @@ void stream::close_after_send(uint64_t deadline_ms) {
 std::string stream::describe() const {
     static const char* names[] = {"connecting", "open", "closing", "closed"};
     return fmt::format(
-        "fd={} state={} ops={} recv_armed={} cancel_sent={} paused={} starved={} eof={} "
+        "{}fd={} state={} ops={} recv_armed={} cancel_sent={} paused={} starved={} eof={} "
         "send_inflight={} queued={} detaching={} finish_queued={}",
-        fd_, names[int(state_)], ops_inflight_, recv_armed_, recv_cancel_sent_, paused_, starved_,
+        transport_ ? "virtual " : "", fd_, names[int(state_)], ops_inflight_, recv_armed_, recv_cancel_sent_, paused_, starved_,
         eof_seen_, send_inflight_, queued_, detaching_, finish_queued_);
 }
 
@@ -580,6 +652,18 @@ void shard::run(task init, std::string* err, std::atomic<int>* ready) {
         ring_ok_ = false;
         return;
     }
+    if (backend_) {
+        e = backend_->attach(*this);
+        if (!e.empty()) {
+            *err = "shard " + std::to_string(cfg_.index) + ": " + backend_->name() + ": " + e;
+            ready->store(-1, std::memory_order_release);
+            ready->notify_all();
+            io_uring_queue_exit(&ring_);
+            ring_ok_ = false;
+            return;
+        }
+        backend_attached_ = true;
+    }
     now_ms_ = monotonic_ms();
     timers_.set_now(now_ms_);
     arm_wake();
@@ -603,11 +687,14 @@ void shard::run(task init, std::string* err, std::atomic<int>* ready) {
     for (stream* s : left) {
         s->sendq_.clear();
         s->held_.clear();
+        if (s->transport_ && s->state_ != stream::state::closing) s->transport_->close(-ECANCELED);
         if (s->fd_ >= 0 && !s->detaching_) ::close(s->fd_);
         if (s->handler_) s->handler_->on_closed(*s, -ECANCELED);
         delete s;
     }
     streams_.clear();
+    if (backend_attached_) backend_->detach(*this);
+    backend_attached_ = false;
     bump(stats_.streams_open, 0);
     stats_.streams_open.store(0, std::memory_order_relaxed);
 }
@@ -638,14 +725,31 @@ void shard::loop() {
         if (exit_now_.load(std::memory_order_acquire) || (stop_seen_ && streams_.empty())) break;
 
         flush_sends();
+        if (backend_) backend_->flush(*this);
         int64_t wait = timers_.ms_until_next(monotonic_ms());
         __kernel_timespec ts{};
-        if (wait >= 0) {
+        bool timed = wait >= 0;
+        if (timed) {
             ts.tv_sec = wait / 1000;
             ts.tv_nsec = (wait % 1000) * 1000000;
         }
+        if (backend_) {
+            // Packets arrive without a completion: never block while busy,
+            // and only briefly when idle (see poll_spin_us).
+            uint64_t sleep_ns = uint64_t(cfg_.poll_sleep_us) * 1000;
+            if (monotonic_us() - last_work_us_ < cfg_.poll_spin_us) {
+                ts = __kernel_timespec{};
+            } else {
+                if (!timed || uint64_t(wait) * 1000000 > sleep_ns) {
+                    ts.tv_sec = 0;
+                    ts.tv_nsec = long(sleep_ns);
+                }
+                bump(stats_.idle_sleeps);
+            }
+            timed = true;
+        }
         io_uring_cqe* first = nullptr;
-        int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, wait >= 0 ? &ts : nullptr,
+        int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, timed ? &ts : nullptr,
                                                   nullptr);
         submitted();
         now_ms_ = monotonic_ms();
@@ -665,6 +769,9 @@ void shard::loop() {
         if (n) io_uring_cq_advance(&ring_, n);
         bump(stats_.cqes, n);
         bump(stats_.loop_passes);
+        if (backend_) {
+            if (backend_->poll(*this) || n) last_work_us_ = monotonic_us();
+        }
         flush_buffers();
         rearm_starved();
         reap_streams();
@@ -730,6 +837,11 @@ void shard::dispatch(io_uring_cqe* cqe) {
 }
 
 int shard::listen(const sockaddr* addr, socklen_t len, listener_handler* h, int backlog) {
+    if (backend_) {
+        int port = backend_->listen(*this, addr, len, h);
+        if (port > 0 && listen_port_ == 0) listen_port_ = uint16_t(port);
+        return port;
+    }
     int fd = ::socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
     int one = 1;
@@ -775,6 +887,7 @@ void shard::arm_accept(listener* l) {
 }
 
 void shard::close_listeners() {
+    if (backend_ && backend_attached_) backend_->close_listeners(*this);
     for (auto& l : listeners_) {
         if (l->closed) continue;
         l->closed = true;
@@ -803,12 +916,24 @@ void shard::unregister_file(int idx) {
 }
 
 stream* shard::adopt(int fd, stream_handler* h) {
+    if (backend_) {
+        if (stream* v = backend_->adopt(*this, fd, h)) return v;
+    }
     auto* s = new stream(this, fd, h);
     s->file_index_ = register_file(fd);
     s->slot_ = streams_.size();
     streams_.push_back(s);
     bump(stats_.streams_open);
     s->arm_receive();
+    return s;
+}
+
+stream* shard::adopt_virtual(int fd, stream_transport* t, stream_handler* h) {
+    auto* s = new stream(this, fd, h);
+    s->transport_ = t;
+    s->slot_ = streams_.size();
+    streams_.push_back(s);
+    bump(stats_.streams_open);
     return s;
 }
 
@@ -935,6 +1060,7 @@ void shard::reap_streams() {
             streams_.pop_back();
             stats_.streams_open.store(streams_.size(), std::memory_order_relaxed);
             if (s->detaching_) {
+                if (s->transport_) s->transport_->detached();
                 int fd = s->fd_;
                 s->fd_ = -1;
                 slice_chain unread = std::move(s->held_);

@@ -22,6 +22,14 @@
 // Lifetime: every slice of a receive buffer must be dropped before its shard
 // is destroyed (the buffer returns itself to the shard's ring).
 //
+// A second packet I/O engine (DPDK + a user-space TCP stack) plugs in through
+// `io_backend` (see below): with one installed, step 2 never blocks while the
+// backend has work (a zero-timeout wait; after `poll_spin_us` without work it
+// sleeps at most `poll_sleep_us`), the backend's `flush` runs right before
+// step 2 and its `poll` right after step 3. Its connections are ordinary
+// `stream`s whose I/O is virtual (a `stream_transport`): the same handlers,
+// send queue, flow control and close/detach rules as a kernel socket.
+//
 // Ring set-up: SINGLE_ISSUER | DEFER_TASKRUN when the kernel has them (task
 // work runs only when this thread enters the kernel, so completions never
 // interrupt the loop and no IPIs are sent); else COOP_TASKRUN | TASKRUN_FLAG
@@ -50,6 +58,7 @@ namespace rpcgate::core {
 
 class shard;
 class stream;
+class listener_handler;
 
 struct shard_config {
     unsigned index = 0;
@@ -71,6 +80,11 @@ struct shard_config {
     size_t send_low_water = 1024 * 1024;
     // Pin the shard's thread to this CPU (-1: no pinning).
     int cpu = -1;
+    // With an io_backend installed: spin (zero-timeout waits) for this long
+    // after the last packet or completion, then wait at most poll_sleep_us at
+    // a time, so that an idle DPDK shard does not hold a core at 100 %.
+    unsigned poll_spin_us = 200;
+    unsigned poll_sleep_us = 50;
 };
 
 // What the kernel gave us; logged once at start.
@@ -102,6 +116,7 @@ struct shard_stats {
     std::atomic<uint64_t> buffers_free{0};  // receive buffers the kernel can use now
     std::atomic<uint64_t> loop_passes{0};
     std::atomic<uint64_t> cqes{0};
+    std::atomic<uint64_t> idle_sleeps{0};  // waits that slept (io_backend installed)
 };
 
 // Single-writer counter bump: a plain load+store, no locked RMW on the hot path.
@@ -127,6 +142,33 @@ public:
     // Last call: every operation has completed and the fd is closed. The stream
     // is freed when this returns.
     virtual void on_closed(stream& s, int err) = 0;
+};
+
+// The I/O under a virtual stream: a connection of a user-space TCP stack
+// (dpdk/). The stream keeps its usual send queue, flow control and state
+// machine and calls these instead of io_uring; the transport injects what it
+// receives with stream::transport_*. All on the shard thread.
+//
+// fd: a virtual stream still owns one kernel fd (the transport's placeholder,
+// an AF_UNIX socket), so that code written for sockets keeps working: the
+// shard closes it with the stream, and detach() hands it over (the transport
+// then relays the connection's bytes through it; see dpdk/backend.h).
+class stream_transport {
+public:
+    virtual ~stream_transport() = default;
+    // Takes bytes from the front of parts[0..n) (in order, all or part of
+    // them) and returns how many it took. Taking fewer than offered means the
+    // transport is full: it calls stream::transport_writable() when it has
+    // room again.
+    virtual size_t transmit(const slice* parts, size_t n) = 0;
+    // The handler was given `n` more received bytes (opens the receive window).
+    virtual void consumed(size_t n) = 0;
+    // The stream is closing: send what was taken, then end the connection
+    // (err 0: orderly). The stream makes no further call.
+    virtual void close(int err) = 0;
+    // The stream was detached (its fd handed over with `unread` bytes); the
+    // transport now serves the fd instead. The stream makes no further call.
+    virtual void detached() = 0;
 };
 
 // A connected TCP socket driven by a shard. Created by shard::adopt or
@@ -175,6 +217,17 @@ public:
     uint64_t bytes_in() const noexcept { return bytes_in_; }
     uint64_t bytes_out() const noexcept { return bytes_out_; }
     int close_error() const noexcept { return close_err_; }
+    // True for a stream whose I/O is a stream_transport.
+    bool is_virtual() const noexcept { return transport_ != nullptr; }
+
+    // --- for a stream_transport (virtual streams only), on the shard thread.
+    // Received bytes, in order: delivered like a receive completion.
+    void transport_received(slice data);
+    // The peer ended its side (0: FIN) or the connection failed (-errno; a
+    // reset is reported at once, even while receiving is paused).
+    void transport_eof(int err);
+    // The transport has room again after taking less than it was offered.
+    void transport_writable();
 
 private:
     friend class shard;
@@ -192,6 +245,10 @@ private:
     void arm_liveness_poll();
     void cancel_liveness_poll();
     void submit_send();
+    // n bytes left the send queue (a send completion, or taken by the transport).
+    void dequeue_sent(size_t n);
+    // After a send: requeue, finish a detach or a close-after-send, on_writable.
+    void after_send();
     void maybe_finish();
     static void on_close_deadline(timer*, void* arg);
 
@@ -199,6 +256,7 @@ private:
     int fd_;
     int file_index_ = -1;  // registered-file slot, or -1
     stream_handler* handler_;
+    stream_transport* transport_ = nullptr;  // virtual streams only
     state state_ = state::open;
     bool recv_armed_ = false;
     bool recv_cancel_sent_ = false;
@@ -212,6 +270,7 @@ private:
     bool finish_queued_ = false;
     bool flush_queued_ = false;  // on the shard's list of streams to send at the end of the pass
     bool detaching_ = false;
+    bool transport_full_ = false;  // the transport took less than offered
     bool eof_pending_ = false;  // EOF/error seen while paused, delivered on resume
     int eof_err_ = 0;
     int close_err_ = 0;
@@ -237,6 +296,34 @@ public:
     virtual ~listener_handler() = default;
     // A new connection; the callee adopts `fd` (shard::adopt) or closes it.
     virtual void on_accept(shard& s, int fd, const sockaddr_storage& peer) = 0;
+};
+
+// A second packet I/O engine for the client-facing side (dpdk/): it serves
+// listeners and their connections as virtual streams; backends stay kernel
+// sockets on the shard's io_uring. At most one per shard, installed before
+// start(); it lives at least as long as the shard's thread. All calls below
+// run on the shard thread.
+class io_backend {
+public:
+    virtual ~io_backend() = default;
+    virtual const char* name() const noexcept = 0;
+    // After the ring is set up and before the init task: take over the thread
+    // (a DPDK port, a TCP stack). Returns "" or a one-line reason.
+    virtual std::string attach(shard& s) = 0;
+    // The loop is ending: close every connection and listener, let go.
+    virtual void detach(shard& s) = 0;
+    // Once a pass, right after completions: receive, run the stack's timers.
+    // Returns true if anything happened (keeps the loop spinning).
+    virtual bool poll(shard& s) = 0;
+    // Once a pass, right before waiting: send what the pass produced.
+    virtual void flush(shard& s) = 0;
+    // shard::listen and close_listeners go here instead of to the kernel.
+    virtual int listen(shard& s, const sockaddr* addr, socklen_t len, listener_handler* h) = 0;
+    virtual void close_listeners(shard& s) = 0;
+    // shard::adopt(fd) asks first: a virtual stream if `fd` is one of the
+    // backend's placeholders (an accepted connection, or one coming back from
+    // a hand-off), else null (a kernel socket).
+    virtual stream* adopt(shard& s, int fd, stream_handler* h) = 0;
 };
 
 struct connect_options {
@@ -291,8 +378,15 @@ public:
     // Local port of the first listener (useful with port 0).
     uint16_t listen_port() const noexcept { return listen_port_; }
 
-    // Wraps an accepted/connected fd; receiving starts at once.
+    // Wraps an accepted/connected fd; receiving starts at once. With an
+    // io_backend installed, a placeholder fd of its own becomes its virtual stream.
     stream* adopt(int fd, stream_handler* h);
+    // For an io_backend: a stream over `t`, owning placeholder fd `fd`.
+    stream* adopt_virtual(int fd, stream_transport* t, stream_handler* h);
+
+    // Before start(): the second packet I/O engine (see io_backend).
+    void set_io_backend(io_backend* b) noexcept { backend_ = b; }
+    io_backend* backend() const noexcept { return backend_; }
     // Starts a TCP connect; h->on_connected reports the outcome. Returns null
     // (and sets *err) only if the socket could not even be created.
     stream* connect(const sockaddr* addr, socklen_t len, stream_handler* h,
@@ -370,6 +464,9 @@ private:
     std::vector<stream*> flush_;  // streams with bytes to send, submitted once per pass
     std::unique_ptr<send_desc[]> send_descs_;
     unsigned send_descs_used_ = 0;
+    io_backend* backend_ = nullptr;
+    bool backend_attached_ = false;
+    uint64_t last_work_us_ = 0;  // when the backend or the ring last had work
 };
 
 }  // namespace rpcgate::core

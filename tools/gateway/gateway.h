@@ -141,6 +141,8 @@ private:
     std::unique_ptr<handshake_service> hs_;
     std::unique_ptr<admin_server> admin_;
     std::atomic<bool> stopping_{false};
+    // --io-backend dpdk: serves shard 0's listeners; outlives the shards.
+    std::unique_ptr<core::io_backend> io_backend_;
     std::vector<std::unique_ptr<core::shard>> shards_;
     std::vector<std::unique_ptr<shard_context>> contexts_;
     // Other threads (main, admin) -> shard i, and -> the control thread. They
