@@ -485,6 +485,79 @@ TEST_F(KtlsTest, IoUringRecvStopsAtControlRecord) {
     io_uring_queue_exit(&ring);
 }
 
+// The shard's actual receive: a multishot IORING_OP_RECV with provided
+// buffers. Data records complete with IORING_CQE_F_MORE; the close_notify
+// ends the multishot with -EIO (no F_MORE) and stays queued: the socket
+// still polls readable and recvmsg with a control buffer returns it. So a
+// shard can keep its receive path and treat -EIO on a kTLS RX connection as
+// "a control record waits": hand the fd to the control thread.
+TEST_F(KtlsTest, IoUringMultishotRecvEndsAtControlRecord) {
+    if (!have_ktls()) GTEST_SKIP() << "the kernel has no kTLS (run in tests/vm)";
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false);
+    std::promise<void> sent_all;
+    const std::string data = random_bytes(50000);
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
+        if (!c.write_all(data.substr(0, 20000)) || !c.write_all(data.substr(20000)))
+            return "write: " + last_error();
+        SSL_shutdown(c.ssl);
+        sent_all.set_value();
+        return "";
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    ASSERT_TRUE(o.dir.rx);
+    ASSERT_EQ(sent_all.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    ASSERT_EQ(peer.get(), "");
+
+    constexpr unsigned nbufs = 32, bsize = 4096;
+    std::vector<char> bufs(nbufs * bsize);
+    io_uring ring;
+    ASSERT_EQ(io_uring_queue_init(16, &ring, 0), 0);
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_provide_buffers(sqe, bufs.data(), bsize, nbufs, 1, 0);
+    io_uring_submit(&ring);
+    io_uring_cqe* cqe = nullptr;
+    ASSERT_EQ(io_uring_wait_cqe(&ring, &cqe), 0);
+    ASSERT_GE(cqe->res, 0);
+    io_uring_cqe_seen(&ring, cqe);
+    sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_recv_multishot(sqe, o.fd, nullptr, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = 1;
+    io_uring_submit(&ring);
+    std::string got;
+    int last = 0, completions = 0;
+    for (;;) {
+        __kernel_timespec ts{10, 0};
+        ASSERT_EQ(io_uring_wait_cqe_timeout(&ring, &cqe, &ts), 0) << "the multishot receive hung";
+        int res = cqe->res;
+        unsigned flags = cqe->flags;
+        io_uring_cqe_seen(&ring, cqe);
+        ++completions;
+        if (res > 0) {
+            unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+            got.append(bufs.data() + size_t(bid) * bsize, size_t(res));
+        }
+        if (!(flags & IORING_CQE_F_MORE)) {
+            last = res;
+            break;
+        }
+    }
+    io_uring_queue_exit(&ring);
+    std::printf("[ktls] multishot recv: %d completions, %zu bytes, ended with %d (%s)\n", completions,
+                got.size(), last, last < 0 ? strerror(-last) : "");
+    EXPECT_TRUE(got == data) << got.size() << " of " << data.size() << " bytes";
+    EXPECT_EQ(last, -EIO);
+    EXPECT_TRUE(wait_fd(o.fd, POLLIN, clock_type::now() + std::chrono::seconds(1)))
+        << "the queued control record does not poll readable";
+    char b[16];
+    uint8_t type = 0;
+    EXPECT_EQ(k::recv_record(o.fd, b, sizeof(b), &type, MSG_DONTWAIT), 2);
+    EXPECT_EQ(type, k::rt_alert);
+}
+
 // A fatal alert from the peer: our side sends a record the peer cannot
 // accept after the handshake (a Finished), OpenSSL answers with
 // unexpected_message, and the kernel hands it up as an alert record.
