@@ -203,11 +203,12 @@ struct ours {
     }
     ~ours() { SSL_free(ssl); }
 
-    bool handshake() {
+    // `install_rx` false leaves TLS 1.3 RX to OpenSSL: send-only kTLS.
+    bool handshake(bool install_rx = true) {
         auto deadline = clock_type::now() + std::chrono::milliseconds(io_timeout_ms);
         for (;;) {
             switch (k::handshake_step(ssl)) {
-                case k::step::done: dir = k::finish(ssl, fd); return true;
+                case k::step::done: dir = install_rx ? k::finish(ssl, fd) : k::engaged(ssl); return true;
                 case k::step::want_read:
                     if (!wait_fd(fd, POLLIN, deadline)) return fail("handshake: timed out");
                     break;
@@ -380,7 +381,8 @@ TEST_F(KtlsTest, ServerHandsRecordsToKernel) {
     // The ClientHello, read as a shard reads it before the hand-off.
     auto deadline = clock_type::now() + std::chrono::seconds(10);
     ASSERT_TRUE(wait_fd(p.ours, POLLIN, deadline));
-    char hello[600];
+    // Only part of it: OpenSSL reads the rest from the socket after these.
+    char hello[100];
     ssize_t hn = ::recv(p.ours, hello, sizeof(hello), 0);
     ASSERT_GT(hn, 5);
     ours o(*server_, p.ours, std::string_view(hello, static_cast<size_t>(hn)));
@@ -720,6 +722,33 @@ TEST_F(KtlsTest, TicketOnKtlsClientIsConsumed) {
     }
     EXPECT_TRUE(got == hello);
     ASSERT_TRUE(o.write("done")) << o.err;
+    EXPECT_EQ(peer.get(), "");
+}
+
+// Half kTLS: the kernel encrypts what we send, OpenSSL decrypts what we
+// receive (from the same socket, which carries the "tls" ULP). What a
+// connection whose RX could not move to the kernel runs on.
+TEST_F(KtlsTest, HalfKtlsSendOnly) {
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false);
+    const std::string up = random_bytes(70000), down = random_bytes(90000);
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
+        if (!c.write_all(up)) return "write: " + last_error();
+        std::string got;
+        if (!c.read_exact(got, down.size())) return "read: " + last_error();
+        return got == down ? "" : "the bytes that came back differ";
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake(false)) << o.err;
+    EXPECT_EQ(o.dir.tx, have_ktls());
+    EXPECT_FALSE(o.dir.rx);
+    k::protection pr = k::query(o.fd);
+    EXPECT_EQ(pr.tx, expected());
+    EXPECT_EQ(pr.rx, k::mode::userspace);
+    uint8_t type = 0;
+    EXPECT_TRUE(o.read_n(up.size(), &type) == up);
+    ASSERT_TRUE(o.write(down)) << o.err;
     EXPECT_EQ(peer.get(), "");
 }
 
