@@ -27,61 +27,30 @@ workloads=${WORKLOADS:-"large small"}
 . "$here/lib.sh"
 bench=$(e2e_find_bin rpcgate-bench)
 rpcgate=$(e2e_find_bin rpcgate)
-for tool in haproxy socat python3; do
-    command -v "$tool" >/dev/null || { echo "compare.sh: $tool is not installed (scripts/setup.sh)" >&2; exit 1; }
-done
-mkdir -p "$out"
-work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-cmp.XXXXXX")
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do peer_stop "$p" 5; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)"
+e2e_need haproxy socat python3
+e2e_init cmp
 
 echo_port=$(peer_free_port)
-"$bench" serve --listen "127.0.0.1:$echo_port" --shards 1 >"$work/serve.log" 2>&1 &
-pids+=($!)
-peer_wait_until 10 peer_rpc_null 127.0.0.1 "$echo_port" 0x20000001 1 || { echo "echo server did not start" >&2; exit 1; }
+e2e_bg serve.log "$bench" serve --listen "127.0.0.1:$echo_port" --shards 1
+e2e_wait_ready e2e_rpc_ready "$echo_port"
 
 gw_port=$(peer_free_port)
-"$rpcgate" --listen "127.0.0.1:$gw_port" --backend "536870913=127.0.0.1:$echo_port" \
-    --shards "$shards" --no-reserved-port >"$work/rpcgate.log" 2>&1 &
-gw_pid=$!
-pids+=($gw_pid)
+e2e_bg rpcgate.log "$rpcgate" --listen "127.0.0.1:$gw_port" \
+    --backend "536870913=127.0.0.1:$echo_port" --shards "$shards" --no-reserved-port
+gw_pid=$bg_pid
 
 ha_port=$(peer_free_port)
 e2e_start_haproxy "$ha_port" "$echo_port" "" ""
 
 socat_port=$(peer_free_port)
-socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,fork,reuseaddr,nodelay" "TCP:127.0.0.1:$echo_port,nodelay" \
-    >"$work/socat.log" 2>&1 &
-pids+=($!)
+e2e_start_socat "$socat_port" "$echo_port"
 
-for p in "$gw_port" "$ha_port" "$socat_port"; do
-    peer_wait_until 10 peer_rpc_null 127.0.0.1 "$p" 0x20000001 1 || {
-        echo "proxy on port $p did not start; logs:" >&2
-        tail -n 5 "$work"/*.log >&2
-        exit 1
-    }
-done
+e2e_wait_ready e2e_rpc_ready "$gw_port" "$ha_port" "$socat_port"
 
 declare -A target=([direct]=$echo_port [rpcgate]=$gw_port [haproxy]=$ha_port [socat]=$socat_port)
-setups="direct rpcgate haproxy socat"
 results="$work/runs.jsonl"
 : >"$results"
-for w in $workloads; do
-    e2e_workload_args "$w"
-    for s in $setups; do
-        echo "== $w via $s (${duration} s)" >&2
-        json=$("$bench" run --target "127.0.0.1:${target[$s]}" "${args[@]}" --duration "$duration" --json) || {
-            echo "run failed: $w via $s" >&2
-            json='{"ops_per_sec":0,"bytes_per_sec":0,"p50_us":0,"p99_us":0,"p999_us":0,"errors":-1}'
-        }
-        echo "{\"workload\":\"$w\",\"setup\":\"$s\",\"result\":$json}" >>"$results"
-    done
-done
+e2e_collect "$results" "$workloads" "direct rpcgate haproxy socat"
 
 # Idle connections: memory of each proxy holding IDLE_CONNS client connections.
 idle_rss() { # idle_rss PORT PID -> RSS in KiB while IDLE_CONNS connections are open
@@ -110,11 +79,10 @@ PY
 gw_rss_base=$(awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status")
 gw_rss=$(idle_rss "$gw_port" "$gw_pid")
 fresh_port=$(peer_free_port)
-"$rpcgate" --listen "127.0.0.1:$fresh_port" --backend "536870913=127.0.0.1:$echo_port" \
-    --shards "$shards" --no-reserved-port >"$work/rpcgate-fresh.log" 2>&1 &
-fresh_pid=$!
-pids+=($fresh_pid)
-peer_wait_until 10 peer_rpc_null 127.0.0.1 "$fresh_port" 0x20000001 1 || { echo "fresh rpcgate did not start" >&2; exit 1; }
+e2e_bg rpcgate-fresh.log "$rpcgate" --listen "127.0.0.1:$fresh_port" \
+    --backend "536870913=127.0.0.1:$echo_port" --shards "$shards" --no-reserved-port
+fresh_pid=$bg_pid
+e2e_wait_ready e2e_rpc_ready "$fresh_port"
 fresh_base=$(awk '/VmRSS/ {print $2}' "/proc/$fresh_pid/status")
 fresh_rss=$(idle_rss "$fresh_port" "$fresh_pid")
 ha_rss_base=$(awk '/VmRSS/ {print $2}' "/proc/$ha_pid/status")

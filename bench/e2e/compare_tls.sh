@@ -37,104 +37,47 @@ idle_conns=${IDLE_TLS_CONNS:-2000}
 bench=$(e2e_find_bin rpcgate-bench)
 rpcgate=$(e2e_find_bin rpcgate)
 probe=$(e2e_find_bin rpcgate-probe)
-stunnel=$(command -v stunnel4 || command -v stunnel || true)
-for tool in haproxy openssl python3 "$stunnel"; do
-    [ -n "$tool" ] && command -v "$tool" >/dev/null || {
-        echo "compare_tls.sh: ${tool:-stunnel4} is not installed (scripts/setup.sh)" >&2; exit 1; }
-done
-mkdir -p "$out"
-work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-cmp-tls.XXXXXX")
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do peer_stop "$p" 5; done
-    # The servers' logs stay with the results: errors in a run are explained there.
-    mkdir -p "$out/logs" && cp "$work"/*.log "$out/logs/" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)"
+e2e_need haproxy openssl python3
+e2e_init cmp-tls
 
 # --- certificates: the TLS tests' fixtures --------------------------------------
-certs=$work/certs
-"$root/tests/tls/make_certs.sh" "$certs"
+e2e_certs
 cat "$certs/server.pem" "$certs/server.key" >"$work/haproxy.pem"
-tls_client=(--ca "$certs/ca.pem" --server-name localhost --ciphersuites "$cipher")
 
 # --- the echo backend and the four TLS endpoints ----------------------------------
 echo_port=$(peer_free_port)
-"$bench" serve --listen "127.0.0.1:$echo_port" --shards 1 >"$work/serve.log" 2>&1 &
-pids+=($!)
-peer_wait_until 10 peer_rpc_null 127.0.0.1 "$echo_port" 0x20000001 1 || { echo "echo server did not start" >&2; exit 1; }
+e2e_bg serve.log "$bench" serve --listen "127.0.0.1:$echo_port" --shards 1
+e2e_wait_ready e2e_rpc_ready "$echo_port"
 
 direct_port=$(peer_free_port)
-"$bench" serve --listen "127.0.0.1:$direct_port" --shards "$shards" --tls implicit \
-    --cert "$certs/server.pem" --key "$certs/server.key" --ciphersuites "$cipher" \
-    >"$work/direct-tls.log" 2>&1 &
-pids+=($!)
+e2e_bg direct-tls.log "$bench" serve --listen "127.0.0.1:$direct_port" --shards "$shards" \
+    --tls implicit --cert "$certs/server.pem" --key "$certs/server.key" --ciphersuites "$cipher"
 
 gw_port=$(peer_free_port)
 gw_starttls_port=$(peer_free_port)
-"$rpcgate" --listen "127.0.0.1:$gw_starttls_port" --tls opportunistic \
+e2e_bg rpcgate.log "$rpcgate" --listen "127.0.0.1:$gw_starttls_port" --tls opportunistic \
     --implicit-tls "127.0.0.1:$gw_port" --cert "$certs/server.pem" --key "$certs/server.key" \
-    --backend "536870913=127.0.0.1:$echo_port" --shards "$shards" --no-reserved-port \
-    >"$work/rpcgate.log" 2>&1 &
-gw_pid=$!
-pids+=($gw_pid)
+    --backend "536870913=127.0.0.1:$echo_port" --shards "$shards" --no-reserved-port
+gw_pid=$bg_pid
 
 ha_port=$(peer_free_port)
 e2e_start_haproxy "$ha_port" "$echo_port" "ssl crt $work/haproxy.pem alpn sunrpc" "    ssl-default-bind-ciphersuites $cipher
     ssl-default-bind-options ssl-min-ver TLSv1.3"
 
 st_port=$(peer_free_port)
-cat >"$work/stunnel.conf" <<CFG
-foreground = yes
-pid =
-debug = warning
-[rpc]
-accept = 127.0.0.1:$st_port
-connect = 127.0.0.1:$echo_port
-cert = $certs/server.pem
-key = $certs/server.key
-sslVersionMin = TLSv1.3
-ciphersuites = $cipher
-socket = l:TCP_NODELAY=1
-socket = r:TCP_NODELAY=1
-CFG
-"$stunnel" "$work/stunnel.conf" >"$work/stunnel.log" 2>&1 &
-pids+=($!)
+e2e_start_stunnel "$st_port" "$echo_port"
 
-tls_ready() { # TLS endpoint answers a NULL call over implicit TLS
-    "$probe" "127.0.0.1:$1" --implicit --prog 536870913 --vers 1 --ca "$certs/ca.pem" \
-        --server-name localhost --timeout 2
-}
-for p in "$direct_port" "$gw_port" "$ha_port" "$st_port"; do
-    peer_wait_until 15 tls_ready "$p" || {
-        echo "TLS endpoint on port $p did not start; logs:" >&2
-        tail -n 5 "$work"/*.log >&2
-        exit 1
-    }
-done
+e2e_wait_ready e2e_tls_ready "$direct_port" "$gw_port" "$ha_port" "$st_port"
 # The RFC 9289 path too, and keep what the probe says for the report.
 "$probe" "127.0.0.1:$gw_starttls_port" --prog 536870913 --vers 1 --ca "$certs/ca.pem" \
     --server-name localhost >"$work/probe.txt" || { cat "$work/probe.txt" >&2; exit 1; }
 
 declare -A target=([direct-tls]=$direct_port [rpcgate]=$gw_port [haproxy]=$ha_port [stunnel]=$st_port)
 setups="direct-tls rpcgate haproxy stunnel"
+e2e_setup_args() { setup_args=(--tls implicit "${tls_client[@]}"); }
 results="$work/runs.jsonl"
 : >"$results"
-for w in $workloads; do
-    e2e_workload_args "$w"
-    for s in $setups; do
-        echo "== $w via $s (${duration} s)" >&2
-        # A run with errors exits non-zero but still reports; keep its figures.
-        json=$("$bench" run --target "127.0.0.1:${target[$s]}" --tls implicit "${tls_client[@]}" \
-            "${args[@]}" --duration "$duration" --progress 0 --json 2>>"$work/bench-client.log") ||
-            echo "run had errors: $w via $s" >&2
-        [ -n "$json" ] ||
-            json='{"ops_per_sec":0,"bytes_per_sec":0,"p50_us":0,"p99_us":0,"p999_us":0,"errors":-1}'
-        echo "{\"workload\":\"$w\",\"setup\":\"$s\",\"result\":$json}" >>"$results"
-    done
-done
+e2e_collect "$results" "$workloads" "$setups"
 
 # --- handshake rate ----------------------------------------------------------------
 hs_results="$work/handshakes.jsonl"

@@ -1,12 +1,39 @@
-# Shared by the end-to-end comparison scripts. Source it after setting $build.
+# Shared by the end-to-end comparison scripts. Source it after setting $build,
+# $out and $shards (and $cipher for TLS); it defines functions only.
 #
 #   e2e_find_bin NAME      the executable NAME under $build, wherever CMake put it
+#   e2e_need TOOL...       exit with one line if a tool is not installed
+#   e2e_init NAME          work dir $work, the pids array, a trap that stops every
+#                          pid, keeps the logs in $out/logs and removes $work;
+#                          raises the open-file limit
+#   e2e_bg LOG CMD...      CMD in the background, output to $work/LOG; sets bg_pid
+#                          and appends it to pids
+#   e2e_certs              the TLS tests' certificates in $certs; sets the array
+#                          tls_client (rpcgate-bench run options that trust them)
 #   e2e_workload_args W    sets the array `args` to rpcgate-bench run options of
-#                          workload W: large (1 MiB x 8 connections x 1) or
-#                          small (64 B x 64 connections x 16)
+#                          workload W: large (1 MiB x 8 connections x 1),
+#                          small (64 B x 64 connections x 16) or
+#                          open (64 B x 16 connections, open loop at $OPEN_RATE/s)
 #   e2e_start_haproxy PORT BACKEND_PORT "BIND EXTRA" "GLOBAL LINES"
 #                          HAProxy in TCP mode with $shards threads, config and
 #                          log in $work; sets ha_pid and appends it to pids
+#   e2e_start_stunnel PORT BACKEND_PORT
+#                          stunnel4 terminating TLS 1.3 ($cipher, $certs/server.*)
+#   e2e_start_socat PORT BACKEND_PORT
+#                          socat, one forked process per connection
+#   e2e_rpc_ready PORT     the echo program answers a NULL call on PORT (plaintext)
+#   e2e_tls_ready PORT     ... over implicit TLS, verified against $certs ($probe)
+#   e2e_wait_ready CHECK PORT...
+#                          until `CHECK PORT` succeeds for every port (15 s
+#                          each); else prints the logs' tails and exits
+#   e2e_collect RESULTS "WORKLOADS" "SETUPS"
+#                          rpcgate-bench run --json for every workload x setup
+#                          against 127.0.0.1:${target[SETUP]}, $duration s each,
+#                          plus the options that the caller's e2e_setup_args
+#                          SETUP puts in the array setup_args (if it defines
+#                          it); one line {"workload","setup","result"} each is
+#                          appended to RESULTS. A run with errors keeps its
+#                          figures; one that printed nothing gets errors -1.
 
 e2e_find_bin() {
     local p
@@ -15,17 +42,55 @@ e2e_find_bin() {
     echo "$p"
 }
 
+e2e_need() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null ||
+            { echo "$(basename "$0"): $tool is not installed (scripts/setup.sh)" >&2; exit 1; }
+    done
+}
+
+e2e_init() {
+    mkdir -p "$out"
+    work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-$1.XXXXXX")
+    pids=()
+    trap e2e_cleanup EXIT
+    ulimit -n "$(ulimit -Hn)"
+}
+
+e2e_cleanup() {
+    local p
+    for p in "${pids[@]}"; do peer_stop "$p" 5; done
+    # The servers' logs stay with the results: errors in a run are explained there.
+    mkdir -p "$out/logs" && cp "$work"/*.log "$out/logs/" 2>/dev/null || true
+    rm -rf "$work"
+}
+
+e2e_bg() {
+    local log=$1; shift
+    "$@" >"$work/$log" 2>&1 &
+    bg_pid=$!
+    pids+=($bg_pid)
+}
+
+e2e_certs() {
+    certs=$work/certs
+    "$root/tests/tls/make_certs.sh" "$certs"
+    tls_client=(--ca "$certs/ca.pem" --server-name localhost --ciphersuites "$cipher")
+}
+
 e2e_workload_args() {
     case $1 in
         large) args=(--connections 8 --depth 1 --size 1048576) ;;
         small) args=(--connections 64 --depth 16 --size 64) ;;
-        *) echo "unknown workload $1 (large, small)" >&2; exit 2 ;;
+        open) args=(--connections 16 --depth 64 --size 64 --rate "${OPEN_RATE:-10000}") ;;
+        *) echo "unknown workload $1 (large, small, open)" >&2; exit 2 ;;
     esac
 }
 
 e2e_start_haproxy() {
     local port=$1 backend=$2 bind_extra=$3 global_extra=$4
-    cat >"$work/haproxy.cfg" <<CFG
+    cat >"$work/haproxy-$port.cfg" <<CFG
 global
     nbthread $shards
     maxconn $(( ($(ulimit -n) - 200) / 2 ))
@@ -41,7 +106,70 @@ frontend fe
 backend be
     server echo 127.0.0.1:$backend
 CFG
-    haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-    ha_pid=$!
-    pids+=($ha_pid)
+    e2e_bg "haproxy-$port.log" haproxy -f "$work/haproxy-$port.cfg" -db
+    ha_pid=$bg_pid
+}
+
+e2e_start_stunnel() {
+    local port=$1 backend=$2 stunnel
+    stunnel=$(command -v stunnel4 || command -v stunnel) ||
+        { echo "$(basename "$0"): stunnel4 is not installed (scripts/setup.sh)" >&2; exit 1; }
+    cat >"$work/stunnel-$port.conf" <<CFG
+foreground = yes
+pid =
+debug = warning
+[rpc]
+accept = 127.0.0.1:$port
+connect = 127.0.0.1:$backend
+cert = $certs/server.pem
+key = $certs/server.key
+sslVersionMin = TLSv1.3
+ciphersuites = $cipher
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+CFG
+    e2e_bg "stunnel-$port.log" "$stunnel" "$work/stunnel-$port.conf"
+}
+
+e2e_start_socat() {
+    e2e_bg "socat-$1.log" socat "TCP-LISTEN:$1,bind=127.0.0.1,fork,reuseaddr,nodelay" \
+        "TCP:127.0.0.1:$2,nodelay"
+}
+
+e2e_rpc_ready() {
+    peer_rpc_null 127.0.0.1 "$1" 0x20000001 1
+}
+
+e2e_tls_ready() {
+    "$probe" "127.0.0.1:$1" --implicit --prog 536870913 --vers 1 --ca "$certs/ca.pem" \
+        --server-name localhost --timeout 2
+}
+
+e2e_wait_ready() {
+    local check=$1 p; shift
+    for p in "$@"; do
+        peer_wait_until 15 "$check" "$p" || {
+            echo "$(basename "$0"): the server on port $p did not start; logs:" >&2
+            tail -n 5 "$work"/*.log >&2
+            exit 1
+        }
+    done
+}
+
+e2e_collect() {
+    local results=$1 workloads=$2 setups=$3 w s json
+    for w in $workloads; do
+        e2e_workload_args "$w"
+        for s in $setups; do
+            setup_args=()
+            if declare -F e2e_setup_args >/dev/null; then e2e_setup_args "$s"; fi
+            echo "== $w via $s (${duration} s)" >&2
+            json=$("$bench" run --target "127.0.0.1:${target[$s]}" "${setup_args[@]}" "${args[@]}" \
+                --duration "$duration" --quiet --json 2>>"$work/bench-client.log") ||
+                echo "run had errors: $w via $s (see logs/bench-client.log)" >&2
+            [ -n "$json" ] ||
+                json='{"ops_per_sec":0,"bytes_per_sec":0,"p50_us":0,"p99_us":0,"p999_us":0,"errors":-1}'
+            echo "{\"workload\":\"$w\",\"setup\":\"$s\",\"result\":$json}" >>"$results"
+        done
+    done
 }
