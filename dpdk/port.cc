@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <rte_eal.h>
 #include <rte_errno.h>
@@ -11,6 +12,7 @@
 #include <rte_mempool.h>
 
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <sstream>
 #include <vector>
@@ -21,7 +23,7 @@
 namespace rpcgate::dpdk {
 namespace {
 
-constexpr unsigned k_mbufs = 16383;  // 2^n - 1: the ring under the mempool wants it
+constexpr unsigned k_mbufs = 8191;  // 2^n - 1: the ring under the mempool wants it
 constexpr unsigned k_mbuf_cache = 256;
 constexpr uint16_t k_rx_desc = 1024;
 constexpr uint16_t k_tx_desc = 1024;
@@ -46,6 +48,7 @@ std::unique_ptr<port> port::open(const std::string& eal_args, uint16_t priv_size
         return nullptr;
     }
     std::vector<std::string> args{"rpcgate"};
+    bool own_runtime_dir = false;
     std::istringstream in(eal_args);
     for (std::string a; in >> a;) args.push_back(a);
     // Defaults the user did not set: one lcore (the gateway's threads are not
@@ -54,9 +57,24 @@ std::unique_ptr<port> port::open(const std::string& eal_args, uint16_t priv_size
     if (!has_option(args, "-l") && !has_option(args, "-c") && !has_option(args, "--lcores"))
         args.insert(args.begin() + 1, "-l0");
     if (!has_option(args, "--file-prefix") && !has_option(args, "--in-memory") &&
-        !has_option(args, "--proc-type"))
-        args.insert(args.begin() + 1, "--in-memory");
+        !has_option(args, "--proc-type")) {
+        if (has_option(args, "--no-huge")) {
+            // --in-memory refuses --no-huge (legacy memory): a runtime folder
+            // of our own instead, removed again in ~port.
+            args.insert(args.begin() + 1, "--no-shconf");
+            args.insert(args.begin() + 1, fmt::format("--file-prefix=rpcgate-{}", ::getpid()));
+            own_runtime_dir = true;
+        } else {
+            args.insert(args.begin() + 1, "--in-memory");
+        }
+    }
     if (!has_option(args, "--log-level")) args.insert(args.begin() + 1, "--log-level=warning");
+    if (!has_option(args, "--telemetry") && !has_option(args, "--no-telemetry"))
+        args.insert(args.begin() + 1, "--no-telemetry");
+    // --no-huge gives EAL 64 MB unless told otherwise: too tight for the pool.
+    if (has_option(args, "--no-huge") && !has_option(args, "-m") &&
+        !has_option(args, "--socket-mem"))
+        args.insert(args.begin() + 1, "-m256");
     // EAL keeps pointers into argv: the strings live as long as the process.
     static std::vector<std::string> keep;
     keep = args;
@@ -77,6 +95,7 @@ std::unique_ptr<port> port::open(const std::string& eal_args, uint16_t priv_size
         return nullptr;
     }
     std::unique_ptr<port> p(new port());
+    if (own_runtime_dir) p->runtime_dir_ = rte_eal_get_runtime_dir();
     uint16_t id = RTE_MAX_ETHPORTS;
     uint16_t pid;
     RTE_ETH_FOREACH_DEV(pid) {
@@ -85,16 +104,15 @@ std::unique_ptr<port> port::open(const std::string& eal_args, uint16_t priv_size
     }
     if (id == RTE_MAX_ETHPORTS) {
         *err = "no Ethernet port found (give one with --dpdk-args \"--vdev=net_af_packet0,iface=IF\")";
-        rte_eal_cleanup();
-        return nullptr;
+        return nullptr;  // ~port cleans EAL up
     }
     p->id_ = id;
     auto* pool = rte_pktmbuf_pool_create("rpcgate_mbufs", k_mbufs, k_mbuf_cache,
                                          RTE_ALIGN(priv_size, RTE_MBUF_PRIV_ALIGN),
                                          RTE_MBUF_DEFAULT_BUF_SIZE, int(rte_socket_id()));
     if (!pool) {
-        *err = std::string("cannot create the mbuf pool: ") + rte_strerror(rte_errno);
-        rte_eal_cleanup();
+        *err = std::string("cannot create the mbuf pool: ") + rte_strerror(rte_errno) +
+               " (EAL memory: -m MB in --dpdk-args)";
         return nullptr;
     }
     p->pool_ = pool;
@@ -109,8 +127,6 @@ std::unique_ptr<port> port::open(const std::string& eal_args, uint16_t priv_size
         (rc = rte_eth_dev_start(id)) < 0) {
         *err = std::string("cannot start port: ") + rte_strerror(-rc);
         rte_eth_dev_close(id);
-        rte_mempool_free(pool);
-        rte_eal_cleanup();
         return nullptr;
     }
     p->started_ = true;
@@ -135,6 +151,10 @@ port::~port() {
     }
     if (pool_) rte_mempool_free(static_cast<rte_mempool*>(pool_));
     rte_eal_cleanup();
+    if (!runtime_dir_.empty()) {
+        std::error_code ec;
+        std::filesystem::remove_all(runtime_dir_, ec);
+    }
 }
 
 std::string port::attach_thread() {

@@ -77,6 +77,7 @@ private:
     void* txq_[k_tx_max] = {};  // rte_mbuf*: queued, in order
     unsigned txn_ = 0;
     bool started_ = false;
+    std::string runtime_dir_;  // EAL's runtime folder when we made it up (removed at the end)
 };
 
 }  // namespace rpcgate::dpdk
