@@ -641,6 +641,28 @@ const char* control_record::name() const noexcept {
     return "?";
 }
 
+ssize_t read_control(int fd, control_record* out) {
+    // RFC 8446 §5.1/§5.4: plaintext is at most 2^14 bytes (+1 content type
+    // byte and padding the kernel strips): one record always fits.
+    uint8_t buf[16384 + 256];
+    uint8_t type = rt_none;
+    ssize_t n = recv_record(fd, buf, sizeof(buf), &type, MSG_DONTWAIT);
+    if (n > 0) *out = classify(type, buf, static_cast<size_t>(n));
+    OPENSSL_cleanse(buf, static_cast<size_t>(std::max<ssize_t>(n, 0)));
+    return n;
+}
+
+bool respond(int fd, const control_record& c) {
+    switch (c.kind) {
+        case control::new_session_ticket: return true;
+        case control::alert: return false;
+        case control::close_notify:
+        case control::key_update: send_alert(fd, 1, 0); return false;
+        case control::unexpected: send_alert(fd, 2, 10); return false;  // unexpected_message
+    }
+    return false;
+}
+
 control_record classify(uint8_t type, const uint8_t* data, size_t len) noexcept {
     control_record c;
     if (type == rt_alert) {

@@ -421,12 +421,11 @@ TEST_F(KtlsTest, ServerHandsRecordsToKernel) {
         std::printf("[ktls] plain recv() at close_notify: %zd %s\n", n, n < 0 ? strerror(e) : "");
         EXPECT_EQ(n, -1);
         EXPECT_EQ(e, EIO);
-        n = k::recv_record(o.fd, b, sizeof(b), &type, MSG_DONTWAIT);
+        k::control_record c;
+        n = k::read_control(o.fd, &c);
         ASSERT_EQ(n, 2) << "the record was not left queued by the failed recv";
-        EXPECT_EQ(type, k::rt_alert);
-        k::control_record c = k::classify(type, reinterpret_cast<uint8_t*>(b), 2);
         EXPECT_EQ(c.kind, k::control::close_notify);
-        EXPECT_EQ(k::send_alert(o.fd, 1, 0), 2);  // our close_notify, through the kernel
+        EXPECT_FALSE(k::respond(o.fd, c));  // our close_notify, through the kernel
     } else {
         char b[64];
         EXPECT_EQ(o.read(b, sizeof(b), &type), 0) << "no close_notify in userspace";
@@ -629,7 +628,7 @@ TEST_F(KtlsTest, KeyUpdateFromPeerEndsCleanly) {
         EXPECT_EQ(c.kind, k::control::key_update);
         EXPECT_TRUE(c.update_requested);
         // No TLS_RX rekey on this kernel: close cleanly.
-        EXPECT_EQ(k::send_alert(o.fd, 1, 0), 2);
+        EXPECT_FALSE(k::respond(o.fd, c));
         ::shutdown(o.fd, SHUT_WR);
     } else {
         ASSERT_EQ(n, 5);
@@ -714,6 +713,7 @@ TEST_F(KtlsTest, TicketOnKtlsClientIsConsumed) {
         }
         k::control_record c = k::classify(type, reinterpret_cast<uint8_t*>(b.data()), size_t(n));
         ASSERT_EQ(c.kind, k::control::new_session_ticket) << "record type " << int(type);
+        EXPECT_TRUE(k::respond(o.fd, c));
         ++tickets;
     }
     std::printf("[ktls] client: %d ticket record(s) consumed on %s RX\n", tickets, k::mode_name(pr.rx));
