@@ -136,8 +136,10 @@ struct directions {
 // "iv") and installs them with setsockopt(SOL_TLS, TLS_RX) at record
 // sequence 0 -- right after the handshake with read-ahead off, OpenSSL has
 // read no record under those keys, and no byte of the socket is buffered
-// anywhere (checked: otherwise RX stays in userspace). The secrets are wiped
-// afterwards either way. From then on OpenSSL must not read the socket: the
+// anywhere (checked: otherwise RX stays in userspace). RX moves only when TX
+// is in the kernel already: a connection is all-userspace, send-only kTLS,
+// or kTLS both ways, never receive-only. The secrets are wiped afterwards
+// either way. From then on OpenSSL must not read the socket: the
 // SSL is only good for its metadata (version, cipher, peer certificate).
 directions finish(SSL* ssl, int fd);
 
