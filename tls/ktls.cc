@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -486,6 +487,13 @@ uint64_t stat_value(const std::vector<std::pair<std::string, uint64_t>>& stat,
 }
 
 bool attach_socket(SSL* ssl, int fd, std::string_view early, std::string* err) {
+    // The caller's thread drives many handshakes: a socket BIO must never
+    // block it (io_uring, which a shard uses later, does not mind).
+    int fl = ::fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)) {
+        if (err) *err = std::string("O_NONBLOCK: ") + std::strerror(errno);
+        return false;
+    }
     // BIO_new_socket also puts the "tls" ULP on the socket (OpenSSL's
     // ktls_enable); a kernel without kTLS refuses it and nothing changes.
     // Two socket BIOs on one fd: OpenSSL keeps the kTLS flags per BIO, TX on
@@ -626,8 +634,10 @@ ssize_t send_record(int fd, uint8_t type, const void* data, size_t len, int flag
 }
 
 ssize_t send_alert(int fd, uint8_t level, uint8_t description) {
+    // Never blocks: an alert that finds the send buffer full is dropped (it
+    // precedes a close anyway).
     const uint8_t alert[2] = {level, description};
-    return send_record(fd, rt_alert, alert, sizeof(alert));
+    return send_record(fd, rt_alert, alert, sizeof(alert), MSG_DONTWAIT);
 }
 
 const char* control_record::name() const noexcept {

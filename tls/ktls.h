@@ -110,7 +110,8 @@ uint64_t stat_value(const std::vector<std::pair<std::string, uint64_t>>& stat,
 // ---- the handshake ----
 
 // Replaces the BIOs of `ssl` (before its handshake) with socket BIOs on `fd`
-// (BIO_NOCLOSE: the caller keeps the fd) and turns read-ahead off. `early`
+// (BIO_NOCLOSE: the caller keeps the fd), makes fd O_NONBLOCK and turns
+// read-ahead off. `early`
 // holds bytes already read from fd (the ClientHello a shard saw): OpenSSL
 // reads them first. SSL_OP_ENABLE_KTLS must be set on the SSL (tls::context
 // sets it). The RX direction is refused to the kernel (OpenSSL carries on in
@@ -185,8 +186,8 @@ ssize_t recv_record(int fd, void* buf, size_t len, uint8_t* type, int flags = 0)
 // Sends one record of `type` through a kTLS TX socket (sendmsg with
 // TLS_SET_RECORD_TYPE). Returns bytes sent or -errno.
 ssize_t send_record(int fd, uint8_t type, const void* data, size_t len, int flags = 0);
-// An alert record (level 1 warning, 2 fatal; RFC 8446 §6). close_notify is
-// send_alert(fd, 1, 0).
+// An alert record (level 1 warning, 2 fatal; RFC 8446 §6), MSG_DONTWAIT.
+// close_notify is send_alert(fd, 1, 0).
 ssize_t send_alert(int fd, uint8_t level, uint8_t description);
 
 // What a non-application record means and what the connection should do.
