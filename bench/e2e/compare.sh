@@ -89,23 +89,14 @@ ha_rss_base=$(awk '/VmRSS/ {print $2}' "/proc/$ha_pid/status")
 ha_rss=$(idle_rss "$ha_port" "$ha_pid")
 
 python3 - "$results" "$out" "$duration" "$idle_conns" "$gw_rss_base" "$gw_rss" "$ha_rss_base" "$ha_rss" \
-    "$fresh_base" "$fresh_rss" <<'PY'
+    "$fresh_base" "$fresh_rss" "$here" <<'PY'
 import json, sys
 path, out, duration, idle = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 gw_base, gw_rss, ha_base, ha_rss, fresh_base, fresh_rss = map(int, sys.argv[5:11])
+sys.path.insert(0, sys.argv[11])
+from report import ratio_table
 runs = [json.loads(l) for l in open(path)]
-by = {(r["workload"], r["setup"]): r["result"] for r in runs}
-lines = ["| workload | setup | ops/s | MB/s | p50 µs | p99 µs | p999 µs | errors | vs direct | vs haproxy | vs socat |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-ratios = {}
-for (w, s), r in by.items():
-    def ratio(other):
-        o = by.get((w, other), {}).get("ops_per_sec", 0)
-        return r["ops_per_sec"] / o if o else 0.0
-    ratios[f"{w}/{s}"] = {"vs_direct": ratio("direct"), "vs_haproxy": ratio("haproxy"), "vs_socat": ratio("socat")}
-    lines.append(f"| {w} | {s} | {r['ops_per_sec']:.0f} | {r['bytes_per_sec']/1e6:.1f} | {r['p50_us']:.0f} | "
-                 f"{r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['errors']} | {ratio('direct'):.2f} | "
-                 f"{ratio('haproxy'):.2f} | {ratio('socat'):.2f} |")
+lines, ratios = ratio_table(runs, ["direct", "haproxy", "socat"])
 lines.append("")
 lines.append(f"Idle connections, {idle} open clients: rpcgate RSS {fresh_rss/1024:.1f} MiB on a fresh "
              f"instance (at rest {fresh_base/1024:.1f} MiB), {gw_rss/1024:.1f} MiB on the instance that "

@@ -136,26 +136,16 @@ read -r gw_before gw_after gw_n < <(idle_tls_rss "$gw_port" "$gw_pid")
 read -r ha_before ha_after ha_n < <(idle_tls_rss "$ha_port" "$ha_pid")
 
 python3 - "$results" "$hs_results" "$out" "$duration" "$cipher" "$work/probe.txt" \
-    "$gw_before" "$gw_after" "$gw_n" "$ha_before" "$ha_after" "$ha_n" <<'PY'
+    "$gw_before" "$gw_after" "$gw_n" "$ha_before" "$ha_after" "$ha_n" "$here" <<'PY'
 import json, sys
 path, hs_path, out, duration, cipher, probe_txt = sys.argv[1:7]
 gw_before, gw_after, gw_n, ha_before, ha_after, ha_n = map(int, sys.argv[7:13])
+sys.path.insert(0, sys.argv[13])
+from report import ratio_table
 runs = [json.loads(l) for l in open(path)]
 hs = [json.loads(l) for l in open(hs_path)]
-by = {(r["workload"], r["setup"]): r["result"] for r in runs}
-lines = [f"Implicit TLS 1.3, {cipher}, same certificates everywhere; {duration} s per run.", "",
-         "| workload | setup | ops/s | MB/s | p50 µs | p99 µs | p999 µs | errors | vs direct-tls | vs haproxy | vs stunnel |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-ratios = {}
-for (w, s), r in by.items():
-    def ratio(other):
-        o = by.get((w, other), {}).get("ops_per_sec", 0)
-        return r["ops_per_sec"] / o if o else 0.0
-    ratios[f"{w}/{s}"] = {"vs_direct_tls": ratio("direct-tls"), "vs_haproxy": ratio("haproxy"),
-                          "vs_stunnel": ratio("stunnel")}
-    lines.append(f"| {w} | {s} | {r['ops_per_sec']:.0f} | {r['bytes_per_sec']/1e6:.1f} | {r['p50_us']:.0f} | "
-                 f"{r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['errors']} | {ratio('direct-tls'):.2f} | "
-                 f"{ratio('haproxy'):.2f} | {ratio('stunnel'):.2f} |")
+table, ratios = ratio_table(runs, ["direct-tls", "haproxy", "stunnel"])
+lines = [f"Implicit TLS 1.3, {cipher}, same certificates everywhere; {duration} s per run.", ""] + table
 base = next((h["result"] for h in hs if h["setup"] == "baseline"), {})
 base_loop = base.get("handshakes_per_sec", 0)
 base_server = base.get("server_handshakes_per_sec", 0)

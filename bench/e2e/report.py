@@ -50,6 +50,26 @@ def fmt_ratio(r):
     return "–" if r is None else f"{r:.2f}"
 
 
+def ratio_table(runs, baselines):
+    """compare.sh's and compare_tls.sh's table: a row per run, its ops/s as a
+    ratio against each baseline set-up's in the same workload. Returns the
+    markdown lines and {"workload/setup": {"vs_<baseline>": ratio}} (0 when
+    the baseline did not run)."""
+    by = {(r["workload"], r["setup"]): r["result"] for r in runs}
+    lines = ["| workload | setup | ops/s | MB/s | p50 µs | p99 µs | p999 µs | errors | "
+             + " | ".join(f"vs {b}" for b in baselines) + " |",
+             "|---|---|" + "---:|" * (6 + len(baselines))]
+    ratios = {}
+    for (w, s), r in by.items():
+        rs = [ratio(r["ops_per_sec"], by.get((w, b), {}).get("ops_per_sec")) or 0.0
+              for b in baselines]
+        ratios[f"{w}/{s}"] = {"vs_" + b.replace("-", "_"): x for b, x in zip(baselines, rs)}
+        lines.append(f"| {w} | {s} | {r['ops_per_sec']:.0f} | {r['bytes_per_sec'] / 1e6:.1f} | "
+                     f"{r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['p999_us']:.0f} | "
+                     f"{r['errors']} | " + " | ".join(f"{x:.2f}" for x in rs) + " |")
+    return lines, ratios
+
+
 def cdf_points(result):
     """(latency µs, fraction of calls at or below it) per non-empty bucket."""
     h = result.get("histogram") or {}
