@@ -3,8 +3,10 @@
 
     report.py RUNS_JSONL NA_JSONL OUT_DIR META_JSON
 
-RUNS_JSONL: one {"workload", "setup", "result"} a line (result: rpcgate-bench
-run --json). NA_JSONL: one {"setup", "why"} a line for set-ups that could not
+RUNS_JSONL: one {"round", "workload", "setup", "result"} a line (result:
+rpcgate-bench run --json). With several rounds, each point is its median
+round (by ops/s; by p99 for the open loop), and the spread of the rounds,
+(max - min) / median, is shown beside it. NA_JSONL: one {"setup", "why"} a line for set-ups that could not
 run. META_JSON: what the run was (duration, shards, cipher, rate, machine).
 Plots are drawn with gnuplot (Debian's package); without it they are skipped
 with a line on stderr. Standard library only.
@@ -81,11 +83,34 @@ def cdf_points(result):
     return points
 
 
+def median_rounds(runs):
+    """{(workload, setup): the median round's result}, {(workload, setup): spread}."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["workload"], r["setup"]), []).append(r["result"])
+    by, spread = {}, {}
+    for k, results in groups.items():
+        key = "p99_us" if k[0] == "open" else "ops_per_sec"
+        results.sort(key=lambda x: x.get(key, 0))
+        by[k] = results[(len(results) - 1) // 2]
+        mid = by[k].get(key, 0)
+        if len(results) > 1 and mid:
+            spread[k] = (results[-1].get(key, 0) - results[0].get(key, 0)) / mid
+    return by, spread
+
+
+def fmt_spread(spread, k):
+    return f" ±{spread[k] * 50:.0f}%" if k in spread else ""
+
+
 def summarize(runs, na, meta):
-    by = {(r["workload"], r["setup"]): r["result"] for r in runs}
+    by, spread = median_rounds(runs)
     workloads = [w for w in ("small", "large", "open") if any(k[0] == w for k in by)]
     setups = [s for s in SETUPS if any(k[1] == s for k in by) or s in na]
-    lines = [f"Loopback, {meta['duration_s']} s per point, rpcgate and HAProxy with "
+    rounds = meta.get("rounds", 1)
+    lines = [f"Loopback, {meta['duration_s']} s per point"
+             + (f", median of {rounds} rounds (± half the spread of the rounds)" if rounds > 1 else "")
+             + f", rpcgate and HAProxy with "
              f"{meta['shards']} threads, TLS 1.3 {meta['cipher']} with the same certificate "
              f"everywhere; {meta['machine']}. \"vs HAProxy\" holds each set-up against the "
              "HAProxy doing the same job (tcp for plaintext, TLS termination for the TLS "
@@ -109,7 +134,7 @@ def summarize(runs, na, meta):
             vs_direct = ratio(r["ops_per_sec"], by.get((w, "direct"), {}).get("ops_per_sec"))
             ratios[f"{w}/{s}"] = {"vs_haproxy": vs_ha, "vs_direct": vs_direct,
                                   "haproxy": peer_of(s)}
-            lines.append(f"| {w} | {LABEL[s]} | {r['ops_per_sec']:.0f} | "
+            lines.append(f"| {w} | {LABEL[s]} | {r['ops_per_sec']:.0f}{fmt_spread(spread, (w, s))} | "
                          f"{r['bytes_per_sec'] / 1e6:.1f} | {r['p50_us']:.0f} | "
                          f"{r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['errors']} | "
                          f"{fmt_ratio(vs_ha)} | {fmt_ratio(vs_direct)} |")
@@ -132,7 +157,8 @@ def summarize(runs, na, meta):
             ratios[f"open/{s}"] = {"p99_vs_haproxy": vs_ha, "p99_vs_direct": vs_direct,
                                    "haproxy": peer_of(s)}
             lines.append(f"| {LABEL[s]} | {r['ops_per_sec']:.0f} | {r['p50_us']:.0f} | "
-                         f"{r.get('p90_us', 0):.0f} | {r['p99_us']:.0f} | {r['p999_us']:.0f} | "
+                         f"{r.get('p90_us', 0):.0f} | {r['p99_us']:.0f}{fmt_spread(spread, ('open', s))} | "
+                         f"{r['p999_us']:.0f} | "
                          f"{r.get('max_us', 0):.0f} | {r.get('missed_calls', 0)} | "
                          f"{r.get('send_lag_p99_us', 0):.0f} | {r['errors']} | "
                          f"{fmt_ratio(vs_ha)} | {fmt_ratio(vs_direct)} |")

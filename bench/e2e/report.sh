@@ -18,11 +18,13 @@
 #          from each call's intended send time
 #
 #   bench/e2e/report.sh [--quick] [BUILD_DIR] [OUT_DIR]
-# --quick: 1 s per point and OPEN_RATE 5000 (a CI-sized run, about a minute).
-# Environment: DURATION (seconds per point, default 6), SHARDS (rpcgate and
-# HAProxy threads, default 2), CIPHER (default TLS_AES_128_GCM_SHA256),
-# WORKLOADS ("small large open"), SETUPS (default: all eight), OPEN_RATE
-# (default 10000).
+# --quick: 1 round of 1 s per point and OPEN_RATE 5000 (a CI-sized run, under
+# a minute).
+# Environment: DURATION (seconds per point, default 3), ROUNDS (default 3:
+# each point is the median of its rounds, measured in turn with the others),
+# SHARDS (rpcgate and HAProxy threads, default 2), CIPHER (default
+# TLS_AES_128_GCM_SHA256), WORKLOADS ("small large open"), SETUPS (default:
+# all eight), OPEN_RATE (default 10000).
 # Writes OUT_DIR/results.json, OUT_DIR/summary.md, OUT_DIR/throughput.png and
 # OUT_DIR/latency_cdf_<workload>.png, the raw runs in OUT_DIR/raw (redraw with
 # report.py OUT_DIR/raw/runs.jsonl OUT_DIR/raw/not_run.jsonl OUT_DIR
@@ -38,7 +40,8 @@ if [ "${1:-}" = --quick ]; then
 fi
 build=${1:-$root/build/release}
 out=${2:-$build/bench-report}
-duration=${DURATION:-$([ "$quick" = 1 ] && echo 1 || echo 6)}
+duration=${DURATION:-$([ "$quick" = 1 ] && echo 1 || echo 3)}
+rounds=${ROUNDS:-$([ "$quick" = 1 ] && echo 1 || echo 3)}
 shards=${SHARDS:-2}
 cipher=${CIPHER:-TLS_AES_128_GCM_SHA256}
 workloads=${WORKLOADS:-"small large open"}
@@ -127,13 +130,23 @@ e2e_setup_args() {
         rpcgate-tls | haproxy-tls | stunnel) setup_args=(--tls implicit "${tls_client[@]}") ;;
     esac
 }
+# Rounds: every set-up once per round, the order reversed every other round,
+# so that a burst of load from elsewhere on the machine, or a drift, does not
+# land on one set-up only; report.py keeps each point's median round.
 results="$out/raw/runs.jsonl"
 : >"$results"
-e2e_collect "$results" "$workloads" "$setups"
+order=$setups
+for ((round = 1; round <= rounds; round++)); do
+    echo "== round $round of $rounds" >&2
+    : >"$work/round.jsonl"
+    e2e_collect "$work/round.jsonl" "$workloads" "$order"
+    sed "s/^{/{\"round\":$round,/" "$work/round.jsonl" >>"$results"
+    order=$(echo $order | tr ' ' '\n' | tac | tr '\n' ' ')
+done
 
 machine="$(nproc) cores ($(uname -m), Linux $(uname -r | cut -d- -f1))"
 cat >"$out/raw/meta.json" <<JSON
-{"duration_s": $duration, "shards": $shards, "cipher": "$cipher", "open_rate": $OPEN_RATE,
+{"duration_s": $duration, "rounds": $rounds, "shards": $shards, "cipher": "$cipher", "open_rate": $OPEN_RATE,
  "quick": $([ "$quick" = 1 ] && echo true || echo false), "machine": "$machine",
  "date": "$(date -u +%Y-%m-%dT%H:%MZ)"}
 JSON
