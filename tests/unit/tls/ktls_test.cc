@@ -127,19 +127,29 @@ const cert_files& certs() {
 // A connected loopback TCP pair: `ours` (the gateway side) and `theirs`.
 struct tcp_pair {
     int ours = -1, theirs = -1;
-    tcp_pair() {
-        int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t al = sizeof(a);
-        if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(l, 1) != 0 ||
+    explicit tcp_pair(int family = AF_INET) {
+        sockaddr_storage a{};
+        socklen_t al;
+        if (family == AF_INET6) {
+            auto* a6 = reinterpret_cast<sockaddr_in6*>(&a);
+            a6->sin6_family = AF_INET6;
+            a6->sin6_addr = in6addr_loopback;
+            al = sizeof(*a6);
+        } else {
+            auto* a4 = reinterpret_cast<sockaddr_in*>(&a);
+            a4->sin_family = AF_INET;
+            a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            al = sizeof(*a4);
+        }
+        const socklen_t len = al;
+        int l = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (::bind(l, reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(l, 1) != 0 ||
             ::getsockname(l, reinterpret_cast<sockaddr*>(&a), &al) != 0) {
             ::close(l);
             return;
         }
-        theirs = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (::connect(theirs, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0)
+        theirs = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (::connect(theirs, reinterpret_cast<sockaddr*>(&a), len) == 0)
             ours = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
         ::close(l);
         // The peer blocks, but never for ever: a stuck test fails, it does not hang.
@@ -723,6 +733,54 @@ TEST_F(KtlsTest, TicketOnKtlsClientIsConsumed) {
     EXPECT_TRUE(got == hello);
     ASSERT_TRUE(o.write("done")) << o.err;
     EXPECT_EQ(peer.get(), "");
+}
+
+// sock_diag finds an IPv6 socket too (its 4-tuple is 16-byte addresses).
+TEST_F(KtlsTest, QueryOverIpv6) {
+    tcp_pair p(AF_INET6);
+    if (p.ours < 0) GTEST_SKIP() << "no IPv6 loopback here";
+    peer_ctx pc(false);
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
+        std::string got;
+        return c.read_exact(got, 2) ? "" : "read: " + last_error();
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    k::protection pr = k::query(o.fd);
+    EXPECT_EQ(pr.tx, expected());
+    EXPECT_EQ(pr.rx, expected());
+    EXPECT_EQ(pr.from_diag, have_ktls());
+    ASSERT_TRUE(o.write("ok")) << o.err;
+    EXPECT_EQ(peer.get(), "");
+}
+
+// The early bytes come first, then the socket's; the filter reports them
+// pending (finish() keeps RX in userspace while any is unread).
+TEST_F(KtlsTest, EarlyBytesComeFirst) {
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    ASSERT_EQ(::write(p.theirs, "def", 3), 3);
+    SSL* ssl = SSL_new(server_->native());
+    std::string err;
+    ASSERT_TRUE(k::attach_socket(ssl, p.ours, "abc", &err)) << err;
+    EXPECT_TRUE(::fcntl(p.ours, F_GETFL) & O_NONBLOCK);
+    BIO* rb = SSL_get_rbio(ssl);
+    EXPECT_EQ(BIO_ctrl_pending(rb), 3u);
+    EXPECT_EQ(SSL_get_fd(ssl), p.ours);
+    std::string got;
+    char b[8];
+    auto deadline = clock_type::now() + std::chrono::seconds(10);
+    while (got.size() < 6 && clock_type::now() < deadline) {
+        int n = BIO_read(rb, b, sizeof(b));
+        if (n > 0) got.append(b, size_t(n));
+        else if (BIO_should_retry(rb)) wait_fd(p.ours, POLLIN, deadline);
+        else break;
+    }
+    EXPECT_EQ(got, "abcdef");
+    EXPECT_EQ(BIO_ctrl_pending(rb), 0u);
+    EXPECT_LE(BIO_read(rb, b, sizeof(b)), 0);
+    EXPECT_TRUE(BIO_should_retry(rb)) << "an empty non-blocking socket must ask for a retry";
+    SSL_free(ssl);
 }
 
 // Half kTLS: the kernel encrypts what we send, OpenSSL decrypts what we
