@@ -760,14 +760,14 @@ std::string tcp_backend::stats_line() const {
         "{} deferred, {} dropped); accepts {}, relays {}, hand-backs {}, relayed {}/{} bytes "
         "in/out, resets {}, closes {}, send buffer full {}; backend time: rx+input+handlers "
         "{:.1f} ms ({:.0f}%), tcp_output {:.1f} ms ({:.0f}%), driver tx {:.1f} ms ({:.0f}%), "
-        "timers/relays {:.1f} ms ({:.0f}%)",
+        "timers/relays {:.1f} ms ({:.0f}%); {}",
         rd(p.rx_packets), rd(p.rx_bytes), rd(p.rx_bursts), rd(p.rx_empty), rd(p.tx_packets),
         rd(p.tx_bytes), rd(p.tx_bursts), rd(p.tx_deferred), rd(p.tx_dropped), rd(stats_.accepts),
         rd(stats_.relays_started), rd(stats_.handbacks), rd(stats_.relay_bytes_in),
         rd(stats_.relay_bytes_out), rd(stats_.resets), rd(stats_.closes), rd(stats_.tx_full),
         double(rd(stats_.ns_rx)) / 1e6, pct(stats_.ns_rx), double(rd(stats_.ns_output)) / 1e6,
         pct(stats_.ns_output), double(rd(stats_.ns_tx)) / 1e6, pct(stats_.ns_tx),
-        double(rd(stats_.ns_timers)) / 1e6, pct(stats_.ns_timers));
+        double(rd(stats_.ns_timers)) / 1e6, pct(stats_.ns_timers), port_->driver_stats());
 }
 
 }  // namespace

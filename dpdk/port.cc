@@ -28,6 +28,9 @@ constexpr unsigned k_mbuf_cache = 256;
 constexpr uint16_t k_rx_desc = 1024;
 constexpr uint16_t k_tx_desc = 1024;
 constexpr unsigned k_burst = 32;
+// net_af_packet kicks the kernel (one sendto) per tx burst: hand it as many
+// frames at once as it may take.
+constexpr unsigned k_tx_burst = 512;
 
 bool has_option(const std::vector<std::string>& args, const char* prefix) {
     size_t n = std::strlen(prefix);
@@ -75,6 +78,15 @@ std::unique_ptr<port> port::open(const std::string& eal_args, uint16_t priv_size
     if (has_option(args, "--no-huge") && !has_option(args, "-m") &&
         !has_option(args, "--socket-mem"))
         args.insert(args.begin() + 1, "-m256");
+    // net_af_packet's default ring (512 frames) overflows under one TCP
+    // window of traffic: the kernel drops the rest silently and the peer
+    // retransmits. Give it 8192 frames unless the user chose.
+    for (auto& a : args) {
+        if (a.rfind("--vdev=net_af_packet", 0) == 0 && a.find("framecnt=") == std::string::npos) {
+            a += ",framecnt=8192";
+            RPCGATE_LOG(core, info, "dpdk: {} (a larger kernel ring than the default)", a);
+        }
+    }
     // EAL keeps pointers into argv: the strings live as long as the process.
     static std::vector<std::string> keep;
     keep = args;
@@ -189,6 +201,13 @@ unsigned port::rx(rx_frame* out, unsigned max) {
     return kept;
 }
 
+std::string port::driver_stats() const {
+    rte_eth_stats st{};
+    if (rte_eth_stats_get(id_, &st) != 0) return "driver counters unavailable";
+    return fmt::format("driver: {} in, {} missed, {} in errors, {} no mbuf, {} out, {} out errors",
+                       st.ipackets, st.imissed, st.ierrors, st.rx_nombuf, st.opackets, st.oerrors);
+}
+
 void port::release(void* handle) noexcept { rte_pktmbuf_free(static_cast<rte_mbuf*>(handle)); }
 
 void* port::priv(void* handle) noexcept { return rte_mbuf_to_priv(static_cast<rte_mbuf*>(handle)); }
@@ -223,7 +242,7 @@ void port::tx_flush() noexcept {
     unsigned done = 0;
     uint64_t bytes = 0;
     while (done < txn_) {
-        uint16_t want = uint16_t(std::min<unsigned>(k_burst, txn_ - done));
+        uint16_t want = uint16_t(std::min<unsigned>(k_tx_burst, txn_ - done));
         auto** pkts = reinterpret_cast<rte_mbuf**>(&txq_[done]);
         for (uint16_t i = 0; i < want; ++i) bytes += pkts[i]->pkt_len;
         uint16_t sent = rte_eth_tx_burst(id_, 0, pkts, want);

@@ -64,6 +64,8 @@ public:
     // "net_af_packet (port 0) 02:...:01 mtu 1500"
     const std::string& describe() const noexcept { return desc_; }
     const port_stats& stats() const noexcept { return stats_; }
+    // The driver's own counters (rte_eth_stats): drops in the kernel ring show here.
+    std::string driver_stats() const;
 
 private:
     port() = default;

@@ -149,7 +149,7 @@ ns_start_gateway() {
         # The kernel must not own the lwIP address (it would answer with RSTs).
         ip -n "$ns_gw" addr flush dev "$if_gw"
         set -- --io-backend dpdk \
-            --dpdk-args "--no-huge --no-pci --vdev=net_af_packet0,iface=$if_gw" "$@"
+            --dpdk-args "--no-huge --no-pci --vdev=net_af_packet0,iface=$if_gw${DPDK_VDEV_OPTS:-}" "$@"
     else
         gw_ip=$ip_uring
         ip -n "$ns_gw" addr replace "$ip_uring/24" dev "$if_gw"
