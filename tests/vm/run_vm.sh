@@ -15,6 +15,9 @@
 #                 libraries ldd lists) and its arguments; NAME passes if it
 #                 exits 0 inside the guest. Runs in order, each in /tmp.
 #   --env NAME=VALUE   set for every program in the guest
+#   --add FILE    copy FILE into the guest's /opt/bin (with the shared
+#                 libraries ldd lists, for a program) without running it: the
+#                 programs and data a --run script uses
 #   --timeout S   hard limit for the whole boot (default 480)
 #
 # Nothing is installed on the host: the kernel package is fetched with
@@ -39,6 +42,7 @@ skip() { say "SKIP: $*"; exit 77; }
 cache=""
 timeout_s=480
 envs=()
+adds=()
 names=()
 cmds=()
 while [ $# -gt 0 ]; do
@@ -46,8 +50,9 @@ while [ $# -gt 0 ]; do
         --cache) cache=${2:?--cache needs a directory}; shift ;;
         --timeout) timeout_s=${2:?--timeout needs seconds}; shift ;;
         --env) envs+=("${2:?--env needs NAME=VALUE}"); shift ;;
+        --add) adds+=("${2:?--add needs a file}"); shift ;;
         --run) names+=("${2:?--run needs a name}"); cmds+=("${3:?--run needs a command}"); shift 2 ;;
-        -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,36p' "$0"; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
     shift
@@ -61,7 +66,7 @@ qemu=$(command -v qemu-system-x86_64) ||
 busybox=$(command -v busybox) || die "busybox is not installed (scripts/setup.sh: busybox-static)"
 # The initramfs runs busybox before any library is there: it must be static.
 if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is dynamically linked: install busybox-static"; fi
-for tool in apt-get apt-cache dpkg cpio gzip timeout; do
+for tool in apt-get apt-cache dpkg cpio gzip timeout flock; do
     command -v "$tool" >/dev/null || die "$tool is missing"
 done
 
@@ -157,6 +162,10 @@ build_kernel_pieces() {
     done
 }
 
+# Several VM tests may start at once (ctest -j): one builds the kernel
+# pieces, the others wait for it (a lock on the cache, held until then).
+exec 9>"$cache/.lock"
+flock 9
 if [ ! -f "$kdir/base.cpio.gz" ] || [ ! -f "$kdir/vmlinuz" ]; then
     if ! build_kernel_pieces; then
         # Lists older than the mirror name a kernel it no longer has: as
@@ -170,11 +179,15 @@ if [ ! -f "$kdir/base.cpio.gz" ] || [ ! -f "$kdir/vmlinuz" ]; then
         build_kernel_pieces || die "cannot fetch $key"
     fi
 fi
+
+flock -u 9
+exec 9>&-
 kver=$(cat "$kdir/release")
 
 # ---- the payload: init, the programs and their libraries (every run) ----
 
-run_dir=$cache/run
+# Per run name, so that parallel VM tests keep their own payload and console.
+run_dir=$cache/run-${names[0]}
 rm -rf "$run_dir"
 mkdir -p "$run_dir/root/opt/bin" "$run_dir/root/etc"
 root=$run_dir/root
@@ -200,6 +213,15 @@ for i in "${!cmds[@]}"; do
     done < <(ldd "$prog" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p')
     args="${words[*]:1}"
     guest_cmds+=("/opt/bin/$(basename "$prog")${args:+ $args}")
+done
+
+for f in ${adds[@]+"${adds[@]}"}; do
+    [ -f "$f" ] || die "--add $f: not a file"
+    cp -L "$f" "$root/opt/bin/"
+    while read -r lib; do
+        copy_with_path "$lib"
+        case $libdirs in *" $(dirname "$lib") "*) ;; *) libdirs+="$(dirname "$lib") " ;; esac
+    done < <(ldd "$f" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p')
 done
 
 {
