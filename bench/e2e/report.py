@@ -40,6 +40,12 @@ WORKLOAD_TITLE = {
 }
 
 
+# Two lines ("\\n" is gnuplot's escape inside a double-quoted string).
+THROUGHPUT_TITLE = ("Throughput per set-up: the median round, whiskers from the lowest to the "
+                    "highest\\nblue plaintext, orange TLS; on top, the ratio vs the HAProxy "
+                    "doing the same job")
+
+
 def peer_of(setup):
     return "haproxy-tls" if setup in TLS else "haproxy"
 
@@ -84,7 +90,8 @@ def cdf_points(result):
 
 
 def median_rounds(runs):
-    """{(workload, setup): the median round's result}, {(workload, setup): spread}."""
+    """{(workload, setup): the median round's result}, {(workload, setup): spread},
+    {(workload, setup): every round's result, sorted}."""
     groups = {}
     for r in runs:
         groups.setdefault((r["workload"], r["setup"]), []).append(r["result"])
@@ -96,7 +103,7 @@ def median_rounds(runs):
         mid = by[k].get(key, 0)
         if len(results) > 1 and mid:
             spread[k] = (results[-1].get(key, 0) - results[0].get(key, 0)) / mid
-    return by, spread
+    return by, spread, groups
 
 
 def fmt_spread(spread, k):
@@ -104,7 +111,7 @@ def fmt_spread(spread, k):
 
 
 def summarize(runs, na, meta):
-    by, spread = median_rounds(runs)
+    by, spread, groups = median_rounds(runs)
     workloads = [w for w in ("small", "large", "open") if any(k[0] == w for k in by)]
     setups = [s for s in SETUPS if any(k[1] == s for k in by) or s in na]
     rounds = meta.get("rounds", 1)
@@ -162,15 +169,16 @@ def summarize(runs, na, meta):
                          f"{r.get('max_us', 0):.0f} | {r.get('missed_calls', 0)} | "
                          f"{r.get('send_lag_p99_us', 0):.0f} | {r['errors']} | "
                          f"{fmt_ratio(vs_ha)} | {fmt_ratio(vs_direct)} |")
-    return by, workloads, setups, "\n".join(lines), ratios
+    return by, groups, workloads, setups, "\n".join(lines), ratios
 
 
 def gnuplot_quote(s):
     return '"' + s.replace('"', "'") + '"'
 
 
-def plot_throughput(by, setups, na, out, work):
-    """One panel per closed-loop workload: a bar per set-up, ratio vs HAProxy on top."""
+def plot_throughput(by, groups, setups, na, out, work):
+    """One panel per closed-loop workload: a bar per set-up (the median round)
+    with a whisker from the lowest to the highest round, ratio vs HAProxy on top."""
     panels = []
     for w, unit, key, scale in (("small", "ops/s (thousands)", "ops_per_sec", 1e3),
                                 ("large", "MB/s (payload, both ways)", "bytes_per_sec", 1e6)):
@@ -181,12 +189,15 @@ def plot_throughput(by, setups, na, out, work):
             for i, s in enumerate(setups):
                 r = by.get((w, s))
                 v = r[key] / scale if r else 0
+                rounds = groups.get((w, s)) or [r or {}]
+                lo, hi = (min(x.get(key, 0) for x in rounds) / scale,
+                          max(x.get(key, 0) for x in rounds) / scale)
                 peer = by.get((w, peer_of(s)))
                 rr = ratio(r[key], peer[key]) if r and peer else None
                 shown = rr and s not in ("direct", peer_of(s))
                 note = "n/a" if s in na else (f"{rr:.2f}x" if shown else "")
-                f.write(f"{i} {v:.3f} {1 if s in TLS else 0} {gnuplot_quote(LABEL[s])} "
-                        f"{gnuplot_quote(note)}\n")
+                f.write(f"{i} {v:.3f} {1 if s in TLS else 0} {lo:.3f} {hi:.3f} "
+                        f"{gnuplot_quote(LABEL[s])} {gnuplot_quote(note)}\n")
         panels.append((w, unit, dat))
     if not panels:
         return None
@@ -194,15 +205,16 @@ def plot_throughput(by, setups, na, out, work):
     gp = [f"set terminal pngcairo size {620 * len(panels)},520 font ',10'",
           f"set output {gnuplot_quote(png)}",
           f"set multiplot layout 1,{len(panels)} title "
-          f"{gnuplot_quote('Throughput per set-up: blue plaintext, orange TLS; on top, the ratio vs the HAProxy doing the same job')}",
+          f"{gnuplot_quote(THROUGHPUT_TITLE)}",
           "set style fill solid 0.85 border -1", "set boxwidth 0.7", "set grid ytics",
           "set xtics rotate by -35 left nomirror", "set yrange [0:*]", "set offsets 0,0,graph 0.08,0",
           "set key off", "set linetype 1 lc rgb '#4477aa'", "set linetype 2 lc rgb '#ee7733'"]
     for w, unit, dat in panels:
         gp += [f"set title {gnuplot_quote(WORKLOAD_TITLE[w].split(' (')[0])}",
                f"set ylabel {gnuplot_quote(unit)}",
-               f"plot {gnuplot_quote(dat)} using 1:2:($3+1):xtic(4) with boxes lc variable, "
-               f"'' using 1:2:5 with labels offset 0,0.7 font ',9'"]
+               f"plot {gnuplot_quote(dat)} using 1:2:($3+1):xtic(6) with boxes lc variable, "
+               "'' using 1:2:4:5 with yerrorbars lc rgb '#333333' pt 7 ps 0 lw 1, "
+               f"'' using 1:5:7 with labels offset 0,0.7 font ',9'"]
     gp.append("unset multiplot")
     return run_gnuplot(gp, work, "throughput") and png
 
@@ -264,12 +276,12 @@ def main():
                 d = json.loads(l)
                 na[d["setup"]] = d["why"]
     meta = json.load(open(meta_path))
-    by, workloads, setups, table, ratios = summarize(runs, na, meta)
+    by, groups, workloads, setups, table, ratios = summarize(runs, na, meta)
     plots = []
     if shutil.which("gnuplot"):
         work = os.path.join(out, "plot-data")
         os.makedirs(work, exist_ok=True)
-        plots.append(plot_throughput(by, setups, na, out, work))
+        plots.append(plot_throughput(by, groups, setups, na, out, work))
         for w in ("open", "small", "large"):
             if w in workloads:
                 plots.append(plot_cdf(by, setups, w, meta["open_rate"], out, work))
