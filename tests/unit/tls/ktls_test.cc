@@ -448,6 +448,77 @@ TEST_F(KtlsTest, IoUringMultishotRecvEndsAtControlRecord) {
     EXPECT_EQ(type, k::rt_alert);
 }
 
+// splice (issue 6 item 3, zero-copy forwarding) on kTLS: from a kTLS RX
+// socket into a pipe, one call returns application data of one record at
+// most; at a non-data record it fails with EINVAL and leaves the record
+// queued. Into a kTLS TX socket from a pipe, the kernel encrypts.
+TEST_F(KtlsTest, SpliceOnKtls) {
+    if (!have_ktls()) GTEST_SKIP() << "the kernel has no kTLS (run in tests/vm)";
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(false);
+    const std::string up = random_bytes(40000), down = random_bytes(30000);
+    std::promise<void> sent_all;
+    auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
+        if (!c.write_all(up)) return "write: " + last_error();
+        SSL_shutdown(c.ssl);
+        sent_all.set_value();
+        std::string got;
+        if (!c.read_exact(got, down.size())) return "read: " + last_error();
+        return got == down ? "" : "the spliced bytes differ";
+    });
+    ours o(*server_, p.ours);
+    ASSERT_TRUE(o.handshake()) << o.err;
+    ASSERT_TRUE(o.dir.rx && o.dir.tx);
+    ASSERT_EQ(sent_all.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    int pipefd[2];
+    ASSERT_EQ(::pipe2(pipefd, O_CLOEXEC), 0);
+    ::fcntl(pipefd[0], F_SETPIPE_SZ, 1 << 20);
+    std::string got;
+    size_t calls = 0, largest = 0;
+    int err = 0;
+    while (got.size() <= up.size()) {
+        ssize_t n = ::splice(o.fd, nullptr, pipefd[1], nullptr, 1 << 20, SPLICE_F_NONBLOCK);
+        if (n <= 0) {
+            err = n < 0 ? errno : 0;
+            break;
+        }
+        ++calls;
+        largest = std::max(largest, size_t(n));
+        std::string chunk(size_t(n), '\0');
+        ASSERT_EQ(::read(pipefd[0], chunk.data(), chunk.size()), n);
+        got += chunk;
+    }
+    std::printf("[ktls] splice from kTLS RX: %zu bytes in %zu calls (largest %zu), then %s\n",
+                got.size(), calls, largest, err ? strerror(err) : "EOF");
+    EXPECT_TRUE(got == up);
+    EXPECT_LE(largest, 16384u) << "one splice crossed a record boundary";
+    EXPECT_EQ(err, EINVAL);
+    k::control_record c;
+    EXPECT_EQ(k::read_control(o.fd, &c), 2) << "the record did not stay queued";
+    EXPECT_EQ(c.kind, k::control::close_notify);
+    // The other way: pipe -> kTLS TX socket.
+    size_t off = 0;
+    while (off < down.size()) {
+        size_t chunk = std::min<size_t>(down.size() - off, 16384);
+        ASSERT_EQ(::write(pipefd[1], down.data() + off, chunk), ssize_t(chunk));
+        size_t left = chunk;
+        while (left > 0) {
+            ssize_t n = ::splice(pipefd[0], nullptr, o.fd, nullptr, left, 0);
+            if (n < 0 && errno == EAGAIN) {
+                ASSERT_TRUE(wait_fd(o.fd, POLLOUT, clock_type::now() + std::chrono::seconds(10)));
+                continue;
+            }
+            ASSERT_GT(n, 0) << strerror(errno);
+            left -= size_t(n);
+        }
+        off += chunk;
+    }
+    ::close(pipefd[0]);
+    ::close(pipefd[1]);
+    EXPECT_EQ(peer.get(), "");
+}
+
 // A fatal alert from the peer: our side sends a record the peer cannot
 // accept after the handshake (a Finished), OpenSSL answers with
 // unexpected_message, and the kernel hands it up as an alert record.
