@@ -251,7 +251,8 @@ int bench_main(int argc, char** argv) {
     cl->add_option("--threads", opt.threads, "shard threads (default: min(cores, connections))")
         ->check(CLI::Range(1u, 1024u));
     cl->add_flag("--verify", opt.verify, "compare every reply byte with what was sent");
-    cl->add_flag("--json", json, "print one JSON object");
+    cl->add_flag("--json", json,
+                 "print one JSON object: summary figures and the latency histogram");
     cl->add_option("--seed", opt.seed, "seed for payload bytes and sizes");
     cl->add_option("--timeout", timeout_s, "seconds before an unanswered call is an error")
         ->check(CLI::Range(0.001, 3600.0));
