@@ -29,6 +29,41 @@ extern "C" u32_t sys_now(void) {
     return u32_t(uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000);
 }
 
+// LWIP_CHKSUM (lwipopts.h): the 16-bit one's complement sum of the bytes as
+// they lie in memory, not complemented, as lwIP's standard routine returns it.
+// Summing 32-bit words and folding gives the same result (2^16 == 1 modulo
+// 2^16 - 1); an odd last byte counts as the first byte of a 16-bit word.
+extern "C" unsigned short rpcgate_lwip_chksum(const void* data, int len) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    uint64_t sum = 0;
+    for (; len >= 8; p += 8, len -= 8) {
+        uint64_t v;
+        std::memcpy(&v, p, 8);
+        sum += (v & 0xffffffffu) + (v >> 32);
+    }
+    if (len >= 4) {
+        uint32_t v;
+        std::memcpy(&v, p, 4);
+        sum += v;
+        p += 4;
+        len -= 4;
+    }
+    if (len >= 2) {
+        uint16_t v;
+        std::memcpy(&v, p, 2);
+        sum += v;
+        p += 2;
+        len -= 2;
+    }
+    if (len == 1) {
+        uint16_t v = 0;
+        std::memcpy(&v, p, 1);
+        sum += v;
+    }
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    return static_cast<unsigned short>(sum);
+}
+
 namespace rpcgate::dpdk {
 namespace {
 

@@ -68,7 +68,14 @@
 #define LWIP_NETIF_STATUS_CALLBACK 0
 #define LWIP_NETIF_LINK_CALLBACK 0
 #define LWIP_SINGLE_NETIF 1
-#define LWIP_CHKSUM_ALGORITHM 3
+// The Internet checksum 8 bytes at a time (dpdk/backend.cc); lwIP's own
+// (LWIP_CHKSUM_ALGORITHM 3) was 5 % of the DPDK shard's cycles.
+#define LWIP_CHKSUM rpcgate_lwip_chksum
+#ifdef __cplusplus
+extern "C"
+#endif
+    unsigned short
+    rpcgate_lwip_chksum(const void* data, int len);
 // Checksums are computed and checked in software: the veth under
 // net_af_packet has its offloads turned off (ethtool -K ... tx off), so every
 // frame arrives with a real checksum.
