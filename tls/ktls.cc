@@ -249,16 +249,15 @@ union crypto_info_any {
     tls12_crypto_info_chacha20_poly1305 chacha;
 };
 
-bool install_tls13_rx(SSL* ssl, int fd, const uint8_t* secret, size_t secret_len) {
-    const SSL_CIPHER* c = SSL_get_current_cipher(ssl);
-    if (!c) return false;
-    const EVP_MD* md = SSL_CIPHER_get_handshake_digest(c);
-    if (!md) return false;
-    crypto_info_any ci;
+// The AEAD key and IV of one traffic secret (RFC 8446 §7.3) and the
+// kernel's crypto_info for them at record sequence 0. `suite` is
+// SSL_CIPHER_get_id's TLS 1.3 suite; false for one the kernel lacks.
+bool crypto_info_for(uint32_t suite, const EVP_MD* md, const uint8_t* secret, size_t secret_len,
+                     crypto_info_any& ci, socklen_t& ci_len) {
     std::memset(&ci, 0, sizeof(ci));
-    size_t key_len, ci_len;
+    size_t key_len;
     uint8_t key[32], iv[12];
-    switch (SSL_CIPHER_get_id(c)) {
+    switch (suite) {
         case TLS1_3_CK_AES_128_GCM_SHA256:
             ci.info.cipher_type = TLS_CIPHER_AES_GCM_128;
             key_len = TLS_CIPHER_AES_GCM_128_KEY_SIZE;
@@ -297,11 +296,26 @@ bool install_tls13_rx(SSL* ssl, int fd, const uint8_t* secret, size_t secret_len
                 break;
         }
         // rec_seq stays 0: the first record under these keys is next.
-        ok = ::setsockopt(fd, SOL_TLS, TLS_RX, &ci, static_cast<socklen_t>(ci_len)) == 0;
     }
     OPENSSL_cleanse(key, sizeof(key));
     OPENSSL_cleanse(iv, sizeof(iv));
+    return ok;
+}
+
+// Installs `secret`'s keys as the socket's `dir` (TLS_RX / TLS_TX); errno on failure.
+bool install(int fd, int dir, uint32_t suite, const EVP_MD* md, const uint8_t* secret,
+             size_t secret_len) {
+    crypto_info_any ci;
+    socklen_t ci_len = 0;
+    bool ok = crypto_info_for(suite, md, secret, secret_len, ci, ci_len);
+    if (!ok) errno = EOPNOTSUPP;
+    int saved = errno;
+    if (ok) {
+        ok = ::setsockopt(fd, SOL_TLS, dir, &ci, ci_len) == 0;
+        saved = errno;
+    }
     OPENSSL_cleanse(&ci, sizeof(ci));
+    errno = saved;
     return ok;
 }
 
@@ -554,22 +568,121 @@ bool prepare_context(SSL_CTX* ctx) {
     return true;
 }
 
-directions finish(SSL* ssl, int fd) {
+directions finish(SSL* ssl, int fd, traffic_secrets* keep) {
     directions d = engaged(ssl);
     secrets* s = secrets_of(ssl);
     if (!s) return d;
-    const uint8_t* peer = SSL_is_server(ssl) ? s->client : s->server;
-    size_t peer_len = SSL_is_server(ssl) ? s->client_len : s->server_len;
+    const bool server = SSL_is_server(ssl);
+    const uint8_t* peer = server ? s->client : s->server;
+    size_t peer_len = server ? s->client_len : s->server_len;
+    const uint8_t* own = server ? s->server : s->client;
+    size_t own_len = server ? s->server_len : s->client_len;
+    const SSL_CIPHER* c = SSL_get_current_cipher(ssl);
+    const EVP_MD* md = c ? SSL_CIPHER_get_handshake_digest(c) : nullptr;
+    uint32_t suite = c ? SSL_CIPHER_get_id(c) : 0;
     // Nothing of the socket's byte stream may sit in userspace: not in
     // OpenSSL (a record read ahead, plaintext not yet returned) and not in
     // the early bytes a shard handed over.
     BIO* rb = SSL_get_rbio(ssl);
     bool drained = !SSL_has_pending(ssl) && (!rb || BIO_ctrl_pending(rb) == 0);
-    if (!d.rx && d.tx && SSL_version(ssl) == TLS1_3_VERSION && peer_len > 0 && drained &&
+    if (!d.rx && d.tx && SSL_version(ssl) == TLS1_3_VERSION && peer_len > 0 && md && drained &&
         SSL_is_init_finished(ssl))
-        s->rx_installed = d.rx = install_tls13_rx(ssl, fd, peer, peer_len);
+        s->rx_installed = d.rx = install(fd, TLS_RX, suite, md, peer, peer_len);
+    if (keep && SSL_version(ssl) == TLS1_3_VERSION && md && peer_len > 0 && peer_len == own_len) {
+        keep->wipe();
+        keep->md_ = md;
+        keep->suite_ = suite;
+        keep->len_ = peer_len;
+        std::memcpy(keep->rx_, peer, peer_len);
+        std::memcpy(keep->tx_, own, own_len);
+    }
     s->wipe();
     return d;
+}
+
+// ---- traffic_secrets ----
+
+traffic_secrets::~traffic_secrets() {
+    wipe();
+}
+
+void traffic_secrets::wipe() noexcept {
+    OPENSSL_cleanse(rx_, sizeof(rx_));
+    OPENSSL_cleanse(tx_, sizeof(tx_));
+    len_ = 0;
+}
+
+// RFC 8446 §7.2: application_traffic_secret_N+1 =
+//     HKDF-Expand-Label(application_traffic_secret_N, "traffic upd", "", Hash.length)
+bool traffic_secrets::advance(uint8_t* secret) {
+    uint8_t next[EVP_MAX_MD_SIZE];
+    bool ok = valid() && expand_label(md_, secret, len_, "traffic upd", next, len_);
+    if (ok) std::memcpy(secret, next, len_);
+    OPENSSL_cleanse(next, sizeof(next));
+    return ok;
+}
+
+bool traffic_secrets::advance_rx() {
+    return advance(rx_);
+}
+
+bool traffic_secrets::rekey_rx(int fd) {
+    uint8_t next[EVP_MAX_MD_SIZE];
+    std::memcpy(next, rx_, len_);
+    bool ok = advance(next) && install(fd, TLS_RX, suite_, md_, next, len_);
+    if (ok) std::memcpy(rx_, next, len_);
+    int saved = errno;
+    OPENSSL_cleanse(next, sizeof(next));
+    errno = saved;
+    return ok;
+}
+
+bool traffic_secrets::rekey_tx(int fd) {
+    if (!valid()) {
+        errno = EINVAL;
+        return false;
+    }
+    uint8_t next[EVP_MAX_MD_SIZE];
+    std::memcpy(next, tx_, len_);
+    // Derive first: once the KeyUpdate is out, the peer expects the new key.
+    bool ok = advance(next);
+    if (ok) {
+        static const uint8_t key_update[] = {24, 0, 0, 1, 0};  // update_not_requested
+        ok = send_record(fd, rt_handshake, key_update, sizeof(key_update)) == sizeof(key_update) &&
+             install(fd, TLS_TX, suite_, md_, next, len_);
+    }
+    if (ok) std::memcpy(tx_, next, len_);
+    int saved = errno;
+    OPENSSL_cleanse(next, sizeof(next));
+    errno = saved;
+    return ok;
+}
+
+bool traffic_secrets::rx_keys(record_keys* out) const {
+    crypto_info_any ci;
+    socklen_t ci_len = 0;
+    if (!valid() || !crypto_info_for(suite_, md_, rx_, len_, ci, ci_len)) return false;
+    switch (ci.info.cipher_type) {
+        case TLS_CIPHER_AES_GCM_128:
+            out->key_len = 16;
+            std::memcpy(out->key, ci.gcm128.key, 16);
+            std::memcpy(out->iv, ci.gcm128.salt, 4);
+            std::memcpy(out->iv + 4, ci.gcm128.iv, 8);
+            break;
+        case TLS_CIPHER_AES_GCM_256:
+            out->key_len = 32;
+            std::memcpy(out->key, ci.gcm256.key, 32);
+            std::memcpy(out->iv, ci.gcm256.salt, 4);
+            std::memcpy(out->iv + 4, ci.gcm256.iv, 8);
+            break;
+        default:
+            out->key_len = 32;
+            std::memcpy(out->key, ci.chacha.key, 32);
+            std::memcpy(out->iv, ci.chacha.iv, 12);
+            break;
+    }
+    OPENSSL_cleanse(&ci, sizeof(ci));
+    return true;
 }
 
 bool kernel_has_ktls() {

@@ -142,7 +142,60 @@ struct directions {
 // or kTLS both ways, never receive-only. The secrets are wiped afterwards
 // either way. From then on OpenSSL must not read the socket: the
 // SSL is only good for its metadata (version, cipher, peer certificate).
-directions finish(SSL* ssl, int fd);
+class traffic_secrets;
+// `keep`: for TLS 1.3, the application traffic secrets move there instead of
+// being wiped (for key updates; see traffic_secrets).
+directions finish(SSL* ssl, int fd, traffic_secrets* keep = nullptr);
+
+// The TLS 1.3 application traffic secrets of one connection, kept after
+// finish() for key updates (RFC 8446 §4.6.3): each KeyUpdate moves one
+// direction to HKDF-Expand-Label(secret, "traffic upd", "", Hash.length)
+// (§7.2). Linux takes new keys on a kTLS socket from 6.14 on (TLS_RX/TLS_TX
+// set again; reads fail with EKEYEXPIRED between the peer's KeyUpdate and
+// the new RX key); older kernels refuse with EBUSY and the caller closes
+// (respond()). Keeping them costs two secrets per connection in memory:
+// keep them only where a rekey can happen. Wiped when destroyed. Used by one
+// thread at a time (whichever handles the connection's control records).
+class traffic_secrets {
+public:
+    traffic_secrets() = default;
+    ~traffic_secrets();
+    traffic_secrets(const traffic_secrets&) = delete;
+    traffic_secrets& operator=(const traffic_secrets&) = delete;
+
+    bool valid() const noexcept { return len_ > 0 && md_; }
+    // The peer's KeyUpdate was read off the socket: install its next key as
+    // the kernel's RX key. false (errno; EBUSY: this kernel cannot rekey):
+    // nothing changed.
+    bool rekey_rx(int fd);
+    // Our own update (the peer set update_requested): sends KeyUpdate
+    // (update_not_requested) under the current TX key, then installs the
+    // next TX key. The caller sends nothing else on fd in between. false
+    // with the KeyUpdate already sent (the install failed) leaves the peer
+    // expecting a key we cannot use: close without close_notify.
+    bool rekey_tx(int fd);
+    // The next RX secret without installing it (a userspace reader, tests).
+    bool advance_rx();
+
+    // For tests and diagnostics: the AEAD key and 12-byte IV of the current
+    // RX secret (RFC 8446 §7.3).
+    struct record_keys {
+        uint8_t key[32];
+        size_t key_len = 0;
+        uint8_t iv[12];
+    };
+    bool rx_keys(record_keys* out) const;
+
+private:
+    friend directions finish(SSL* ssl, int fd, traffic_secrets* keep);
+    void wipe() noexcept;
+    bool advance(uint8_t* secret);
+    const EVP_MD* md_ = nullptr;
+    uint32_t suite_ = 0;  // SSL_CIPHER_get_id
+    size_t len_ = 0;
+    uint8_t rx_[EVP_MAX_MD_SIZE] = {};
+    uint8_t tx_[EVP_MAX_MD_SIZE] = {};
+};
 
 // Which directions run in the kernel now: OpenSSL's own (BIO_get_ktls_send
 // on the wbio, BIO_get_ktls_recv on the rbio) plus an RX that finish()

@@ -93,11 +93,14 @@ struct ours {
     ~ours() { SSL_free(ssl); }
 
     // `install_rx` false leaves TLS 1.3 RX to OpenSSL: send-only kTLS.
-    bool handshake(bool install_rx = true) {
+    // `keep` receives the traffic secrets.
+    bool handshake(bool install_rx = true, k::traffic_secrets* keep = nullptr) {
         auto deadline = clock_type::now() + std::chrono::milliseconds(io_timeout_ms);
         for (;;) {
             switch (k::handshake_step(ssl)) {
-                case k::step::done: dir = install_rx ? k::finish(ssl, fd) : k::engaged(ssl); return true;
+                case k::step::done:
+                    dir = install_rx ? k::finish(ssl, fd, keep) : k::engaged(ssl);
+                    return true;
                 case k::step::want_read:
                     if (!wait_fd(fd, POLLIN, deadline)) return fail("handshake: timed out");
                     break;
@@ -600,6 +603,99 @@ TEST_F(KtlsTest, KeyUpdateFromPeerEndsCleanly) {
     std::printf("[ktls] KeyUpdate -> %s in %lld ms\n", o.dir.rx ? "close_notify" : "rekey",
                 static_cast<long long>(ms));
     EXPECT_LT(ms, 1000);
+}
+
+// One TLS 1.3 record (RFC 8446 §5.2) decrypted with AES-GCM `keys` at
+// sequence `seq`: content || type, or "" when it does not authenticate.
+std::string open_record(const k::traffic_secrets::record_keys& keys, uint64_t seq,
+                        const std::string& rec) {
+    if (rec.size() < 5 + 16) return "";
+    uint8_t nonce[12];
+    std::memcpy(nonce, keys.iv, 12);
+    for (int i = 0; i < 8; ++i) nonce[11 - i] ^= uint8_t(seq >> (8 * i));
+    EVP_CIPHER_CTX* c = EVP_CIPHER_CTX_new();
+    const EVP_CIPHER* cipher = keys.key_len == 16 ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
+    std::string out(rec.size() - 5 - 16, '\0');
+    int n = 0, fin = 0;
+    auto* in = reinterpret_cast<const unsigned char*>(rec.data());
+    bool ok = EVP_DecryptInit_ex(c, cipher, nullptr, keys.key, nonce) == 1 &&
+              EVP_DecryptUpdate(c, nullptr, &n, in, 5) == 1 &&  // AAD: the record header
+              EVP_DecryptUpdate(c, reinterpret_cast<unsigned char*>(out.data()), &n, in + 5,
+                                int(out.size())) == 1 &&
+              EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16,
+                                  const_cast<unsigned char*>(in + rec.size() - 16)) == 1 &&
+              EVP_DecryptFinal_ex(c, reinterpret_cast<unsigned char*>(out.data()) + n, &fin) == 1;
+    EVP_CIPHER_CTX_free(c);
+    return ok ? out : "";
+}
+
+// Key updates with the kept traffic secrets. Without kTLS, the derivation
+// itself is checked: the peer's records before and after its KeyUpdate are
+// read raw off the socket and open under generation 0 and 1 of the secret.
+// With kTLS RX, rekey_rx either takes (Linux 6.14+: "after" arrives through
+// the kernel) or is refused with EBUSY (Linux 6.1).
+TEST_F(KtlsTest, KeyUpdateWithKeptSecrets) {
+    tcp_pair p;
+    ASSERT_GE(p.ours, 0);
+    peer_ctx pc(true, 0, "TLS_AES_128_GCM_SHA256");
+    SSL_CTX_set_num_tickets(pc.ctx, 0);
+    std::promise<void> sent;
+    auto peer = run_peer(pc.ctx, p.theirs, true, [&](peer_conn& c) -> std::string {
+        if (SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED) != 1) return "key_update: " + last_error();
+        if (!c.write_all("after")) return "write: " + last_error();
+        sent.set_value();
+        char b[8];
+        size_t n = 0;
+        SSL_read_ex(c.ssl, b, sizeof(b), &n);  // until we close
+        return "";
+    });
+    ours o(*client_, p.ours);
+    k::traffic_secrets ts;
+    ASSERT_TRUE(o.handshake(true, &ts)) << o.err;
+    ASSERT_TRUE(ts.valid());
+    ASSERT_EQ(sent.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    if (o.dir.rx) {
+        uint8_t type = 0;
+        char b[64];
+        ssize_t n = o.read(b, sizeof(b), &type, 5000);
+        ASSERT_GT(n, 0);
+        ASSERT_EQ(k::classify(type, reinterpret_cast<uint8_t*>(b), size_t(n)).kind, k::control::key_update);
+        bool ok = ts.rekey_rx(o.fd);
+        int e = errno;
+        std::printf("[ktls] rekey_rx: %s\n", ok ? "the kernel took the next key" : strerror(e));
+        if (ok) {
+            EXPECT_EQ(o.read_n(5, &type), "after");
+        } else {
+            EXPECT_EQ(e, EBUSY);
+        }
+    } else {
+        std::string raw;
+        auto deadline = clock_type::now() + std::chrono::seconds(10);
+        auto record = [&](size_t at) -> size_t {  // length of the record at `at`, 0 if incomplete
+            if (raw.size() < at + 5) return 0;
+            size_t len = 5 + (size_t(uint8_t(raw[at + 3])) << 8 | uint8_t(raw[at + 4]));
+            return raw.size() >= at + len ? len : 0;
+        };
+        while (!(record(0) && record(record(0)))) {
+            char b[4096];
+            ssize_t n = ::recv(o.fd, b, sizeof(b), MSG_DONTWAIT);
+            if (n > 0) raw.append(b, size_t(n));
+            else if (n == 0 || errno != EAGAIN || !wait_fd(o.fd, POLLIN, deadline)) break;
+        }
+        size_t first = record(0);
+        ASSERT_GT(first, 0u);
+        ASSERT_GT(record(first), 0u);
+        k::traffic_secrets::record_keys keys;
+        ASSERT_TRUE(ts.rx_keys(&keys));
+        EXPECT_EQ(open_record(keys, 0, raw.substr(0, first)), std::string("\x18\0\0\x01\0\x16", 6))
+            << "generation 0 does not open the KeyUpdate";
+        ASSERT_TRUE(ts.advance_rx());
+        ASSERT_TRUE(ts.rx_keys(&keys));
+        EXPECT_EQ(open_record(keys, 0, raw.substr(first, record(first))), "after\x17")
+            << "generation 1 does not open the record after the KeyUpdate";
+    }
+    ::shutdown(o.fd, SHUT_RDWR);
+    EXPECT_EQ(peer.get(), "");
 }
 
 // What this kernel does after a KeyUpdate if a reader ignores it and reads
