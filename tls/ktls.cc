@@ -249,6 +249,21 @@ union crypto_info_any {
     tls12_crypto_info_chacha20_poly1305 chacha;
 };
 
+// AES-GCM crypto_info: the 12-byte IV is salt (4) || iv (8).
+template <typename T>
+void fill_gcm(T& g, const uint8_t* key, const uint8_t* iv) {
+    std::memcpy(g.key, key, sizeof(g.key));
+    std::memcpy(g.salt, iv, sizeof(g.salt));
+    std::memcpy(g.iv, iv + sizeof(g.salt), sizeof(g.iv));
+}
+template <typename T>
+void split_gcm(const T& g, uint8_t* key, size_t* key_len, uint8_t* iv) {
+    std::memcpy(key, g.key, sizeof(g.key));
+    *key_len = sizeof(g.key);
+    std::memcpy(iv, g.salt, sizeof(g.salt));
+    std::memcpy(iv + sizeof(g.salt), g.iv, sizeof(g.iv));
+}
+
 // The AEAD key and IV of one traffic secret (RFC 8446 §7.3) and the
 // kernel's crypto_info for them at record sequence 0. `suite` is
 // SSL_CIPHER_get_id's TLS 1.3 suite; false for one the kernel lacks.
@@ -280,16 +295,8 @@ bool crypto_info_for(uint32_t suite, const EVP_MD* md, const uint8_t* secret, si
               expand_label(md, secret, secret_len, "iv", iv, sizeof(iv));
     if (ok) {
         switch (ci.info.cipher_type) {
-            case TLS_CIPHER_AES_GCM_128:
-                std::memcpy(ci.gcm128.key, key, key_len);
-                std::memcpy(ci.gcm128.salt, iv, 4);
-                std::memcpy(ci.gcm128.iv, iv + 4, 8);
-                break;
-            case TLS_CIPHER_AES_GCM_256:
-                std::memcpy(ci.gcm256.key, key, key_len);
-                std::memcpy(ci.gcm256.salt, iv, 4);
-                std::memcpy(ci.gcm256.iv, iv + 4, 8);
-                break;
+            case TLS_CIPHER_AES_GCM_128: fill_gcm(ci.gcm128, key, iv); break;
+            case TLS_CIPHER_AES_GCM_256: fill_gcm(ci.gcm256, key, iv); break;
             default:
                 std::memcpy(ci.chacha.key, key, key_len);
                 std::memcpy(ci.chacha.iv, iv, 12);
@@ -663,18 +670,8 @@ bool traffic_secrets::rx_keys(record_keys* out) const {
     socklen_t ci_len = 0;
     if (!valid() || !crypto_info_for(suite_, md_, rx_, len_, ci, ci_len)) return false;
     switch (ci.info.cipher_type) {
-        case TLS_CIPHER_AES_GCM_128:
-            out->key_len = 16;
-            std::memcpy(out->key, ci.gcm128.key, 16);
-            std::memcpy(out->iv, ci.gcm128.salt, 4);
-            std::memcpy(out->iv + 4, ci.gcm128.iv, 8);
-            break;
-        case TLS_CIPHER_AES_GCM_256:
-            out->key_len = 32;
-            std::memcpy(out->key, ci.gcm256.key, 32);
-            std::memcpy(out->iv, ci.gcm256.salt, 4);
-            std::memcpy(out->iv + 4, ci.gcm256.iv, 8);
-            break;
+        case TLS_CIPHER_AES_GCM_128: split_gcm(ci.gcm128, out->key, &out->key_len, out->iv); break;
+        case TLS_CIPHER_AES_GCM_256: split_gcm(ci.gcm256, out->key, &out->key_len, out->iv); break;
         default:
             out->key_len = 32;
             std::memcpy(out->key, ci.chacha.key, 32);
