@@ -200,28 +200,30 @@ copy_with_path() { # copy_with_path FILE: same absolute path inside the guest
 }
 
 libdirs=" "
+copy_to_opt_bin() { # FILE into /opt/bin, with the shared libraries of a program
+    cp -L "$1" "$root/opt/bin/"
+    # ldd prints "name => /path (addr)" and "/lib64/ld-linux-x86-64.so.2 (addr)";
+    # for a script or a data file it prints neither.
+    local lib
+    while read -r lib; do
+        copy_with_path "$lib"
+        case $libdirs in *" $(dirname "$lib") "*) ;; *) libdirs+="$(dirname "$lib") " ;; esac
+    done < <(ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p')
+}
+
 guest_cmds=()
 for i in "${!cmds[@]}"; do
     read -r -a words <<<"${cmds[$i]}"
     prog=${words[0]}
     [ -x "$prog" ] || die "--run ${names[$i]}: $prog is not an executable file"
-    cp -L "$prog" "$root/opt/bin/"
-    # ldd prints "name => /path (addr)" and "/lib64/ld-linux-x86-64.so.2 (addr)".
-    while read -r lib; do
-        copy_with_path "$lib"
-        case $libdirs in *" $(dirname "$lib") "*) ;; *) libdirs+="$(dirname "$lib") " ;; esac
-    done < <(ldd "$prog" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p')
+    copy_to_opt_bin "$prog"
     args="${words[*]:1}"
     guest_cmds+=("/opt/bin/$(basename "$prog")${args:+ $args}")
 done
 
 for f in ${adds[@]+"${adds[@]}"}; do
     [ -f "$f" ] || die "--add $f: not a file"
-    cp -L "$f" "$root/opt/bin/"
-    while read -r lib; do
-        copy_with_path "$lib"
-        case $libdirs in *" $(dirname "$lib") "*) ;; *) libdirs+="$(dirname "$lib") " ;; esac
-    done < <(ldd "$f" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p')
+    copy_to_opt_bin "$f"
 done
 
 {
