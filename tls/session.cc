@@ -221,11 +221,8 @@ std::string flags_text(uint32_t flags) {
     return s;
 }
 
-std::unique_ptr<session> session::make(const context& ctx, std::string* err) {
-    std::string scratch;
-    if (!err) err = &scratch;
-    const BIO_METHOD* method = bio_method();
-    if (!method) {
+std::unique_ptr<session> session::make_bare(const context& ctx, std::string* err) {
+    if (!bio_method()) {
         *err = "BIO_meth_new: " + last_error();
         return nullptr;
     }
@@ -234,21 +231,11 @@ std::unique_ptr<session> session::make(const context& ctx, std::string* err) {
     s->io_->server = ctx.is_server();
     s->io_->require_alpn = !ctx.is_server() && ctx.client().require_alpn;
     s->ssl_ = SSL_new(ctx.native());
-    BIO* rb = s->ssl_ ? BIO_new(method) : nullptr;
-    BIO* wb = rb ? BIO_new(method) : nullptr;
-    if (!wb) {
-        BIO_free(rb);
+    if (!s->ssl_) {
         *err = "SSL_new: " + last_error();
-        return nullptr;  // ~session frees ssl_
+        return nullptr;
     }
-    bio_io* bio_state = s->io_.get();
-    BIO_set_data(rb, bio_state);
-    BIO_set_data(wb, bio_state);
-    SSL_set_bio(s->ssl_, rb, wb);
     SSL_set_ex_data(s->ssl_, session_ex_index(), &s->io_->vs);
-    // Read-ahead lets OpenSSL take every fed byte in one BIO call instead of
-    // a header and then a body per record: many small records, few calls.
-    SSL_set_read_ahead(s->ssl_, 1);
     if (ctx.is_server()) {
         SSL_set_accept_state(s->ssl_);
     } else {
@@ -262,6 +249,78 @@ std::unique_ptr<session> session::make(const context& ctx, std::string* err) {
         }
     }
     return s;
+}
+
+BIO* session::new_slice_bio() {
+    const BIO_METHOD* method = bio_method();
+    BIO* b = method ? BIO_new(method) : nullptr;
+    if (b) BIO_set_data(b, static_cast<bio_io*>(io_.get()));
+    return b;
+}
+
+std::unique_ptr<session> session::make(const context& ctx, std::string* err) {
+    std::string scratch;
+    std::unique_ptr<session> s = make_bare(ctx, err ? err : &scratch);
+    if (!s) return nullptr;
+    BIO* rb = s->new_slice_bio();
+    BIO* wb = rb ? s->new_slice_bio() : nullptr;
+    if (!wb) {
+        BIO_free(rb);
+        if (err) *err = "BIO_new: " + last_error();
+        return nullptr;  // ~session frees ssl_
+    }
+    SSL_set_bio(s->ssl_, rb, wb);
+    // Read-ahead lets OpenSSL take every fed byte in one BIO call instead of
+    // a header and then a body per record: many small records, few calls.
+    SSL_set_read_ahead(s->ssl_, 1);
+    return s;
+}
+
+std::unique_ptr<session> session::make_on_socket(const context& ctx, int fd,
+                                                 std::string_view early, std::string* err) {
+    std::string scratch;
+    if (!err) err = &scratch;
+    std::unique_ptr<session> s = make_bare(ctx, err);
+    if (!s || !ktls::attach_socket(s->ssl_, fd, early, err)) return nullptr;
+    s->on_socket_ = true;
+    return s;
+}
+
+ktls::step session::socket_handshake() {
+    if (flags_ & flag_handshake) return ktls::step::done;
+    if (flags_ & flag_handshfail) return ktls::step::error;
+    ktls::step st = ktls::handshake_step(ssl_);
+    if (st == ktls::step::done) {
+        if (finish_handshake() != status::done) return ktls::step::error;
+    } else if (st == ktls::step::error) {
+        fail(last_error());
+    }
+    return st;
+}
+
+ktls::directions session::finish_on_socket(int fd, bool allow_rx) {
+    ktls::directions d = allow_rx ? ktls::finish(ssl_, fd) : ktls::engaged(ssl_);
+    kernel_tx_ = d.tx;
+    kernel_rx_ = d.rx;
+    on_socket_ = false;
+    if (!d.rx) {
+        // Userspace RX from here on, fed by the shard. Read-ahead was off, so
+        // OpenSSL holds no byte of the stream; only early bytes the shard
+        // handed over may be left in the prefix BIO: they come first.
+        BIO* rb = SSL_get_rbio(ssl_);
+        size_t pending = rb ? BIO_ctrl_pending(rb) : 0;
+        if (pending > 0) {
+            core::slice left = core::slice::allocate(pending);
+            size_t got = 0;
+            if (BIO_read_ex(rb, left.mutable_data(), pending, &got) == 1 && got > 0)
+                feed(left.share(0, got));
+        }
+        ERR_clear_error();
+        SSL_set0_rbio(ssl_, new_slice_bio());  // frees the socket BIO chain (NOCLOSE)
+        SSL_set_read_ahead(ssl_, 1);
+    }
+    if (!d.tx) SSL_set0_wbio(ssl_, new_slice_bio());
+    return d;
 }
 
 session::~session() {
@@ -354,6 +413,8 @@ status session::read(core::slice_chain& plain, core::slice_chain& out) {
         status h = handshake(out);
         if (h != status::done) return h;
     }
+    // The kernel decrypts: plaintext reaches the owner straight from the socket.
+    if (kernel_rx_) return status::ok;
     // Nothing fed and nothing buffered: skip the call and the block it needs.
     if (io_->in.empty() && !SSL_has_pending(ssl_)) return status::ok;
     ERR_clear_error();
@@ -383,6 +444,15 @@ status session::read(core::slice_chain& plain, core::slice_chain& out) {
     // for our next write; answer now, the reading side may have nothing to say.
     // OpenSSL only notes the owed update; SSL_key_update with the same
     // (not-requested) type re-enters the state machine, which sends it once.
+    // With TX in the kernel our keys cannot change (Linux < 6.14 refuses
+    // TLS_TX again), so a peer that asked for it cannot be answered: end the
+    // connection (the owner sends close_notify under the old, expected key).
+    if (st == status::ok && kernel_tx_ &&
+        SSL_get_key_update_type(ssl_) == SSL_KEY_UPDATE_NOT_REQUESTED) {
+        error_ = "the peer asked for a KeyUpdate of our keys, which are in the kernel's TX";
+        key_update_refused_ = true;
+        st = status::error;
+    }
     if (st == status::ok && SSL_get_key_update_type(ssl_) == SSL_KEY_UPDATE_NOT_REQUESTED &&
         SSL_key_update(ssl_, SSL_KEY_UPDATE_NOT_REQUESTED) == 1) {
         SSL_do_handshake(ssl_);
@@ -403,6 +473,10 @@ bool session::write_records(const uint8_t* p, size_t n) {
 status session::write(const core::slice_chain& plain, core::slice_chain& out) {
     if (!(flags_ & flag_handshake)) {
         error_ = "write before the handshake completed";
+        return status::error;
+    }
+    if (kernel_tx_) {
+        error_ = "write through OpenSSL on a kernel TX socket";
         return status::error;
     }
     if (plain.empty()) return status::ok;
@@ -441,6 +515,7 @@ status session::write(const core::slice_chain& plain, core::slice_chain& out) {
 }
 
 void session::shutdown(core::slice_chain& out) {
+    if (kernel_tx_) return;  // the owner sends close_notify with ktls::send_alert
     if (flags_ & flag_handshake) {
         ERR_clear_error();
         SSL_shutdown(ssl_);

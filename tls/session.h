@@ -20,9 +20,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "core/buffer.h"
 #include "tls/context.h"
+#include "tls/ktls.h"
 
 namespace rpcgate::tls {
 
@@ -52,6 +54,34 @@ public:
     ~session();
     session(const session&) = delete;
     session& operator=(const session&) = delete;
+
+    // ---- kernel TLS (tls/ktls.h) ----
+    // A session whose handshake runs on socket BIOs over `fd` (non-blocking;
+    // the caller keeps the fd), so that OpenSSL can give the record layer to
+    // the kernel. `early`: bytes already read from fd (served first). Drive it
+    // with socket_handshake() on poll readiness, then finish_on_socket().
+    static std::unique_ptr<session> make_on_socket(const context& ctx, int fd,
+                                                   std::string_view early, std::string* err);
+    // One handshake step: want_read / want_write (poll the fd), done (flags
+    // set as after handshake()), or error (error_text(), HANDSHFAIL).
+    ktls::step socket_handshake();
+    // After done, before any data: the kernel takes what it can
+    // (ktls::finish), and the directions it did not take go on in userspace
+    // over this session's own BIOs, fed and drained by the owner as usual
+    // (read-ahead was off: nothing of the stream is buffered in OpenSSL; early
+    // bytes not consumed by the handshake are fed). From then on:
+    //   kernel_tx(): the owner sends plaintext to the socket, close_notify with
+    //     ktls::send_alert; write() and shutdown() do nothing useful;
+    //   kernel_rx(): the socket yields plaintext (and EIO at a non-data
+    //     record: ktls::recv_record); read() returns ok with nothing.
+    // `allow_rx` false keeps RX in userspace whatever the kernel could do
+    // (half kTLS: TX only; OpenSSL 3.0 takes TLS 1.3 TX itself).
+    ktls::directions finish_on_socket(int fd, bool allow_rx = true);
+    bool kernel_tx() const noexcept { return kernel_tx_; }
+    bool kernel_rx() const noexcept { return kernel_rx_; }
+    // read() failed because the peer asked for a KeyUpdate while our TX keys
+    // are in the kernel, which cannot change them: close with close_notify.
+    bool key_update_refused() const noexcept { return key_update_refused_; }
 
     // Ciphertext from the peer, in order (shared, not copied).
     void feed(core::slice ciphertext);
@@ -90,6 +120,9 @@ public:
 
 private:
     session() = default;
+    // SSL, verify hooks, role; no BIOs yet.
+    static std::unique_ptr<session> make_bare(const context& ctx, std::string* err);
+    BIO* new_slice_bio();
     status finish_handshake();
     void fail(std::string why);  // HANDSHFAIL with a one-line reason
     void note_peer(bool completed);
@@ -100,6 +133,10 @@ private:
     std::unique_ptr<io> io_;
     uint32_t flags_ = 0;
     std::string error_;
+    bool on_socket_ = false;  // handshaking on socket BIOs
+    bool kernel_tx_ = false;
+    bool kernel_rx_ = false;
+    bool key_update_refused_ = false;
 };
 
 }  // namespace rpcgate::tls
