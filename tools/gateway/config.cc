@@ -237,7 +237,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "upstream_ca", "upstream_cert", "upstream_key",
                                   "upstream_server_name", "upstream_alpn_strict",
                                   "max_connections_per_source", "handshake_rate_per_source",
-                                  "handshake_burst_per_source"};
+                                  "handshake_burst_per_source", "ktls", "tls_min_version"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -312,6 +312,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "log_level", &cfg->log_level, err)) return false;
     if (!toml_get<std::string>(t, "cert_user_map", &cfg->cert_user_map, err)) return false;
     if (!toml_get<std::string>(t, "audit_log", &cfg->audit_log, err)) return false;
+    if (!toml_get<std::string>(t, "ktls", &cfg->ktls, err)) return false;
+    if (!toml_get<std::string>(t, "tls_min_version", &cfg->tls_min_version, err)) return false;
     s = tls_mode_name(cfg->upstream.mode);
     if (!toml_get<std::string>(t, "upstream_tls", &s, err) ||
         !parse_tls_mode(s, &cfg->upstream.mode, err, "upstream_tls"))
@@ -385,6 +387,14 @@ bool validate(gateway_config* cfg, std::string* err) {
     }
     if (cfg->tls == tls_mode::mtls && cfg->ca.empty()) {
         *err = "--tls mtls needs --ca (the CA that signs client certificates)";
+        return false;
+    }
+    if (cfg->ktls != "auto" && cfg->ktls != "off" && cfg->ktls != "on") {
+        *err = fmt::format("--ktls must be auto, off or on, not '{}'", cfg->ktls);
+        return false;
+    }
+    if (cfg->tls_min_version != "1.3" && cfg->tls_min_version != "1.2") {
+        *err = fmt::format("--tls-min-version must be 1.3 or 1.2, not '{}'", cfg->tls_min_version);
         return false;
     }
     if (cfg->handshake_timeout_ms < 100) {
@@ -489,6 +499,13 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                 "client offers none)");
     auto* o_hst = app.add_option("--handshake-timeout", cfg->handshake_timeout_ms,
                                  "milliseconds for a TLS handshake (default 10000)");
+    auto* o_ktls = app.add_option("--ktls", cfg->ktls,
+                                  "kernel TLS for client connections: auto (default: when the "
+                                  "kernel has it), off, on (socket-BIO handshakes even without "
+                                  "kernel support; testing)");
+    auto* o_minv = app.add_option("--tls-min-version", cfg->tls_min_version,
+                                  "1.3 (default, RFC 9289) or 1.2 (evaluation of NIC offload "
+                                  "only, outside RFC 9289)");
     auto* o_map = app.add_option("--cert-user-map", cfg->cert_user_map,
                                  "FILE mapping verified client certificates (subject:... or "
                                  "san:...) to 'UID GID[,GID...]'; calls on such a connection "
@@ -613,6 +630,8 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_alpn->count()) merged.alpn_strict = true;
     if (o_auto->count()) merged.tls_auto = true;
     if (o_hst->count()) merged.handshake_timeout_ms = cfg->handshake_timeout_ms;
+    if (o_ktls->count()) merged.ktls = cfg->ktls;
+    if (o_minv->count()) merged.tls_min_version = cfg->tls_min_version;
     merged.config_file = cfg->config_file;
     merged.check_only = cfg->check_only;
     if (o_shards->count()) merged.shards = cfg->shards;

@@ -76,6 +76,16 @@ struct gateway_config {
     // the credentials of every call on that connection (FreeBSD's tlscertuser).
     std::string cert_user_map;
     uint32_t handshake_timeout_ms = 10000;
+    // Kernel TLS for the server role: "auto" (default: used when the kernel
+    // has it, tls::ktls::kernel_has_ktls), "off" (OpenSSL over memory BIOs on
+    // the shards), "on" (handshakes on socket BIOs even where the kernel has
+    // no kTLS: every direction then stays in userspace; for tests).
+    std::string ktls = "auto";
+    // Tests only (no option): false leaves RX in userspace (half kTLS, TX only).
+    bool ktls_rx = true;
+    // "1.3" (RFC 9289 §5.1) or "1.2": evaluation only (NIC offload of TLS 1.3
+    // is limited), outside RFC 9289, logged at warn level at start.
+    std::string tls_min_version = "1.3";
     std::string admin;
     // Defaults for every backend (each may override them in its spec).
     upstream_tls upstream;

@@ -21,7 +21,9 @@
 #include "rpc/record.h"
 #include "rpc/xdr_codec.h"
 #include "tools/gateway/admin.h"
+#include "tls/ktls.h"
 #include "tools/gateway/handshake_service.h"
+#include "tools/gateway/ktls_handshaker.h"
 #include "tools/gateway/source_limits.h"
 
 namespace rpcgate::gw {
@@ -141,6 +143,14 @@ public:
     };
     implicit_acceptor implicit_;
     handshake_service* hs_ = nullptr;
+    ktls_handshaker* khs_ = nullptr;  // set: server-role handshakes go there
+    // Hands a connection to whichever thread runs server handshakes.
+    bool submit_handshake(int fd, conn_id id, std::string peer, slice_chain&& early) {
+        if (khs_) return khs_->submit(sh_.index(), fd, id, std::move(peer), std::move(early));
+        return hs_->submit(sh_.index(), fd, id, std::move(peer), std::move(early));
+    }
+    // Where each TLS connection's crypto runs, asked of the kernel (shard thread).
+    tls::ktls::diag_socket diag_;
 
     const gateway_config& cfg_;
     core::shard& sh_;
@@ -197,6 +207,9 @@ public:
         if (tls_) {
             bump(ctx_.counters_.tls_sessions);
             bump(ctx_.counters_.tls_open);
+            prot_ = ctx_.diag_.query(client->fd());
+            bump(ctx_.counters_.tls_protection_open[0][size_t(prot_.tx)]);
+            bump(ctx_.counters_.tls_protection_open[1][size_t(prot_.rx)]);
         }
         next_ = ctx_.sessions_;
         if (next_) next_->prev_ = this;
@@ -204,6 +217,9 @@ public:
         last_activity_ = ctx_.sh_.now_ms();
         created_ms_ = last_activity_;
         idle_timer_.set_callback(&session::on_idle_timer, this);
+        ktls_close_timer_.set_callback(
+            [](core::timer*, void* arg) { static_cast<session*>(arg)->kernel_close_notify(); },
+            this);
         tls_quiet_timer_.set_callback(
             [](core::timer*, void* arg) {
                 auto* s = static_cast<session*>(arg);
@@ -225,13 +241,24 @@ public:
         if (!handed_off_) ctx_.open_.fetch_sub(1, std::memory_order_relaxed);
         ctx_.release_source(peer_addr_);
         bump(ctx_.counters_.sessions_open, uint64_t(-1));
-        if (tls_) bump(ctx_.counters_.tls_open, uint64_t(-1));
+        if (tls_) {
+            bump(ctx_.counters_.tls_open, uint64_t(-1));
+            bump(ctx_.counters_.tls_protection_open[0][size_t(prot_.tx)], uint64_t(-1));
+            bump(ctx_.counters_.tls_protection_open[1][size_t(prot_.rx)], uint64_t(-1));
+        }
     }
 
     // ---- client side
     void on_data(stream& s, slice data) override {
         last_activity_ = ctx_.sh_.now_ms();
         bump(ctx_.counters_.bytes_from_clients, data.size());
+        if (tls_ && tls_->kernel_rx()) {
+            // The kernel decrypted it: plaintext, application data only.
+            feed_plain(data);
+            flush_tls();
+            flush_links();
+            return;
+        }
         if (tls_) {
             tls_->feed(std::move(data));
             pump_tls();
@@ -267,6 +294,7 @@ public:
 
     // Decrypts what the TLS session holds and forwards the records in it.
     void pump_tls() {
+        if (tls_->kernel_rx()) return;  // the socket yields plaintext itself
         // A TLS connection that goes quiet gives its buffers back (~50 KB ->
         // ~15 KB); re-arming an armed timer is two pointer swaps.
         ctx_.sh_.timers().arm(tls_quiet_timer_, k_tls_quiet_ms);
@@ -280,8 +308,17 @@ public:
         if (st == tls::status::closed) {
             // close_notify from the client: answer it and close.
             finish_client();
+        } else if (st == tls::status::error && tls_->key_update_refused()) {
+            // Half kTLS (TX in the kernel): the client asked us to update
+            // keys the kernel holds. close_notify under the old key, close.
+            bump(ctx_.counters_.tls_key_update_closes);
+            RPCGATE_LOG(gw, info, "conn {} ({}): {}: closing", id_, peer_, tls_->error_text());
+            close_all(0);
         } else if (st == tls::status::error) {
             bump(ctx_.counters_.tls_errors);
+            // Half kTLS: OpenSSL sent its alert through the kernel's TX
+            // itself; no close_notify after a fatal error.
+            if (tls_->kernel_tx()) tls_shut_ = true;
             terminate(fmt::format("TLS error: {}", tls_->error_text()), -EPROTO);
         }
     }
@@ -301,6 +338,12 @@ public:
     }
 
     void on_eof(stream& s, int err) override {
+        if (err == -EIO && tls_ && tls_->kernel_rx() && client_ && !terminating_) {
+            // A kTLS RX socket stops plain receives with EIO at a record that
+            // is not application data; it waits at the head of the socket.
+            on_control_record();
+            return;
+        }
         if (rr_.partial()) {
             bump(ctx_.counters_.cut_records);
             RPCGATE_LOG(gw, info, "conn {}: client closed inside a record ({} bytes held)", id_,
@@ -320,6 +363,7 @@ public:
     void on_closed(stream&, int err) override {
         client_ = nullptr;
         idle_timer_.cancel();
+        ktls_close_timer_.cancel();
         tls_quiet_timer_.cancel();
         for (auto& l : links_)
             if (l) l->close(err);
@@ -355,9 +399,10 @@ public:
             if (l && l->alive()) ++links;
         std::string tls = "null";
         if (tls_)
-            tls = fmt::format(R"({{"flags":"{}","version":"{}","cipher":"{}","alpn":"{}","subject":"{}","protection":"userspace"}})",
+            tls = fmt::format(R"({{"flags":"{}","version":"{}","cipher":"{}","alpn":"{}","subject":"{}","protection":{{"tx":"{}","rx":"{}"}}}})",
                               tls::flags_text(tls_->flags()), tls_->version(), tls_->cipher(),
-                              tls_->alpn(), json_escape(tls_->peer_subject()));
+                              tls_->alpn(), json_escape(tls_->peer_subject()),
+                              tls::ktls::mode_name(prot_.tx), tls::ktls::mode_name(prot_.rx));
         return fmt::format(
             R"({{"id":"{}","peer":"{}","shard":{},"state":"{}","tls":{},"bytes_in":{},"bytes_out":{},"calls_in_flight":{},"backend_links":{},"age_s":{:.3f}}})",
             id_, peer_, ctx_.sh_.index(),
@@ -389,6 +434,10 @@ public:
         if (tls_ && !tls_shut_) {
             flush_tls();
             tls_shut_ = true;
+            if (tls_->kernel_tx()) {
+                kernel_close_notify();
+                return;
+            }
             slice_chain out;
             tls_->shutdown(out);
             client_->send(std::move(out));
@@ -869,7 +918,7 @@ private:
     // Everything for the client goes through here: encrypted when in TLS.
     void send_to_client(slice_chain&& bytes) {
         if (!client_) return;
-        if (!tls_) {
+        if (!tls_ || tls_->kernel_tx()) {  // kTLS TX: the kernel encrypts
             client_->send(std::move(bytes));
             return;
         }
@@ -880,7 +929,7 @@ private:
     }
 
     void flush_tls() {
-        if (!tls_ || tls_pending_.empty() || !client_) return;
+        if (!tls_ || tls_pending_.empty() || !client_ || tls_->kernel_tx()) return;
         slice_chain out;
         tls::status st = tls_->write(tls_pending_, out);
         tls_pending_.clear();
@@ -917,7 +966,7 @@ private:
         client_->detach([this](int fd, slice_chain&& unread) {
             slice_chain early = std::move(early_);
             for (const slice& p : unread) early.push_back(slice::copy_of(p.data(), p.size()));
-            if (ctx_.hs_->submit(ctx_.sh_.index(), fd, id_, peer_, std::move(early))) {
+            if (ctx_.submit_handshake(fd, id_, peer_, std::move(early))) {
                 handed_off_ = true;
             } else {
                 RPCGATE_LOG(gw, warn, "conn {} ({}): TLS control thread busy: closing", id_,
@@ -1002,6 +1051,88 @@ private:
             if (l) l->close(err);
     }
 
+    // kTLS TX: close_notify is a record of type alert, which only a sendmsg
+    // with TLS_SET_RECORD_TYPE makes, outside the stream's queue; so it waits
+    // until everything queued before it has been sent, then the socket closes.
+    void kernel_close_notify() {
+        if (!client_ || !client_->open()) return;
+        uint64_t now = ctx_.sh_.now_ms();
+        if (ktls_close_deadline_ == 0) ktls_close_deadline_ = now + ctx_.cfg_.drain_timeout_ms;
+        if (client_->queued_bytes() > 0 && now < ktls_close_deadline_) {
+            ctx_.sh_.timers().arm(ktls_close_timer_, 1);
+            return;
+        }
+        if (client_->queued_bytes() == 0) send_kernel_alert(1, 0);  // warning, close_notify
+        client_->close_after_send(ctx_.cfg_.drain_timeout_ms);
+    }
+
+    // An alert record through kTLS TX (RFC 8446 §6); never blocks the shard.
+    void send_kernel_alert(uint8_t level, uint8_t description) {
+        const uint8_t alert[2] = {level, description};
+        ssize_t n = tls::ktls::send_record(client_->fd(), tls::ktls::rt_alert, alert, sizeof alert,
+                                           MSG_DONTWAIT);
+        if (n < 0)
+            RPCGATE_LOG(gw, debug, "conn {}: alert {} not sent: {}", id_, description,
+                        std::strerror(int(-n)));
+    }
+
+    // The record a kTLS RX receive stopped at (on_eof(-EIO)): read it here,
+    // non-blocking (it is already in the socket), and do what it calls for.
+    // The receive side is over either way: the server role has nothing to
+    // go on with (a client sends no tickets), and a KeyUpdate cannot be
+    // followed (the kernel takes no new RX key before Linux 6.14, and
+    // OpenSSL 3.0 keeps no traffic secret to derive one from).
+    void on_control_record() {
+        uint8_t buf[16384 + 256];  // RFC 8446 §5.1: one record's plaintext fits
+        uint8_t type = tls::ktls::rt_none;
+        ssize_t n = tls::ktls::recv_record(client_->fd(), buf, sizeof buf, &type, MSG_DONTWAIT);
+        if (n == 0) {
+            close_all(0);
+            return;
+        }
+        if (n < 0) {
+            bump(ctx_.counters_.tls_errors);
+            tls_shut_ = true;  // EBADMSG (a record that did not decrypt) and the like
+            if (n != -EAGAIN) send_kernel_alert(2, n == -EBADMSG ? 20 : 80);  // bad_record_mac / internal_error
+            terminate(fmt::format("kTLS receive failed: {}", std::strerror(int(-n))), int(n));
+            return;
+        }
+        tls::ktls::control_record c = tls::ktls::classify(type, buf, size_t(n));
+        OPENSSL_cleanse(buf, size_t(n));
+        switch (c.kind) {
+            case tls::ktls::control::close_notify:
+                bump(ctx_.counters_.tls_close_notify);
+                RPCGATE_LOG(gw, debug, "conn {} ({}): close_notify from the client", id_, peer_);
+                close_all(0);  // our close_notify, then the socket
+                return;
+            case tls::ktls::control::alert:
+                bump(ctx_.counters_.tls_alerts_received);
+                tls_shut_ = true;  // RFC 8446 §6.2: the connection is dead, no reply
+                terminate(fmt::format("TLS alert from the client: {} ({})",
+                                      SSL_alert_desc_string_long(c.alert_description),
+                                      int(c.alert_description)),
+                          -ECONNRESET);
+                return;
+            case tls::ktls::control::key_update:
+                bump(ctx_.counters_.tls_key_update_closes);
+                RPCGATE_LOG(gw, info,
+                            "conn {} ({}): KeyUpdate from the client{}: kernel TLS cannot take "
+                            "new RX keys here; closing with close_notify",
+                            id_, peer_, c.update_requested ? " (update requested)" : "");
+                close_all(0);  // close_notify under our unchanged TX key
+                return;
+            case tls::ktls::control::new_session_ticket:  // a client sends none
+            case tls::ktls::control::unexpected:
+                bump(ctx_.counters_.tls_errors);
+                tls_shut_ = true;
+                if (tls_->kernel_tx()) send_kernel_alert(2, 10);  // fatal unexpected_message
+                terminate(fmt::format("unexpected TLS record (type {}) from the client: closing",
+                                      int(type)),
+                          -EPROTO);
+                return;
+        }
+    }
+
     void maybe_free() {
         if (client_) return;
         for (auto& l : links_)
@@ -1043,6 +1174,9 @@ private:
     uint64_t created_ms_ = 0;
     uint64_t calls_outstanding_ = 0;
     std::unique_ptr<tls::session> tls_;
+    tls::ktls::protection prot_;  // where tls_'s crypto runs, per direction
+    core::timer ktls_close_timer_;  // close_notify waits for the send queue
+    uint64_t ktls_close_deadline_ = 0;
     std::optional<tls::identity> certuser_;
     sockaddr_storage peer_addr_{};  // AF_UNSPEC until known: never counted
     slice_chain tls_pending_;  // plaintext for the client, encrypted per batch
@@ -1118,7 +1252,7 @@ void shard_context::implicit_acceptor::on_accept(core::shard& s, int fd,
     }
     bump(ctx->counters_.implicit_tls);
     conn_id id = core::next_conn_id();
-    if (!ctx->hs_->submit(s.index(), fd, id, peer_text(peer), {})) {
+    if (!ctx->submit_handshake(fd, id, peer_text(peer), {})) {
         RPCGATE_LOG(gw, warn, "conn {}: TLS control thread busy: closing", id);
         ::close(fd);
         ctx->open_.fetch_sub(1, std::memory_order_relaxed);
@@ -1205,6 +1339,7 @@ std::string gateway::start() {
         std::string err;
         io_backend_ = dpdk::make_backend(dpdk::backend_options{cfg_.dpdk_args}, &err);
         if (!io_backend_) return "--io-backend dpdk: " + err;
+        cfg_.ktls = "off";  // a DPDK connection has no kernel socket to put kTLS on
         if (cfg_.shards != 1)
             RPCGATE_LOG(gw, info, "--io-backend dpdk: 1 shard instead of {}", cfg_.shards);
         cfg_.shards = 1;
@@ -1218,11 +1353,35 @@ std::string gateway::start() {
         o.crl_file = cfg_.crl;
         o.require_client_cert = cfg_.tls == tls_mode::mtls;
         o.alpn_strict = cfg_.alpn_strict;
+        if (cfg_.tls_min_version == "1.2") {
+            o.min_version = TLS1_2_VERSION;
+            RPCGATE_LOG(tls, warn,
+                        "--tls-min-version 1.2: clients may use TLS 1.2. This is OUTSIDE RFC 9289 "
+                        "(§5.1: TLS 1.3 or later), for evaluating NIC TLS offload only; do not "
+                        "use it in production");
+        }
         std::string err;
         tls_ctx_ = tls::context::make_server(o, &err);
         if (!tls_ctx_) return "TLS: " + err;
         hs_ = std::make_unique<handshake_service>(tls_ctx_.get(), cfg_.handshake_timeout_ms,
                                                   &open_connections_);
+        bool kernel = cfg_.ktls != "off" && tls::ktls::kernel_has_ktls();
+        if (cfg_.ktls == "on" || kernel) {
+            // Before any handshake runs: TLS 1.3 RX needs the keylog hook.
+            tls::ktls::prepare_context(tls_ctx_->native());
+            khs_ = std::make_unique<ktls_handshaker>(*hs_, cfg_.ktls_rx);
+        }
+        if (kernel) {
+            RPCGATE_LOG(tls, info, "kernel TLS: on (--ktls {}): handshakes on the socket, then "
+                        "the kernel encrypts and decrypts where it can", cfg_.ktls);
+        } else if (khs_) {
+            RPCGATE_LOG(tls, info, "kernel TLS: this kernel has none; --ktls on: handshakes on "
+                        "the socket, the record layer stays in userspace");
+        } else {
+            RPCGATE_LOG(tls, info, "kernel TLS: off ({}): TLS runs in userspace (OpenSSL on the "
+                        "shards)",
+                        cfg_.ktls == "off" ? "--ktls off" : "this kernel has no kTLS");
+        }
         if (!cfg_.cert_user_map.empty()) {
             identities_ = std::make_unique<tls::identity_map>();
             if (!identities_->load(cfg_.cert_user_map, &err)) return "--cert-user-map: " + err;
@@ -1261,6 +1420,10 @@ std::string gateway::start() {
                 *sh, [c](handshake_result&& r) { c->deliver(std::move(r)); },
                 [c](upstream_result&& r) { c->deliver_upstream(std::move(r)); });
         }
+        if (khs_) {
+            c->khs_ = khs_.get();
+            khs_->attach(*sh, [c](handshake_result&& r) { c->deliver(std::move(r)); });
+        }
         main_inboxes_.push_back(&sh->make_inbox(64));
         shards_.push_back(std::move(sh));
         contexts_.push_back(std::move(ctx));
@@ -1269,6 +1432,10 @@ std::string gateway::start() {
     if (hs_) {
         std::string err = hs_->start();
         if (!err.empty()) return "TLS control thread: " + err;
+    }
+    if (khs_) {
+        std::string err = khs_->start();
+        if (!err.empty()) return "kTLS handshake thread: " + err;
     }
     for (unsigned i = 0; i < cfg_.shards; ++i) {
         core::shard* raw = shards_[i].get();
@@ -1406,6 +1573,7 @@ std::string gateway::reload_locked() {
     std::string err;
     auto fresh = tls::context::make_server(o, &err);
     if (!fresh) return "reload failed, keeping the old TLS material: " + err;
+    if (khs_) tls::ktls::prepare_context(fresh->native());
     std::unique_ptr<tls::identity_map> ids;
     if (!cfg_.cert_user_map.empty()) {
         ids = std::make_unique<tls::identity_map>();
@@ -1632,18 +1800,23 @@ std::string gateway::metrics_text() const {
                            key, key, v);
         std::fclose(f);
     }
-    // Where the TLS crypto runs: userspace here (this kernel has no kTLS).
-    {
-        uint64_t tls_open = 0;
-        for (const auto& c : contexts_) tls_open += rd(c->counters_.tls_open);
-        fmt::format_to(std::back_inserter(out),
-                       "# HELP rpcgate_tls_connections_open TLS client connections by where the "
-                       "crypto runs.\n# TYPE rpcgate_tls_connections_open gauge\n"
-                       "rpcgate_tls_connections_open{{protection=\"userspace\"}} {}\n"
-                       "rpcgate_tls_connections_open{{protection=\"ktls-sw\"}} 0\n"
-                       "rpcgate_tls_connections_open{{protection=\"ktls-hw\"}} 0\n",
-                       tls_open);
+    // Where the TLS crypto runs, per direction, as the kernel reported it
+    // for each connection (tls::ktls::query).
+    out += "# HELP rpcgate_tls_connections_open TLS client connections by direction and where "
+           "the crypto runs.\n# TYPE rpcgate_tls_connections_open gauge\n";
+    for (size_t dir = 0; dir < 2; ++dir) {
+        for (tls::ktls::mode m : {tls::ktls::mode::userspace, tls::ktls::mode::ktls_sw,
+                                  tls::ktls::mode::ktls_hw, tls::ktls::mode::ktls}) {
+            uint64_t v = 0;
+            for (const auto& c : contexts_) v += rd(c->counters_.tls_protection_open[dir][size_t(m)]);
+            fmt::format_to(std::back_inserter(out),
+                           "rpcgate_tls_connections_open{{direction=\"{}\",protection=\"{}\"}} {}\n",
+                           dir == 0 ? "tx" : "rx", tls::ktls::mode_name(m), v);
+        }
     }
+    RPCGATE_GW_COUNTER("tls_close_notify_total", tls_close_notify, "close_notify records from clients read on kTLS sockets.");
+    RPCGATE_GW_COUNTER("tls_alerts_received_total", tls_alerts_received, "Alerts (other than close_notify) from clients read on kTLS sockets.");
+    RPCGATE_GW_COUNTER("tls_key_update_closes_total", tls_key_update_closes, "Connections closed cleanly after a KeyUpdate that kernel TLS cannot follow.");
 #undef RPCGATE_GW_COUNTER
 #undef RPCGATE_CORE_COUNTER
     auto one = [&](const char* name, const char* type, const char* help, auto v) {
@@ -1703,6 +1876,10 @@ void gateway::wait() {
         hs_->stop();
         hs_->wait();
     }
+    if (khs_) {
+        khs_->stop();
+        khs_->wait();
+    }
 }
 
 gateway_totals gateway::totals() const {
@@ -1744,6 +1921,13 @@ gateway_totals gateway::totals() const {
         t.upstream_tls += get(k.upstream_tls);
         t.upstream_plaintext += get(k.upstream_plaintext);
         t.upstream_tls_failures += get(k.upstream_tls_failures);
+        t.tls_close_notify += get(k.tls_close_notify);
+        t.tls_alerts_received += get(k.tls_alerts_received);
+        t.tls_key_update_closes += get(k.tls_key_update_closes);
+        for (size_t m = 1; m < 4; ++m) {  // every mode but userspace is the kernel's
+            t.ktls_tx_open += get(k.tls_protection_open[0][m]);
+            t.ktls_rx_open += get(k.tls_protection_open[1][m]);
+        }
     }
     if (hs_) {
         const handshake_counters& h = hs_->counters();
@@ -1765,7 +1949,8 @@ std::string gateway_totals::describe() const {
         "cut={}; backend connects={} failures={} lost={}; idle timeouts={} orphan replies={} "
         "flow pauses={}; tls starttls={} implicit={} sessions={} errors={} too_weak={} "
         "handshakes ok={} failed={} timed_out={} not_tls={} busy={}; upstream tls={} "
-        "plaintext={} failures={}",
+        "plaintext={} failures={}; ktls open tx={} rx={} close_notify={} alerts={} "
+        "key_update_closes={}",
         sessions_accepted, sessions_open, sessions_refused, calls_forwarded, replies_forwarded,
         backchannel_calls, backchannel_replies, bytes_from_clients, bytes_to_clients,
         local_replies, portmap_calls, prog_unavail, garbage_args, tls_probes, auth_tls_misuse,
@@ -1773,7 +1958,8 @@ std::string gateway_totals::describe() const {
         backend_lost, idle_timeouts, orphan_replies, flow_pauses, starttls, implicit_tls,
         tls_sessions, tls_errors, too_weak, handshakes_ok, handshakes_failed,
         handshakes_timed_out, handshakes_not_tls, handshakes_busy, upstream_tls,
-        upstream_plaintext, upstream_tls_failures);
+        upstream_plaintext, upstream_tls_failures, ktls_tx_open, ktls_rx_open, tls_close_notify,
+        tls_alerts_received, tls_key_update_closes);
 }
 
 }  // namespace rpcgate::gw

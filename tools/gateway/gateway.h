@@ -67,6 +67,13 @@ struct gateway_counters {
     std::atomic<uint64_t> certuser_rewrites{0};  // calls given a certificate's identity
     std::atomic<uint64_t> tls_revoked{0};     // closed after a CRL reload revoked them
     std::atomic<uint64_t> tls_open{0};        // TLS client connections open now
+    // Kernel TLS (tls/ktls.h): non-data records the kernel stopped at.
+    std::atomic<uint64_t> tls_close_notify{0};       // close_notify from the client
+    std::atomic<uint64_t> tls_alerts_received{0};    // other alerts from the client
+    std::atomic<uint64_t> tls_key_update_closes{0};  // KeyUpdate we cannot follow: closed
+    // TLS client connections open now, by direction (0 tx, 1 rx) and where
+    // the crypto runs (tls::ktls::mode: userspace, ktls-sw, ktls-hw, ktls).
+    std::atomic<uint64_t> tls_protection_open[2][4] = {};
     // RFC 9289 client role, towards backends.
     std::atomic<uint64_t> upstream_tls{0};           // backend connections that went TLS
     std::atomic<uint64_t> upstream_plaintext{0};     // probe refused: plaintext (opportunistic)
@@ -84,7 +91,10 @@ struct gateway_totals {
              orphan_replies = 0, flow_pauses = 0, starttls = 0, implicit_tls = 0,
              tls_sessions = 0, tls_errors = 0, too_weak = 0, certuser_rewrites = 0,
              tls_revoked = 0, upstream_tls = 0, upstream_plaintext = 0,
-             upstream_tls_failures = 0;
+             upstream_tls_failures = 0, tls_close_notify = 0, tls_alerts_received = 0,
+             tls_key_update_closes = 0;
+    // TLS connections open now whose TX / RX runs in the kernel (sw or hw).
+    uint64_t ktls_tx_open = 0, ktls_rx_open = 0;
     // From the control thread.
     uint64_t handshakes_ok = 0, handshakes_failed = 0, handshakes_timed_out = 0,
              handshakes_not_tls = 0, handshakes_busy = 0, handshakes_in_progress = 0;
@@ -93,6 +103,7 @@ struct gateway_totals {
 
 class shard_context;
 class handshake_service;
+class ktls_handshaker;
 class admin_server;
 
 class gateway {
@@ -139,6 +150,8 @@ private:
     std::unique_ptr<std::atomic<const tls::context*>[]> upstream_live_;
     std::unique_ptr<tls::identity_map> identities_;
     std::unique_ptr<handshake_service> hs_;
+    // --ktls auto (kernel has it) / on: server-role handshakes on socket BIOs.
+    std::unique_ptr<ktls_handshaker> khs_;
     std::unique_ptr<admin_server> admin_;
     std::atomic<bool> stopping_{false};
     // --io-backend dpdk: serves shard 0's listeners; outlives the shards.

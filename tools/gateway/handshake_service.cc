@@ -8,8 +8,6 @@ namespace rpcgate::gw {
 
 using core::bump;
 
-namespace {
-
 void record_success(handshake_counters& c, uint64_t ms) {
     bump(c.succeeded);
     bump(c.latency_us_sum, ms * 1000);
@@ -21,7 +19,16 @@ void record_success(handshake_counters& c, uint64_t ms) {
     }
 }
 
-}  // namespace
+void audit_handshake(core::conn_id id, const std::string& peer, const char* verdict,
+                     const tls::session& t, const std::optional<tls::identity>& certuser,
+                     const std::string& error) {
+    RPCGATE_LOG(audit, info,
+                "conn {} peer {} tls {}: flags={} version={} cipher={} alpn={} subject=\"{}\"{}{}{}",
+                id, peer, verdict, tls::flags_text(t.flags()), t.version(), t.cipher(),
+                t.alpn().empty() ? "-" : t.alpn(), t.peer_subject(),
+                certuser ? fmt::format(" certuser={}:{}", certuser->uid, certuser->gid) : "",
+                error.empty() ? "" : " reason=", error);
+}
 
 // One handshake in progress on the control thread.
 class handshake_service::conn final : public core::stream_handler {
@@ -134,15 +141,7 @@ private:
         stream_->close_after_send(200);  // let an alert go out
     }
 
-    void audit(const char* verdict) {
-        RPCGATE_LOG(audit, info,
-                    "conn {} peer {} tls {}: flags={} version={} cipher={} alpn={} subject=\"{}\"{}{}{}",
-                    id_, peer_, verdict, tls::flags_text(tls_->flags()), tls_->version(),
-                    tls_->cipher(), tls_->alpn().empty() ? "-" : tls_->alpn(),
-                    tls_->peer_subject(),
-                    certuser_ ? fmt::format(" certuser={}:{}", certuser_->uid, certuser_->gid) : "",
-                    error_.empty() ? "" : " reason=", error_);
-    }
+    void audit(const char* verdict) { audit_handshake(id_, peer_, verdict, *tls_, certuser_, error_); }
 
     handshake_service& svc_;
     unsigned from_;

@@ -54,6 +54,14 @@ struct handshake_counters {
     std::atomic<uint64_t> latency_buckets[k_buckets] = {};
 };
 
+// A completed handshake that took `ms`: counted and put in its latency bucket.
+void record_success(handshake_counters& c, uint64_t ms);
+// The one audit line of a server-role handshake decision (RFC 9289 §6):
+// verdict "accepted" or "refused", `error` the reason of a refusal.
+void audit_handshake(core::conn_id id, const std::string& peer, const char* verdict,
+                     const tls::session& t, const std::optional<tls::identity>& certuser,
+                     const std::string& error);
+
 // What comes back to the shard after a successful handshake.
 struct handshake_result {
     int fd = -1;
@@ -129,6 +137,9 @@ public:
     uint64_t upstream_refused() const noexcept { return upstream_refused_.load(); }
 
 private:
+    // The kTLS handshake thread shares the context, identity map, deadline,
+    // connection count and counters (one set for /metrics).
+    friend class ktls_handshaker;
     class conn;
     class upstream_conn;
     struct link {
