@@ -1,0 +1,514 @@
+// Kernel TLS on the gateway's server role (issue 6), end to end in one
+// process: an independent OpenSSL client (userspace, no kTLS) -> the gateway
+// (--tls required) -> the bench echo server. Self-contained (certificates are
+// made in-process, no shell or openssl program) so that tests/vm runs the
+// same binary in the qemu guest, whose kernel has kTLS.
+//
+// Each test runs in three gateway modes:
+//   off     --ktls off: OpenSSL over memory BIOs on the shard;
+//   kernel  --ktls on: handshakes on the socket, then the kernel takes TX and
+//           RX where it can (ktls-sw in the guest; here every direction stays
+//           userspace, which tests the socket-BIO path and the fall-back);
+//   txonly  --ktls on with RX left to userspace (half kTLS).
+// What /connections and /metrics report is checked against what the kernel
+// can do: RPCGATE_REQUIRE_KTLS=1 (the VM) makes a kernel without kTLS a
+// failure instead of a userspace pass.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "tests/unit/tls/ktls_test_util.h"
+#include "tls/context.h"
+#include "tls/ktls.h"
+#include "tools/bench/echo_server.h"
+#include "tools/gateway/gateway.h"
+
+using namespace rpcgate;
+namespace k = rpcgate::tls::ktls;
+using namespace rpcgate::tls::ktls::test;  // have_ktls, require_ktls, certs, random_bytes
+
+namespace {
+
+constexpr uint32_t k_echo_prog = 0x20000001;
+constexpr int k_io_timeout_ms = io_timeout_ms;
+
+int64_t ms_since(clock_type::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t).count();
+}
+
+// Waits for `cond` up to `ms`; true if it held.
+template <typename F>
+bool eventually(F cond, int ms = 3000) {
+    auto end = clock_type::now() + std::chrono::milliseconds(ms);
+    while (clock_type::now() < end) {
+        if (cond()) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return cond();
+}
+
+// ---- RPC records by hand (the client must not share the gateway's code) ----
+
+void put32(std::string& s, uint32_t v) {
+    v = htonl(v);
+    s.append(reinterpret_cast<const char*>(&v), 4);
+}
+uint32_t get32(const std::string& s, size_t off) {
+    uint32_t v;
+    std::memcpy(&v, s.data() + off, 4);
+    return ntohl(v);
+}
+
+// A CALL of the echo program, framed: proc 0 with AUTH_TLS = the probe,
+// proc 1 with AUTH_NONE = ECHO of `payload`.
+std::string call_record(uint32_t xid, uint32_t proc, uint32_t cred, const std::string& payload) {
+    std::string b;
+    for (uint32_t w : {xid, 0u, 2u, k_echo_prog, 1u, proc, cred, 0u, 0u, 0u}) put32(b, w);
+    if (proc == 1) {
+        put32(b, uint32_t(payload.size()));
+        b += payload;
+        b.append((4 - payload.size() % 4) % 4, '\0');
+    }
+    std::string rec;
+    put32(rec, 0x80000000u | uint32_t(b.size()));
+    return rec + b;
+}
+
+std::string last_ssl_error() {
+    std::string s;
+    char buf[256];
+    while (unsigned long e = ERR_get_error()) {
+        ERR_error_string_n(e, buf, sizeof buf);
+        if (!s.empty()) s += "; ";
+        s += buf;
+    }
+    return s;
+}
+
+// The independent client: plain OpenSSL in userspace (no SSL_OP_ENABLE_KTLS)
+// on a blocking socket with I/O timeouts.
+class client {
+public:
+    client() {
+        ctx_ = SSL_CTX_new(TLS_client_method());
+        SSL_CTX_clear_options(ctx_, SSL_OP_ENABLE_KTLS);
+        SSL_CTX_set_min_proto_version(ctx_, TLS1_3_VERSION);
+        SSL_CTX_load_verify_locations(ctx_, certs().cert.c_str(), nullptr);
+        SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+        static const unsigned char alpn[] = {6, 's', 'u', 'n', 'r', 'p', 'c'};
+        SSL_CTX_set_alpn_protos(ctx_, alpn, sizeof alpn);
+    }
+    ~client() {
+        SSL_free(ssl_);
+        SSL_CTX_free(ctx_);
+        if (fd_ >= 0) ::close(fd_);
+    }
+    int fd() const { return fd_; }
+    SSL* ssl() const { return ssl_; }
+
+    bool connect(uint16_t port) {
+        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        timeval tv{k_io_timeout_ms / 1000, 0};
+        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        int one = 1;
+        ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        return ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    }
+
+    // RFC 9289 §4.1: the AUTH_TLS probe, answered with the STARTTLS verifier.
+    std::string starttls() {
+        std::string p = call_record(0x5157, 0, 7, "");
+        if (::send(fd_, p.data(), p.size(), MSG_NOSIGNAL) != ssize_t(p.size())) return "send probe";
+        std::string rec;
+        if (!read_plain_record(rec)) return "no reply to the probe";
+        if (rec.find("STARTTLS") == std::string::npos) return "the probe was not answered STARTTLS";
+        return "";
+    }
+
+    std::string handshake() {
+        ssl_ = SSL_new(ctx_);
+        SSL_set_fd(ssl_, fd_);
+        SSL_set_tlsext_host_name(ssl_, "localhost");
+        if (SSL_connect(ssl_) != 1) return "SSL_connect: " + last_ssl_error();
+        return "";
+    }
+
+    bool write(const std::string& s) {
+        size_t put = 0;
+        return s.empty() || (SSL_write_ex(ssl_, s.data(), s.size(), &put) == 1 && put == s.size());
+    }
+
+    // Next record through TLS; false at close or error (see closed()).
+    bool read_record(std::string& body) {
+        std::string mark;
+        if (!read_exact(mark, 4)) return false;
+        uint32_t m = get32(mark, 0);
+        return read_exact(body, m & 0x7fffffffu);
+    }
+
+    // ECHO `payload`; "" when the reply carries the same bytes.
+    std::string echo(uint32_t xid, const std::string& payload) {
+        if (!write(call_record(xid, 1, 0, payload))) return "write: " + last_ssl_error();
+        std::string r;
+        if (!read_record(r)) return "no reply (" + why_closed() + ")";
+        if (r.size() < 28 || get32(r, 0) != xid || get32(r, 4) != 1 || get32(r, 8) != 0)
+            return "not an accepted reply";
+        size_t off = 12;
+        off += 8 + ((get32(r, off + 4) + 3) & ~3u);  // verifier
+        if (get32(r, off) != 0) return "accept_stat " + std::to_string(get32(r, off));
+        uint32_t n = get32(r, off + 4);
+        if (n != payload.size() || r.compare(off + 8, n, payload) != 0)
+            return "the echoed bytes differ";
+        return "";
+    }
+
+    // Reads until the connection ends: "close_notify" (the TLS-level close),
+    // "eof" (TCP only), or the error.
+    std::string wait_close(int* replies_seen = nullptr) {
+        std::string body;
+        int n = 0;
+        while (read_record(body)) ++n;
+        if (replies_seen) *replies_seen = n;
+        return why_closed();
+    }
+
+    std::string why_closed() const { return closed_; }
+
+private:
+    bool read_exact(std::string& out, size_t n) {
+        out.resize(n);
+        size_t got = 0;
+        while (got < n) {
+            size_t r = 0;
+            ERR_clear_error();
+            int rc = SSL_read_ex(ssl_, out.data() + got, n - got, &r);
+            if (rc != 1) {
+                int e = SSL_get_error(ssl_, rc);
+                if (e == SSL_ERROR_ZERO_RETURN) closed_ = "close_notify";
+                else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) closed_ = "eof";
+                else closed_ = "error: " + std::to_string(e) + " " + last_ssl_error();
+                return false;
+            }
+            got += r;
+        }
+        return true;
+    }
+    bool read_plain_record(std::string& body) {
+        uint8_t mark[4];
+        if (::recv(fd_, mark, 4, MSG_WAITALL) != 4) return false;
+        uint32_t m;
+        std::memcpy(&m, mark, 4);
+        body.resize(ntohl(m) & 0x7fffffffu);
+        return ::recv(fd_, body.data(), body.size(), MSG_WAITALL) == ssize_t(body.size());
+    }
+
+    SSL_CTX* ctx_ = nullptr;
+    SSL* ssl_ = nullptr;
+    int fd_ = -1;
+    std::string closed_;
+};
+
+struct mode_param {
+    const char* name;
+    const char* ktls;  // --ktls
+    bool rx;           // RX to the kernel too (false: half kTLS)
+};
+
+class gateway_ktls : public ::testing::TestWithParam<mode_param> {
+protected:
+    void SetUp() override {
+        ASSERT_FALSE(certs().dir.empty());
+        if (require_ktls()) {
+            ASSERT_TRUE(have_ktls()) << "RPCGATE_REQUIRE_KTLS=1 but the kernel has no kTLS";
+        }
+        bench::serve_options so;
+        std::string err;
+        ASSERT_TRUE(bench::parse_address("127.0.0.1:0", false, &so.listen, &err)) << err;
+        so.shards = 1;
+        so.shard.buffer_count = 64;
+        echo_ = std::make_unique<bench::echo_server>(so);
+        ASSERT_EQ(echo_->start(), "");
+
+        gw::gateway_config cfg;
+        gw::endpoint ep;
+        ASSERT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
+        cfg.listen.push_back(ep);
+        cfg.implicit_tls.push_back(ep);
+        gw::backend_route r;
+        ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, echo_->port()), &r,
+                                      &err));
+        cfg.backends.push_back(r);
+        cfg.shards = 1;
+        cfg.buffers = 64;
+        cfg.reserved_port = false;
+        cfg.tls = gw::tls_mode::required;
+        cfg.cert = certs().cert;
+        cfg.key = certs().key;
+        cfg.ktls = GetParam().ktls;
+        cfg.ktls_rx = GetParam().rx;
+        ASSERT_TRUE(gw::validate(&cfg, &err)) << err;
+        gw_ = std::make_unique<gw::gateway>(cfg);
+        ASSERT_EQ(gw_->start(), "");
+    }
+    void TearDown() override {
+        if (gw_) {
+            gw_->stop();
+            gw_->wait();
+        }
+        if (echo_) echo_->stop();
+    }
+
+    bool kernel() const { return std::string(GetParam().ktls) != "off" && have_ktls(); }
+    const char* expect_tx() const { return kernel() ? "ktls-sw" : "userspace"; }
+    const char* expect_rx() const { return kernel() && GetParam().rx ? "ktls-sw" : "userspace"; }
+
+    // A client through STARTTLS (or implicit TLS) and the handshake.
+    std::unique_ptr<client> open(bool implicit = false) {
+        auto c = std::make_unique<client>();
+        EXPECT_TRUE(c->connect(implicit ? gw_->implicit_port() : gw_->port()));
+        if (!implicit) {
+            std::string e = c->starttls();
+            EXPECT_EQ(e, "");
+            if (!e.empty()) return nullptr;
+        }
+        std::string e = c->handshake();
+        EXPECT_EQ(e, "");
+        return e.empty() ? std::move(c) : nullptr;
+    }
+
+    // What /connections and /metrics say while exactly one TLS client is open.
+    void expect_protection() {
+        std::string want = fmt::format(R"("protection":{{"tx":"{}","rx":"{}"}})", expect_tx(),
+                                       expect_rx());
+        std::string conns = gw_->connections_json();
+        EXPECT_NE(conns.find(want), std::string::npos) << want << " not in " << conns;
+        std::string m = gw_->metrics_text();
+        for (auto [dir, mode] : {std::pair{"tx", expect_tx()}, std::pair{"rx", expect_rx()}}) {
+            std::string line = fmt::format(
+                "rpcgate_tls_connections_open{{direction=\"{}\",protection=\"{}\"}} 1\n", dir, mode);
+            EXPECT_NE(m.find(line), std::string::npos) << line << " not in /metrics";
+        }
+        std::printf("[gw-ktls] %s: %s\n", GetParam().name, want.c_str());
+    }
+
+    std::unique_ptr<bench::echo_server> echo_;
+    std::unique_ptr<gw::gateway> gw_;
+};
+
+// Byte-identical echo of 0 B to 1 MiB through STARTTLS; where the crypto
+// runs, from the kernel; the kernel's counters move; close_notify from the
+// client is answered with ours.
+TEST_P(gateway_ktls, starttls_echo_protection_and_close_notify) {
+    auto before = k::read_tls_stat();
+    auto c = open();
+    ASSERT_TRUE(c);
+    uint32_t xid = 1;
+    for (size_t n : {size_t(0), size_t(1), size_t(100), size_t(5000), size_t(70000), size_t(1) << 20})
+        ASSERT_EQ(c->echo(xid++, random_bytes(n)), "") << n << " bytes";
+    expect_protection();
+    auto after = k::read_tls_stat();
+    if (kernel()) {
+        // Per connection: one TX (and RX) context on the gateway's socket.
+        EXPECT_GE(k::stat_value(after, "TlsTxSw"), k::stat_value(before, "TlsTxSw") + 1);
+        if (GetParam().rx) {
+            EXPECT_GE(k::stat_value(after, "TlsRxSw"), k::stat_value(before, "TlsRxSw") + 1);
+        }
+        std::printf("[gw-ktls] tls_stat TlsTxSw %llu -> %llu, TlsRxSw %llu -> %llu\n",
+                    (unsigned long long)k::stat_value(before, "TlsTxSw"),
+                    (unsigned long long)k::stat_value(after, "TlsTxSw"),
+                    (unsigned long long)k::stat_value(before, "TlsRxSw"),
+                    (unsigned long long)k::stat_value(after, "TlsRxSw"));
+    }
+    auto t0 = clock_type::now();
+    SSL_shutdown(c->ssl());  // our close_notify
+    EXPECT_EQ(c->wait_close(), "close_notify");
+    EXPECT_LT(ms_since(t0), 1000);
+    if (kernel() && GetParam().rx) {
+        EXPECT_TRUE(eventually([&] { return gw_->totals().tls_close_notify == 1; }));
+    }
+    EXPECT_TRUE(eventually([&] { return gw_->totals().sessions_open == 0; }));
+}
+
+TEST_P(gateway_ktls, implicit_tls_echo) {
+    auto c = open(true);
+    ASSERT_TRUE(c);
+    uint32_t xid = 1;
+    for (size_t n : {size_t(0), size_t(3), size_t(16384), size_t(300000)})
+        ASSERT_EQ(c->echo(xid++, random_bytes(n)), "") << n << " bytes";
+    expect_protection();
+    EXPECT_EQ(gw_->totals().implicit_tls, 1u);
+}
+
+// RFC 8446 §4.6.3 KeyUpdate from the client, update_requested. Userspace
+// follows it (and answers with its own); kernel TLS cannot take new keys here,
+// so the connection ends with close_notify, quickly, never a hang.
+TEST_P(gateway_ktls, key_update_from_client) {
+    auto c = open();
+    ASSERT_TRUE(c);
+    ASSERT_EQ(c->echo(1, "before"), "");
+    ASSERT_EQ(SSL_key_update(c->ssl(), SSL_KEY_UPDATE_REQUESTED), 1);
+    auto t0 = clock_type::now();
+    ASSERT_TRUE(c->write(call_record(2, 1, 0, "after")));  // the KeyUpdate goes first
+    if (!kernel()) {
+        std::string body;
+        ASSERT_TRUE(c->read_record(body)) << c->why_closed();
+        ASSERT_EQ(c->echo(3, "and again"), "");
+        EXPECT_EQ(gw_->totals().tls_key_update_closes, 0u);
+        return;
+    }
+    int replies = 0;
+    std::string how = c->wait_close(&replies);
+    int64_t took = ms_since(t0);
+    std::printf("[gw-ktls] %s: KeyUpdate -> %s in %lld ms (%d replies before)\n", GetParam().name,
+                how.c_str(), (long long)took, replies);
+    EXPECT_EQ(how, "close_notify");
+    EXPECT_LT(took, 1000);
+    EXPECT_TRUE(eventually([&] { return gw_->totals().tls_key_update_closes == 1; }));
+}
+
+// Records only a kTLS client can forge: a fatal alert, and a handshake record
+// that is neither a ticket nor a KeyUpdate (unexpected_message back).
+class kernel_client {
+public:
+    explicit kernel_client(uint16_t port) {
+        tls::client_options o;
+        o.ca_file = certs().cert;
+        o.server_name = "localhost";
+        std::string err;
+        ctx_ = tls::context::make_client(o, &err);
+        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ok_ = ctx_ && ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    }
+    ~kernel_client() {
+        SSL_free(ssl_);
+        if (fd_ >= 0) ::close(fd_);
+    }
+    int fd() const { return fd_; }
+
+    std::string handshake() {
+        if (!ok_) return "connect";
+        std::string p = call_record(9, 0, 7, "");
+        if (::send(fd_, p.data(), p.size(), MSG_NOSIGNAL) != ssize_t(p.size())) return "probe";
+        char reply[64];
+        ssize_t n = ::recv(fd_, reply, sizeof reply, 0);  // the STARTTLS reply, one segment
+        if (n <= 0) return "no STARTTLS reply";
+        ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
+        ssl_ = SSL_new(ctx_->native());
+        SSL_set_connect_state(ssl_);
+        SSL_set_tlsext_host_name(ssl_, "localhost");
+        std::string err;
+        if (!k::attach_socket(ssl_, fd_, {}, &err)) return err;
+        auto end = clock_type::now() + std::chrono::milliseconds(k_io_timeout_ms);
+        for (;;) {
+            k::step s = k::handshake_step(ssl_);
+            if (s == k::step::done) break;
+            if (s == k::step::error) return "handshake: " + last_ssl_error();
+            pollfd pf{fd_, short(s == k::step::want_read ? POLLIN : POLLOUT), 0};
+            if (clock_type::now() > end || ::poll(&pf, 1, 100) < 0) return "handshake timed out";
+        }
+        dir_ = k::finish(ssl_, fd_);
+        if (!dir_.tx || !dir_.rx) return "the client's kTLS did not engage";
+        return "";
+    }
+
+    // Waits for the gateway to end the connection; returns what came:
+    // "alert:L/D" records then "eof", or "timeout".
+    std::string wait_end(int ms) {
+        std::string seen;
+        auto end = clock_type::now() + std::chrono::milliseconds(ms);
+        for (;;) {
+            uint8_t buf[512];
+            uint8_t type = 0;
+            ssize_t n = k::recv_record(fd_, buf, sizeof buf, &type, MSG_DONTWAIT);
+            if (n == 0) return seen + "eof";
+            if (n == -ECONNRESET) return seen + "reset";
+            if (n > 0 && type == k::rt_alert && n >= 2) {
+                seen += fmt::format("alert:{}/{} ", buf[0], buf[1]);
+                continue;
+            }
+            if (n > 0) {
+                seen += fmt::format("type{} ", type);
+                continue;
+            }
+            if (n != -EAGAIN) return seen + "error " + std::strerror(int(-n));
+            pollfd pf{fd_, POLLIN, 0};
+            int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(end - clock_type::now()).count());
+            if (left <= 0) return seen + "timeout";
+            ::poll(&pf, 1, left);
+        }
+    }
+
+private:
+    std::unique_ptr<tls::context> ctx_;
+    SSL* ssl_ = nullptr;
+    int fd_ = -1;
+    bool ok_ = false;
+    k::directions dir_;
+};
+
+TEST_P(gateway_ktls, alert_from_client_closes) {
+    if (!have_ktls()) GTEST_SKIP() << "forging an alert needs a kTLS client (tests/vm)";
+    kernel_client c(gw_->port());
+    ASSERT_EQ(c.handshake(), "");
+    auto t0 = clock_type::now();
+    ASSERT_EQ(k::send_alert(c.fd(), 2, 80), 2);  // fatal internal_error
+    std::string how = c.wait_end(2000);
+    std::printf("[gw-ktls] %s: alert -> %s in %lld ms\n", GetParam().name, how.c_str(),
+                (long long)ms_since(t0));
+    EXPECT_TRUE(how == "eof" || how == "reset") << how;  // no reply to a fatal alert
+    EXPECT_LT(ms_since(t0), 1000);
+    if (kernel() && GetParam().rx) {
+        EXPECT_TRUE(eventually([&] { return gw_->totals().tls_alerts_received == 1; }));
+    }
+    EXPECT_TRUE(eventually([&] { return gw_->totals().sessions_open == 0; }));
+}
+
+TEST_P(gateway_ktls, unexpected_record_from_client) {
+    if (!have_ktls()) GTEST_SKIP() << "forging a record needs a kTLS client (tests/vm)";
+    kernel_client c(gw_->port());
+    ASSERT_EQ(c.handshake(), "");
+    const uint8_t finished_again[] = {20, 0, 0, 0};  // handshake type 20 after the handshake
+    ASSERT_EQ(k::send_record(c.fd(), k::rt_handshake, finished_again, sizeof finished_again), 4);
+    std::string how = c.wait_end(2000);
+    std::printf("[gw-ktls] %s: unexpected record -> %s\n", GetParam().name, how.c_str());
+    if (kernel() && GetParam().rx) {
+        EXPECT_EQ(how, "alert:2/10 eof");  // unexpected_message
+    } else {
+        EXPECT_NE(how.find("eof"), std::string::npos) << how;  // OpenSSL's own alert, then EOF
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(modes, gateway_ktls,
+                         ::testing::Values(mode_param{"off", "off", true},
+                                           mode_param{"kernel", "on", true},
+                                           mode_param{"txonly", "on", false}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
