@@ -523,7 +523,10 @@ private:
                 r.token = token_;
                 // Nothing can have arrived: we have sent nothing yet.
                 (void)unread;
-                if (!owner_.ctx_.hs_->submit_upstream(owner_.ctx_.sh_.index(), std::move(r))) {
+                unsigned sh = owner_.ctx_.sh_.index();
+                bool ok = owner_.ctx_.khs_ ? owner_.ctx_.khs_->submit_upstream(sh, std::move(r))
+                                           : owner_.ctx_.hs_->submit_upstream(sh, std::move(r));
+                if (!ok) {
                     owner_.ctx_.forget_upstream(token_);
                     token_ = 0;
                     ::close(fd);
@@ -552,6 +555,8 @@ private:
             if (r.outcome == upstream_result::kind::tls) {
                 tls_ = std::move(r.session);
                 bump(owner_.ctx_.counters_.upstream_tls);
+                if (tls_->kernel_tx()) bump(owner_.ctx_.counters_.upstream_ktls_tx);
+                if (tls_->kernel_rx()) bump(owner_.ctx_.counters_.upstream_ktls_rx);
                 RPCGATE_LOG(gw, debug, "conn {}: backend {} in TLS ({} {})", owner_.id_, target(),
                             tls_->version(), tls_->cipher());
             } else {
@@ -599,7 +604,7 @@ private:
                 return;
             }
             if (!s_) return;
-            if (!tls_) {
+            if (!tls_ || tls_->kernel_tx()) {  // kTLS TX: the kernel encrypts
                 s_->send(std::move(framed));
                 return;
             }
@@ -632,7 +637,7 @@ private:
 
         void on_data(stream& s, slice data) override {
             owner_.last_activity_ = owner_.ctx_.sh_.now_ms();
-            if (tls_) {
+            if (tls_ && !tls_->kernel_rx()) {
                 tls_->feed(std::move(data));
                 receive_tls();
             } else {
@@ -682,6 +687,17 @@ private:
         // the end is orderly.
         void close(int err) {
             if (!s_) return;
+            if (tls_ && tls_->kernel_tx() && err == 0 && s_->open() && !tls_shut_) {
+                // close_notify is an alert record (sendmsg with its type): only
+                // when nothing queued would follow it.
+                tls_shut_ = true;
+                if (s_->queued_bytes() == 0) {
+                    const uint8_t alert[2] = {1, 0};
+                    tls::ktls::send_record(s_->fd(), tls::ktls::rt_alert, alert, 2, MSG_DONTWAIT);
+                }
+                s_->close_after_send(200);
+                return;
+            }
             if (tls_ && err == 0 && s_->open() && !tls_shut_) {
                 tls_shut_ = true;
                 flush();
@@ -699,6 +715,10 @@ private:
                 s.close(err);
                 return;
             }
+            if (err == -EIO && tls_ && tls_->kernel_rx()) {
+                on_control_record(s);
+                return;
+            }
             bump(owner_.ctx_.counters_.backend_lost);
             bump(owner_.ctx_.health_[route_].lost);
             owner_.terminate(fmt::format("backend {} (conn {}) closed the connection{}{}",
@@ -711,7 +731,11 @@ private:
             blocking_client_ = false;
             owner_.maybe_resume_client();
         }
-        void on_closed(stream&, int err) override {
+        void on_closed(stream& s, int err) override {
+            if (&s == readopted_from_) {  // the stream before a re-adoption
+                readopted_from_ = nullptr;
+                return;
+            }
             s_ = nullptr;
             if (handing_ && token_) return;  // the socket went to the control thread
             handing_ = false;
@@ -722,6 +746,44 @@ private:
                 owner_.terminate(fmt::format("backend {} connection lost", target()), err);
             }
             owner_.maybe_free();  // may delete the session and this link: nothing after
+        }
+
+        // The record a kTLS RX receive from the backend stopped at. Servers
+        // send NewSessionTickets after the handshake (RFC 8446 §4.6.1): one is
+        // consumed and the socket adopted again (a receive that ended in EIO
+        // is not re-armed). Anything else ends the connection.
+        void on_control_record(stream& s) {
+            uint8_t buf[16384 + 256];
+            uint8_t type = tls::ktls::rt_none;
+            ssize_t n = tls::ktls::recv_record(s.fd(), buf, sizeof buf, &type, MSG_DONTWAIT);
+            tls::ktls::control_record c;
+            if (n > 0) c = tls::ktls::classify(type, buf, size_t(n));
+            OPENSSL_cleanse(buf, sizeof buf);
+            if (n > 0 && c.kind == tls::ktls::control::new_session_ticket) {
+                bump(owner_.ctx_.counters_.upstream_tickets);
+                readopted_from_ = &s;
+                s.detach([this](int fd, slice_chain&& unread) {
+                    s_ = owner_.ctx_.sh_.adopt(fd, this);
+                    for (const slice& p : unread) receive_plain(p);
+                });
+                return;
+            }
+            bump(owner_.ctx_.counters_.backend_lost);
+            bump(owner_.ctx_.health_[route_].lost);
+            std::string what = n < 0    ? fmt::format("kTLS receive failed: {}", std::strerror(int(-n)))
+                               : n == 0 ? std::string("closed the connection")
+                                        : fmt::format("sent {}", c.name());
+            if (n > 0 && c.kind == tls::ktls::control::key_update)
+                bump(owner_.ctx_.counters_.tls_key_update_closes);
+            if (n <= 0 || c.kind == tls::ktls::control::alert ||
+                c.kind == tls::ktls::control::unexpected)
+                tls_shut_ = true;  // no close_notify after a failure
+            if (n > 0 && c.kind == tls::ktls::control::unexpected && tls_->kernel_tx()) {
+                const uint8_t alert[2] = {2, 10};  // fatal unexpected_message
+                tls::ktls::send_record(s.fd(), tls::ktls::rt_alert, alert, 2, MSG_DONTWAIT);
+            }
+            owner_.terminate(fmt::format("backend {} (conn {}) {}", target(), id_, what),
+                             -ECONNRESET);
         }
 
         static constexpr size_t k_tls_batch = 256 * 1024;
@@ -741,6 +803,7 @@ private:
         bool ready_ = true;
         bool handing_ = false;  // the control thread has the socket
         bool tls_shut_ = false;
+        stream* readopted_from_ = nullptr;  // its on_closed is not ours to act on
     };
 
     // Returns false to stop reading further records from this client now.
@@ -1365,23 +1428,6 @@ std::string gateway::start() {
         if (!tls_ctx_) return "TLS: " + err;
         hs_ = std::make_unique<handshake_service>(tls_ctx_.get(), cfg_.handshake_timeout_ms,
                                                   &open_connections_);
-        bool kernel = cfg_.ktls != "off" && tls::ktls::kernel_has_ktls();
-        if (cfg_.ktls == "on" || kernel) {
-            // Before any handshake runs: TLS 1.3 RX needs the keylog hook.
-            tls::ktls::prepare_context(tls_ctx_->native());
-            khs_ = std::make_unique<ktls_handshaker>(*hs_, cfg_.ktls_rx);
-        }
-        if (kernel) {
-            RPCGATE_LOG(tls, info, "kernel TLS: on (--ktls {}): handshakes on the socket, then "
-                        "the kernel encrypts and decrypts where it can", cfg_.ktls);
-        } else if (khs_) {
-            RPCGATE_LOG(tls, info, "kernel TLS: this kernel has none; --ktls on: handshakes on "
-                        "the socket, the record layer stays in userspace");
-        } else {
-            RPCGATE_LOG(tls, info, "kernel TLS: off ({}): TLS runs in userspace (OpenSSL on the "
-                        "shards)",
-                        cfg_.ktls == "off" ? "--ktls off" : "this kernel has no kTLS");
-        }
         if (!cfg_.cert_user_map.empty()) {
             identities_ = std::make_unique<tls::identity_map>();
             if (!identities_->load(cfg_.cert_user_map, &err)) return "--cert-user-map: " + err;
@@ -1400,6 +1446,27 @@ std::string gateway::start() {
     if (upstream_used && !hs_)
         hs_ = std::make_unique<handshake_service>(nullptr, cfg_.handshake_timeout_ms,
                                                   &open_connections_);
+    if (hs_) {
+        bool kernel = cfg_.ktls != "off" && tls::ktls::kernel_has_ktls();
+        if (cfg_.ktls == "on" || kernel) {
+            // Before any handshake runs: TLS 1.3 RX needs the keylog hook.
+            if (tls_ctx_) tls::ktls::prepare_context(tls_ctx_->native());
+            for (const auto& c : upstream_ctx_)
+                if (c) tls::ktls::prepare_context(c->native());
+            khs_ = std::make_unique<ktls_handshaker>(*hs_, cfg_.ktls_rx);
+        }
+        if (kernel) {
+            RPCGATE_LOG(tls, info, "kernel TLS: on (--ktls {}): handshakes on the socket, then "
+                        "the kernel encrypts and decrypts where it can", cfg_.ktls);
+        } else if (khs_) {
+            RPCGATE_LOG(tls, info, "kernel TLS: this kernel has none; --ktls on: handshakes on "
+                        "the socket, the record layer stays in userspace");
+        } else {
+            RPCGATE_LOG(tls, info, "kernel TLS: off ({}): TLS runs in userspace (OpenSSL on the "
+                        "shards)",
+                        cfg_.ktls == "off" ? "--ktls off" : "this kernel has no kTLS");
+        }
+    }
     // Every shard exists (and is wired to the control thread) before any starts.
     for (unsigned i = 0; i < cfg_.shards; ++i) {
         core::shard_config sc;
@@ -1422,7 +1489,9 @@ std::string gateway::start() {
         }
         if (khs_) {
             c->khs_ = khs_.get();
-            khs_->attach(*sh, [c](handshake_result&& r) { c->deliver(std::move(r)); });
+            khs_->attach(
+                *sh, [c](handshake_result&& r) { c->deliver(std::move(r)); },
+                [c](upstream_result&& r) { c->deliver_upstream(std::move(r)); });
         }
         main_inboxes_.push_back(&sh->make_inbox(64));
         shards_.push_back(std::move(sh));
@@ -1557,6 +1626,9 @@ std::string gateway::reload_locked() {
         if (!why.empty()) return "reload failed, keeping the old TLS material: " + why;
     }
     // Shards read the live pointers; the contexts they replace stay alive.
+    if (khs_)
+        for (const auto& c : fresh_up)
+            if (c) tls::ktls::prepare_context(c->native());
     auto commit_upstream = [&] {
         for (size_t r = 0; r < fresh_up.size(); ++r) {
             upstream_live_[r].store(fresh_up[r].get());
@@ -1816,6 +1888,9 @@ std::string gateway::metrics_text() const {
     }
     RPCGATE_GW_COUNTER("tls_close_notify_total", tls_close_notify, "close_notify records from clients read on kTLS sockets.");
     RPCGATE_GW_COUNTER("tls_alerts_received_total", tls_alerts_received, "Alerts (other than close_notify) from clients read on kTLS sockets.");
+    RPCGATE_GW_COUNTER("upstream_ktls_tx_total", upstream_ktls_tx, "Backend TLS connections whose TX went to the kernel.");
+    RPCGATE_GW_COUNTER("upstream_ktls_rx_total", upstream_ktls_rx, "Backend TLS connections whose RX went to the kernel.");
+    RPCGATE_GW_COUNTER("upstream_tickets_total", upstream_tickets, "NewSessionTickets from backends consumed on kTLS RX.");
     RPCGATE_GW_COUNTER("tls_key_update_closes_total", tls_key_update_closes, "Connections closed cleanly after a KeyUpdate that kernel TLS cannot follow.");
 #undef RPCGATE_GW_COUNTER
 #undef RPCGATE_CORE_COUNTER
@@ -1924,6 +1999,9 @@ gateway_totals gateway::totals() const {
         t.tls_close_notify += get(k.tls_close_notify);
         t.tls_alerts_received += get(k.tls_alerts_received);
         t.tls_key_update_closes += get(k.tls_key_update_closes);
+        t.upstream_ktls_tx += get(k.upstream_ktls_tx);
+        t.upstream_ktls_rx += get(k.upstream_ktls_rx);
+        t.upstream_tickets += get(k.upstream_tickets);
         for (size_t m = 1; m < 4; ++m) {  // every mode but userspace is the kernel's
             t.ktls_tx_open += get(k.tls_protection_open[0][m]);
             t.ktls_rx_open += get(k.tls_protection_open[1][m]);

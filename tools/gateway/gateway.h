@@ -78,6 +78,9 @@ struct gateway_counters {
     std::atomic<uint64_t> upstream_tls{0};           // backend connections that went TLS
     std::atomic<uint64_t> upstream_plaintext{0};     // probe refused: plaintext (opportunistic)
     std::atomic<uint64_t> upstream_tls_failures{0};  // refused, failed or timed out
+    std::atomic<uint64_t> upstream_ktls_tx{0};  // ... of upstream_tls: TX in the kernel
+    std::atomic<uint64_t> upstream_ktls_rx{0};  // ... RX in the kernel
+    std::atomic<uint64_t> upstream_tickets{0};  // NewSessionTickets consumed on kTLS RX
 };
 
 // Sum of the counters of all shards (plain values).
@@ -92,7 +95,8 @@ struct gateway_totals {
              tls_sessions = 0, tls_errors = 0, too_weak = 0, certuser_rewrites = 0,
              tls_revoked = 0, upstream_tls = 0, upstream_plaintext = 0,
              upstream_tls_failures = 0, tls_close_notify = 0, tls_alerts_received = 0,
-             tls_key_update_closes = 0;
+             tls_key_update_closes = 0, upstream_ktls_tx = 0, upstream_ktls_rx = 0,
+             upstream_tickets = 0;
     // TLS connections open now whose TX / RX runs in the kernel (sw or hw).
     uint64_t ktls_tx_open = 0, ktls_rx_open = 0;
     // From the control thread.

@@ -19,6 +19,16 @@ void record_success(handshake_counters& c, uint64_t ms) {
     }
 }
 
+void audit_upstream(core::conn_id id, const std::string& target, const char* verdict,
+                    const tls::session* t, const std::string& why) {
+    RPCGATE_LOG(audit, info,
+                "backend conn {} server {} tls {}: flags={} version={} cipher={} alpn={} "
+                "subject=\"{}\"{}{}",
+                id, target, verdict, t ? tls::flags_text(t->flags()) : "-", t ? t->version() : "-",
+                t ? t->cipher() : "-", t && !t->alpn().empty() ? t->alpn() : "-",
+                t ? t->peer_subject() : "", why.empty() ? "" : " reason=", why);
+}
+
 void audit_handshake(core::conn_id id, const std::string& peer, const char* verdict,
                      const tls::session& t, const std::optional<tls::identity>& certuser,
                      const std::string& error) {
@@ -300,14 +310,7 @@ private:
     }
 
     void audit(const char* verdict, const std::string& why) {
-        tls::session* t = cs_.tls();
-        RPCGATE_LOG(audit, info,
-                    "backend conn {} server {} tls {}: flags={} version={} cipher={} alpn={} "
-                    "subject=\"{}\"{}{}",
-                    req_.id, req_.target, verdict, t ? tls::flags_text(t->flags()) : "-",
-                    t ? t->version() : "-", t ? t->cipher() : "-",
-                    t && !t->alpn().empty() ? t->alpn() : "-", t ? t->peer_subject() : "",
-                    why.empty() ? "" : " reason=", why);
+        audit_upstream(req_.id, req_.target, verdict, cs_.tls(), why);
     }
 
     handshake_service& svc_;

@@ -62,6 +62,11 @@ void audit_handshake(core::conn_id id, const std::string& peer, const char* verd
                      const tls::session& t, const std::optional<tls::identity>& certuser,
                      const std::string& error);
 
+// The audit line of a client-role decision towards a backend: verdict
+// "established", "plaintext" or "refused"; `t` null before the handshake.
+void audit_upstream(core::conn_id id, const std::string& target, const char* verdict,
+                    const tls::session* t, const std::string& why);
+
 // What comes back to the shard after a successful handshake.
 struct handshake_result {
     int fd = -1;

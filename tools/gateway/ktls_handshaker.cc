@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "core/timer_wheel.h"
 #include "tls/ktls.h"
+#include "tools/client/starttls_client.h"
 
 namespace rpcgate::gw {
 
@@ -30,7 +31,33 @@ struct ktls_handshaker::conn {
     uint64_t deadline_ms = 0;
     short events = POLLIN;
     bool checked = false;  // the first byte was seen to be a TLS handshake record
+    // Client role only: the request, the probe exchange, what is left to send.
+    std::unique_ptr<upstream_request> up;
+    std::unique_ptr<client::starttls_client> probe;
+    core::slice probe_out;
+    size_t probe_sent = 0;
+    bool probe_answered = false;
+    handshake_counters& counters(handshake_service& svc) const {
+        return up ? svc.upstream_counters_ : svc.counters_;
+    }
 };
+
+namespace {
+
+// One step of a socket handshake: 0 waiting (c.events says for what), 1 done,
+// -1 failed (the session's error_text says why).
+template <typename Conn>
+int handshake_progress(Conn& c) {
+    switch (c.tls->socket_handshake()) {
+        case tls::ktls::step::want_read: c.events = POLLIN; return 0;
+        case tls::ktls::step::want_write: c.events = POLLOUT; return 0;
+        case tls::ktls::step::done: return 1;
+        case tls::ktls::step::error: break;
+    }
+    return -1;
+}
+
+}  // namespace
 
 ktls_handshaker::ktls_handshaker(handshake_service& svc, bool allow_rx)
     : svc_(svc), allow_rx_(allow_rx) {
@@ -43,8 +70,8 @@ ktls_handshaker::~ktls_handshaker() {
     if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
-void ktls_handshaker::attach(core::shard& sh, deliver_fn deliver) {
-    links_.push_back(link{&sh.make_inbox(4096), std::move(deliver)});
+void ktls_handshaker::attach(core::shard& sh, deliver_fn deliver, upstream_fn upstream) {
+    links_.push_back(link{&sh.make_inbox(4096), std::move(deliver), std::move(upstream)});
 }
 
 std::string ktls_handshaker::start() {
@@ -72,10 +99,30 @@ bool ktls_handshaker::submit(unsigned shard_index, int fd, core::conn_id id, std
             bump(svc_.counters_.rejected_busy);
             return false;
         }
-        queue_.push_back(request{shard_index, fd, id, std::move(peer), early.to_string()});
+        queue_.push_back(request{shard_index, fd, id, std::move(peer), early.to_string(), nullptr});
     }
     uint64_t one = 1;
     (void)!::write(wake_fd_, &one, sizeof one);  // EAGAIN: already signalled
+    return true;
+}
+
+bool ktls_handshaker::submit_upstream(unsigned shard_index, upstream_request&& r) {
+    bump(svc_.upstream_counters_.started);
+    {
+        std::lock_guard g(mu_);
+        if (queue_.size() >= k_max_queue || stop_.load()) {
+            bump(svc_.upstream_counters_.rejected_busy);
+            return false;
+        }
+        request q;
+        q.from = shard_index;
+        q.fd = r.fd;
+        q.id = r.id;
+        q.up = std::make_unique<upstream_request>(std::move(r));
+        queue_.push_back(std::move(q));
+    }
+    uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
     return true;
 }
 
@@ -106,10 +153,15 @@ void ktls_handshaker::run() {
             short re = n > 0 ? pfds[i + 1].revents : 0;
             bool go_on = true;
             if (re) {
-                go_on = step(c);
+                go_on = c.up ? step_upstream(c) : step(c);
             } else if (now >= c.deadline_ms) {
-                bump(svc_.counters_.timed_out);
-                fail(c, fmt::format("no handshake within {} ms", svc_.deadline_ms_));
+                bump(c.counters(svc_).timed_out);
+                if (c.up) {
+                    fail_upstream(c, fmt::format("no STARTTLS reply and handshake within {} ms",
+                                                 svc_.deadline_ms_));
+                } else {
+                    fail(c, fmt::format("no handshake within {} ms", svc_.deadline_ms_));
+                }
                 go_on = false;
             }
             if (!go_on) live[i].reset();
@@ -123,7 +175,7 @@ void ktls_handshaker::run() {
             }
             for (request& r : taken) {
                 std::unique_ptr<conn> c = begin(std::move(r));
-                if (c && step(*c)) live.push_back(std::move(c));
+                if (c && (c->up ? step_upstream(*c) : step(*c))) live.push_back(std::move(c));
             }
             taken.clear();
         }
@@ -134,14 +186,15 @@ void ktls_handshaker::run() {
         std::lock_guard g(mu_);
         taken.swap(queue_);
     }
+    // (A backend socket's link learns nothing more: its shard is stopping.)
     for (request& r : taken) {
         ::close(r.fd);
-        svc_.open_->fetch_sub(1, std::memory_order_relaxed);
+        if (!r.up) svc_.open_->fetch_sub(1, std::memory_order_relaxed);
     }
     for (auto& c : live) {
         ::close(c->fd);
-        svc_.open_->fetch_sub(1, std::memory_order_relaxed);
-        bump(svc_.counters_.in_progress, uint64_t(-1));
+        if (!c->up) svc_.open_->fetch_sub(1, std::memory_order_relaxed);
+        bump(c->counters(svc_).in_progress, uint64_t(-1));
     }
 }
 
@@ -156,6 +209,15 @@ std::unique_ptr<ktls_handshaker::conn> ktls_handshaker::begin(request&& r) {
     c->fd_flags = ::fcntl(c->fd, F_GETFL);
     // handshake_step needs a non-blocking socket: this thread waits in poll.
     ::fcntl(c->fd, F_SETFL, c->fd_flags | O_NONBLOCK);
+    if (r.up) {
+        c->up = std::move(r.up);
+        c->peer = c->up->target;
+        c->probe = std::make_unique<client::starttls_client>();
+        c->probe_out = c->probe->start(c->up->prog, c->up->vers);
+        c->events = POLLOUT;
+        bump(svc_.upstream_counters_.in_progress);
+        return c;
+    }
     std::string err = "no server TLS context";
     const tls::context* ctx = svc_.ctx_.load();
     c->tls = ctx ? tls::session::make_on_socket(*ctx, c->fd, r.early, &err) : nullptr;
@@ -203,21 +265,14 @@ bool ktls_handshaker::step(conn& c) {
             return false;
         }
     }
-    switch (c.tls->socket_handshake()) {
-        case tls::ktls::step::want_read:
-            c.events = POLLIN;
-            return true;
-        case tls::ktls::step::want_write:
-            c.events = POLLOUT;
-            return true;
-        case tls::ktls::step::error:
-            fail(c, c.tls->error_text().empty() ? "handshake failed (client closed?)"
-                                                : c.tls->error_text());
-            return false;
-        case tls::ktls::step::done:
-            succeed(c);
-            return false;
+    int h = handshake_progress(c);
+    if (h == 0) return true;
+    if (h < 0) {
+        fail(c, c.tls->error_text().empty() ? "handshake failed (client closed?)"
+                                            : c.tls->error_text());
+        return false;
     }
+    succeed(c);
     return false;
 }
 
@@ -266,6 +321,109 @@ void ktls_handshaker::succeed(conn& c) {
         ::close(r->fd);
         delete r;
         svc_.open_->fetch_sub(1, std::memory_order_relaxed);
+    }
+}
+
+bool ktls_handshaker::step_upstream(conn& c) {
+    if (c.probe_sent < c.probe_out.size()) {
+        ssize_t n = ::send(c.fd, c.probe_out.data() + c.probe_sent,
+                           c.probe_out.size() - c.probe_sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            c.events = POLLOUT;
+            return true;
+        }
+        if (n < 0) {
+            bump(svc_.upstream_counters_.failed);
+            fail_upstream(c, std::string("sending the probe: ") + std::strerror(errno));
+            return false;
+        }
+        c.probe_sent += size_t(n);
+        c.events = POLLIN;
+        return true;  // the reply comes later
+    }
+    if (!c.probe_answered) {
+        uint8_t buf[2048];
+        ssize_t n = ::recv(c.fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return true;
+        client::probe_outcome o = n > 0 ? c.probe->on_bytes(core::slice::copy_of(buf, size_t(n)))
+                                        : c.probe->on_eof(n == 0 ? 0 : -errno);
+        if (o == client::probe_outcome::pending) return true;
+        c.probe_answered = true;
+        const std::string& reason = c.probe->result().reason;
+        if (o == client::probe_outcome::refused && c.up->opportunistic) {
+            bump(svc_.upstream_refused_);
+            audit_upstream(c.up->id, c.up->target, "plaintext", nullptr, reason);
+            post_upstream(c, upstream_result::kind::plaintext, nullptr, c.probe->take_leftover(),
+                          reason);
+            return false;
+        }
+        if (o != client::probe_outcome::accepted) {
+            bump(svc_.upstream_counters_.failed);
+            fail_upstream(c, o == client::probe_outcome::refused
+                                 ? reason + " (upstream TLS is required)"
+                                 : reason);
+            return false;
+        }
+        std::string early = c.probe->take_leftover().to_string();  // none, normally
+        std::string err = "no client TLS context";
+        c.tls = c.up->ctx ? tls::session::make_on_socket(*c.up->ctx, c.fd, early, &err) : nullptr;
+        if (!c.tls) {
+            bump(svc_.upstream_counters_.failed);
+            fail_upstream(c, "cannot create a TLS session: " + err);
+            return false;
+        }
+    }
+    int h = handshake_progress(c);
+    if (h == 0) return true;
+    if (h < 0) {
+        bump(svc_.upstream_counters_.failed);
+        fail_upstream(c, c.tls->error_text().empty() ? "the server closed the connection"
+                                                     : c.tls->error_text());
+        return false;
+    }
+    record_success(svc_.upstream_counters_, core::monotonic_ms() - c.started_ms);
+    tls::ktls::directions d = c.tls->finish_on_socket(c.fd, allow_rx_);
+    if (d.tx) kernel_tx_.fetch_add(1, std::memory_order_relaxed);
+    if (d.rx) kernel_rx_.fetch_add(1, std::memory_order_relaxed);
+    audit_upstream(c.up->id, c.up->target, "established", c.tls.get(), "");
+    RPCGATE_LOG(tls, debug, "backend conn {}: record layer: tx {}, rx {}", c.up->id,
+                d.tx ? "kernel" : "userspace", d.rx ? "kernel" : "userspace");
+    ::fcntl(c.fd, F_SETFL, c.fd_flags);
+    post_upstream(c, upstream_result::kind::tls, std::move(c.tls), {}, "");
+    return false;
+}
+
+void ktls_handshaker::fail_upstream(conn& c, const std::string& why) {
+    if (c.tls) c.tls->add_flags(tls::flag_handshfail);
+    audit_upstream(c.up->id, c.up->target, "refused", c.tls.get(), why);
+    ::shutdown(c.fd, SHUT_WR);
+    ::close(c.fd);
+    c.fd = -1;
+    post_upstream(c, upstream_result::kind::failed, nullptr, {}, why);
+}
+
+void ktls_handshaker::post_upstream(conn& c, upstream_result::kind k,
+                                    std::unique_ptr<tls::session> tls, core::slice_chain&& early,
+                                    const std::string& reason) {
+    bump(svc_.upstream_counters_.in_progress, uint64_t(-1));
+    auto* r = new upstream_result;
+    r->outcome = k;
+    r->token = c.up->token;
+    r->fd = c.fd;
+    r->session = std::move(tls);
+    for (const core::slice& p : early) r->early.push_back(core::slice::copy_of(p.data(), p.size()));
+    r->reason = reason;
+    link& l = links_[c.from];
+    bool posted = l.to_shard->try_post([&l, r] {
+        std::unique_ptr<upstream_result> owned(r);
+        l.upstream(std::move(*owned));
+    });
+    if (!posted) {
+        // The shard's mailbox is full: the link waits for its connect timer.
+        RPCGATE_LOG(tls, warn, "backend conn {} ({}): shard {} mailbox full: closing", c.up->id,
+                    c.up->target, c.from);
+        if (r->fd >= 0) ::close(r->fd);
+        delete r;
     }
 }
 

@@ -8,8 +8,13 @@
 // thread is a core::shard, whose io_uring owns the fds it adopts and offers
 // no "tell me when this fd is readable" call; this thread is a plain poll(2)
 // loop instead, which is all a handshake needs (a few round trips each).
-// The memory-BIO path (handshake_service) stays for --ktls off and for the
-// client role.
+// The memory-BIO path (handshake_service) stays for --ktls off.
+//
+// The client role (RFC 9289 towards a backend) runs here too when kTLS is on:
+// a shard submits a connected backend socket; this thread sends the AUTH_TLS
+// probe, reads the reply (client::starttls_client), runs the client
+// handshake on the socket and posts an upstream_result back, exactly as the
+// control thread does, with the same audit line and counters.
 //
 // Flow: a shard that answered a probe with STARTTLS (or accepted on an
 // implicit-TLS listener, or saw a 0x16 first byte with --tls-auto) detaches
@@ -43,6 +48,7 @@ namespace rpcgate::gw {
 class ktls_handshaker {
 public:
     using deliver_fn = std::function<void(handshake_result&&)>;
+    using upstream_fn = std::function<void(upstream_result&&)>;
 
     // Uses `svc`'s server context (reloads included), identity map, deadline,
     // connection count and counters; `svc` must outlive this.
@@ -53,7 +59,7 @@ public:
     ktls_handshaker& operator=(const ktls_handshaker&) = delete;
 
     // Before start(): a mailbox into shard `sh` (index = order of attach).
-    void attach(core::shard& sh, deliver_fn deliver);
+    void attach(core::shard& sh, deliver_fn deliver, upstream_fn upstream);
     std::string start();
     // Ends the thread; handshakes in progress are cut (fds closed).
     void stop();
@@ -64,6 +70,11 @@ public:
     // caller closes the fd.
     bool submit(unsigned shard_index, int fd, core::conn_id id, std::string peer,
                 core::slice_chain&& early);
+
+    // Any shard: a connected backend socket through the probe and the client
+    // handshake; the outcome goes to shard `shard_index`'s upstream callback.
+    // False when the queue is full (the caller closes the fd).
+    bool submit_upstream(unsigned shard_index, upstream_request&& r);
 
     // Handshakes after which the kernel took TX / RX (for logs and tests).
     uint64_t kernel_tx() const noexcept { return kernel_tx_.load(std::memory_order_relaxed); }
@@ -76,11 +87,13 @@ private:
         core::conn_id id;
         std::string peer;
         std::string early;
+        std::unique_ptr<upstream_request> up;  // set: client role
     };
     struct conn;
     struct link {
         core::mailbox* to_shard = nullptr;
         deliver_fn deliver;
+        upstream_fn upstream;
     };
 
     void run();
@@ -89,6 +102,11 @@ private:
     bool step(conn& c);
     void fail(conn& c, const std::string& why);
     void succeed(conn& c);
+    // The client role's steps: probe out, reply in, then the handshake.
+    bool step_upstream(conn& c);
+    void fail_upstream(conn& c, const std::string& why);
+    void post_upstream(conn& c, upstream_result::kind k, std::unique_ptr<tls::session> tls,
+                       core::slice_chain&& early, const std::string& reason);
 
     static constexpr size_t k_max_queue = 4096;
     handshake_service& svc_;
