@@ -505,6 +505,199 @@ TEST_P(gateway_ktls, unexpected_record_from_client) {
     }
 }
 
+// ---- the client role: plaintext client -> gateway A -> RPC-with-TLS -> server ----
+
+// ECHO over a plaintext socket; "" when the same bytes come back.
+std::string plain_echo(int fd, uint32_t xid, const std::string& payload) {
+    std::string call = call_record(xid, 1, 0, payload);
+    if (::send(fd, call.data(), call.size(), MSG_NOSIGNAL) != ssize_t(call.size())) return "send";
+    uint8_t mark[4];
+    if (::recv(fd, mark, 4, MSG_WAITALL) != 4) return "no reply";
+    uint32_t m;
+    std::memcpy(&m, mark, 4);
+    std::string r(ntohl(m) & 0x7fffffffu, '\0');
+    if (::recv(fd, r.data(), r.size(), MSG_WAITALL) != ssize_t(r.size())) return "short reply";
+    if (r.size() < 28 || get32(r, 0) != xid || get32(r, 24) != payload.size() ||
+        r.compare(28, payload.size(), payload) != 0)
+        return "the echoed bytes differ";
+    return "";
+}
+
+int connect_plain(uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    timeval tv{k_io_timeout_ms / 1000, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+// An RPC-with-TLS echo server on OpenSSL's own API (blocking, one
+// connection, its own thread) that sends NewSessionTickets after the
+// handshake, as OpenSSL servers do by default (two in TLS 1.3).
+class ticket_server {
+public:
+    ticket_server() {
+        ctx_ = SSL_CTX_new(TLS_server_method());
+        SSL_CTX_clear_options(ctx_, SSL_OP_ENABLE_KTLS);
+        SSL_CTX_set_min_proto_version(ctx_, TLS1_3_VERSION);
+        SSL_CTX_use_certificate_file(ctx_, certs().cert.c_str(), SSL_FILETYPE_PEM);
+        SSL_CTX_use_PrivateKey_file(ctx_, certs().key.c_str(), SSL_FILETYPE_PEM);
+        lfd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t al = sizeof a;
+        ::bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+        ::listen(lfd_, 4);
+        ::getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &al);
+        port_ = ntohs(a.sin_port);
+        thread_ = std::thread([this] { serve(); });
+    }
+    ~ticket_server() {
+        ::shutdown(lfd_, SHUT_RDWR);
+        if (thread_.joinable()) thread_.join();
+        ::close(lfd_);
+        SSL_CTX_free(ctx_);
+    }
+    uint16_t port() const { return port_; }
+    const std::string& error() const { return err_; }
+
+private:
+    void serve() {
+        int fd = ::accept4(lfd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd < 0) return;
+        timeval tv{k_io_timeout_ms / 1000, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        uint8_t mark[4];
+        std::string probe(44 - 4, '\0');
+        if (::recv(fd, mark, 4, MSG_WAITALL) != 4 ||
+            ::recv(fd, probe.data(), probe.size(), MSG_WAITALL) != ssize_t(probe.size())) {
+            err_ = "no probe";
+            ::close(fd);
+            return;
+        }
+        std::string reply;
+        for (uint32_t w : {get32(probe, 0), 1u, 0u, 0u, 8u}) put32(reply, w);
+        reply += "STARTTLS";
+        put32(reply, 0);
+        std::string framed;
+        put32(framed, 0x80000000u | uint32_t(reply.size()));
+        framed += reply;
+        ::send(fd, framed.data(), framed.size(), MSG_NOSIGNAL);
+        SSL* ssl = SSL_new(ctx_);
+        SSL_set_fd(ssl, fd);
+        if (SSL_accept(ssl) != 1) err_ = "SSL_accept: " + last_ssl_error();
+        // Echo every call: the opaque argument after a header with AUTH_NONE.
+        for (;;) {
+            std::string m(4, '\0'), call;
+            size_t got = 0;
+            if (err_.empty() && SSL_read_ex(ssl, m.data(), 4, &got) == 1 && got == 4) {
+                call.resize(get32(m, 0) & 0x7fffffffu);
+                size_t off = 0;
+                while (off < call.size() && SSL_read_ex(ssl, call.data() + off, call.size() - off, &got) == 1)
+                    off += got;
+                if (off == call.size() && call.size() >= 44) {
+                    std::string body;
+                    for (uint32_t w : {get32(call, 0), 1u, 0u, 0u, 0u, 0u}) put32(body, w);
+                    body += call.substr(40);
+                    std::string out;
+                    put32(out, 0x80000000u | uint32_t(body.size()));
+                    out += body;
+                    size_t put = 0;
+                    if (SSL_write_ex(ssl, out.data(), out.size(), &put) == 1) continue;
+                }
+            }
+            break;
+        }
+        SSL_free(ssl);
+        ::close(fd);
+    }
+
+    SSL_CTX* ctx_ = nullptr;
+    int lfd_ = -1;
+    uint16_t port_ = 0;
+    std::thread thread_;
+    std::string err_;
+};
+
+// A gateway in plaintext towards its clients and RPC-with-TLS towards
+// `port`, in this test's kTLS mode.
+std::unique_ptr<gw::gateway> upstream_gateway(const mode_param& p, uint16_t port) {
+    gw::gateway_config cfg;
+    std::string err;
+    gw::endpoint ep;
+    EXPECT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
+    cfg.listen.push_back(ep);
+    gw::backend_route r;
+    EXPECT_TRUE(gw::parse_backend(
+        fmt::format("{}=127.0.0.1:{},tls=required,name=localhost,ca={}", k_echo_prog, port,
+                    certs().cert),
+        &r, &err))
+        << err;
+    cfg.backends.push_back(r);
+    cfg.shards = 1;
+    cfg.buffers = 64;
+    cfg.reserved_port = false;
+    cfg.ktls = p.ktls;
+    cfg.ktls_rx = p.rx;
+    EXPECT_TRUE(gw::validate(&cfg, &err)) << err;
+    auto g = std::make_unique<gw::gateway>(cfg);
+    EXPECT_EQ(g->start(), "");
+    return g;
+}
+
+// Plaintext client -> A -> (kTLS client role) -> B (this suite's gateway,
+// kTLS server role) -> echo: TLS on both sides of the A -> B wire.
+TEST_P(gateway_ktls, upstream_chain_through_a_second_gateway) {
+    auto a = upstream_gateway(GetParam(), gw_->port());
+    int fd = connect_plain(a->port());
+    ASSERT_GE(fd, 0);
+    uint32_t xid = 1;
+    for (size_t n : {size_t(0), size_t(7), size_t(70000), size_t(1) << 20})
+        EXPECT_EQ(plain_echo(fd, xid++, random_bytes(n)), "") << n << " bytes";
+    auto t = a->totals();
+    EXPECT_EQ(t.upstream_tls, 1u);
+    EXPECT_EQ(t.upstream_ktls_tx, kernel() ? 1u : 0u);
+    EXPECT_EQ(t.upstream_ktls_rx, kernel() && GetParam().rx ? 1u : 0u);
+    expect_protection();  // B's side of the same connection
+    ::close(fd);
+    a->stop();
+    a->wait();
+}
+
+// NewSessionTickets from an upstream server are consumed (on kTLS RX: read
+// with recvmsg, then the socket is adopted again) and calls go on.
+TEST_P(gateway_ktls, upstream_tickets_are_consumed) {
+    ticket_server srv;
+    auto a = upstream_gateway(GetParam(), srv.port());
+    int fd = connect_plain(a->port());
+    ASSERT_GE(fd, 0);
+    uint32_t xid = 1;
+    for (size_t n : {size_t(0), size_t(5000), size_t(300000), size_t(3)})
+        EXPECT_EQ(plain_echo(fd, xid++, random_bytes(n)), "") << n << " bytes";
+    auto t = a->totals();
+    std::printf("[gw-ktls] %s: upstream ktls tx=%llu rx=%llu, tickets consumed on kTLS RX: %llu\n",
+                GetParam().name, (unsigned long long)t.upstream_ktls_tx,
+                (unsigned long long)t.upstream_ktls_rx, (unsigned long long)t.upstream_tickets);
+    EXPECT_EQ(t.upstream_tls, 1u);
+    if (kernel() && GetParam().rx) {
+        EXPECT_GE(t.upstream_tickets, 1u);
+    } else {
+        EXPECT_EQ(t.upstream_tickets, 0u);  // OpenSSL read them in userspace
+    }
+    ::close(fd);
+    a->stop();
+    a->wait();
+    EXPECT_EQ(srv.error(), "");
+}
+
 INSTANTIATE_TEST_SUITE_P(modes, gateway_ktls,
                          ::testing::Values(mode_param{"off", "off", true},
                                            mode_param{"kernel", "on", true},
