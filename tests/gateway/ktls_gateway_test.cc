@@ -31,6 +31,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -107,10 +108,12 @@ std::string last_ssl_error() {
 // on a blocking socket with I/O timeouts.
 class client {
 public:
-    client() {
+    // `version`: the only TLS version offered.
+    explicit client(int version = TLS1_3_VERSION) {
         ctx_ = SSL_CTX_new(TLS_client_method());
         SSL_CTX_clear_options(ctx_, SSL_OP_ENABLE_KTLS);
-        SSL_CTX_set_min_proto_version(ctx_, TLS1_3_VERSION);
+        SSL_CTX_set_min_proto_version(ctx_, version);
+        SSL_CTX_set_max_proto_version(ctx_, version);
         SSL_CTX_load_verify_locations(ctx_, certs().cert.c_str(), nullptr);
         SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
         static const unsigned char alpn[] = {6, 's', 'u', 'n', 'r', 'p', 'c'};
@@ -251,8 +254,17 @@ protected:
         so.shard.buffer_count = 64;
         echo_ = std::make_unique<bench::echo_server>(so);
         ASSERT_EQ(echo_->start(), "");
+        start_gateway();
+    }
 
+    // The gateway under test: --tls required in this test's kTLS mode.
+    void start_gateway(std::function<void(gw::gateway_config&)> tweak = {}) {
+        if (gw_) {
+            gw_->stop();
+            gw_->wait();
+        }
         gw::gateway_config cfg;
+        std::string err;
         gw::endpoint ep;
         ASSERT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
         cfg.listen.push_back(ep);
@@ -269,6 +281,7 @@ protected:
         cfg.key = certs().key;
         cfg.ktls = GetParam().ktls;
         cfg.ktls_rx = GetParam().rx;
+        if (tweak) tweak(cfg);
         ASSERT_TRUE(gw::validate(&cfg, &err)) << err;
         gw_ = std::make_unique<gw::gateway>(cfg);
         ASSERT_EQ(gw_->start(), "");
@@ -300,13 +313,13 @@ protected:
     }
 
     // What /connections and /metrics say while exactly one TLS client is open.
-    void expect_protection() {
-        std::string want = fmt::format(R"("protection":{{"tx":"{}","rx":"{}"}})", expect_tx(),
-                                       expect_rx());
+    void expect_protection() { expect_protection(expect_tx(), expect_rx()); }
+    void expect_protection(const char* tx, const char* rx) {
+        std::string want = fmt::format(R"("protection":{{"tx":"{}","rx":"{}"}})", tx, rx);
         std::string conns = gw_->connections_json();
         EXPECT_NE(conns.find(want), std::string::npos) << want << " not in " << conns;
         std::string m = gw_->metrics_text();
-        for (auto [dir, mode] : {std::pair{"tx", expect_tx()}, std::pair{"rx", expect_rx()}}) {
+        for (auto [dir, mode] : {std::pair{"tx", tx}, std::pair{"rx", rx}}) {
             std::string line = fmt::format(
                 "rpcgate_tls_connections_open{{direction=\"{}\",protection=\"{}\"}} 1\n", dir, mode);
             EXPECT_NE(m.find(line), std::string::npos) << line << " not in /metrics";
@@ -360,6 +373,32 @@ TEST_P(gateway_ktls, implicit_tls_echo) {
         ASSERT_EQ(c->echo(xid++, random_bytes(n)), "") << n << " bytes";
     expect_protection();
     EXPECT_EQ(gw_->totals().implicit_tls, 1u);
+}
+
+// --tls-min-version 1.2 (NIC offload evaluation, outside RFC 9289): a client
+// that offers only TLS 1.2 is refused by default and served with it. OpenSSL
+// 3.0 hands TLS 1.2 to the kernel itself, both directions (also in txonly,
+// which only withholds the TLS 1.3 RX that tls::ktls installs).
+TEST_P(gateway_ktls, tls12_only_with_min_version_12) {
+    {
+        client c(TLS1_2_VERSION);
+        ASSERT_TRUE(c.connect(gw_->port()));
+        ASSERT_EQ(c.starttls(), "");
+        EXPECT_NE(c.handshake(), "") << "TLS 1.2 accepted without --tls-min-version 1.2";
+    }
+    start_gateway([](gw::gateway_config& cfg) { cfg.tls_min_version = "1.2"; });
+    client c(TLS1_2_VERSION);
+    ASSERT_TRUE(c.connect(gw_->port()));
+    ASSERT_EQ(c.starttls(), "");
+    ASSERT_EQ(c.handshake(), "");
+    EXPECT_STREQ(SSL_get_version(c.ssl()), "TLSv1.2");
+    uint32_t xid = 1;
+    for (size_t n : {size_t(0), size_t(5000), size_t(200000)})
+        ASSERT_EQ(c.echo(xid++, random_bytes(n)), "") << n << " bytes";
+    const char* mode = kernel() ? "ktls-sw" : "userspace";
+    expect_protection(mode, mode);
+    SSL_shutdown(c.ssl());
+    EXPECT_EQ(c.wait_close(), "close_notify");
 }
 
 // RFC 8446 §4.6.3 KeyUpdate from the client, update_requested. Userspace
