@@ -11,12 +11,13 @@
 # byte with its call (--verify), in plaintext, then with RFC 9289 TLS
 # (AUTH_TLS probe, STARTTLS, TLS 1.3), then 2,000 over implicit TLS. The same
 # runs go through --io-backend uring on the same veth afterwards, and the
-# figures of both are printed side by side (bench/e2e/dpdk_vs_uring.sh
+# figures of both (one shard each) are printed side by side (bench/e2e/dpdk_vs_uring.sh
 # measures them properly). Each run must complete every call with no error;
 # a missing peer or a gateway that does not come up fails the test.
 #
 #   tests/dpdk/e2e.sh RPCGATE RPCGATE_BENCH
-# Environment: CALLS (default 10000). Exit 77 (skip) without root or namespaces.
+# Environment: CALLS (default 10000), KEEP_WORK=1 keeps the logs of a passing
+# run. Exit 77 (skip) without root or namespaces.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 rpcgate=${1:?usage: e2e.sh RPCGATE RPCGATE_BENCH}
@@ -64,7 +65,7 @@ EOF
 # Mixed sizes: uniform in [0, 64 KiB], the same sequence for every run (--seed).
 mix=(--size 0 --size-max 65536 --seed 8 --connections 4 --depth 8 --verify)
 for backend in dpdk uring; do
-    ns_start_gateway "$rpcgate" "$backend" "gw-$backend.log" || {
+    ns_start_gateway "$rpcgate" "$backend" "gw-$backend.log" --shards 1 || {
         echo "FAIL: rpcgate --io-backend $backend did not start"
         exit 1
     }
@@ -107,5 +108,5 @@ if [ "$failures" -ne 0 ]; then
     echo "$failures check(s) failed; logs in $work"
     exit 1
 fi
-rm -rf "$work"
+[ -n "${KEEP_WORK:-}" ] && echo "logs kept in $work" || rm -rf "$work"
 echo "all DPDK end-to-end checks passed"
