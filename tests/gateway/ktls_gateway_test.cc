@@ -35,6 +35,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "tests/unit/tls/ktls_test_util.h"
 #include "tls/context.h"
@@ -373,6 +374,19 @@ TEST_P(gateway_ktls, implicit_tls_echo) {
         ASSERT_EQ(c->echo(xid++, random_bytes(n)), "") << n << " bytes";
     expect_protection();
     EXPECT_EQ(gw_->totals().implicit_tls, 1u);
+}
+
+// A gateway that stops (SIGTERM) ends its TLS clients with close_notify:
+// on kTLS TX an alert record sent after everything queued before it.
+TEST_P(gateway_ktls, stop_sends_close_notify) {
+    auto c = open();
+    ASSERT_TRUE(c);
+    ASSERT_EQ(c->echo(1, random_bytes(100000)), "");
+    auto t0 = clock_type::now();
+    gw_->stop();
+    EXPECT_EQ(c->wait_close(), "close_notify");
+    EXPECT_LT(ms_since(t0), 1000);
+    gw_->wait();
 }
 
 // --tls-min-version 1.2 (NIC offload evaluation, outside RFC 9289): a client
@@ -735,6 +749,40 @@ TEST_P(gateway_ktls, upstream_tickets_are_consumed) {
     a->stop();
     a->wait();
     EXPECT_EQ(srv.error(), "");
+}
+
+// The options: --ktls auto|off|on, --tls-min-version 1.3|1.2, and the
+// same keys in the TOML file.
+TEST(gateway_ktls_config, options_and_keys) {
+    auto parse = [](std::vector<std::string> args, gw::gateway_config* cfg) {
+        args.insert(args.begin(), {"rpcgate", "--listen", "127.0.0.1:0", "--backend",
+                                   "nfs=127.0.0.1:2049"});
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        return gw::parse_command_line(int(argv.size()), argv.data(), cfg);
+    };
+    gw::gateway_config cfg;
+    EXPECT_EQ(parse({}, &cfg), -1);
+    EXPECT_EQ(cfg.ktls, "auto");
+    EXPECT_EQ(cfg.tls_min_version, "1.3");
+    gw::gateway_config off;
+    EXPECT_EQ(parse({"--ktls", "off", "--tls-min-version", "1.2"}, &off), -1);
+    EXPECT_EQ(off.ktls, "off");
+    EXPECT_EQ(off.tls_min_version, "1.2");
+    gw::gateway_config bad;
+    EXPECT_EQ(parse({"--ktls", "sometimes"}, &bad), 2);
+    EXPECT_EQ(parse({"--tls-min-version", "1.1"}, &bad), 2);
+    std::string path = certs().dir + "/ktls.toml";
+    FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("ktls = \"on\"\ntls_min_version = \"1.2\"\n", f);
+    std::fclose(f);
+    gw::gateway_config file;
+    std::string err;
+    EXPECT_TRUE(gw::load_config_file(path, &file, &err)) << err;
+    EXPECT_EQ(file.ktls, "on");
+    EXPECT_EQ(file.tls_min_version, "1.2");
+    std::remove(path.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(modes, gateway_ktls,
