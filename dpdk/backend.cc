@@ -332,6 +332,7 @@ err_t conn::on_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
     size_t len = p->tot_len;
     slice s = c->be_.copy_in(p);
     pbuf_free(p);
+    c->be_.mark_dirty(c);  // its ACK leaves in flush(), one per pass (lwipopts.h)
     switch (c->mode_) {
         case mode::relay:
             c->to_relay_.push_back(std::move(s));
@@ -721,7 +722,11 @@ void tcp_backend::flush(core::shard&) {
     uint64_t t0 = now_ns();
     for (conn* c : dirty_) {
         c->dirty_ = false;
-        if (c->pcb_) tcp_output(c->pcb_);
+        if (!c->pcb_) continue;
+        // Data received this pass is ACKed now, once (tcp_ack no longer
+        // forces an ACK every second segment; see dpdk/CMakeLists.txt).
+        if (c->pcb_->flags & TF_ACK_DELAY) tcp_set_flags(c->pcb_, TF_ACK_NOW);
+        tcp_output(c->pcb_);
     }
     dirty_.clear();
     process_closes();
