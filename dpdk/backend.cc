@@ -306,6 +306,9 @@ void conn::detached() {
     credit(unconsumed_);  // those bytes went along with the fd as `unread`
     unconsumed_ = 0;
     skip_credit_ = 0;
+    // A FIN that arrived while the stream was detaching reached nobody: the
+    // new owner hears it from the relay (shutdown of A) after the bytes.
+    fin_told_ = false;
     bump(be_.stats_.relays_started);
     be_.start_relay(this);
 }

@@ -77,6 +77,27 @@ for backend in dpdk uring; do
     ns_bench "$backend-implicit.json" --target "$gw_ip:2050" --tls implicit --ca "$work/ca.pem" \
         --server-name "$gw_ip" "${mix[@]}" --calls 2000 || true
     check "$backend implicit" "$backend-implicit.json" 2000
+    # Misbehaving clients (resets inside records and handshakes), then the
+    # gateway must still serve, and close every connection it accepted.
+    if ! timeout 120 ip netns exec "$ns_cl" python3 "$here/abuse.py" "$gw_ip" >"$work/abuse-$backend.log" 2>&1; then
+        echo "FAIL: $backend: misbehaving clients: $(tail -n 3 "$work/abuse-$backend.log")"
+        failures=$((failures + 1))
+    fi
+    ns_bench "$backend-after.json" --target "$gw_ip:2049" "${mix[@]}" --calls 1000 || true
+    check "$backend after abuse" "$backend-after.json" 1000
+    # Every handshake cut short must end (deadline 10 s) before the gateway stops.
+    for ((i = 0; i < 150; i++)); do
+        grep -q 'handshakes_in_progress 0$' <(ip netns exec "$ns_gw" python3 -c '
+import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9049/metrics", timeout=2).read().decode())' 2>/dev/null) && break
+        sleep 0.1
+    done
+    # Every cut handshake ended at once (a FIN or RST reached the control
+    # thread), none by its 10 s deadline.
+    if grep -q 'no handshake within' "$work/gw-$backend.log"; then
+        echo "FAIL: $backend: $(grep -c 'no handshake within' "$work/gw-$backend.log") handshake(s) of" \
+            "clients that had gone ended only at the deadline (a lost FIN or RST)"
+        failures=$((failures + 1))
+    fi
     if ! ns_stop "$gw_pid" 20; then
         echo "FAIL: rpcgate --io-backend $backend did not stop on SIGTERM"
         failures=$((failures + 1))
@@ -91,6 +112,16 @@ for backend in dpdk uring; do
             echo "FAIL: no TLS handshake counted by the DPDK gateway"
             failures=$((failures + 1))
         }
+        # Every TCP connection lwIP accepted was closed through the backend
+        # (none left for the exit to abort): no leaked connection or relay.
+        accepts=$(grep -o 'accepts [0-9]*' "$work/gw-dpdk.log" | tail -n 1 | cut -d' ' -f2)
+        closes=$(grep -o 'closes [0-9]*' "$work/gw-dpdk.log" | tail -n 1 | cut -d' ' -f2)
+        if [ -z "$accepts" ] || [ "$accepts" != "$closes" ]; then
+            echo "FAIL: the DPDK backend accepted ${accepts:-?} connections but closed ${closes:-?}"
+            failures=$((failures + 1))
+        else
+            echo "ok: dpdk closed all $accepts connections it accepted"
+        fi
     fi
 done
 

@@ -157,7 +157,8 @@ ns_start_gateway() {
     fi
     ns_bg "$ns_gw" "$log" "$rpcgate" --listen "$gw_ip:2049" --implicit-tls "$gw_ip:2050" \
         --backend "536870913=127.0.0.1:$echo_port" --no-reserved-port \
-        --tls opportunistic --cert "$work/server.pem" --key "$work/server.key" "$@"
+        --tls opportunistic --cert "$work/server.pem" --key "$work/server.key" \
+        --admin 127.0.0.1:9049 "$@"
     gw_pid=$bg_pid
     ns_wait_log "$gw_pid" "$log" "listening on port" 30
 }
