@@ -500,9 +500,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_hst = app.add_option("--handshake-timeout", cfg->handshake_timeout_ms,
                                  "milliseconds for a TLS handshake (default 10000)");
     auto* o_ktls = app.add_option("--ktls", cfg->ktls,
-                                  "kernel TLS for client connections: auto (default: when the "
-                                  "kernel has it), off, on (socket-BIO handshakes even without "
-                                  "kernel support; testing)");
+                                  "kernel TLS for TLS connections (clients and backends): auto "
+                                  "(default: when the kernel has it), off, on (socket-BIO "
+                                  "handshakes even without kernel support; testing)");
     auto* o_minv = app.add_option("--tls-min-version", cfg->tls_min_version,
                                   "1.3 (default, RFC 9289) or 1.2 (evaluation of NIC offload "
                                   "only, outside RFC 9289)");

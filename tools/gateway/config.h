@@ -76,7 +76,7 @@ struct gateway_config {
     // the credentials of every call on that connection (FreeBSD's tlscertuser).
     std::string cert_user_map;
     uint32_t handshake_timeout_ms = 10000;
-    // Kernel TLS for the server role: "auto" (default: used when the kernel
+    // Kernel TLS, both roles: "auto" (default: used when the kernel
     // has it, tls::ktls::kernel_has_ktls), "off" (OpenSSL over memory BIOs on
     // the shards), "on" (handshakes on socket BIOs even where the kernel has
     // no kTLS: every direction then stays in userspace; for tests).
