@@ -719,6 +719,11 @@ TEST_P(gateway_ktls, upstream_chain_through_a_second_gateway) {
     EXPECT_EQ(t.upstream_tls, 1u);
     EXPECT_EQ(t.upstream_ktls_tx, kernel() ? 1u : 0u);
     EXPECT_EQ(t.upstream_ktls_rx, kernel() && GetParam().rx ? 1u : 0u);
+    // A's side: the backend link in /connections.
+    std::string want = fmt::format(R"("version":"TLSv1.3","protection":{{"tx":"{}","rx":"{}"}}}}])",
+                                   expect_tx(), expect_rx());
+    std::string conns = a->connections_json();
+    EXPECT_NE(conns.find(want), std::string::npos) << want << " not in " << conns;
     expect_protection();  // B's side of the same connection
     ::close(fd);
     a->stop();

@@ -395,8 +395,16 @@ public:
     // One JSON object for /connections (shard thread).
     std::string describe_json() const {
         size_t links = 0;
-        for (const auto& l : links_)
+        std::string upstream;  // the backend links in TLS: where their crypto runs
+        for (const auto& l : links_) {
             if (l && l->alive()) ++links;
+            if (!l || !l->tls_ || !l->s_) continue;
+            if (!upstream.empty()) upstream += ',';
+            upstream += fmt::format(R"({{"backend":"{}","version":"{}","protection":{{"tx":"{}","rx":"{}"}}}})",
+                                    json_escape(l->target()), l->tls_->version(),
+                                    tls::ktls::mode_name(l->prot_.tx),
+                                    tls::ktls::mode_name(l->prot_.rx));
+        }
         std::string tls = "null";
         if (tls_)
             tls = fmt::format(R"({{"flags":"{}","version":"{}","cipher":"{}","alpn":"{}","subject":"{}","protection":{{"tx":"{}","rx":"{}"}}}})",
@@ -404,11 +412,11 @@ public:
                               tls_->alpn(), json_escape(tls_->peer_subject()),
                               tls::ktls::mode_name(prot_.tx), tls::ktls::mode_name(prot_.rx));
         return fmt::format(
-            R"({{"id":"{}","peer":"{}","shard":{},"state":"{}","tls":{},"bytes_in":{},"bytes_out":{},"calls_in_flight":{},"backend_links":{},"age_s":{:.3f}}})",
+            R"({{"id":"{}","peer":"{}","shard":{},"state":"{}","tls":{},"bytes_in":{},"bytes_out":{},"calls_in_flight":{},"backend_links":{},"backend_tls":[{}],"age_s":{:.3f}}})",
             id_, peer_, ctx_.sh_.index(),
             terminating_ ? "closing" : draining_ ? "draining" : client_ ? "open" : "closed", tls,
             client_ ? client_->bytes_in() : 0, client_ ? client_->bytes_out() : 0,
-            calls_outstanding_, links, double(ctx_.sh_.now_ms() - created_ms_) / 1000.0);
+            calls_outstanding_, links, upstream, double(ctx_.sh_.now_ms() - created_ms_) / 1000.0);
     }
 
     static std::string json_escape(const std::string& in) {
@@ -555,6 +563,7 @@ private:
             if (r.outcome == upstream_result::kind::tls) {
                 tls_ = std::move(r.session);
                 bump(owner_.ctx_.counters_.upstream_tls);
+                prot_ = owner_.ctx_.diag_.query(r.fd);
                 if (tls_->kernel_tx()) bump(owner_.ctx_.counters_.upstream_ktls_tx);
                 if (tls_->kernel_rx()) bump(owner_.ctx_.counters_.upstream_ktls_rx);
                 RPCGATE_LOG(gw, debug, "conn {}: backend {} in TLS ({} {})", owner_.id_, target(),
@@ -804,6 +813,7 @@ private:
         bool handing_ = false;  // the control thread has the socket
         bool tls_shut_ = false;
         stream* readopted_from_ = nullptr;  // its on_closed is not ours to act on
+        tls::ktls::protection prot_;  // upstream TLS: where its crypto runs
     };
 
     // Returns false to stop reading further records from this client now.
