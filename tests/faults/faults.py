@@ -20,6 +20,9 @@ Tests (one ctest each, see CMakeLists.txt):
   buffer_exhaustion  8 receive buffers of 4 KiB and many clients sending
                   200 KiB calls: the ring runs dry (ENOBUFS / pressure copies)
                   and every call still comes back intact
+  source_limits   --max-connections-per-source and --handshake-rate-per-source:
+                  over the cap or the rate is closed and counted, the rest
+                  works (skipped when this rpcgate has no such options)
   sigterm         SIGTERM during pipelined load (plaintext and TLS): every
                   reply that arrives is correct, every call without a reply
                   sees its connection closed, and the gateway exits 0
@@ -588,6 +591,86 @@ def t_sigterm(argv):
     check(stats["conns"] == 9, "not every client saw its connection closed")
 
 
+# ---- source_limits ----------------------------------------------------------
+
+def t_source_limits(argv):
+    """--max-connections-per-source and --handshake-rate-per-source on one shard:
+    the connections over the cap are closed at once and counted, the others
+    keep working, a slot freed is usable again; probes over the rate are
+    closed after their STARTTLS reply is refused (no handshake), and the
+    bucket refills."""
+    a = args_of(argv)
+    import subprocess
+    helptext = subprocess.run([a.rpcgate, "--help"], capture_output=True, text=True).stdout
+    if "--max-connections-per-source" not in helptext or "--handshake-rate-per-source" not in helptext:
+        print("SKIP: this rpcgate has no per-source limits (--max-connections-per-source)")
+        return SKIP
+    env = Env("source-limits", a.rpcgate, a.bench, a.make_certs)
+    env.start_echo()
+    env.start_gateway("--max-connections-per-source", "4", "--handshake-rate-per-source", "5",
+                      "--handshake-burst-per-source", "5", shards=1)
+    m0 = env.metrics()
+    held = [Conn(env.gw_port, timeout=5) for _ in range(4)]
+    for i, c in enumerate(held):
+        c.echo(0x7000 + i, b"x" * 100)
+    extra = Conn(env.gw_port, timeout=5)
+    try:
+        extra.echo(0x7100, b"y")
+        raise Failure("a fifth connection from 127.0.0.1 was served over a cap of 4")
+    except Closed:
+        pass
+    for i, c in enumerate(held):
+        c.echo(0x7200 + i, b"still here")
+    held[0].close()
+    wait_until(5, lambda: rpc_free_slot(env), "the freed slot to be usable")
+    m1 = env.metrics()
+    refused = m1.get("rpcgate_source_refused_connections_total", 0) - m0.get(
+        "rpcgate_source_refused_connections_total", 0)
+    check(refused >= 1, "the refusal was not counted (rpcgate_source_refused_connections_total)")
+    for c in held[1:]:
+        c.close()
+    wait_until(5, lambda: env.metrics().get("rpcgate_connections_open", 0) == 0, "the clients to leave")
+    # Handshakes: 5 back to back pass, the next ones in the same second do not.
+    ok = refused_hs = 0
+    for i in range(12):
+        try:
+            c = Conn(env.gw_port, "starttls", timeout=5)
+            c.echo(0x7300 + i, b"tls")
+            ok += 1
+            c.close()
+        except (Closed, Failure, OSError):
+            refused_hs += 1
+    m2 = env.metrics()
+    counted = m2.get("rpcgate_source_refused_handshakes_total", 0) - m1.get(
+        "rpcgate_source_refused_handshakes_total", 0)
+    log(f"per-source cap 4: the 5th connection was closed, the 4 others kept working, a freed slot "
+        f"was reused ({refused:.0f} counted); handshakes at 5/s burst 5: {ok} of 12 back to back "
+        f"completed, {refused_hs} refused ({counted:.0f} counted)")
+    check(5 <= ok <= 7, f"{ok} of 12 back-to-back handshakes completed with a burst of 5")
+    check(counted >= 5, "refused handshakes were not counted")
+    # The bucket refills at 5/s: within 2 s another handshake goes through.
+    def one_more():
+        try:
+            c = Conn(env.gw_port, "starttls", timeout=5)
+            c.echo(0x7400, b"later")
+            c.close()
+            return True
+        except (Closed, Failure, OSError):
+            return False
+    wait_until(3, one_more, "a handshake once the bucket refilled")
+    check(env.gw.stop() == 0, "the gateway did not exit 0 on SIGTERM")
+
+
+def rpc_free_slot(env):
+    try:
+        c = Conn(env.gw_port, timeout=2)
+        c.echo(0x7500, b"slot")
+        c.close()
+        return True
+    except (Closed, Failure, OSError):
+        return False
+
+
 TESTS = {
     "client_reset": t_client_reset,
     "backend_reset": t_backend_reset,
@@ -595,6 +678,7 @@ TESTS = {
     "fd_exhaustion": t_fd_exhaustion,
     "buffer_exhaustion": t_buffer_exhaustion,
     "sigterm": t_sigterm,
+    "source_limits": t_source_limits,
 }
 
 if __name__ == "__main__":
