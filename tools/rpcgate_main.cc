@@ -88,7 +88,8 @@ int main(int argc, char** argv) {
                                   : fmt::format(" [tls {}]", gw::tls_mode_name(b.tls.mode)));
     }
     RPCGATE_LOG(gw, info, "rpcgate {} listening on port {} ({} shard(s), tls {}); routes:{}",
-                RPCGATE_VERSION, gateway.port(), cfg.shards, gw::tls_mode_name(cfg.tls), routes);
+                RPCGATE_VERSION, gateway.port(), gateway.config().shards,
+                gw::tls_mode_name(cfg.tls), routes);
 
     // systemd: ready now; with a watchdog, a keep-alive only while every shard
     // and the control thread answer a ping (a stuck loop stops the keep-alives).

@@ -11,6 +11,7 @@
 #include <thread>
 #include <toml++/toml.h>
 
+#include "dpdk/backend.h"
 #include "rpc/portmap.h"
 
 namespace rpcgate::gw {
@@ -342,6 +343,11 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
 }
 
 bool validate(gateway_config* cfg, std::string* err) {
+    if (cfg->io_backend == "dpdk" && !dpdk::available()) {
+        *err = "--io-backend dpdk: this build has no DPDK (configure with -DRPCGATE_WITH_DPDK=ON; "
+               "see scripts/test-dpdk.sh)";
+        return false;
+    }
     if (cfg->listen.empty() && cfg->implicit_tls.empty()) {
         *err = "no --listen address given (e.g. --listen 0.0.0.0:2049)";
         return false;

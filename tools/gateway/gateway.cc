@@ -53,6 +53,29 @@ std::string peer_text(const sockaddr_storage& ss) {
     return fmt::format("[{}]:{}", host, port);
 }
 
+// "a.b.c.d:port" or "[v6]:port" (peer_text's output) back to an address;
+// AF_UNSPEC when it is neither.
+sockaddr_storage address_of(const std::string& text) {
+    sockaddr_storage ss{};
+    size_t colon = text.rfind(':');
+    if (colon == std::string::npos) return ss;
+    uint16_t port = uint16_t(std::strtoul(text.c_str() + colon + 1, nullptr, 10));
+    if (text.front() == '[' && colon > 1 && text[colon - 1] == ']') {
+        auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+        if (inet_pton(AF_INET6, text.substr(1, colon - 2).c_str(), &a->sin6_addr) == 1) {
+            a->sin6_family = AF_INET6;
+            a->sin6_port = htons(port);
+        }
+        return ss;
+    }
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    if (inet_pton(AF_INET, text.substr(0, colon).c_str(), &a->sin_addr) == 1) {
+        a->sin_family = AF_INET;
+        a->sin_port = htons(port);
+    }
+    return ss;
+}
+
 uint16_t local_port(int fd) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -199,7 +222,9 @@ public:
           client_(client),
           id_(id),
           peer_(std::move(peer)),
-          own_port_(local_port(client->fd())),
+          // A DPDK connection's fd is one end of a socketpair: no port there.
+          own_port_(local_port(client->fd()) ? local_port(client->fd())
+                                             : ctx.sh_.listen_port()),
           rr_(rpc::record_limits{ctx.cfg_.max_record, rpc::default_max_fragments}),
           links_(ctx.cfg_.backends.size()),
           tls_(std::move(tls)) {
@@ -1341,7 +1366,9 @@ void shard_context::deliver(handshake_result&& r) {
     // Back from the control thread: the source's connection slot again.
     sockaddr_storage peer{};
     socklen_t len = sizeof peer;
-    if (::getpeername(r.fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) peer = {};
+    if (::getpeername(r.fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0 ||
+        (peer.ss_family != AF_INET && peer.ss_family != AF_INET6))
+        peer = address_of(r.peer);  // DPDK: the fd is a socketpair; the text is the client's
     if (!admit_source(peer)) {
         ::close(r.fd);
         open_.fetch_sub(1, std::memory_order_relaxed);
