@@ -288,7 +288,9 @@ def main():
     else:
         print("report.py: gnuplot is not installed (scripts/setup.sh): no plots", file=sys.stderr)
     plots = [os.path.basename(p) for p in plots if p]
-    md = [f"# rpcgate end-to-end report", "", table, ""]
+    md = ["# rpcgate end-to-end report", "",
+          f"`bench/e2e/report.sh`, {meta.get('date', '')}"
+          + (" (--quick)" if meta.get("quick") else "") + ".", "", table, ""]
     md += [f"![{p}]({p})" for p in plots]
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(md) + "\n")
