@@ -12,6 +12,8 @@
 #                       tsan: the engine (core), TLS and control-thread gateway tests
 #                             under ThreadSanitizer (`tsan` preset)
 #   --asan            (kept for old command lines; the asan job is on by default)
+#   --no-dpdk         skip the DPDK job (scripts/test-dpdk.sh: a build with DPDK + lwIP
+#                     and the tests on a veth pair), which runs by default
 #   --no-setup        skip scripts/setup.sh (packages and build are up to date)
 #   --fuzz SECONDS    afterwards, each libFuzzer target for SECONDS (default 20; 0 = skip)
 #   --soak SECONDS    afterwards, the full soak (tests/soak/soak.py) for SECONDS on the
@@ -31,6 +33,7 @@ set -euo pipefail
 presets=(release)
 setup=1
 sanitizers=1
+dpdk=1
 fuzz_seconds=20
 soak_seconds=0
 ctest_args=()
@@ -39,11 +42,12 @@ while [ $# -gt 0 ]; do
         --preset) presets[0]=${2:?--preset needs a name}; shift ;;
         --asan) ;;
         --no-sanitizers) sanitizers=0 ;;
+        --no-dpdk) dpdk=0 ;;
         --no-setup) setup=0 ;;
         --fuzz) fuzz_seconds=${2:?--fuzz needs SECONDS}; shift ;;
         --soak) soak_seconds=${2:?--soak needs SECONDS}; shift ;;
         --) shift; ctest_args=("$@"); break ;;
-        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
     shift
@@ -132,6 +136,11 @@ for preset in "${presets[@]}"; do
 done
 if [ "$sanitizers" = 1 ] && [ ${#ctest_args[@]} -eq 0 ]; then
     job tsan run_tsan
+fi
+# The DPDK build (-DRPCGATE_WITH_DPDK=ON, lwIP from Debian's source package)
+# and its tests on a veth pair; the default build above has no DPDK.
+if [ "$dpdk" = 1 ] && [ ${#ctest_args[@]} -eq 0 ]; then
+    job dpdk "$RPCGATE_ROOT/scripts/test-dpdk.sh" --no-install
 fi
 run_soak() {
     local dir=$RPCGATE_ROOT/build/${presets[0]}
