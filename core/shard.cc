@@ -178,7 +178,11 @@ void stream::after_send() {
         maybe_finish();
         return;
     } else if (close_when_drained_) {
-        close(0);
+        if (!transport_ && !lingering_ && !eof_seen_ && linger_) {
+            begin_linger();
+        } else {
+            close(0);
+        }
         return;
     }
     if (over_high_ && queued_ <= shard_->cfg_.send_low_water) {
@@ -290,7 +294,9 @@ void stream::on_receive_cqe(const io_uring_cqe* cqe) {
             maybe_finish();
             return;
         }
-        if (paused_) {
+        if (lingering_) {
+            // The peer's bytes after our last reply: nobody will read them.
+        } else if (paused_) {
             held_.push_back(std::move(data));
         } else {
             handler_->on_data(*this, std::move(data));
@@ -324,6 +330,10 @@ void stream::on_receive_cqe(const io_uring_cqe* cqe) {
         return;
     }
     // EOF (0) or a receive error.
+    if (lingering_) {
+        close(0);  // the peer has read what it wanted and closed (or reset)
+        return;
+    }
     if (eof_seen_) return;
     eof_seen_ = true;
     if (paused_) {
@@ -434,15 +444,20 @@ void stream::close(int err) {
     maybe_finish();
 }
 
-void stream::close_after_send(uint64_t deadline_ms) {
+void stream::close_after_send(uint64_t deadline_ms, bool linger) {
     if (state_ != state::open && state_ != state::connecting) return;
-    if (queued_ == 0 && state_ == state::open) {
-        close(0);
+    close_when_drained_ = true;
+    linger_ = linger;
+    shard_->timers_.arm(close_timer_, deadline_ms);
+    if (queued_ == 0 && state_ == state::open && !send_inflight_) {
+        if (transport_ || eof_seen_ || !linger) {
+            close(0);
+        } else {
+            begin_linger();
+        }
         return;
     }
-    close_when_drained_ = true;
     pause_receive();
-    shard_->timers_.arm(close_timer_, deadline_ms);
 }
 
 std::string stream::describe() const {
@@ -454,7 +469,21 @@ std::string stream::describe() const {
         eof_seen_, send_inflight_, queued_, detaching_, finish_queued_);
 }
 
-void stream::on_close_deadline(timer*, void* arg) { static_cast<stream*>(arg)->close(-ETIMEDOUT); }
+void stream::on_close_deadline(timer*, void* arg) {
+    auto* s = static_cast<stream*>(arg);
+    // A lingering close that reached its deadline is an orderly end all the same.
+    s->close(s->lingering_ ? 0 : -ETIMEDOUT);
+}
+
+void stream::begin_linger() {
+    lingering_ = true;
+    ::shutdown(fd_, SHUT_WR);
+    held_.clear();  // calls that will not be answered
+    eof_pending_ = false;
+    paused_ = false;
+    cancel_liveness_poll();
+    if (!recv_armed_) arm_receive();
+}
 
 void stream::detach(detach_fn done) {
     if (state_ != state::open) return;

@@ -201,8 +201,13 @@ public:
     // Closes now: pending sends are dropped, on_closed(err) follows once the
     // kernel has finished with every operation.
     void close(int err = 0);
-    // Closes once the send queue has drained (or after `deadline_ms`).
-    void close_after_send(uint64_t deadline_ms = 5000);
+    // Closes once the send queue has drained (or after `deadline_ms`). With
+    // `linger` (a peer that may still be sending), the close is lingering:
+    // FIN first, then the peer's bytes are read and dropped until its EOF or
+    // the deadline, so that its unread calls do not make the kernel answer
+    // with a reset that destroys replies it has not read yet. Without (the
+    // peer has said it is done, e.g. TLS close_notify), it closes at once.
+    void close_after_send(uint64_t deadline_ms = 5000, bool linger = true);
 
     // Hands the socket over (e.g. to the TLS control thread): stops receiving
     // at once, lets queued sends finish, then calls `done(fd, unread)` with the
@@ -250,6 +255,7 @@ private:
     // After a send: requeue, finish a detach or a close-after-send, on_writable.
     void after_send();
     void maybe_finish();
+    void begin_linger();
     static void on_close_deadline(timer*, void* arg);
 
     shard* shard_;
@@ -267,6 +273,11 @@ private:
     bool send_inflight_ = false;
     bool over_high_ = false;
     bool close_when_drained_ = false;
+    // After close_after_send drained: FIN sent, reading and dropping until the
+    // peer's EOF (or the deadline), so that unread calls of the peer do not
+    // turn our close into a reset that destroys replies it has not read yet.
+    bool lingering_ = false;
+    bool linger_ = true;  // close_after_send's choice
     bool finish_queued_ = false;
     bool flush_queued_ = false;  // on the shard's list of streams to send at the end of the pass
     bool detaching_ = false;

@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstring>
+#include <limits>
 #include <fmt/format.h>
 #include <thread>
 #include <toml++/toml.h>
@@ -186,7 +187,9 @@ template <typename T>
 bool toml_get(const toml::table& t, const char* key, T* out, std::string* err) {
     const toml::node* n = t.get(key);
     if (!n) return true;
-    if (auto v = n->value<T>()) {
+    // value_exact: no conversion (a float such as 4.2e124 into int64_t would be
+    // undefined; the config fuzzer found it).
+    if (auto v = n->value_exact<T>()) {
         *out = *v;
         return true;
     }
@@ -283,10 +286,11 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
 #define RPCGATE_TOML_INT(key, field)                                       \
     i = int64_t(cfg->field);                                               \
     if (!toml_get<int64_t>(t, key, &i, err)) return false;                 \
-    if (i < 0) {                                                           \
-        *err = fmt::format("{}: '{}' must not be negative", path, key);   \
-        return false;                                                      \
-    }                                                                      \
+    if (i < 0 || uint64_t(i) > uint64_t(std::numeric_limits<decltype(cfg->field)>::max())) { \
+        *err = fmt::format("{}: '{}' must be between 0 and {}", path, key,                    \
+                           std::numeric_limits<decltype(cfg->field)>::max());                  \
+        return false;                                                                           \
+    }                                                                                           \
     cfg->field = decltype(cfg->field)(i);
     RPCGATE_TOML_INT("shards", shards)
     RPCGATE_TOML_INT("idle_timeout", idle_timeout_s)

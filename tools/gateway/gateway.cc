@@ -332,6 +332,7 @@ public:
         }
         if (st == tls::status::closed) {
             // close_notify from the client: answer it and close.
+            peer_done_ = true;
             finish_client();
         } else if (st == tls::status::error && tls_->key_update_refused()) {
             // Half kTLS (TX in the kernel): the client asked us to update
@@ -341,9 +342,10 @@ public:
             close_all(0);
         } else if (st == tls::status::error) {
             bump(ctx_.counters_.tls_errors);
-            // Half kTLS: OpenSSL sent its alert through the kernel's TX
-            // itself; no close_notify after a fatal error.
-            if (tls_->kernel_tx()) tls_shut_ = true;
+            // A fatal error (a bad record, or a fatal alert from the client):
+            // OpenSSL has put its own alert in `out` (half kTLS: sent through
+            // the kernel's TX itself); RFC 8446 §6.2: no close_notify after it.
+            tls_shut_ = true;
             terminate(fmt::format("TLS error: {}", tls_->error_text()), -EPROTO);
         }
     }
@@ -462,8 +464,11 @@ public:
     }
 
     // Orderly end: close_notify first when in TLS, then close once sent.
-    void finish_client() {
+    // `linger`: the client may still be sending (a drain): read and drop its
+    // bytes after ours until it closes (see stream::close_after_send).
+    void finish_client(bool linger = true) {
         if (!client_ || !client_->open()) return;
+        close_linger_ = linger;
         if (tls_ && !tls_shut_) {
             flush_tls();
             tls_shut_ = true;
@@ -475,7 +480,7 @@ public:
             tls_->shutdown(out);
             client_->send(std::move(out));
         }
-        client_->close_after_send(ctx_.cfg_.drain_timeout_ms);
+        client_->close_after_send(ctx_.cfg_.drain_timeout_ms, close_linger_ && !peer_done_);
     }
 
     void terminate(const std::string& why, int err) {
@@ -1141,7 +1146,7 @@ private:
     void close_all(int err) {
         terminating_ = true;
         if (client_ && tls_ && client_->open() && !tls_shut_) {
-            finish_client();  // close_notify first, then the socket
+            finish_client(err == 0);  // close_notify first, then the socket
         } else if (client_) {
             client_->close(err);
         }
@@ -1161,7 +1166,7 @@ private:
             return;
         }
         if (client_->queued_bytes() == 0) send_kernel_alert(1, 0);  // warning, close_notify
-        client_->close_after_send(ctx_.cfg_.drain_timeout_ms);
+        client_->close_after_send(ctx_.cfg_.drain_timeout_ms, close_linger_ && !peer_done_);
     }
 
     // An alert record through kTLS TX (RFC 8446 §6); never blocks the shard.
@@ -1201,6 +1206,7 @@ private:
             case tls::ktls::control::close_notify:
                 bump(ctx_.counters_.tls_close_notify);
                 RPCGATE_LOG(gw, debug, "conn {} ({}): close_notify from the client", id_, peer_);
+                peer_done_ = true;
                 close_all(0);  // our close_notify, then the socket
                 return;
             case tls::ktls::control::alert:
@@ -1288,6 +1294,8 @@ private:
     bool handed_off_ = false;
     bool tls_shut_ = false;
     bool links_tls_dirty_ = false;  // a TLS backend link holds calls to encrypt
+    bool peer_done_ = false;  // the client said it sends no more (close_notify)
+    bool close_linger_ = true;  // finish_client's choice, for kernel_close_notify
 };
 
 bool shard_context::admit(const sockaddr_storage& peer) {
