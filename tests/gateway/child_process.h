@@ -3,6 +3,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <stdlib.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -113,5 +114,15 @@ private:
     int status_ = -1;
     std::string buf_;
 };
+
+// tests/tls/make_certs.sh run into a fresh temporary directory: its path, or
+// "" when the script failed.
+inline std::string make_fixture_certs(const char* make_certs) {
+    char tmpl[] = "/tmp/rpcgate-certs.XXXXXX";
+    if (!::mkdtemp(tmpl)) return {};
+    child_process mk({"/bin/sh", make_certs, tmpl});
+    auto st = mk.wait_exit(60000);
+    return st && *st == 0 ? std::string(tmpl) : std::string();
+}
 
 }  // namespace rpcgate::testing

@@ -41,12 +41,8 @@ size_t count_fds() {
 class tls_gateway : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
-        char tmpl[] = "/tmp/rpcgate-certs.XXXXXX";
-        ASSERT_NE(::mkdtemp(tmpl), nullptr);
-        g_certs = tmpl;
-        child_process mk({"/bin/sh", MAKE_CERTS, g_certs});
-        auto st = mk.wait_exit(60000);
-        ASSERT_TRUE(st && *st == 0) << "make_certs.sh failed";
+        g_certs = rpcgate::testing::make_fixture_certs(MAKE_CERTS);
+        ASSERT_NE(g_certs, "") << "make_certs.sh failed";
     }
 
     void SetUp() override {
