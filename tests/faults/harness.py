@@ -285,7 +285,16 @@ class Env:
         wait_until(10, lambda: self.metrics_ok() or not self.gw.alive(), "the gateway's admin endpoint")
         check(self.gw.alive(), "the gateway exited at start: " + self.gw.tail())
         wait_until(10, lambda: rpc_null_ok(self.gw_port), "the gateway to answer a NULL call")
+        # The readiness call's connection is closed on our side at once, but
+        # the shard sees that close a moment later: a test that counts
+        # connections (a per-source cap, an fd baseline) must not start until
+        # the gateway has let it go.
+        self.wait_idle("the readiness connection to be closed by the gateway")
         return self.gw
+
+    def wait_idle(self, what, seconds=10):
+        """Waits until the gateway reports no open client connection."""
+        wait_until(seconds, lambda: self.metrics().get("rpcgate_connections_open", -1) == 0, what)
 
     @property
     def ca(self):

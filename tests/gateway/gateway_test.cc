@@ -24,6 +24,7 @@
 #include "rpc/portmap.h"
 #include "rpc/xdr_codec.h"
 #include "tests/gateway/child_process.h"
+#include "tests/timing.h"
 
 using namespace rpcgate;
 using rpcgate::testing::child_process;
@@ -429,14 +430,15 @@ TEST_F(gateway_test, backend_killed_closes_client_within_a_second) {
     ASSERT_TRUE(first);
     auto killed = std::chrono::steady_clock::now();
     backend_->kill(SIGKILL);
-    bool closed = c.closed_by_peer(3000);
+    bool closed = c.closed_by_peer(10000);  // not closed at all: the bug this guards
     auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - killed);
     ::shutdown(c.fd, SHUT_RDWR);
     writer.join();
     ASSERT_TRUE(closed);
     RecordProperty("close_ms", int(took.count()));
-    EXPECT_LT(took.count(), 1000);
+    // Promptly, not after a timeout of its own (tests/timing.h on the slack).
+    EXPECT_LT(took.count(), rpcgate::testing::timing_bound_ms(1000));
     EXPECT_GE(gw_->totals().backend_lost, 1u);
     start_backend(backend_port_);
     expect_echo_works("after the restart");

@@ -20,7 +20,8 @@ failed-by-close):
   refused          an RPC error reply from the gateway (e.g. while the
                    backend is down) — a failure reported to the client
   failed-by-close  the connection closed before the reply — reported too
-A call with neither a reply nor a close within 60 s is lost: the soak fails.
+A call with neither a reply nor a close within 30 s is lost: it is counted
+(`lost`), its client stops, and the soak fails; the summary prints the count.
 
 Resources: the gateway's RSS and fd count are read after a warm-up (a first
 tenth of the run, at least 20 s, with the same mix and restarts), once every client has
@@ -46,13 +47,17 @@ from harness import (Closed, Conn, Env, Failure, check, echo_call, frame, call_b
                      opaque, parse_reply, payload_for, rpc_null_ok, wait_until)
 
 SIZES = [0, 1, 100, 1000, 4096, 16384, 65536]
+# A call unanswered this long is lost (a 1 MiB echo through TLS takes well
+# under a second here, under ASan a few).
+LOST_AFTER = 30
 
 
 class Counts:
     def __init__(self):
         self.lock = threading.Lock()
         self.c = {"sent": 0, "replied": 0, "refused": 0, "failed_by_close": 0, "bytes": 0,
-                  "connections": 0, "resets": 0, "mib_calls": 0, "connect_failures": 0}
+                  "connections": 0, "resets": 0, "mib_calls": 0, "connect_failures": 0,
+                  "lost": 0}
 
     def add(self, **kw):
         with self.lock:
@@ -67,7 +72,7 @@ def worker(env, mode, counts, stop, errors, seed, max_calls):
     while not stop.is_set() and calls < max_calls:
         port = env.implicit_port if mode == "implicit" else env.gw_port
         try:
-            c = Conn(port, mode, timeout=60)
+            c = Conn(port, mode, timeout=LOST_AFTER)
         except (OSError, Closed, Failure):
             # Refused at connect or at the probe (e.g. the handshake was cut):
             # no call was sent on it.
@@ -108,7 +113,8 @@ def worker(env, mode, counts, stop, errors, seed, max_calls):
             counts.add(failed_by_close=pending)
             c.close()
         except (socket.timeout, TimeoutError):
-            errors.append(f"{mode}: a call got neither a reply nor a close within 60 s (lost)")
+            counts.add(lost=pending)
+            errors.append(f"{mode}: a call got neither a reply nor a close within {LOST_AFTER} s (lost)")
             return
         except (Failure, OSError) as e:
             errors.append(f"{mode}: {e}")
@@ -120,7 +126,7 @@ def churn(env, counts, stop, errors, max_conns):
     while not stop.is_set() and n < max_conns:
         n += 1
         try:
-            c = Conn(env.gw_port, timeout=60)
+            c = Conn(env.gw_port, timeout=LOST_AFTER)
         except OSError:
             counts.add(connect_failures=1)
             continue
@@ -132,7 +138,8 @@ def churn(env, counts, stop, errors, max_conns):
         except Closed:
             counts.add(failed_by_close=1)
         except (socket.timeout, TimeoutError):
-            errors.append("churn: a NULL call got neither a reply nor a close within 60 s (lost)")
+            counts.add(lost=1)
+            errors.append(f"churn: a NULL call got neither a reply nor a close within {LOST_AFTER} s (lost)")
             return
         c.close()
 
@@ -192,9 +199,19 @@ def main():
     p.add_argument("--report", default="")
     p.add_argument("--sanitized", action="store_true",
                    help="a sanitizer build: RSS is reported, not compared")
+    p.add_argument("--rss-slack-mib", type=float, default=None,
+                   help="RSS growth allowed beyond 5 %% (default: 0; --short: 8)")
     a = p.parse_args()
     if a.short:
         a.seconds = 75
+    # The short run (in ctest) allows 8 MiB beyond the 5 %: in 75 s the
+    # allocator's arenas and OpenSSL's caches still settle by a few MiB from
+    # run to run (51.8 -> 55.4 MiB seen on a loaded machine, flat on a quiet
+    # one), while the leaks it is there to catch are per connection and the
+    # short run opens ~8,000: 1 KiB each is 8 MiB. Sanitizer runs leave leaks
+    # to LeakSanitizer; the long soak (test.sh --soak) keeps the plain 5 %.
+    if a.rss_slack_mib is None:
+        a.rss_slack_mib = 8 if a.short else 0
     restart = a.restart_every if a.restart_every is not None else (10 if a.short else 60)
     # The warm-up carries the whole mix, backend restarts included: the first
     # restarts reach new peaks (backend connections reopened at once, calls
@@ -216,9 +233,10 @@ def main():
         check(not errors, "; ".join(errors[:5]))
         fds1, rss1 = quiet_reading(env, "at the end")
     except Failure as e:
-        print(f"FAIL soak: {e}", flush=True)
+        print(f"FAIL soak: {e} ({counts.c['lost']} calls lost)", flush=True)
         return 1
     c = counts.c
+    lost = c["sent"] - c["replied"] - c["refused"] - c["failed_by_close"]
     m = env.metrics()
     report = {
         "seconds": round(time.monotonic() - t0, 1), "load_seconds": a.seconds,
@@ -232,14 +250,15 @@ def main():
     log(f"soak: {c['sent']} calls ({c['mib_calls']} of 1 MiB, {c['bytes'] / 2**30:.2f} GiB echoed) on "
         f"{c['connections']} connections ({c['resets']} reset by the client), backend restarted "
         f"{len(stops)} times: {c['replied']} replied intact, {c['refused']} refused with an RPC error, "
-        f"{c['failed_by_close']} failed by a close, 0 lost; fds {fds0} -> {fds1}, "
+        f"{c['failed_by_close']} failed by a close, {lost} lost; fds {fds0} -> {fds1}, "
         f"RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB")
     if a.report:
         with open(a.report, "w") as f:
             json.dump(report, f, indent=1)
     status = 0
-    if c["sent"] != c["replied"] + c["refused"] + c["failed_by_close"]:
-        print(f"FAIL soak: sent {c['sent']} != replied + refused + failed-by-close", flush=True)
+    if lost != 0 or c["lost"] != 0:
+        print(f"FAIL soak: {lost} calls lost (sent {c['sent']} != replied + refused + "
+              f"failed-by-close), {c['lost']} timed out", flush=True)
         status = 1
     if fds1 > fds0 * 1.05:
         print(f"FAIL soak: fds {fds0} -> {fds1} (more than 5 %)", flush=True)
@@ -249,8 +268,9 @@ def main():
         # its shadow grows with it: the RSS of such a build measures the
         # sanitizer, not the gateway. Leaks are LeakSanitizer's job there.
         print(f"soak: RSS {rss0} -> {rss1} KiB not compared (sanitized build)", flush=True)
-    elif rss1 > rss0 * 1.05:
-        print(f"FAIL soak: RSS {rss0} -> {rss1} KiB (more than 5 %)", flush=True)
+    elif rss1 > rss0 * 1.05 + a.rss_slack_mib * 1024:
+        print(f"FAIL soak: RSS {rss0} -> {rss1} KiB (more than 5 % + {a.rss_slack_mib:g} MiB)",
+              flush=True)
         status = 1
     if c["replied"] == 0 or len(stops) == 0 and restart < a.seconds - warm:
         print("FAIL soak: no call went through, or the backend was never restarted", flush=True)

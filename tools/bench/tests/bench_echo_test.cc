@@ -233,19 +233,23 @@ TEST_F(server_fixture, open_loop_keeps_to_the_schedule) {
 
 TEST(bench_run, open_loop_counts_calls_it_could_not_send) {
     // One slot, and a server that never answers: the first call takes the
-    // slot, the ~500 due after it in 0.5 s (less the connect) never leave. A closed-loop client
+    // slot, the ~1000 due after it in 1 s (less the connect) never leave. A closed-loop client
     // would report one slow call and nothing else.
     run_options o;
     o.connections = 1;
     o.depth = 1;
     o.rate = 1000;
-    o.duration_s = 0.5;
+    o.duration_s = 1.0;
     o.timeout_ms = 1000;
     run_report r = run_against_silent_peer(o);
     EXPECT_EQ(r.calls, 0u);
     EXPECT_EQ(r.timeouts, 1u) << format_human(r);
-    EXPECT_GE(r.missed_calls, 300u) << format_human(r);  // less the connect time
-    EXPECT_LE(r.missed_calls, 500u) << format_human(r);
+    // At most the calls due in the run, less the one sent. At least those due
+    // after the connection was ready: the lower bound allows 0.75 s for the
+    // connect and the thread start on a loaded or sanitized machine; a client
+    // that did not count missed calls reports 0.
+    EXPECT_LE(r.missed_calls, 1000u) << format_human(r);
+    EXPECT_GE(r.missed_calls, 250u) << format_human(r);
 }
 
 // ---- progress lines

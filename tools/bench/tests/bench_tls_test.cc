@@ -129,13 +129,16 @@ TEST_F(tls_fixture, handshake_rate_and_baseline) {
     h.port = srv->port();
     h.mode = client::tls_mode::implicit;
     h.connections = 2;
-    h.duration_s = 0.5;
+    h.duration_s = 1.0;
     h.tls.ca_file = pki.ca_cert;
     h.tls.server_name = "localhost";
     std::string err;
     handshake_report r = run_handshakes(h, &err);
     ASSERT_EQ(err, "");
-    EXPECT_GT(r.handshakes, 10u) << format_human(r);
+    // The loop goes round: more cycles than connections (a cycle takes a few
+    // ms here, 50 ms under TSan; a count is no speed claim: bench/ measures).
+    EXPECT_GT(r.handshakes, uint64_t(h.connections)) << format_human(r);
+    EXPECT_NEAR(r.rate(), double(r.handshakes) / r.elapsed_s, 1e-9);
     EXPECT_EQ(r.errors, 0u) << format_human(r);
     EXPECT_EQ(r.version, "TLSv1.3");
 
@@ -143,7 +146,7 @@ TEST_F(tls_fixture, handshake_rate_and_baseline) {
     h.server_key = pki.server_key;
     handshake_report b = run_baseline(h, &err);
     ASSERT_EQ(err, "");
-    EXPECT_GT(b.handshakes, 10u) << format_human(b);
+    EXPECT_GT(b.handshakes, 1u) << format_human(b);
     EXPECT_EQ(b.errors, 0u) << format_human(b);
     EXPECT_GT(b.server_rate(), b.rate());
     EXPECT_NE(format_json(b).find("server_handshakes_per_sec"), std::string::npos);
