@@ -315,15 +315,17 @@ def flood(port, rate, seconds, out, idx):
 
 
 def t_handshake_flood(argv):
-    # --min-rate: the probe rate the flood must reach for the test to mean
-    # anything; a machine too loaded to flood at it fails the test rather than
-    # passing on a gentler flood. 5,000/s asked, at least 2,500/s reached (the
-    # docs state the figure pinned); RPCGATE_STRICT_TIMING=1 asks for 90 %.
+    # The flood must be a flood: it reaches 90 % of the asked rate (--min-rate),
+    # or it drives the gateway past what it can take (handshakes that timed
+    # out, connections refused at admission). On a machine so loaded that the
+    # Python flooders reach less and the gateway absorbs it all, the test
+    # fails: a gentle flood proves nothing. RPCGATE_STRICT_TIMING=1 asks for
+    # the rate whatever the gateway did.
     a = args_of(argv, {"--rate": dict(type=int, default=5000), "--seconds": dict(type=float, default=10),
                        "--p99-ms": dict(type=float, default=250),
                        "--min-rate": dict(type=float, default=None)})
     strict = os.environ.get("RPCGATE_STRICT_TIMING") == "1"
-    min_rate = a.min_rate if a.min_rate is not None else a.rate * (0.9 if strict else 0.5)
+    min_rate = a.min_rate if a.min_rate is not None else a.rate * 0.9
     env = Env("flood", a.rpcgate, a.bench, a.make_certs)
     env.start_echo()
     env.start_gateway("--handshake-timeout", "2000")
@@ -390,8 +392,13 @@ def t_handshake_flood(argv):
     log("gateway counters of refusals: " + ", ".join(
         f"{k} {v:.0f}" for k, v in sorted(m.items())
         if v and any(w in k for w in ("refused", "rejected", "busy", "drop", "timed_out", "failed"))))
-    check(sent / took >= min_rate, f"the flood reached {sent / took:.0f} probes/s, below the "
-          f"{min_rate:.0f}/s this test must apply (asked {a.rate}/s)")
+    overload = (m.get("rpcgate_tls_handshakes_timed_out_total", 0)
+                - m0.get("rpcgate_tls_handshakes_timed_out_total", 0)
+                + m.get("rpcgate_connections_refused_total", 0)
+                - m0.get("rpcgate_connections_refused_total", 0))
+    check(sent / took >= min_rate or (overload > 0 and not strict),
+          f"the flood reached {sent / took:.0f} probes/s, below the {min_rate:.0f}/s this test "
+          f"must apply (asked {a.rate}/s), and did not overload the gateway either")
     check(p99 <= a.p99_ms, f"p99 of established calls during the flood {p99:.1f} ms > {a.p99_ms} ms")
     # Every probe is answered, or refused at admission and counted: when the
     # handshake thread falls behind (a loaded machine), connections waiting
