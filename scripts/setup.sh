@@ -29,7 +29,7 @@ done
 # One entry per need; "a|b" is satisfied by either (the first is installed).
 packages=(
     # build
-    build-essential cmake ninja-build pkg-config g++ clang
+    build-essential cmake ninja-build pkg-config g++ clang clang-format
     liburing-dev libssl-dev openssl
     libgtest-dev googletest libgmock-dev libbenchmark-dev
     libtomlplusplus-dev libcli11-dev libfmt-dev
