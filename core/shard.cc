@@ -728,10 +728,24 @@ void shard::run(task init, std::string* err, std::atomic<int>* ready) {
     stats_.streams_open.store(0, std::memory_order_relaxed);
 }
 
+int shard::enter(bool wait, __kernel_timespec* ts) {
+    int rc = cfg_.refuse_submit ? cfg_.refuse_submit() : 0;
+    if (rc >= 0) {
+        if (wait) {
+            io_uring_cqe* first = nullptr;
+            rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, ts, nullptr);
+        } else {
+            rc = io_uring_submit(&ring_);
+        }
+    }
+    if (io_uring_sq_ready(&ring_) > 0) bump(stats_.submits_incomplete);
+    return rc;
+}
+
 io_uring_sqe* shard::get_sqe() {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     while (!sqe) {
-        io_uring_submit(&ring_);
+        enter(false, nullptr);
         submitted();
         sqe = io_uring_get_sqe(&ring_);
     }
@@ -777,9 +791,7 @@ void shard::loop() {
             }
             timed = true;
         }
-        io_uring_cqe* first = nullptr;
-        int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, timed ? &ts : nullptr,
-                                                  nullptr);
+        int rc = enter(true, timed ? &ts : nullptr);
         submitted();
         now_ms_ = monotonic_ms();
         // With no timer armed the wait above had no timeout and the wheel's

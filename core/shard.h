@@ -85,6 +85,17 @@ struct shard_config {
     // a time, so that an idle DPDK shard does not hold a core at 100 %.
     unsigned poll_spin_us = 200;
     unsigned poll_sleep_us = 50;
+    // Test seam, empty in production. io_uring_enter(2) may answer -EBUSY (with
+    // IORING_FEAT_NODROP: a CQ overflow backlog it could not flush) or -EAGAIN
+    // (no memory for requests) and consume no SQE, or consume only some of them
+    // (a short submit); the SQEs it left stay in the SQ ring and go with the next
+    // io_uring_enter. Current kernels queue a CQ overflow instead of refusing
+    // and a test cannot make them run out of memory, so a test stands in for the
+    // kernel here: when set, the shard thread calls it before every submission,
+    // and a negative errno it returns is taken as io_uring_enter's answer
+    // without entering the kernel (every queued SQE stays in the SQ ring).
+    // 0: submit as usual. It may act on the shard's streams, like a handler.
+    std::function<int()> refuse_submit;
 };
 
 // What the kernel gave us; logged once at start.
@@ -117,6 +128,9 @@ struct shard_stats {
     std::atomic<uint64_t> loop_passes{0};
     std::atomic<uint64_t> cqes{0};
     std::atomic<uint64_t> idle_sleeps{0};  // waits that slept (io_backend installed)
+    // Submissions after which SQEs stayed in the SQ ring (the kernel refused
+    // with -EBUSY/-EAGAIN or took only some); they go with the next one.
+    std::atomic<uint64_t> submits_incomplete{0};
 };
 
 // Single-writer counter bump: a plain load+store, no locked RMW on the hot path.
@@ -427,6 +441,10 @@ private:
     void loop();
     void dispatch(io_uring_cqe* cqe);
     io_uring_sqe* get_sqe();
+    // The io_uring boundary: submits every queued SQE and, with `wait`, waits
+    // for one completion or until `ts` (null: no timeout). Returns what
+    // io_uring_enter answered (see shard_config::refuse_submit).
+    int enter(bool wait, __kernel_timespec* ts);
     void arm_wake();
     void arm_accept(listener* l);
     void recycle(uint16_t bid) noexcept;
