@@ -307,7 +307,7 @@ private:
     size_t queued_ = 0;
     slice_chain held_;  // received while paused
     // Send queue: slices waiting to go, in order. The msghdr/iovecs of a send
-    // live in the shard's per-submission arena (see shard::send_desc).
+    // belong to its SQE's slot in the shard (see shard::send_desc).
     small_vector<slice, 8> sendq_;
     size_t sendq_head_ = 0;
     timer close_timer_;
@@ -424,17 +424,26 @@ private:
     friend class stream;
     struct listener;
     struct ring_buffer;
-    // msghdr + iovecs of one sendmsg. The kernel copies them when the SQE is
-    // submitted (IORING_FEAT_SUBMIT_STABLE), so they need to live only until
-    // the next io_uring_enter: one arena slot per SQ entry, reused after every
-    // submission, instead of a kilobyte of iovecs in every stream.
+    // msghdr + iovecs of one sendmsg, one per SQE slot: the descriptor of an
+    // SQE is the one at the SQE's index in the SQE array. The kernel reads it
+    // when it consumes the SQE and, with IORING_FEAT_SUBMIT_STABLE, never
+    // after; but it may consume the SQE only on a later io_uring_enter: one
+    // that answers -EBUSY or -EAGAIN takes none, a short submit only some, and
+    // the rest stay in the SQ ring for the next one (io_uring_enter(2)).
+    // liburing hands an SQE slot out again only once the kernel's SQ head has
+    // passed it, so a descriptor is rewritten only after the kernel has
+    // consumed the SQE that points at it, however many enters that took.
+    // (Recycling them all after every enter, as once done here, let the next
+    // pass write another stream's iovecs under an SQE still in the ring.) A
+    // kilobyte of iovecs per SQE slot, rather than in every stream.
     static constexpr size_t k_max_iov = 64;
     struct send_desc {
         msghdr msg;
         iovec iov[k_max_iov];
     };
-    send_desc* take_send_desc() noexcept { return &send_descs_[send_descs_used_++]; }
-    void submitted() noexcept { send_descs_used_ = 0; }
+    send_desc* send_desc_of(const io_uring_sqe* sqe) noexcept {
+        return &send_descs_[size_t(sqe - ring_.sq.sqes)];
+    }
 
     void run(task init, std::string* err, std::atomic<int>* ready);
     std::string setup_ring();
@@ -491,8 +500,7 @@ private:
     std::vector<stream*> starved_;
     std::vector<stream*> finished_;
     std::vector<stream*> flush_;  // streams with bytes to send, submitted once per pass
-    std::unique_ptr<send_desc[]> send_descs_;
-    unsigned send_descs_used_ = 0;
+    std::unique_ptr<send_desc[]> send_descs_;  // one per SQE slot (see send_desc)
     io_backend* backend_ = nullptr;
     bool backend_attached_ = false;
     uint64_t last_work_us_ = 0;  // when the backend or the ring last had work
