@@ -121,9 +121,8 @@ void stream::submit_send() {
         after_send();
         return;
     }
-    // The SQE first: taking it may submit (SQ full), which frees the arena.
     io_uring_sqe* sqe = shard_->get_sqe();
-    shard::send_desc* d = shard_->take_send_desc();
+    shard::send_desc* d = shard_->send_desc_of(sqe);
     size_t n = 0;
     for (size_t i = sendq_head_; i < sendq_.size() && n < shard::k_max_iov; ++i, ++n) {
         d->iov[n].iov_base = const_cast<uint8_t*>(sendq_[i].data());
@@ -604,8 +603,7 @@ std::string shard::setup_ring() {
     ring_ok_ = true;
     if (!(ring_.features & IORING_FEAT_SUBMIT_STABLE))
         return "io_uring lacks IORING_FEAT_SUBMIT_STABLE (kernel too old)";
-    // One slot per SQ entry: at most that many sends are prepared between submissions.
-    send_descs_ = std::make_unique<send_desc[]>(ring_.sq.ring_entries);
+    send_descs_ = std::make_unique<send_desc[]>(ring_.sq.ring_entries);  // one per SQE slot
 
     if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
         feat_.send_zc = io_uring_opcode_supported(probe, IORING_OP_SEND_ZC);
@@ -728,11 +726,24 @@ void shard::run(task init, std::string* err, std::atomic<int>* ready) {
     stats_.streams_open.store(0, std::memory_order_relaxed);
 }
 
+int shard::enter(bool wait, __kernel_timespec* ts) {
+    int rc = cfg_.refuse_submit ? cfg_.refuse_submit() : 0;
+    if (rc >= 0) {
+        if (wait) {
+            io_uring_cqe* first = nullptr;
+            rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, ts, nullptr);
+        } else {
+            rc = io_uring_submit(&ring_);
+        }
+    }
+    if (io_uring_sq_ready(&ring_) > 0) bump(stats_.submits_incomplete);
+    return rc;
+}
+
 io_uring_sqe* shard::get_sqe() {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     while (!sqe) {
-        io_uring_submit(&ring_);
-        submitted();
+        enter(false, nullptr);
         sqe = io_uring_get_sqe(&ring_);
     }
     return sqe;
@@ -777,10 +788,11 @@ void shard::loop() {
             }
             timed = true;
         }
-        io_uring_cqe* first = nullptr;
-        int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, timed ? &ts : nullptr,
-                                                  nullptr);
-        submitted();
+        // -EBUSY or -EAGAIN: the kernel took no SQE; a short submit: only some.
+        // What it left stays in the SQ ring, with its send descriptors (see
+        // shard::send_desc), and goes with the next enter; reaping what has
+        // completed, below, is what lets a kernel that answered -EBUSY go on.
+        int rc = enter(true, timed ? &ts : nullptr);
         now_ms_ = monotonic_ms();
         // With no timer armed the wait above had no timeout and the wheel's
         // clock stood still; bring it to now before anything arms a timer.

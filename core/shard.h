@@ -85,6 +85,17 @@ struct shard_config {
     // a time, so that an idle DPDK shard does not hold a core at 100 %.
     unsigned poll_spin_us = 200;
     unsigned poll_sleep_us = 50;
+    // Test seam, empty in production. io_uring_enter(2) may answer -EBUSY (with
+    // IORING_FEAT_NODROP: a CQ overflow backlog it could not flush) or -EAGAIN
+    // (no memory for requests) and consume no SQE, or consume only some of them
+    // (a short submit); the SQEs it left stay in the SQ ring and go with the next
+    // io_uring_enter. Current kernels queue a CQ overflow instead of refusing
+    // and a test cannot make them run out of memory, so a test stands in for the
+    // kernel here: when set, the shard thread calls it before every submission,
+    // and a negative errno it returns is taken as io_uring_enter's answer
+    // without entering the kernel (every queued SQE stays in the SQ ring).
+    // 0: submit as usual. It may act on the shard's streams, like a handler.
+    std::function<int()> refuse_submit;
 };
 
 // What the kernel gave us; logged once at start.
@@ -117,6 +128,9 @@ struct shard_stats {
     std::atomic<uint64_t> loop_passes{0};
     std::atomic<uint64_t> cqes{0};
     std::atomic<uint64_t> idle_sleeps{0};  // waits that slept (io_backend installed)
+    // Submissions after which SQEs stayed in the SQ ring (the kernel refused
+    // with -EBUSY/-EAGAIN or took only some); they go with the next one.
+    std::atomic<uint64_t> submits_incomplete{0};
 };
 
 // Single-writer counter bump: a plain load+store, no locked RMW on the hot path.
@@ -293,7 +307,7 @@ private:
     size_t queued_ = 0;
     slice_chain held_;  // received while paused
     // Send queue: slices waiting to go, in order. The msghdr/iovecs of a send
-    // live in the shard's per-submission arena (see shard::send_desc).
+    // belong to its SQE's slot in the shard (see shard::send_desc).
     small_vector<slice, 8> sendq_;
     size_t sendq_head_ = 0;
     timer close_timer_;
@@ -410,23 +424,36 @@ private:
     friend class stream;
     struct listener;
     struct ring_buffer;
-    // msghdr + iovecs of one sendmsg. The kernel copies them when the SQE is
-    // submitted (IORING_FEAT_SUBMIT_STABLE), so they need to live only until
-    // the next io_uring_enter: one arena slot per SQ entry, reused after every
-    // submission, instead of a kilobyte of iovecs in every stream.
+    // msghdr + iovecs of one sendmsg, one per SQE slot: the descriptor of an
+    // SQE is the one at the SQE's index in the SQE array. The kernel reads it
+    // when it consumes the SQE and, with IORING_FEAT_SUBMIT_STABLE, never
+    // after; but it may consume the SQE only on a later io_uring_enter: one
+    // that answers -EBUSY or -EAGAIN takes none, a short submit only some, and
+    // the rest stay in the SQ ring for the next one (io_uring_enter(2)).
+    // liburing hands an SQE slot out again only once the kernel's SQ head has
+    // passed it, so a descriptor is rewritten only after the kernel has
+    // consumed the SQE that points at it, however many enters that took.
+    // (Recycling them all after every enter, as once done here, let the next
+    // pass write another stream's iovecs under an SQE still in the ring.) A
+    // kilobyte of iovecs per SQE slot, rather than in every stream.
     static constexpr size_t k_max_iov = 64;
     struct send_desc {
         msghdr msg;
         iovec iov[k_max_iov];
     };
-    send_desc* take_send_desc() noexcept { return &send_descs_[send_descs_used_++]; }
-    void submitted() noexcept { send_descs_used_ = 0; }
+    send_desc* send_desc_of(const io_uring_sqe* sqe) noexcept {
+        return &send_descs_[size_t(sqe - ring_.sq.sqes)];
+    }
 
     void run(task init, std::string* err, std::atomic<int>* ready);
     std::string setup_ring();
     void loop();
     void dispatch(io_uring_cqe* cqe);
     io_uring_sqe* get_sqe();
+    // The io_uring boundary: submits every queued SQE and, with `wait`, waits
+    // for one completion or until `ts` (null: no timeout). Returns what
+    // io_uring_enter answered (see shard_config::refuse_submit).
+    int enter(bool wait, __kernel_timespec* ts);
     void arm_wake();
     void arm_accept(listener* l);
     void recycle(uint16_t bid) noexcept;
@@ -473,8 +500,7 @@ private:
     std::vector<stream*> starved_;
     std::vector<stream*> finished_;
     std::vector<stream*> flush_;  // streams with bytes to send, submitted once per pass
-    std::unique_ptr<send_desc[]> send_descs_;
-    unsigned send_descs_used_ = 0;
+    std::unique_ptr<send_desc[]> send_descs_;  // one per SQE slot (see send_desc)
     io_backend* backend_ = nullptr;
     bool backend_attached_ = false;
     uint64_t last_work_us_ = 0;  // when the backend or the ring last had work

@@ -12,18 +12,13 @@
 #include <thread>
 
 #include "core/shard.h"
+#include "tests/unit/core/running_shard.h"
 
 using namespace rpcgate::core;
+using rpcgate::core::test::loopback;
+using rpcgate::core::test::running_shard;
 
 namespace {
-
-sockaddr_in loopback(uint16_t port) {
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    return a;
-}
 
 int connect_to(uint16_t port) {
     int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -70,42 +65,6 @@ struct echo_server : listener_handler, stream_handler {
         s.send(std::move(data));
     }
     void on_closed(stream&, int) override { ++closed; }
-};
-
-struct running_shard {
-    shard_config cfg;
-    std::unique_ptr<shard> sh;
-    mailbox* box = nullptr;
-
-    explicit running_shard(shard_config c) : cfg(c), sh(std::make_unique<shard>(c)) {
-        box = &sh->make_inbox();
-    }
-    std::string start(listener_handler* l) {
-        return sh->start([this, l] {
-            sockaddr_in a = loopback(0);
-            EXPECT_GT(sh->listen(reinterpret_cast<sockaddr*>(&a), sizeof a, l), 0);
-        });
-    }
-    // Runs f on the shard thread and waits for it.
-    template <typename F>
-    void run(F f) {
-        std::mutex m;
-        std::condition_variable cv;
-        bool done = false;
-        ASSERT_TRUE(box->try_post([&] {
-            f();
-            std::lock_guard g(m);
-            done = true;
-            cv.notify_one();
-        }));
-        std::unique_lock g(m);
-        ASSERT_TRUE(cv.wait_for(g, std::chrono::seconds(10), [&] { return done; }));
-    }
-    ~running_shard() {
-        sh->request_stop();
-        sh->force_exit();
-        sh->join();
-    }
 };
 
 template <typename P>
