@@ -120,9 +120,10 @@ replies=$(awk '$1 == 1' "$work/rpc.txt" | wc -l)
 # The probes are NULL calls of NFS and MOUNT: any other procedure is a leak.
 # The same filter with `== 0` must find the probes themselves, so that it is
 # known to match NFS and MOUNT in this capture at all.
-ts_read nfs_procs -Y "(nfs || mount) && rpc.procedure != 0"
+nfs_or_mount="(nfs || mount)"
+ts_read nfs_procs -Y "$nfs_or_mount && rpc.procedure != 0"
 nfs_frames=$(lines nfs_procs)
-ts_read nfs_null -Y "(nfs || mount) && rpc.procedure == 0"
+ts_read nfs_null -Y "$nfs_or_mount && rpc.procedure == 0"
 nfs_null=$(lines nfs_null)
 # Read as TLS (after the heuristic picked RPC for the probe, tshark would
 # not look again): TLS 1.3 application data records. The outer record type of
