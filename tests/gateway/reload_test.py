@@ -226,7 +226,8 @@ class gateway:
         argv = [self.env.rpcgate, "--implicit-tls", f"127.0.0.1:{self.port}",
                 "--backend", f"{PROG}=127.0.0.1:{backend_port}", "--shards", "2",
                 "--no-reserved-port", "--admin", f"127.0.0.1:{self.env.admin_port}",
-                "--tls", "mtls", "--cert", self.path("server.pem"), "--key", self.path("server.key"),
+                "--tls", "mtls",
+                "--cert", self.path("server.pem"), "--key", self.path("server.key"),
                 "--ca", self.path("ca.pem"), "--crl", self.path("crl.pem"),
                 "--cert-user-map", self.path("users.map"), "--audit-log", self.audit]
         self.proc = self.env.start(argv, "gateway")
@@ -254,7 +255,8 @@ class gateway:
             except urllib.error.HTTPError as e:
                 status, body = e.code, e.read().decode()
             want = 200 if expect_ok else 500
-            check(status == want, f"POST /reload answered {status} ({body.strip()}), expected {want}")
+            check(status == want,
+                  f"POST /reload answered {status} ({body.strip()}), expected {want}")
             if expect_ok:
                 check(body.strip() == "reloaded", f"POST /reload answered '{body.strip()}'")
             else:
@@ -266,7 +268,8 @@ class gateway:
               f"reload counters (ok, failed) {self.counters()}, expected {want}; "
               f"log: {self.proc.tail(5)}")
         if self.trigger == "sighup" and not expect_ok:  # the reason goes to the log
-            wait_until(DEADLINE, lambda: "SIGHUP: reload failed, keeping the old" in self.proc.tail(20),
+            wait_until(DEADLINE,
+                       lambda: "SIGHUP: reload failed, keeping the old" in self.proc.tail(20),
                        "the log line saying why the SIGHUP reload failed")
         return want
 
@@ -384,7 +387,8 @@ def run(trigger, rpcgate, make_certs, revoke_sh):
     wait_until(DEADLINE, lambda: held_is_closed(held), "the revoked client's connection to close")
     held.close()
     why, line = refused(gw, "client")
-    check("certificate revoked" in line, f"client1 refused for another reason: {line.strip()} (client: {why})")
+    check("certificate revoked" in line,
+          f"client1 refused for another reason: {line.strip()} (client: {why})")
     c, cred = session(gw, "client2")
     check(cred[0] == AUTH_SYS and cred[1] == 4242, f"client2 (not in the map) reached the backend "
           f"as {cred}")

@@ -19,7 +19,7 @@ using namespace rpcgate::gw;
 namespace {
 
 class toml_config : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         char tmpl[] = "/tmp/rpcgate-config-test.XXXXXX";
         ASSERT_NE(::mkdtemp(tmpl), nullptr);
@@ -50,12 +50,11 @@ TEST_F(toml_config, a_float_for_an_integer_key_is_refused_not_converted) {
         const char* line;
         const char* key;
     };
-    for (const case_t& c : {case_t{"shards = 2.0", "shards"},
-                            case_t{"idle_timeout = 1.5", "idle_timeout"},
-                            case_t{"max_record = 4.2e124", "max_record"},
-                            case_t{"buffers = -1e300", "buffers"},
-                            case_t{"handshake_timeout = inf", "handshake_timeout"},
-                            case_t{"max_connections_per_source = nan", "max_connections_per_source"}}) {
+    for (const case_t& c :
+         {case_t{"shards = 2.0", "shards"}, case_t{"idle_timeout = 1.5", "idle_timeout"},
+          case_t{"max_record = 4.2e124", "max_record"}, case_t{"buffers = -1e300", "buffers"},
+          case_t{"handshake_timeout = inf", "handshake_timeout"},
+          case_t{"max_connections_per_source = nan", "max_connections_per_source"}}) {
         SCOPED_TRACE(c.line);
         EXPECT_FALSE(load(c.line));
         EXPECT_NE(err_.find(std::string("'") + c.key + "'"), std::string::npos) << err_;
@@ -103,8 +102,9 @@ TEST_F(toml_config, an_out_of_range_integer_is_refused_not_narrowed) {
 
 // The edges of the range are read exactly.
 TEST_F(toml_config, integers_at_the_edges_of_the_range_are_read_exactly) {
-    ASSERT_TRUE(load("idle_timeout = 4294967295\nmax_connections = 0\nshards = 3\n"
-                     "max_record = 9223372036854775807"))
+    ASSERT_TRUE(
+        load("idle_timeout = 4294967295\nmax_connections = 0\nshards = 3\n"
+             "max_record = 9223372036854775807"))
         << err_;
     EXPECT_EQ(cfg_.idle_timeout_s, std::numeric_limits<uint32_t>::max());
     EXPECT_EQ(cfg_.max_connections, 0u);
