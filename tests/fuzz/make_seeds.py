@@ -86,6 +86,11 @@ upstream_server_name = "nfs.example.org"
 w("config", "bad_type", 'listen = 2049\nbackend = "nfs=127.0.0.1:1"\n')
 w("config", "big_int", 'listen = "127.0.0.1:1"\nbackend = "nfs=127.0.0.1:1"\nbuffers = 4294967296\n')
 w("config", "unknown_key", 'listen = "127.0.0.1:1"\nfoo = 1\n')
+# Floats and out-of-range integers for integer keys: refused, never converted
+# or narrowed (the target once had to skip the floats: their conversion was
+# undefined behaviour).
+w("config", "float_int", 'listen = "127.0.0.1:1"\nbackend = "nfs=127.0.0.1:1"\nshards = 4.29e124\n')
+w("config", "negative_int", 'listen = "127.0.0.1:1"\nbackend = "nfs=127.0.0.1:1"\nmax_record = -1\n')
 
 # connection: a script, one byte an op (op & 31; (op >> 5) % 3 picks the
 # connection), then the op's parameter bytes. See connection_fuzz.cc.

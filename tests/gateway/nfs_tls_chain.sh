@@ -73,9 +73,11 @@ peer_wait_until 10 peer_rpc_null 127.0.0.1 "$a_port" 100003 3 ||
     fail "the chain did not answer a NULL call on NFSv3"
 
 # Capture A -> B from here on. dumpcap says "Capturing on" once it listens.
+# tshark loads every dissector first: 16 s on a loaded 2-core machine.
 tshark -i lo -f "tcp port $b_port" -w "$work/ab.pcap" >"$work/tshark.log" 2>&1 &
 pids+=($!)
-peer_wait_until 10 grep -q "Capturing on" "$work/tshark.log" || fail "tshark did not start capturing"
+peer_wait_until 60 grep -q "Capturing on" "$work/tshark.log" ||
+    fail "tshark did not start capturing within 60 s: $(cat "$work/tshark.log")"
 
 url() { echo "nfs://127.0.0.1$1?nfsport=$a_port&mountport=$a_port${2:+&$2}"; }
 ms() { date +%s%3N; }
@@ -96,29 +98,49 @@ echo "nfs-ls NFSv4 through the chain: chain.bin listed with its size"
 tshark_pid=${pids[-1]}
 peer_stop "$tshark_pid" 10
 unset 'pids[-1]'
-frames=$(tshark -r "$work/ab.pcap" -T fields -e frame.number 2>/dev/null | wc -l)
+# Every read of the capture must work: a filter or field tshark does not know
+# exits non-zero, and would otherwise count as "0 matches" and pass.
+# ts_read NAME ARGS...: tshark -r on the capture into $work/NAME.txt.
+ts_read() {
+    local name=$1
+    shift
+    tshark -r "$work/ab.pcap" "$@" >"$work/$name.txt" 2>"$work/$name.err" ||
+        fail "tshark -r ab.pcap $* exited with status $?: $(grep -v '^Running as user' "$work/$name.err")"
+}
+lines() { wc -l <"$work/$1.txt"; }
+ts_read frames -T fields -e frame.number
+frames=$(lines frames)
 [ "$frames" -gt $((size_mib * 8)) ] || fail "the capture holds only $frames frames"
 # RPC is found by tshark's heuristic on any port: only the probes (NULL with
 # AUTH_TLS, flavor 7) and their STARTTLS replies may show up as RPC.
-rpc_lines=$(tshark -r "$work/ab.pcap" -Y rpc -T fields -E occurrence=f -e rpc.msgtyp \
-    -e rpc.auth.flavor 2>/dev/null || true)
-probes=$(awk '$1 == 0 && $2 == 7' <<<"$rpc_lines" | wc -l)
-other_calls=$(awk '$1 == 0 && $2 != 7' <<<"$rpc_lines" | wc -l)
-replies=$(awk '$1 == 1' <<<"$rpc_lines" | wc -l)
+ts_read rpc -Y rpc -T fields -E occurrence=f -e rpc.msgtyp -e rpc.auth.flavor
+probes=$(awk '$1 == 0 && $2 == 7' "$work/rpc.txt" | wc -l)
+other_calls=$(awk '$1 == 0 && $2 != 7' "$work/rpc.txt" | wc -l)
+replies=$(awk '$1 == 1' "$work/rpc.txt" | wc -l)
 # The probes are NULL calls of NFS and MOUNT: any other procedure is a leak.
-nfs_frames=$(tshark -r "$work/ab.pcap" -Y "(nfs || mount) && rpc.procedure != 0" 2>/dev/null | wc -l)
+# The same filter with `== 0` must find the probes themselves, so that it is
+# known to match NFS and MOUNT in this capture at all.
+nfs_or_mount="(nfs || mount)"
+ts_read nfs_procs -Y "$nfs_or_mount && rpc.procedure != 0"
+nfs_frames=$(lines nfs_procs)
+ts_read nfs_null -Y "$nfs_or_mount && rpc.procedure == 0"
+nfs_null=$(lines nfs_null)
 # Read as TLS (after the heuristic picked RPC for the probe, tshark would
-# not look again): TLS 1.3 application data records (opaque type 23).
-tls_frames=$(tshark -r "$work/ab.pcap" -d "tcp.port==$b_port,tls" -Y "tls.record.opaque_type == 23" \
-    2>/dev/null | wc -l)
+# not look again): TLS 1.3 application data records. The outer record type of
+# TLS 1.3 is `tls.record.opaque_type` (`tls.record.content_type` is the inner,
+# encrypted one, which tshark cannot see: `content_type == 23` matches nothing).
+ts_read tls_app -d "tcp.port==$b_port,tls" -Y "tls.record.opaque_type == 23"
+tls_frames=$(lines tls_app)
 # The probe replies carry the verifier AUTH_NONE "STARTTLS" (hex 5354415254544c53).
-starttls=$(tshark -r "$work/ab.pcap" -Y "rpc.msgtyp == 1" -T fields -e tcp.payload 2>/dev/null |
-    grep -c 5354415254544c53 || true)
-echo "capture A -> B: $frames frames; RPC in clear: $probes AUTH_TLS probe(s), $replies reply(ies), $other_calls other call(s); NFS/MOUNT procedures other than the probes' NULL: $nfs_frames; TLS application-data frames: $tls_frames"
+ts_read replies -Y "rpc.msgtyp == 1" -T fields -e tcp.payload
+starttls=$(grep -c 5354415254544c53 "$work/replies.txt" || true)
+echo "capture A -> B: $frames frames; RPC in clear: $probes AUTH_TLS probe(s), $replies reply(ies), $other_calls other call(s); NFS/MOUNT procedures other than the probes' NULL: $nfs_frames (NULL: $nfs_null); TLS application-data frames: $tls_frames"
 [ "$probes" -ge 1 ] || fail "no AUTH_TLS probe in clear on the A -> B port"
 [ "$replies" -eq "$probes" ] || fail "$replies replies in clear for $probes probes"
 [ "$starttls" -eq "$probes" ] || fail "$starttls of $probes probe replies carry the STARTTLS verifier"
 [ "$other_calls" -eq 0 ] || fail "$other_calls RPC calls other than the probe went in clear"
+[ "$nfs_null" -ge "$probes" ] ||
+    fail "the NFS/MOUNT filter found $nfs_null NULL frames for $probes probes: it cannot see NFS here"
 [ "$nfs_frames" -eq 0 ] || fail "$nfs_frames NFS/MOUNT frames decodable on the A -> B port"
 [ "$tls_frames" -gt 100 ] || fail "only $tls_frames TLS application-data frames on the A -> B port"
 grep -q "tls established" "$work/a.log" || fail "A logged no established upstream TLS session"
