@@ -595,7 +595,9 @@ def t_sigterm(argv):
             with lock:
                 stats["closed_with_pending"] += len(pending)
                 stats["conns"] += 1
-                stats["by_reset"] = stats.get("by_reset", 0) + ("EOF" not in str(e))
+                if "EOF" not in str(e):
+                    stats["by_reset"] = stats.get("by_reset", 0) + 1
+                    stats.setdefault("reset_modes", []).append(f"{mode}: {e}")
         except (socket.timeout, TimeoutError):
             errors.append(f"client {k}: hung for 20 s with {len(pending)} calls pending")
         except Failure as e:
@@ -636,8 +638,9 @@ def t_sigterm(argv):
         f"{fw.group(2)}, replies no client read: {unseen}")
     check(rc == 0, f"exit status {rc} on SIGTERM")
     check(stats["conns"] == 9, "not every client saw its connection closed")
+    check(resets == 0, f"{resets} of 9 clients saw a reset instead of an orderly close "
+          f"({'; '.join(stats.get('reset_modes', []))}; {unseen} replies unread)")
     check(unseen == 0, f"{unseen} replies forwarded by the gateway never reached their client")
-    check(resets == 0, f"{resets} of 9 clients saw a reset instead of an orderly close")
 
 
 # ---- source_limits ----------------------------------------------------------
