@@ -12,8 +12,8 @@
 #include "core/log.h"
 #include "core/sd_notify.h"
 #include "rpc/portmap.h"
-#include "tools/gateway/config.h"
-#include "tools/gateway/gateway.h"
+#include "gateway/config.h"
+#include "gateway/gateway.h"
 
 using namespace rpcgate;
 

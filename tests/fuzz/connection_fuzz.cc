@@ -55,8 +55,8 @@
 #include "rpc/message.h"
 #include "rpc/portmap.h"
 #include "tests/fuzz/fuzz_util.h"
-#include "tools/gateway/config.h"
-#include "tools/gateway/gateway.h"
+#include "gateway/config.h"
+#include "gateway/gateway.h"
 
 using namespace rpcgate;
 using clk = std::chrono::steady_clock;

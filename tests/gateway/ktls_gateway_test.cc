@@ -41,7 +41,7 @@
 #include "tls/context.h"
 #include "tls/ktls.h"
 #include "tools/bench/echo_server.h"
-#include "tools/gateway/gateway.h"
+#include "gateway/gateway.h"
 
 using namespace rpcgate;
 namespace k = rpcgate::tls::ktls;

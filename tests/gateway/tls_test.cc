@@ -18,7 +18,7 @@
 
 #include "rpc/message.h"
 #include "tests/gateway/child_process.h"
-#include "tools/gateway/gateway.h"
+#include "gateway/gateway.h"
 
 using namespace rpcgate;
 using rpcgate::testing::child_process;

@@ -26,7 +26,7 @@
 #include "rpc/xdr_codec.h"
 #include "tests/gateway/child_process.h"
 #include "tools/client/blocking_client.h"
-#include "tools/gateway/gateway.h"
+#include "gateway/gateway.h"
 
 using namespace rpcgate;
 using namespace std::chrono_literals;

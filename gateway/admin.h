@@ -19,7 +19,7 @@
 #include <string>
 #include <thread>
 
-#include "tools/gateway/config.h"
+#include "gateway/config.h"
 
 namespace rpcgate::gw {
 

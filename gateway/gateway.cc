@@ -1,4 +1,4 @@
-#include "tools/gateway/gateway.h"
+#include "gateway/gateway.h"
 
 #include <arpa/inet.h>
 #include <openssl/err.h>
@@ -20,11 +20,11 @@
 #include "rpc/portmap.h"
 #include "rpc/record.h"
 #include "rpc/xdr_codec.h"
-#include "tools/gateway/admin.h"
+#include "gateway/admin.h"
 #include "tls/ktls.h"
-#include "tools/gateway/handshake_service.h"
-#include "tools/gateway/ktls_handshaker.h"
-#include "tools/gateway/source_limits.h"
+#include "gateway/handshake_service.h"
+#include "gateway/ktls_handshaker.h"
+#include "gateway/source_limits.h"
 
 namespace rpcgate::gw {
 

@@ -1,4 +1,4 @@
-#include "tools/gateway/config.h"
+#include "gateway/config.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>

@@ -1,4 +1,4 @@
-#include "tools/gateway/admin.h"
+#include "gateway/admin.h"
 
 #include <netinet/in.h>
 #include <poll.h>

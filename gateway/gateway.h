@@ -29,7 +29,7 @@
 #include "core/shard.h"
 #include "tls/context.h"
 #include "tls/identity_map.h"
-#include "tools/gateway/config.h"
+#include "gateway/config.h"
 
 namespace rpcgate::gw {
 
