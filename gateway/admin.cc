@@ -13,6 +13,16 @@
 
 namespace rpcgate::gw {
 
+std::string json_escape(const std::string& in) {
+    std::string out;
+    for (char c : in) {
+        if (c == '"' || c == '\\') out += '\\';
+        if (static_cast<unsigned char>(c) < 0x20) continue;
+        out += c;
+    }
+    return out;
+}
+
 admin_server::~admin_server() { stop(); }
 
 std::string admin_server::start(const endpoint& ep, handlers h) {

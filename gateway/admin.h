@@ -23,6 +23,10 @@
 
 namespace rpcgate::gw {
 
+// `in` made safe inside a JSON string: quotes and backslashes escaped,
+// control characters dropped (the /connections body).
+std::string json_escape(const std::string& in);
+
 class admin_server {
 public:
     struct handlers {

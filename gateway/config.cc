@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <fmt/format.h>
@@ -109,6 +110,15 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
         if (k == "tls") {
             if (!parse_tls_mode(v, &out->tls.mode, err, "--backend tls=")) return false;
             out->tls_set = true;
+        } else if (k == "vers") {
+            char* end = nullptr;
+            unsigned long n = std::strtoul(v.c_str(), &end, 10);
+            if (*end != '\0' || n == 0 || n > UINT32_MAX) {
+                *err = fmt::format("--backend '{}': vers={} is not a program version (1..{})",
+                                   text, v, UINT32_MAX);
+                return false;
+            }
+            out->vers = uint32_t(n);
         } else if (k == "name") {
             out->tls.server_name = v;
         } else if (k == "ca") {
@@ -118,7 +128,7 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
         } else if (k == "key") {
             out->tls.key = v;
         } else {
-            *err = fmt::format("--backend '{}': unknown option '{}' (tls, name, ca, cert, key)",
+            *err = fmt::format("--backend '{}': unknown option '{}' (vers, tls, name, ca, cert, key)",
                                text, k);
             return false;
         }
@@ -362,7 +372,8 @@ bool validate(gateway_config* cfg, std::string* err) {
     }
     for (size_t i = 0; i < cfg->backends.size(); ++i)
         for (size_t j = 0; j < i; ++j)
-            if (cfg->backends[i].prog == cfg->backends[j].prog) {
+            if (cfg->backends[i].prog == cfg->backends[j].prog &&
+                cfg->backends[i].vers == cfg->backends[j].vers) {
                 *err = fmt::format("program {} is routed twice ('{}' and '{}')",
                                    cfg->backends[i].prog, cfg->backends[j].spec,
                                    cfg->backends[i].spec);
@@ -488,7 +499,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     app.add_option("--listen,-l", listen, "ADDR:PORT to accept clients on (repeatable)")
         ->type_name("ADDR:PORT");
     app.add_option("--backend,-b", backends,
-                   "PROG=HOST:PORT[,tls=MODE,name=NAME,ca=FILE,cert=FILE,key=FILE]: route program "
+                   "PROG=HOST:PORT[,vers=N,tls=MODE,name=NAME,ca=FILE,cert=FILE,key=FILE]: route program "
                    "PROG (number or name: nfs, mount, nlm, nsm, portmap, nfs_acl) to a server, "
                    "with its own upstream TLS settings (repeatable)")
         ->type_name("PROG=ADDR:PORT");

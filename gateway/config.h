@@ -50,6 +50,7 @@ struct upstream_tls {
 // override the --upstream-* defaults for this backend.
 struct backend_route {
     uint32_t prog = 0;
+    uint32_t vers = 0;  // ",vers=N": this version of prog only; 0: every version
     endpoint target;
     std::string spec;  // as written, for logs
     std::string host;  // HOST as written (no port)

@@ -1,20 +1,30 @@
-// The plaintext RPC gateway: sessions, routing, portmap, flow control.
+// The RPC gateway: the process-wide object that starts the shards, the
+// handshake threads and the admin endpoint, reloads the TLS material, and
+// gathers what the shards count.
 //
-// One `gateway` owns N shards (core::shard). Each shard accepts clients on
-// its own SO_REUSEPORT listener; a client connection becomes a `session` on
-// that shard, and the session opens one backend connection per backend it
-// uses, on first use, on the same shard. Records are reassembled on both
-// sides and forwarded whole and in order (xid untouched), by direction: CALLs
-// from the client go to the backend of their program, REPLYs come back; CALLs
-// from a backend (the NFSv4.1 backchannel) go to the client and the client's
-// REPLYs go back to the backend that called. Nothing is copied: a record is
+// One `gateway` owns N shards (core::shard), each with its shard_context.
+// Each shard accepts clients on its own SO_REUSEPORT listener; a client
+// connection becomes a `client_session` on that shard, and the session opens
+// one `backend_link` per route it uses, on first use, on the same shard.
+// Records are reassembled on both sides and forwarded whole and in order
+// (xid untouched), by direction: CALLs from the client go to the backend of
+// their program, REPLYs come back; CALLs from a backend (the NFSv4.1
+// backchannel) go to the client and the client's REPLYs go back to the
+// backend that called. Nothing is copied: a record is
 // forwarded as the receive buffers it arrived in, plus a new record mark.
 //
 // The gateway answers some calls itself: portmap v2 NULL/GETPORT (GETPORT
 // of a routed program returns the gateway's own port, so an NFSv3 client can
 // mount through one port with no rpcbind behind it), PROG_UNAVAIL for
-// unrouted programs, RPC_MISMATCH, GARBAGE_ARGS, and AUTH_ERROR for AUTH_TLS
-// probes (TLS is off in this build).
+// unrouted programs, RPC_MISMATCH, GARBAGE_ARGS, and, with --tls off,
+// AUTH_ERROR for AUTH_TLS probes; otherwise a probe is answered STARTTLS
+// (RFC 9289) and the connection goes to a handshake thread.
+//
+// Files: client_session (one client connection), backend_link (one backend
+// connection), router (program and version -> route, call policy),
+// admission (limits), control_records (kTLS non-data records), metrics (the
+// counter table), shard_context (one shard's part), admin (HTTP), config.
+// docs/architecture.md follows a record through them.
 //
 // Threading: `start`, `stop`, `wait` and `totals` are for the main thread;
 // everything else runs on the shards.
@@ -30,80 +40,9 @@
 #include "tls/context.h"
 #include "tls/identity_map.h"
 #include "gateway/config.h"
+#include "gateway/metrics.h"
 
 namespace rpcgate::gw {
-
-// Per-shard counters; written by the shard, read by anyone.
-struct gateway_counters {
-    std::atomic<uint64_t> sessions_accepted{0};
-    std::atomic<uint64_t> sessions_open{0};
-    std::atomic<uint64_t> sessions_refused{0};  // over --max-connections
-    std::atomic<uint64_t> calls_forwarded{0};
-    std::atomic<uint64_t> replies_forwarded{0};
-    std::atomic<uint64_t> backchannel_calls{0};
-    std::atomic<uint64_t> backchannel_replies{0};
-    std::atomic<uint64_t> bytes_from_clients{0};
-    std::atomic<uint64_t> bytes_to_clients{0};
-    std::atomic<uint64_t> local_replies{0};   // answered by the gateway itself
-    std::atomic<uint64_t> portmap_calls{0};
-    std::atomic<uint64_t> prog_unavail{0};
-    std::atomic<uint64_t> malformed{0};       // undecodable records (connection closed)
-    std::atomic<uint64_t> garbage_args{0};    // calls with a bad header, answered
-    std::atomic<uint64_t> oversize{0};        // records over --max-record (closed)
-    std::atomic<uint64_t> cut_records{0};     // connection closed inside a record
-    std::atomic<uint64_t> tls_probes{0};      // AUTH_TLS probes refused (TLS off)
-    std::atomic<uint64_t> auth_tls_misuse{0};
-    std::atomic<uint64_t> backend_connects{0};
-    std::atomic<uint64_t> backend_connect_failures{0};
-    std::atomic<uint64_t> backend_lost{0};    // a backend closed under a client
-    std::atomic<uint64_t> idle_timeouts{0};
-    std::atomic<uint64_t> orphan_replies{0};  // a client REPLY no backend asked for
-    std::atomic<uint64_t> flow_pauses{0};     // a side paused because its peer was full
-    std::atomic<uint64_t> starttls{0};        // probes answered with STARTTLS
-    std::atomic<uint64_t> implicit_tls{0};    // accepts on --implicit-tls listeners
-    std::atomic<uint64_t> tls_sessions{0};    // connections back from a handshake
-    std::atomic<uint64_t> tls_errors{0};      // TLS failures after the handshake
-    std::atomic<uint64_t> too_weak{0};        // plaintext calls refused (AUTH_TOOWEAK)
-    std::atomic<uint64_t> certuser_rewrites{0};  // calls given a certificate's identity
-    std::atomic<uint64_t> tls_revoked{0};     // closed after a CRL reload revoked them
-    std::atomic<uint64_t> tls_open{0};        // TLS client connections open now
-    // Kernel TLS (tls/ktls.h): non-data records the kernel stopped at.
-    std::atomic<uint64_t> tls_close_notify{0};       // close_notify from the client
-    std::atomic<uint64_t> tls_alerts_received{0};    // other alerts from the client
-    std::atomic<uint64_t> tls_key_update_closes{0};  // KeyUpdate we cannot follow: closed
-    // TLS client connections open now, by direction (0 tx, 1 rx) and where
-    // the crypto runs (tls::ktls::mode: userspace, ktls-sw, ktls-hw, ktls).
-    std::atomic<uint64_t> tls_protection_open[2][4] = {};
-    // RFC 9289 client role, towards backends.
-    std::atomic<uint64_t> upstream_tls{0};           // backend connections that went TLS
-    std::atomic<uint64_t> upstream_plaintext{0};     // probe refused: plaintext (opportunistic)
-    std::atomic<uint64_t> upstream_tls_failures{0};  // refused, failed or timed out
-    std::atomic<uint64_t> upstream_ktls_tx{0};  // ... of upstream_tls: TX in the kernel
-    std::atomic<uint64_t> upstream_ktls_rx{0};  // ... RX in the kernel
-    std::atomic<uint64_t> upstream_tickets{0};  // NewSessionTickets consumed on kTLS RX
-};
-
-// Sum of the counters of all shards (plain values).
-struct gateway_totals {
-    uint64_t sessions_accepted = 0, sessions_open = 0, sessions_refused = 0, calls_forwarded = 0,
-             replies_forwarded = 0, backchannel_calls = 0, backchannel_replies = 0,
-             bytes_from_clients = 0, bytes_to_clients = 0, local_replies = 0, portmap_calls = 0,
-             prog_unavail = 0, malformed = 0, garbage_args = 0, oversize = 0, cut_records = 0,
-             tls_probes = 0, auth_tls_misuse = 0, backend_connects = 0,
-             backend_connect_failures = 0, backend_lost = 0, idle_timeouts = 0,
-             orphan_replies = 0, flow_pauses = 0, starttls = 0, implicit_tls = 0,
-             tls_sessions = 0, tls_errors = 0, too_weak = 0, certuser_rewrites = 0,
-             tls_revoked = 0, upstream_tls = 0, upstream_plaintext = 0,
-             upstream_tls_failures = 0, tls_close_notify = 0, tls_alerts_received = 0,
-             tls_key_update_closes = 0, upstream_ktls_tx = 0, upstream_ktls_rx = 0,
-             upstream_tickets = 0;
-    // TLS connections open now whose TX / RX runs in the kernel (sw or hw).
-    uint64_t ktls_tx_open = 0, ktls_rx_open = 0;
-    // From the control thread.
-    uint64_t handshakes_ok = 0, handshakes_failed = 0, handshakes_timed_out = 0,
-             handshakes_not_tls = 0, handshakes_busy = 0, handshakes_in_progress = 0;
-    std::string describe() const;
-};
 
 class shard_context;
 class handshake_service;
