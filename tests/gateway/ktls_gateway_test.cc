@@ -240,6 +240,8 @@ struct mode_param {
     const char* ktls;  // --ktls
     bool rx;           // RX to the kernel too (false: half kTLS)
 };
+// ctest lists the test by this, not by the struct's bytes.
+void PrintTo(const mode_param& m, std::ostream* os) { *os << m.name; }
 
 class gateway_ktls : public ::testing::TestWithParam<mode_param> {
 protected:
