@@ -93,7 +93,7 @@ void backend_link::start_upstream_tls() {
         r.ctx = ctx_.upstream_context(route_);
         r.prog = route().prog;
         r.vers = vers_;
-        r.opportunistic = route().tls.mode == tls_mode::opportunistic;
+        r.opportunistic = route().tls.mode == tls_policy::opportunistic;
         // Nothing can have arrived: we have sent nothing yet.
         (void)unread;
         if (!ctx_.submit_upstream(std::move(r), this, &token_)) {
@@ -154,7 +154,7 @@ void backend_link::fail_upstream(const std::string& why) {
     bump(ctx_.health(route_).failures);
     open_.release();
     owner_.terminate(fmt::format("backend {} (conn {}): upstream TLS {} failed: {}", target(),
-                                 id_, tls_mode_name(route().tls.mode), why),
+                                 id_, tls_policy_name(route().tls.mode), why),
                      -ECONNREFUSED);
     owner_.maybe_free();  // may delete the session and this link
 }

@@ -242,7 +242,7 @@ bool client_session::on_client_record(slice_chain&& rec) {
     }
     const rpc::call_header& h = call->header;
     const gateway_config& cfg = ctx_.config();
-    call_decision d = decide_call(h, tls_ != nullptr, ctx_.runs_handshakes() && cfg.tls != tls_mode::off,
+    call_decision d = decide_call(h, tls_ != nullptr, ctx_.runs_handshakes() && cfg.tls != tls_policy::off,
                                   cfg.tls, cfg.answer_portmap, ctx_.routes());
     switch (d.verdict) {
         case call_verdict::starttls:

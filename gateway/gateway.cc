@@ -42,14 +42,14 @@ std::string gateway::start() {
             RPCGATE_LOG(gw, info, "--io-backend dpdk: 1 shard instead of {}", cfg_.shards);
         cfg_.shards = 1;
     }
-    bool tls_used = cfg_.tls != tls_mode::off || !cfg_.implicit_tls.empty();
+    bool tls_used = cfg_.tls != tls_policy::off || !cfg_.implicit_tls.empty();
     if (tls_used) {
         tls::server_options o;
         o.cert_file = cfg_.cert;
         o.key_file = cfg_.key;
         o.ca_file = cfg_.ca;
         o.crl_file = cfg_.crl;
-        o.require_client_cert = cfg_.tls == tls_mode::mtls;
+        o.require_client_cert = cfg_.tls == tls_policy::mtls;
         o.alpn_strict = cfg_.alpn_strict;
         if (cfg_.tls_min_version == "1.2") {
             o.min_version = TLS1_2_VERSION;
@@ -218,7 +218,7 @@ std::string gateway::make_upstream_contexts(
     std::vector<std::unique_ptr<tls::context>>* out) const {
     out->clear();
     for (const backend_route& r : cfg_.backends) {
-        if (r.tls.mode == tls_mode::off) {
+        if (r.tls.mode == tls_policy::off) {
             out->emplace_back();
             continue;
         }
@@ -232,7 +232,7 @@ std::string gateway::make_upstream_contexts(
         auto c = tls::context::make_client(o, &err);
         if (!c) return fmt::format("backend '{}': upstream TLS: {}", r.spec, err);
         RPCGATE_LOG(tls, info, "backend {}: upstream TLS {} (server name {}, CA {}{})", r.spec,
-                    tls_mode_name(r.tls.mode), o.server_name, o.ca_file,
+                    tls_policy_name(r.tls.mode), o.server_name, o.ca_file,
                     o.cert_file.empty() ? "" : ", client certificate " + o.cert_file);
         out->push_back(std::move(c));
     }

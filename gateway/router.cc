@@ -48,7 +48,7 @@ const char* call_verdict_name(call_verdict v) noexcept {
 }
 
 call_decision decide_call(const rpc::call_header& h, bool in_tls, bool tls_offered,
-                          tls_mode policy, bool answer_portmap, const router& r) {
+                          tls_policy policy, bool answer_portmap, const router& r) {
     call_decision d;
     switch (rpc::classify_auth_tls(h, in_tls)) {
         case rpc::auth_tls_use::probe:
@@ -60,7 +60,7 @@ call_decision decide_call(const rpc::call_header& h, bool in_tls, bool tls_offer
         case rpc::auth_tls_use::none:
             break;
     }
-    if (!in_tls && policy >= tls_mode::required) {
+    if (!in_tls && policy >= tls_policy::required) {
         // RFC 9289 §4.2 policy: this listener serves RPC only inside TLS.
         d.verdict = call_verdict::too_weak;
         return d;

@@ -61,6 +61,6 @@ struct call_decision {
 // `in_tls`: the connection is in TLS already; `tls_offered`: the gateway
 // runs handshakes and --tls is not off.
 call_decision decide_call(const rpc::call_header& h, bool in_tls, bool tls_offered,
-                          tls_mode policy, bool answer_portmap, const router& r);
+                          tls_policy policy, bool answer_portmap, const router& r);
 
 }  // namespace rpcgate::gw

@@ -258,7 +258,7 @@ world& the_world() {
         cfg.backends.push_back(r);
         cfg.shards = 1;
         cfg.reserved_port = false;
-        cfg.tls = gw::tls_mode::opportunistic;
+        cfg.tls = gw::tls_policy::opportunistic;
         cfg.tls_auto = true;
         cfg.cert = certs + "/server.pem";
         cfg.key = certs + "/server.key";

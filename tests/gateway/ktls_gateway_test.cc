@@ -279,7 +279,7 @@ protected:
         cfg.shards = 1;
         cfg.buffers = 64;
         cfg.reserved_port = false;
-        cfg.tls = gw::tls_mode::required;
+        cfg.tls = gw::tls_policy::required;
         cfg.cert = certs().cert;
         cfg.key = certs().key;
         cfg.ktls = GetParam().ktls;

@@ -78,7 +78,7 @@ struct policy_case {
     rpc::call_header h;
     bool in_tls;
     bool tls_offered;
-    tls_mode policy;
+    tls_policy policy;
     bool answer_portmap;
     call_verdict want;
     size_t want_route;
@@ -95,7 +95,9 @@ TEST_P(call_policy, decides) {
     router r(b);
     call_decision d = decide_call(c.h, c.in_tls, c.tls_offered, c.policy, c.answer_portmap, r);
     EXPECT_EQ(call_verdict_name(d.verdict), std::string(call_verdict_name(c.want)));
-    if (c.want == call_verdict::forward) EXPECT_EQ(d.route, c.want_route);
+    if (c.want == call_verdict::forward) {
+        EXPECT_EQ(d.route, c.want_route);
+    }
     if (c.want == call_verdict::prog_mismatch) {
         EXPECT_EQ(d.low, 4u);
         EXPECT_EQ(d.high, 4u);
@@ -104,29 +106,29 @@ TEST_P(call_policy, decides) {
 
 constexpr size_t none = router::no_route;
 const policy_case policy_cases[] = {
-    {"forward_plaintext", call(nfs, 3), false, true, tls_mode::opportunistic, true,
+    {"forward_plaintext", call(nfs, 3), false, true, tls_policy::opportunistic, true,
      call_verdict::forward, 0},
-    {"forward_by_version", call(nlm, 4), false, false, tls_mode::off, true,
+    {"forward_by_version", call(nlm, 4), false, false, tls_policy::off, true,
      call_verdict::forward, 1},
-    {"forward_in_tls_when_required", call(nfs, 4), true, true, tls_mode::required, true,
+    {"forward_in_tls_when_required", call(nfs, 4), true, true, tls_policy::required, true,
      call_verdict::forward, 0},
-    {"probe_starts_tls", probe(nfs, 3), false, true, tls_mode::opportunistic, true,
+    {"probe_starts_tls", probe(nfs, 3), false, true, tls_policy::opportunistic, true,
      call_verdict::starttls, none},
-    {"probe_refused_when_tls_off", probe(nfs, 3), false, false, tls_mode::off, true,
+    {"probe_refused_when_tls_off", probe(nfs, 3), false, false, tls_policy::off, true,
      call_verdict::refuse_probe, none},
-    {"probe_inside_tls_is_misuse", probe(nfs, 3), true, true, tls_mode::required, true,
+    {"probe_inside_tls_is_misuse", probe(nfs, 3), true, true, tls_policy::required, true,
      call_verdict::auth_tls_misuse, none},
-    {"plaintext_too_weak_when_required", call(nfs, 3), false, true, tls_mode::required, true,
+    {"plaintext_too_weak_when_required", call(nfs, 3), false, true, tls_policy::required, true,
      call_verdict::too_weak, none},
-    {"plaintext_too_weak_with_mtls", call(nfs, 3), false, true, tls_mode::mtls, true,
+    {"plaintext_too_weak_with_mtls", call(nfs, 3), false, true, tls_policy::mtls, true,
      call_verdict::too_weak, none},
-    {"portmap_answered_here", call(rpc::pmap_prog, 2, 3), false, false, tls_mode::off, true,
+    {"portmap_answered_here", call(rpc::pmap_prog, 2, 3), false, false, tls_policy::off, true,
      call_verdict::portmap, none},
     {"portmap_unavail_when_not_answered", call(rpc::pmap_prog, 2, 3), false, false,
-     tls_mode::off, false, call_verdict::prog_unavail, none},
-    {"unrouted_program", call(mount, 3), false, false, tls_mode::off, true,
+     tls_policy::off, false, call_verdict::prog_unavail, none},
+    {"unrouted_program", call(mount, 3), false, false, tls_policy::off, true,
      call_verdict::prog_unavail, none},
-    {"unrouted_version", call(nlm, 1), false, false, tls_mode::off, true,
+    {"unrouted_version", call(nlm, 1), false, false, tls_policy::off, true,
      call_verdict::prog_mismatch, none},
 };
 
@@ -134,6 +136,41 @@ INSTANTIATE_TEST_SUITE_P(exits, call_policy, testing::ValuesIn(policy_cases),
                          [](const testing::TestParamInfo<policy_case>& i) {
                              return std::string(i.param.name);
                          });
+
+}  // namespace
+}  // namespace rpcgate::gw
+
+namespace rpcgate::gw {
+namespace {
+
+TEST(router_config, a_backend_may_name_the_version_it_serves) {
+    backend_route r;
+    std::string err;
+    ASSERT_TRUE(parse_backend("nfs=127.0.0.1:2049,vers=4", &r, &err)) << err;
+    EXPECT_EQ(r.prog, 100003u);
+    EXPECT_EQ(r.vers, 4u);
+    backend_route all;
+    ASSERT_TRUE(parse_backend("nfs=127.0.0.1:2049", &all, &err)) << err;
+    EXPECT_EQ(all.vers, 0u);  // every version
+    EXPECT_FALSE(parse_backend("nfs=127.0.0.1:2049,vers=0", &r, &err));
+    EXPECT_FALSE(parse_backend("nfs=127.0.0.1:2049,vers=four", &r, &err));
+}
+
+TEST(router_config, one_program_twice_only_for_different_versions) {
+    gateway_config cfg;
+    std::string err;
+    endpoint ep;
+    ASSERT_TRUE(parse_endpoint("127.0.0.1:0", &ep, &err)) << err;
+    cfg.listen.push_back(ep);
+    backend_route a, b;
+    ASSERT_TRUE(parse_backend("nfs=127.0.0.1:2049,vers=3", &a, &err)) << err;
+    ASSERT_TRUE(parse_backend("nfs=127.0.0.2:2049,vers=4", &b, &err)) << err;
+    cfg.backends = {a, b};
+    EXPECT_TRUE(validate(&cfg, &err)) << err;
+    cfg.backends = {a, a};
+    EXPECT_FALSE(validate(&cfg, &err));
+    EXPECT_NE(err.find("routed twice"), std::string::npos) << err;
+}
 
 }  // namespace
 }  // namespace rpcgate::gw
