@@ -175,6 +175,8 @@ struct refusal {
     const char* reason;
     uint32_t flags;
 };
+// ctest lists the test by this, not by the struct's bytes.
+void PrintTo(const refusal& r, std::ostream* os) { *os << r.who; }
 
 class TlsMtlsRefusal : public testing::TestWithParam<refusal> {};
 

@@ -41,7 +41,7 @@
 
 #include "core/conn_id.h"
 #include "core/shard.h"
-#include "tools/gateway/handshake_service.h"
+#include "gateway/handshake_service.h"
 
 namespace rpcgate::gw {
 

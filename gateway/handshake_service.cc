@@ -1,4 +1,4 @@
-#include "tools/gateway/handshake_service.h"
+#include "gateway/handshake_service.h"
 
 #include <unistd.h>
 

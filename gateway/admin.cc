@@ -1,4 +1,4 @@
-#include "tools/gateway/admin.h"
+#include "gateway/admin.h"
 
 #include <netinet/in.h>
 #include <poll.h>
@@ -12,6 +12,16 @@
 #include "core/log.h"
 
 namespace rpcgate::gw {
+
+std::string json_escape(const std::string& in) {
+    std::string out;
+    for (char c : in) {
+        if (c == '"' || c == '\\') out += '\\';
+        if (static_cast<unsigned char>(c) < 0x20) continue;
+        out += c;
+    }
+    return out;
+}
 
 admin_server::~admin_server() { stop(); }
 

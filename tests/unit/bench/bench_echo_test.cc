@@ -13,7 +13,7 @@
 #include "tools/bench/echo_protocol.h"
 #include "tools/bench/echo_server.h"
 #include "tools/bench/load_client.h"
-#include "tools/bench/tests/test_address.h"
+#include "tests/unit/bench/test_address.h"
 
 using namespace rpcgate;
 using namespace rpcgate::bench;

@@ -26,8 +26,10 @@ struct endpoint {
 // "HOST:PORT", "[v6addr]:PORT" or "PORT" (all interfaces when allowed).
 bool parse_endpoint(const std::string& text, endpoint* out, std::string* err);
 
-enum class tls_mode { off, opportunistic, required, mtls };
-const char* tls_mode_name(tls_mode m) noexcept;
+// How much TLS a listener (--tls) or a backend (upstream TLS) demands. (How
+// a client starts TLS, STARTTLS or implicit, is client::tls_mode.)
+enum class tls_policy { off, opportunistic, required, mtls };
+const char* tls_policy_name(tls_policy m) noexcept;
 
 // RPC-with-TLS towards one backend (the RFC 9289 client role). `mode`:
 //   off           plaintext;
@@ -39,7 +41,7 @@ const char* tls_mode_name(tls_mode m) noexcept;
 // The server certificate is verified against `ca` with `server_name` (a DNS
 // name, no wildcard matching, or an IP address checked against the IP SAN).
 struct upstream_tls {
-    tls_mode mode = tls_mode::off;
+    tls_policy mode = tls_policy::off;
     std::string ca, cert, key;
     std::string server_name;  // "" = the backend's host as written
     bool alpn_strict = false;  // refuse a server that selects no ALPN
@@ -50,6 +52,7 @@ struct upstream_tls {
 // override the --upstream-* defaults for this backend.
 struct backend_route {
     uint32_t prog = 0;
+    uint32_t vers = 0;  // ",vers=N": this version of prog only; 0: every version
     endpoint target;
     std::string spec;  // as written, for logs
     std::string host;  // HOST as written (no port)
@@ -65,7 +68,7 @@ struct gateway_config {
     std::vector<endpoint> implicit_tls;
     std::vector<backend_route> backends;
     unsigned shards = 0;  // 0: one per core
-    tls_mode tls = tls_mode::off;
+    tls_policy tls = tls_policy::off;
     std::string cert, key, ca, crl;
     bool alpn_strict = false;           // refuse TLS clients that offer no ALPN
     // On --listen ports, a connection whose first byte is a TLS handshake

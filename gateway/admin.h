@@ -19,9 +19,13 @@
 #include <string>
 #include <thread>
 
-#include "tools/gateway/config.h"
+#include "gateway/config.h"
 
 namespace rpcgate::gw {
+
+// `in` made safe inside a JSON string: quotes and backslashes escaped,
+// control characters dropped (the /connections body).
+std::string json_escape(const std::string& in);
 
 class admin_server {
 public:

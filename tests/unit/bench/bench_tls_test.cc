@@ -10,7 +10,7 @@
 #include "tools/bench/echo_server.h"
 #include "tools/bench/handshake_load.h"
 #include "tools/bench/load_client.h"
-#include "tools/bench/tests/test_address.h"
+#include "tests/unit/bench/test_address.h"
 #include "tools/client/tests/test_support.h"
 
 using namespace rpcgate;

@@ -1,4 +1,4 @@
-#include "tools/gateway/ktls_handshaker.h"
+#include "gateway/ktls_handshaker.h"
 
 #include <fcntl.h>
 #include <poll.h>

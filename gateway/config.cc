@@ -1,4 +1,4 @@
-#include "tools/gateway/config.h"
+#include "gateway/config.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <fmt/format.h>
@@ -73,7 +74,7 @@ bool parse_endpoint(const std::string& text, endpoint* out, std::string* err) {
 }
 
 namespace {
-bool parse_tls_mode(const std::string& s, tls_mode* out, std::string* err, const char* what);
+bool parse_tls_policy(const std::string& s, tls_policy* out, std::string* err, const char* what);
 }
 
 bool parse_backend(const std::string& text, backend_route* out, std::string* err) {
@@ -107,8 +108,17 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
             return false;
         }
         if (k == "tls") {
-            if (!parse_tls_mode(v, &out->tls.mode, err, "--backend tls=")) return false;
+            if (!parse_tls_policy(v, &out->tls.mode, err, "--backend tls=")) return false;
             out->tls_set = true;
+        } else if (k == "vers") {
+            char* end = nullptr;
+            unsigned long n = std::strtoul(v.c_str(), &end, 10);
+            if (*end != '\0' || n == 0 || n > UINT32_MAX) {
+                *err = fmt::format("--backend '{}': vers={} is not a program version (1..{})",
+                                   text, v, UINT32_MAX);
+                return false;
+            }
+            out->vers = uint32_t(n);
         } else if (k == "name") {
             out->tls.server_name = v;
         } else if (k == "ca") {
@@ -118,7 +128,7 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
         } else if (k == "key") {
             out->tls.key = v;
         } else {
-            *err = fmt::format("--backend '{}': unknown option '{}' (tls, name, ca, cert, key)",
+            *err = fmt::format("--backend '{}': unknown option '{}' (vers, tls, name, ca, cert, key)",
                                text, k);
             return false;
         }
@@ -138,22 +148,22 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
     return true;
 }
 
-const char* tls_mode_name(tls_mode m) noexcept {
+const char* tls_policy_name(tls_policy m) noexcept {
     switch (m) {
-        case tls_mode::off: return "off";
-        case tls_mode::opportunistic: return "opportunistic";
-        case tls_mode::required: return "required";
-        case tls_mode::mtls: return "mtls";
+        case tls_policy::off: return "off";
+        case tls_policy::opportunistic: return "opportunistic";
+        case tls_policy::required: return "required";
+        case tls_policy::mtls: return "mtls";
     }
     return "?";
 }
 
 namespace {
 
-bool parse_tls_mode(const std::string& s, tls_mode* out, std::string* err,
+bool parse_tls_policy(const std::string& s, tls_policy* out, std::string* err,
                     const char* what = "--tls") {
-    for (tls_mode m : {tls_mode::off, tls_mode::opportunistic, tls_mode::required, tls_mode::mtls}) {
-        if (s == tls_mode_name(m)) {
+    for (tls_policy m : {tls_policy::off, tls_policy::opportunistic, tls_policy::required, tls_policy::mtls}) {
+        if (s == tls_policy_name(m)) {
             *out = m;
             return true;
         }
@@ -306,8 +316,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     RPCGATE_TOML_INT("handshake_rate_per_source", handshake_rate_per_source)
     RPCGATE_TOML_INT("handshake_burst_per_source", handshake_burst_per_source)
 #undef RPCGATE_TOML_INT
-    s = tls_mode_name(cfg->tls);
-    if (!toml_get<std::string>(t, "tls", &s, err) || !parse_tls_mode(s, &cfg->tls, err))
+    s = tls_policy_name(cfg->tls);
+    if (!toml_get<std::string>(t, "tls", &s, err) || !parse_tls_policy(s, &cfg->tls, err))
         return false;
     if (!toml_get<std::string>(t, "cert", &cfg->cert, err)) return false;
     if (!toml_get<std::string>(t, "key", &cfg->key, err)) return false;
@@ -319,9 +329,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "audit_log", &cfg->audit_log, err)) return false;
     if (!toml_get<std::string>(t, "ktls", &cfg->ktls, err)) return false;
     if (!toml_get<std::string>(t, "tls_min_version", &cfg->tls_min_version, err)) return false;
-    s = tls_mode_name(cfg->upstream.mode);
+    s = tls_policy_name(cfg->upstream.mode);
     if (!toml_get<std::string>(t, "upstream_tls", &s, err) ||
-        !parse_tls_mode(s, &cfg->upstream.mode, err, "upstream_tls"))
+        !parse_tls_policy(s, &cfg->upstream.mode, err, "upstream_tls"))
         return false;
     if (!toml_get<std::string>(t, "upstream_ca", &cfg->upstream.ca, err)) return false;
     if (!toml_get<std::string>(t, "upstream_cert", &cfg->upstream.cert, err)) return false;
@@ -362,7 +372,8 @@ bool validate(gateway_config* cfg, std::string* err) {
     }
     for (size_t i = 0; i < cfg->backends.size(); ++i)
         for (size_t j = 0; j < i; ++j)
-            if (cfg->backends[i].prog == cfg->backends[j].prog) {
+            if (cfg->backends[i].prog == cfg->backends[j].prog &&
+                cfg->backends[i].vers == cfg->backends[j].vers) {
                 *err = fmt::format("program {} is routed twice ('{}' and '{}')",
                                    cfg->backends[i].prog, cfg->backends[j].spec,
                                    cfg->backends[i].spec);
@@ -389,13 +400,13 @@ bool validate(gateway_config* cfg, std::string* err) {
         *err = "--max-inflight must be at least 64 KiB";
         return false;
     }
-    bool tls_used = cfg->tls != tls_mode::off || !cfg->implicit_tls.empty() || cfg->tls_auto;
+    bool tls_used = cfg->tls != tls_policy::off || !cfg->implicit_tls.empty() || cfg->tls_auto;
     if (tls_used && (cfg->cert.empty() || cfg->key.empty())) {
-        *err = fmt::format("--tls {}{} needs --cert and --key", tls_mode_name(cfg->tls),
+        *err = fmt::format("--tls {}{} needs --cert and --key", tls_policy_name(cfg->tls),
                            cfg->implicit_tls.empty() ? "" : " / --implicit-tls");
         return false;
     }
-    if (cfg->tls == tls_mode::mtls && cfg->ca.empty()) {
+    if (cfg->tls == tls_policy::mtls && cfg->ca.empty()) {
         *err = "--tls mtls needs --ca (the CA that signs client certificates)";
         return false;
     }
@@ -422,11 +433,11 @@ bool validate(gateway_config* cfg, std::string* err) {
         if (u.server_name.empty()) u.server_name = d.server_name;
         if (u.server_name.empty()) u.server_name = r.host;
         u.alpn_strict = d.alpn_strict;
-        if (u.mode == tls_mode::off) continue;
+        if (u.mode == tls_policy::off) continue;
         if (u.ca.empty()) {
             *err = fmt::format("backend '{}': upstream TLS {} needs a CA to verify the server "
                                "(--upstream-ca or ca=FILE in the backend)",
-                               r.spec, tls_mode_name(u.mode));
+                               r.spec, tls_policy_name(u.mode));
             return false;
         }
         if (u.server_name.empty()) {
@@ -435,7 +446,7 @@ bool validate(gateway_config* cfg, std::string* err) {
                                r.spec);
             return false;
         }
-        if (u.mode == tls_mode::mtls && (u.cert.empty() || u.key.empty())) {
+        if (u.mode == tls_policy::mtls && (u.cert.empty() || u.key.empty())) {
             *err = fmt::format("backend '{}': upstream TLS mtls needs a client certificate and "
                                "key (--upstream-cert/--upstream-key or cert=/key= in the backend)",
                                r.spec);
@@ -488,7 +499,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     app.add_option("--listen,-l", listen, "ADDR:PORT to accept clients on (repeatable)")
         ->type_name("ADDR:PORT");
     app.add_option("--backend,-b", backends,
-                   "PROG=HOST:PORT[,tls=MODE,name=NAME,ca=FILE,cert=FILE,key=FILE]: route program "
+                   "PROG=HOST:PORT[,vers=N,tls=MODE,name=NAME,ca=FILE,cert=FILE,key=FILE]: route program "
                    "PROG (number or name: nfs, mount, nlm, nsm, portmap, nfs_acl) to a server, "
                    "with its own upstream TLS settings (repeatable)")
         ->type_name("PROG=ADDR:PORT");
@@ -645,7 +656,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     merged.config_file = cfg->config_file;
     merged.check_only = cfg->check_only;
     if (o_shards->count()) merged.shards = cfg->shards;
-    if (o_tls->count() && !parse_tls_mode(tls, &merged.tls, &err)) {
+    if (o_tls->count() && !parse_tls_policy(tls, &merged.tls, &err)) {
         std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
         return 2;
     }
@@ -656,7 +667,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_crl->count()) merged.crl = cfg->crl;
     if (o_admin->count()) merged.admin = cfg->admin;
     if (o_up->count() &&
-        !parse_tls_mode(up_tls, &merged.upstream.mode, &err, "--upstream-tls")) {
+        !parse_tls_policy(up_tls, &merged.upstream.mode, &err, "--upstream-tls")) {
         std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
         return 2;
     }
