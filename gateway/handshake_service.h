@@ -34,7 +34,7 @@
 #include "tls/context.h"
 #include "tls/identity_map.h"
 #include "tls/session.h"
-#include "tools/client/client_session.h"
+#include "tls/client/client_session.h"
 
 namespace rpcgate::gw {
 

@@ -12,7 +12,7 @@
 #include "core/log.h"
 #include "core/timer_wheel.h"
 #include "tls/ktls.h"
-#include "tools/client/starttls_client.h"
+#include "tls/client/starttls_client.h"
 
 namespace rpcgate::gw {
 

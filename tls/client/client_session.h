@@ -22,7 +22,7 @@
 #include "core/buffer.h"
 #include "tls/context.h"
 #include "tls/session.h"
-#include "tools/client/starttls_client.h"
+#include "tls/client/starttls_client.h"
 
 namespace rpcgate::client {
 

@@ -1,4 +1,4 @@
-#include "tools/client/client_session.h"
+#include "tls/client/client_session.h"
 
 #include <cstring>
 
