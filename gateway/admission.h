@@ -26,7 +26,7 @@ namespace rpcgate::gw {
 
 // One slot of --max-connections, owned by one connection. Empty (false)
 // when refused. hand_over(): the handshake thread now holds the slot and
-// gives it back itself (handshake_service / ktls_handshaker).
+// gives it back itself (tls::handshake_service).
 class connection_slot {
 public:
     connection_slot() noexcept = default;

@@ -9,7 +9,6 @@
 #include "gateway/client_session.h"
 #include "gateway/admin.h"
 #include "gateway/control_records.h"
-#include "gateway/ktls_handshaker.h"
 
 namespace rpcgate::gw {
 

@@ -13,9 +13,8 @@
 #include "dpdk/backend.h"
 #include "gateway/admin.h"
 #include "gateway/client_session.h"
-#include "gateway/handshake_service.h"
-#include "gateway/ktls_handshaker.h"
 #include "gateway/shard_context.h"
+#include "tls/handshake_service.h"
 #include "tls/ktls.h"
 
 namespace rpcgate::gw {
@@ -88,12 +87,12 @@ std::string gateway::start() {
             if (tls_ctx_) tls::ktls::prepare_context(tls_ctx_->native());
             for (const auto& c : upstream_ctx_)
                 if (c) tls::ktls::prepare_context(c->native());
-            khs_ = std::make_unique<ktls_handshaker>(*hs_, cfg_.ktls_rx);
+            hs_->use_socket_io(cfg_.ktls_rx);
         }
         if (kernel) {
             RPCGATE_LOG(tls, info, "kernel TLS: on (--ktls {}): handshakes on the socket, then "
                         "the kernel encrypts and decrypts where it can", cfg_.ktls);
-        } else if (khs_) {
+        } else if (hs_->socket_io()) {
             RPCGATE_LOG(tls, info, "kernel TLS: this kernel has none; --ktls on: handshakes on "
                         "the socket, the record layer stays in userspace");
         } else {
@@ -116,14 +115,9 @@ std::string gateway::start() {
         shard_context* c = ctx.get();
         sh->set_on_stop([c] { c->on_stop(); });
         c->set_upstream_contexts(upstream_live_.get());
-        c->use_handshakers(hs_.get(), khs_.get());
+        c->use_handshakers(hs_.get());
         if (hs_) {
             hs_->attach(
-                *sh, [c](handshake_result&& r) { c->deliver(std::move(r)); },
-                [c](upstream_result&& r) { c->deliver_upstream(std::move(r)); });
-        }
-        if (khs_) {
-            khs_->attach(
                 *sh, [c](handshake_result&& r) { c->deliver(std::move(r)); },
                 [c](upstream_result&& r) { c->deliver_upstream(std::move(r)); });
         }
@@ -135,10 +129,6 @@ std::string gateway::start() {
     if (hs_) {
         std::string err = hs_->start();
         if (!err.empty()) return "TLS control thread: " + err;
-    }
-    if (khs_) {
-        std::string err = khs_->start();
-        if (!err.empty()) return "kTLS handshake thread: " + err;
     }
     for (unsigned i = 0; i < cfg_.shards; ++i) {
         core::shard* raw = shards_[i].get();
@@ -259,7 +249,7 @@ std::string gateway::reload_locked() {
         if (!why.empty()) return "reload failed, keeping the old TLS material: " + why;
     }
     // Shards read the live pointers; the contexts they replace stay alive.
-    if (khs_)
+    if (hs_ && hs_->socket_io())
         for (const auto& c : fresh_up)
             if (c) tls::ktls::prepare_context(c->native());
     auto commit_upstream = [&] {
@@ -278,7 +268,7 @@ std::string gateway::reload_locked() {
     std::string err;
     auto fresh = tls::context::make_server(o, &err);
     if (!fresh) return "reload failed, keeping the old TLS material: " + err;
-    if (khs_) tls::ktls::prepare_context(fresh->native());
+    if (hs_->socket_io()) tls::ktls::prepare_context(fresh->native());
     std::unique_ptr<tls::identity_map> ids;
     if (!cfg_.cert_user_map.empty()) {
         ids = std::make_unique<tls::identity_map>();
@@ -488,10 +478,6 @@ void gateway::wait() {
     if (hs_) {
         hs_->stop();
         hs_->wait();
-    }
-    if (khs_) {
-        khs_->stop();
-        khs_->wait();
     }
 }
 

@@ -42,11 +42,13 @@
 #include "gateway/config.h"
 #include "gateway/metrics.h"
 
+namespace rpcgate::tls {
+class handshake_service;
+}  // namespace rpcgate::tls
+
 namespace rpcgate::gw {
 
 class shard_context;
-class handshake_service;
-class ktls_handshaker;
 class admin_server;
 
 class gateway {
@@ -92,9 +94,8 @@ private:
     std::vector<std::unique_ptr<tls::context>> upstream_ctx_;
     std::unique_ptr<std::atomic<const tls::context*>[]> upstream_live_;
     std::unique_ptr<tls::identity_map> identities_;
-    std::unique_ptr<handshake_service> hs_;
-    // --ktls auto (kernel has it) / on: server-role handshakes on socket BIOs.
-    std::unique_ptr<ktls_handshaker> khs_;
+    // Every handshake, both roles; on the socket with --ktls auto (kernel has it) / on.
+    std::unique_ptr<tls::handshake_service> hs_;
     std::unique_ptr<admin_server> admin_;
     std::atomic<bool> stopping_{false};
     // --io-backend dpdk: serves shard 0's listeners; outlives the shards.

@@ -4,7 +4,6 @@
 
 #include "core/log.h"
 #include "gateway/client_session.h"
-#include "gateway/ktls_handshaker.h"
 #include "gateway/peer_address.h"
 #include "rpc/record.h"
 #include "rpc/xdr_codec.h"
@@ -54,7 +53,6 @@ shard_context::~shard_context() = default;
 
 bool shard_context::submit_handshake(int fd, core::conn_id id, std::string peer,
                                      core::slice_chain&& early) {
-    if (khs_) return khs_->submit(sh_.index(), fd, id, std::move(peer), std::move(early));
     return hs_->submit(sh_.index(), fd, id, std::move(peer), std::move(early));
 }
 
@@ -64,7 +62,7 @@ bool shard_context::submit_upstream(upstream_request&& r, upstream_waiter* w, ui
     *token = t;
     r.token = t;
     unsigned sh = sh_.index();
-    bool ok = khs_ ? khs_->submit_upstream(sh, std::move(r)) : hs_->submit_upstream(sh, std::move(r));
+    bool ok = hs_->submit_upstream(sh, std::move(r));
     if (!ok) {
         waiting_.erase(t);
         *token = 0;

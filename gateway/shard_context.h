@@ -17,15 +17,20 @@
 #include "core/shard.h"
 #include "gateway/admission.h"
 #include "gateway/config.h"
-#include "gateway/handshake_service.h"
 #include "gateway/metrics.h"
 #include "gateway/router.h"
+#include "tls/handshake_service.h"
 #include "tls/ktls.h"
 
 namespace rpcgate::gw {
 
+using tls::handshake_counters;
+using tls::handshake_result;
+using tls::handshake_service;
+using tls::upstream_request;
+using tls::upstream_result;
+
 class client_session;
-class ktls_handshaker;
 
 // A backend link waiting for a handshake thread to take it through the
 // RFC 9289 probe and client handshake.
@@ -73,12 +78,8 @@ public:
     ~shard_context() override;
 
     // ---- set up by the gateway before the shard starts
-    // The handshake threads (either may be null): server-role handshakes go
-    // to `khs` when set, else to `hs`.
-    void use_handshakers(handshake_service* hs, ktls_handshaker* khs) noexcept {
-        hs_ = hs;
-        khs_ = khs;
-    }
+    // The handshake service (null without TLS): every handshake, both roles.
+    void use_handshakers(handshake_service* hs) noexcept { hs_ = hs; }
     // Per route: the client TLS context for upstream TLS (null: plaintext),
     // swapped by gateway::reload(); the gateway keeps every one alive.
     void set_upstream_contexts(const std::atomic<const tls::context*>* ctx) noexcept {
@@ -146,7 +147,6 @@ private:
     tls::ktls::diag_socket diag_;
     implicit_acceptor implicit_;
     handshake_service* hs_ = nullptr;
-    ktls_handshaker* khs_ = nullptr;
     const std::atomic<const tls::context*>* upstream_ctx_ = nullptr;
     std::unordered_map<uint64_t, upstream_waiter*> waiting_;  // by token
     uint64_t next_token_ = 0;

@@ -25,7 +25,7 @@
 #include "rpc/record.h"
 #include "rpc/xdr_codec.h"
 #include "tests/gateway/child_process.h"
-#include "tools/client/blocking_client.h"
+#include "tls/client/blocking_client.h"
 #include "gateway/gateway.h"
 
 using namespace rpcgate;

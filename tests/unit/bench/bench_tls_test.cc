@@ -11,7 +11,7 @@
 #include "tools/bench/handshake_load.h"
 #include "tools/bench/load_client.h"
 #include "tests/unit/bench/test_address.h"
-#include "tools/client/tests/test_support.h"
+#include "tls/client/tests/test_support.h"
 
 using namespace rpcgate;
 using namespace rpcgate::bench;

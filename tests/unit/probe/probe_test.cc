@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "tools/client/tests/test_support.h"
+#include "tls/client/tests/test_support.h"
 #include "tools/probe/probe.h"
 
 using namespace rpcgate;

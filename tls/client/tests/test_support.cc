@@ -1,4 +1,4 @@
-#include "tools/client/tests/test_support.h"
+#include "tls/client/tests/test_support.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>

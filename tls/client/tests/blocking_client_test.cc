@@ -6,8 +6,8 @@
 
 #include "rpc/message.h"
 #include "tls/session.h"
-#include "tools/client/blocking_client.h"
-#include "tools/client/tests/test_support.h"
+#include "tls/client/blocking_client.h"
+#include "tls/client/tests/test_support.h"
 
 using namespace rpcgate;
 using namespace rpcgate::client;

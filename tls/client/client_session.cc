@@ -1,4 +1,4 @@
-#include "tools/client/client_session.h"
+#include "tls/client/client_session.h"
 
 #include <cstring>
 
@@ -53,7 +53,8 @@ const char* to_string(session_state s) noexcept {
 }
 
 client_session::client_session(const session_params& p)
-    : mode_(p.mode), ctx_(p.ctx), prog_(p.prog), vers_(p.vers), probe_(p.xid) {}
+    : mode_(p.mode), ctx_(p.ctx), prog_(p.prog), vers_(p.vers), socket_fd_(p.socket_fd),
+      probe_(p.xid) {}
 
 session_state client_session::fail(std::string why) {
     state_ = session_state::failed;
@@ -75,6 +76,12 @@ session_state client_session::start(core::slice_chain& out) {
 session_state client_session::begin_handshake(core::slice_chain&& input, core::slice_chain& out,
                                               core::slice_chain& plain) {
     std::string err;
+    if (socket_fd_ >= 0) {
+        // Bytes that came after the probe's reply (none, normally) are read first.
+        tls_ = tls::session::make_on_socket(*ctx_, socket_fd_, input.to_string(), &err);
+        if (!tls_) return fail("TLS session: " + err);
+        return state_ = session_state::handshaking;  // the owner calls step_socket()
+    }
     tls_ = tls::session::make(*ctx_, &err);
     if (!tls_) return fail("TLS session: " + err);
     state_ = session_state::handshaking;
@@ -99,6 +106,26 @@ session_state client_session::step_handshake(core::slice_chain& out, core::slice
     tls_->add_flags(tls::flag_handshfail);
     const std::string& why = tls_->error_text();
     return fail("TLS handshake: " + (why.empty() ? std::string("failed") : why));
+}
+
+session_state client_session::step_socket(bool* want_write) {
+    *want_write = false;
+    if (state_ != session_state::handshaking || socket_fd_ < 0) return state_;
+    switch (tls_->socket_handshake()) {
+        case tls::ktls::step::want_read:
+            return state_;
+        case tls::ktls::step::want_write:
+            *want_write = true;
+            return state_;
+        case tls::ktls::step::done:
+            return state_ = session_state::ready;
+        case tls::ktls::step::error:
+            break;
+    }
+    tls_->add_flags(tls::flag_handshfail);
+    const std::string& why = tls_->error_text();
+    return fail("TLS handshake: " +
+                (why.empty() ? std::string("the server closed the connection") : why));
 }
 
 session_state client_session::read_records(core::slice_chain& out, core::slice_chain& plain) {

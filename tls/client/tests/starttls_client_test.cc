@@ -8,8 +8,8 @@
 #include "rpc/auth_tls.h"
 #include "rpc/message.h"
 #include "rpc/portmap.h"
-#include "tools/client/client_session.h"
-#include "tools/client/starttls_client.h"
+#include "tls/client/client_session.h"
+#include "tls/client/starttls_client.h"
 
 using namespace rpcgate;
 using namespace rpcgate::client;

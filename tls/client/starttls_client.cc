@@ -1,4 +1,4 @@
-#include "tools/client/starttls_client.h"
+#include "tls/client/starttls_client.h"
 
 #include <fmt/format.h>
 #include <sys/random.h>

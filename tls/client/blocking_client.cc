@@ -1,4 +1,4 @@
-#include "tools/client/blocking_client.h"
+#include "tls/client/blocking_client.h"
 
 #include <fcntl.h>
 #include <netdb.h>

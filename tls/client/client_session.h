@@ -5,8 +5,15 @@
 // feeds what it receives to `on_bytes`, which also hands back the application
 // plaintext (RPC records still framed) once the connection is ready. The same
 // object serves a blocking socket (blocking_client.h), a shard stream
-// (rpcgate-bench) and the gateway's upstream side; nothing here blocks,
-// allocates per record in plain mode, or knows about sockets.
+// (rpcgate-bench) and the gateway's upstream side (tls/handshake_service.h);
+// nothing here blocks, allocates per record in plain mode, or reads a socket.
+//
+// One exception, for kernel TLS: with `session_params::socket_fd` set, the
+// TLS handshake (after the probe, which still goes through on_bytes) runs on
+// that socket's own BIOs, so that OpenSSL can later give the record layer to
+// the kernel (tls/ktls.h). The owner then calls step_socket() whenever the
+// socket is ready instead of feeding bytes, until the state leaves
+// `handshaking`; tls() then takes tls::session::finish_on_socket.
 //
 //   probing ──accepted──> handshaking ──done──> ready ──close_notify──> closed
 //      └─refused/error─> refused / failed        └─error─> failed
@@ -22,7 +29,7 @@
 #include "core/buffer.h"
 #include "tls/context.h"
 #include "tls/session.h"
-#include "tools/client/starttls_client.h"
+#include "tls/client/starttls_client.h"
 
 namespace rpcgate::client {
 
@@ -53,6 +60,7 @@ struct session_params {
     uint32_t prog = 0;                  // probed program/version (starttls)
     uint32_t vers = 0;
     uint32_t xid = 0;  // probe xid; 0 = random
+    int socket_fd = -1;  // >= 0: the handshake on this (non-blocking) socket; see above
 };
 
 class client_session {
@@ -68,6 +76,10 @@ class client_session {
     session_state on_bytes(core::slice data, core::slice_chain& out, core::slice_chain& plain);
     // The server closed (0) or the connection failed (-errno).
     session_state on_eof(int err);
+    // With `socket_fd`, in `handshaking`: one handshake step on the socket.
+    // While the state stays `handshaking`, `*want_write` says whether to wait
+    // for the socket to be writable (else readable).
+    session_state step_socket(bool* want_write);
     // In `ready`: appends `plain` (encrypted unless the mode is off) to `out`.
     // False (and `failed`) if encryption failed.
     bool write(core::slice_chain&& plain, core::slice_chain& out);
@@ -78,6 +90,8 @@ class client_session {
     bool ready() const noexcept { return state_ == session_state::ready; }
     tls_mode mode() const noexcept { return mode_; }
     const probe_result& probe() const noexcept { return probe_.result(); }
+    // After `refused`: bytes the server sent after its reply (moved out).
+    core::slice_chain take_leftover() noexcept { return probe_.take_leftover(); }
     // The TLS session (null when off, or after release_tls()).
     tls::session* tls() const noexcept { return tls_.get(); }
     // Hands the TLS session over (e.g. to another thread); the client session
@@ -96,6 +110,7 @@ class client_session {
     tls_mode mode_;
     const tls::context* ctx_;
     uint32_t prog_, vers_;
+    int socket_fd_;
     session_state state_ = session_state::ready;
     starttls_client probe_;
     std::unique_ptr<tls::session> tls_;

@@ -15,7 +15,7 @@
 #include "core/buffer.h"
 #include "rpc/record.h"
 #include "tls/context.h"
-#include "tools/client/client_session.h"
+#include "tls/client/client_session.h"
 
 namespace rpcgate::client {
 
