@@ -246,6 +246,7 @@ void backend_link::count_lost() {
 
 void backend_link::close(int err) {
     if (!s_) return;
+    closed_by_us_ = true;
     if (tls_ && tls_->kernel_tx() && err == 0 && s_->open() && !tls_shut_) {
         // close_notify is an alert record (sendmsg with its type): only
         // when nothing queued would follow it.
@@ -297,7 +298,9 @@ void backend_link::on_closed(stream& s, int err) {
     handing_ = false;
     connect_timer_.cancel();
     open_.release();
-    if (!owner_.terminating()) {
+    // A link the session closed itself (its client ended, or it went to the
+    // TLS hand-off) was not lost: no count, no "lost" line.
+    if (!owner_.terminating() && !closed_by_us_) {
         bump(ctx_.counters().backend_lost);
         owner_.terminate(fmt::format("backend {} connection lost", target()), err);
     }

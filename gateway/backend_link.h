@@ -101,6 +101,7 @@ private:
     bool ready_ = true;
     bool handing_ = false;  // a handshake thread has the socket
     bool tls_shut_ = false;
+    bool closed_by_us_ = false;  // close() ran: its on_closed is no loss
     core::stream* readopted_from_ = nullptr;  // its on_closed is not ours to act on
     tls::ktls::protection prot_;              // upstream TLS: where its crypto runs
 };
