@@ -6,7 +6,10 @@
 // thread. Each mailbox is an SPSC ring (no lock, one cache line per index);
 // the consumer is woken through an eventfd that its io_uring keeps a read
 // posted on. A full mailbox refuses the post (`try_post` returns false):
-// backpressure is the caller's decision, memory stays bounded.
+// backpressure is the caller's decision, memory stays bounded. A task that
+// carries something the producer must get back when refused (a connection,
+// its TLS session) goes through `post`, which hands the payload back
+// instead of leaving the caller to pass raw pointers across threads.
 #pragma once
 
 #include <sys/eventfd.h>
@@ -29,6 +32,12 @@ public:
     task& operator=(task&&) noexcept = default;
     explicit operator bool() const noexcept { return bool(impl_); }
     void operator()() { impl_->call(); }
+    // The callable inside, when it is an F (else null).
+    template <typename F>
+    F* target() noexcept {
+        auto* m = dynamic_cast<model<F>*>(impl_.get());
+        return m ? &m->f_ : nullptr;
+    }
 
 private:
     struct concept_ {
@@ -92,7 +101,8 @@ class mailbox {
 public:
     mailbox(int wake_fd, size_t capacity_pow2 = 1024) : ring_(capacity_pow2), wake_fd_(wake_fd) {}
 
-    // Producer side. Returns false when full (the task is not consumed).
+    // Producer side. Returns false when full (the task is not consumed: `t`
+    // still holds it).
     bool try_post(task&& t) {
         if (!ring_.try_push(std::move(t))) return false;
         uint64_t one = 1;
@@ -100,6 +110,16 @@ public:
         (void)r;  // EAGAIN means the counter is already non-zero: the consumer will wake
         return true;
     }
+    // Producer side: posts `fn(std::move(*payload))` to run on the consumer.
+    // Returns null when posted; when the mailbox is full, the payload comes
+    // back untouched, and the caller decides what to do with it.
+    template <typename T, typename F>
+    std::unique_ptr<T> post(std::unique_ptr<T> payload, F fn) {
+        task t(carrier<T, F>{std::move(payload), std::move(fn)});
+        if (try_post(std::move(t))) return nullptr;
+        return std::move(t.target<carrier<T, F>>()->payload);
+    }
+
     // Consumer side: runs every queued task; returns how many ran.
     size_t drain() {
         size_t n = 0;
@@ -113,6 +133,12 @@ public:
     }
 
 private:
+    template <typename T, typename F>
+    struct carrier {
+        std::unique_ptr<T> payload;
+        F fn;
+        void operator()() { fn(std::move(*payload)); }
+    };
     spsc_ring<task> ring_;
     int wake_fd_;
 };

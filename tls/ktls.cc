@@ -772,17 +772,6 @@ ssize_t read_control(int fd, control_record* out) {
     return n;
 }
 
-bool respond(int fd, const control_record& c) {
-    switch (c.kind) {
-        case control::new_session_ticket: return true;
-        case control::alert: return false;
-        case control::close_notify:
-        case control::key_update: send_alert(fd, 1, 0); return false;
-        case control::unexpected: send_alert(fd, 2, 10); return false;  // unexpected_message
-    }
-    return false;
-}
-
 control_record classify(uint8_t type, const uint8_t* data, size_t len) noexcept {
     control_record c;
     if (type == rt_alert) {

@@ -153,7 +153,7 @@ directions finish(SSL* ssl, int fd, traffic_secrets* keep = nullptr);
 // (§7.2). Linux takes new keys on a kTLS socket from 6.14 on (TLS_RX/TLS_TX
 // set again; reads fail with EKEYEXPIRED between the peer's KeyUpdate and
 // the new RX key); older kernels refuse with EBUSY and the caller closes
-// (respond()). Keeping them costs two secrets per connection in memory:
+// (gateway/control_records.h). Keeping them costs two secrets per connection in memory:
 // keep them only where a rekey can happen. Wiped when destroyed. Used by one
 // thread at a time (whichever handles the connection's control records).
 class traffic_secrets {
@@ -258,25 +258,14 @@ struct control_record {
     bool update_requested = false;  // key_update: the peer asked for ours too
     const char* name() const noexcept;  // "close_notify", "alert", ...
 };
-// The control thread's side of the hand-back: a shard's receive failed with
-// EIO on a kTLS RX socket (or recv_record gave it a non-data type), so the
-// record waits at the head of the socket. Reads it (non-blocking; records
-// are at most 16 KiB of plaintext) and classifies it. -EAGAIN: nothing
-// there; 0: EOF; -EBADMSG etc.: the connection is broken; >0: its length,
-// with *out filled (application data, which should not happen here, comes
-// back as `unexpected`).
+// Reads the record a kTLS RX receive stopped at: a plain receive (the
+// shard's) failed with EIO, or recv_record gave a non-data type, so the
+// record waits at the head of the socket. Non-blocking; records are at most
+// 16 KiB of plaintext. -EAGAIN: nothing there; 0: EOF; -EBADMSG etc.: the
+// connection is broken; >0: its length, with *out filled (application data,
+// which should not happen here, comes back as `unexpected`). What the
+// connection does next is the gateway's (gateway/control_records.h).
 ssize_t read_control(int fd, control_record* out);
-
-// Does what a classified record calls for on a socket whose TX is in the
-// kernel, and says whether the connection goes on (true: give it back to
-// the shard) or must be closed now (false). close_notify: our close_notify.
-// Another alert: nothing (RFC 8446 §6.2: the connection is already dead).
-// NewSessionTicket: nothing, it goes on. KeyUpdate: the kernels we have
-// cannot take new RX keys (Linux < 6.14: setsockopt(TLS_RX) again is EBUSY,
-// and reading on would fail with EBADMSG under the old key), so close with
-// close_notify -- still under our unchanged TX key, which the peer expects
-// even if it asked for an update. Unexpected: a fatal unexpected_message.
-bool respond(int fd, const control_record& c);
 
 // Classifies the plaintext of one non-data record of `type`. A handshake
 // record may hold several messages: KeyUpdate wins over tickets; anything

@@ -148,8 +148,18 @@ const BIO_METHOD* bio_method() {
     return m;
 }
 
+// The alert's name as RFC 8446 §6 spells it, in words. OpenSSL 3.0 names
+// the TLS 1.2 alerts only and calls the newer ones "unknown" (it sends
+// certificate_required, 116, to a client without a certificate when one is
+// required), so those are named here.
 const char* alert_text(int desc) {
-    return SSL_alert_desc_string_long(desc);
+    switch (desc) {
+        case 109: return "missing extension";
+        case 115: return "unknown psk identity";
+        case 116: return "certificate required";
+        case 120: return "no application protocol";
+        default: return SSL_alert_desc_string_long(desc);
+    }
 }
 
 }  // namespace

@@ -12,8 +12,8 @@
 #include "core/log.h"
 #include "core/sd_notify.h"
 #include "rpc/portmap.h"
-#include "tools/gateway/config.h"
-#include "tools/gateway/gateway.h"
+#include "gateway/config.h"
+#include "gateway/gateway.h"
 
 using namespace rpcgate;
 
@@ -37,11 +37,11 @@ int main(int argc, char** argv) {
     }
     if (cfg.check_only) {
         size_t upstream = 0;
-        for (const auto& b : cfg.backends) upstream += b.tls.mode != gw::tls_mode::off;
+        for (const auto& b : cfg.backends) upstream += b.tls.mode != gw::tls_policy::off;
         std::printf("rpcgate: configuration OK: %zu listener(s), %zu backend(s), %u shard(s), "
                     "tls %s, upstream tls on %zu backend(s)\n",
                     cfg.listen.size(), cfg.backends.size(), cfg.shards,
-                    gw::tls_mode_name(cfg.tls), upstream);
+                    gw::tls_policy_name(cfg.tls), upstream);
         return 0;
     }
 
@@ -83,13 +83,13 @@ int main(int argc, char** argv) {
     for (const auto& b : cfg.backends) {
         auto name = rpc::program_name_of(b.prog);
         routes += fmt::format(" {}({})->{}{}", name.empty() ? "prog" : name, b.prog, b.target.text,
-                              b.tls.mode == gw::tls_mode::off
+                              b.tls.mode == gw::tls_policy::off
                                   ? ""
-                                  : fmt::format(" [tls {}]", gw::tls_mode_name(b.tls.mode)));
+                                  : fmt::format(" [tls {}]", gw::tls_policy_name(b.tls.mode)));
     }
     RPCGATE_LOG(gw, info, "rpcgate {} listening on port {} ({} shard(s), tls {}); routes:{}",
                 RPCGATE_VERSION, gateway.port(), gateway.config().shards,
-                gw::tls_mode_name(cfg.tls), routes);
+                gw::tls_policy_name(cfg.tls), routes);
 
     // systemd: ready now; with a watchdog, a keep-alive only while every shard
     // and the control thread answer a ping (a stuck loop stops the keep-alives).

@@ -19,7 +19,7 @@
 #include <string>
 
 #include "tests/fuzz/fuzz_util.h"
-#include "tools/gateway/config.h"
+#include "gateway/config.h"
 
 extern "C" int getaddrinfo(const char* node, const char* service, const addrinfo* hints,
                            addrinfo** res) {

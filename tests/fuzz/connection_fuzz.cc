@@ -55,8 +55,8 @@
 #include "rpc/message.h"
 #include "rpc/portmap.h"
 #include "tests/fuzz/fuzz_util.h"
-#include "tools/gateway/config.h"
-#include "tools/gateway/gateway.h"
+#include "gateway/config.h"
+#include "gateway/gateway.h"
 
 using namespace rpcgate;
 using clk = std::chrono::steady_clock;
@@ -258,7 +258,7 @@ world& the_world() {
         cfg.backends.push_back(r);
         cfg.shards = 1;
         cfg.reserved_port = false;
-        cfg.tls = gw::tls_mode::opportunistic;
+        cfg.tls = gw::tls_policy::opportunistic;
         cfg.tls_auto = true;
         cfg.cert = certs + "/server.pem";
         cfg.key = certs + "/server.key";

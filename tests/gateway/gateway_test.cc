@@ -1,6 +1,6 @@
 // The plaintext gateway against real peers on loopback: a libtirpc echo
 // server behind it, raw sockets and the libtirpc client in front of it.
-#include "tools/gateway/gateway.h"
+#include "gateway/gateway.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>

@@ -41,7 +41,7 @@
 #include "tls/context.h"
 #include "tls/ktls.h"
 #include "tools/bench/echo_server.h"
-#include "tools/gateway/gateway.h"
+#include "gateway/gateway.h"
 #include "tests/timing.h"
 
 using namespace rpcgate;
@@ -241,6 +241,8 @@ struct mode_param {
     const char* ktls;  // --ktls
     bool rx;           // RX to the kernel too (false: half kTLS)
 };
+// ctest lists the test by this, not by the struct's bytes.
+void PrintTo(const mode_param& m, std::ostream* os) { *os << m.name; }
 
 class gateway_ktls : public ::testing::TestWithParam<mode_param> {
 protected:
@@ -278,7 +280,7 @@ protected:
         cfg.shards = 1;
         cfg.buffers = 64;
         cfg.reserved_port = false;
-        cfg.tls = gw::tls_mode::required;
+        cfg.tls = gw::tls_policy::required;
         cfg.cert = certs().cert;
         cfg.key = certs().key;
         cfg.ktls = GetParam().ktls;

@@ -36,7 +36,8 @@ flood_pid=$!
 peer_wait_until 60 grep -q "probes answered" "$work/flood.out" ||
     { cat "$work/flood.out" >&2; echo "FAIL: the flood did not get its probes answered" >&2; exit 1; }
 run_tls >"$work/busy.json"
-# Checked at once: the silent clients must still have been held when it ended.
+# Checked at once: the silent clients must still have been held when it ended
+# (a python start-up on a loaded machine can take seconds).
 grep -q "^closed" "$work/flood.out" && { echo "FAIL: the flood ended before the measurement did" >&2; exit 1; }
 busy=$(p99 <"$work/busy.json")
 wait "$flood_pid" && flood_rc=0 || flood_rc=$?

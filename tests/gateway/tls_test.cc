@@ -18,7 +18,7 @@
 
 #include "rpc/message.h"
 #include "tests/gateway/child_process.h"
-#include "tools/gateway/gateway.h"
+#include "gateway/gateway.h"
 #include "tests/timing.h"
 
 using namespace rpcgate;
@@ -53,7 +53,7 @@ protected:
         ASSERT_GT(backend_port_, 0);
     }
 
-    void start(gw::tls_mode mode, std::function<void(gw::gateway_config&)> tweak = {}) {
+    void start(gw::tls_policy mode, std::function<void(gw::gateway_config&)> tweak = {}) {
         gw::gateway_config cfg;
         std::string err;
         gw::endpoint ep;
@@ -103,7 +103,7 @@ protected:
 };
 
 TEST_F(tls_gateway, python_ssl_client_starttls_echo_0_to_2mib) {
-    start(gw::tls_mode::opportunistic);
+    start(gw::tls_policy::opportunistic);
     auto [st, out] = client("echo", {"--close-notify"});
     EXPECT_EQ(st, 0) << out;
     EXPECT_NE(out.find("tls TLSv1.3"), std::string::npos) << out;
@@ -116,7 +116,7 @@ TEST_F(tls_gateway, python_ssl_client_starttls_echo_0_to_2mib) {
 }
 
 TEST_F(tls_gateway, implicit_tls_listener) {
-    start(gw::tls_mode::opportunistic);
+    start(gw::tls_policy::opportunistic);
     auto [st, out] = client("implicit", {"--sizes", "0,5000,1048576"}, gw_->implicit_port());
     EXPECT_EQ(st, 0) << out;
     EXPECT_EQ(gw_->totals().implicit_tls, 1u);
@@ -124,7 +124,7 @@ TEST_F(tls_gateway, implicit_tls_listener) {
 
 // --tls-auto: one port takes plaintext RPC, STARTTLS and TLS from the first byte.
 TEST_F(tls_gateway, auto_mode_tells_tls_from_rpc_by_the_first_byte) {
-    start(gw::tls_mode::opportunistic, [](gw::gateway_config& c) { c.tls_auto = true; });
+    start(gw::tls_policy::opportunistic, [](gw::gateway_config& c) { c.tls_auto = true; });
     auto [st, out] = client("implicit", {"--sizes", "0,70000"});
     EXPECT_EQ(st, 0) << out;
     auto [st2, out2] = client("echo", {"--sizes", "70000"});
@@ -138,48 +138,48 @@ TEST_F(tls_gateway, auto_mode_tells_tls_from_rpc_by_the_first_byte) {
 }
 
 TEST_F(tls_gateway, client_without_alpn_accepted_unless_strict) {
-    start(gw::tls_mode::opportunistic);
+    start(gw::tls_policy::opportunistic);
     auto [st, out] = client("echo", {"--alpn", "none", "--sizes", "10"});
     EXPECT_EQ(st, 0) << out;  // the Linux kernel client sends no ALPN
 }
 
 TEST_F(tls_gateway, client_without_alpn_refused_when_strict) {
-    start(gw::tls_mode::opportunistic, [](gw::gateway_config& c) { c.alpn_strict = true; });
+    start(gw::tls_policy::opportunistic, [](gw::gateway_config& c) { c.alpn_strict = true; });
     auto [st, out] = client("echo", {"--alpn", "none", "--sizes", "10"});
     EXPECT_EQ(st, 3) << out;
     EXPECT_EQ(gw_->totals().handshakes_failed, 1u);
 }
 
 TEST_F(tls_gateway, alpn_h2_only_is_refused) {
-    start(gw::tls_mode::opportunistic);
+    start(gw::tls_policy::opportunistic);
     auto [st, out] = client("echo", {"--alpn", "h2", "--sizes", "10"});
     EXPECT_EQ(st, 3) << out;
     EXPECT_EQ(gw_->totals().handshakes_failed, 1u);
 }
 
 TEST_F(tls_gateway, tls12_only_client_is_refused) {
-    start(gw::tls_mode::opportunistic);
+    start(gw::tls_policy::opportunistic);
     auto [st, out] = client("echo", {"--max-version", "1.2", "--sizes", "10"});
     EXPECT_EQ(st, 3) << out;
     EXPECT_EQ(gw_->totals().handshakes_failed, 1u);
 }
 
 TEST_F(tls_gateway, junk_after_the_probe_is_dropped) {
-    start(gw::tls_mode::opportunistic);
+    start(gw::tls_policy::opportunistic);
     auto [st, out] = client("junk");
     EXPECT_EQ(st, 0) << out;
     EXPECT_EQ(gw_->totals().handshakes_not_tls, 1u);
 }
 
 TEST_F(tls_gateway, probe_inside_tls_gets_badcred) {
-    start(gw::tls_mode::opportunistic);
+    start(gw::tls_policy::opportunistic);
     auto [st, out] = client("probe-in-tls");
     EXPECT_EQ(st, 0) << out;
     EXPECT_EQ(gw_->totals().auth_tls_misuse, 1u);
 }
 
 TEST_F(tls_gateway, plaintext_call_in_required_mode_gets_tooweak) {
-    start(gw::tls_mode::required);
+    start(gw::tls_policy::required);
     auto [st, out] = client("plain-call");
     EXPECT_EQ(st, 0) << out;
     EXPECT_NE(out.find("denied auth_error 5"), std::string::npos) << out;  // AUTH_TOOWEAK
@@ -190,7 +190,7 @@ TEST_F(tls_gateway, plaintext_call_in_required_mode_gets_tooweak) {
 }
 
 TEST_F(tls_gateway, mtls_accepts_a_valid_client_certificate) {
-    start(gw::tls_mode::mtls);
+    start(gw::tls_policy::mtls);
     auto [st, out] = client("echo", {"--cert", g_certs + "/client.pem", "--key",
                                      g_certs + "/client.key", "--sizes", "100"});
     EXPECT_EQ(st, 0) << out;
@@ -198,7 +198,7 @@ TEST_F(tls_gateway, mtls_accepts_a_valid_client_certificate) {
 }
 
 TEST_F(tls_gateway, mtls_refuses_bad_client_certificates) {
-    start(gw::tls_mode::mtls);
+    start(gw::tls_policy::mtls);
     for (const char* who : {"expired", "selfsigned", "revoked", "untrusted"}) {
         auto [st, out] = client("echo", {"--cert", g_certs + "/" + who + ".pem", "--key",
                                          g_certs + "/" + who + ".key", "--sizes", "100"});
@@ -217,7 +217,7 @@ TEST_F(tls_gateway, mtls_refuses_bad_client_certificates) {
 // 200 clients send the probe and then nothing: each is cut at the handshake
 // deadline and every fd comes back.
 TEST_F(tls_gateway, silent_clients_after_the_probe_are_cut_at_the_deadline) {
-    start(gw::tls_mode::opportunistic,
+    start(gw::tls_policy::opportunistic,
           [](gw::gateway_config& c) { c.handshake_timeout_ms = 1000; });
     size_t fds_before = count_fds();
     auto [st, out] = client("flood", {"--count", "200", "--timeout", "20"});
@@ -252,7 +252,7 @@ TEST_F(tls_gateway, reload_rotates_the_certificate_and_applies_the_crl) {
     ASSERT_EQ(gen.wait_exit(30000).value_or(-1), 0);
     std::string conf = g_certs + "/rpcgate.toml";
     std::ofstream(conf) << "listen = \"127.0.0.1:0\"\nbackend = \"536870913=127.0.0.1:9\"\n";
-    start(gw::tls_mode::mtls, [&](gw::gateway_config& c) {
+    start(gw::tls_policy::mtls, [&](gw::gateway_config& c) {
         c.cert = g_certs + "/live.pem";
         c.key = g_certs + "/live.key";
         c.crl = g_certs + "/live-crl.pem";
@@ -364,7 +364,7 @@ TEST_F(tls_gateway, certificate_identity_replaces_the_credential) {
         }
         ::close(fd);
     });
-    start(gw::tls_mode::mtls, [&](gw::gateway_config& c) { c.cert_user_map = map; });
+    start(gw::tls_policy::mtls, [&](gw::gateway_config& c) { c.cert_user_map = map; });
     auto [st, out] = client("echo", {"--cert", g_certs + "/client.pem", "--key",
                                      g_certs + "/client.key", "--sizes", "100"});
     backend.join();

@@ -25,8 +25,8 @@
 #include "rpc/record.h"
 #include "rpc/xdr_codec.h"
 #include "tests/gateway/child_process.h"
-#include "tools/client/blocking_client.h"
-#include "tools/gateway/gateway.h"
+#include "tls/client/blocking_client.h"
+#include "gateway/gateway.h"
 
 using namespace rpcgate;
 using namespace std::chrono_literals;
@@ -244,7 +244,7 @@ protected:
     }
 
     // Gateway B: the RFC 9289 server role in front of the echo server.
-    void start_b(gw::tls_mode mode, const std::string& cert = "server") {
+    void start_b(gw::tls_policy mode, const std::string& cert = "server") {
         b_ = make(fmt::format("{}=127.0.0.1:{}", k_echo_prog, echo_port_),
                   [&](gw::gateway_config& c) {
                       c.tls = mode;
@@ -256,7 +256,7 @@ protected:
     }
 
     // Gateway A: plaintext in, upstream TLS `mode` towards `port`.
-    void start_a(uint16_t port, gw::tls_mode mode,
+    void start_a(uint16_t port, gw::tls_policy mode,
                  std::function<void(gw::upstream_tls&)> tweak = {}) {
         a_ = make(fmt::format("{}=127.0.0.1:{}", k_echo_prog, port), [&](gw::gateway_config& c) {
             c.upstream.mode = mode;
@@ -274,8 +274,8 @@ protected:
 const std::vector<size_t> k_sizes = {0, 1, 100, 5000, 70000, 1 << 20, 2 << 20};
 
 TEST_F(upstream_tls, chain_plaintext_to_tls_to_plaintext_0_to_2mib) {
-    start_b(gw::tls_mode::required);
-    start_a(b_->port(), gw::tls_mode::required);
+    start_b(gw::tls_policy::required);
+    start_a(b_->port(), gw::tls_policy::required);
     EXPECT_EQ(echo(a_->port(), k_sizes), "");
     EXPECT_EQ(echo(a_->port(), {10, 300000}), "");  // a second client: its own backend TLS
     auto ta = a_->totals();
@@ -292,8 +292,8 @@ TEST_F(upstream_tls, chain_plaintext_to_tls_to_plaintext_0_to_2mib) {
 }
 
 TEST_F(upstream_tls, many_calls_in_flight_through_the_chain) {
-    start_b(gw::tls_mode::required);
-    start_a(b_->port(), gw::tls_mode::required);
+    start_b(gw::tls_policy::required);
+    start_a(b_->port(), gw::tls_policy::required);
     // rpcgate-bench checks every echoed byte (--verify); 4 connections, 16 deep.
     child_process run({RPCGATE_BENCH, "run", "--target", fmt::format("127.0.0.1:{}", a_->port()),
                        "--connections", "4", "--depth", "16", "--size", "0", "--size-max",
@@ -307,8 +307,8 @@ TEST_F(upstream_tls, many_calls_in_flight_through_the_chain) {
 }
 
 TEST_F(upstream_tls, mtls_presents_the_client_certificate) {
-    start_b(gw::tls_mode::mtls);
-    start_a(b_->port(), gw::tls_mode::mtls, [](gw::upstream_tls& u) {
+    start_b(gw::tls_policy::mtls);
+    start_a(b_->port(), gw::tls_policy::mtls, [](gw::upstream_tls& u) {
         u.cert = g_certs + "/client.pem";
         u.key = g_certs + "/client.key";
     });
@@ -317,16 +317,16 @@ TEST_F(upstream_tls, mtls_presents_the_client_certificate) {
 }
 
 TEST_F(upstream_tls, mtls_server_refuses_a_gateway_without_certificate) {
-    start_b(gw::tls_mode::mtls);
-    start_a(b_->port(), gw::tls_mode::required);
+    start_b(gw::tls_policy::mtls);
+    start_a(b_->port(), gw::tls_policy::required);
     EXPECT_NE(echo(a_->port(), {100}), "");
     EXPECT_EQ(a_->totals().upstream_tls_failures + a_->totals().tls_errors, 1u);
 }
 
 // B with TLS off answers the probe AUTH_ERROR/AUTH_REJECTEDCRED, as nfs-ganesha does.
 TEST_F(upstream_tls, opportunistic_goes_on_in_plaintext_when_the_probe_is_refused) {
-    start_b(gw::tls_mode::off);
-    start_a(b_->port(), gw::tls_mode::opportunistic);
+    start_b(gw::tls_policy::off);
+    start_a(b_->port(), gw::tls_policy::opportunistic);
     EXPECT_EQ(echo(a_->port(), {0, 100, 1 << 20}), "");
     auto ta = a_->totals();
     EXPECT_EQ(ta.upstream_plaintext, 1u);
@@ -337,8 +337,8 @@ TEST_F(upstream_tls, opportunistic_goes_on_in_plaintext_when_the_probe_is_refuse
 }
 
 TEST_F(upstream_tls, required_refuses_and_closes_the_client_when_the_probe_is_refused) {
-    start_b(gw::tls_mode::off);
-    start_a(b_->port(), gw::tls_mode::required);
+    start_b(gw::tls_policy::off);
+    start_a(b_->port(), gw::tls_policy::required);
     std::string why = echo(a_->port(), {100});
     EXPECT_NE(why, "");
     auto ta = a_->totals();
@@ -348,8 +348,8 @@ TEST_F(upstream_tls, required_refuses_and_closes_the_client_when_the_probe_is_re
 }
 
 TEST_F(upstream_tls, server_name_mismatch_is_refused) {
-    start_b(gw::tls_mode::required);
-    start_a(b_->port(), gw::tls_mode::required,
+    start_b(gw::tls_policy::required);
+    start_a(b_->port(), gw::tls_policy::required,
             [](gw::upstream_tls& u) { u.server_name = "nfs.example.org"; });
     EXPECT_NE(echo(a_->port(), {100}), "");
     EXPECT_EQ(a_->totals().upstream_tls_failures, 1u);
@@ -357,7 +357,7 @@ TEST_F(upstream_tls, server_name_mismatch_is_refused) {
 }
 
 TEST_F(upstream_tls, name_given_per_backend_overrides_the_default) {
-    start_b(gw::tls_mode::required);
+    start_b(gw::tls_policy::required);
     // The certificate carries DNS:localhost; the backend is dialled by IP.
     a_ = make(fmt::format("{}=127.0.0.1:{},tls=required,name=localhost,ca={}/ca.pem", k_echo_prog,
                           b_->port(), g_certs),
@@ -368,8 +368,8 @@ TEST_F(upstream_tls, name_given_per_backend_overrides_the_default) {
 }
 
 TEST_F(upstream_tls, untrusted_server_certificate_is_refused) {
-    start_b(gw::tls_mode::required, "untrusted");  // issued by a CA A does not trust
-    start_a(b_->port(), gw::tls_mode::required);
+    start_b(gw::tls_policy::required, "untrusted");  // issued by a CA A does not trust
+    start_a(b_->port(), gw::tls_policy::required);
     EXPECT_NE(echo(a_->port(), {100}), "");
     EXPECT_EQ(a_->totals().upstream_tls_failures, 1u);
     EXPECT_EQ(b_->totals().calls_forwarded, 0u);
@@ -377,7 +377,7 @@ TEST_F(upstream_tls, untrusted_server_certificate_is_refused) {
 
 TEST_F(upstream_tls, server_selecting_alpn_h2_is_refused) {
     raw_tls_server srv({.alpn = "h2"});
-    start_a(srv.port(), gw::tls_mode::required);
+    start_a(srv.port(), gw::tls_policy::required);
     EXPECT_NE(echo(a_->port(), {100}), "");
     EXPECT_EQ(a_->totals().upstream_tls_failures, 1u);
     EXPECT_EQ(srv.calls(), 0);
@@ -385,11 +385,11 @@ TEST_F(upstream_tls, server_selecting_alpn_h2_is_refused) {
 
 TEST_F(upstream_tls, server_without_alpn_accepted_unless_strict) {
     raw_tls_server srv({.alpn = ""});
-    start_a(srv.port(), gw::tls_mode::required);
+    start_a(srv.port(), gw::tls_policy::required);
     EXPECT_EQ(echo(a_->port(), {100}), "");
     a_->stop();
     a_->wait();
-    start_a(srv.port(), gw::tls_mode::required, [](gw::upstream_tls& u) { u.alpn_strict = true; });
+    start_a(srv.port(), gw::tls_policy::required, [](gw::upstream_tls& u) { u.alpn_strict = true; });
     EXPECT_NE(echo(a_->port(), {100}), "");
     EXPECT_EQ(a_->totals().upstream_tls_failures, 1u);
 }
@@ -398,7 +398,7 @@ TEST_F(upstream_tls, server_without_alpn_accepted_unless_strict) {
 // consumed (and answered) by the gateway, never forwarded to the client.
 TEST_F(upstream_tls, tickets_and_key_update_from_the_server_are_consumed) {
     raw_tls_server srv({.alpn = "sunrpc", .tickets = 2, .key_update = true});
-    start_a(srv.port(), gw::tls_mode::required);
+    start_a(srv.port(), gw::tls_policy::required);
     EXPECT_EQ(echo(a_->port(), {0, 100, 70000, 1 << 20}), "");
     EXPECT_EQ(srv.handshakes(), 1);
     EXPECT_EQ(srv.calls(), 4);
@@ -452,7 +452,7 @@ TEST_F(source_limits_gateway, connection_cap_per_source_refuses_then_recovers) {
 
 TEST_F(source_limits_gateway, handshake_rate_per_source_closes_the_excess) {
     b_ = make(fmt::format("{}=127.0.0.1:{}", k_echo_prog, echo_port_), [](gw::gateway_config& c) {
-        c.tls = gw::tls_mode::opportunistic;
+        c.tls = gw::tls_policy::opportunistic;
         c.cert = g_certs + "/server.pem";
         c.key = g_certs + "/server.key";
         c.handshake_rate_per_source = 1;  // one a second, burst 2

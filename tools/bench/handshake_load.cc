@@ -12,7 +12,7 @@
 #include "rpc/portmap.h"
 #include "rpc/record.h"
 #include "tls/session.h"
-#include "tools/client/blocking_client.h"
+#include "tls/client/blocking_client.h"
 
 namespace rpcgate::bench {
 namespace {

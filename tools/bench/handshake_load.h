@@ -4,7 +4,7 @@
 //                     TLS 1.3 handshake, one NULL call over TLS, close_notify,
 //                     close. Reports completed cycles per second and the
 //                     latency of a whole cycle. Uses the shared client library
-//                     (tools/client) with one client context for all threads.
+//                     (tls/client) with one client context for all threads.
 //   --baseline        the same handshake (and NULL exchange) between two
 //                     in-memory tls::sessions in this process: no sockets, no
 //                     kernel, both sides in one thread. Besides the loop rate it
@@ -23,7 +23,7 @@
 
 #include "tls/context.h"
 #include "tools/bench/latency_histogram.h"
-#include "tools/client/client_session.h"
+#include "tls/client/client_session.h"
 
 namespace rpcgate::bench {
 

@@ -47,7 +47,7 @@
 #include "tls/context.h"
 #include "tools/bench/address.h"
 #include "tools/bench/latency_histogram.h"
-#include "tools/client/client_session.h"
+#include "tls/client/client_session.h"
 
 namespace rpcgate::bench {
 

@@ -16,7 +16,7 @@
 //   5  TLS handshake failed, or it negotiated less than TLS 1.3
 //   6  no (or a bad) reply to the NULL call over TLS
 //
-// The protocol is the shared client library's (tools/client); this file only
+// The protocol is the shared client library's (tls/client); this file only
 // runs it and reports. Main thread; blocks.
 #pragma once
 

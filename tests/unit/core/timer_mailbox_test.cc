@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -97,6 +98,21 @@ TEST(timer_wheel, callback_may_cancel_a_peer_of_the_same_tick) {
     w.advance(100);
     EXPECT_EQ(fired, 1);
     EXPECT_EQ(w.armed_count(), 0u);
+}
+
+TEST(mailbox, a_refused_post_hands_the_payload_back) {
+    int efd = ::eventfd(0, EFD_NONBLOCK);
+    mailbox box(efd, 2);
+    std::vector<std::string> got;
+    auto deliver = [&got](std::string&& s) { got.push_back(std::move(s)); };
+    EXPECT_EQ(box.post(std::make_unique<std::string>("a"), deliver), nullptr);
+    EXPECT_EQ(box.post(std::make_unique<std::string>("b"), deliver), nullptr);
+    std::unique_ptr<std::string> back = box.post(std::make_unique<std::string>("c"), deliver);
+    ASSERT_NE(back, nullptr);  // full: "c" comes back, untouched
+    EXPECT_EQ(*back, "c");
+    EXPECT_EQ(box.drain(), 2u);
+    EXPECT_EQ(got, std::vector<std::string>({"a", "b"}));
+    ::close(efd);
 }
 
 TEST(mailbox, delivers_in_order_across_threads_and_refuses_when_full) {

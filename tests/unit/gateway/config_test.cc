@@ -3,7 +3,7 @@
 // (converting one outside int64's range was undefined behaviour, found by
 // tests/fuzz/config_fuzz.cc), and an integer outside its option's range is not
 // narrowed into it. A refused file leaves the option at what it was.
-#include "tools/gateway/config.h"
+#include "gateway/config.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>

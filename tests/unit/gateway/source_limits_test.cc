@@ -1,4 +1,4 @@
-#include "tools/gateway/source_limits.h"
+#include "gateway/source_limits.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>

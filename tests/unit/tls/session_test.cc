@@ -175,6 +175,8 @@ struct refusal {
     const char* reason;
     uint32_t flags;
 };
+// ctest lists the test by this, not by the struct's bytes.
+void PrintTo(const refusal& r, std::ostream* os) { *os << r.who; }
 
 class TlsMtlsRefusal : public testing::TestWithParam<refusal> {};
 
@@ -214,6 +216,9 @@ TEST(TlsSession, MtlsWithoutCertificate) {
     EXPECT_EQ(p.sst, status::error);
     EXPECT_EQ(p.server->flags(), flag_handshfail);
     EXPECT_NE(p.server->error_text().find("did not return a certificate"), std::string::npos)
+        << p.server->error_text();
+    // TLS 1.3's certificate_required (116), which OpenSSL 3.0 calls "unknown".
+    EXPECT_NE(p.server->error_text().find("alert sent: certificate required"), std::string::npos)
         << p.server->error_text();
 }
 

@@ -1,0 +1,60 @@
+// The admin HTTP endpoint (--admin ADDR:PORT): read-only views of a running
+// gateway for operators and scrapers.
+//
+//   GET /metrics   Prometheus text format (version 0.0.4)
+//   GET /healthz   200 "ok" when every shard and the TLS control thread
+//                  answer a ping within a second, else 503
+//   GET /connections  every client connection as JSON (asks each shard)
+//   POST /reload   re-read the TLS material, as SIGHUP does
+//
+// It runs on its own thread with blocking sockets, off the data path: the
+// shards never wait for it. What it serves is read from counters that the
+// shards publish (single-writer atomics), so a scrape takes no lock and
+// sends no message to a shard. One request per connection (HTTP/1.0 style),
+// a 2 s read deadline and an 8 KiB request cap.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include "gateway/config.h"
+
+namespace rpcgate::gw {
+
+// `in` made safe inside a JSON string: quotes and backslashes escaped,
+// control characters dropped (the /connections body).
+std::string json_escape(const std::string& in);
+
+class admin_server {
+public:
+    struct handlers {
+        std::function<std::string()> metrics;      // the /metrics body
+        std::function<bool()> healthy;             // /healthz
+        std::function<std::string()> connections;  // the /connections body (JSON)
+        std::function<std::string()> reload;       // POST /reload: "" or why it failed
+    };
+
+    admin_server() = default;
+    ~admin_server();
+    admin_server(const admin_server&) = delete;
+    admin_server& operator=(const admin_server&) = delete;
+
+    // Binds `ep` and starts the thread. Returns "" or a one-line error.
+    std::string start(const endpoint& ep, handlers h);
+    void stop();
+    uint16_t port() const noexcept { return port_; }
+
+private:
+    void run();
+    void serve(int fd);
+
+    handlers h_;
+    int listen_fd_ = -1;
+    uint16_t port_ = 0;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+
+}  // namespace rpcgate::gw

@@ -1,0 +1,135 @@
+// Gateway configuration: the command line and the TOML file, merged.
+//
+// Every option has a long form on the command line and the same key in the
+// config file (`--idle-timeout 30` == `idle_timeout = 30`); the file is read
+// first and the command line wins. A bad option or file yields one line that
+// says what is wrong, and a non-zero exit from main().
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace rpcgate::gw {
+
+// A resolved socket address with the text it came from.
+struct endpoint {
+    sockaddr_storage addr{};
+    socklen_t len = 0;
+    std::string text;
+    uint16_t port() const noexcept;
+    void set_port(uint16_t p) noexcept;
+};
+
+// "HOST:PORT", "[v6addr]:PORT" or "PORT" (all interfaces when allowed).
+bool parse_endpoint(const std::string& text, endpoint* out, std::string* err);
+
+// How much TLS a listener (--tls) or a backend (upstream TLS) demands. (How
+// a client starts TLS, STARTTLS or implicit, is client::tls_mode.)
+enum class tls_policy { off, opportunistic, required, mtls };
+const char* tls_policy_name(tls_policy m) noexcept;
+
+// RPC-with-TLS towards one backend (the RFC 9289 client role). `mode`:
+//   off           plaintext;
+//   opportunistic probe; a server that does not answer STARTTLS is used in
+//                 plaintext (logged); a failed handshake still fails;
+//   required      probe + TLS 1.3, or the backend connection (and the client
+//                 connection that needed it) is refused;
+//   mtls          required, presenting `cert`/`key`.
+// The server certificate is verified against `ca` with `server_name` (a DNS
+// name, no wildcard matching, or an IP address checked against the IP SAN).
+struct upstream_tls {
+    tls_policy mode = tls_policy::off;
+    std::string ca, cert, key;
+    std::string server_name;  // "" = the backend's host as written
+    bool alpn_strict = false;  // refuse a server that selects no ALPN
+};
+
+// PROG=HOST:PORT[,tls=MODE][,name=NAME][,ca=FILE][,cert=FILE][,key=FILE]
+// where PROG is a number or a well-known name (nfs, mount, ...). The options
+// override the --upstream-* defaults for this backend.
+struct backend_route {
+    uint32_t prog = 0;
+    uint32_t vers = 0;  // ",vers=N": this version of prog only; 0: every version
+    endpoint target;
+    std::string spec;  // as written, for logs
+    std::string host;  // HOST as written (no port)
+    // Overrides given in the spec ("" / unset = take the global default).
+    bool tls_set = false;
+    upstream_tls tls;  // after validate(): the effective settings
+};
+bool parse_backend(const std::string& text, backend_route* out, std::string* err);
+
+struct gateway_config {
+    std::vector<endpoint> listen;
+    // Listeners where TLS starts with the first byte (stunnel / efs-utils style).
+    std::vector<endpoint> implicit_tls;
+    std::vector<backend_route> backends;
+    unsigned shards = 0;  // 0: one per core
+    tls_policy tls = tls_policy::off;
+    std::string cert, key, ca, crl;
+    bool alpn_strict = false;           // refuse TLS clients that offer no ALPN
+    // On --listen ports, a connection whose first byte is a TLS handshake
+    // record (0x16) is taken as implicit TLS. No record mark can start with
+    // 0x16: that would announce a non-final fragment of over 350 MiB.
+    bool tls_auto = false;
+    // Map file: a verified client certificate -> AUTH_SYS identity that replaces
+    // the credentials of every call on that connection (FreeBSD's tlscertuser).
+    std::string cert_user_map;
+    uint32_t handshake_timeout_ms = 10000;
+    // Kernel TLS, both roles: "auto" (default: used when the kernel
+    // has it, tls::ktls::kernel_has_ktls), "off" (OpenSSL over memory BIOs on
+    // the shards), "on" (handshakes on socket BIOs even where the kernel has
+    // no kTLS: every direction then stays in userspace; for tests).
+    std::string ktls = "auto";
+    // Tests only (no option): false leaves RX in userspace (half kTLS, TX only).
+    bool ktls_rx = true;
+    // "1.3" (RFC 9289 §5.1) or "1.2": evaluation only (NIC offload of TLS 1.3
+    // is limited), outside RFC 9289, logged at warn level at start.
+    std::string tls_min_version = "1.3";
+    std::string admin;
+    // Defaults for every backend (each may override them in its spec).
+    upstream_tls upstream;
+    bool reserved_port = true;      // effective only when running as root
+    bool answer_portmap = true;     // answer portmap v2 GETPORT/NULL locally
+    uint32_t idle_timeout_s = 300;  // 0: never
+    uint32_t connect_timeout_ms = 5000;
+    uint32_t drain_timeout_ms = 5000;
+    uint32_t max_connections = 65536;
+    // Per source address (IPv6: per /64), gateway-wide, 0 = no limit: open
+    // connections, and TLS handshakes a second (burst: back to back).
+    uint32_t max_connections_per_source = 0;
+    uint32_t handshake_rate_per_source = 0;
+    uint32_t handshake_burst_per_source = 0;
+    uint64_t max_record = 4 * 1024 * 1024 + 64 * 1024;
+    // Per connection and direction: bytes queued towards a peer before the
+    // other side stops being read.
+    uint64_t max_inflight = 8 * 1024 * 1024;
+    // Receive buffers per shard (power of two): 512 x 32 KiB = 16 MiB a shard, which
+    // holds eight 1 MiB records in flight with room to spare; RSS after load is
+    // what these buffers cost, so the default stays modest.
+    uint32_t buffers = 512;
+    uint32_t buffer_size = 32 * 1024;
+    std::string log_level = "info";
+    std::string audit_log;  // file for the audit lines (RFC 9289 §6); "" = with the rest
+    // Client-facing packet I/O: "uring" (kernel sockets) or "dpdk" (DPDK + lwIP
+    // on one shard, see dpdk/backend.h); `dpdk_args` go to rte_eal_init.
+    std::string io_backend = "uring";
+    std::string dpdk_args;
+    std::string config_file;
+    bool check_only = false;
+};
+
+// Parses argv. Returns -1 to go on, or an exit status (0 after --help or
+// --version, 2 on error) with its message already printed.
+int parse_command_line(int argc, char** argv, gateway_config* cfg);
+
+// Applies a TOML file to `cfg` (used by parse_command_line; exposed for tests).
+bool load_config_file(const std::string& path, gateway_config* cfg, std::string* err);
+
+// Checks cross-option rules (at least one listener and backend, TLS files...).
+bool validate(gateway_config* cfg, std::string* err);
+
+}  // namespace rpcgate::gw

@@ -1,0 +1,499 @@
+#include "gateway/gateway.h"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <iterator>
+#include <mutex>
+
+#include "core/log.h"
+#include "dpdk/backend.h"
+#include "gateway/admin.h"
+#include "gateway/client_session.h"
+#include "gateway/shard_context.h"
+#include "tls/handshake_service.h"
+#include "tls/ktls.h"
+
+namespace rpcgate::gw {
+
+using core::bump;
+
+// ---------------------------------------------------------------- gateway
+
+gateway::gateway(gateway_config cfg) : cfg_(std::move(cfg)) {}
+
+gateway::~gateway() {
+    stop();
+    wait();
+}
+
+std::string gateway::start() {
+    if (cfg_.io_backend == "dpdk") {
+        // One TCP stack per process (lwIP): one shard, which polls the port.
+        std::string err;
+        io_backend_ = dpdk::make_backend(dpdk::backend_options{cfg_.dpdk_args}, &err);
+        if (!io_backend_) return "--io-backend dpdk: " + err;
+        cfg_.ktls = "off";  // a DPDK connection has no kernel socket to put kTLS on
+        if (cfg_.shards != 1)
+            RPCGATE_LOG(gw, info, "--io-backend dpdk: 1 shard instead of {}", cfg_.shards);
+        cfg_.shards = 1;
+    }
+    bool tls_used = cfg_.tls != tls_policy::off || !cfg_.implicit_tls.empty();
+    if (tls_used) {
+        tls::server_options o;
+        o.cert_file = cfg_.cert;
+        o.key_file = cfg_.key;
+        o.ca_file = cfg_.ca;
+        o.crl_file = cfg_.crl;
+        o.require_client_cert = cfg_.tls == tls_policy::mtls;
+        o.alpn_strict = cfg_.alpn_strict;
+        if (cfg_.tls_min_version == "1.2") {
+            o.min_version = TLS1_2_VERSION;
+            RPCGATE_LOG(tls, warn,
+                        "--tls-min-version 1.2: clients may use TLS 1.2. This is OUTSIDE RFC 9289 "
+                        "(§5.1: TLS 1.3 or later), for evaluating NIC TLS offload only; do not "
+                        "use it in production");
+        }
+        std::string err;
+        tls_ctx_ = tls::context::make_server(o, &err);
+        if (!tls_ctx_) return "TLS: " + err;
+        hs_ = std::make_unique<handshake_service>(tls_ctx_.get(), cfg_.handshake_timeout_ms,
+                                                  &open_connections_);
+        if (!cfg_.cert_user_map.empty()) {
+            identities_ = std::make_unique<tls::identity_map>();
+            if (!identities_->load(cfg_.cert_user_map, &err)) return "--cert-user-map: " + err;
+            hs_->set_identity_map(identities_.get());
+        }
+    }
+    // RFC 9289 client role: one client context per route that wants TLS.
+    std::string up_err = make_upstream_contexts(&upstream_ctx_);
+    if (!up_err.empty()) return up_err;
+    upstream_live_.reset(new std::atomic<const tls::context*>[cfg_.backends.size()]);
+    bool upstream_used = false;
+    for (size_t r = 0; r < cfg_.backends.size(); ++r) {
+        upstream_live_[r].store(upstream_ctx_[r].get());
+        upstream_used |= upstream_ctx_[r] != nullptr;
+    }
+    if (upstream_used && !hs_)
+        hs_ = std::make_unique<handshake_service>(nullptr, cfg_.handshake_timeout_ms,
+                                                  &open_connections_);
+    if (hs_) {
+        bool kernel = cfg_.ktls != "off" && tls::ktls::kernel_has_ktls();
+        if (cfg_.ktls == "on" || kernel) {
+            // Before any handshake runs: TLS 1.3 RX needs the keylog hook.
+            if (tls_ctx_) tls::ktls::prepare_context(tls_ctx_->native());
+            for (const auto& c : upstream_ctx_)
+                if (c) tls::ktls::prepare_context(c->native());
+            hs_->use_socket_io(cfg_.ktls_rx);
+        }
+        if (kernel) {
+            RPCGATE_LOG(tls, info, "kernel TLS: on (--ktls {}): handshakes on the socket, then "
+                        "the kernel encrypts and decrypts where it can", cfg_.ktls);
+        } else if (hs_->socket_io()) {
+            RPCGATE_LOG(tls, info, "kernel TLS: this kernel has none; --ktls on: handshakes on "
+                        "the socket, the record layer stays in userspace");
+        } else {
+            RPCGATE_LOG(tls, info, "kernel TLS: off ({}): TLS runs in userspace (OpenSSL on the "
+                        "shards)",
+                        cfg_.ktls == "off" ? "--ktls off" : "this kernel has no kTLS");
+        }
+    }
+    // Every shard exists (and is wired to the control thread) before any starts.
+    for (unsigned i = 0; i < cfg_.shards; ++i) {
+        core::shard_config sc;
+        sc.index = i;
+        sc.buffer_count = cfg_.buffers;
+        sc.buffer_size = cfg_.buffer_size;
+        sc.send_high_water = cfg_.max_inflight;
+        sc.send_low_water = cfg_.max_inflight / 4;
+        auto sh = std::make_unique<core::shard>(sc);
+        if (io_backend_) sh->set_io_backend(io_backend_.get());
+        auto ctx = std::make_unique<shard_context>(cfg_, *sh, open_connections_);
+        shard_context* c = ctx.get();
+        sh->set_on_stop([c] { c->on_stop(); });
+        c->set_upstream_contexts(upstream_live_.get());
+        c->use_handshakers(hs_.get());
+        if (hs_) {
+            hs_->attach(
+                *sh, [c](handshake_result&& r) { c->deliver(std::move(r)); },
+                [c](upstream_result&& r) { c->deliver_upstream(std::move(r)); });
+        }
+        main_inboxes_.push_back(&sh->make_inbox(64));
+        shards_.push_back(std::move(sh));
+        contexts_.push_back(std::move(ctx));
+    }
+    if (hs_) main_to_control_ = &hs_->make_inbox();
+    if (hs_) {
+        std::string err = hs_->start();
+        if (!err.empty()) return "TLS control thread: " + err;
+    }
+    for (unsigned i = 0; i < cfg_.shards; ++i) {
+        core::shard* raw = shards_[i].get();
+        shard_context* c = contexts_[i].get();
+        auto open_all = [this, raw, c](std::vector<endpoint>& eps, core::listener_handler* h) {
+            for (endpoint& ep : eps) {
+                int rc = raw->listen(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, h);
+                if (rc < 0) {
+                    c->start_error() = fmt::format("cannot listen on {}: {}", ep.text,
+                                                  std::strerror(-rc));
+                    return;
+                }
+                // Port 0: the first shard picks it, the others share it (SO_REUSEPORT).
+                if (ep.port() == 0) ep.set_port(uint16_t(rc));
+            }
+        };
+        std::string err = raw->start([&] {
+            open_all(cfg_.listen, c);
+            if (c->start_error().empty()) open_all(cfg_.implicit_tls, &c->implicit_listener());
+        });
+        if (err.empty() && !c->start_error().empty()) err = c->start_error();
+        if (!err.empty()) {
+            stop();
+            wait();
+            return err;
+        }
+        if (i == 0) {
+            if (!cfg_.listen.empty()) port_ = cfg_.listen.front().port();
+            if (!cfg_.implicit_tls.empty()) implicit_port_ = cfg_.implicit_tls.front().port();
+            RPCGATE_LOG(core, info, "io_uring features: {}", raw->features().describe());
+        }
+    }
+    if (!cfg_.admin.empty()) {
+        endpoint ep;
+        std::string err;
+        if (!parse_endpoint(cfg_.admin, &ep, &err)) return "--admin " + err;
+        admin_ = std::make_unique<admin_server>();
+        err = admin_->start(ep, {[this] { return metrics_text(); },
+                                 [this] { return !stopping_.load() && ping_all(1000); },
+                                 [this] { return connections_json(); },
+                                 [this] { return reload(); }});
+        if (!err.empty()) return err;
+        RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz)", admin_->port());
+    }
+    return {};
+}
+
+uint16_t gateway::admin_port() const noexcept { return admin_ ? admin_->port() : 0; }
+
+namespace {
+
+// Every CRL in a PEM file; the shared pointer frees them with the last user.
+std::shared_ptr<std::vector<X509_CRL*>> load_crls(const std::string& path, std::string* err) {
+    auto crls = std::shared_ptr<std::vector<X509_CRL*>>(new std::vector<X509_CRL*>,
+                                                        [](std::vector<X509_CRL*>* v) {
+                                                            for (X509_CRL* c : *v) X509_CRL_free(c);
+                                                            delete v;
+                                                        });
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (!f) {
+        *err = fmt::format("{}: {}", path, std::strerror(errno));
+        return nullptr;
+    }
+    while (X509_CRL* c = PEM_read_X509_CRL(f, nullptr, nullptr, nullptr)) crls->push_back(c);
+    std::fclose(f);
+    ERR_clear_error();  // the read that ends the loop leaves "no start line"
+    if (crls->empty()) {
+        *err = fmt::format("{}: no CRL in it", path);
+        return nullptr;
+    }
+    return crls;
+}
+
+}  // namespace
+
+std::string gateway::make_upstream_contexts(
+    std::vector<std::unique_ptr<tls::context>>* out) const {
+    out->clear();
+    for (const backend_route& r : cfg_.backends) {
+        if (r.tls.mode == tls_policy::off) {
+            out->emplace_back();
+            continue;
+        }
+        tls::client_options o;
+        o.ca_file = r.tls.ca;
+        o.cert_file = r.tls.cert;
+        o.key_file = r.tls.key;
+        o.server_name = r.tls.server_name;
+        o.require_alpn = r.tls.alpn_strict;
+        std::string err;
+        auto c = tls::context::make_client(o, &err);
+        if (!c) return fmt::format("backend '{}': upstream TLS: {}", r.spec, err);
+        RPCGATE_LOG(tls, info, "backend {}: upstream TLS {} (server name {}, CA {}{})", r.spec,
+                    tls_policy_name(r.tls.mode), o.server_name, o.ca_file,
+                    o.cert_file.empty() ? "" : ", client certificate " + o.cert_file);
+        out->push_back(std::move(c));
+    }
+    return {};
+}
+
+std::string gateway::reload_locked() {
+    // A config file that no longer parses or validates stops the reload: the
+    // daemon keeps serving with what it has. (Listeners and routes need a
+    // restart; the TLS files are re-read at the paths in effect.)
+    if (!cfg_.config_file.empty()) {
+        gateway_config probe;
+        std::string err;
+        if (!load_config_file(cfg_.config_file, &probe, &err) || !validate(&probe, &err))
+            return "reload failed, keeping the old configuration: " + err;
+    }
+    bool upstream_used = false;
+    for (const auto& c : upstream_ctx_) upstream_used |= c != nullptr;
+    if (!tls_ctx_ && !upstream_used) return "nothing to reload: TLS is not configured";
+    // Upstream client contexts (CA, client certificate) are re-read too.
+    std::vector<std::unique_ptr<tls::context>> fresh_up;
+    if (upstream_used) {
+        std::string why = make_upstream_contexts(&fresh_up);
+        if (!why.empty()) return "reload failed, keeping the old TLS material: " + why;
+    }
+    // Shards read the live pointers; the contexts they replace stay alive.
+    if (hs_ && hs_->socket_io())
+        for (const auto& c : fresh_up)
+            if (c) tls::ktls::prepare_context(c->native());
+    auto commit_upstream = [&] {
+        for (size_t r = 0; r < fresh_up.size(); ++r) {
+            upstream_live_[r].store(fresh_up[r].get());
+            if (upstream_ctx_[r]) old_contexts_.push_back(std::move(upstream_ctx_[r]));
+            upstream_ctx_[r] = std::move(fresh_up[r]);
+        }
+    };
+    if (!tls_ctx_) {
+        commit_upstream();
+        RPCGATE_LOG(gw, info, "reloaded upstream TLS material");
+        return {};
+    }
+    tls::server_options o = tls_ctx_->server();
+    std::string err;
+    auto fresh = tls::context::make_server(o, &err);
+    if (!fresh) return "reload failed, keeping the old TLS material: " + err;
+    if (hs_->socket_io()) tls::ktls::prepare_context(fresh->native());
+    std::unique_ptr<tls::identity_map> ids;
+    if (!cfg_.cert_user_map.empty()) {
+        ids = std::make_unique<tls::identity_map>();
+        if (!ids->load(cfg_.cert_user_map, &err))
+            return "reload failed, keeping the old TLS material: --cert-user-map: " + err;
+    }
+    std::shared_ptr<std::vector<X509_CRL*>> crls;
+    if (!cfg_.crl.empty()) {
+        crls = load_crls(cfg_.crl, &err);
+        if (!crls) return "reload failed, keeping the old TLS material: " + err;
+    }
+    // Commit: new handshakes use the new contexts from now on.
+    commit_upstream();
+    hs_->set_context(fresh.get());
+    old_contexts_.push_back(std::move(tls_ctx_));
+    tls_ctx_ = std::move(fresh);
+    if (ids) {
+        hs_->set_identity_map(ids.get());
+        if (identities_) old_identities_.push_back(std::move(identities_));
+        identities_ = std::move(ids);
+    }
+    // FreeBSD's rpc.tlsservd -r: a client the new CRL revokes is closed.
+    if (crls) {
+        for (size_t i = 0; i < main_inboxes_.size(); ++i) {
+            shard_context* c = contexts_[i].get();
+            main_inboxes_[i]->try_post([c, crls] {
+                c->sessions().for_each([&](client_session& s) { s.close_if_revoked(*crls); });
+            });
+        }
+    }
+    RPCGATE_LOG(gw, info, "reloaded TLS material: cert {}, CA {}, CRL {} ({} list(s))", o.cert_file,
+                o.ca_file.empty() ? "-" : o.ca_file, o.crl_file.empty() ? "-" : o.crl_file,
+                crls ? crls->size() : 0);
+    return {};
+}
+
+std::string gateway::reload() {
+    // SIGHUP (main thread) and POST /reload (admin thread) take turns; that
+    // also keeps each shard's main inbox single-producer.
+    std::lock_guard serial(producer_mu_);
+    std::string why = reload_locked();
+    bump(why.empty() ? reloads_ : reload_failures_);
+    return why;
+}
+
+
+namespace {
+
+// A reply from another thread, waited for with a deadline. Shared, so that a
+// reply arriving after the waiter gave up has somewhere to go.
+template <typename T>
+struct rendezvous {
+    std::mutex m;
+    std::condition_variable cv;
+    std::vector<T> got;
+    size_t expected = 0;
+
+    void put(T v) {
+        std::lock_guard g(m);
+        got.push_back(std::move(v));
+        cv.notify_one();
+    }
+    bool wait(int ms) {
+        std::unique_lock g(m);
+        return cv.wait_for(g, std::chrono::milliseconds(ms), [&] { return got.size() >= expected; });
+    }
+};
+
+}  // namespace
+
+bool gateway::ping_all(int ms) {
+    auto r = std::make_shared<rendezvous<int>>();
+    {
+        std::lock_guard serial(producer_mu_);
+        r->expected = main_inboxes_.size() + (main_to_control_ ? 1 : 0);
+        for (core::mailbox* box : main_inboxes_)
+            if (!box->try_post([r] { r->put(1); })) return false;
+        if (main_to_control_ && !main_to_control_->try_post([r] { r->put(1); })) return false;
+    }
+    return r->wait(ms);
+}
+
+std::string gateway::connections_json() {
+    auto r = std::make_shared<rendezvous<std::string>>();
+    std::unique_lock serial(producer_mu_);
+    r->expected = main_inboxes_.size();
+    for (size_t i = 0; i < main_inboxes_.size(); ++i) {
+        shard_context* c = contexts_[i].get();
+        main_inboxes_[i]->try_post([r, c] {
+            std::string part;
+            c->sessions().for_each([&](client_session& s) {
+                if (!part.empty()) part += ",\n";
+                part += s.describe_json();
+            });
+            r->put(std::move(part));
+        });
+    }
+    serial.unlock();
+    bool complete = r->wait(1000);
+    std::lock_guard g(r->m);
+    std::string out = "[";
+    for (const std::string& part : r->got) {
+        if (part.empty()) continue;
+        if (out.size() > 1) out += ",\n";
+        out += part;
+    }
+    out += "]\n";
+    if (!complete) RPCGATE_LOG(admin, warn, "/connections: a shard did not answer within 1 s");
+    return out;
+}
+
+std::string gateway::metrics_text() const {
+    std::string out;
+    std::vector<const gateway_counters*> counters;
+    std::vector<const backend_health*> health;
+    for (const auto& c : contexts_) {
+        counters.push_back(&c->counters());
+        health.push_back(c->health());
+    }
+    render_gateway_counters(out, counters);
+    auto rd = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+    std::vector<uint64_t> v(contexts_.size());
+    auto per_shard = [&](const char* name, const char* type, const char* help, auto value) {
+        for (size_t i = 0; i < contexts_.size(); ++i) v[i] = value(i);
+        render_per_shard(out, name, type, help, v);
+    };
+    if (!contexts_.empty() && contexts_[0]->admit().limits()) {
+#define RPCGATE_SOURCE_FAMILY(name, type, field, help)                                   \
+    per_shard("rpcgate_source_" name, type, help,                                        \
+              [&](size_t i) { return rd(contexts_[i]->admit().limits()->counters().field); })
+        RPCGATE_SOURCE_FAMILY("refused_connections_total", "counter", refused_connections,
+                              "Connections refused: their source was at its connection cap.");
+        RPCGATE_SOURCE_FAMILY("refused_handshakes_total", "counter", refused_handshakes,
+                              "Connections closed: their source was over its handshake rate.");
+        RPCGATE_SOURCE_FAMILY("table_full_total", "counter", table_full,
+                              "Connections refused: no room to track a new source.");
+        RPCGATE_SOURCE_FAMILY("evictions_total", "counter", evictions,
+                              "Idle sources forgotten to make room.");
+        RPCGATE_SOURCE_FAMILY("tracked", "gauge", tracked, "Sources tracked now.");
+#undef RPCGATE_SOURCE_FAMILY
+    }
+#define RPCGATE_CORE_COUNTER(name, field, help) \
+    per_shard("rpcgate_" name, "counter", help, [&](size_t i) { return rd(shards_[i]->stats().field); })
+    RPCGATE_CORE_COUNTER("engine_receives_total", recv_completions, "Receive completions.");
+    RPCGATE_CORE_COUNTER("engine_received_bytes_total", recv_bytes, "Bytes received by the engine.");
+    RPCGATE_CORE_COUNTER("engine_sends_total", send_calls, "sendmsg operations.");
+    RPCGATE_CORE_COUNTER("engine_sent_bytes_total", send_bytes, "Bytes sent by the engine.");
+    RPCGATE_CORE_COUNTER("engine_enobufs_total", enobufs, "Receives that found the buffer ring empty.");
+    RPCGATE_CORE_COUNTER("engine_pressure_copies_total", pressure_copies, "Receives copied out of a ring running low.");
+    RPCGATE_CORE_COUNTER("engine_loop_passes_total", loop_passes, "Event loop passes.");
+#undef RPCGATE_CORE_COUNTER
+    per_shard("rpcgate_engine_buffers_free", "gauge", "Receive buffers the kernel can use now.",
+              [&](size_t i) { return rd(shards_[i]->stats().buffers_free); });
+    std::vector<std::string> specs;
+    for (const backend_route& r : cfg_.backends) specs.push_back(r.spec);
+    render_backend_health(out, specs, health);
+    render_kernel_tls_stat(out);
+    render_tls_protection(out, counters);
+    render_one(out, "rpcgate_reloads_total", "counter",
+               "Reloads (SIGHUP, POST /reload) that took effect.", rd(reloads_));
+    render_one(out, "rpcgate_reload_failures_total", "counter",
+               "Reloads refused for a bad file; the old material stays.", rd(reload_failures_));
+    if (hs_) {
+        const handshake_counters& h = hs_->counters();
+        {
+            // Handshake latency histogram (cumulative buckets, as Prometheus wants).
+            out += "# HELP rpcgate_tls_handshake_seconds Time from hand-off to a completed "
+                   "handshake.\n# TYPE rpcgate_tls_handshake_seconds histogram\n";
+            uint64_t cum = 0;
+            for (size_t i = 0; i < handshake_counters::k_buckets; ++i) {
+                cum += rd(h.latency_buckets[i]);
+                fmt::format_to(std::back_inserter(out),
+                               "rpcgate_tls_handshake_seconds_bucket{{le=\"{}\"}} {}\n",
+                               double(handshake_counters::k_bucket_ms[i]) / 1000.0, cum);
+            }
+            fmt::format_to(std::back_inserter(out),
+                           "rpcgate_tls_handshake_seconds_bucket{{le=\"+Inf\"}} {}\n"
+                           "rpcgate_tls_handshake_seconds_sum {:.6f}\n"
+                           "rpcgate_tls_handshake_seconds_count {}\n",
+                           rd(h.succeeded), double(rd(h.latency_us_sum)) / 1e6, rd(h.succeeded));
+        }
+        auto one = [&](const char* name, const char* type, const char* help, uint64_t v) {
+            render_one(out, name, type, help, v);
+        };
+        one("rpcgate_tls_handshakes_ok_total", "counter", "Handshakes that completed.", rd(h.succeeded));
+        one("rpcgate_tls_handshakes_failed_total", "counter", "Handshakes refused by TLS or policy.", rd(h.failed));
+        one("rpcgate_tls_handshakes_timed_out_total", "counter", "Handshakes cut at the deadline.", rd(h.timed_out));
+        one("rpcgate_tls_handshakes_not_tls_total", "counter", "Probes followed by bytes that were no TLS.", rd(h.not_tls));
+        one("rpcgate_tls_handshakes_in_progress", "gauge", "Handshakes running now.", rd(h.in_progress));
+        const handshake_counters& u = hs_->upstream_counters();
+        one("rpcgate_upstream_handshakes_ok_total", "counter", "Client-role handshakes towards backends that completed.", rd(u.succeeded));
+        one("rpcgate_upstream_handshakes_failed_total", "counter", "Client-role probes or handshakes that failed.", rd(u.failed));
+        one("rpcgate_upstream_handshakes_timed_out_total", "counter", "Client-role probes or handshakes cut at the deadline.", rd(u.timed_out));
+        one("rpcgate_upstream_probes_refused_total", "counter", "AUTH_TLS probes a backend refused (opportunistic: plaintext).", hs_->upstream_refused());
+    }
+    return out;
+}
+
+void gateway::stop() {
+    stopping_.store(true);
+    for (auto& s : shards_) s->request_stop();
+}
+
+void gateway::wait() {
+    for (auto& s : shards_) s->join();
+    if (admin_) admin_->stop();
+    if (hs_) {
+        hs_->stop();
+        hs_->wait();
+    }
+}
+
+gateway_totals gateway::totals() const {
+    gateway_totals t;
+    for (const auto& c : contexts_) t.add(c->counters());
+    if (hs_) {
+        const handshake_counters& h = hs_->counters();
+        t.handshakes_ok = h.succeeded.load(std::memory_order_relaxed);
+        t.handshakes_failed = h.failed.load(std::memory_order_relaxed);
+        t.handshakes_timed_out = h.timed_out.load(std::memory_order_relaxed);
+        t.handshakes_not_tls = h.not_tls.load(std::memory_order_relaxed);
+        t.handshakes_busy = h.rejected_busy.load(std::memory_order_relaxed);
+        t.handshakes_in_progress = h.in_progress.load(std::memory_order_relaxed);
+    }
+    return t;
+}
+
+}  // namespace rpcgate::gw

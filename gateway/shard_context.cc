@@ -1,0 +1,166 @@
+#include "gateway/shard_context.h"
+
+#include <unistd.h>
+
+#include "core/log.h"
+#include "gateway/client_session.h"
+#include "gateway/peer_address.h"
+#include "rpc/record.h"
+#include "rpc/xdr_codec.h"
+
+namespace rpcgate::gw {
+
+using core::bump;
+using core::slice;
+
+slice mark_arena::mark(uint32_t payload_len) {
+    if (used_ + 4 > k_block) {
+        block_ = slice::allocate(k_block);
+        used_ = 0;
+    }
+    rpc::store_be32(block_.mutable_data() + used_, rpc::record_last_fragment | payload_len);
+    slice s = block_.share(used_, 4);
+    used_ += 4;
+    return s;
+}
+
+void session_list::add(node* n) noexcept {
+    n->next_in_shard = head_;
+    n->prev_in_shard = nullptr;
+    if (head_) head_->prev_in_shard = n;
+    head_ = n;
+}
+
+void session_list::remove(node* n) noexcept {
+    if (n->prev_in_shard) n->prev_in_shard->next_in_shard = n->next_in_shard;
+    else head_ = n->next_in_shard;
+    if (n->next_in_shard) n->next_in_shard->prev_in_shard = n->prev_in_shard;
+    n->next_in_shard = n->prev_in_shard = nullptr;
+}
+
+shard_context::shard_context(const gateway_config& cfg, core::shard& sh,
+                             std::atomic<uint32_t>& open)
+    : cfg_(cfg),
+      sh_(sh),
+      router_(cfg.backends),
+      admission_(cfg, open, counters_),
+      health_(new backend_health[cfg.backends.size()]) {
+    drain_timer_.set_callback(&shard_context::on_drain_deadline, this);
+    implicit_.ctx = this;
+}
+
+shard_context::~shard_context() = default;
+
+bool shard_context::submit_handshake(int fd, core::conn_id id, std::string peer,
+                                     core::slice_chain&& early) {
+    return hs_->submit(sh_.index(), fd, id, std::move(peer), std::move(early));
+}
+
+bool shard_context::submit_upstream(upstream_request&& r, upstream_waiter* w, uint64_t* token) {
+    uint64_t t = ++next_token_;
+    waiting_.emplace(t, w);
+    *token = t;
+    r.token = t;
+    unsigned sh = sh_.index();
+    bool ok = hs_->submit_upstream(sh, std::move(r));
+    if (!ok) {
+        waiting_.erase(t);
+        *token = 0;
+    }
+    return ok;
+}
+
+void shard_context::on_accept(core::shard& s, int fd, const sockaddr_storage& peer) {
+    connection_slot slot = admission_.admit(peer, sh_.now_ms());
+    if (!slot) {
+        ::close(fd);
+        return;
+    }
+    core::stream* st = s.adopt(fd, nullptr);
+    st->set_handler(new client_session(*this, st, peer, std::move(slot)));
+}
+
+void shard_context::implicit_acceptor::on_accept(core::shard& s, int fd,
+                                                 const sockaddr_storage& peer) {
+    admission& a = ctx->admission_;
+    connection_slot slot = a.admit(peer, s.now_ms());
+    if (!slot) {
+        ::close(fd);
+        return;
+    }
+    // During the handshake the connection is the handshake thread's: the
+    // source's slot is taken again when it comes back (deliver).
+    a.release_source(peer);
+    if (!a.allow_handshake(peer, s.now_ms())) {
+        ::close(fd);
+        return;
+    }
+    bump(ctx->counters_.implicit_tls);
+    core::conn_id id = core::next_conn_id();
+    if (!ctx->submit_handshake(fd, id, peer_text(peer), {})) {
+        RPCGATE_LOG(gw, warn, "conn {}: TLS control thread busy: closing", id);
+        ::close(fd);
+        return;
+    }
+    slot.hand_over();
+}
+
+void shard_context::deliver(handshake_result&& r) {
+    connection_slot slot = admission_.adopt();  // counted by the handshake thread
+    if (sh_.stopping()) {
+        ::close(r.fd);
+        return;
+    }
+    // Back from the handshake thread: the source's connection slot again.
+    sockaddr_storage peer{};
+    socklen_t len = sizeof peer;
+    if (::getpeername(r.fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0 ||
+        (peer.ss_family != AF_INET && peer.ss_family != AF_INET6))
+        peer = address_of(r.peer);  // DPDK: the fd is a socketpair; the text is the client's
+    if (!admission_.admit_source(peer, sh_.now_ms())) {
+        ::close(r.fd);
+        return;
+    }
+    core::stream* st = sh_.adopt(r.fd, nullptr);
+    auto* s = new client_session(*this, st, std::move(r), peer, std::move(slot));
+    st->set_handler(s);
+    s->pump_tls();  // records that arrived with the handshake's last flight
+    s->flush_tls();
+}
+
+void shard_context::deliver_upstream(upstream_result&& r) {
+    auto it = waiting_.find(r.token);
+    if (it == waiting_.end()) {
+        // The session ended while the handshake thread had its backend socket.
+        if (r.fd >= 0) ::close(r.fd);
+        return;
+    }
+    upstream_waiter* w = it->second;
+    waiting_.erase(it);
+    w->on_upstream(std::move(r));
+}
+
+void shard_context::on_stop() {
+    sessions_.for_each([](client_session& s) { s.begin_drain(); });
+    if (!sessions_.empty()) sh_.timers().arm(drain_timer_, cfg_.drain_timeout_ms);
+}
+
+void shard_context::on_drain_deadline(core::timer*, void* arg) {
+    auto* ctx = static_cast<shard_context*>(arg);
+    ctx->sessions_.for_each(
+        [](client_session& s) { s.terminate("drain deadline reached: closing", -ETIMEDOUT); });
+    // Closing takes one pass; anything left a second later is a bug worth a
+    // line each, and must not keep the process from exiting.
+    ctx->drain_timer_.set_callback(
+        [](core::timer*, void* arg) {
+            auto* c = static_cast<shard_context*>(arg);
+            for (core::stream* st : c->sh_.streams())
+                RPCGATE_LOG(gw, error, "shard {}: stream still open after the drain: {}",
+                            c->sh_.index(), st->describe());
+            c->sh_.force_exit();
+        },
+        ctx);
+    ctx->sh_.timers().arm(ctx->drain_timer_, 1000);
+}
+
+}  // namespace rpcgate::gw

@@ -1,0 +1,158 @@
+// The gateway's part of one shard: its listeners' accept policy, its live
+// client sessions, its counters, and the narrow API through which a session
+// and its backend links reach the shard, the configuration and the
+// handshake threads.
+//
+// Threading: everything here runs on the shard's own thread, except the
+// counters (atomics, read by anyone) and what the gateway sets up before
+// the shard starts (use_handshakers, set_upstream_contexts).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "core/shard.h"
+#include "gateway/admission.h"
+#include "gateway/config.h"
+#include "gateway/metrics.h"
+#include "gateway/router.h"
+#include "tls/handshake_service.h"
+#include "tls/ktls.h"
+
+namespace rpcgate::gw {
+
+using tls::handshake_counters;
+using tls::handshake_result;
+using tls::handshake_service;
+using tls::upstream_request;
+using tls::upstream_result;
+
+class client_session;
+
+// A backend link waiting for a handshake thread to take it through the
+// RFC 9289 probe and client handshake.
+class upstream_waiter {
+public:
+    virtual void on_upstream(upstream_result&& r) = 0;
+
+protected:
+    ~upstream_waiter() = default;
+};
+
+// Record marks for forwarded records, carved four bytes at a time out of a
+// shared block so that forwarding a record does not allocate.
+class mark_arena {
+public:
+    core::slice mark(uint32_t payload_len);
+
+private:
+    static constexpr size_t k_block = 4096;
+    core::slice block_;
+    size_t used_ = k_block;
+};
+
+// The live sessions of a shard: an intrusive list (a session is its node).
+class session_list {
+public:
+    struct node {
+        node* next_in_shard = nullptr;
+        node* prev_in_shard = nullptr;
+    };
+    void add(node* n) noexcept;
+    void remove(node* n) noexcept;
+    bool empty() const noexcept { return head_ == nullptr; }
+    // Calls f(client_session&) for each; f may end the session it is given.
+    template <typename F>
+    void for_each(F&& f);
+
+private:
+    node* head_ = nullptr;
+};
+
+class shard_context final : public core::listener_handler {
+public:
+    shard_context(const gateway_config& cfg, core::shard& sh, std::atomic<uint32_t>& open);
+    ~shard_context() override;
+
+    // ---- set up by the gateway before the shard starts
+    // The handshake service (null without TLS): every handshake, both roles.
+    void use_handshakers(handshake_service* hs) noexcept { hs_ = hs; }
+    // Per route: the client TLS context for upstream TLS (null: plaintext),
+    // swapped by gateway::reload(); the gateway keeps every one alive.
+    void set_upstream_contexts(const std::atomic<const tls::context*>* ctx) noexcept {
+        upstream_ctx_ = ctx;
+    }
+    // The handler of --implicit-tls listeners.
+    core::listener_handler& implicit_listener() noexcept { return implicit_; }
+    // A listener that failed to open while the shard started ("" if none).
+    std::string& start_error() noexcept { return start_error_; }
+
+    // ---- listeners, handshake threads, stop (shard thread)
+    void on_accept(core::shard& s, int fd, const sockaddr_storage& peer) override;
+    // A connection whose TLS handshake completed on a handshake thread.
+    void deliver(handshake_result&& r);
+    // A backend connection back from a handshake thread (client role).
+    void deliver_upstream(upstream_result&& r);
+    // The shard is stopping: drain every session, up to the drain timeout.
+    void on_stop();
+
+    // ---- for sessions and backend links (shard thread)
+    const gateway_config& config() const noexcept { return cfg_; }
+    core::shard& shard() noexcept { return sh_; }
+    const router& routes() const noexcept { return router_; }
+    gateway_counters& counters() noexcept { return counters_; }
+    backend_health& health(size_t route) noexcept { return health_[route]; }
+    admission& admit() noexcept { return admission_; }
+    session_list& sessions() noexcept { return sessions_; }
+    // A record mark for a record of `payload_len` bytes (no allocation).
+    core::slice record_mark(uint32_t payload_len) { return marks_.mark(payload_len); }
+    // Where a TLS socket's crypto runs, asked of the kernel.
+    tls::ktls::protection protection_of(int fd) { return diag_.query(fd); }
+    // True when the gateway runs handshakes (TLS or upstream TLS configured).
+    bool runs_handshakes() const noexcept { return hs_ != nullptr; }
+    // The route's upstream client context now (null: plaintext).
+    const tls::context* upstream_context(size_t route) const noexcept {
+        return upstream_ctx_ ? upstream_ctx_[route].load() : nullptr;
+    }
+    // Hands a connection to whichever thread runs server handshakes.
+    bool submit_handshake(int fd, core::conn_id id, std::string peer, core::slice_chain&& early);
+    // Hands a backend connection to the handshake thread (client role);
+    // `w` gets the answer unless it forgets the token first.
+    bool submit_upstream(upstream_request&& r, upstream_waiter* w, uint64_t* token);
+    void forget_upstream(uint64_t token) { waiting_.erase(token); }
+
+    // ---- read by the gateway (metrics)
+    const gateway_counters& counters() const noexcept { return counters_; }
+    const backend_health* health() const noexcept { return health_.get(); }
+    const admission& admit() const noexcept { return admission_; }
+
+private:
+    // Accepts on --implicit-tls listeners: straight to a handshake thread.
+    struct implicit_acceptor final : core::listener_handler {
+        shard_context* ctx = nullptr;
+        void on_accept(core::shard& s, int fd, const sockaddr_storage& peer) override;
+    };
+    static void on_drain_deadline(core::timer*, void* arg);
+
+    const gateway_config& cfg_;
+    core::shard& sh_;
+    router router_;
+    gateway_counters counters_;
+    admission admission_;
+    std::unique_ptr<backend_health[]> health_;
+    mark_arena marks_;
+    tls::ktls::diag_socket diag_;
+    implicit_acceptor implicit_;
+    handshake_service* hs_ = nullptr;
+    const std::atomic<const tls::context*>* upstream_ctx_ = nullptr;
+    std::unordered_map<uint64_t, upstream_waiter*> waiting_;  // by token
+    uint64_t next_token_ = 0;
+    session_list sessions_;
+    core::timer drain_timer_;
+    std::string start_error_;
+};
+
+}  // namespace rpcgate::gw
