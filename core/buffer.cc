@@ -12,7 +12,9 @@ struct heap_block {
     // bytes follow
 };
 
-void free_heap_block(buffer_owner* o) noexcept { std::free(o); }
+void free_heap_block(buffer_owner* o) noexcept {
+    std::free(o);
+}
 
 }  // namespace
 

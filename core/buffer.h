@@ -41,7 +41,7 @@ struct buffer_owner {
 };
 
 class slice {
-public:
+  public:
     slice() noexcept = default;
 
     // Wraps [data, data+len) owned by `owner`, taking a new reference on it.
@@ -87,9 +87,7 @@ public:
     bool empty() const noexcept { return len_ == 0; }
     uint8_t operator[](size_t i) const noexcept { return data_[i]; }
     std::span<const uint8_t> bytes() const noexcept { return {data_, len_}; }
-    std::string_view view() const noexcept {
-        return {reinterpret_cast<const char*>(data_), len_};
-    }
+    std::string_view view() const noexcept { return {reinterpret_cast<const char*>(data_), len_}; }
     buffer_owner* owner() const noexcept { return owner_; }
 
     // Another reference to the same bytes (or to [off, off+len) of them).
@@ -104,7 +102,7 @@ public:
     }
     void trim(size_t n) noexcept { len_ = n; }
 
-private:
+  private:
     void drop() noexcept {
         if (owner_ && --owner_->refs == 0) owner_->release(owner_);
         owner_ = nullptr;
@@ -117,7 +115,7 @@ private:
 
 // Ordered slices forming one byte string. Move-only.
 class slice_chain {
-public:
+  public:
     slice_chain() noexcept = default;
     explicit slice_chain(slice s) { push_back(std::move(s)); }
     slice_chain(slice_chain&&) noexcept = default;
@@ -164,7 +162,7 @@ public:
     // Fills up to `max` iovecs, starting at slice `first`; returns how many.
     size_t to_iovec(iovec* out, size_t max, size_t first = 0) const noexcept;
 
-private:
+  private:
     small_vector<slice, 4> parts_;
     size_t bytes_ = 0;
 };

@@ -18,6 +18,8 @@ conn_id next_conn_id() noexcept {
     return conn_id{tv.tv_sec, int32_t(tv.tv_usec), seq};
 }
 
-std::string conn_id::str() const { return fmt::format("{}", *this); }
+std::string conn_id::str() const {
+    return fmt::format("{}", *this);
+}
 
 }  // namespace rpcgate::core

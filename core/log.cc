@@ -39,7 +39,9 @@ void set_log_level(log_subsys s, log_level l) noexcept {
     g_log_levels[int(s)].store(int(l), std::memory_order_relaxed);
 }
 
-void set_log_fd(int fd) noexcept { g_log_fd.store(fd, std::memory_order_relaxed); }
+void set_log_fd(int fd) noexcept {
+    g_log_fd.store(fd, std::memory_order_relaxed);
+}
 
 void set_subsys_fd(log_subsys s, int fd) noexcept {
     g_subsys_fd[int(s)].store(fd, std::memory_order_relaxed);
@@ -88,9 +90,8 @@ void log_write(log_subsys s, log_level l, std::string_view msg) noexcept {
     gmtime_r(&tv.tv_sec, &t);
     char line[4096];
     int n = std::snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ %-5s %-5s ",
-                          t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min,
-                          t.tm_sec, long(tv.tv_usec), k_level_names[int(l)],
-                          k_subsys_names[int(s)]);
+                          t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                          long(tv.tv_usec), k_level_names[int(l)], k_subsys_names[int(s)]);
     size_t room = sizeof line - size_t(n) - 1;
     size_t len = msg.size() < room ? msg.size() : room;
     std::memcpy(line + n, msg.data(), len);

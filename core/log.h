@@ -46,10 +46,10 @@ void log(log_subsys s, log_level l, fmt::format_string<A...> f, A&&... a) {
 
 }  // namespace rpcgate::core
 
-#define RPCGATE_LOG(subsys, level, ...)                                                        \
-    do {                                                                                       \
-        if (::rpcgate::core::log_enabled(::rpcgate::core::log_subsys::subsys,                  \
-                                         ::rpcgate::core::log_level::level))                   \
-            ::rpcgate::core::log(::rpcgate::core::log_subsys::subsys,                          \
-                                 ::rpcgate::core::log_level::level, __VA_ARGS__);              \
+#define RPCGATE_LOG(subsys, level, ...)                                           \
+    do {                                                                          \
+        if (::rpcgate::core::log_enabled(::rpcgate::core::log_subsys::subsys,     \
+                                         ::rpcgate::core::log_level::level))      \
+            ::rpcgate::core::log(::rpcgate::core::log_subsys::subsys,             \
+                                 ::rpcgate::core::log_level::level, __VA_ARGS__); \
     } while (0)

@@ -24,7 +24,7 @@ namespace rpcgate::core {
 
 // A move-only type-erased `void()` callable (std::move_only_function is C++23).
 class task {
-public:
+  public:
     task() noexcept = default;
     template <typename F>
     task(F&& f) : impl_(new model<std::decay_t<F>>(std::forward<F>(f))) {}
@@ -39,7 +39,7 @@ public:
         return m ? &m->f_ : nullptr;
     }
 
-private:
+  private:
     struct concept_ {
         virtual ~concept_() = default;
         virtual void call() = 0;
@@ -56,7 +56,7 @@ private:
 
 template <typename T>
 class spsc_ring {
-public:
+  public:
     explicit spsc_ring(size_t capacity_pow2)
         : mask_(capacity_pow2 - 1), items_(new T[capacity_pow2]) {}
 
@@ -86,7 +86,7 @@ public:
         return tail_.load(std::memory_order_relaxed) - head_.load(std::memory_order_relaxed);
     }
 
-private:
+  private:
     const size_t mask_;
     std::unique_ptr<T[]> items_;
     alignas(64) std::atomic<size_t> head_{0};
@@ -98,7 +98,7 @@ private:
 // A mailbox of tasks for one consumer, written by exactly one producer thread.
 // `wake_fd` is the consumer's eventfd (shared by all its mailboxes).
 class mailbox {
-public:
+  public:
     mailbox(int wake_fd, size_t capacity_pow2 = 1024) : ring_(capacity_pow2), wake_fd_(wake_fd) {}
 
     // Producer side. Returns false when full (the task is not consumed: `t`
@@ -132,7 +132,7 @@ public:
         return n;
     }
 
-private:
+  private:
     template <typename T, typename F>
     struct carrier {
         std::unique_ptr<T> payload;

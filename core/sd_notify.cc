@@ -22,9 +22,9 @@ bool sd_notify(std::string_view state) noexcept {
     if (addr.sun_path[0] == '@') addr.sun_path[0] = '\0';
     int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return false;
-    ssize_t n = ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL,
-                         reinterpret_cast<sockaddr*>(&addr),
-                         socklen_t(offsetof(sockaddr_un, sun_path) + len));
+    ssize_t n =
+        ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr),
+                 socklen_t(offsetof(sockaddr_un, sun_path) + len));
     ::close(fd);
     return n == ssize_t(state.size());
 }
@@ -32,7 +32,8 @@ bool sd_notify(std::string_view state) noexcept {
 uint64_t sd_watchdog_usec() noexcept {
     const char* usec = std::getenv("WATCHDOG_USEC");
     if (!usec) return 0;
-    if (const char* pid = std::getenv("WATCHDOG_PID"); pid && std::atol(pid) != ::getpid()) return 0;
+    if (const char* pid = std::getenv("WATCHDOG_PID"); pid && std::atol(pid) != ::getpid())
+        return 0;
     return std::strtoull(usec, nullptr, 10);
 }
 

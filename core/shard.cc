@@ -30,7 +30,9 @@ enum op_tag : uintptr_t {
 };
 constexpr uintptr_t k_tag_mask = 7;
 
-uint64_t encode(const void* p, op_tag t) { return reinterpret_cast<uintptr_t>(p) | t; }
+uint64_t encode(const void* p, op_tag t) {
+    return reinterpret_cast<uintptr_t>(p) | t;
+}
 
 uint64_t monotonic_us() noexcept {
     timespec ts{};
@@ -63,7 +65,9 @@ std::string ring_features::describe() const {
     return out;
 }
 
-void stream_handler::on_eof(stream& s, int err) { s.close(err); }
+void stream_handler::on_eof(stream& s, int err) {
+    s.close(err);
+}
 
 struct shard::ring_buffer : buffer_owner {
     shard* owner_shard = nullptr;
@@ -87,7 +91,9 @@ stream::stream(shard* s, int fd, stream_handler* h) noexcept : shard_(s), fd_(fd
 
 stream::~stream() = default;
 
-bool stream::full() const noexcept { return queued_ >= shard_->cfg_.send_high_water; }
+bool stream::full() const noexcept {
+    return queued_ >= shard_->cfg_.send_high_water;
+}
 
 void stream::send(slice&& data) {
     if (data.empty()) return;
@@ -275,8 +281,8 @@ void stream::on_receive_cqe(const io_uring_cqe* cqe) {
             close(-EIO);  // cannot happen with buffer select; do not guess
             return;
         }
-        slice data = shard_->take_buffer(uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT),
-                                         uint32_t(res));
+        slice data =
+            shard_->take_buffer(uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT), uint32_t(res));
         if (shard_->buffers_free_ < shard_->pressure_below_) {
             data = slice::copy_of(data.data(), data.size());  // the ring buffer goes back now
             bump(shard_->stats_.pressure_copies);
@@ -464,8 +470,9 @@ std::string stream::describe() const {
     return fmt::format(
         "{}fd={} state={} ops={} recv_armed={} cancel_sent={} paused={} starved={} eof={} "
         "send_inflight={} queued={} detaching={} finish_queued={}",
-        transport_ ? "virtual " : "", fd_, names[int(state_)], ops_inflight_, recv_armed_, recv_cancel_sent_, paused_, starved_,
-        eof_seen_, send_inflight_, queued_, detaching_, finish_queued_);
+        transport_ ? "virtual " : "", fd_, names[int(state_)], ops_inflight_, recv_armed_,
+        recv_cancel_sent_, paused_, starved_, eof_seen_, send_inflight_, queued_, detaching_,
+        finish_queued_);
 }
 
 void stream::on_close_deadline(timer*, void* arg) {
@@ -623,8 +630,8 @@ std::string shard::setup_ring() {
     if (count == 0 || (count & (count - 1)) || count > 32768)
         return "buffer count must be a power of two <= 32768";
     br_bytes_ = size_t(count) * sizeof(io_uring_buf);
-    void* br = ::mmap(nullptr, br_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
-                      -1, 0);
+    void* br =
+        ::mmap(nullptr, br_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (br == MAP_FAILED) return std::string("mmap buffer ring: ") + std::strerror(errno);
     br_ = static_cast<io_uring_buf_ring*>(br);
     io_uring_buf_reg reg{};
@@ -998,8 +1005,10 @@ stream* shard::connect(const sockaddr* addr, socklen_t len, stream_handler* h,
             else
                 reinterpret_cast<sockaddr_in6*>(&local)->sin6_port = htons(uint16_t(port));
             socklen_t ll = addr->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
-            if (::bind(fd, reinterpret_cast<sockaddr*>(&local), ll) == 0) bound = true;
-            else if (errno != EADDRINUSE) break;
+            if (::bind(fd, reinterpret_cast<sockaddr*>(&local), ll) == 0)
+                bound = true;
+            else if (errno != EADDRINUSE)
+                break;
         }
         if (!bound)
             RPCGATE_LOG(core, debug, "shard {}: no reserved source port ({}), using ephemeral",
@@ -1056,7 +1065,9 @@ void shard::rearm_starved() {
     }
 }
 
-void shard::queue_finish(stream* s) { finished_.push_back(s); }
+void shard::queue_finish(stream* s) {
+    finished_.push_back(s);
+}
 
 void shard::queue_flush(stream* s) {
     if (s->flush_queued_) return;

@@ -122,9 +122,9 @@ struct shard_stats {
     std::atomic<uint64_t> recv_completions{0};
     std::atomic<uint64_t> send_bytes{0};
     std::atomic<uint64_t> send_calls{0};
-    std::atomic<uint64_t> enobufs{0};       // receives that found the buffer ring empty
+    std::atomic<uint64_t> enobufs{0};          // receives that found the buffer ring empty
     std::atomic<uint64_t> pressure_copies{0};  // receives copied out of a ring running low
-    std::atomic<uint64_t> buffers_free{0};  // receive buffers the kernel can use now
+    std::atomic<uint64_t> buffers_free{0};     // receive buffers the kernel can use now
     std::atomic<uint64_t> loop_passes{0};
     std::atomic<uint64_t> cqes{0};
     std::atomic<uint64_t> idle_sleeps{0};  // waits that slept (io_backend installed)
@@ -140,7 +140,7 @@ inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
 
 // Callbacks of a stream. All run on the stream's shard thread.
 class stream_handler {
-public:
+  public:
     virtual ~stream_handler() = default;
     // An outgoing connect finished; err is 0 or -errno. On error the stream is
     // closed right after (on_closed follows).
@@ -168,7 +168,7 @@ public:
 // shard closes it with the stream, and detach() hands it over (the transport
 // then relays the connection's bytes through it; see dpdk/backend.h).
 class stream_transport {
-public:
+  public:
     virtual ~stream_transport() = default;
     // Takes bytes from the front of parts[0..n) (in order, all or part of
     // them) and returns how many it took. Taking fewer than offered means the
@@ -188,7 +188,7 @@ public:
 // A connected TCP socket driven by a shard. Created by shard::adopt or
 // shard::connect, freed by the shard after on_closed. Not thread-safe.
 class stream {
-public:
+  public:
     stream(const stream&) = delete;
     stream& operator=(const stream&) = delete;
 
@@ -248,7 +248,7 @@ public:
     // The transport has room again after taking less than it was offered.
     void transport_writable();
 
-private:
+  private:
     friend class shard;
     enum class state : uint8_t { connecting, open, closing, closed };
 
@@ -282,7 +282,7 @@ private:
     bool recv_cancel_sent_ = false;
     bool poll_armed_ = false;
     bool paused_ = false;
-    bool starved_ = false;      // receive ended with ENOBUFS; waiting for buffers
+    bool starved_ = false;  // receive ended with ENOBUFS; waiting for buffers
     bool eof_seen_ = false;
     bool send_inflight_ = false;
     bool over_high_ = false;
@@ -296,7 +296,7 @@ private:
     bool flush_queued_ = false;  // on the shard's list of streams to send at the end of the pass
     bool detaching_ = false;
     bool transport_full_ = false;  // the transport took less than offered
-    bool eof_pending_ = false;  // EOF/error seen while paused, delivered on resume
+    bool eof_pending_ = false;     // EOF/error seen while paused, delivered on resume
     int eof_err_ = 0;
     int close_err_ = 0;
     size_t slot_ = 0;  // index in shard::streams_
@@ -317,7 +317,7 @@ private:
 
 // Accept callbacks of a listener; run on the shard thread.
 class listener_handler {
-public:
+  public:
     virtual ~listener_handler() = default;
     // A new connection; the callee adopts `fd` (shard::adopt) or closes it.
     virtual void on_accept(shard& s, int fd, const sockaddr_storage& peer) = 0;
@@ -329,7 +329,7 @@ public:
 // start(); it lives at least as long as the shard's thread. All calls below
 // run on the shard thread.
 class io_backend {
-public:
+  public:
     virtual ~io_backend() = default;
     virtual const char* name() const noexcept = 0;
     // After the ring is set up and before the init task: take over the thread
@@ -359,7 +359,7 @@ struct connect_options {
 };
 
 class shard {
-public:
+  public:
     explicit shard(const shard_config& cfg);
     ~shard();
     shard(const shard&) = delete;
@@ -420,7 +420,7 @@ public:
     // Every stream on this shard (for listing and shutdown).
     const std::vector<stream*>& streams() const noexcept { return streams_; }
 
-private:
+  private:
     friend class stream;
     struct listener;
     struct ring_buffer;

@@ -18,7 +18,7 @@ template <typename T, size_t N>
 class small_vector {
     static_assert(std::is_nothrow_move_constructible_v<T>);
 
-public:
+  public:
     small_vector() noexcept = default;
     small_vector(const small_vector&) = delete;
     small_vector& operator=(const small_vector&) = delete;
@@ -79,7 +79,7 @@ public:
         if (n > cap_) grow(n);
     }
 
-private:
+  private:
     T* ptr() noexcept { return heap_ ? heap_ : reinterpret_cast<T*>(inline_); }
     const T* ptr() const noexcept { return heap_ ? heap_ : reinterpret_cast<const T*>(inline_); }
 

@@ -10,7 +10,9 @@ uint64_t monotonic_ms() noexcept {
     return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
 }
 
-timer::~timer() { cancel(); }
+timer::~timer() {
+    cancel();
+}
 
 void timer::cancel() noexcept {
     if (wheel_) wheel_->unlink(*this);

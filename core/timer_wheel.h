@@ -15,7 +15,7 @@ namespace rpcgate::core {
 class timer_wheel;
 
 class timer {
-public:
+  public:
     using callback = void (*)(timer*, void* arg);
     timer() noexcept = default;
     timer(callback fn, void* arg) noexcept : fn_(fn), arg_(arg) {}
@@ -30,7 +30,7 @@ public:
     bool armed() const noexcept { return wheel_ != nullptr; }
     void cancel() noexcept;
 
-private:
+  private:
     friend class timer_wheel;
     callback fn_ = nullptr;
     void* arg_ = nullptr;
@@ -42,7 +42,7 @@ private:
 };
 
 class timer_wheel {
-public:
+  public:
     // `tick_ms`: resolution; `slots` must be a power of two.
     explicit timer_wheel(uint32_t tick_ms = 10, uint32_t slots = 1024);
     ~timer_wheel();
@@ -60,7 +60,7 @@ public:
     // (or at start), since armed timers would be skipped.
     void set_now(uint64_t now_ms) noexcept { now_tick_ = now_ms / tick_ms_; }
 
-private:
+  private:
     friend class timer;
     void unlink(timer& t) noexcept;
     void link(timer& t, uint32_t slot) noexcept;
@@ -70,7 +70,7 @@ private:
     uint32_t mask_;
     timer** slots_;
     timer* firing_ = nullptr;  // timers of the tick being processed
-    uint64_t now_tick_ = 0;  // last tick processed
+    uint64_t now_tick_ = 0;    // last tick processed
     uint32_t armed_ = 0;
 };
 

@@ -91,11 +91,16 @@ void free_rx_pbuf(pbuf* p) {
 
 int errno_of(err_t e) {
     switch (e) {
-        case ERR_RST: return -ECONNRESET;
-        case ERR_ABRT: return -ECONNABORTED;
-        case ERR_CLSD: return -ECONNRESET;
-        case ERR_TIMEOUT: return -ETIMEDOUT;
-        default: return -EIO;
+        case ERR_RST:
+            return -ECONNRESET;
+        case ERR_ABRT:
+            return -ECONNABORTED;
+        case ERR_CLSD:
+            return -ECONNRESET;
+        case ERR_TIMEOUT:
+            return -ETIMEDOUT;
+        default:
+            return -EIO;
     }
 }
 
@@ -113,7 +118,7 @@ struct backend_stats {
 
 // One TCP connection of lwIP.
 class conn final : public core::stream_transport {
-public:
+  public:
     enum class mode : uint8_t { relay, direct, closing, dead };
 
     conn(tcp_backend& be, tcp_pcb* pcb, int a, int b) : be_(be), pcb_(pcb), a_(a), b_(b) {}
@@ -131,12 +136,12 @@ public:
     static err_t on_sent(void* arg, tcp_pcb* pcb, u16_t len);
     static void on_err(void* arg, err_t err);
 
-    void relay_pump();          // relay mode: A <-> lwIP
-    bool relay_out();           // lwIP's bytes -> A; false once A is gone
-    void push_to_client();      // to_client_ -> lwIP
-    void deliver_initial();     // direct mode after a hand-back
-    void finish_close();        // deferred: tcp_close outside lwIP's callbacks
-    void credit(size_t n);      // tcp_recved, in u16 steps
+    void relay_pump();       // relay mode: A <-> lwIP
+    bool relay_out();        // lwIP's bytes -> A; false once A is gone
+    void push_to_client();   // to_client_ -> lwIP
+    void deliver_initial();  // direct mode after a hand-back
+    void finish_close();     // deferred: tcp_close outside lwIP's callbacks
+    void credit(size_t n);   // tcp_recved, in u16 steps
 
     tcp_backend& be_;
     tcp_pcb* pcb_;
@@ -153,13 +158,13 @@ public:
     bool fin_told_ = false;           // ... and whoever serves it was told
     bool a_eof_ = false;              // A: the other side closed
     bool want_writable_ = false;
-    bool dirty_ = false;              // on the list for tcp_output
-    bool fresh_ = false;              // on the list for deliver_initial
+    bool dirty_ = false;  // on the list for tcp_output
+    bool fresh_ = false;  // on the list for deliver_initial
     bool relay_listed_ = false;
 };
 
 class tcp_backend final : public core::io_backend {
-public:
+  public:
     explicit tcp_backend(std::unique_ptr<port> p) : port_(std::move(p)) {}
     ~tcp_backend() override = default;
 
@@ -515,7 +520,8 @@ err_t tcp_backend::netif_setup(netif* nif) {
     nif->hwaddr_len = ETH_HWADDR_LEN;
     std::memcpy(nif->hwaddr, be->port_->mac(), ETH_HWADDR_LEN);
     nif->mtu = be->port_->mtu();
-    nif->flags = NETIF_FLAG_BROADCAST | NETIF_FLAG_ETHARP | NETIF_FLAG_ETHERNET | NETIF_FLAG_LINK_UP;
+    nif->flags =
+        NETIF_FLAG_BROADCAST | NETIF_FLAG_ETHARP | NETIF_FLAG_ETHERNET | NETIF_FLAG_LINK_UP;
     nif->output = etharp_output;
     nif->linkoutput = &tcp_backend::linkoutput;
     return ERR_OK;
@@ -534,8 +540,8 @@ std::string tcp_backend::attach(core::shard& s) {
     netif_set_default(&netif_);
     netif_set_up(&netif_);
     netif_set_link_up(&netif_);
-    RPCGATE_LOG(core, info, "shard {}: dpdk backend on {} (lwIP {})", s.index(),
-                port_->describe(), LWIP_VERSION_STRING);
+    RPCGATE_LOG(core, info, "shard {}: dpdk backend on {} (lwIP {})", s.index(), port_->describe(),
+                LWIP_VERSION_STRING);
     return {};
 }
 
@@ -606,7 +612,8 @@ err_t tcp_backend::on_accept(void* arg, tcp_pcb* pcb, err_t err) {
     tcp_backend* be = l->be;
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
-        RPCGATE_LOG(core, warn, "dpdk: socketpair: {}: refusing a connection", std::strerror(errno));
+        RPCGATE_LOG(core, warn, "dpdk: socketpair: {}: refusing a connection",
+                    std::strerror(errno));
         tcp_abort(pcb);
         return ERR_ABRT;
     }
@@ -679,8 +686,10 @@ bool tcp_backend::poll(core::shard&) {
         pbuf* p = pbuf_alloced_custom(PBUF_RAW, frames[i].len, PBUF_REF, &r->pc, frames[i].data,
                                       frames[i].len);
         if (!p || netif_.input(p, &netif_) != ERR_OK) {
-            if (p) pbuf_free(p);
-            else port::release(frames[i].handle);
+            if (p)
+                pbuf_free(p);
+            else
+                port::release(frames[i].handle);
         }
     }
     uint64_t t1 = now_ns();
@@ -694,7 +703,8 @@ bool tcp_backend::poll(core::shard&) {
             c->fresh_ = false;
             if (c->mode_ != conn::mode::direct) continue;
             c->deliver_initial();
-            if (!c->pcb_ && c->stream_ && c->initial_.empty()) c->stream_->transport_eof(-ECONNRESET);
+            if (!c->pcb_ && c->stream_ && c->initial_.empty())
+                c->stream_->transport_eof(-ECONNRESET);
         }
         work = true;
     }
@@ -704,8 +714,10 @@ bool tcp_backend::poll(core::shard&) {
             if (c->mode_ == conn::mode::relay) {
                 c->relay_pump();
             }
-            if (c->mode_ == conn::mode::relay) relay_list_[keep++] = c;
-            else c->relay_listed_ = false;
+            if (c->mode_ == conn::mode::relay)
+                relay_list_[keep++] = c;
+            else
+                c->relay_listed_ = false;
         }
         relay_list_.resize(keep);
         work = true;
@@ -794,7 +806,8 @@ void tcp_backend::detach(core::shard& s) {
 std::string tcp_backend::stats_line() const {
     const port_stats& p = port_->stats();
     auto rd = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
-    uint64_t total = rd(stats_.ns_rx) + rd(stats_.ns_output) + rd(stats_.ns_tx) + rd(stats_.ns_timers);
+    uint64_t total =
+        rd(stats_.ns_rx) + rd(stats_.ns_output) + rd(stats_.ns_tx) + rd(stats_.ns_timers);
     auto pct = [&](const std::atomic<uint64_t>& a) {
         return total ? 100.0 * double(rd(a)) / double(total) : 0.0;
     };
@@ -815,7 +828,9 @@ std::string tcp_backend::stats_line() const {
 
 }  // namespace
 
-bool available() noexcept { return true; }
+bool available() noexcept {
+    return true;
+}
 
 std::unique_ptr<core::io_backend> make_backend(const backend_options& o, std::string* err) {
     auto p = port::open(o.eal_args, uint16_t(sizeof(rx_pbuf)), err);

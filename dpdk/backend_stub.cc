@@ -3,13 +3,18 @@
 
 namespace rpcgate::dpdk {
 
-bool available() noexcept { return false; }
+bool available() noexcept {
+    return false;
+}
 
 std::unique_ptr<core::io_backend> make_backend(const backend_options&, std::string* err) {
-    *err = "this build has no DPDK (configure with -DRPCGATE_WITH_DPDK=ON; see scripts/test-dpdk.sh)";
+    *err =
+        "this build has no DPDK (configure with -DRPCGATE_WITH_DPDK=ON; see scripts/test-dpdk.sh)";
     return nullptr;
 }
 
-std::string describe_stats(const core::io_backend&) { return {}; }
+std::string describe_stats(const core::io_backend&) {
+    return {};
+}
 
 }  // namespace rpcgate::dpdk

@@ -102,8 +102,8 @@ std::unique_ptr<port> port::open(const std::string& eal_args, uint16_t priv_size
     int rc = rte_eal_init(int(argv.size() - 1), argv.data());
     if (have_mask) pthread_setaffinity_np(pthread_self(), sizeof mask, &mask);
     if (rc < 0) {
-        *err = std::string("rte_eal_init failed: ") + rte_strerror(rte_errno) +
-               " (check --dpdk-args)";
+        *err =
+            std::string("rte_eal_init failed: ") + rte_strerror(rte_errno) + " (check --dpdk-args)";
         return nullptr;
     }
     std::unique_ptr<port> p(new port());
@@ -115,7 +115,8 @@ std::unique_ptr<port> port::open(const std::string& eal_args, uint16_t priv_size
         break;
     }
     if (id == RTE_MAX_ETHPORTS) {
-        *err = "no Ethernet port found (give one with --dpdk-args \"--vdev=net_af_packet0,iface=IF\")";
+        *err =
+            "no Ethernet port found (give one with --dpdk-args \"--vdev=net_af_packet0,iface=IF\")";
         return nullptr;  // ~port cleans EAL up
     }
     p->id_ = id;
@@ -208,9 +209,13 @@ std::string port::driver_stats() const {
                        st.ipackets, st.imissed, st.ierrors, st.rx_nombuf, st.opackets, st.oerrors);
 }
 
-void port::release(void* handle) noexcept { rte_pktmbuf_free(static_cast<rte_mbuf*>(handle)); }
+void port::release(void* handle) noexcept {
+    rte_pktmbuf_free(static_cast<rte_mbuf*>(handle));
+}
 
-void* port::priv(void* handle) noexcept { return rte_mbuf_to_priv(static_cast<rte_mbuf*>(handle)); }
+void* port::priv(void* handle) noexcept {
+    return rte_mbuf_to_priv(static_cast<rte_mbuf*>(handle));
+}
 
 uint8_t* port::tx_begin(uint16_t len, void** handle) noexcept {
     rte_mbuf* m = rte_pktmbuf_alloc(static_cast<rte_mempool*>(pool_));

@@ -30,12 +30,13 @@ struct rx_frame {
 struct port_stats {
     std::atomic<uint64_t> rx_packets{0}, rx_bytes{0}, rx_bursts{0}, rx_empty{0};
     std::atomic<uint64_t> tx_packets{0}, tx_bytes{0}, tx_bursts{0};
-    std::atomic<uint64_t> tx_deferred{0};  // frames the driver refused at first (sent on a later burst)
-    std::atomic<uint64_t> tx_dropped{0};   // frames dropped: no mbuf, or the backlog was full
+    std::atomic<uint64_t> tx_deferred{
+        0};  // frames the driver refused at first (sent on a later burst)
+    std::atomic<uint64_t> tx_dropped{0};  // frames dropped: no mbuf, or the backlog was full
 };
 
 class port {
-public:
+  public:
     // `eal_args` as given to --dpdk-args (split on blanks). `priv_size`: bytes
     // of private area per mbuf, for the caller's per-frame bookkeeping.
     static std::unique_ptr<port> open(const std::string& eal_args, uint16_t priv_size,
@@ -67,7 +68,7 @@ public:
     // The driver's own counters (rte_eth_stats): drops in the kernel ring show here.
     std::string driver_stats() const;
 
-private:
+  private:
     port() = default;
     static constexpr unsigned k_tx_max = 4096;
     uint16_t id_ = 0;

@@ -5,9 +5,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <chrono>
 #include <cstring>
-#include <fmt/format.h>
 
 #include "core/log.h"
 
@@ -23,7 +23,9 @@ std::string json_escape(const std::string& in) {
     return out;
 }
 
-admin_server::~admin_server() { stop(); }
+admin_server::~admin_server() {
+    stop();
+}
 
 std::string admin_server::start(const endpoint& ep, handlers h) {
     h_ = std::move(h);

@@ -28,7 +28,7 @@ namespace rpcgate::gw {
 std::string json_escape(const std::string& in);
 
 class admin_server {
-public:
+  public:
     struct handlers {
         std::function<std::string()> metrics;      // the /metrics body
         std::function<bool()> healthy;             // /healthz
@@ -46,7 +46,7 @@ public:
     void stop();
     uint16_t port() const noexcept { return port_; }
 
-private:
+  private:
     void run();
     void serve(int fd);
 

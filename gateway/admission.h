@@ -28,7 +28,7 @@ namespace rpcgate::gw {
 // when refused. hand_over(): the handshake thread now holds the slot and
 // gives it back itself (tls::handshake_service).
 class connection_slot {
-public:
+  public:
     connection_slot() noexcept = default;
     ~connection_slot() { reset(); }
     connection_slot(connection_slot&& o) noexcept : open_(o.open_) { o.open_ = nullptr; }
@@ -47,14 +47,14 @@ public:
         open_ = nullptr;
     }
 
-private:
+  private:
     friend class admission;
     explicit connection_slot(std::atomic<uint32_t>* open) noexcept : open_(open) {}
     std::atomic<uint32_t>* open_ = nullptr;
 };
 
 class admission {
-public:
+  public:
     // `open`: the process-wide count of open connections; `counters`: the
     // shard's (sessions_accepted, sessions_refused).
     admission(const gateway_config& cfg, std::atomic<uint32_t>& open, gateway_counters& counters);
@@ -75,7 +75,7 @@ public:
     // Null when no per-source limit is configured.
     const source_limits* limits() const noexcept { return limits_.get(); }
 
-private:
+  private:
     const gateway_config& cfg_;
     std::atomic<uint32_t>& open_;
     gateway_counters& counters_;

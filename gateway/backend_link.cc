@@ -6,8 +6,8 @@
 #include <cstring>
 
 #include "core/log.h"
-#include "gateway/client_session.h"
 #include "gateway/admin.h"
+#include "gateway/client_session.h"
 #include "gateway/control_records.h"
 
 namespace rpcgate::gw {
@@ -17,8 +17,7 @@ using core::slice;
 using core::slice_chain;
 using core::stream;
 
-backend_link::backend_link(client_session& owner, shard_context& ctx, size_t route,
-                           uint32_t vers)
+backend_link::backend_link(client_session& owner, shard_context& ctx, size_t route, uint32_t vers)
     : owner_(owner),
       ctx_(ctx),
       route_(route),
@@ -42,20 +41,20 @@ backend_link::~backend_link() {
     if (token_) ctx_.forget_upstream(token_);
 }
 
-const std::string& backend_link::target() const { return route().spec; }
+const std::string& backend_link::target() const {
+    return route().spec;
+}
 
 bool backend_link::open() {
     const endpoint& ep = route().target;
     core::connect_options opt;
     opt.reserved_port = ctx_.config().reserved_port && ::geteuid() == 0;
     int err = 0;
-    s_ = ctx_.shard().connect(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, this, opt,
-                              &err);
+    s_ = ctx_.shard().connect(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, this, opt, &err);
     if (!s_) {
         bump(ctx_.counters().backend_connect_failures);
         owner_.terminate(
-            fmt::format("backend {}: cannot create socket: {}", ep.text, std::strerror(-err)),
-            err);
+            fmt::format("backend {}: cannot create socket: {}", ep.text, std::strerror(-err)), err);
         return false;
     }
     ctx_.shard().timers().arm(connect_timer_, ctx_.config().connect_timeout_ms);
@@ -75,8 +74,7 @@ void backend_link::on_connected(stream& s, int err) {
     open_.take(ctx_.health(route_).open);
     bump(ctx_.counters().backend_connects);
     bump(ctx_.health(route_).connects);
-    RPCGATE_LOG(gw, debug, "conn {}: backend {} connected as conn {}", owner_.id(), target(),
-                id_);
+    RPCGATE_LOG(gw, debug, "conn {}: backend {} connected as conn {}", owner_.id(), target(), id_);
     if (!ready_) start_upstream_tls();
 }
 
@@ -152,8 +150,8 @@ void backend_link::fail_upstream(const std::string& why) {
     bump(ctx_.counters().backend_connect_failures);
     bump(ctx_.health(route_).failures);
     open_.release();
-    owner_.terminate(fmt::format("backend {} (conn {}): upstream TLS {} failed: {}", target(),
-                                 id_, tls_policy_name(route().tls.mode), why),
+    owner_.terminate(fmt::format("backend {} (conn {}): upstream TLS {} failed: {}", target(), id_,
+                                 tls_policy_name(route().tls.mode), why),
                      -ECONNREFUSED);
     owner_.maybe_free();  // may delete the session and this link
 }
@@ -182,8 +180,7 @@ void backend_link::flush() {
     if (st == tls::status::error) {
         bump(ctx_.counters().tls_errors);
         owner_.terminate(
-            fmt::format("backend {}: TLS write failed: {}", target(), tls_->error_text()),
-            -EPROTO);
+            fmt::format("backend {}: TLS write failed: {}", target(), tls_->error_text()), -EPROTO);
         return;
     }
     s_->send(std::move(out));
@@ -328,10 +325,9 @@ void backend_link::on_control_record(stream& s) {
 
 std::string backend_link::tls_json() const {
     if (!tls_ || !s_) return {};
-    return fmt::format(
-        R"({{"backend":"{}","version":"{}","protection":{{"tx":"{}","rx":"{}"}}}})",
-        json_escape(target()), tls_->version(), tls::ktls::mode_name(prot_.tx),
-        tls::ktls::mode_name(prot_.rx));
+    return fmt::format(R"({{"backend":"{}","version":"{}","protection":{{"tx":"{}","rx":"{}"}}}})",
+                       json_escape(target()), tls_->version(), tls::ktls::mode_name(prot_.tx),
+                       tls::ktls::mode_name(prot_.rx));
 }
 
 }  // namespace rpcgate::gw

@@ -28,7 +28,7 @@ namespace rpcgate::gw {
 class client_session;
 
 class backend_link final : public core::stream_handler, public upstream_waiter {
-public:
+  public:
     backend_link(client_session& owner, shard_context& ctx, size_t route, uint32_t vers);
     ~backend_link() override;
 
@@ -73,7 +73,7 @@ public:
     // upstream_waiter
     void on_upstream(upstream_result&& r) override;
 
-private:
+  private:
     const backend_route& route() const { return ctx_.config().backends[route_]; }
     void start_upstream_tls();
     void fail_upstream(const std::string& why);
@@ -94,14 +94,14 @@ private:
     core::timer connect_timer_;
     gauge_slot open_;                    // health(route).open while connected
     std::unique_ptr<tls::session> tls_;  // upstream TLS, once established
-    core::slice_chain pending_;  // framed calls waiting for the upstream handshake
-    core::slice_chain tls_out_;  // framed records to encrypt at the next flush
-    uint64_t token_ = 0;         // registered with the shard while handing_
+    core::slice_chain pending_;          // framed calls waiting for the upstream handshake
+    core::slice_chain tls_out_;          // framed records to encrypt at the next flush
+    uint64_t token_ = 0;                 // registered with the shard while handing_
     bool blocking_client_ = false;
     bool ready_ = true;
     bool handing_ = false;  // a handshake thread has the socket
     bool tls_shut_ = false;
-    bool closed_by_us_ = false;  // close() ran: its on_closed is no loss
+    bool closed_by_us_ = false;               // close() ran: its on_closed is no loss
     core::stream* readopted_from_ = nullptr;  // its on_closed is not ours to act on
     tls::ktls::protection prot_;              // upstream TLS: where its crypto runs
 };

@@ -35,8 +35,8 @@ client_session::client_session(shard_context& ctx, stream* client, handshake_res
 }
 
 client_session::client_session(shard_context& ctx, stream* client, conn_id id, std::string peer,
-                               std::unique_ptr<tls::session> tls,
-                               const sockaddr_storage& peer_addr, connection_slot slot)
+                               std::unique_ptr<tls::session> tls, const sockaddr_storage& peer_addr,
+                               connection_slot slot)
     : ctx_(ctx),
       client_(client),
       id_(id),
@@ -84,7 +84,9 @@ client_session::~client_session() {
     // themselves back.
 }
 
-void client_session::touch() noexcept { last_activity_ = ctx_.shard().now_ms(); }
+void client_session::touch() noexcept {
+    last_activity_ = ctx_.shard().now_ms();
+}
 
 // ---- client side
 
@@ -242,8 +244,9 @@ bool client_session::on_client_record(slice_chain&& rec) {
     }
     const rpc::call_header& h = call->header;
     const gateway_config& cfg = ctx_.config();
-    call_decision d = decide_call(h, tls_ != nullptr, ctx_.runs_handshakes() && cfg.tls != tls_policy::off,
-                                  cfg.tls, cfg.answer_portmap, ctx_.routes());
+    call_decision d =
+        decide_call(h, tls_ != nullptr, ctx_.runs_handshakes() && cfg.tls != tls_policy::off,
+                    cfg.tls, cfg.answer_portmap, ctx_.routes());
     switch (d.verdict) {
         case call_verdict::starttls:
             start_tls(h.xid);
@@ -252,8 +255,8 @@ bool client_session::on_client_record(slice_chain&& rec) {
             // TLS is off: answer like a server that does not offer RPC-with-TLS.
             bump(ctx_.counters().tls_probes);
             RPCGATE_LOG(gw, info, "conn {} ({}): AUTH_TLS probe refused (--tls off)", id_, peer_);
-            reply_local(
-                rpc::build_reply(rpc::reply_header::auth_error(h.xid, rpc::auth_stat::rejectedcred)));
+            reply_local(rpc::build_reply(
+                rpc::reply_header::auth_error(h.xid, rpc::auth_stat::rejectedcred)));
             return true;
         case call_verdict::auth_tls_misuse:
             bump(ctx_.counters().auth_tls_misuse);
@@ -566,8 +569,8 @@ void client_session::send_kernel_alert(uint8_t level, uint8_t description) {
 // The record a kTLS RX receive stopped at (on_eof(-EIO)); see
 // control_records.h for what each kind means here.
 void client_session::on_control_record() {
-    control_reaction a = react(tls_role::server, read_control_record(client_->fd()),
-                               tls_->kernel_tx());
+    control_reaction a =
+        react(tls_role::server, read_control_record(client_->fd()), tls_->kernel_tx());
     if (a.counter) bump(ctx_.counters().*a.counter);
     if (a.peer_done) peer_done_ = true;
     if (a.orderly) {
@@ -645,9 +648,12 @@ std::string client_session::describe_json() const {
     return fmt::format(
         R"({{"id":"{}","peer":"{}","shard":{},"state":"{}","tls":{},"bytes_in":{},"bytes_out":{},"calls_in_flight":{},"backend_links":{},"backend_tls":[{}],"age_s":{:.3f}}})",
         id_, peer_, ctx_.shard().index(),
-        terminating_ ? "closing" : draining_ ? "draining" : client_ ? "open" : "closed", tls,
-        client_ ? client_->bytes_in() : 0, client_ ? client_->bytes_out() : 0, calls_outstanding_,
-        links, upstream, double(ctx_.shard().now_ms() - created_ms_) / 1000.0);
+        terminating_ ? "closing"
+        : draining_  ? "draining"
+        : client_    ? "open"
+                     : "closed",
+        tls, client_ ? client_->bytes_in() : 0, client_ ? client_->bytes_out() : 0,
+        calls_outstanding_, links, upstream, double(ctx_.shard().now_ms() - created_ms_) / 1000.0);
 }
 
 }  // namespace rpcgate::gw

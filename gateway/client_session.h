@@ -45,7 +45,7 @@
 namespace rpcgate::gw {
 
 class client_session final : public core::stream_handler, public session_list::node {
-public:
+  public:
     // A plaintext connection just accepted from `peer`, which holds `slot`
     // and a slot of its source's limit (given back when the session ends).
     client_session(shard_context& ctx, core::stream* client, const sockaddr_storage& peer,
@@ -90,7 +90,7 @@ public:
     // Deletes the session once no stream is left (may delete the caller).
     void maybe_free();
 
-private:
+  private:
     client_session(shard_context& ctx, core::stream* client, core::conn_id id, std::string peer,
                    std::unique_ptr<tls::session> tls, const sockaddr_storage& peer_addr,
                    connection_slot slot);

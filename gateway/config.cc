@@ -5,13 +5,13 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+#include <toml++/toml.h>
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <fmt/format.h>
 #include <thread>
-#include <toml++/toml.h>
 
 #include "dpdk/backend.h"
 #include "rpc/portmap.h"
@@ -19,7 +19,8 @@
 namespace rpcgate::gw {
 
 uint16_t endpoint::port() const noexcept {
-    if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
+    if (addr.ss_family == AF_INET)
+        return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
     if (addr.ss_family == AF_INET6)
         return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
     return 0;
@@ -80,14 +81,16 @@ bool parse_tls_policy(const std::string& s, tls_policy* out, std::string* err, c
 bool parse_backend(const std::string& text, backend_route* out, std::string* err) {
     size_t eq = text.find('=');
     if (eq == std::string::npos) {
-        *err = fmt::format("--backend '{}': expected PROG=HOST:PORT (e.g. nfs=10.0.0.5:2049)", text);
+        *err =
+            fmt::format("--backend '{}': expected PROG=HOST:PORT (e.g. nfs=10.0.0.5:2049)", text);
         return false;
     }
     auto prog = rpc::parse_program(text.substr(0, eq));
     if (!prog) {
-        *err = fmt::format("--backend '{}': unknown program '{}' (a number or a name such as "
-                           "nfs, mount, nlm, nsm, portmap, nfs_acl)",
-                           text, text.substr(0, eq));
+        *err = fmt::format(
+            "--backend '{}': unknown program '{}' (a number or a name such as "
+            "nfs, mount, nlm, nsm, portmap, nfs_acl)",
+            text, text.substr(0, eq));
         return false;
     }
     out->prog = *prog;
@@ -98,8 +101,8 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
     std::string addr = rest.substr(0, comma);
     while (comma != std::string::npos) {
         size_t next = rest.find(',', comma + 1);
-        std::string opt = rest.substr(comma + 1, next == std::string::npos ? std::string::npos
-                                                                           : next - comma - 1);
+        std::string opt = rest.substr(
+            comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
         comma = next;
         size_t oe = opt.find('=');
         std::string k = opt.substr(0, oe), v = oe == std::string::npos ? "" : opt.substr(oe + 1);
@@ -114,8 +117,8 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
             char* end = nullptr;
             unsigned long n = std::strtoul(v.c_str(), &end, 10);
             if (*end != '\0' || n == 0 || n > UINT32_MAX) {
-                *err = fmt::format("--backend '{}': vers={} is not a program version (1..{})",
-                                   text, v, UINT32_MAX);
+                *err = fmt::format("--backend '{}': vers={} is not a program version (1..{})", text,
+                                   v, UINT32_MAX);
                 return false;
             }
             out->vers = uint32_t(n);
@@ -128,8 +131,8 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
         } else if (k == "key") {
             out->tls.key = v;
         } else {
-            *err = fmt::format("--backend '{}': unknown option '{}' (vers, tls, name, ca, cert, key)",
-                               text, k);
+            *err = fmt::format(
+                "--backend '{}': unknown option '{}' (vers, tls, name, ca, cert, key)", text, k);
             return false;
         }
     }
@@ -150,10 +153,14 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
 
 const char* tls_policy_name(tls_policy m) noexcept {
     switch (m) {
-        case tls_policy::off: return "off";
-        case tls_policy::opportunistic: return "opportunistic";
-        case tls_policy::required: return "required";
-        case tls_policy::mtls: return "mtls";
+        case tls_policy::off:
+            return "off";
+        case tls_policy::opportunistic:
+            return "opportunistic";
+        case tls_policy::required:
+            return "required";
+        case tls_policy::mtls:
+            return "mtls";
     }
     return "?";
 }
@@ -161,8 +168,9 @@ const char* tls_policy_name(tls_policy m) noexcept {
 namespace {
 
 bool parse_tls_policy(const std::string& s, tls_policy* out, std::string* err,
-                    const char* what = "--tls") {
-    for (tls_policy m : {tls_policy::off, tls_policy::opportunistic, tls_policy::required, tls_policy::mtls}) {
+                      const char* what = "--tls") {
+    for (tls_policy m :
+         {tls_policy::off, tls_policy::opportunistic, tls_policy::required, tls_policy::mtls}) {
         if (s == tls_policy_name(m)) {
             *out = m;
             return true;
@@ -181,9 +189,12 @@ bool parse_size(const std::string& s, uint64_t* out, std::string* err, const cha
         return false;
     }
     std::string suf(end);
-    if (suf == "K" || suf == "k" || suf == "KiB") v <<= 10;
-    else if (suf == "M" || suf == "MiB") v <<= 20;
-    else if (suf == "G" || suf == "GiB") v <<= 30;
+    if (suf == "K" || suf == "k" || suf == "KiB")
+        v <<= 10;
+    else if (suf == "M" || suf == "MiB")
+        v <<= 20;
+    else if (suf == "G" || suf == "GiB")
+        v <<= 30;
     else if (!suf.empty()) {
         *err = fmt::format("{} '{}': unknown suffix '{}' (K, M, G)", what, s, suf);
         return false;
@@ -238,20 +249,47 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
         t = toml::parse_file(path);
     } catch (const toml::parse_error& e) {
         const auto& src = e.source();
-        *err = fmt::format("{}:{}:{}: {}", path, src.begin.line, src.begin.column,
-                           e.description());
+        *err = fmt::format("{}:{}:{}: {}", path, src.begin.line, src.begin.column, e.description());
         return false;
     }
-    static const char* known[] = {"listen",  "backend", "backends", "shards", "tls", "cert",
-                                  "key",     "ca",      "crl",      "admin",  "upstream_tls",
-                                  "reserved_port", "portmap", "idle_timeout", "connect_timeout",
-                                  "drain_timeout", "max_connections", "max_record", "max_inflight",
-                                  "buffers", "buffer_size", "log_level", "implicit_tls", "alpn_strict",
-                                  "handshake_timeout", "cert_user_map", "tls_auto", "audit_log",
-                                  "upstream_ca", "upstream_cert", "upstream_key",
-                                  "upstream_server_name", "upstream_alpn_strict",
-                                  "max_connections_per_source", "handshake_rate_per_source",
-                                  "handshake_burst_per_source", "ktls", "tls_min_version"};
+    static const char* known[] = {"listen",
+                                  "backend",
+                                  "backends",
+                                  "shards",
+                                  "tls",
+                                  "cert",
+                                  "key",
+                                  "ca",
+                                  "crl",
+                                  "admin",
+                                  "upstream_tls",
+                                  "reserved_port",
+                                  "portmap",
+                                  "idle_timeout",
+                                  "connect_timeout",
+                                  "drain_timeout",
+                                  "max_connections",
+                                  "max_record",
+                                  "max_inflight",
+                                  "buffers",
+                                  "buffer_size",
+                                  "log_level",
+                                  "implicit_tls",
+                                  "alpn_strict",
+                                  "handshake_timeout",
+                                  "cert_user_map",
+                                  "tls_auto",
+                                  "audit_log",
+                                  "upstream_ca",
+                                  "upstream_cert",
+                                  "upstream_key",
+                                  "upstream_server_name",
+                                  "upstream_alpn_strict",
+                                  "max_connections_per_source",
+                                  "handshake_rate_per_source",
+                                  "handshake_burst_per_source",
+                                  "ktls",
+                                  "tls_min_version"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -293,14 +331,14 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     int64_t i = 0;
     std::string s;
     bool b = false;
-#define RPCGATE_TOML_INT(key, field)                                       \
-    i = int64_t(cfg->field);                                               \
-    if (!toml_get<int64_t>(t, key, &i, err)) return false;                 \
+#define RPCGATE_TOML_INT(key, field)                                                         \
+    i = int64_t(cfg->field);                                                                 \
+    if (!toml_get<int64_t>(t, key, &i, err)) return false;                                   \
     if (i < 0 || uint64_t(i) > uint64_t(std::numeric_limits<decltype(cfg->field)>::max())) { \
-        *err = fmt::format("{}: '{}' must be between 0 and {}", path, key,                    \
-                           std::numeric_limits<decltype(cfg->field)>::max());                  \
-        return false;                                                                           \
-    }                                                                                           \
+        *err = fmt::format("{}: '{}' must be between 0 and {}", path, key,                   \
+                           std::numeric_limits<decltype(cfg->field)>::max());                \
+        return false;                                                                        \
+    }                                                                                        \
     cfg->field = decltype(cfg->field)(i);
     RPCGATE_TOML_INT("shards", shards)
     RPCGATE_TOML_INT("idle_timeout", idle_timeout_s)
@@ -358,8 +396,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
 
 bool validate(gateway_config* cfg, std::string* err) {
     if (cfg->io_backend == "dpdk" && !dpdk::available()) {
-        *err = "--io-backend dpdk: this build has no DPDK (configure with -DRPCGATE_WITH_DPDK=ON; "
-               "see scripts/test-dpdk.sh)";
+        *err =
+            "--io-backend dpdk: this build has no DPDK (configure with -DRPCGATE_WITH_DPDK=ON; "
+            "see scripts/test-dpdk.sh)";
         return false;
     }
     if (cfg->listen.empty() && cfg->implicit_tls.empty()) {
@@ -374,9 +413,9 @@ bool validate(gateway_config* cfg, std::string* err) {
         for (size_t j = 0; j < i; ++j)
             if (cfg->backends[i].prog == cfg->backends[j].prog &&
                 cfg->backends[i].vers == cfg->backends[j].vers) {
-                *err = fmt::format("program {} is routed twice ('{}' and '{}')",
-                                   cfg->backends[i].prog, cfg->backends[j].spec,
-                                   cfg->backends[i].spec);
+                *err =
+                    fmt::format("program {} is routed twice ('{}' and '{}')", cfg->backends[i].prog,
+                                cfg->backends[j].spec, cfg->backends[i].spec);
                 return false;
             }
     if (cfg->shards == 0) cfg->shards = std::max(1u, std::thread::hardware_concurrency());
@@ -435,27 +474,31 @@ bool validate(gateway_config* cfg, std::string* err) {
         u.alpn_strict = d.alpn_strict;
         if (u.mode == tls_policy::off) continue;
         if (u.ca.empty()) {
-            *err = fmt::format("backend '{}': upstream TLS {} needs a CA to verify the server "
-                               "(--upstream-ca or ca=FILE in the backend)",
-                               r.spec, tls_policy_name(u.mode));
+            *err = fmt::format(
+                "backend '{}': upstream TLS {} needs a CA to verify the server "
+                "(--upstream-ca or ca=FILE in the backend)",
+                r.spec, tls_policy_name(u.mode));
             return false;
         }
         if (u.server_name.empty()) {
-            *err = fmt::format("backend '{}': no server name to verify (--upstream-server-name "
-                               "or name=NAME in the backend)",
-                               r.spec);
+            *err = fmt::format(
+                "backend '{}': no server name to verify (--upstream-server-name "
+                "or name=NAME in the backend)",
+                r.spec);
             return false;
         }
         if (u.mode == tls_policy::mtls && (u.cert.empty() || u.key.empty())) {
-            *err = fmt::format("backend '{}': upstream TLS mtls needs a client certificate and "
-                               "key (--upstream-cert/--upstream-key or cert=/key= in the backend)",
-                               r.spec);
+            *err = fmt::format(
+                "backend '{}': upstream TLS mtls needs a client certificate and "
+                "key (--upstream-cert/--upstream-key or cert=/key= in the backend)",
+                r.spec);
             return false;
         }
         if (u.cert.empty() != u.key.empty()) {
-            *err = fmt::format("backend '{}': an upstream client certificate needs its key, and "
-                               "a key its certificate",
-                               r.spec);
+            *err = fmt::format(
+                "backend '{}': an upstream client certificate needs its key, and "
+                "a key its certificate",
+                r.spec);
             return false;
         }
         for (const std::string* f : {&u.ca, &u.cert, &u.key}) {
@@ -487,9 +530,10 @@ bool validate(gateway_config* cfg, std::string* err) {
 }
 
 int parse_command_line(int argc, char** argv, gateway_config* cfg) {
-    CLI::App app{"rpcgate: an ONC RPC gateway that adds or removes RPC-with-TLS (RFC 9289) "
-                 "between NFS clients and servers.",
-                 "rpcgate"};
+    CLI::App app{
+        "rpcgate: an ONC RPC gateway that adds or removes RPC-with-TLS (RFC 9289) "
+        "between NFS clients and servers.",
+        "rpcgate"};
     app.get_formatter()->column_width(34);
     std::vector<std::string> listen, backends;
     std::string tls, log_level, max_record, max_inflight, buffer_size;
@@ -498,13 +542,14 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
 
     app.add_option("--listen,-l", listen, "ADDR:PORT to accept clients on (repeatable)")
         ->type_name("ADDR:PORT");
-    app.add_option("--backend,-b", backends,
-                   "PROG=HOST:PORT[,vers=N,tls=MODE,name=NAME,ca=FILE,cert=FILE,key=FILE]: route program "
-                   "PROG (number or name: nfs, mount, nlm, nsm, portmap, nfs_acl) to a server, "
-                   "with its own upstream TLS settings (repeatable)")
+    app.add_option(
+           "--backend,-b", backends,
+           "PROG=HOST:PORT[,vers=N,tls=MODE,name=NAME,ca=FILE,cert=FILE,key=FILE]: route program "
+           "PROG (number or name: nfs, mount, nlm, nsm, portmap, nfs_acl) to a server, "
+           "with its own upstream TLS settings (repeatable)")
         ->type_name("PROG=ADDR:PORT");
     auto* o_config = app.add_option("--config,-c", cfg->config_file,
-                                     "TOML file with the same keys; the command line wins");
+                                    "TOML file with the same keys; the command line wins");
     auto* o_shards = app.add_option("--shards", cfg->shards, "engine threads (default: cores)");
     auto* o_tls = app.add_option("--tls", tls, "client-side TLS: off|opportunistic|required|mtls");
     std::vector<std::string> implicit;
@@ -535,7 +580,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_key = app.add_option("--key", cfg->key, "server private key (PEM)");
     auto* o_ca = app.add_option("--ca", cfg->ca, "CA bundle for client certificates");
     auto* o_crl = app.add_option("--crl", cfg->crl, "certificate revocation list");
-    auto* o_admin = app.add_option("--admin", cfg->admin, "ADDR:PORT of the admin HTTP endpoint (/metrics, /healthz); keep it on loopback");
+    auto* o_admin = app.add_option(
+        "--admin", cfg->admin,
+        "ADDR:PORT of the admin HTTP endpoint (/metrics, /healthz); keep it on loopback");
     std::string up_tls;
     auto* o_up = app.add_option("--upstream-tls", up_tls,
                                 "RPC-with-TLS towards the backends: off|opportunistic|required|"
@@ -544,8 +591,8 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                    "CA bundle that verifies the backends' certificates");
     auto* o_up_cert = app.add_option("--upstream-cert", cfg->upstream.cert,
                                      "client certificate (PEM) presented to the backends");
-    auto* o_up_key = app.add_option("--upstream-key", cfg->upstream.key,
-                                    "key of --upstream-cert (PEM)");
+    auto* o_up_key =
+        app.add_option("--upstream-key", cfg->upstream.key, "key of --upstream-cert (PEM)");
     auto* o_up_name = app.add_option("--upstream-server-name", cfg->upstream.server_name,
                                      "name (or IP) the backends' certificates must carry "
                                      "(default: each backend's host)");
@@ -584,8 +631,8 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                  "other side pauses (default 8M)");
     auto* o_buf = app.add_option("--buffers", cfg->buffers,
                                  "receive buffers per shard, a power of two (default 512)");
-    auto* o_bsz = app.add_option("--buffer-size", buffer_size,
-                                 "bytes per receive buffer (default 32K)");
+    auto* o_bsz =
+        app.add_option("--buffer-size", buffer_size, "bytes per receive buffer (default 32K)");
     auto* o_log = app.add_option("--log-level", log_level,
                                  "LEVEL or SUBSYS=LEVEL,... (trace debug info warn error; "
                                  "subsystems core gw tls admin audit)");
@@ -666,8 +713,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_ca->count()) merged.ca = cfg->ca;
     if (o_crl->count()) merged.crl = cfg->crl;
     if (o_admin->count()) merged.admin = cfg->admin;
-    if (o_up->count() &&
-        !parse_tls_policy(up_tls, &merged.upstream.mode, &err, "--upstream-tls")) {
+    if (o_up->count() && !parse_tls_policy(up_tls, &merged.upstream.mode, &err, "--upstream-tls")) {
         std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
         return 2;
     }

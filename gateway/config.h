@@ -43,7 +43,7 @@ const char* tls_policy_name(tls_policy m) noexcept;
 struct upstream_tls {
     tls_policy mode = tls_policy::off;
     std::string ca, cert, key;
-    std::string server_name;  // "" = the backend's host as written
+    std::string server_name;   // "" = the backend's host as written
     bool alpn_strict = false;  // refuse a server that selects no ALPN
 };
 
@@ -70,7 +70,7 @@ struct gateway_config {
     unsigned shards = 0;  // 0: one per core
     tls_policy tls = tls_policy::off;
     std::string cert, key, ca, crl;
-    bool alpn_strict = false;           // refuse TLS clients that offer no ALPN
+    bool alpn_strict = false;  // refuse TLS clients that offer no ALPN
     // On --listen ports, a connection whose first byte is a TLS handshake
     // record (0x16) is taken as implicit TLS. No record mark can start with
     // 0x16: that would announce a non-final fragment of over 350 MiB.

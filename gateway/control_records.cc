@@ -35,7 +35,8 @@ control_reaction react_server(const control_read& r, bool kernel_tx) {
         // EBADMSG (a record that did not decrypt) and the like.
         a.counter = &gateway_counters::tls_errors;
         a.no_close_notify = true;
-        if (r.n != -EAGAIN) a.fatal_alert = r.n == -EBADMSG ? 20 : 80;  // bad_record_mac / internal_error
+        if (r.n != -EAGAIN)
+            a.fatal_alert = r.n == -EBADMSG ? 20 : 80;  // bad_record_mac / internal_error
         a.err = int(r.n);
         a.what = fmt::format("kTLS receive failed: {}", std::strerror(int(-r.n)));
         return a;
@@ -59,9 +60,10 @@ control_reaction react_server(const control_read& r, bool kernel_tx) {
         case k::control::key_update:
             a.counter = &gateway_counters::tls_key_update_closes;
             a.orderly = true;  // close_notify under our unchanged TX key
-            a.what = fmt::format("KeyUpdate from the client{}: kernel TLS cannot take new RX keys "
-                                 "here; closing with close_notify",
-                                 c.update_requested ? " (update requested)" : "");
+            a.what = fmt::format(
+                "KeyUpdate from the client{}: kernel TLS cannot take new RX keys "
+                "here; closing with close_notify",
+                c.update_requested ? " (update requested)" : "");
             return a;
         case k::control::new_session_ticket:  // a client sends none
         case k::control::unexpected:

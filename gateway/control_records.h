@@ -35,21 +35,21 @@ enum class tls_role : uint8_t { server, client };
 
 // What a read at a kTLS control record found.
 struct control_read {
-    ssize_t n = 0;  // tls::ktls::read_control: >0 a record, 0 EOF, -errno
+    ssize_t n = 0;                     // tls::ktls::read_control: >0 a record, 0 EOF, -errno
     tls::ktls::control_record record;  // when n > 0
 };
 control_read read_control_record(int fd);
 
 // What the connection does next.
 struct control_reaction {
-    bool go_on = false;        // consumed (a ticket): receive again
-    bool orderly = false;      // close cleanly: our close_notify, then the socket
-    bool peer_done = false;    // the peer said it sends no more (its close_notify)
+    bool go_on = false;            // consumed (a ticket): receive again
+    bool orderly = false;          // close cleanly: our close_notify, then the socket
+    bool peer_done = false;        // the peer said it sends no more (its close_notify)
     bool no_close_notify = false;  // the connection is dead: nothing more to send (§6.2)
-    uint8_t fatal_alert = 0;   // a fatal alert to send first (0: none)
-    int err = 0;               // the close's error when not orderly
+    uint8_t fatal_alert = 0;       // a fatal alert to send first (0: none)
+    int err = 0;                   // the close's error when not orderly
     std::atomic<uint64_t> gateway_counters::*counter = nullptr;  // counted (or null)
-    std::string what;          // for the log line
+    std::string what;                                            // for the log line
 };
 // `kernel_tx`: our TX is in the kernel (alerts can be sent as records).
 control_reaction react(tls_role role, const control_read& r, bool kernel_tx);

@@ -90,13 +90,17 @@ std::string gateway::start() {
             hs_->use_socket_io(cfg_.ktls_rx);
         }
         if (kernel) {
-            RPCGATE_LOG(tls, info, "kernel TLS: on (--ktls {}): handshakes on the socket, then "
-                        "the kernel encrypts and decrypts where it can", cfg_.ktls);
+            RPCGATE_LOG(tls, info,
+                        "kernel TLS: on (--ktls {}): handshakes on the socket, then "
+                        "the kernel encrypts and decrypts where it can",
+                        cfg_.ktls);
         } else if (hs_->socket_io()) {
-            RPCGATE_LOG(tls, info, "kernel TLS: this kernel has none; --ktls on: handshakes on "
+            RPCGATE_LOG(tls, info,
+                        "kernel TLS: this kernel has none; --ktls on: handshakes on "
                         "the socket, the record layer stays in userspace");
         } else {
-            RPCGATE_LOG(tls, info, "kernel TLS: off ({}): TLS runs in userspace (OpenSSL on the "
+            RPCGATE_LOG(tls, info,
+                        "kernel TLS: off ({}): TLS runs in userspace (OpenSSL on the "
                         "shards)",
                         cfg_.ktls == "off" ? "--ktls off" : "this kernel has no kTLS");
         }
@@ -137,8 +141,8 @@ std::string gateway::start() {
             for (endpoint& ep : eps) {
                 int rc = raw->listen(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, h);
                 if (rc < 0) {
-                    c->start_error() = fmt::format("cannot listen on {}: {}", ep.text,
-                                                  std::strerror(-rc));
+                    c->start_error() =
+                        fmt::format("cannot listen on {}: {}", ep.text, std::strerror(-rc));
                     return;
                 }
                 // Port 0: the first shard picks it, the others share it (SO_REUSEPORT).
@@ -166,17 +170,19 @@ std::string gateway::start() {
         std::string err;
         if (!parse_endpoint(cfg_.admin, &ep, &err)) return "--admin " + err;
         admin_ = std::make_unique<admin_server>();
-        err = admin_->start(ep, {[this] { return metrics_text(); },
-                                 [this] { return !stopping_.load() && ping_all(1000); },
-                                 [this] { return connections_json(); },
-                                 [this] { return reload(); }});
+        err =
+            admin_->start(ep, {[this] { return metrics_text(); },
+                               [this] { return !stopping_.load() && ping_all(1000); },
+                               [this] { return connections_json(); }, [this] { return reload(); }});
         if (!err.empty()) return err;
         RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz)", admin_->port());
     }
     return {};
 }
 
-uint16_t gateway::admin_port() const noexcept { return admin_ ? admin_->port() : 0; }
+uint16_t gateway::admin_port() const noexcept {
+    return admin_ ? admin_->port() : 0;
+}
 
 namespace {
 
@@ -204,8 +210,7 @@ std::shared_ptr<std::vector<X509_CRL*>> load_crls(const std::string& path, std::
 
 }  // namespace
 
-std::string gateway::make_upstream_contexts(
-    std::vector<std::unique_ptr<tls::context>>* out) const {
+std::string gateway::make_upstream_contexts(std::vector<std::unique_ptr<tls::context>>* out) const {
     out->clear();
     for (const backend_route& r : cfg_.backends) {
         if (r.tls.mode == tls_policy::off) {
@@ -314,7 +319,6 @@ std::string gateway::reload() {
     return why;
 }
 
-
 namespace {
 
 // A reply from another thread, waited for with a deadline. Shared, so that a
@@ -333,7 +337,8 @@ struct rendezvous {
     }
     bool wait(int ms) {
         std::unique_lock g(m);
-        return cv.wait_for(g, std::chrono::milliseconds(ms), [&] { return got.size() >= expected; });
+        return cv.wait_for(g, std::chrono::milliseconds(ms),
+                           [&] { return got.size() >= expected; });
     }
 };
 
@@ -396,8 +401,8 @@ std::string gateway::metrics_text() const {
         render_per_shard(out, name, type, help, v);
     };
     if (!contexts_.empty() && contexts_[0]->admit().limits()) {
-#define RPCGATE_SOURCE_FAMILY(name, type, field, help)                                   \
-    per_shard("rpcgate_source_" name, type, help,                                        \
+#define RPCGATE_SOURCE_FAMILY(name, type, field, help) \
+    per_shard("rpcgate_source_" name, type, help,      \
               [&](size_t i) { return rd(contexts_[i]->admit().limits()->counters().field); })
         RPCGATE_SOURCE_FAMILY("refused_connections_total", "counter", refused_connections,
                               "Connections refused: their source was at its connection cap.");
@@ -411,13 +416,17 @@ std::string gateway::metrics_text() const {
 #undef RPCGATE_SOURCE_FAMILY
     }
 #define RPCGATE_CORE_COUNTER(name, field, help) \
-    per_shard("rpcgate_" name, "counter", help, [&](size_t i) { return rd(shards_[i]->stats().field); })
+    per_shard("rpcgate_" name, "counter", help, \
+              [&](size_t i) { return rd(shards_[i]->stats().field); })
     RPCGATE_CORE_COUNTER("engine_receives_total", recv_completions, "Receive completions.");
-    RPCGATE_CORE_COUNTER("engine_received_bytes_total", recv_bytes, "Bytes received by the engine.");
+    RPCGATE_CORE_COUNTER("engine_received_bytes_total", recv_bytes,
+                         "Bytes received by the engine.");
     RPCGATE_CORE_COUNTER("engine_sends_total", send_calls, "sendmsg operations.");
     RPCGATE_CORE_COUNTER("engine_sent_bytes_total", send_bytes, "Bytes sent by the engine.");
-    RPCGATE_CORE_COUNTER("engine_enobufs_total", enobufs, "Receives that found the buffer ring empty.");
-    RPCGATE_CORE_COUNTER("engine_pressure_copies_total", pressure_copies, "Receives copied out of a ring running low.");
+    RPCGATE_CORE_COUNTER("engine_enobufs_total", enobufs,
+                         "Receives that found the buffer ring empty.");
+    RPCGATE_CORE_COUNTER("engine_pressure_copies_total", pressure_copies,
+                         "Receives copied out of a ring running low.");
     RPCGATE_CORE_COUNTER("engine_loop_passes_total", loop_passes, "Event loop passes.");
 #undef RPCGATE_CORE_COUNTER
     per_shard("rpcgate_engine_buffers_free", "gauge", "Receive buffers the kernel can use now.",
@@ -435,8 +444,9 @@ std::string gateway::metrics_text() const {
         const handshake_counters& h = hs_->counters();
         {
             // Handshake latency histogram (cumulative buckets, as Prometheus wants).
-            out += "# HELP rpcgate_tls_handshake_seconds Time from hand-off to a completed "
-                   "handshake.\n# TYPE rpcgate_tls_handshake_seconds histogram\n";
+            out +=
+                "# HELP rpcgate_tls_handshake_seconds Time from hand-off to a completed "
+                "handshake.\n# TYPE rpcgate_tls_handshake_seconds histogram\n";
             uint64_t cum = 0;
             for (size_t i = 0; i < handshake_counters::k_buckets; ++i) {
                 cum += rd(h.latency_buckets[i]);
@@ -453,16 +463,26 @@ std::string gateway::metrics_text() const {
         auto one = [&](const char* name, const char* type, const char* help, uint64_t v) {
             render_one(out, name, type, help, v);
         };
-        one("rpcgate_tls_handshakes_ok_total", "counter", "Handshakes that completed.", rd(h.succeeded));
-        one("rpcgate_tls_handshakes_failed_total", "counter", "Handshakes refused by TLS or policy.", rd(h.failed));
-        one("rpcgate_tls_handshakes_timed_out_total", "counter", "Handshakes cut at the deadline.", rd(h.timed_out));
-        one("rpcgate_tls_handshakes_not_tls_total", "counter", "Probes followed by bytes that were no TLS.", rd(h.not_tls));
-        one("rpcgate_tls_handshakes_in_progress", "gauge", "Handshakes running now.", rd(h.in_progress));
+        one("rpcgate_tls_handshakes_ok_total", "counter", "Handshakes that completed.",
+            rd(h.succeeded));
+        one("rpcgate_tls_handshakes_failed_total", "counter",
+            "Handshakes refused by TLS or policy.", rd(h.failed));
+        one("rpcgate_tls_handshakes_timed_out_total", "counter", "Handshakes cut at the deadline.",
+            rd(h.timed_out));
+        one("rpcgate_tls_handshakes_not_tls_total", "counter",
+            "Probes followed by bytes that were no TLS.", rd(h.not_tls));
+        one("rpcgate_tls_handshakes_in_progress", "gauge", "Handshakes running now.",
+            rd(h.in_progress));
         const handshake_counters& u = hs_->upstream_counters();
-        one("rpcgate_upstream_handshakes_ok_total", "counter", "Client-role handshakes towards backends that completed.", rd(u.succeeded));
-        one("rpcgate_upstream_handshakes_failed_total", "counter", "Client-role probes or handshakes that failed.", rd(u.failed));
-        one("rpcgate_upstream_handshakes_timed_out_total", "counter", "Client-role probes or handshakes cut at the deadline.", rd(u.timed_out));
-        one("rpcgate_upstream_probes_refused_total", "counter", "AUTH_TLS probes a backend refused (opportunistic: plaintext).", hs_->upstream_refused());
+        one("rpcgate_upstream_handshakes_ok_total", "counter",
+            "Client-role handshakes towards backends that completed.", rd(u.succeeded));
+        one("rpcgate_upstream_handshakes_failed_total", "counter",
+            "Client-role probes or handshakes that failed.", rd(u.failed));
+        one("rpcgate_upstream_handshakes_timed_out_total", "counter",
+            "Client-role probes or handshakes cut at the deadline.", rd(u.timed_out));
+        one("rpcgate_upstream_probes_refused_total", "counter",
+            "AUTH_TLS probes a backend refused (opportunistic: plaintext).",
+            hs_->upstream_refused());
     }
     return out;
 }

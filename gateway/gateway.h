@@ -37,10 +37,10 @@
 #include <vector>
 
 #include "core/shard.h"
-#include "tls/context.h"
-#include "tls/identity_map.h"
 #include "gateway/config.h"
 #include "gateway/metrics.h"
+#include "tls/context.h"
+#include "tls/identity_map.h"
 
 namespace rpcgate::tls {
 class handshake_service;
@@ -52,7 +52,7 @@ class shard_context;
 class admin_server;
 
 class gateway {
-public:
+  public:
     explicit gateway(gateway_config cfg);
     ~gateway();
     gateway(const gateway&) = delete;
@@ -85,7 +85,7 @@ public:
     uint16_t admin_port() const noexcept;
     const gateway_config& config() const noexcept { return cfg_; }
 
-private:
+  private:
     gateway_config cfg_;
     std::atomic<uint32_t> open_connections_{0};
     std::unique_ptr<tls::context> tls_ctx_;

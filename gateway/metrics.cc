@@ -10,14 +10,15 @@ namespace rpcgate::gw {
 
 namespace {
 
-uint64_t rd(const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); }
+uint64_t rd(const std::atomic<uint64_t>& a) {
+    return a.load(std::memory_order_relaxed);
+}
 
 constexpr const char* counter = "counter";
 constexpr const char* gauge = "gauge";
 
 void header(std::string& out, const char* name, const char* type, const char* help) {
-    fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name,
-                   type);
+    fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
 }
 
 }  // namespace
@@ -66,10 +67,10 @@ void render_one(std::string& out, const char* name, const char* type, const char
 
 void render_gateway_counters(std::string& out, const std::vector<const gateway_counters*>& shards) {
     std::vector<uint64_t> v(shards.size());
-#define RPCGATE_X(field, label, metric, type, help)                        \
-    if (metric[0] != '\0') {                                               \
+#define RPCGATE_X(field, label, metric, type, help)                             \
+    if (metric[0] != '\0') {                                                    \
         for (size_t i = 0; i < shards.size(); ++i) v[i] = rd(shards[i]->field); \
-        render_per_shard(out, "rpcgate_" metric, type, help, v);          \
+        render_per_shard(out, "rpcgate_" metric, type, help, v);                \
     }
     RPCGATE_GATEWAY_COUNTERS(RPCGATE_X)
 #undef RPCGATE_X
@@ -84,23 +85,25 @@ void render_tls_protection(std::string& out, const std::vector<const gateway_cou
         for (tls::ktls::mode m : {tls::ktls::mode::userspace, tls::ktls::mode::ktls_sw,
                                   tls::ktls::mode::ktls_hw, tls::ktls::mode::ktls}) {
             uint64_t v = 0;
-            for (const gateway_counters* c : shards) v += rd(c->tls_protection_open[dir][size_t(m)]);
-            fmt::format_to(std::back_inserter(out),
-                           "rpcgate_tls_connections_open{{direction=\"{}\",protection=\"{}\"}} {}\n",
-                           dir == 0 ? "tx" : "rx", tls::ktls::mode_name(m), v);
+            for (const gateway_counters* c : shards)
+                v += rd(c->tls_protection_open[dir][size_t(m)]);
+            fmt::format_to(
+                std::back_inserter(out),
+                "rpcgate_tls_connections_open{{direction=\"{}\",protection=\"{}\"}} {}\n",
+                dir == 0 ? "tx" : "rx", tls::ktls::mode_name(m), v);
         }
     }
 }
 
 void render_backend_health(std::string& out, const std::vector<std::string>& backends,
                            const std::vector<const backend_health*>& per_shard) {
-#define RPCGATE_X(field, metric, type, help)                                              \
-    header(out, "rpcgate_" metric, type, help);                                           \
-    for (size_t r = 0; r < backends.size(); ++r) {                                        \
-        uint64_t sum = 0;                                                                 \
-        for (const backend_health* h : per_shard) sum += rd(h[r].field);                  \
+#define RPCGATE_X(field, metric, type, help)                                                 \
+    header(out, "rpcgate_" metric, type, help);                                              \
+    for (size_t r = 0; r < backends.size(); ++r) {                                           \
+        uint64_t sum = 0;                                                                    \
+        for (const backend_health* h : per_shard) sum += rd(h[r].field);                     \
         fmt::format_to(std::back_inserter(out), "rpcgate_" metric "{{backend=\"{}\"}} {}\n", \
-                       backends[r], sum);                                                 \
+                       backends[r], sum);                                                    \
     }
     RPCGATE_BACKEND_COUNTERS(RPCGATE_X)
 #undef RPCGATE_X

@@ -153,7 +153,7 @@ struct gateway_totals {
 // release() or the destructor): an open connection counts itself. Not
 // thread-safe; the gauge itself is atomic.
 class gauge_slot {
-public:
+  public:
     gauge_slot() noexcept = default;
     ~gauge_slot() { release(); }
     gauge_slot(const gauge_slot&) = delete;
@@ -170,7 +170,7 @@ public:
     }
     bool held() const noexcept { return gauge_ != nullptr; }
 
-private:
+  private:
     std::atomic<uint64_t>* gauge_ = nullptr;
 };
 

@@ -35,14 +35,22 @@ bool router::version_range(uint32_t prog, uint32_t* low, uint32_t* high) const n
 
 const char* call_verdict_name(call_verdict v) noexcept {
     switch (v) {
-        case call_verdict::starttls: return "starttls";
-        case call_verdict::refuse_probe: return "refuse_probe";
-        case call_verdict::auth_tls_misuse: return "auth_tls_misuse";
-        case call_verdict::too_weak: return "too_weak";
-        case call_verdict::forward: return "forward";
-        case call_verdict::portmap: return "portmap";
-        case call_verdict::prog_mismatch: return "prog_mismatch";
-        case call_verdict::prog_unavail: return "prog_unavail";
+        case call_verdict::starttls:
+            return "starttls";
+        case call_verdict::refuse_probe:
+            return "refuse_probe";
+        case call_verdict::auth_tls_misuse:
+            return "auth_tls_misuse";
+        case call_verdict::too_weak:
+            return "too_weak";
+        case call_verdict::forward:
+            return "forward";
+        case call_verdict::portmap:
+            return "portmap";
+        case call_verdict::prog_mismatch:
+            return "prog_mismatch";
+        case call_verdict::prog_unavail:
+            return "prog_unavail";
     }
     return "?";
 }

@@ -21,7 +21,7 @@
 namespace rpcgate::gw {
 
 class router {
-public:
+  public:
     static constexpr size_t no_route = size_t(-1);
 
     explicit router(const std::vector<backend_route>& routes) : routes_(routes) {}
@@ -34,21 +34,21 @@ public:
     // it names a version (for PROG_MISMATCH); false otherwise.
     bool version_range(uint32_t prog, uint32_t* low, uint32_t* high) const noexcept;
 
-private:
+  private:
     const std::vector<backend_route>& routes_;
 };
 
 // What a session does with one CALL from its client, by RFC 9289 policy,
 // then routing. In the order the checks run.
 enum class call_verdict {
-    starttls,          // an AUTH_TLS probe and TLS is offered: STARTTLS, then hand off
-    refuse_probe,      // an AUTH_TLS probe, TLS off: AUTH_ERROR rejectedcred
-    auth_tls_misuse,   // AUTH_TLS where it does not belong: AUTH_BADCRED
-    too_weak,          // plaintext on a TLS-only listener: AUTH_TOOWEAK (RFC 9289 §4.2)
-    forward,           // to `route`
-    portmap,           // answered by the gateway (portmap v2)
-    prog_mismatch,     // the program is routed, not this version: PROG_MISMATCH low..high
-    prog_unavail,      // no route: PROG_UNAVAIL
+    starttls,         // an AUTH_TLS probe and TLS is offered: STARTTLS, then hand off
+    refuse_probe,     // an AUTH_TLS probe, TLS off: AUTH_ERROR rejectedcred
+    auth_tls_misuse,  // AUTH_TLS where it does not belong: AUTH_BADCRED
+    too_weak,         // plaintext on a TLS-only listener: AUTH_TOOWEAK (RFC 9289 §4.2)
+    forward,          // to `route`
+    portmap,          // answered by the gateway (portmap v2)
+    prog_mismatch,    // the program is routed, not this version: PROG_MISMATCH low..high
+    prog_unavail,     // no route: PROG_UNAVAIL
 };
 const char* call_verdict_name(call_verdict v) noexcept;
 

@@ -32,8 +32,10 @@ void session_list::add(node* n) noexcept {
 }
 
 void session_list::remove(node* n) noexcept {
-    if (n->prev_in_shard) n->prev_in_shard->next_in_shard = n->next_in_shard;
-    else head_ = n->next_in_shard;
+    if (n->prev_in_shard)
+        n->prev_in_shard->next_in_shard = n->next_in_shard;
+    else
+        head_ = n->next_in_shard;
     if (n->next_in_shard) n->next_in_shard->prev_in_shard = n->prev_in_shard;
     n->next_in_shard = n->prev_in_shard = nullptr;
 }

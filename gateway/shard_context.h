@@ -35,20 +35,20 @@ class client_session;
 // A backend link waiting for a handshake thread to take it through the
 // RFC 9289 probe and client handshake.
 class upstream_waiter {
-public:
+  public:
     virtual void on_upstream(upstream_result&& r) = 0;
 
-protected:
+  protected:
     ~upstream_waiter() = default;
 };
 
 // Record marks for forwarded records, carved four bytes at a time out of a
 // shared block so that forwarding a record does not allocate.
 class mark_arena {
-public:
+  public:
     core::slice mark(uint32_t payload_len);
 
-private:
+  private:
     static constexpr size_t k_block = 4096;
     core::slice block_;
     size_t used_ = k_block;
@@ -56,7 +56,7 @@ private:
 
 // The live sessions of a shard: an intrusive list (a session is its node).
 class session_list {
-public:
+  public:
     struct node {
         node* next_in_shard = nullptr;
         node* prev_in_shard = nullptr;
@@ -68,12 +68,12 @@ public:
     template <typename F>
     void for_each(F&& f);
 
-private:
+  private:
     node* head_ = nullptr;
 };
 
 class shard_context final : public core::listener_handler {
-public:
+  public:
     shard_context(const gateway_config& cfg, core::shard& sh, std::atomic<uint32_t>& open);
     ~shard_context() override;
 
@@ -129,7 +129,7 @@ public:
     const backend_health* health() const noexcept { return health_.get(); }
     const admission& admit() const noexcept { return admission_; }
 
-private:
+  private:
     // Accepts on --implicit-tls listeners: straight to a handshake thread.
     struct implicit_acceptor final : core::listener_handler {
         shard_context* ctx = nullptr;

@@ -32,16 +32,28 @@ uint32_t share(uint32_t v, unsigned shards) noexcept {
 
 // SipHash-2-4 of two 64-bit words: keyed, so set indices cannot be predicted
 // from outside (a plain multiplicative hash would let one attacker fill a set).
-uint64_t rotl(uint64_t x, int b) noexcept { return (x << b) | (x >> (64 - b)); }
+uint64_t rotl(uint64_t x, int b) noexcept {
+    return (x << b) | (x >> (64 - b));
+}
 
 uint64_t siphash_2x64(uint64_t k0, uint64_t k1, uint64_t m0, uint64_t m1) noexcept {
     uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
     uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
     auto round = [&] {
-        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32);
-        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2;
-        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0;
-        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32);
+        v0 += v1;
+        v1 = rotl(v1, 13);
+        v1 ^= v0;
+        v0 = rotl(v0, 32);
+        v2 += v3;
+        v3 = rotl(v3, 16);
+        v3 ^= v2;
+        v0 += v3;
+        v3 = rotl(v3, 21);
+        v3 ^= v0;
+        v2 += v1;
+        v1 = rotl(v1, 17);
+        v1 ^= v2;
+        v2 = rotl(v2, 32);
     };
     for (uint64_t m : {m0, m1, uint64_t{16} << 56}) {
         v3 ^= m;
@@ -72,16 +84,21 @@ source_limits_config source_limits_config::for_shard(unsigned shards) const noex
 
 const char* source_verdict_name(source_verdict v) noexcept {
     switch (v) {
-    case source_verdict::admit: return "admit";
-    case source_verdict::too_many_connections: return "too many connections from this source";
-    case source_verdict::handshake_rate: return "handshake rate of this source exceeded";
-    case source_verdict::table_full: return "source table full";
+        case source_verdict::admit:
+            return "admit";
+        case source_verdict::too_many_connections:
+            return "too many connections from this source";
+        case source_verdict::handshake_rate:
+            return "handshake rate of this source exceeded";
+        case source_verdict::table_full:
+            return "source table full";
     }
     return "?";
 }
 
 source_limits::source_limits(const source_limits_config& cfg, uint64_t key) : cfg_(cfg) {
-    cfg_.table_size = std::max<uint32_t>(k_ways, std::bit_ceil(std::max<uint32_t>(cfg.table_size, 1)));
+    cfg_.table_size =
+        std::max<uint32_t>(k_ways, std::bit_ceil(std::max<uint32_t>(cfg.table_size, 1)));
     cfg_.ipv6_prefix = std::clamp<uint32_t>(cfg.ipv6_prefix, 1, 128);
     if (cfg_.handshake_burst == 0) cfg_.handshake_burst = cfg_.handshakes_per_second;
     burst_milli_ = uint64_t{cfg_.handshake_burst} * 1000;
@@ -103,7 +120,8 @@ source_limits::source_limits(const source_limits_config& cfg, uint64_t key) : cf
 
 source_limits::~source_limits() = default;
 
-bool source_limits::key_of(const sockaddr_storage& peer, uint32_t prefix, source_key* out) noexcept {
+bool source_limits::key_of(const sockaddr_storage& peer, uint32_t prefix,
+                           source_key* out) noexcept {
     if (peer.ss_family == AF_INET) {
         const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
         out->hi = 4;  // keeps IPv4 keys apart from IPv6 prefixes

@@ -79,12 +79,12 @@ struct source_limits_counters {
     std::atomic<uint64_t> refused_connections{0};  // too_many_connections
     std::atomic<uint64_t> refused_handshakes{0};   // handshake_rate
     std::atomic<uint64_t> table_full{0};
-    std::atomic<uint64_t> evictions{0};            // idle sources forgotten to make room
-    std::atomic<uint64_t> tracked{0};              // sources in the table now
+    std::atomic<uint64_t> evictions{0};  // idle sources forgotten to make room
+    std::atomic<uint64_t> tracked{0};    // sources in the table now
 };
 
 class source_limits {
-public:
+  public:
     // `key` seeds the hash; pass a random value (0 picks one from the OS).
     explicit source_limits(const source_limits_config& cfg, uint64_t key = 0);
     ~source_limits();
@@ -108,7 +108,7 @@ public:
     const source_limits_counters& counters() const noexcept { return counters_; }
     size_t table_entries() const noexcept { return mask_ + 1; }
 
-private:
+  private:
     struct source_key {
         uint64_t hi = 0, lo = 0;  // IPv4: lo = address; IPv6: the prefix
         bool operator==(const source_key&) const noexcept = default;
@@ -116,7 +116,8 @@ private:
     struct entry;
     static constexpr unsigned k_ways = 8;
 
-    static bool key_of(const sockaddr_storage& peer, uint32_t ipv6_prefix, source_key* out) noexcept;
+    static bool key_of(const sockaddr_storage& peer, uint32_t ipv6_prefix,
+                       source_key* out) noexcept;
     uint64_t hash(const source_key& k) const noexcept;
     entry* find(const source_key& k) const noexcept;
     entry* find_or_insert(const source_key& k, uint64_t now_ms) noexcept;

@@ -27,11 +27,11 @@ namespace rpcgate::tls {
 inline constexpr const char* alpn_sunrpc = "sunrpc";
 
 struct server_options {
-    std::string cert_file;  // PEM, may hold the chain
-    std::string key_file;   // PEM
-    std::string ca_file;    // CA bundle for client certificates ("" = none)
-    std::string ca_dir;     // hashed CA directory ("" = none)
-    std::string crl_file;   // PEM CRL(s), checked for the whole chain ("" = none)
+    std::string cert_file;             // PEM, may hold the chain
+    std::string key_file;              // PEM
+    std::string ca_file;               // CA bundle for client certificates ("" = none)
+    std::string ca_dir;                // hashed CA directory ("" = none)
+    std::string crl_file;              // PEM CRL(s), checked for the whole chain ("" = none)
     bool require_client_cert = false;  // mtls
     bool alpn_strict = false;          // refuse clients that offer no ALPN
     bool session_tickets = false;
@@ -40,16 +40,16 @@ struct server_options {
 };
 
 struct client_options {
-    std::string ca_file;      // "" = do not verify the server (logged loudly by callers)
-    std::string cert_file;    // client certificate for mtls ("" = none)
+    std::string ca_file;    // "" = do not verify the server (logged loudly by callers)
+    std::string cert_file;  // client certificate for mtls ("" = none)
     std::string key_file;
-    std::string server_name;  // DNS name or IP address to verify and send as SNI
+    std::string server_name;    // DNS name or IP address to verify and send as SNI
     bool require_alpn = false;  // refuse a server that selects no ALPN
     int min_version = TLS1_3_VERSION;
 };
 
 class context {
-public:
+  public:
     ~context();
     context(const context&) = delete;
     context& operator=(const context&) = delete;
@@ -63,7 +63,7 @@ public:
     const server_options& server() const noexcept { return sopt_; }
     const client_options& client() const noexcept { return copt_; }
 
-private:
+  private:
     context() = default;
     SSL_CTX* ctx_ = nullptr;
     bool server_ = false;

@@ -45,7 +45,7 @@ struct identity {
 };
 
 class identity_map {
-public:
+  public:
     // Replaces the rules with those of the file. On error returns false and
     // sets `err` to "PATH:LINE: reason"; the map is then left unchanged.
     bool load(const std::string& path, std::string* err);
@@ -61,7 +61,7 @@ public:
     size_t size() const noexcept { return by_subject_.size() + by_san_.size(); }
     bool empty() const noexcept { return size() == 0; }
 
-private:
+  private:
     std::unordered_map<std::string, identity> by_subject_;
     std::unordered_map<std::string, identity> by_san_;
 };

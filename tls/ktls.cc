@@ -34,10 +34,13 @@ constexpr int bio_ctrl_set_ktls = 72;
 
 mode mode_of_conf(uint16_t conf) {
     switch (conf) {
-        case TLS_CONF_SW: return mode::ktls_sw;
+        case TLS_CONF_SW:
+            return mode::ktls_sw;
         case TLS_CONF_HW:
-        case TLS_CONF_HW_RECORD: return mode::ktls_hw;
-        default: return mode::userspace;  // TLS_CONF_BASE: the ULP, no keys
+        case TLS_CONF_HW_RECORD:
+            return mode::ktls_hw;
+        default:
+            return mode::userspace;  // TLS_CONF_BASE: the ULP, no keys
     }
 }
 
@@ -96,13 +99,15 @@ long prefix_ctrl(BIO* b, int cmd, long num, void* ptr) {
     BIO* next = BIO_next(b);
     switch (cmd) {
         case BIO_CTRL_PENDING:
-            return static_cast<long>(p->bytes.size() - p->off) + (next ? BIO_ctrl(next, cmd, num, ptr) : 0);
+            return static_cast<long>(p->bytes.size() - p->off) +
+                   (next ? BIO_ctrl(next, cmd, num, ptr) : 0);
         case bio_ctrl_set_ktls:
             // The kernel would decrypt from the socket's next byte; bytes
             // still here would be skipped. Refused: OpenSSL stays in userspace.
             if (num == 0 && !p->empty()) return 0;
             break;
-        default: break;
+        default:
+            break;
     }
     return next ? BIO_ctrl(next, cmd, num, ptr) : 0;
 }
@@ -212,8 +217,8 @@ void keylog(const SSL* ssl, const char* line) {
 }
 
 // HKDF-Expand-Label(secret, label, "", len) of RFC 8446 §7.1.
-bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, std::string_view label,
-                  uint8_t* out, size_t len) {
+bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len,
+                  std::string_view label, uint8_t* out, size_t len) {
     uint8_t info[2 + 1 + 255 + 1];
     size_t n = 0;
     std::string full = "tls13 " + std::string(label);
@@ -227,9 +232,11 @@ bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, st
     EVP_KDF_CTX* kctx = kdf ? EVP_KDF_CTX_new(kdf) : nullptr;
     int hmode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
     OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)), 0),
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
+                                         const_cast<char*>(EVP_MD_get0_name(md)), 0),
         OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &hmode),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(secret), secret_len),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(secret),
+                                          secret_len),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, n),
         OSSL_PARAM_construct_end(),
     };
@@ -288,15 +295,20 @@ bool crypto_info_for(uint32_t suite, const EVP_MD* md, const uint8_t* secret, si
             key_len = TLS_CIPHER_CHACHA20_POLY1305_KEY_SIZE;
             ci_len = sizeof(ci.chacha);
             break;
-        default: return false;  // AES-CCM: not worth it
+        default:
+            return false;  // AES-CCM: not worth it
     }
     ci.info.version = TLS_1_3_VERSION;
     bool ok = expand_label(md, secret, secret_len, "key", key, key_len) &&
               expand_label(md, secret, secret_len, "iv", iv, sizeof(iv));
     if (ok) {
         switch (ci.info.cipher_type) {
-            case TLS_CIPHER_AES_GCM_128: fill_gcm(ci.gcm128, key, iv); break;
-            case TLS_CIPHER_AES_GCM_256: fill_gcm(ci.gcm256, key, iv); break;
+            case TLS_CIPHER_AES_GCM_128:
+                fill_gcm(ci.gcm128, key, iv);
+                break;
+            case TLS_CIPHER_AES_GCM_256:
+                fill_gcm(ci.gcm256, key, iv);
+                break;
             default:
                 std::memcpy(ci.chacha.key, key, key_len);
                 std::memcpy(ci.chacha.iv, iv, 12);
@@ -330,33 +342,47 @@ bool install(int fd, int dir, uint32_t suite, const EVP_MD* md, const uint8_t* s
 
 const char* mode_name(mode m) noexcept {
     switch (m) {
-        case mode::userspace: return "userspace";
-        case mode::ktls_sw: return "ktls-sw";
-        case mode::ktls_hw: return "ktls-hw";
-        case mode::ktls: return "ktls";
+        case mode::userspace:
+            return "userspace";
+        case mode::ktls_sw:
+            return "ktls-sw";
+        case mode::ktls_hw:
+            return "ktls-hw";
+        case mode::ktls:
+            return "ktls";
     }
     return "?";
 }
 
 std::string protection::version_name() const {
     switch (version) {
-        case TLS_1_3_VERSION: return "TLSv1.3";
-        case TLS_1_2_VERSION: return "TLSv1.2";
-        default: return "";
+        case TLS_1_3_VERSION:
+            return "TLSv1.3";
+        case TLS_1_2_VERSION:
+            return "TLSv1.2";
+        default:
+            return "";
     }
 }
 
 std::string protection::cipher_name() const {
     switch (cipher) {
-        case TLS_CIPHER_AES_GCM_128: return "AES-GCM-128";
-        case TLS_CIPHER_AES_GCM_256: return "AES-GCM-256";
-        case TLS_CIPHER_AES_CCM_128: return "AES-CCM-128";
-        case TLS_CIPHER_CHACHA20_POLY1305: return "CHACHA20-POLY1305";
+        case TLS_CIPHER_AES_GCM_128:
+            return "AES-GCM-128";
+        case TLS_CIPHER_AES_GCM_256:
+            return "AES-GCM-256";
+        case TLS_CIPHER_AES_CCM_128:
+            return "AES-CCM-128";
+        case TLS_CIPHER_CHACHA20_POLY1305:
+            return "CHACHA20-POLY1305";
 #ifdef TLS_CIPHER_SM4_GCM
-        case TLS_CIPHER_SM4_GCM: return "SM4-GCM";
-        case TLS_CIPHER_SM4_CCM: return "SM4-CCM";
+        case TLS_CIPHER_SM4_GCM:
+            return "SM4-GCM";
+        case TLS_CIPHER_SM4_CCM:
+            return "SM4-CCM";
 #endif
-        default: return cipher ? "cipher-" + std::to_string(cipher) : "";
+        default:
+            return cipher ? "cipher-" + std::to_string(cipher) : "";
     }
 }
 
@@ -425,28 +451,40 @@ bool diag_socket::diag(int fd, protection& p) {
         ssize_t n = ::recv(nl_, buf, sizeof(buf), MSG_DONTWAIT);
         if (n <= 0) return false;
         auto len = static_cast<unsigned int>(n);
-        for (auto* nh = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(nh, len); nh = NLMSG_NEXT(nh, len)) {
+        for (auto* nh = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(nh, len);
+             nh = NLMSG_NEXT(nh, len)) {
             if (nh->nlmsg_seq != seq_) continue;  // a late answer to an old query
             if (nh->nlmsg_type == NLMSG_ERROR || nh->nlmsg_type == NLMSG_DONE) return false;
             if (nh->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
             if (nh->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) return false;
-            const char* attrs = static_cast<const char*>(NLMSG_DATA(nh)) + NLMSG_ALIGN(sizeof(inet_diag_msg));
+            const char* attrs =
+                static_cast<const char*>(NLMSG_DATA(nh)) + NLMSG_ALIGN(sizeof(inet_diag_msg));
             size_t alen = nh->nlmsg_len - NLMSG_LENGTH(NLMSG_ALIGN(sizeof(inet_diag_msg)));
             for_each_attr(attrs, alen, [&](uint16_t type, const void* d, size_t dn) {
                 if (type != INET_DIAG_ULP_INFO) return;
                 for_each_attr(d, dn, [&](uint16_t ut, const void* ud, size_t un) {
                     if (ut == INET_ULP_INFO_NAME) {
-                        std::string_view name(static_cast<const char*>(ud), strnlen(static_cast<const char*>(ud), un));
+                        std::string_view name(static_cast<const char*>(ud),
+                                              strnlen(static_cast<const char*>(ud), un));
                         if (name == "tls") p.ulp = true;
                     } else if (ut == INET_ULP_INFO_TLS) {
                         p.from_diag = true;
                         for_each_attr(ud, un, [&](uint16_t tt, const void* td, size_t tn) {
                             switch (tt) {
-                                case TLS_INFO_VERSION: p.version = u16_of(td, tn); break;
-                                case TLS_INFO_CIPHER: p.cipher = u16_of(td, tn); break;
-                                case TLS_INFO_TXCONF: p.tx = mode_of_conf(u16_of(td, tn)); break;
-                                case TLS_INFO_RXCONF: p.rx = mode_of_conf(u16_of(td, tn)); break;
-                                default: break;
+                                case TLS_INFO_VERSION:
+                                    p.version = u16_of(td, tn);
+                                    break;
+                                case TLS_INFO_CIPHER:
+                                    p.cipher = u16_of(td, tn);
+                                    break;
+                                case TLS_INFO_TXCONF:
+                                    p.tx = mode_of_conf(u16_of(td, tn));
+                                    break;
+                                case TLS_INFO_RXCONF:
+                                    p.rx = mode_of_conf(u16_of(td, tn));
+                                    break;
+                                default:
+                                    break;
                             }
                         });
                     }
@@ -553,9 +591,12 @@ step handshake_step(SSL* ssl) {
     int r = SSL_do_handshake(ssl);
     if (r == 1) return step::done;
     switch (SSL_get_error(ssl, r)) {
-        case SSL_ERROR_WANT_READ: return step::want_read;
-        case SSL_ERROR_WANT_WRITE: return step::want_write;
-        default: return step::error;
+        case SSL_ERROR_WANT_READ:
+            return step::want_read;
+        case SSL_ERROR_WANT_WRITE:
+            return step::want_write;
+        default:
+            return step::error;
     }
 }
 
@@ -670,8 +711,12 @@ bool traffic_secrets::rx_keys(record_keys* out) const {
     socklen_t ci_len = 0;
     if (!valid() || !crypto_info_for(suite_, md_, rx_, len_, ci, ci_len)) return false;
     switch (ci.info.cipher_type) {
-        case TLS_CIPHER_AES_GCM_128: split_gcm(ci.gcm128, out->key, &out->key_len, out->iv); break;
-        case TLS_CIPHER_AES_GCM_256: split_gcm(ci.gcm256, out->key, &out->key_len, out->iv); break;
+        case TLS_CIPHER_AES_GCM_128:
+            split_gcm(ci.gcm128, out->key, &out->key_len, out->iv);
+            break;
+        case TLS_CIPHER_AES_GCM_256:
+            split_gcm(ci.gcm256, out->key, &out->key_len, out->iv);
+            break;
         default:
             out->key_len = 32;
             std::memcpy(out->key, ci.chacha.key, 32);
@@ -704,7 +749,8 @@ bool kernel_has_ktls() {
 }
 
 uint8_t record_type_of(const msghdr& m) noexcept {
-    for (const cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&m), const_cast<cmsghdr*>(c))) {
+    for (const cmsghdr* c = CMSG_FIRSTHDR(&m); c;
+         c = CMSG_NXTHDR(const_cast<msghdr*>(&m), const_cast<cmsghdr*>(c))) {
         if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE &&
             c->cmsg_len >= CMSG_LEN(sizeof(uint8_t)))
             return *CMSG_DATA(c);
@@ -752,11 +798,16 @@ ssize_t send_alert(int fd, uint8_t level, uint8_t description) {
 
 const char* control_record::name() const noexcept {
     switch (kind) {
-        case control::close_notify: return "close_notify";
-        case control::alert: return "alert";
-        case control::new_session_ticket: return "new_session_ticket";
-        case control::key_update: return "key_update";
-        case control::unexpected: return "unexpected";
+        case control::close_notify:
+            return "close_notify";
+        case control::alert:
+            return "alert";
+        case control::new_session_ticket:
+            return "new_session_ticket";
+        case control::key_update:
+            return "key_update";
+        case control::unexpected:
+            return "unexpected";
     }
     return "?";
 }
@@ -793,7 +844,7 @@ control_record classify(uint8_t type, const uint8_t* data, size_t len) noexcept 
         uint8_t msg = data[off];
         size_t body = (size_t(data[off + 1]) << 16) | (size_t(data[off + 2]) << 8) | data[off + 3];
         if (body > len - off - 4) return c;  // a message split across records: not supported
-        if (msg == 4) {  // new_session_ticket
+        if (msg == 4) {                      // new_session_ticket
             ticket = true;
         } else if (msg == 24 && body == 1 && data[off + 4] <= 1) {  // key_update
             update = true;

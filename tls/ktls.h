@@ -67,9 +67,9 @@ const char* mode_name(mode m) noexcept;
 struct protection {
     mode tx = mode::userspace;
     mode rx = mode::userspace;
-    uint16_t version = 0;  // TLS_1_3_VERSION (0x0304), TLS_1_2_VERSION; 0 = none/unknown
-    uint16_t cipher = 0;   // TLS_CIPHER_AES_GCM_128 ... (linux/tls.h); 0 = none/unknown
-    bool ulp = false;      // the socket has the "tls" ULP (OpenSSL sets it on socket BIOs)
+    uint16_t version = 0;    // TLS_1_3_VERSION (0x0304), TLS_1_2_VERSION; 0 = none/unknown
+    uint16_t cipher = 0;     // TLS_CIPHER_AES_GCM_128 ... (linux/tls.h); 0 = none/unknown
+    bool ulp = false;        // the socket has the "tls" ULP (OpenSSL sets it on socket BIOs)
     bool from_diag = false;  // read from sock_diag (else getsockopt)
     // "TLSv1.3" / "TLSv1.2" / "" and "AES-GCM-128" / "AES-GCM-256" /
     // "CHACHA20-POLY1305" / ... / "".
@@ -80,7 +80,7 @@ struct protection {
 // A NETLINK_SOCK_DIAG socket kept open for many queries (the admin listing
 // asks per connection). One thread at a time.
 class diag_socket {
-public:
+  public:
     diag_socket() = default;
     ~diag_socket();
     diag_socket(const diag_socket&) = delete;
@@ -90,7 +90,7 @@ public:
     // kernel cannot say falls back as described at the top.
     protection query(int fd);
 
-private:
+  private:
     bool diag(int fd, protection& p);
     int nl_ = -1;
     uint32_t seq_ = 0;
@@ -157,7 +157,7 @@ directions finish(SSL* ssl, int fd, traffic_secrets* keep = nullptr);
 // keep them only where a rekey can happen. Wiped when destroyed. Used by one
 // thread at a time (whichever handles the connection's control records).
 class traffic_secrets {
-public:
+  public:
     traffic_secrets() = default;
     ~traffic_secrets();
     traffic_secrets(const traffic_secrets&) = delete;
@@ -186,7 +186,7 @@ public:
     };
     bool rx_keys(record_keys* out) const;
 
-private:
+  private:
     friend directions finish(SSL* ssl, int fd, traffic_secrets* keep);
     void wipe() noexcept;
     bool advance(uint8_t* secret);
@@ -253,9 +253,9 @@ enum class control {
 };
 struct control_record {
     control kind = control::unexpected;
-    uint8_t alert_level = 0;        // alerts
-    uint8_t alert_description = 0;  // alerts
-    bool update_requested = false;  // key_update: the peer asked for ours too
+    uint8_t alert_level = 0;            // alerts
+    uint8_t alert_description = 0;      // alerts
+    bool update_requested = false;      // key_update: the peer asked for ours too
     const char* name() const noexcept;  // "close_notify", "alert", ...
 };
 // Reads the record a kTLS RX receive stopped at: a plain receive (the

@@ -41,7 +41,7 @@ namespace {
 // allocation while the previous output has been released (the block is then
 // reused from the start).
 class block_writer {
-public:
+  public:
     explicit block_writer(size_t block_size) : block_size_(block_size) {}
 
     size_t room() const noexcept { return blk_.size() - used_; }
@@ -72,7 +72,7 @@ public:
         used_ = start_ = 0;
     }
 
-private:
+  private:
     void flush() {
         if (used_ > start_) ready_.push_back(blk_.share(start_, used_ - start_));
         start_ = used_;
@@ -154,11 +154,16 @@ const BIO_METHOD* bio_method() {
 // required), so those are named here.
 const char* alert_text(int desc) {
     switch (desc) {
-        case 109: return "missing extension";
-        case 115: return "unknown psk identity";
-        case 116: return "certificate required";
-        case 120: return "no application protocol";
-        default: return SSL_alert_desc_string_long(desc);
+        case 109:
+            return "missing extension";
+        case 115:
+            return "unknown psk identity";
+        case 116:
+            return "certificate required";
+        case 120:
+            return "no application protocol";
+        default:
+            return SSL_alert_desc_string_long(desc);
     }
 }
 
@@ -286,8 +291,8 @@ std::unique_ptr<session> session::make(const context& ctx, std::string* err) {
     return s;
 }
 
-std::unique_ptr<session> session::make_on_socket(const context& ctx, int fd,
-                                                 std::string_view early, std::string* err) {
+std::unique_ptr<session> session::make_on_socket(const context& ctx, int fd, std::string_view early,
+                                                 std::string* err) {
     std::string scratch;
     if (!err) err = &scratch;
     std::unique_ptr<session> s = make_bare(ctx, err);

@@ -41,14 +41,14 @@ enum flag : uint32_t {
 std::string flags_text(uint32_t flags);
 
 enum class status {
-    ok,        // progress made; nothing more to do until more bytes arrive
-    done,      // handshake: complete
-    closed,    // the peer sent close_notify
-    error,     // fatal: see error_text(); send `out` (an alert) and close
+    ok,      // progress made; nothing more to do until more bytes arrive
+    done,    // handshake: complete
+    closed,  // the peer sent close_notify
+    error,   // fatal: see error_text(); send `out` (an alert) and close
 };
 
 class session {
-public:
+  public:
     // A session for one connection; `ctx` must outlive it.
     static std::unique_ptr<session> make(const context& ctx, std::string* err);
     ~session();
@@ -110,15 +110,15 @@ public:
     // After the handshake.
     uint32_t flags() const noexcept { return flags_; }
     void add_flags(uint32_t f) noexcept { flags_ |= f; }
-    std::string version() const;      // "TLSv1.3"
-    std::string cipher() const;       // "TLS_AES_256_GCM_SHA384"
-    std::string alpn() const;         // "sunrpc" or ""
-    std::string peer_subject() const; // "CN=client,O=..." or ""
+    std::string version() const;       // "TLSv1.3"
+    std::string cipher() const;        // "TLS_AES_256_GCM_SHA384"
+    std::string alpn() const;          // "sunrpc" or ""
+    std::string peer_subject() const;  // "CN=client,O=..." or ""
     // Why the handshake or a read failed (one line), or "".
     const std::string& error_text() const noexcept { return error_; }
     SSL* native() const noexcept { return ssl_; }
 
-private:
+  private:
     session() = default;
     // SSL, verify hooks, role; no BIOs yet.
     static std::unique_ptr<session> make_bare(const context& ctx, std::string* err);

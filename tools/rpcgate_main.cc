@@ -11,9 +11,9 @@
 
 #include "core/log.h"
 #include "core/sd_notify.h"
-#include "rpc/portmap.h"
 #include "gateway/config.h"
 #include "gateway/gateway.h"
+#include "rpc/portmap.h"
 
 using namespace rpcgate;
 
@@ -38,10 +38,11 @@ int main(int argc, char** argv) {
     if (cfg.check_only) {
         size_t upstream = 0;
         for (const auto& b : cfg.backends) upstream += b.tls.mode != gw::tls_policy::off;
-        std::printf("rpcgate: configuration OK: %zu listener(s), %zu backend(s), %u shard(s), "
-                    "tls %s, upstream tls on %zu backend(s)\n",
-                    cfg.listen.size(), cfg.backends.size(), cfg.shards,
-                    gw::tls_policy_name(cfg.tls), upstream);
+        std::printf(
+            "rpcgate: configuration OK: %zu listener(s), %zu backend(s), %u shard(s), "
+            "tls %s, upstream tls on %zu backend(s)\n",
+            cfg.listen.size(), cfg.backends.size(), cfg.shards, gw::tls_policy_name(cfg.tls),
+            upstream);
         return 0;
     }
 
@@ -101,8 +102,10 @@ int main(int argc, char** argv) {
             timespec ts{time_t(watchdog_us / 2 / 1000000), long(watchdog_us / 2 % 1000000 * 1000)};
             sig = sigtimedwait(&set, nullptr, &ts);
             if (sig < 0) {
-                if (gateway.ping_all(1000)) core::sd_notify("WATCHDOG=1");
-                else RPCGATE_LOG(gw, error, "watchdog: a shard or the TLS thread did not answer");
+                if (gateway.ping_all(1000))
+                    core::sd_notify("WATCHDOG=1");
+                else
+                    RPCGATE_LOG(gw, error, "watchdog: a shard or the TLS thread did not answer");
                 continue;
             }
         } else if (sigwait(&set, &sig) != 0) {

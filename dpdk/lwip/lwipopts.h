@@ -43,7 +43,7 @@
 #define TCP_RCV_SCALE 5
 #define TCP_WND (1024 * 1024)
 #define TCP_SND_BUF (1024 * 1024)
-#define TCP_SND_QUEUELEN 8192  // segments queued per connection (u16)
+#define TCP_SND_QUEUELEN 8192                    // segments queued per connection (u16)
 #define TCP_SNDLOWAT (0xffff - 4 * TCP_MSS - 1)  // lwIP wants it below u16 (sockets only)
 #define TCP_SNDQUEUELOWAT (TCP_SND_QUEUELEN / 4)
 #define TCP_OVERSIZE TCP_MSS

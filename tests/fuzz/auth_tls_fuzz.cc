@@ -22,7 +22,6 @@ uint32_t be32(const uint8_t* p) {
     return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
 }
 
-
 void check_as_call(const uint8_t* body, size_t size, bool over_tls, uint32_t shape) {
     auto m = rpc::decode_call(fuzz::split_chain(body, size, shape));
     if (!m) return;
@@ -72,9 +71,8 @@ void check_as_reply(const uint8_t* body, size_t size, uint32_t shape) {
     auto r = rpc::decode_reply(fuzz::split_chain(body, size, shape));
     if (!r) return;
     // xid REPLY MSG_ACCEPTED verf(flavor len body) accept_stat
-    bool want = size >= 20 && be32(body + 8) == 0 && be32(body + 12) == 0 &&
-                be32(body + 16) == 8 && size >= 32 && std::memcmp(body + 20, "STARTTLS", 8) == 0 &&
-                be32(body + 28) == 0;
+    bool want = size >= 20 && be32(body + 8) == 0 && be32(body + 12) == 0 && be32(body + 16) == 8 &&
+                size >= 32 && std::memcmp(body + 20, "STARTTLS", 8) == 0 && be32(body + 28) == 0;
     RPCGATE_FUZZ_CHECK(rpc::is_starttls_reply(r->header) == want);
 }
 

@@ -18,8 +18,8 @@
 #include <cstring>
 #include <string>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "gateway/config.h"
+#include "tests/fuzz/fuzz_util.h"
 
 extern "C" int getaddrinfo(const char* node, const char* service, const addrinfo* hints,
                            addrinfo** res) {

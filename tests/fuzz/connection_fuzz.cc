@@ -51,12 +51,12 @@
 #include <vector>
 
 #include "core/log.h"
+#include "gateway/config.h"
+#include "gateway/gateway.h"
 #include "rpc/auth_tls.h"
 #include "rpc/message.h"
 #include "rpc/portmap.h"
 #include "tests/fuzz/fuzz_util.h"
-#include "gateway/config.h"
-#include "gateway/gateway.h"
 
 using namespace rpcgate;
 using clk = std::chrono::steady_clock;
@@ -110,7 +110,7 @@ int connect_to(uint16_t port) {
 // (PROC_UNAVAIL otherwise), reassembling multi-fragment calls. On request it
 // resets every connection, or sends only half of its next reply and resets.
 class echo_backend {
-public:
+  public:
     uint16_t start() {
         lfd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         int one = 1;
@@ -128,7 +128,7 @@ public:
     void reset_all() { reset_.store(true); }
     void cut_next_reply() { cut_.store(true); }
 
-private:
+  private:
     struct conn {
         int fd;
         std::string in, record;
@@ -254,7 +254,8 @@ world& the_world() {
         cfg.listen.push_back(ep);
         cfg.implicit_tls.push_back(ep);
         gw::backend_route r;
-        RPCGATE_FUZZ_CHECK(gw::parse_backend("536870913=127.0.0.1:" + std::to_string(bport), &r, &err));
+        RPCGATE_FUZZ_CHECK(
+            gw::parse_backend("536870913=127.0.0.1:" + std::to_string(bport), &r, &err));
         cfg.backends.push_back(r);
         cfg.shards = 1;
         cfg.reserved_port = false;
@@ -281,7 +282,8 @@ world& the_world() {
             if (fd >= 0) ::close(fd);
             return fd >= 0;
         });
-        if (!up) std::fprintf(stderr, "gateway port %u does not accept: %s\n", w->port, strerror(errno));
+        if (!up)
+            std::fprintf(stderr, "gateway port %u does not accept: %s\n", w->port, strerror(errno));
         RPCGATE_FUZZ_CHECK(up);
 
         w->client_ctx = SSL_CTX_new(TLS_client_method());
@@ -356,7 +358,8 @@ struct client {
     bool pump(int ms, uint32_t stop_at_xid = 0, bool* seen = nullptr) {
         auto end = clk::now() + std::chrono::milliseconds(ms);
         while (open()) {
-            int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(end - clk::now()).count());
+            int left = int(
+                std::chrono::duration_cast<std::chrono::milliseconds>(end - clk::now()).count());
             if (!(ssl && SSL_pending(ssl) > 0)) {
                 pollfd p{fd, POLLIN, 0};
                 if (::poll(&p, 1, std::max(left, 0)) <= 0) return true;
@@ -390,11 +393,14 @@ struct client {
             record.clear();
             core::slice_chain c(core::slice::copy_of(rec));
             auto r = rpc::decode_reply(c);
-            if (!r) std::fprintf(stderr, "undecodable record of %zu bytes from the gateway\n", rec.size());
+            if (!r)
+                std::fprintf(stderr, "undecodable record of %zu bytes from the gateway\n",
+                             rec.size());
             RPCGATE_FUZZ_CHECK(r.ok());
             uint32_t xid = r->header.xid;
             if ((xid & 0xff000000) == k_tag) {
-                if (!sent.count(xid)) std::fprintf(stderr, "reply to xid %08x not sent here\n", xid);
+                if (!sent.count(xid))
+                    std::fprintf(stderr, "reply to xid %08x not sent here\n", xid);
                 RPCGATE_FUZZ_CHECK(sent.count(xid));
             } else {
                 RPCGATE_FUZZ_CHECK(dirty);
@@ -420,7 +426,7 @@ struct client {
 // ---- the script ------------------------------------------------------------
 
 class script {
-public:
+  public:
     script(const uint8_t* d, size_t n) : d_(d), n_(n) {}
     bool more() const { return at_ < n_; }
     uint8_t u8() { return at_ < n_ ? d_[at_++] : 0; }
@@ -433,7 +439,7 @@ public:
         return s;
     }
 
-private:
+  private:
     const uint8_t* d_;
     size_t n_, at_ = 0;
 };
@@ -452,7 +458,8 @@ std::string call_bytes(uint32_t xid, uint32_t prog, uint32_t vers, uint32_t proc
     h.prog = prog;
     h.vers = vers;
     h.proc = proc;
-    return rpc::build_call(h, core::slice_chain(core::slice::copy_of(args)), max_fragment).to_string();
+    return rpc::build_call(h, core::slice_chain(core::slice::copy_of(args)), max_fragment)
+        .to_string();
 }
 
 std::string echo_args(size_t n, uint32_t seed) {
@@ -463,7 +470,6 @@ std::string echo_args(size_t n, uint32_t seed) {
     return a;
 }
 
-
 void run_script(world& w, script& s) {
     client cl[3];
     int ops = 0;
@@ -472,158 +478,162 @@ void run_script(world& w, script& s) {
         uint8_t op = s.u8();
         client& c = cl[(op >> 5) % 3];
         switch (op & 31) {
-        case 0:  // connect (plaintext port)
-        case 1:
-            c.drop(false);
-            c.fd = connect_to(w.port);
-            break;
-        case 2:  // connect to the implicit-TLS listener and handshake
-            c.drop(false);
-            c.fd = connect_to(w.implicit_port);
-            if (c.open()) c.start_tls(w);
-            break;
-        case 3:  // TLS from the first byte on the plaintext port (--tls-auto)
-            c.drop(false);
-            c.fd = connect_to(w.port);
-            if (c.open()) c.start_tls(w);
-            break;
-        case 4:
-        case 5:
-        case 6: {  // a whole ECHO call; sizes up to ~76 KB (over the 48 KiB cap)
-            if (!c.open()) break;
-            uint8_t sz = s.u8();
-            size_t n = (op & 31) == 6 ? size_t(sz) * 300 : sz;
-            uint32_t x = xid();
-            std::string args = echo_args(n, x);
-            std::string rec = call_bytes(x, k_prog, 1, 1, args);
-            c.sent.insert(x);
-            if (rec.size() - 4 > k_max_record) c.dirty = true;  // the gateway closes
-            else if (!c.dirty) c.pending[x] = args;
-            c.write(rec);
-            break;
-        }
-        case 7: {  // NULL call
-            if (!c.open()) break;
-            uint32_t x = xid();
-            c.sent.insert(x);
-            if (!c.dirty) c.pending[x] = "";
-            c.write(call_bytes(x, k_prog, 1, 0, ""));
-            break;
-        }
-        case 8: {  // an ECHO call in many fragments
-            if (!c.open()) break;
-            size_t n = s.u8() * 4;
-            size_t frag = 4 + s.u8() % 64;
-            uint32_t x = xid();
-            std::string args = echo_args(n, x);
-            c.sent.insert(x);
-            if (!c.dirty) c.pending[x] = args;
-            c.write(call_bytes(x, k_prog, 1, 1, args, frag));
-            break;
-        }
-        case 9: {  // the first part of a call (the rest may never come)
-            if (!c.open()) break;
-            uint32_t x = xid();
-            std::string rec = call_bytes(x, k_prog, 1, 1, echo_args(s.u8() * 8, x));
-            c.sent.insert(x);
-            c.dirty = true;
-            c.write(rec.substr(0, 1 + s.u8() % (rec.size() - 1)));
-            break;
-        }
-        case 10: {  // raw bytes
-            if (!c.open()) break;
-            c.dirty = true;
-            c.write(s.bytes(1 + s.u8() * 2));
-            break;
-        }
-        case 11: {  // AUTH_TLS probe; on STARTTLS, the handshake (or not)
-            if (!c.open() || c.ssl) break;
-            uint32_t x = xid();
-            uint8_t how = s.u8();
-            c.sent.insert(x);
-            core::slice p = rpc::build_tls_probe_call(x, how & 1 ? rpc::pmap_prog : k_prog, 1);
-            std::string probe(reinterpret_cast<const char*>(p.data()), p.size());
-            if (!c.write(probe)) break;
-            bool starttls = false;
-            c.pump(500, x, &starttls);
-            if (!starttls || !c.open()) break;
-            c.pending.clear();  // calls before the probe: answered before STARTTLS or lost with it
-            if (how & 2) {
-                c.dirty = true;  // no handshake: the gateway cuts it at the deadline
-                if (how & 4) c.write(s.bytes(1 + (how >> 3)));
+            case 0:  // connect (plaintext port)
+            case 1:
+                c.drop(false);
+                c.fd = connect_to(w.port);
+                break;
+            case 2:  // connect to the implicit-TLS listener and handshake
+                c.drop(false);
+                c.fd = connect_to(w.implicit_port);
+                if (c.open()) c.start_tls(w);
+                break;
+            case 3:  // TLS from the first byte on the plaintext port (--tls-auto)
+                c.drop(false);
+                c.fd = connect_to(w.port);
+                if (c.open()) c.start_tls(w);
+                break;
+            case 4:
+            case 5:
+            case 6: {  // a whole ECHO call; sizes up to ~76 KB (over the 48 KiB cap)
+                if (!c.open()) break;
+                uint8_t sz = s.u8();
+                size_t n = (op & 31) == 6 ? size_t(sz) * 300 : sz;
+                uint32_t x = xid();
+                std::string args = echo_args(n, x);
+                std::string rec = call_bytes(x, k_prog, 1, 1, args);
+                c.sent.insert(x);
+                if (rec.size() - 4 > k_max_record)
+                    c.dirty = true;  // the gateway closes
+                else if (!c.dirty)
+                    c.pending[x] = args;
+                c.write(rec);
                 break;
             }
-            c.start_tls(w);
-            break;
-        }
-        case 12:  // AUTH_TLS where it is not allowed (procedure 1)
-            if (!c.open()) break;
-            {
+            case 7: {  // NULL call
+                if (!c.open()) break;
                 uint32_t x = xid();
-                rpc::call_header h;
-                h.xid = x;
-                h.prog = k_prog;
-                h.vers = 1;
-                h.proc = 1;
-                h.cred.flavor = uint32_t(rpc::auth_flavor::tls);
                 c.sent.insert(x);
-                c.write(rpc::build_call(h, {}).to_string());
+                if (!c.dirty) c.pending[x] = "";
+                c.write(call_bytes(x, k_prog, 1, 0, ""));
+                break;
             }
-            break;
-        case 13: {  // portmap GETPORT
-            if (!c.open()) break;
-            uint32_t x = xid();
-            c.sent.insert(x);
-            rpc::pmap_mapping m{s.u8() & 1 ? k_prog : 100003, 1, rpc::pmap_ipproto_tcp, 0};
-            c.write(rpc::build_getport_call(x, m).to_string());
-            break;
-        }
-        case 14:  // TLS KeyUpdate (sent with the next write or now)
-            if (!c.ssl) break;
-            SSL_key_update(c.ssl, s.u8() & 1 ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED);
-            if (SSL_do_handshake(c.ssl) != 1) ERR_clear_error();
-            break;
-        case 15:  // close_notify, socket kept
-            if (!c.ssl) break;
-            c.dirty = true;
-            if (SSL_shutdown(c.ssl) < 0) ERR_clear_error();
-            break;
-        case 16:  // raw bytes under TLS: a broken record
-            if (!c.ssl) break;
-            c.dirty = true;
-            {
-                std::string b = s.bytes(1 + s.u8() % 64);
-                (void)::send(c.fd, b.data(), b.size(), MSG_NOSIGNAL);
+            case 8: {  // an ECHO call in many fragments
+                if (!c.open()) break;
+                size_t n = s.u8() * 4;
+                size_t frag = 4 + s.u8() % 64;
+                uint32_t x = xid();
+                std::string args = echo_args(n, x);
+                c.sent.insert(x);
+                if (!c.dirty) c.pending[x] = args;
+                c.write(call_bytes(x, k_prog, 1, 1, args, frag));
+                break;
             }
-            break;
-        case 17:  // half-close
-            if (!c.open()) break;
-            c.dirty = true;
-            ::shutdown(c.fd, SHUT_WR);
-            break;
-        case 18:  // FIN
-            c.drop(false);
-            break;
-        case 19:  // RST
-            c.drop(true);
-            break;
-        case 20:  // the backend resets every connection
-            w.backend.reset_all();
-            for (auto& k : cl) k.dirty = true;  // calls in flight die with the gateway's close
-            break;
-        case 21:  // the backend's next reply is cut in half, then reset
-            w.backend.cut_next_reply();
-            for (auto& k : cl) k.dirty = true;
-            break;
-        case 22:
-        case 23:  // read what is there
-            c.pump(0);
-            break;
-        case 24:  // wait a little, reading
-            c.pump(1 + s.u8() % 16);
-            break;
-        default:  // nothing: leaves room for the mutator
-            break;
+            case 9: {  // the first part of a call (the rest may never come)
+                if (!c.open()) break;
+                uint32_t x = xid();
+                std::string rec = call_bytes(x, k_prog, 1, 1, echo_args(s.u8() * 8, x));
+                c.sent.insert(x);
+                c.dirty = true;
+                c.write(rec.substr(0, 1 + s.u8() % (rec.size() - 1)));
+                break;
+            }
+            case 10: {  // raw bytes
+                if (!c.open()) break;
+                c.dirty = true;
+                c.write(s.bytes(1 + s.u8() * 2));
+                break;
+            }
+            case 11: {  // AUTH_TLS probe; on STARTTLS, the handshake (or not)
+                if (!c.open() || c.ssl) break;
+                uint32_t x = xid();
+                uint8_t how = s.u8();
+                c.sent.insert(x);
+                core::slice p = rpc::build_tls_probe_call(x, how & 1 ? rpc::pmap_prog : k_prog, 1);
+                std::string probe(reinterpret_cast<const char*>(p.data()), p.size());
+                if (!c.write(probe)) break;
+                bool starttls = false;
+                c.pump(500, x, &starttls);
+                if (!starttls || !c.open()) break;
+                c.pending
+                    .clear();  // calls before the probe: answered before STARTTLS or lost with it
+                if (how & 2) {
+                    c.dirty = true;  // no handshake: the gateway cuts it at the deadline
+                    if (how & 4) c.write(s.bytes(1 + (how >> 3)));
+                    break;
+                }
+                c.start_tls(w);
+                break;
+            }
+            case 12:  // AUTH_TLS where it is not allowed (procedure 1)
+                if (!c.open()) break;
+                {
+                    uint32_t x = xid();
+                    rpc::call_header h;
+                    h.xid = x;
+                    h.prog = k_prog;
+                    h.vers = 1;
+                    h.proc = 1;
+                    h.cred.flavor = uint32_t(rpc::auth_flavor::tls);
+                    c.sent.insert(x);
+                    c.write(rpc::build_call(h, {}).to_string());
+                }
+                break;
+            case 13: {  // portmap GETPORT
+                if (!c.open()) break;
+                uint32_t x = xid();
+                c.sent.insert(x);
+                rpc::pmap_mapping m{s.u8() & 1 ? k_prog : 100003, 1, rpc::pmap_ipproto_tcp, 0};
+                c.write(rpc::build_getport_call(x, m).to_string());
+                break;
+            }
+            case 14:  // TLS KeyUpdate (sent with the next write or now)
+                if (!c.ssl) break;
+                SSL_key_update(
+                    c.ssl, s.u8() & 1 ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED);
+                if (SSL_do_handshake(c.ssl) != 1) ERR_clear_error();
+                break;
+            case 15:  // close_notify, socket kept
+                if (!c.ssl) break;
+                c.dirty = true;
+                if (SSL_shutdown(c.ssl) < 0) ERR_clear_error();
+                break;
+            case 16:  // raw bytes under TLS: a broken record
+                if (!c.ssl) break;
+                c.dirty = true;
+                {
+                    std::string b = s.bytes(1 + s.u8() % 64);
+                    (void)::send(c.fd, b.data(), b.size(), MSG_NOSIGNAL);
+                }
+                break;
+            case 17:  // half-close
+                if (!c.open()) break;
+                c.dirty = true;
+                ::shutdown(c.fd, SHUT_WR);
+                break;
+            case 18:  // FIN
+                c.drop(false);
+                break;
+            case 19:  // RST
+                c.drop(true);
+                break;
+            case 20:  // the backend resets every connection
+                w.backend.reset_all();
+                for (auto& k : cl) k.dirty = true;  // calls in flight die with the gateway's close
+                break;
+            case 21:  // the backend's next reply is cut in half, then reset
+                w.backend.cut_next_reply();
+                for (auto& k : cl) k.dirty = true;
+                break;
+            case 22:
+            case 23:  // read what is there
+                c.pump(0);
+                break;
+            case 24:  // wait a little, reading
+                c.pump(1 + s.u8() % 16);
+                break;
+            default:  // nothing: leaves room for the mutator
+                break;
         }
     }
 
@@ -634,7 +644,8 @@ void run_script(world& w, script& s) {
         auto end = clk::now() + std::chrono::milliseconds(2000);
         while (c.open() && !c.pending.empty() && clk::now() < end) c.pump(50);
         if (c.open() && !c.pending.empty()) {
-            std::fprintf(stderr, "%zu call(s) neither answered nor closed within 2 s (first xid %08x)\n",
+            std::fprintf(stderr,
+                         "%zu call(s) neither answered nor closed within 2 s (first xid %08x)\n",
                          c.pending.size(), c.pending.begin()->first);
             std::abort();
         }
@@ -647,8 +658,9 @@ void run_script(world& w, script& s) {
         gw::gateway_totals t = w.gateway->totals();
         return t.sessions_open == 0 && t.handshakes_in_progress == 0;
     });
-    if (!idle) std::fprintf(stderr, "gateway not idle 3 s after the script: %s\n",
-                            w.gateway->totals().describe().c_str());
+    if (!idle)
+        std::fprintf(stderr, "gateway not idle 3 s after the script: %s\n",
+                     w.gateway->totals().describe().c_str());
     RPCGATE_FUZZ_CHECK(idle);
 
     // Still alive.
@@ -663,7 +675,8 @@ void run_script(world& w, script& s) {
     bool dummy = false;
     auto end = clk::now() + std::chrono::milliseconds(2000);
     while (probe.open() && probe.pending.count(x) && clk::now() < end) probe.pump(50, x, &dummy);
-    if (probe.pending.count(x)) std::fprintf(stderr, "a NULL call on a fresh connection got no answer\n");
+    if (probe.pending.count(x))
+        std::fprintf(stderr, "a NULL call on a fresh connection got no answer\n");
     RPCGATE_FUZZ_CHECK(!probe.pending.count(x));
     probe.drop(false);
 }

@@ -29,7 +29,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (m) {
         rpc::xdr_writer w(16);
         rpc::encode_mapping(w, *m);
-        RPCGATE_FUZZ_CHECK(w.finish().to_string() == std::string(reinterpret_cast<const char*>(body), 16));
+        RPCGATE_FUZZ_CHECK(w.finish().to_string() ==
+                           std::string(reinterpret_cast<const char*>(body), 16));
         uint32_t xid = m->port ^ m->prog;
         auto call = rpc::decode_call(fuzz::unframe(rpc::build_getport_call(xid, *m)));
         RPCGATE_FUZZ_CHECK(call.ok());
@@ -39,7 +40,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         auto again = rpc::decode_getport_args(call->args);
         RPCGATE_FUZZ_CHECK(again.ok() && again->prog == m->prog && again->vers == m->vers &&
                            again->prot == m->prot && again->port == m->port);
-        auto reply = rpc::decode_reply(fuzz::unframe(core::slice_chain(rpc::build_getport_reply(xid, m->vers))));
+        auto reply = rpc::decode_reply(
+            fuzz::unframe(core::slice_chain(rpc::build_getport_reply(xid, m->vers))));
         RPCGATE_FUZZ_CHECK(reply.ok() && reply->header.xid == xid);
         auto port = rpc::decode_getport_result(reply->results);
         RPCGATE_FUZZ_CHECK(port.ok() && *port == m->vers);

@@ -3,9 +3,9 @@
 #pragma once
 
 #include <fcntl.h>
-#include <stdlib.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,7 +19,7 @@
 namespace rpcgate::testing {
 
 class child_process {
-public:
+  public:
     explicit child_process(std::vector<std::string> argv) : argv_(std::move(argv)) {
         int p[2];
         if (::pipe2(p, O_CLOEXEC) != 0) return;
@@ -107,7 +107,7 @@ public:
         return buf_;
     }
 
-private:
+  private:
     std::vector<std::string> argv_;
     pid_t pid_ = -1;
     int out_ = -1;

@@ -11,8 +11,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <fmt/format.h>
+#include <chrono>
 
 #include <fstream>
 #include <functional>
@@ -128,7 +128,9 @@ struct rpc_conn {
     }
 };
 
-std::string to_string(core::slice_chain&& c) { return c.to_string(); }
+std::string to_string(core::slice_chain&& c) {
+    return c.to_string();
+}
 
 // A framed CALL with AUTH_NONE and the given (already XDR-encoded) args.
 std::string make_call(uint32_t xid, uint32_t prog, uint32_t vers, uint32_t proc,
@@ -159,7 +161,7 @@ rpc::reply_message decode(const std::string& rec) {
 
 // A libtirpc echo server behind an in-process gateway.
 class gateway_test : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override { start_backend(0); }
 
     void start_backend(int port) {
@@ -176,8 +178,8 @@ protected:
         ASSERT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err)) << err;
         cfg.listen.push_back(ep);
         gw::backend_route r;
-        ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, backend_port_),
-                                      &r, &err))
+        ASSERT_TRUE(
+            gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, backend_port_), &r, &err))
             << err;
         cfg.backends.push_back(r);
         cfg.shards = 2;
@@ -227,9 +229,9 @@ TEST_F(gateway_test, echo_round_trip_keeps_xid_and_bytes) {
 // buffers make libtirpc split most records into many fragments.
 TEST_F(gateway_test, tirpc_client_10000_calls_byte_identical) {
     start_gateway();
-    child_process client({TIRPC_ECHO_CLIENT, "--host", "127.0.0.1", "--port",
-                          std::to_string(port_), "--calls", "10000", "--min", "0", "--max",
-                          "2097152", "--seed", "11", "--sendsz", "65536", "--connections", "4"});
+    child_process client({TIRPC_ECHO_CLIENT, "--host", "127.0.0.1", "--port", std::to_string(port_),
+                          "--calls", "10000", "--min", "0", "--max", "2097152", "--seed", "11",
+                          "--sendsz", "65536", "--connections", "4"});
     auto st = client.wait_exit(900'000);
     ASSERT_TRUE(st.has_value()) << "client still running after 15 min";
     EXPECT_EQ(*st, 0) << client.drain_output();
@@ -327,8 +329,7 @@ TEST_F(gateway_test, bad_input_closes_only_the_offender) {
     good_call(1);
     {
         rpc_conn bad(port_);  // a small fragment of bytes that are no RPC message
-        ASSERT_TRUE(bad.send_bytes(std::string("\x80\x00\x00\x10", 4) +
-                                   "GET / HTTP/1.1\r\n\r\n"));
+        ASSERT_TRUE(bad.send_bytes(std::string("\x80\x00\x00\x10", 4) + "GET / HTTP/1.1\r\n\r\n"));
         EXPECT_TRUE(bad.closed_by_peer(5000));
     }
     good_call(2);
@@ -371,8 +372,8 @@ TEST_F(gateway_test, client_that_never_reads_keeps_memory_bounded) {
     EXPECT_GT(gw_->totals().flow_pauses, 0u);
     size_t rss_after = rss_kib();
     RecordProperty("rss_growth_kib", int(rss_after - rss_before));
-    EXPECT_LT(rss_after, rss_before + 64 * 1024) << "RSS grew by " << rss_after - rss_before
-                                                  << " KiB";
+    EXPECT_LT(rss_after, rss_before + 64 * 1024)
+        << "RSS grew by " << rss_after - rss_before << " KiB";
     // The gateway still answers others at once. (The single-threaded libtirpc
     // backend itself is stuck writing to the hog's link, so ask the gateway.)
     {

@@ -37,12 +37,12 @@
 #include <thread>
 #include <vector>
 
+#include "gateway/gateway.h"
+#include "tests/timing.h"
 #include "tests/unit/tls/ktls_test_util.h"
 #include "tls/context.h"
 #include "tls/ktls.h"
 #include "tools/bench/echo_server.h"
-#include "gateway/gateway.h"
-#include "tests/timing.h"
 
 using namespace rpcgate;
 namespace k = rpcgate::tls::ktls;
@@ -109,7 +109,7 @@ std::string last_ssl_error() {
 // The independent client: plain OpenSSL in userspace (no SSL_OP_ENABLE_KTLS)
 // on a blocking socket with I/O timeouts.
 class client {
-public:
+  public:
     // `version`: the only TLS version offered.
     explicit client(int version = TLS1_3_VERSION) {
         ctx_ = SSL_CTX_new(TLS_client_method());
@@ -202,7 +202,7 @@ public:
 
     std::string why_closed() const { return closed_; }
 
-private:
+  private:
     bool read_exact(std::string& out, size_t n) {
         out.resize(n);
         size_t got = 0;
@@ -212,9 +212,12 @@ private:
             int rc = SSL_read_ex(ssl_, out.data() + got, n - got, &r);
             if (rc != 1) {
                 int e = SSL_get_error(ssl_, rc);
-                if (e == SSL_ERROR_ZERO_RETURN) closed_ = "close_notify";
-                else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) closed_ = "eof";
-                else closed_ = "error: " + std::to_string(e) + " " + last_ssl_error();
+                if (e == SSL_ERROR_ZERO_RETURN)
+                    closed_ = "close_notify";
+                else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+                    closed_ = "eof";
+                else
+                    closed_ = "error: " + std::to_string(e) + " " + last_ssl_error();
                 return false;
             }
             got += r;
@@ -242,10 +245,12 @@ struct mode_param {
     bool rx;           // RX to the kernel too (false: half kTLS)
 };
 // ctest lists the test by this, not by the struct's bytes.
-void PrintTo(const mode_param& m, std::ostream* os) { *os << m.name; }
+void PrintTo(const mode_param& m, std::ostream* os) {
+    *os << m.name;
+}
 
 class gateway_ktls : public ::testing::TestWithParam<mode_param> {
-protected:
+  protected:
     void SetUp() override {
         ASSERT_FALSE(certs().dir.empty());
         if (require_ktls()) {
@@ -274,8 +279,8 @@ protected:
         cfg.listen.push_back(ep);
         cfg.implicit_tls.push_back(ep);
         gw::backend_route r;
-        ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, echo_->port()), &r,
-                                      &err));
+        ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, echo_->port()),
+                                      &r, &err));
         cfg.backends.push_back(r);
         cfg.shards = 1;
         cfg.buffers = 64;
@@ -325,7 +330,8 @@ protected:
         std::string m = gw_->metrics_text();
         for (auto [dir, mode] : {std::pair{"tx", tx}, std::pair{"rx", rx}}) {
             std::string line = fmt::format(
-                "rpcgate_tls_connections_open{{direction=\"{}\",protection=\"{}\"}} 1\n", dir, mode);
+                "rpcgate_tls_connections_open{{direction=\"{}\",protection=\"{}\"}} 1\n", dir,
+                mode);
             EXPECT_NE(m.find(line), std::string::npos) << line << " not in /metrics";
         }
         std::printf("[gw-ktls] %s: %s\n", GetParam().name, want.c_str());
@@ -343,7 +349,8 @@ TEST_P(gateway_ktls, starttls_echo_protection_and_close_notify) {
     auto c = open();
     ASSERT_TRUE(c);
     uint32_t xid = 1;
-    for (size_t n : {size_t(0), size_t(1), size_t(100), size_t(5000), size_t(70000), size_t(1) << 20})
+    for (size_t n :
+         {size_t(0), size_t(1), size_t(100), size_t(5000), size_t(70000), size_t(1) << 20})
         ASSERT_EQ(c->echo(xid++, random_bytes(n)), "") << n << " bytes";
     expect_protection();
     auto after = k::read_tls_stat();
@@ -362,7 +369,8 @@ TEST_P(gateway_ktls, starttls_echo_protection_and_close_notify) {
     auto t0 = clock_type::now();
     SSL_shutdown(c->ssl());  // our close_notify
     EXPECT_EQ(c->wait_close(), "close_notify");
-    EXPECT_LT(ms_since(t0), rpcgate::testing::timing_bound_ms(1000));  // TCG guest: see tests/timing.h
+    EXPECT_LT(ms_since(t0),
+              rpcgate::testing::timing_bound_ms(1000));  // TCG guest: see tests/timing.h
     if (kernel() && GetParam().rx) {
         EXPECT_TRUE(eventually([&] { return gw_->totals().tls_close_notify == 1; }));
     }
@@ -388,7 +396,8 @@ TEST_P(gateway_ktls, stop_sends_close_notify) {
     auto t0 = clock_type::now();
     gw_->stop();
     EXPECT_EQ(c->wait_close(), "close_notify");
-    EXPECT_LT(ms_since(t0), rpcgate::testing::timing_bound_ms(1000));  // TCG guest: see tests/timing.h
+    EXPECT_LT(ms_since(t0),
+              rpcgate::testing::timing_bound_ms(1000));  // TCG guest: see tests/timing.h
     gw_->wait();
 }
 
@@ -448,7 +457,7 @@ TEST_P(gateway_ktls, key_update_from_client) {
 // Records only a kTLS client can forge: a fatal alert, and a handshake record
 // that is neither a ticket nor a KeyUpdate (unexpected_message back).
 class kernel_client {
-public:
+  public:
     explicit kernel_client(uint16_t port) {
         tls::client_options o;
         o.ca_file = certs().cert;
@@ -515,13 +524,15 @@ public:
             }
             if (n != -EAGAIN) return seen + "error " + std::strerror(int(-n));
             pollfd pf{fd_, POLLIN, 0};
-            int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(end - clock_type::now()).count());
+            int left =
+                int(std::chrono::duration_cast<std::chrono::milliseconds>(end - clock_type::now())
+                        .count());
             if (left <= 0) return seen + "timeout";
             ::poll(&pf, 1, left);
         }
     }
 
-private:
+  private:
     std::unique_ptr<tls::context> ctx_;
     SSL* ssl_ = nullptr;
     int fd_ = -1;
@@ -539,7 +550,8 @@ TEST_P(gateway_ktls, alert_from_client_closes) {
     std::printf("[gw-ktls] %s: alert -> %s in %lld ms\n", GetParam().name, how.c_str(),
                 (long long)ms_since(t0));
     EXPECT_TRUE(how == "eof" || how == "reset") << how;  // no reply to a fatal alert
-    EXPECT_LT(ms_since(t0), rpcgate::testing::timing_bound_ms(1000));  // TCG guest: see tests/timing.h
+    EXPECT_LT(ms_since(t0),
+              rpcgate::testing::timing_bound_ms(1000));  // TCG guest: see tests/timing.h
     if (kernel() && GetParam().rx) {
         EXPECT_TRUE(eventually([&] { return gw_->totals().tls_alerts_received == 1; }));
     }
@@ -598,7 +610,7 @@ int connect_plain(uint16_t port) {
 // connection, its own thread) that sends NewSessionTickets after the
 // handshake, as OpenSSL servers do by default (two in TLS 1.3).
 class ticket_server {
-public:
+  public:
     ticket_server() {
         ctx_ = SSL_CTX_new(TLS_server_method());
         SSL_CTX_clear_options(ctx_, SSL_OP_ENABLE_KTLS);
@@ -625,7 +637,7 @@ public:
     uint16_t port() const { return port_; }
     const std::string& error() const { return err_; }
 
-private:
+  private:
     void serve() {
         int fd = ::accept4(lfd_, nullptr, nullptr, SOCK_CLOEXEC);
         if (fd < 0) return;
@@ -657,7 +669,8 @@ private:
             if (err_.empty() && SSL_read_ex(ssl, m.data(), 4, &got) == 1 && got == 4) {
                 call.resize(get32(m, 0) & 0x7fffffffu);
                 size_t off = 0;
-                while (off < call.size() && SSL_read_ex(ssl, call.data() + off, call.size() - off, &got) == 1)
+                while (off < call.size() &&
+                       SSL_read_ex(ssl, call.data() + off, call.size() - off, &got) == 1)
                     off += got;
                 if (off == call.size() && call.size() >= 44) {
                     std::string body;
@@ -692,10 +705,9 @@ std::unique_ptr<gw::gateway> upstream_gateway(const mode_param& p, uint16_t port
     EXPECT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
     cfg.listen.push_back(ep);
     gw::backend_route r;
-    EXPECT_TRUE(gw::parse_backend(
-        fmt::format("{}=127.0.0.1:{},tls=required,name=localhost,ca={}", k_echo_prog, port,
-                    certs().cert),
-        &r, &err))
+    EXPECT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{},tls=required,name=localhost,ca={}",
+                                              k_echo_prog, port, certs().cert),
+                                  &r, &err))
         << err;
     cfg.backends.push_back(r);
     cfg.shards = 1;
@@ -763,8 +775,8 @@ TEST_P(gateway_ktls, upstream_tickets_are_consumed) {
 // same keys in the TOML file.
 TEST(gateway_ktls_config, options_and_keys) {
     auto parse = [](std::vector<std::string> args, gw::gateway_config* cfg) {
-        args.insert(args.begin(), {"rpcgate", "--listen", "127.0.0.1:0", "--backend",
-                                   "nfs=127.0.0.1:2049"});
+        args.insert(args.begin(),
+                    {"rpcgate", "--listen", "127.0.0.1:0", "--backend", "nfs=127.0.0.1:2049"});
         std::vector<char*> argv;
         for (auto& a : args) argv.push_back(a.data());
         return gw::parse_command_line(int(argv.size()), argv.data(), cfg);

@@ -16,9 +16,9 @@
 #include <fstream>
 #include <thread>
 
+#include "gateway/gateway.h"
 #include "rpc/message.h"
 #include "tests/gateway/child_process.h"
-#include "gateway/gateway.h"
 #include "tests/timing.h"
 
 using namespace rpcgate;
@@ -40,7 +40,7 @@ size_t count_fds() {
 }
 
 class tls_gateway : public ::testing::Test {
-protected:
+  protected:
     static void SetUpTestSuite() {
         g_certs = rpcgate::testing::make_fixture_certs(MAKE_CERTS);
         ASSERT_NE(g_certs, "") << "make_certs.sh failed";
@@ -87,8 +87,12 @@ protected:
     // Runs the Python client; returns {exit status, stdout}.
     std::pair<int, std::string> client(const std::string& mode, std::vector<std::string> extra = {},
                                        uint16_t port = 0) {
-        std::vector<std::string> argv{"/usr/bin/python3", RPC_TLS_CLIENT, mode, "--port",
-                                      std::to_string(port ? port : gw_->port()), "--ca",
+        std::vector<std::string> argv{"/usr/bin/python3",
+                                      RPC_TLS_CLIENT,
+                                      mode,
+                                      "--port",
+                                      std::to_string(port ? port : gw_->port()),
+                                      "--ca",
                                       g_certs + "/ca.pem"};
         argv.insert(argv.end(), extra.begin(), extra.end());
         child_process c(argv);
@@ -264,8 +268,8 @@ TEST_F(tls_gateway, reload_rotates_the_certificate_and_applies_the_crl) {
             "--ca", g_certs + "/ca.pem", "--cert", g_certs + "/" + who + ".pem", "--key",
             g_certs + "/" + who + ".key", "--timeout", "60"});
     };
-    auto keeper = hold("client2");   // stays through everything
-    auto victim = hold("client");    // client1: revoked below
+    auto keeper = hold("client2");  // stays through everything
+    auto victim = hold("client");   // client1: revoked below
     ASSERT_TRUE(keeper->wait_line("ready", 15000));
     ASSERT_TRUE(victim->wait_line("ready", 15000));
 

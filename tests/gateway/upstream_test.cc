@@ -20,13 +20,13 @@
 #include <functional>
 #include <thread>
 
+#include "gateway/gateway.h"
 #include "rpc/auth_tls.h"
 #include "rpc/message.h"
 #include "rpc/record.h"
 #include "rpc/xdr_codec.h"
 #include "tests/gateway/child_process.h"
 #include "tls/client/blocking_client.h"
-#include "gateway/gateway.h"
 
 using namespace rpcgate;
 using namespace std::chrono_literals;
@@ -40,8 +40,8 @@ std::string g_certs;
 // Echo calls of `sizes` on one plaintext connection to `port`. "" when every
 // reply carried the bytes sent, else what went wrong first.
 std::string echo(uint16_t port, const std::vector<size_t>& sizes) {
-    auto c = client::blocking_client::open("127.0.0.1", port, client::tls_mode::off, k_echo_prog,
-                                           1, nullptr, 10000ms);
+    auto c = client::blocking_client::open("127.0.0.1", port, client::tls_mode::off, k_echo_prog, 1,
+                                           nullptr, 10000ms);
     if (!c.ok()) return "connect: " + c.error();
     uint32_t xid = 0x5000;
     for (size_t size : sizes) {
@@ -71,7 +71,7 @@ std::string echo(uint16_t port, const std::vector<size_t>& sizes) {
 // A TLS 1.3 RPC server on OpenSSL's blocking API: answers the AUTH_TLS probe
 // with STARTTLS, then echoes calls (results = the call's arguments).
 class raw_tls_server {
-public:
+  public:
     struct options {
         std::string alpn = "sunrpc";  // what the server selects, whatever was offered; "" = none
         int tickets = 0;              // NewSessionTickets after the handshake
@@ -107,7 +107,7 @@ public:
     int handshakes() const { return handshakes_.load(); }
     int calls() const { return calls_.load(); }
 
-private:
+  private:
     static int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen,
                            const unsigned char*, unsigned, void* arg) {
         auto* self = static_cast<raw_tls_server*>(arg);
@@ -172,11 +172,10 @@ private:
                 auto call = rpc::decode_call(chain);
                 if (!call.ok()) break;
                 ++calls_;
-                std::string out =
-                    rpc::build_reply(rpc::reply_header::accepted(call->header.xid,
-                                                                 rpc::accept_stat::success),
-                                     std::move(call->args))
-                        .to_string();
+                std::string out = rpc::build_reply(rpc::reply_header::accepted(
+                                                       call->header.xid, rpc::accept_stat::success),
+                                                   std::move(call->args))
+                                      .to_string();
                 if (SSL_write(ssl, out.data(), int(out.size())) != int(out.size())) break;
             }
             SSL_shutdown(ssl);
@@ -194,7 +193,7 @@ private:
 };
 
 class upstream_tls : public ::testing::Test {
-protected:
+  protected:
     static void SetUpTestSuite() {
         g_certs = rpcgate::testing::make_fixture_certs(MAKE_CERTS);
         ASSERT_NE(g_certs, "") << "make_certs.sh failed";
@@ -296,8 +295,8 @@ TEST_F(upstream_tls, many_calls_in_flight_through_the_chain) {
     start_a(b_->port(), gw::tls_policy::required);
     // rpcgate-bench checks every echoed byte (--verify); 4 connections, 16 deep.
     child_process run({RPCGATE_BENCH, "run", "--target", fmt::format("127.0.0.1:{}", a_->port()),
-                       "--connections", "4", "--depth", "16", "--size", "0", "--size-max",
-                       "200000", "--calls", "2000", "--verify", "--timeout", "30"});
+                       "--connections", "4", "--depth", "16", "--size", "0", "--size-max", "200000",
+                       "--calls", "2000", "--verify", "--timeout", "30"});
     auto st = run.wait_exit(120000);
     std::string out = run.drain_output();
     ASSERT_TRUE(st.has_value()) << out;
@@ -389,7 +388,8 @@ TEST_F(upstream_tls, server_without_alpn_accepted_unless_strict) {
     EXPECT_EQ(echo(a_->port(), {100}), "");
     a_->stop();
     a_->wait();
-    start_a(srv.port(), gw::tls_policy::required, [](gw::upstream_tls& u) { u.alpn_strict = true; });
+    start_a(srv.port(), gw::tls_policy::required,
+            [](gw::upstream_tls& u) { u.alpn_strict = true; });
     EXPECT_NE(echo(a_->port(), {100}), "");
     EXPECT_EQ(a_->totals().upstream_tls_failures, 1u);
 }
@@ -433,9 +433,8 @@ TEST_F(source_limits_gateway, connection_cap_per_source_refuses_then_recovers) {
     ASSERT_TRUE(b_);
     std::vector<client::blocking_client> held;
     for (int i = 0; i < 3; ++i) {
-        held.push_back(client::blocking_client::open("127.0.0.1", b_->port(),
-                                                     client::tls_mode::off, k_echo_prog, 1,
-                                                     nullptr, 5000ms));
+        held.push_back(client::blocking_client::open("127.0.0.1", b_->port(), client::tls_mode::off,
+                                                     k_echo_prog, 1, nullptr, 5000ms));
         ASSERT_TRUE(held.back().ok()) << held.back().error();
     }
     EXPECT_NE(echo(b_->port(), {10}), "");  // the fourth is closed at once

@@ -7,9 +7,8 @@
 
 #include <netinet/in.h>
 
-unsigned long peer_parse_ulong(const char *opt, const char *text)
-{
-    char *end = NULL;
+unsigned long peer_parse_ulong(const char* opt, const char* text) {
+    char* end = NULL;
     errno = 0;
     unsigned long v = strtoul(text, &end, 10);
     if (errno != 0 || end == text || *end != '\0' || text[0] == '-') {
@@ -19,9 +18,8 @@ unsigned long peer_parse_ulong(const char *opt, const char *text)
     return v;
 }
 
-int peer_resolve(const char *host, const char *port, int flags, struct sockaddr_storage *out,
-                 socklen_t *outlen)
-{
+int peer_resolve(const char* host, const char* port, int flags, struct sockaddr_storage* out,
+                 socklen_t* outlen) {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
@@ -38,9 +36,7 @@ int peer_resolve(const char *host, const char *port, int flags, struct sockaddr_
     return 0;
 }
 
-unsigned peer_port_of(const struct sockaddr_storage *addr)
-{
-    if (addr->ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
-    return ntohs(((const struct sockaddr_in *)addr)->sin_port);
+unsigned peer_port_of(const struct sockaddr_storage* addr) {
+    if (addr->ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6*)addr)->sin6_port);
+    return ntohs(((const struct sockaddr_in*)addr)->sin_port);
 }

@@ -33,30 +33,29 @@
 #include "echo.h"
 
 struct options {
-    const char *host;
-    const char *port;
+    const char* host;
+    const char* port;
     unsigned long calls, min, max, seed, sendsz, connections, timeout_s;
 };
 
 struct worker {
-    const struct options *opt;
+    const struct options* opt;
     unsigned index;
     pthread_t thread;
     unsigned long calls, errors;
     unsigned long long bytes;
 };
 
-static void usage(void)
-{
-    fprintf(stderr, "usage: tirpc_echo_client --host ADDR --port P --calls N --min BYTES "
-                    "--max BYTES --seed S [--sendsz BYTES] [--connections C] "
-                    "[--timeout SECONDS]\n");
+static void usage(void) {
+    fprintf(stderr,
+            "usage: tirpc_echo_client --host ADDR --port P --calls N --min BYTES "
+            "--max BYTES --seed S [--sendsz BYTES] [--connections C] "
+            "[--timeout SECONDS]\n");
     exit(2);
 }
 
 /* splitmix64: a seedable generator with no state beyond one word. */
-static uint64_t mix64(uint64_t *state)
-{
+static uint64_t mix64(uint64_t* state) {
     uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -64,8 +63,7 @@ static uint64_t mix64(uint64_t *state)
 }
 
 /* Size and content of call `i`, a function of (seed, i) only. */
-static size_t payload_for(const struct options *opt, unsigned long i, char *buf)
-{
+static size_t payload_for(const struct options* opt, unsigned long i, char* buf) {
     uint64_t state = opt->seed * 0x100000001b3ull ^ i;
     uint64_t span = (uint64_t)(opt->max - opt->min) + 1;
     size_t len = opt->min + (size_t)(mix64(&state) % span);
@@ -79,23 +77,19 @@ static size_t payload_for(const struct options *opt, unsigned long i, char *buf)
     return len;
 }
 
-static CLIENT *connect_client(const struct options *opt)
-{
+static CLIENT* connect_client(const struct options* opt) {
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    if (peer_resolve(opt->host, opt->port, 0, &addr, &addrlen) != 0)
-        return NULL;
+    if (peer_resolve(opt->host, opt->port, 0, &addr, &addrlen) != 0) return NULL;
     int fd = socket(addr.ss_family, SOCK_STREAM, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, addrlen) < 0) {
-        fprintf(stderr, "tirpc_echo_client: cannot connect to %s:%s: %s\n", opt->host,
-                opt->port, strerror(errno));
-        if (fd >= 0)
-            close(fd);
+    if (fd < 0 || connect(fd, (struct sockaddr*)&addr, addrlen) < 0) {
+        fprintf(stderr, "tirpc_echo_client: cannot connect to %s:%s: %s\n", opt->host, opt->port,
+                strerror(errno));
+        if (fd >= 0) close(fd);
         return NULL;
     }
     struct netbuf raddr = {.maxlen = addrlen, .len = addrlen, .buf = &addr};
-    CLIENT *clnt = clnt_vc_create(fd, &raddr, RPCGATE_ECHO, RPCGATE_ECHO_V1,
-                                  (u_int)opt->sendsz, 0);
+    CLIENT* clnt = clnt_vc_create(fd, &raddr, RPCGATE_ECHO, RPCGATE_ECHO_V1, (u_int)opt->sendsz, 0);
     if (!clnt) {
         fprintf(stderr, "tirpc_echo_client: %s\n", clnt_spcreateerror("clnt_vc_create"));
         close(fd);
@@ -106,31 +100,28 @@ static CLIENT *connect_client(const struct options *opt)
     return clnt;
 }
 
-static void report_mismatch(const struct worker *w, unsigned long i, const char *sent,
-                            size_t len, const rpcgate_echo_data *got)
-{
+static void report_mismatch(const struct worker* w, unsigned long i, const char* sent, size_t len,
+                            const rpcgate_echo_data* got) {
     size_t n = got->rpcgate_echo_data_len < len ? got->rpcgate_echo_data_len : len;
     size_t at = 0;
-    while (at < n && sent[at] == got->rpcgate_echo_data_val[at])
-        at++;
+    while (at < n && sent[at] == got->rpcgate_echo_data_val[at]) at++;
     fprintf(stderr,
             "tirpc_echo_client: connection %u call %lu: sent %zu bytes, got %u back, "
             "first difference at byte %zu\n",
             w->index, i, len, got->rpcgate_echo_data_len, at);
 }
 
-static void *run_worker(void *arg)
-{
-    struct worker *w = arg;
-    const struct options *opt = w->opt;
+static void* run_worker(void* arg) {
+    struct worker* w = arg;
+    const struct options* opt = w->opt;
     struct timeval timeout = {.tv_sec = (time_t)opt->timeout_s, .tv_usec = 0};
 
-    CLIENT *clnt = connect_client(opt);
+    CLIENT* clnt = connect_client(opt);
     if (!clnt) {
         w->errors++;
         return NULL;
     }
-    char *buf = malloc(opt->max + 8);
+    char* buf = malloc(opt->max + 8);
     if (!buf) {
         fprintf(stderr, "tirpc_echo_client: out of memory\n");
         w->errors++;
@@ -153,14 +144,13 @@ static void *run_worker(void *arg)
         arg_data.rpcgate_echo_data_val = buf;
         memset(&reply, 0, sizeof reply);
 
-        st = clnt_call(clnt, RPCGATE_ECHO_ECHO, (xdrproc_t)xdr_rpcgate_echo_data,
-                       (char *)&arg_data, (xdrproc_t)xdr_rpcgate_echo_data, (char *)&reply,
-                       timeout);
+        st = clnt_call(clnt, RPCGATE_ECHO_ECHO, (xdrproc_t)xdr_rpcgate_echo_data, (char*)&arg_data,
+                       (xdrproc_t)xdr_rpcgate_echo_data, (char*)&reply, timeout);
         w->calls++;
         if (st != RPC_SUCCESS) {
             /* After a transport error the stream is out of step: stop this connection. */
-            fprintf(stderr, "tirpc_echo_client: connection %u call %lu (%zu bytes): %s\n",
-                    w->index, i, len, clnt_sperror(clnt, "clnt_call"));
+            fprintf(stderr, "tirpc_echo_client: connection %u call %lu (%zu bytes): %s\n", w->index,
+                    i, len, clnt_sperror(clnt, "clnt_call"));
             w->errors++;
             break;
         }
@@ -170,20 +160,18 @@ static void *run_worker(void *arg)
             w->errors++;
         }
         w->bytes += len;
-        xdr_free((xdrproc_t)xdr_rpcgate_echo_data, (char *)&reply);
+        xdr_free((xdrproc_t)xdr_rpcgate_echo_data, (char*)&reply);
     }
     free(buf);
     clnt_destroy(clnt);
     return NULL;
 }
 
-static void parse(int argc, char **argv, struct options *opt)
-{
+static void parse(int argc, char** argv, struct options* opt) {
     int have_calls = 0, have_max = 0;
     for (int i = 1; i < argc; i += 2) {
         const char *name = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!val)
-            usage();
+        if (!val) usage();
         if (strcmp(name, "--host") == 0)
             opt->host = val;
         else if (strcmp(name, "--port") == 0)
@@ -205,8 +193,7 @@ static void parse(int argc, char **argv, struct options *opt)
         else
             usage();
     }
-    if (!opt->port || !have_calls || !have_max)
-        usage();
+    if (!opt->port || !have_calls || !have_max) usage();
     if (opt->min > opt->max || opt->max > 64ul << 20) {
         fprintf(stderr, "tirpc_echo_client: need --min <= --max <= 64 MiB\n");
         exit(2);
@@ -217,12 +204,11 @@ static void parse(int argc, char **argv, struct options *opt)
     }
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char** argv) {
     struct options opt = {.host = "127.0.0.1", .connections = 1, .timeout_s = 30};
     parse(argc, argv, &opt);
 
-    struct worker *workers = calloc(opt.connections, sizeof *workers);
+    struct worker* workers = calloc(opt.connections, sizeof *workers);
     if (!workers) {
         fprintf(stderr, "tirpc_echo_client: out of memory\n");
         return 1;
@@ -253,8 +239,7 @@ int main(int argc, char **argv)
     free(workers);
 
     /* A call never made (a connection gave up early) is an error too. */
-    if (calls < opt.calls)
-        errors += opt.calls - calls;
+    if (calls < opt.calls) errors += opt.calls - calls;
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     printf("calls=%lu bytes=%llu errors=%lu seconds=%.3f\n", calls, bytes, errors, secs);
     if (errors) {

@@ -14,8 +14,8 @@
 
 #include "core/buffer.h"
 #include "rpc/record.h"
-#include "tls/context.h"
 #include "tls/client/client_session.h"
+#include "tls/context.h"
 
 namespace rpcgate::client {
 

@@ -53,7 +53,11 @@ const char* to_string(session_state s) noexcept {
 }
 
 client_session::client_session(const session_params& p)
-    : mode_(p.mode), ctx_(p.ctx), prog_(p.prog), vers_(p.vers), socket_fd_(p.socket_fd),
+    : mode_(p.mode),
+      ctx_(p.ctx),
+      prog_(p.prog),
+      vers_(p.vers),
+      socket_fd_(p.socket_fd),
       probe_(p.xid) {}
 
 session_state client_session::fail(std::string why) {

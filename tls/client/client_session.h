@@ -27,9 +27,9 @@
 #include <string>
 
 #include "core/buffer.h"
+#include "tls/client/starttls_client.h"
 #include "tls/context.h"
 #include "tls/session.h"
-#include "tls/client/starttls_client.h"
 
 namespace rpcgate::client {
 
@@ -59,7 +59,7 @@ struct session_params {
     const tls::context* ctx = nullptr;  // client context; needed unless mode is off
     uint32_t prog = 0;                  // probed program/version (starttls)
     uint32_t vers = 0;
-    uint32_t xid = 0;  // probe xid; 0 = random
+    uint32_t xid = 0;    // probe xid; 0 = random
     int socket_fd = -1;  // >= 0: the handshake on this (non-blocking) socket; see above
 };
 

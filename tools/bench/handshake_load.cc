@@ -11,8 +11,8 @@
 #include "rpc/message.h"
 #include "rpc/portmap.h"
 #include "rpc/record.h"
-#include "tls/session.h"
 #include "tls/client/blocking_client.h"
+#include "tls/session.h"
 
 namespace rpcgate::bench {
 namespace {

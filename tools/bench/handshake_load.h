@@ -21,9 +21,9 @@
 #include <cstdint>
 #include <string>
 
+#include "tls/client/client_session.h"
 #include "tls/context.h"
 #include "tools/bench/latency_histogram.h"
-#include "tls/client/client_session.h"
 
 namespace rpcgate::bench {
 

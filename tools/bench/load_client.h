@@ -44,10 +44,10 @@
 #include <string>
 
 #include "core/shard.h"
+#include "tls/client/client_session.h"
 #include "tls/context.h"
 #include "tools/bench/address.h"
 #include "tools/bench/latency_histogram.h"
-#include "tls/client/client_session.h"
 
 namespace rpcgate::bench {
 

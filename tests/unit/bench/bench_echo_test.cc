@@ -10,10 +10,10 @@
 #include <string>
 
 #include "rpc/message.h"
+#include "tests/unit/bench/test_address.h"
 #include "tools/bench/echo_protocol.h"
 #include "tools/bench/echo_server.h"
 #include "tools/bench/load_client.h"
-#include "tests/unit/bench/test_address.h"
 
 using namespace rpcgate;
 using namespace rpcgate::bench;

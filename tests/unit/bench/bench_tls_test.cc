@@ -6,12 +6,12 @@
 #include <memory>
 #include <string>
 
+#include "tests/unit/bench/test_address.h"
+#include "tls/client/tests/test_support.h"
 #include "tls/context.h"
 #include "tools/bench/echo_server.h"
 #include "tools/bench/handshake_load.h"
 #include "tools/bench/load_client.h"
-#include "tests/unit/bench/test_address.h"
-#include "tls/client/tests/test_support.h"
 
 using namespace rpcgate;
 using namespace rpcgate::bench;

@@ -91,8 +91,8 @@ TEST(shard, echoes_bytes_in_order) {
     std::thread writer([&] {
         size_t off = 0;
         while (off < payload.size()) {
-            ssize_t w = ::write(fd, payload.data() + off,
-                                std::min<size_t>(payload.size() - off, 100000));
+            ssize_t w =
+                ::write(fd, payload.data() + off, std::min<size_t>(payload.size() - off, 100000));
             if (w <= 0) return;
             off += size_t(w);
         }
@@ -163,7 +163,8 @@ TEST(shard, pressure_copies_keep_a_hoarding_handler_from_starving_the_ring) {
     ASSERT_TRUE(wait_for([&] {
         rs.run([&] { have = srv.held.size(); });
         return have == payload.size();
-    })) << "received " << have << " of " << payload.size();
+    })) << "received "
+        << have << " of " << payload.size();
     writer.join();
     std::string got;
     rs.run([&] {

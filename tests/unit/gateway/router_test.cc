@@ -84,7 +84,9 @@ struct policy_case {
     size_t want_route;
 };
 
-void PrintTo(const policy_case& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const policy_case& c, std::ostream* os) {
+    *os << c.name;
+}
 
 class call_policy : public testing::TestWithParam<policy_case> {};
 
@@ -108,8 +110,8 @@ constexpr size_t none = router::no_route;
 const policy_case policy_cases[] = {
     {"forward_plaintext", call(nfs, 3), false, true, tls_policy::opportunistic, true,
      call_verdict::forward, 0},
-    {"forward_by_version", call(nlm, 4), false, false, tls_policy::off, true,
-     call_verdict::forward, 1},
+    {"forward_by_version", call(nlm, 4), false, false, tls_policy::off, true, call_verdict::forward,
+     1},
     {"forward_in_tls_when_required", call(nfs, 4), true, true, tls_policy::required, true,
      call_verdict::forward, 0},
     {"probe_starts_tls", probe(nfs, 3), false, true, tls_policy::opportunistic, true,
@@ -124,8 +126,8 @@ const policy_case policy_cases[] = {
      call_verdict::too_weak, none},
     {"portmap_answered_here", call(rpc::pmap_prog, 2, 3), false, false, tls_policy::off, true,
      call_verdict::portmap, none},
-    {"portmap_unavail_when_not_answered", call(rpc::pmap_prog, 2, 3), false, false,
-     tls_policy::off, false, call_verdict::prog_unavail, none},
+    {"portmap_unavail_when_not_answered", call(rpc::pmap_prog, 2, 3), false, false, tls_policy::off,
+     false, call_verdict::prog_unavail, none},
     {"unrouted_program", call(mount, 3), false, false, tls_policy::off, true,
      call_verdict::prog_unavail, none},
     {"unrouted_version", call(nlm, 1), false, false, tls_policy::off, true,

@@ -35,7 +35,7 @@ int ms_left(clock_type::time_point deadline) {
 // A child process with its stdin and (stdout + stderr) on pipes; killed and
 // reaped when the object goes.
 class child {
-public:
+  public:
     explicit child(const std::vector<std::string>& args) {
         int in[2], out[2];
         if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) return;
@@ -81,7 +81,7 @@ public:
     }
     const std::string& output() const { return output_; }
 
-private:
+  private:
     pid_t pid_ = -1;
     int in_ = -1, out_ = -1;
     std::string output_;
@@ -188,7 +188,7 @@ TEST(TlsInterop, OurClientAgainstOpensslServer) {
 }
 
 class listener {
-public:
+  public:
     listener() {
         fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_in a{};
@@ -208,7 +208,7 @@ public:
         return accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     }
 
-private:
+  private:
     int fd_ = -1;
     uint16_t port_ = 0;
 };

@@ -40,17 +40,16 @@
 #include <thread>
 #include <vector>
 
-#include "tls/context.h"
-#include "tls/ktls.h"
 #include "ktls_test_util.h"
 #include "tests/timing.h"
+#include "tls/context.h"
+#include "tls/ktls.h"
 
 namespace rpcgate::tls {
 namespace {
 
 namespace k = ktls;
 using namespace ktls::test;
-
 
 // The independent peer: plain OpenSSL in userspace (no SSL_OP_ENABLE_KTLS)
 // on a blocking socket, run on its own thread.
@@ -61,8 +60,10 @@ struct peer_ctx {
         SSL_CTX_clear_options(ctx, SSL_OP_ENABLE_KTLS);
         if (max_version) SSL_CTX_set_max_proto_version(ctx, max_version);
         // TLS 1.2 names its suites in the cipher list, 1.3 in the ciphersuites.
-        if (suites && max_version == TLS1_2_VERSION) SSL_CTX_set_cipher_list(ctx, suites);
-        else if (suites) SSL_CTX_set_ciphersuites(ctx, suites);
+        if (suites && max_version == TLS1_2_VERSION)
+            SSL_CTX_set_cipher_list(ctx, suites);
+        else if (suites)
+            SSL_CTX_set_ciphersuites(ctx, suites);
         if (server) {
             SSL_CTX_use_certificate_file(ctx, certs().cert.c_str(), SSL_FILETYPE_PEM);
             SSL_CTX_use_PrivateKey_file(ctx, certs().key.c_str(), SSL_FILETYPE_PEM);
@@ -87,8 +88,10 @@ struct ours {
     ours(const context& ctx, int sock, std::string_view early = {}) : fd(sock) {
         ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
         ssl = SSL_new(ctx.native());
-        if (ctx.is_server()) SSL_set_accept_state(ssl);
-        else SSL_set_connect_state(ssl);
+        if (ctx.is_server())
+            SSL_set_accept_state(ssl);
+        else
+            SSL_set_connect_state(ssl);
         if (!k::attach_socket(ssl, fd, early, &err)) ADD_FAILURE() << err;
     }
     ~ours() { SSL_free(ssl); }
@@ -108,7 +111,8 @@ struct ours {
                 case k::step::want_write:
                     if (!wait_fd(fd, POLLOUT, deadline)) return fail("handshake: timed out");
                     break;
-                case k::step::error: return fail("handshake: " + last_error());
+                case k::step::error:
+                    return fail("handshake: " + last_error());
             }
         }
     }
@@ -208,15 +212,17 @@ struct peer_conn {
 // The peer on its own thread: the handshake, then `body`; "" when all went well.
 std::future<std::string> run_peer(SSL_CTX* ctx, int fd, bool accept,
                                   std::function<std::string(peer_conn&)> body) {
-    return std::async(std::launch::async, [ctx, fd, accept, body = std::move(body)]() -> std::string {
-        peer_conn c(ctx, fd);
-        if ((accept ? SSL_accept(c.ssl) : SSL_connect(c.ssl)) != 1) return "handshake: " + last_error();
-        return body(c);
-    });
+    return std::async(std::launch::async,
+                      [ctx, fd, accept, body = std::move(body)]() -> std::string {
+                          peer_conn c(ctx, fd);
+                          if ((accept ? SSL_accept(c.ssl) : SSL_connect(c.ssl)) != 1)
+                              return "handshake: " + last_error();
+                          return body(c);
+                      });
 }
 
 class KtlsTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         ASSERT_FALSE(certs().dir.empty());
         if (require_ktls()) {
@@ -351,8 +357,10 @@ TEST_F(KtlsTest, IoUringRecvStopsAtControlRecord) {
     ASSERT_EQ(io_uring_queue_init(8, &ring, 0), 0);
     auto recv_once = [&](char* buf, size_t len, msghdr* mh) {
         io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-        if (mh) io_uring_prep_recvmsg(sqe, o.fd, mh, 0);
-        else io_uring_prep_recv(sqe, o.fd, buf, len, 0);
+        if (mh)
+            io_uring_prep_recvmsg(sqe, o.fd, mh, 0);
+        else
+            io_uring_prep_recv(sqe, o.fd, buf, len, 0);
         io_uring_submit(&ring);
         io_uring_cqe* cqe = nullptr;
         __kernel_timespec ts{10, 0};
@@ -440,8 +448,8 @@ TEST_F(KtlsTest, IoUringMultishotRecvEndsAtControlRecord) {
         }
     }
     io_uring_queue_exit(&ring);
-    std::printf("[ktls] multishot recv: %d completions, %zu bytes, ended with %d (%s)\n", completions,
-                got.size(), last, last < 0 ? strerror(-last) : "");
+    std::printf("[ktls] multishot recv: %d completions, %zu bytes, ended with %d (%s)\n",
+                completions, got.size(), last, last < 0 ? strerror(-last) : "");
     EXPECT_TRUE(got == data) << got.size() << " of " << data.size() << " bytes";
     EXPECT_EQ(last, -EIO);
     EXPECT_TRUE(wait_fd(o.fd, POLLIN, clock_type::now() + std::chrono::seconds(1)))
@@ -566,14 +574,16 @@ TEST_F(KtlsTest, KeyUpdateFromPeerEndsCleanly) {
     std::promise<clock_type::time_point> updated;
     auto peer = run_peer(pc.ctx, p.theirs, false, [&](peer_conn& c) -> std::string {
         if (!c.write_all("before")) return "write: " + last_error();
-        if (SSL_key_update(c.ssl, SSL_KEY_UPDATE_REQUESTED) != 1) return "key_update: " + last_error();
+        if (SSL_key_update(c.ssl, SSL_KEY_UPDATE_REQUESTED) != 1)
+            return "key_update: " + last_error();
         updated.set_value(clock_type::now());
         if (!c.write_all("after")) return "write after: " + last_error();  // sends KeyUpdate first
         char b[64];
         size_t n = 0;
         int r = SSL_read_ex(c.ssl, b, sizeof(b), &n);
-        if (r == 1) return std::string(b, n) == "after" ? "" : "unexpected reply";  // userspace echo
-        if (SSL_get_error(c.ssl, r) == SSL_ERROR_ZERO_RETURN) return "";  // close_notify
+        if (r == 1)
+            return std::string(b, n) == "after" ? "" : "unexpected reply";  // userspace echo
+        if (SSL_get_error(c.ssl, r) == SSL_ERROR_ZERO_RETURN) return "";    // close_notify
         return "no clean close: " + last_error();
     });
     ours o(*server_, p.ours);
@@ -642,7 +652,8 @@ TEST_F(KtlsTest, KeyUpdateWithKeptSecrets) {
     SSL_CTX_set_num_tickets(pc.ctx, 0);
     std::promise<void> sent;
     auto peer = run_peer(pc.ctx, p.theirs, true, [&](peer_conn& c) -> std::string {
-        if (SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED) != 1) return "key_update: " + last_error();
+        if (SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED) != 1)
+            return "key_update: " + last_error();
         if (!c.write_all("after")) return "write: " + last_error();
         sent.set_value();
         char b[8];
@@ -660,7 +671,8 @@ TEST_F(KtlsTest, KeyUpdateWithKeptSecrets) {
         char b[64];
         ssize_t n = o.read(b, sizeof(b), &type, 5000);
         ASSERT_GT(n, 0);
-        ASSERT_EQ(k::classify(type, reinterpret_cast<uint8_t*>(b), size_t(n)).kind, k::control::key_update);
+        ASSERT_EQ(k::classify(type, reinterpret_cast<uint8_t*>(b), size_t(n)).kind,
+                  k::control::key_update);
         bool ok = ts.rekey_rx(o.fd);
         int e = errno;
         std::printf("[ktls] rekey_rx: %s\n", ok ? "the kernel took the next key" : strerror(e));
@@ -680,8 +692,10 @@ TEST_F(KtlsTest, KeyUpdateWithKeptSecrets) {
         while (!(record(0) && record(record(0)))) {
             char b[4096];
             ssize_t n = ::recv(o.fd, b, sizeof(b), MSG_DONTWAIT);
-            if (n > 0) raw.append(b, size_t(n));
-            else if (n == 0 || errno != EAGAIN || !wait_fd(o.fd, POLLIN, deadline)) break;
+            if (n > 0)
+                raw.append(b, size_t(n));
+            else if (n == 0 || errno != EAGAIN || !wait_fd(o.fd, POLLIN, deadline))
+                break;
         }
         size_t first = record(0);
         ASSERT_GT(first, 0u);
@@ -722,16 +736,17 @@ TEST_F(KtlsTest, KernelAfterKeyUpdate) {
     ASSERT_GT(n, 0);
     ASSERT_EQ(type, k::rt_handshake);
     n = o.read(b, sizeof(b), &type, 2000);
-    std::printf("[ktls] read past a KeyUpdate: %zd (%s) type %d\n", n, n < 0 ? strerror(int(-n)) : "",
-                type);
+    std::printf("[ktls] read past a KeyUpdate: %zd (%s) type %d\n", n,
+                n < 0 ? strerror(int(-n)) : "", type);
     EXPECT_LT(n, 0) << "the kernel decrypted a record under the old key";
     EXPECT_NE(n, -ETIMEDOUT) << "a read past a KeyUpdate hung";
     tls12_crypto_info_aes_gcm_256 ci{};
     k::protection pr = k::query(o.fd);
     ci.info.version = TLS_1_3_VERSION;
     ci.info.cipher_type = pr.cipher;
-    int r = ::setsockopt(o.fd, SOL_TLS, TLS_RX, &ci, pr.cipher == TLS_CIPHER_AES_GCM_256 ? sizeof(ci)
-                                                       : sizeof(tls12_crypto_info_aes_gcm_128));
+    int r = ::setsockopt(
+        o.fd, SOL_TLS, TLS_RX, &ci,
+        pr.cipher == TLS_CIPHER_AES_GCM_256 ? sizeof(ci) : sizeof(tls12_crypto_info_aes_gcm_128));
     std::printf("[ktls] TLS_RX set again: %d (%s)\n", r, r ? strerror(errno) : "accepted");
 }
 
@@ -772,7 +787,8 @@ TEST_F(KtlsTest, TicketOnKtlsClientIsConsumed) {
         ASSERT_EQ(c.kind, k::control::new_session_ticket) << "record type " << int(type);
         ++tickets;
     }
-    std::printf("[ktls] client: %d ticket record(s) consumed on %s RX\n", tickets, k::mode_name(pr.rx));
+    std::printf("[ktls] client: %d ticket record(s) consumed on %s RX\n", tickets,
+                k::mode_name(pr.rx));
     if (have_ktls()) {
         EXPECT_GE(tickets, 1);
     }
@@ -818,9 +834,12 @@ TEST_F(KtlsTest, EarlyBytesComeFirst) {
     auto deadline = clock_type::now() + std::chrono::seconds(10);
     while (got.size() < 6 && clock_type::now() < deadline) {
         int n = BIO_read(rb, b, sizeof(b));
-        if (n > 0) got.append(b, size_t(n));
-        else if (BIO_should_retry(rb)) wait_fd(p.ours, POLLIN, deadline);
-        else break;
+        if (n > 0)
+            got.append(b, size_t(n));
+        else if (BIO_should_retry(rb))
+            wait_fd(p.ours, POLLIN, deadline);
+        else
+            break;
     }
     EXPECT_EQ(got, "abcdef");
     EXPECT_EQ(BIO_ctrl_pending(rb), 0u);
@@ -971,12 +990,14 @@ TEST_P(KtlsVariantTest, Engages) {
 
 INSTANTIATE_TEST_SUITE_P(
     Suites, KtlsVariantTest,
-    ::testing::Values(
-        variant{"tls13_aes128", 0, "TLS_AES_128_GCM_SHA256", TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_128},
-        variant{"tls13_aes256", 0, "TLS_AES_256_GCM_SHA384", TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_256},
-        variant{"tls13_chacha", 0, "TLS_CHACHA20_POLY1305_SHA256", TLS_1_3_VERSION,
-                TLS_CIPHER_CHACHA20_POLY1305},
-        variant{"tls12_aes128", TLS1_2_VERSION, "ECDHE-ECDSA-AES128-GCM-SHA256", TLS_1_2_VERSION, TLS_CIPHER_AES_GCM_128}),
+    ::testing::Values(variant{"tls13_aes128", 0, "TLS_AES_128_GCM_SHA256", TLS_1_3_VERSION,
+                              TLS_CIPHER_AES_GCM_128},
+                      variant{"tls13_aes256", 0, "TLS_AES_256_GCM_SHA384", TLS_1_3_VERSION,
+                              TLS_CIPHER_AES_GCM_256},
+                      variant{"tls13_chacha", 0, "TLS_CHACHA20_POLY1305_SHA256", TLS_1_3_VERSION,
+                              TLS_CIPHER_CHACHA20_POLY1305},
+                      variant{"tls12_aes128", TLS1_2_VERSION, "ECDHE-ECDSA-AES128-GCM-SHA256",
+                              TLS_1_2_VERSION, TLS_CIPHER_AES_GCM_128}),
     [](const ::testing::TestParamInfo<variant>& i) { return std::string(i.param.name); });
 
 // ---- pure functions ----
@@ -1010,7 +1031,8 @@ TEST(KtlsStat, ParsesTheKernelFormat) {
     char path[] = "/tmp/rpcgate-tls-stat.XXXXXX";
     int fd = mkstemp(path);
     ASSERT_GE(fd, 0);
-    const char text[] = "TlsCurrTxSw                     \t1\nTlsTxSw                         \t7\n";
+    const char text[] =
+        "TlsCurrTxSw                     \t1\nTlsTxSw                         \t7\n";
     ASSERT_EQ(::write(fd, text, sizeof(text) - 1), ssize_t(sizeof(text) - 1));
     ::close(fd);
     auto s = k::read_tls_stat(path);

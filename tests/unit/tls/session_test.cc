@@ -176,7 +176,9 @@ struct refusal {
     uint32_t flags;
 };
 // ctest lists the test by this, not by the struct's bytes.
-void PrintTo(const refusal& r, std::ostream* os) { *os << r.who; }
+void PrintTo(const refusal& r, std::ostream* os) {
+    *os << r.who;
+}
 
 class TlsMtlsRefusal : public testing::TestWithParam<refusal> {};
 
@@ -247,7 +249,7 @@ TEST(TlsSession, OpportunisticRevokedIsNotVerified) {
 }
 
 class TlsData : public testing::Test {
-protected:
+  protected:
     void SetUp() override {
         s_ = server_ctx();
         c_ = client_ctx();

@@ -5,9 +5,9 @@
 #include <chrono>
 
 #include "rpc/message.h"
-#include "tls/session.h"
 #include "tls/client/blocking_client.h"
 #include "tls/client/tests/test_support.h"
+#include "tls/session.h"
 
 using namespace rpcgate;
 using namespace rpcgate::client;
