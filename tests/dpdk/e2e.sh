@@ -108,7 +108,7 @@ import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9049/metri
             echo "FAIL: the DPDK backend logged no counters at exit"
             failures=$((failures + 1))
         }
-        grep -q 'handshakes ok=[1-9]' "$work/gw-dpdk.log" || {
+        grep -q 'handshakes_ok=[1-9]' "$work/gw-dpdk.log" || {
             echo "FAIL: no TLS handshake counted by the DPDK gateway"
             failures=$((failures + 1))
         }
