@@ -138,7 +138,6 @@ TEST_F(tls_fixture, handshake_rate_and_baseline) {
     // The loop goes round: more cycles than connections (a cycle takes a few
     // ms here, 50 ms under TSan; a count is no speed claim: bench/ measures).
     EXPECT_GT(r.handshakes, uint64_t(h.connections)) << format_human(r);
-    EXPECT_NEAR(r.rate(), double(r.handshakes) / r.elapsed_s, 1e-9);
     EXPECT_EQ(r.errors, 0u) << format_human(r);
     EXPECT_EQ(r.version, "TLSv1.3");
 
