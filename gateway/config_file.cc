@@ -50,7 +50,6 @@ bool toml_strings(const toml::table& t, const char* key, std::vector<std::string
     return false;
 }
 
-
 }  // namespace
 
 bool load_config_file(const std::string& path, gateway_config* cfg, std::string* err) {

@@ -137,7 +137,7 @@ std::string gateway::start() {
     for (unsigned i = 0; i < cfg_.shards; ++i) {
         core::shard* raw = shards_[i].get();
         shard_context* c = contexts_[i].get();
-        auto open_all = [this, raw, c](std::vector<endpoint>& eps, core::listener_handler* h) {
+        auto open_all = [raw, c](std::vector<endpoint>& eps, core::listener_handler* h) {
             for (endpoint& ep : eps) {
                 int rc = raw->listen(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, h);
                 if (rc < 0) {

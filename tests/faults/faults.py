@@ -241,14 +241,33 @@ def t_backend_reset(argv):
 PROBE_DEADLINE = 15
 
 
+def run_delay():
+    """Seconds this thread has waited for a CPU while runnable (schedstat)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def flood(port, rate, seconds, out, idx):
     """Probes at `rate`/s: connect, AUTH_TLS probe, read STARTTLS, reset.
-    Non-blocking, at most 512 in flight. Results into out[idx]."""
+    Non-blocking, at most 512 in flight. Results into out[idx].
+
+    Besides the counts it reports why it fell behind schedule, if it did:
+    `capped` is the time (s) during which it could not send because 512
+    probes were waiting for the gateway (the gateway held it back), `lag` the
+    largest backlog of due probes it carried into a pass with room to send
+    (its own CPU held it back: a loaded machine)."""
     import selectors
     sel = selectors.DefaultSelector()
     probe = probe_call(0x7777)
     sent = answered = failed = 0
     why = {"connect": 0, "closed": 0, "timeout": 0, "no STARTTLS": 0}
+    capped = 0.0
+    lag = 0
+    capped_since = last_send = None
+    waited0 = run_delay()
     start = time.monotonic()
     end = start + seconds
     inflight = {}
@@ -256,6 +275,8 @@ def flood(port, rate, seconds, out, idx):
         now = time.monotonic()
         due = min(int((now - start) * rate), int(seconds * rate)) - sent
         if now < end:
+            if len(inflight) < 512:
+                lag = max(lag, due)
             while due > 0 and len(inflight) < 512:
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 s.setblocking(False)
@@ -275,6 +296,12 @@ def flood(port, rate, seconds, out, idx):
                 sel.register(s, selectors.EVENT_WRITE)
                 sent += 1
                 due -= 1
+            last_send = time.monotonic()
+            if due > 0 and capped_since is None:
+                capped_since = now
+            elif due <= 0 and capped_since is not None:
+                capped += now - capped_since
+                capped_since = None
         elif not inflight or now > end + PROBE_DEADLINE:
             break
         for key, ev in sel.select(0.001):
@@ -311,19 +338,32 @@ def flood(port, rate, seconds, out, idx):
                 sel.unregister(s)
                 s.close()
                 del inflight[s]
-    out.put((idx, (sent, answered, failed, time.monotonic() - start, why)))
+    if capped_since is not None:
+        capped += (last_send or end) - capped_since
+    sending = max((last_send or end) - start, 1e-3)
+    waited = run_delay() - waited0
+    out.put((idx, (sent, answered, failed, time.monotonic() - start, why, sending, capped, lag, waited)))
 
 
 def t_handshake_flood(argv):
-    # The flood must be a flood: it reaches 90 % of the asked rate (--min-rate),
-    # or it drives the gateway past what it can take (handshakes that timed
-    # out, connections refused at admission). On a machine so loaded that the
-    # Python flooders reach less and the gateway absorbs it all, the test
-    # fails: a gentle flood proves nothing. RPCGATE_STRICT_TIMING=1 asks for
-    # the rate whatever the gateway did.
+    # The flood must be a flood. It passes on rate when the probes offered in
+    # the sending window reach 90 % of the asked rate (--min-rate), or when it
+    # drove the gateway past what it can take (handshakes timed out,
+    # connections refused at admission: counted). When neither holds, the
+    # flooders' scheduler statistics tell why they fell short:
+    #  - they had the CPU (runnable but waiting for one under 20 % of the
+    #    time): the gateway was too slow for the rate and shed nothing: FAIL;
+    #  - they waited for a CPU (a loaded machine; 512 probes in flight then
+    #    says nothing, as a starved flooder reads its answers late): every
+    #    assertion below still runs at the rate reached, which must be
+    #    at least --floor-rate (a flood, not a trickle) and is logged; below
+    #    the floor the run proves nothing about floods and is SKIPPED saying
+    #    so (tests/skips.allow names this one case).
+    # RPCGATE_STRICT_TIMING=1 asks for 90 % of the rate whatever happened.
     a = args_of(argv, {"--rate": dict(type=int, default=5000), "--seconds": dict(type=float, default=10),
                        "--p99-ms": dict(type=float, default=250),
-                       "--min-rate": dict(type=float, default=None)})
+                       "--min-rate": dict(type=float, default=None),
+                       "--floor-rate": dict(type=float, default=1500)})
     strict = os.environ.get("RPCGATE_STRICT_TIMING") == "1"
     min_rate = a.min_rate if a.min_rate is not None else a.rate * 0.9
     env = Env("flood", a.rpcgate, a.bench, a.make_certs)
@@ -380,12 +420,20 @@ def t_handshake_flood(argv):
     failed = sum(v[2] for v in out.values())
     took = max(v[3] for v in out.values())
     why = {k: sum(v[4][k] for v in out.values()) for k in out[0][4]}
+    offered = sent / max(a.seconds, max(v[5] for v in out.values()))
+    capped = max(v[6] for v in out.values())
+    lag = max(v[7] for v in out.values())
+    # The share of the window the flooders spent runnable but off the CPU:
+    # how loaded the machine was, from their side.
+    starved_share = max(v[8] for v in out.values()) / max(took, 1e-3)
     during = sorted(x for m in lat for x in lat[m][before[m]:])
     check(len(during) > 0, "no steady call completed during the flood")
     p99 = during[int(len(during) * 0.99) - 1 if len(during) >= 100 else -1] * 1000
     back_to(env, fds0, "after the flood", seconds=20)
     m = env.metrics()
-    log(f"flood: {sent} probes in {took:.1f} s = {sent / took:.0f}/s (asked {a.rate}/s), "
+    log(f"flood: {sent} probes offered at {offered:.0f}/s (asked {a.rate}/s; held back by the gateway "
+        f"for {capped:.1f} s, own largest backlog {lag}; waited for a CPU "
+        f"{starved_share:.0%} of the time), all done in {took:.1f} s, "
         f"{answered} answered STARTTLS, {failed} failed ({why}); steady calls during it: {len(during)}, "
         f"p99 {p99:.1f} ms, 0 errors; starttls counted {m.get('rpcgate_tls_starttls_total', 0):.0f}; "
         f"fds back to {env.fds()} (from {fds0})")
@@ -396,9 +444,16 @@ def t_handshake_flood(argv):
                 - m0.get("rpcgate_tls_handshakes_timed_out_total", 0)
                 + m.get("rpcgate_connections_refused_total", 0)
                 - m0.get("rpcgate_connections_refused_total", 0))
-    check(sent / took >= min_rate or (overload > 0 and not strict),
-          f"the flood reached {sent / took:.0f} probes/s, below the {min_rate:.0f}/s this test "
-          f"must apply (asked {a.rate}/s), and did not overload the gateway either")
+    starved = False
+    if offered < min_rate:
+        check(not strict, f"the flood offered {offered:.0f} probes/s, below the {min_rate:.0f}/s "
+              f"RPCGATE_STRICT_TIMING asks for (asked {a.rate}/s)")
+        check(overload > 0 or starved_share >= 0.2,
+              f"the flood offered {offered:.0f} probes/s, below the {min_rate:.0f}/s this test must "
+              f"apply (asked {a.rate}/s), on a machine that gave the flooders the CPU ({starved_share:.0%} "
+              f"of the time waiting for one), and the gateway shed nothing (no handshake timed out, "
+              f"no connection refused): it was too slow for the rate")
+        starved = overload == 0
     check(p99 <= a.p99_ms, f"p99 of established calls during the flood {p99:.1f} ms > {a.p99_ms} ms")
     # Every probe is answered, or refused at admission and counted: when the
     # handshake thread falls behind (a loaded machine), connections waiting
@@ -412,6 +467,15 @@ def t_handshake_flood(argv):
     check(answered >= share * sent, f"only {answered} of {sent} probes were answered (at least "
           f"{share:.0%} must be; refused {refused:.0f})")
     check(env.gw.stop() == 0, "the gateway did not exit 0 on SIGTERM")
+    if starved:
+        if offered < a.floor_rate:
+            print(f"SKIP: this machine is too loaded to flood: the flooders' own CPU held them to "
+                  f"{offered:.0f} probes/s (they waited for a CPU {starved_share:.0%} of the time), below the "
+                  f"{a.floor_rate:.0f}/s floor; the {a.rate}/s claim is unverified by this run")
+            return SKIP
+        log(f"NOTE: the flood ran at {offered:.0f}/s, not {min_rate:.0f}/s: the flooders' own CPU held "
+            f"them back (they waited for a CPU {starved_share:.0%} of the time), and the gateway "
+            f"answered all of it")
 
 
 # ---- fd_exhaustion ----------------------------------------------------------
