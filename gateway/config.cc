@@ -147,6 +147,57 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
     return true;
 }
 
+bool program_set::contains(uint32_t prog) const noexcept {
+    if (all) return true;
+    for (uint32_t p : progs)
+        if (p == prog) return true;
+    return false;
+}
+
+program_set default_tls_programs() {
+    return program_set{false, {rpc::nfs_prog, rpc::nfs_acl_prog}};
+}
+
+bool parse_program_set(const std::string& text, program_set* out, std::string* err,
+                       const char* what) {
+    program_set s;
+    if (text == "all") {
+        s.all = true;
+        *out = s;
+        return true;
+    }
+    size_t at = 0;
+    while (at <= text.size()) {
+        size_t comma = text.find(',', at);
+        std::string item =
+            text.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+        auto prog = rpc::parse_program(item);
+        if (!prog) {
+            *err = fmt::format(
+                "{} '{}': '{}' is not a program (a number or a name such as nfs, nfs_acl, "
+                "mount, nlm, nsm, portmap; or 'all')",
+                what, text, item);
+            return false;
+        }
+        if (!s.contains(*prog)) s.progs.push_back(*prog);
+        if (comma == std::string::npos) break;
+        at = comma + 1;
+    }
+    *out = s;
+    return true;
+}
+
+std::string program_set_text(const program_set& s) {
+    if (s.all) return "all";
+    std::string out;
+    for (uint32_t p : s.progs) {
+        if (!out.empty()) out += ',';
+        std::string_view name = rpc::program_name_of(p);
+        out += name.empty() ? std::to_string(p) : std::string(name);
+    }
+    return out.empty() ? "none" : out;
+}
+
 const char* tls_policy_name(tls_policy m) noexcept {
     switch (m) {
         case tls_policy::off:

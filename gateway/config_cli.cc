@@ -32,7 +32,15 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_config = app.add_option("--config,-c", cfg->config_file,
                                     "TOML file with the same keys; the command line wins");
     auto* o_shards = app.add_option("--shards", cfg->shards, "engine threads (default: cores)");
-    auto* o_tls = app.add_option("--tls", tls, "client-side TLS: off|opportunistic|required|mtls");
+    auto* o_tls = app.add_option("--tls", tls,
+                                 "client-side TLS: off|opportunistic|required|mtls (required: "
+                                 "the programs of --require-tls-for only in TLS)");
+    std::string tls_for;
+    auto* o_tls_for = app.add_option(
+        "--require-tls-for", tls_for,
+        "with --tls required|mtls, the programs refused in plaintext (AUTH_TOOWEAK): a list of "
+        "names or numbers, or 'all' (default nfs,nfs_acl: the Linux client and knfsd protect "
+        "only NFS with xprtsec=; portmap, MOUNT, NLM and NSM stay plaintext)");
     std::vector<std::string> implicit;
     app.add_option("--implicit-tls", implicit,
                    "ADDR:PORT where TLS starts with the first byte, no AUTH_TLS probe "
@@ -185,6 +193,11 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     merged.check_only = cfg->check_only;
     if (o_shards->count()) merged.shards = cfg->shards;
     if (o_tls->count() && !parse_tls_policy(tls, &merged.tls, &err)) {
+        std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+        return 2;
+    }
+    if (o_tls_for->count() &&
+        !parse_program_set(tls_for, &merged.tls_programs, &err, "--require-tls-for")) {
         std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
         return 2;
     }

@@ -50,7 +50,6 @@ bool toml_strings(const toml::table& t, const char* key, std::vector<std::string
     return false;
 }
 
-
 }  // namespace
 
 bool load_config_file(const std::string& path, gateway_config* cfg, std::string* err) {
@@ -99,7 +98,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "handshake_rate_per_source",
                                   "handshake_burst_per_source",
                                   "ktls",
-                                  "tls_min_version"};
+                                  "tls_min_version",
+                                  "require_tls_for"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -177,6 +177,14 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "audit_log", &cfg->audit_log, err)) return false;
     if (!toml_get<std::string>(t, "ktls", &cfg->ktls, err)) return false;
     if (!toml_get<std::string>(t, "tls_min_version", &cfg->tls_min_version, err)) return false;
+    // require_tls_for = ["nfs", "nfs_acl"] or "all" or "nfs,nfs_acl,mount".
+    std::vector<std::string> progs;
+    if (!toml_strings(t, "require_tls_for", &progs, err)) return false;
+    if (!progs.empty()) {
+        std::string joined;
+        for (const auto& p : progs) joined += (joined.empty() ? "" : ",") + p;
+        if (!parse_program_set(joined, &cfg->tls_programs, err, "require_tls_for")) return false;
+    }
     s = tls_policy_name(cfg->upstream.mode);
     if (!toml_get<std::string>(t, "upstream_tls", &s, err) ||
         !parse_tls_policy(s, &cfg->upstream.mode, err, "upstream_tls"))

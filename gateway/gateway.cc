@@ -57,6 +57,11 @@ std::string gateway::start() {
                         "(§5.1: TLS 1.3 or later), for evaluating NIC TLS offload only; do not "
                         "use it in production");
         }
+        if (cfg_.tls >= tls_policy::required)
+            RPCGATE_LOG(tls, info,
+                        "--tls {}: TLS demanded for {}; other programs are served in plaintext "
+                        "too (--require-tls-for)",
+                        tls_policy_name(cfg_.tls), program_set_text(cfg_.tls_programs));
         std::string err;
         tls_ctx_ = tls::context::make_server(o, &err);
         if (!tls_ctx_) return "TLS: " + err;

@@ -82,6 +82,8 @@ namespace rpcgate::gw {
     X(tls_errors, "tls_errors", "tls_errors_total", counter, "TLS failures after the handshake.") \
     X(too_weak, "too_weak", "tls_too_weak_total", counter,                                       \
       "Plaintext calls refused with AUTH_TOOWEAK.")                                              \
+    X(plaintext_allowed, "plaintext_allowed", "tls_plaintext_allowed_total", counter,            \
+      "Plaintext calls served under --tls required/mtls: programs not in --require-tls-for.")    \
     X(certuser_rewrites, "certuser_rewrites", "certuser_rewrites_total", counter,                \
       "Calls given a client certificate's identity.")                                            \
     X(tls_revoked, "tls_revoked", "tls_revoked_total", counter,                                  \
