@@ -344,6 +344,15 @@ bool validate(gateway_config* cfg, std::string* err) {
                 r.spec);
             return false;
         }
+        if (u.server_name.find('*') != std::string::npos) {
+            // The client role matches names exactly (no wildcard matching,
+            // tls/context.h): a pattern here could never match.
+            *err = fmt::format(
+                "backend '{}': server name '{}' has a wildcard; give the exact name the "
+                "server's certificate carries (its DNS-ID or IP SAN)",
+                r.spec, u.server_name);
+            return false;
+        }
         if (u.mode == tls_policy::mtls && (u.cert.empty() || u.key.empty())) {
             *err = fmt::format(
                 "backend '{}': upstream TLS mtls needs a client certificate and "

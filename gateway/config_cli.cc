@@ -134,7 +134,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_dpdk = app.add_option("--dpdk-args", cfg->dpdk_args,
                                   "EAL arguments for --io-backend dpdk, e.g. \"--no-huge --no-pci "
                                   "--vdev=net_af_packet0,iface=IF\"");
-    app.add_flag("--check-config", cfg->check_only, "validate the configuration and exit");
+    app.add_flag("--check-config", cfg->check_only,
+                 "load and check the configuration (certificates and keys, names, addresses) "
+                 "as a start would, write nothing, and exit: 0 OK, 2 not (docs/operations.md)");
     app.add_flag("--version,-V", version, "print the version and exit");
 
     try {

@@ -13,6 +13,7 @@
 #include "dpdk/backend.h"
 #include "gateway/admin.h"
 #include "gateway/client_session.h"
+#include "gateway/config_check.h"
 #include "gateway/shard_context.h"
 #include "tls/handshake_service.h"
 #include "tls/ktls.h"
@@ -43,15 +44,8 @@ std::string gateway::start() {
     }
     bool tls_used = cfg_.tls != tls_policy::off || !cfg_.implicit_tls.empty();
     if (tls_used) {
-        tls::server_options o;
-        o.cert_file = cfg_.cert;
-        o.key_file = cfg_.key;
-        o.ca_file = cfg_.ca;
-        o.crl_file = cfg_.crl;
-        o.require_client_cert = cfg_.tls == tls_policy::mtls;
-        o.alpn_strict = cfg_.alpn_strict;
+        tls::server_options o = server_tls_options(cfg_);
         if (cfg_.tls_min_version == "1.2") {
-            o.min_version = TLS1_2_VERSION;
             RPCGATE_LOG(tls, warn,
                         "--tls-min-version 1.2: clients may use TLS 1.2. This is OUTSIDE RFC 9289 "
                         "(§5.1: TLS 1.3 or later), for evaluating NIC TLS offload only; do not "
@@ -222,12 +216,7 @@ std::string gateway::make_upstream_contexts(std::vector<std::unique_ptr<tls::con
             out->emplace_back();
             continue;
         }
-        tls::client_options o;
-        o.ca_file = r.tls.ca;
-        o.cert_file = r.tls.cert;
-        o.key_file = r.tls.key;
-        o.server_name = r.tls.server_name;
-        o.require_alpn = r.tls.alpn_strict;
+        tls::client_options o = upstream_tls_options(r);
         std::string err;
         auto c = tls::context::make_client(o, &err);
         if (!c) return fmt::format("backend '{}': upstream TLS: {}", r.spec, err);

@@ -51,8 +51,7 @@ static bool_t xdr_mnt_result(XDR* x, struct mnt_result* r) {
     return xdr_array(x, (char**)&flavors, &r->n_flavors, 16, sizeof(int), (xdrproc_t)xdr_int);
 }
 
-static CLIENT* connect_client(const char* host, const char* port, rpcprog_t prog,
-                              rpcvers_t vers) {
+static CLIENT* connect_client(const char* host, const char* port, rpcprog_t prog, rpcvers_t vers) {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     if (peer_resolve(host, port, 0, &addr, &addrlen) != 0) return NULL;
@@ -99,14 +98,14 @@ static int step_mnt(CLIENT* c, const char* path) {
         printf("mnt %s: %s\n", path, clnt_sperror(c, "MNT"));
         return 1;
     }
-    printf("mnt %s: status %u, file handle %u bytes, %u auth flavor(s)\n", path, r.status,
-           r.fh_len, r.n_flavors);
+    printf("mnt %s: status %u, file handle %u bytes, %u auth flavor(s)\n", path, r.status, r.fh_len,
+           r.n_flavors);
     return r.status != 0 || r.fh_len == 0;
 }
 
 static int step_null(CLIENT* c, unsigned long prog, unsigned long vers, int want_tooweak) {
-    enum clnt_stat st = clnt_call(c, NULLPROC, (xdrproc_t)xdr_void, NULL, (xdrproc_t)xdr_void,
-                                  NULL, call_timeout);
+    enum clnt_stat st =
+        clnt_call(c, NULLPROC, (xdrproc_t)xdr_void, NULL, (xdrproc_t)xdr_void, NULL, call_timeout);
     struct rpc_err e;
     clnt_geterr(c, &e);
     const char* what = want_tooweak ? "tooweak" : "null";
@@ -137,8 +136,8 @@ int main(int argc, char** argv) {
             unsigned long a = peer_parse_ulong(step, argv[i + 1]);
             unsigned long b = peer_parse_ulong(step, argv[i + 2]);
             int is_getport = strcmp(step, "getport") == 0;
-            CLIENT* c = connect_client(host, port, is_getport ? PMAPPROG : a,
-                                       is_getport ? PMAPVERS : b);
+            CLIENT* c =
+                connect_client(host, port, is_getport ? PMAPPROG : a, is_getport ? PMAPVERS : b);
             if (!c) return 1;
             failed |= is_getport ? step_getport(c, a, b)
                                  : step_null(c, a, b, strcmp(step, "tooweak") == 0);
