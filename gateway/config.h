@@ -116,6 +116,9 @@ struct gateway_config {
     std::string admin;
     // Defaults for every backend (each may override them in its spec).
     upstream_tls upstream;
+    // Listen even where another process (same user) already listens on the
+    // port, sharing its clients by SO_REUSEPORT. Off: such a start is refused.
+    bool reuse_port = false;
     bool reserved_port = true;      // effective only when running as root
     bool answer_portmap = true;     // answer portmap v2 GETPORT/NULL locally
     uint32_t idle_timeout_s = 300;  // 0: never

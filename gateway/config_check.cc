@@ -55,12 +55,11 @@ std::string asn1_time_text(const ASN1_TIME* t) {
 // Every certificate of a PEM file, judged at `now`: expired, not valid yet,
 // or expiring within cert_expiry_warning_days become warnings. `what` names
 // the option the file came from.
-void check_validity(const std::string& path, const char* what, std::time_t now,
-                    check_report* r) {
+void check_validity(const std::string& path, const char* what, std::time_t now, check_report* r) {
     FILE* f = std::fopen(path.c_str(), "r");
     if (!f) return;  // the context load has reported it
     std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> t_now(ASN1_TIME_set(nullptr, now),
-                                                                 ASN1_TIME_free);
+                                                                ASN1_TIME_free);
     while (X509* c = PEM_read_X509(f, nullptr, nullptr, nullptr)) {
         char subject[256];
         X509_NAME_oneline(X509_get_subject_name(c), subject, sizeof subject);
@@ -73,8 +72,8 @@ void check_validity(const std::string& path, const char* what, std::time_t now,
                                                   path, subject, asn1_time_text(not_after)));
             } else if (days < cert_expiry_warning_days) {
                 r->warnings.push_back(
-                    fmt::format("{} {}: certificate '{}' expires on {} (in {} day(s))", what,
-                                path, subject, asn1_time_text(not_after), days));
+                    fmt::format("{} {}: certificate '{}' expires on {} (in {} day(s))", what, path,
+                                subject, asn1_time_text(not_after), days));
             }
         }
         if (ASN1_TIME_diff(&days, &secs, t_now.get(), not_before) && (days > 0 || secs > 0)) {
@@ -123,8 +122,8 @@ void check_audit_log(const std::string& path, check_report* r) {
     if (path.empty()) return;
     if (::access(path.c_str(), F_OK) == 0) {
         if (::access(path.c_str(), W_OK) != 0)
-            r->errors.push_back(fmt::format("--audit-log {}: not writable: {}", path,
-                                            std::strerror(errno)));
+            r->errors.push_back(
+                fmt::format("--audit-log {}: not writable: {}", path, std::strerror(errno)));
         return;
     }
     size_t slash = path.rfind('/');
@@ -168,19 +167,19 @@ check_report check_config(const gateway_config& cfg, std::time_t now) {
             "--require-tls-for {} has no effect with --tls {} (it applies to required and mtls)",
             program_set_text(cfg.tls_programs), tls_policy_name(cfg.tls)));
     for (const backend_route& b : cfg.backends) {
-        r.notes.push_back(fmt::format("backend {} -> {}{}", program_label(b.prog),
-                                      address_text(b.target),
-                                      b.tls.mode == tls_policy::off
-                                          ? ""
-                                          : fmt::format(" (upstream TLS {}, server name {})",
-                                                        tls_policy_name(b.tls.mode),
-                                                        b.tls.server_name)));
+        r.notes.push_back(
+            fmt::format("backend {} -> {}{}", program_label(b.prog), address_text(b.target),
+                        b.tls.mode == tls_policy::off
+                            ? ""
+                            : fmt::format(" (upstream TLS {}, server name {})",
+                                          tls_policy_name(b.tls.mode), b.tls.server_name)));
         if (b.tls.mode == tls_policy::off) continue;
         if (!tls::context::make_client(upstream_tls_options(b), &err))
             r.errors.push_back(fmt::format("backend '{}': upstream TLS: {}", b.spec, err));
         check_validity(b.tls.ca, "upstream CA", now, &r);
         if (!b.tls.cert.empty()) check_validity(b.tls.cert, "upstream client certificate", now, &r);
-        if (b.prog != rpc::nfs_prog && b.prog != rpc::nfs_acl_prog && b.tls.mode >= tls_policy::required)
+        if (b.prog != rpc::nfs_prog && b.prog != rpc::nfs_acl_prog &&
+            b.tls.mode >= tls_policy::required)
             r.warnings.push_back(fmt::format(
                 "backend '{}': upstream TLS {} for {}: servers protect only NFS with TLS "
                 "(knfsd's xprtsec=; rpc.mountd, lockd and statd speak plaintext): add tls=off "

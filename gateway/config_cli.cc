@@ -91,6 +91,10 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     app.add_flag("--no-reserved-port", no_reserved,
                  "do not bind a source port < 1024 for backend connections (default: bind one "
                  "when running as root, as knfsd's 'secure' export option expects)");
+    auto* o_reuse = app.add_flag("--reuse-port", cfg->reuse_port,
+                                 "listen even where another process already listens on the "
+                                 "port, sharing its clients (SO_REUSEPORT); without it such a "
+                                 "start is refused");
     app.add_flag("--no-portmap", no_portmap,
                  "do not answer portmap GETPORT locally (forward it if routed)");
     auto* o_idle = app.add_option("--idle-timeout", cfg->idle_timeout_s,
@@ -218,6 +222,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_up_key->count()) merged.upstream.key = cfg->upstream.key;
     if (o_up_name->count()) merged.upstream.server_name = cfg->upstream.server_name;
     if (o_up_alpn->count()) merged.upstream.alpn_strict = true;
+    if (o_reuse->count()) merged.reuse_port = true;
     if (no_reserved) merged.reserved_port = false;
     if (no_portmap) merged.answer_portmap = false;
     if (o_idle->count()) merged.idle_timeout_s = cfg->idle_timeout_s;

@@ -99,7 +99,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "handshake_burst_per_source",
                                   "ktls",
                                   "tls_min_version",
-                                  "require_tls_for"};
+                                  "require_tls_for",
+                                  "reuse_port"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -197,6 +198,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     b = cfg->upstream.alpn_strict;
     if (!toml_get<bool>(t, "upstream_alpn_strict", &b, err)) return false;
     cfg->upstream.alpn_strict = b;
+    b = cfg->reuse_port;
+    if (!toml_get<bool>(t, "reuse_port", &b, err)) return false;
+    cfg->reuse_port = b;
     b = cfg->reserved_port;
     if (!toml_get<bool>(t, "reserved_port", &b, err)) return false;
     cfg->reserved_port = b;

@@ -14,6 +14,7 @@
 #include "gateway/admin.h"
 #include "gateway/client_session.h"
 #include "gateway/config_check.h"
+#include "gateway/readiness.h"
 #include "gateway/shard_context.h"
 #include "tls/handshake_service.h"
 #include "tls/ktls.h"
@@ -31,7 +32,39 @@ gateway::~gateway() {
     wait();
 }
 
+namespace {
+
+// The shards' listeners share their port with SO_REUSEPORT, which would as
+// well let a second rpcgate (same user) join a port that a running one holds
+// and silently take part of its clients. A bind without SO_REUSEPORT first
+// finds such a holder: any socket listening on the port conflicts with it
+// (SO_REUSEADDR only passes over TIME_WAIT leftovers of a previous run).
+std::string check_port_free(const endpoint& ep) {
+    if (ep.port() == 0) return {};
+    int fd = ::socket(ep.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return {};
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int rc = ::bind(fd, reinterpret_cast<const sockaddr*>(&ep.addr), ep.len);
+    int e = errno;
+    ::close(fd);
+    if (rc == 0 || e != EADDRINUSE) return {};
+    return fmt::format(
+        "cannot listen on {}: the port is already in use (another rpcgate?); give --reuse-port "
+        "to share it with that process on purpose",
+        ep.text);
+}
+
+}  // namespace
+
 std::string gateway::start() {
+    if (cfg_.io_backend == "uring" && !cfg_.reuse_port) {
+        for (const auto* eps : {&cfg_.listen, &cfg_.implicit_tls})
+            for (const endpoint& ep : *eps) {
+                std::string err = check_port_free(ep);
+                if (!err.empty()) return err;
+            }
+    }
     if (cfg_.io_backend == "dpdk") {
         // One TCP stack per process (lwIP): one shard, which polls the port.
         std::string err;
@@ -169,12 +202,19 @@ std::string gateway::start() {
         std::string err;
         if (!parse_endpoint(cfg_.admin, &ep, &err)) return "--admin " + err;
         admin_ = std::make_unique<admin_server>();
-        err =
-            admin_->start(ep, {[this] { return metrics_text(); },
-                               [this] { return !stopping_.load() && ping_all(1000); },
-                               [this] { return connections_json(); }, [this] { return reload(); }});
+        admin_server::handlers h;
+        h.metrics = [this] { return metrics_text(); };
+        h.healthy = [this] { return !stopping_.load() && ping_all(1000); };
+        h.ready = [this] {
+            readiness r = check_ready();
+            return std::pair<bool, std::string>{r.ready(), r.json(cfg_.backends)};
+        };
+        h.connections = [this] { return connections_json(); };
+        h.reload = [this] { return reload(); };
+        err = admin_->start(ep, std::move(h));
         if (!err.empty()) return err;
-        RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz)", admin_->port());
+        RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz, /readyz)",
+                    admin_->port());
     }
     return {};
 }
@@ -337,6 +377,14 @@ struct rendezvous {
 };
 
 }  // namespace
+
+readiness gateway::check_ready() {
+    readiness r;
+    // The shards own the listeners: up while they run and answer.
+    r.listeners_up = !stopping_.load() && ping_all(500);
+    r.backends = probe_backends(cfg_.backends, 500);
+    return r;
+}
 
 bool gateway::ping_all(int ms) {
     auto r = std::make_shared<rendezvous<int>>();
