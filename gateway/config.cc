@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -224,6 +225,20 @@ bool parse_tls_policy(const std::string& s, tls_policy* out, std::string* err, c
     }
     *err = fmt::format("{} '{}': expected off, opportunistic, required or mtls", what, s);
     return false;
+}
+
+bool parse_port_range(const std::string& s, uint16_t* low, uint16_t* high, std::string* err,
+                      const char* what) {
+    unsigned lo = 0, hi = 0;
+    char dash = 0, extra = 0;
+    if (std::sscanf(s.c_str(), "%u%c%u%c", &lo, &dash, &hi, &extra) != 3 || dash != '-' || lo < 1 ||
+        lo > hi || hi > 1023) {
+        *err = fmt::format("{} '{}': expected LOW-HIGH with 1 <= LOW <= HIGH <= 1023", what, s);
+        return false;
+    }
+    *low = uint16_t(lo);
+    *high = uint16_t(hi);
+    return true;
 }
 
 // Sizes accept K/M/G suffixes (powers of two).

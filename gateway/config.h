@@ -119,7 +119,11 @@ struct gateway_config {
     // Listen even where another process (same user) already listens on the
     // port, sharing its clients by SO_REUSEPORT. Off: such a start is refused.
     bool reuse_port = false;
-    bool reserved_port = true;      // effective only when running as root
+    // Backend connections from a source port in [reserved_low, reserved_high]
+    // (knfsd's `secure`), when the process may bind one (privileges.h);
+    // otherwise, and when the range is used up, an ephemeral port (counted).
+    bool reserved_port = true;
+    uint16_t reserved_low = 512, reserved_high = 1023;
     bool answer_portmap = true;     // answer portmap v2 GETPORT/NULL locally
     uint32_t idle_timeout_s = 300;  // 0: never
     uint32_t connect_timeout_ms = 5000;

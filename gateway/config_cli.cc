@@ -7,6 +7,7 @@
 
 namespace rpcgate::gw {
 
+using detail::parse_port_range;
 using detail::parse_size;
 using detail::parse_tls_policy;
 
@@ -90,11 +91,17 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                    "or none)");
     app.add_flag("--no-reserved-port", no_reserved,
                  "do not bind a source port < 1024 for backend connections (default: bind one "
-                 "when running as root, as knfsd's 'secure' export option expects)");
+                 "when the process has CAP_NET_BIND_SERVICE, as knfsd's 'secure' export option "
+                 "expects)");
     auto* o_reuse = app.add_flag("--reuse-port", cfg->reuse_port,
                                  "listen even where another process already listens on the "
                                  "port, sharing its clients (SO_REUSEPORT); without it such a "
                                  "start is refused");
+    std::string reserved_ports;
+    auto* o_rports = app.add_option("--reserved-ports", reserved_ports,
+                                    "LOW-HIGH: source ports tried for backend connections, "
+                                    "from HIGH down (default 512-1023; below 1024 for knfsd's "
+                                    "'secure')");
     app.add_flag("--no-portmap", no_portmap,
                  "do not answer portmap GETPORT locally (forward it if routed)");
     auto* o_idle = app.add_option("--idle-timeout", cfg->idle_timeout_s,
@@ -224,6 +231,11 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_up_alpn->count()) merged.upstream.alpn_strict = true;
     if (o_reuse->count()) merged.reuse_port = true;
     if (no_reserved) merged.reserved_port = false;
+    if (o_rports->count() && !parse_port_range(reserved_ports, &merged.reserved_low,
+                                               &merged.reserved_high, &err, "--reserved-ports")) {
+        std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+        return 2;
+    }
     if (no_portmap) merged.answer_portmap = false;
     if (o_idle->count()) merged.idle_timeout_s = cfg->idle_timeout_s;
     if (o_ct->count()) merged.connect_timeout_ms = cfg->connect_timeout_ms;

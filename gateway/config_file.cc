@@ -8,6 +8,7 @@
 
 namespace rpcgate::gw {
 
+using detail::parse_port_range;
 using detail::parse_tls_policy;
 
 namespace {
@@ -100,7 +101,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "ktls",
                                   "tls_min_version",
                                   "require_tls_for",
-                                  "reuse_port"};
+                                  "reuse_port",
+                                  "reserved_ports"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -178,6 +180,11 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "audit_log", &cfg->audit_log, err)) return false;
     if (!toml_get<std::string>(t, "ktls", &cfg->ktls, err)) return false;
     if (!toml_get<std::string>(t, "tls_min_version", &cfg->tls_min_version, err)) return false;
+    s.clear();
+    if (!toml_get<std::string>(t, "reserved_ports", &s, err)) return false;
+    if (!s.empty() &&
+        !parse_port_range(s, &cfg->reserved_low, &cfg->reserved_high, err, "reserved_ports"))
+        return false;
     // require_tls_for = ["nfs", "nfs_acl"] or "all" or "nfs,nfs_acl,mount".
     std::vector<std::string> progs;
     if (!toml_strings(t, "require_tls_for", &progs, err)) return false;

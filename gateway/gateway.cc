@@ -14,6 +14,7 @@
 #include "gateway/admin.h"
 #include "gateway/client_session.h"
 #include "gateway/config_check.h"
+#include "gateway/privileges.h"
 #include "gateway/readiness.h"
 #include "gateway/shard_context.h"
 #include "tls/handshake_service.h"
@@ -64,6 +65,19 @@ std::string gateway::start() {
                 std::string err = check_port_free(ep);
                 if (!err.empty()) return err;
             }
+    }
+    if (cfg_.reserved_port) {
+        std::string why;
+        if (can_bind_port(cfg_.reserved_low, &why)) {
+            RPCGATE_LOG(gw, info, "backend source ports: reserved, {} down to {} ({})",
+                        cfg_.reserved_high, cfg_.reserved_low, why);
+        } else {
+            RPCGATE_LOG(gw, warn,
+                        "backend source ports: ephemeral, {}; a 'secure' export (knfsd's "
+                        "default) refuses them",
+                        why);
+            cfg_.reserved_port = false;
+        }
     }
     if (cfg_.io_backend == "dpdk") {
         // One TCP stack per process (lwIP): one shard, which polls the port.

@@ -68,6 +68,10 @@ namespace rpcgate::gw {
     X(backend_connect_failures, "backend_failures", "", counter,                                 \
       "Connects to backends that failed or timed out.")                                          \
     X(backend_lost, "backend_lost", "", counter, "Backend connections lost under a client.")     \
+    X(reserved_port_binds, "reserved_ports", "backend_reserved_port_binds_total", counter,       \
+      "Backend connections from a reserved source port (--reserved-ports).")                     \
+    X(reserved_port_fallbacks, "reserved_fallbacks", "backend_reserved_port_fallbacks_total",    \
+      counter, "Backend connections that wanted a reserved source port and got an ephemeral one.") \
     X(idle_timeouts, "idle_timeouts", "idle_timeouts_total", counter,                            \
       "Clients closed for idleness.")                                                            \
     X(orphan_replies, "orphan_replies", "", counter, "Client REPLYs no backend asked for.")      \

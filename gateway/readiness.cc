@@ -81,12 +81,12 @@ std::string readiness::json(const std::vector<backend_route>& routes) const {
         std::string_view name = rpc::program_name_of(routes[i].prog);
         std::string label = fmt::format("{}({}){}", name.empty() ? "prog" : name, routes[i].prog,
                                         routes[i].vers ? fmt::format(" v{}", routes[i].vers) : "");
-        out += fmt::format("{}{{\"route\":\"{}\",\"backend\":\"{}\",\"reachable\":{},", i ? "," : "",
-                           label, json_escape(routes[i].target.text),
+        out += fmt::format("{}{{\"route\":\"{}\",\"backend\":\"{}\",\"reachable\":{},",
+                           i ? "," : "", label, json_escape(routes[i].target.text),
                            backends[i].reachable ? "true" : "false");
-        out += backends[i].reachable ? fmt::format("\"ms\":{:.1f}}}", backends[i].ms)
-                                     : fmt::format("\"error\":\"{}\"}}",
-                                                   json_escape(backends[i].error));
+        out += backends[i].reachable
+                   ? fmt::format("\"ms\":{:.1f}}}", backends[i].ms)
+                   : fmt::format("\"error\":\"{}\"}}", json_escape(backends[i].error));
     }
     out += "]}\n";
     return out;

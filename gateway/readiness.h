@@ -24,8 +24,7 @@ struct backend_probe {
 };
 
 // One TCP connect per route, all at once, each cut at `timeout_ms`.
-std::vector<backend_probe> probe_backends(const std::vector<backend_route>& routes,
-                                          int timeout_ms);
+std::vector<backend_probe> probe_backends(const std::vector<backend_route>& routes, int timeout_ms);
 
 struct readiness {
     bool listeners_up = false;
