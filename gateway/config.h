@@ -113,6 +113,10 @@ struct gateway_config {
     // "1.3" (RFC 9289 §5.1) or "1.2": evaluation only (NIC offload of TLS 1.3
     // is limited), outside RFC 9289, logged at warn level at start.
     std::string tls_min_version = "1.3";
+    // TLS 1.3 cipher suites in order of preference, both roles (the listeners'
+    // order wins over the client's). "": tls::preferred_ciphersuites(),
+    // AES-128-GCM first where the CPU has AES instructions.
+    std::string tls_ciphersuites;
     std::string admin;
     // Defaults for every backend (each may override them in its spec).
     upstream_tls upstream;

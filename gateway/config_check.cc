@@ -27,16 +27,20 @@ tls::server_options server_tls_options(const gateway_config& cfg) {
     o.require_client_cert = cfg.tls == tls_policy::mtls;
     o.alpn_strict = cfg.alpn_strict;
     if (cfg.tls_min_version == "1.2") o.min_version = TLS1_2_VERSION;
+    o.ciphers.ciphersuites =
+        cfg.tls_ciphersuites.empty() ? tls::preferred_ciphersuites() : cfg.tls_ciphersuites;
     return o;
 }
 
-tls::client_options upstream_tls_options(const backend_route& r) {
+tls::client_options upstream_tls_options(const gateway_config& cfg, const backend_route& r) {
     tls::client_options o;
     o.ca_file = r.tls.ca;
     o.cert_file = r.tls.cert;
     o.key_file = r.tls.key;
     o.server_name = r.tls.server_name;
     o.require_alpn = r.tls.alpn_strict;
+    o.ciphers.ciphersuites =
+        cfg.tls_ciphersuites.empty() ? tls::preferred_ciphersuites() : cfg.tls_ciphersuites;
     return o;
 }
 
@@ -174,7 +178,7 @@ check_report check_config(const gateway_config& cfg, std::time_t now) {
                             : fmt::format(" (upstream TLS {}, server name {})",
                                           tls_policy_name(b.tls.mode), b.tls.server_name)));
         if (b.tls.mode == tls_policy::off) continue;
-        if (!tls::context::make_client(upstream_tls_options(b), &err))
+        if (!tls::context::make_client(upstream_tls_options(cfg, b), &err))
             r.errors.push_back(fmt::format("backend '{}': upstream TLS: {}", b.spec, err));
         check_validity(b.tls.ca, "upstream CA", now, &r);
         if (!b.tls.cert.empty()) check_validity(b.tls.cert, "upstream client certificate", now, &r);

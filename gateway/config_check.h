@@ -23,7 +23,7 @@ namespace rpcgate::gw {
 // The server-role options of the listeners (--cert, --key, --ca, --crl, ...).
 tls::server_options server_tls_options(const gateway_config& cfg);
 // The client-role options towards one backend (its effective upstream TLS).
-tls::client_options upstream_tls_options(const backend_route& r);
+tls::client_options upstream_tls_options(const gateway_config& cfg, const backend_route& r);
 
 struct check_report {
     std::vector<std::string> errors;    // the configuration would not start

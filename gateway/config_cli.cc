@@ -62,6 +62,11 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_minv = app.add_option("--tls-min-version", cfg->tls_min_version,
                                   "1.3 (default, RFC 9289) or 1.2 (evaluation of NIC offload "
                                   "only, outside RFC 9289)");
+    auto* o_suites = app.add_option("--tls-ciphersuites", cfg->tls_ciphersuites,
+                                    "TLS 1.3 cipher suites in order of preference, e.g. "
+                                    "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256 (default: "
+                                    "AES-128-GCM first where the CPU has AES instructions, else "
+                                    "ChaCha20-Poly1305 first)");
     auto* o_map = app.add_option("--cert-user-map", cfg->cert_user_map,
                                  "FILE mapping verified client certificates (subject:... or "
                                  "san:...) to 'UID GID[,GID...]'; calls on such a connection "
@@ -202,6 +207,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_hst->count()) merged.handshake_timeout_ms = cfg->handshake_timeout_ms;
     if (o_ktls->count()) merged.ktls = cfg->ktls;
     if (o_minv->count()) merged.tls_min_version = cfg->tls_min_version;
+    if (o_suites->count()) merged.tls_ciphersuites = cfg->tls_ciphersuites;
     merged.config_file = cfg->config_file;
     merged.check_only = cfg->check_only;
     if (o_shards->count()) merged.shards = cfg->shards;

@@ -102,7 +102,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "tls_min_version",
                                   "require_tls_for",
                                   "reuse_port",
-                                  "reserved_ports"};
+                                  "reserved_ports",
+                                  "tls_ciphersuites"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -180,6 +181,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "audit_log", &cfg->audit_log, err)) return false;
     if (!toml_get<std::string>(t, "ktls", &cfg->ktls, err)) return false;
     if (!toml_get<std::string>(t, "tls_min_version", &cfg->tls_min_version, err)) return false;
+    if (!toml_get<std::string>(t, "tls_ciphersuites", &cfg->tls_ciphersuites, err)) return false;
     s.clear();
     if (!toml_get<std::string>(t, "reserved_ports", &s, err)) return false;
     if (!s.empty() &&

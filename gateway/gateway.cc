@@ -103,6 +103,11 @@ std::string gateway::start() {
                         "--tls {}: TLS demanded for {}; other programs are served in plaintext "
                         "too (--require-tls-for)",
                         tls_policy_name(cfg_.tls), program_set_text(cfg_.tls_programs));
+        RPCGATE_LOG(tls, info, "TLS 1.3 cipher suites, in this order: {}{}", o.ciphers.ciphersuites,
+                    cfg_.tls_ciphersuites.empty()
+                        ? (tls::cpu_has_aes() ? " (default: the CPU has AES instructions)"
+                                              : " (default: the CPU has no AES instructions)")
+                        : "");
         std::string err;
         tls_ctx_ = tls::context::make_server(o, &err);
         if (!tls_ctx_) return "TLS: " + err;
@@ -270,7 +275,7 @@ std::string gateway::make_upstream_contexts(std::vector<std::unique_ptr<tls::con
             out->emplace_back();
             continue;
         }
-        tls::client_options o = upstream_tls_options(r);
+        tls::client_options o = upstream_tls_options(cfg_, r);
         std::string err;
         auto c = tls::context::make_client(o, &err);
         if (!c) return fmt::format("backend '{}': upstream TLS: {}", r.spec, err);

@@ -28,8 +28,9 @@ bool can_bind_port(uint16_t port, std::string* why) {
         *why = fmt::format("net.ipv4.ip_unprivileged_port_start is {}", start);
         return true;
     }
-    *why = "no CAP_NET_BIND_SERVICE (run as root, or give the service "
-           "AmbientCapabilities=CAP_NET_BIND_SERVICE)";
+    *why =
+        "no CAP_NET_BIND_SERVICE (run as root, or give the service "
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE)";
     return false;
 }
 

@@ -28,6 +28,7 @@ echo_port=$(peer_free_port)
 pids+=($!)
 peer_wait_until 10 peer_rpc_null 127.0.0.1 "$echo_port" 0x20000001 1 || fail "echo server"
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 metric() {
     python3 - "$1" "$2" <<'PY'
 import sys, urllib.request
@@ -47,7 +48,7 @@ gateway() {
     "${prefix[@]}" "$rpcgate" --listen "127.0.0.1:$gw_port" --admin "127.0.0.1:$admin" \
         --backend "536870913=127.0.0.1:$echo_port" --shards 1 "$@" >"$work/$name.log" 2>&1 &
     pids+=($!)
-    peer_wait_until 10 peer_rpc_null 127.0.0.1 "$gw_port" 0x20000001 1 || fail "rpcgate $name"
+    peer_wait_until 20 port_open "$gw_port" || fail "rpcgate $name"
 }
 # load N: N clients at once, each with a call in flight (one backend link each).
 load() {
@@ -62,7 +63,7 @@ lo=$pair hi=$((pair + 1))
 gateway gw_root :: --reserved-ports "$lo-$hi"
 grep -q "backend source ports: reserved, $hi down to $lo (CAP_NET_BIND_SERVICE)" \
     "$work/gw_root.log" || fail "root: no 'reserved' start line"
-binds0=$(metric "$admin" backend_reserved_port_binds_total)  # the readiness NULL's link
+binds0=$(metric "$admin" backend_reserved_port_binds_total)
 load 4
 binds=$(metric "$admin" backend_reserved_port_binds_total)
 falls=$(metric "$admin" backend_reserved_port_fallbacks_total)
@@ -79,6 +80,7 @@ lo=$((lo + 200)) hi=$((hi + 200))
 gateway gw_cap "${caps[@]}" :: --reserved-ports "$lo-$hi"
 grep -q "backend source ports: reserved, $hi down to $lo (CAP_NET_BIND_SERVICE)" \
     "$work/gw_cap.log" || fail "nobody + CAP_NET_BIND_SERVICE: no 'reserved' start line"
+load 1
 binds=$(metric "$admin" backend_reserved_port_binds_total)
 [ "$binds" -ge 1 ] || fail "nobody + CAP_NET_BIND_SERVICE: no reserved port bound"
 echo "user nobody with CAP_NET_BIND_SERVICE: $binds reserved bind(s)"
@@ -86,5 +88,6 @@ echo "user nobody with CAP_NET_BIND_SERVICE: $binds reserved bind(s)"
 gateway gw_nocap setpriv --reuid=nobody --regid=nogroup --clear-groups -- :: --reserved-ports 1000-1001
 grep -q "backend source ports: ephemeral, no CAP_NET_BIND_SERVICE" "$work/gw_nocap.log" ||
     fail "nobody without the capability: no 'ephemeral' start line"
+load 1
 [ "$(metric "$admin" backend_reserved_port_binds_total)" -eq 0 ] || fail "bound without the capability"
 echo "user nobody without it: ephemeral ports, said at start"
