@@ -986,34 +986,37 @@ stream* shard::adopt_virtual(int fd, stream_transport* t, stream_handler* h) {
 }
 
 stream* shard::connect(const sockaddr* addr, socklen_t len, stream_handler* h,
-                       const connect_options& opt, int* err) {
+                       const connect_options& opt, int* err, reserved_port_outcome* reserved) {
     int fd = ::socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         *err = -errno;
         return nullptr;
     }
     set_nodelay(fd);
+    reserved_port_outcome outcome = reserved_port_outcome::not_asked;
     if (opt.reserved_port) {
-        // Walk down from 1023 like bindresvport(3); EADDRINUSE moves on, EACCES
-        // means we are not privileged.
+        // Walk down the range like bindresvport(3); EADDRINUSE moves on, any
+        // other error (EACCES: not privileged) ends the walk.
         sockaddr_storage local{};
         local.ss_family = addr->sa_family;
-        bool bound = false;
-        for (int port = 1023; port >= 512 && !bound; --port) {
+        outcome = reserved_port_outcome::exhausted;
+        for (int port = opt.reserved_high; port >= int(opt.reserved_low); --port) {
             if (addr->sa_family == AF_INET)
                 reinterpret_cast<sockaddr_in*>(&local)->sin_port = htons(uint16_t(port));
             else
                 reinterpret_cast<sockaddr_in6*>(&local)->sin6_port = htons(uint16_t(port));
             socklen_t ll = addr->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
-            if (::bind(fd, reinterpret_cast<sockaddr*>(&local), ll) == 0)
-                bound = true;
-            else if (errno != EADDRINUSE)
+            if (::bind(fd, reinterpret_cast<sockaddr*>(&local), ll) == 0) {
+                outcome = reserved_port_outcome::bound;
                 break;
+            }
+            if (errno != EADDRINUSE) {
+                outcome = reserved_port_outcome::denied;
+                break;
+            }
         }
-        if (!bound)
-            RPCGATE_LOG(core, debug, "shard {}: no reserved source port ({}), using ephemeral",
-                        cfg_.index, std::strerror(errno));
     }
+    if (reserved) *reserved = outcome;
     auto* s = new stream(this, fd, h);
     s->state_ = stream::state::connecting;
     s->file_index_ = register_file(fd);

@@ -353,9 +353,21 @@ class io_backend {
 
 struct connect_options {
     // Bind a source port below 1024 (needs CAP_NET_BIND_SERVICE; knfsd's
-    // `secure` export option checks it). Falls back to an ephemeral port with
-    // a warning when binding fails with EACCES.
+    // `secure` export option checks it), trying reserved_high down to
+    // reserved_low as bindresvport(3) does. When none is free (or binding is
+    // not allowed) the kernel picks an ephemeral port; connect() says which
+    // happened through its `reserved` out-parameter.
     bool reserved_port = false;
+    uint16_t reserved_low = 512;
+    uint16_t reserved_high = 1023;
+};
+
+// What became of a connect_options::reserved_port request.
+enum class reserved_port_outcome {
+    not_asked,  // reserved_port was false
+    bound,      // a port in the range
+    exhausted,  // every port in the range was in use: ephemeral
+    denied,     // bind refused otherwise (EACCES: no privilege): ephemeral
 };
 
 class shard {
@@ -415,7 +427,8 @@ class shard {
     // Starts a TCP connect; h->on_connected reports the outcome. Returns null
     // (and sets *err) only if the socket could not even be created.
     stream* connect(const sockaddr* addr, socklen_t len, stream_handler* h,
-                    const connect_options& opt, int* err);
+                    const connect_options& opt, int* err,
+                    reserved_port_outcome* reserved = nullptr);
 
     // Every stream on this shard (for listing and shutdown).
     const std::vector<stream*>& streams() const noexcept { return streams_; }

@@ -99,9 +99,14 @@ void admin_server::serve(int fd) {
         bool ok = h_.healthy && h_.healthy();
         status = ok ? "200 OK" : "503 Service Unavailable";
         body = ok ? "ok\n" : "not ready\n";
+    } else if (line.rfind("GET /readyz", 0) == 0) {
+        type = "application/json";
+        auto [ok, json] = h_.ready ? h_.ready() : std::pair<bool, std::string>{false, "{}\n"};
+        status = ok ? "200 OK" : "503 Service Unavailable";
+        body = std::move(json);
     } else if (line.rfind("GET ", 0) == 0) {
         status = "404 Not Found";
-        body = "not found: try /metrics, /connections or /healthz\n";
+        body = "not found: try /metrics, /connections, /healthz or /readyz\n";
     } else {
         status = "405 Method Not Allowed";
         body = "only GET\n";

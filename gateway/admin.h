@@ -4,6 +4,9 @@
 //   GET /metrics   Prometheus text format (version 0.0.4)
 //   GET /healthz   200 "ok" when every shard and the TLS control thread
 //                  answer a ping within a second, else 503
+//   GET /readyz    200 when the listeners are up and every route's backend
+//                  accepts a connection, else 503; per route in the JSON body
+//                  (readiness.h)
 //   GET /connections  every client connection as JSON (asks each shard)
 //   POST /reload   re-read the TLS material, as SIGHUP does
 //
@@ -18,6 +21,7 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "gateway/config.h"
 
@@ -30,8 +34,10 @@ std::string json_escape(const std::string& in);
 class admin_server {
   public:
     struct handlers {
-        std::function<std::string()> metrics;      // the /metrics body
-        std::function<bool()> healthy;             // /healthz
+        std::function<std::string()> metrics;  // the /metrics body
+        std::function<bool()> healthy;         // /healthz
+        // /readyz: (ready, JSON body).
+        std::function<std::pair<bool, std::string>()> ready;
         std::function<std::string()> connections;  // the /connections body (JSON)
         std::function<std::string()> reload;       // POST /reload: "" or why it failed
     };

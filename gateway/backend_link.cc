@@ -48,9 +48,21 @@ const std::string& backend_link::target() const {
 bool backend_link::open() {
     const endpoint& ep = route().target;
     core::connect_options opt;
-    opt.reserved_port = ctx_.config().reserved_port && ::geteuid() == 0;
+    // config().reserved_port is on only when the process may bind them
+    // (gateway::start asks privileges.h).
+    opt.reserved_port = ctx_.config().reserved_port;
+    opt.reserved_low = ctx_.config().reserved_low;
+    opt.reserved_high = ctx_.config().reserved_high;
     int err = 0;
-    s_ = ctx_.shard().connect(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, this, opt, &err);
+    core::reserved_port_outcome reserved = core::reserved_port_outcome::not_asked;
+    s_ = ctx_.shard().connect(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, this, opt, &err,
+                              &reserved);
+    if (reserved == core::reserved_port_outcome::bound) {
+        bump(ctx_.counters().reserved_port_binds);
+    } else if (reserved != core::reserved_port_outcome::not_asked) {
+        bump(ctx_.counters().reserved_port_fallbacks);
+        ctx_.warn_reserved_fallback(ep.text, reserved == core::reserved_port_outcome::exhausted);
+    }
     if (!s_) {
         bump(ctx_.counters().backend_connect_failures);
         owner_.terminate(

@@ -246,7 +246,8 @@ bool client_session::on_client_record(slice_chain&& rec) {
     const gateway_config& cfg = ctx_.config();
     call_decision d =
         decide_call(h, tls_ != nullptr, ctx_.runs_handshakes() && cfg.tls != tls_policy::off,
-                    cfg.tls, cfg.answer_portmap, ctx_.routes());
+                    listener_policy{cfg.tls, &cfg.tls_programs}, cfg.answer_portmap, ctx_.routes());
+    if (d.plaintext_allowed) bump(ctx_.counters().plaintext_allowed);
     switch (d.verdict) {
         case call_verdict::starttls:
             start_tls(h.xid);

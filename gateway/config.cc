@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -147,6 +148,57 @@ bool parse_backend(const std::string& text, backend_route* out, std::string* err
     return true;
 }
 
+bool program_set::contains(uint32_t prog) const noexcept {
+    if (all) return true;
+    for (uint32_t p : progs)
+        if (p == prog) return true;
+    return false;
+}
+
+program_set default_tls_programs() {
+    return program_set{false, {rpc::nfs_prog, rpc::nfs_acl_prog}};
+}
+
+bool parse_program_set(const std::string& text, program_set* out, std::string* err,
+                       const char* what) {
+    program_set s;
+    if (text == "all") {
+        s.all = true;
+        *out = s;
+        return true;
+    }
+    size_t at = 0;
+    while (at <= text.size()) {
+        size_t comma = text.find(',', at);
+        std::string item =
+            text.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+        auto prog = rpc::parse_program(item);
+        if (!prog) {
+            *err = fmt::format(
+                "{} '{}': '{}' is not a program (a number or a name such as nfs, nfs_acl, "
+                "mount, nlm, nsm, portmap; or 'all')",
+                what, text, item);
+            return false;
+        }
+        if (!s.contains(*prog)) s.progs.push_back(*prog);
+        if (comma == std::string::npos) break;
+        at = comma + 1;
+    }
+    *out = s;
+    return true;
+}
+
+std::string program_set_text(const program_set& s) {
+    if (s.all) return "all";
+    std::string out;
+    for (uint32_t p : s.progs) {
+        if (!out.empty()) out += ',';
+        std::string_view name = rpc::program_name_of(p);
+        out += name.empty() ? std::to_string(p) : std::string(name);
+    }
+    return out.empty() ? "none" : out;
+}
+
 const char* tls_policy_name(tls_policy m) noexcept {
     switch (m) {
         case tls_policy::off:
@@ -173,6 +225,20 @@ bool parse_tls_policy(const std::string& s, tls_policy* out, std::string* err, c
     }
     *err = fmt::format("{} '{}': expected off, opportunistic, required or mtls", what, s);
     return false;
+}
+
+bool parse_port_range(const std::string& s, uint16_t* low, uint16_t* high, std::string* err,
+                      const char* what) {
+    unsigned lo = 0, hi = 0;
+    char dash = 0, extra = 0;
+    if (std::sscanf(s.c_str(), "%u%c%u%c", &lo, &dash, &hi, &extra) != 3 || dash != '-' || lo < 1 ||
+        lo > hi || hi > 1023) {
+        *err = fmt::format("{} '{}': expected LOW-HIGH with 1 <= LOW <= HIGH <= 1023", what, s);
+        return false;
+    }
+    *low = uint16_t(lo);
+    *high = uint16_t(hi);
+    return true;
 }
 
 // Sizes accept K/M/G suffixes (powers of two).
@@ -291,6 +357,15 @@ bool validate(gateway_config* cfg, std::string* err) {
                 "backend '{}': no server name to verify (--upstream-server-name "
                 "or name=NAME in the backend)",
                 r.spec);
+            return false;
+        }
+        if (u.server_name.find('*') != std::string::npos) {
+            // The client role matches names exactly (no wildcard matching,
+            // tls/context.h): a pattern here could never match.
+            *err = fmt::format(
+                "backend '{}': server name '{}' has a wildcard; give the exact name the "
+                "server's certificate carries (its DNS-ID or IP SAN)",
+                r.spec, u.server_name);
             return false;
         }
         if (u.mode == tls_policy::mtls && (u.cert.empty() || u.key.empty())) {

@@ -62,6 +62,27 @@ struct backend_route {
 };
 bool parse_backend(const std::string& text, backend_route* out, std::string* err);
 
+// Which programs a TLS-demanding listener (--tls required|mtls) demands TLS
+// for (--require-tls-for). A call of any other program is served in
+// plaintext too, as knfsd and the Linux client do: `xprtsec=` protects the
+// NFS program only, while mount.nfs asks portmap and MOUNT, and lockd/statd
+// speak NLM and NSM, in plaintext (README.md, "Which programs need
+// TLS"). Inside TLS every program is served.
+struct program_set {
+    bool all = false;             // every program ("all")
+    std::vector<uint32_t> progs;  // else these
+    bool contains(uint32_t prog) const noexcept;
+};
+// The default: NFS (100003) and NFS_ACL (100227), the programs that carry file
+// data and that `xprtsec=` covers.
+program_set default_tls_programs();
+// "all", or a comma-separated list of program numbers or well-known names
+// ("nfs,nfs_acl,mount"); `what` names the option in the error.
+bool parse_program_set(const std::string& text, program_set* out, std::string* err,
+                       const char* what);
+// "nfs,nfs_acl" / "all": the set as an operator writes it (logs, --check-config).
+std::string program_set_text(const program_set& s);
+
 struct gateway_config {
     std::vector<endpoint> listen;
     // Listeners where TLS starts with the first byte (stunnel / efs-utils style).
@@ -69,6 +90,9 @@ struct gateway_config {
     std::vector<backend_route> backends;
     unsigned shards = 0;  // 0: one per core
     tls_policy tls = tls_policy::off;
+    // With --tls required or mtls: the programs refused in plaintext
+    // (AUTH_TOOWEAK); the others are served in plaintext as well.
+    program_set tls_programs = default_tls_programs();
     std::string cert, key, ca, crl;
     bool alpn_strict = false;  // refuse TLS clients that offer no ALPN
     // On --listen ports, a connection whose first byte is a TLS handshake
@@ -89,10 +113,21 @@ struct gateway_config {
     // "1.3" (RFC 9289 §5.1) or "1.2": evaluation only (NIC offload of TLS 1.3
     // is limited), outside RFC 9289, logged at warn level at start.
     std::string tls_min_version = "1.3";
+    // TLS 1.3 cipher suites in order of preference, both roles (the listeners'
+    // order wins over the client's). "": tls::preferred_ciphersuites(),
+    // AES-128-GCM first where the CPU has AES instructions.
+    std::string tls_ciphersuites;
     std::string admin;
     // Defaults for every backend (each may override them in its spec).
     upstream_tls upstream;
-    bool reserved_port = true;      // effective only when running as root
+    // Listen even where another process (same user) already listens on the
+    // port, sharing its clients by SO_REUSEPORT. Off: such a start is refused.
+    bool reuse_port = false;
+    // Backend connections from a source port in [reserved_low, reserved_high]
+    // (knfsd's `secure`), when the process may bind one (privileges.h);
+    // otherwise, and when the range is used up, an ephemeral port (counted).
+    bool reserved_port = true;
+    uint16_t reserved_low = 512, reserved_high = 1023;
     bool answer_portmap = true;     // answer portmap v2 GETPORT/NULL locally
     uint32_t idle_timeout_s = 300;  // 0: never
     uint32_t connect_timeout_ms = 5000;

@@ -7,6 +7,7 @@
 
 namespace rpcgate::gw {
 
+using detail::parse_port_range;
 using detail::parse_size;
 using detail::parse_tls_policy;
 
@@ -32,7 +33,15 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_config = app.add_option("--config,-c", cfg->config_file,
                                     "TOML file with the same keys; the command line wins");
     auto* o_shards = app.add_option("--shards", cfg->shards, "engine threads (default: cores)");
-    auto* o_tls = app.add_option("--tls", tls, "client-side TLS: off|opportunistic|required|mtls");
+    auto* o_tls = app.add_option("--tls", tls,
+                                 "client-side TLS: off|opportunistic|required|mtls (required: "
+                                 "the programs of --require-tls-for only in TLS)");
+    std::string tls_for;
+    auto* o_tls_for = app.add_option(
+        "--require-tls-for", tls_for,
+        "with --tls required|mtls, the programs refused in plaintext (AUTH_TOOWEAK): a list of "
+        "names or numbers, or 'all' (default nfs,nfs_acl: the Linux client and knfsd protect "
+        "only NFS with xprtsec=; portmap, MOUNT, NLM and NSM stay plaintext)");
     std::vector<std::string> implicit;
     app.add_option("--implicit-tls", implicit,
                    "ADDR:PORT where TLS starts with the first byte, no AUTH_TLS probe "
@@ -53,6 +62,11 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_minv = app.add_option("--tls-min-version", cfg->tls_min_version,
                                   "1.3 (default, RFC 9289) or 1.2 (evaluation of NIC offload "
                                   "only, outside RFC 9289)");
+    auto* o_suites = app.add_option("--tls-ciphersuites", cfg->tls_ciphersuites,
+                                    "TLS 1.3 cipher suites in order of preference, e.g. "
+                                    "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256 (default: "
+                                    "AES-128-GCM first where the CPU has AES instructions, else "
+                                    "ChaCha20-Poly1305 first)");
     auto* o_map = app.add_option("--cert-user-map", cfg->cert_user_map,
                                  "FILE mapping verified client certificates (subject:... or "
                                  "san:...) to 'UID GID[,GID...]'; calls on such a connection "
@@ -82,7 +96,17 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                    "or none)");
     app.add_flag("--no-reserved-port", no_reserved,
                  "do not bind a source port < 1024 for backend connections (default: bind one "
-                 "when running as root, as knfsd's 'secure' export option expects)");
+                 "when the process has CAP_NET_BIND_SERVICE, as knfsd's 'secure' export option "
+                 "expects)");
+    auto* o_reuse = app.add_flag("--reuse-port", cfg->reuse_port,
+                                 "listen even where another process already listens on the "
+                                 "port, sharing its clients (SO_REUSEPORT); without it such a "
+                                 "start is refused");
+    std::string reserved_ports;
+    auto* o_rports = app.add_option("--reserved-ports", reserved_ports,
+                                    "LOW-HIGH: source ports tried for backend connections, "
+                                    "from HIGH down (default 512-1023; below 1024 for knfsd's "
+                                    "'secure')");
     app.add_flag("--no-portmap", no_portmap,
                  "do not answer portmap GETPORT locally (forward it if routed)");
     auto* o_idle = app.add_option("--idle-timeout", cfg->idle_timeout_s,
@@ -126,7 +150,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_dpdk = app.add_option("--dpdk-args", cfg->dpdk_args,
                                   "EAL arguments for --io-backend dpdk, e.g. \"--no-huge --no-pci "
                                   "--vdev=net_af_packet0,iface=IF\"");
-    app.add_flag("--check-config", cfg->check_only, "validate the configuration and exit");
+    app.add_flag("--check-config", cfg->check_only,
+                 "load and check the configuration (certificates and keys, names, addresses) "
+                 "as a start would, write nothing, and exit: 0 OK, 2 not (docs/operations.md)");
     app.add_flag("--version,-V", version, "print the version and exit");
 
     try {
@@ -181,10 +207,16 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_hst->count()) merged.handshake_timeout_ms = cfg->handshake_timeout_ms;
     if (o_ktls->count()) merged.ktls = cfg->ktls;
     if (o_minv->count()) merged.tls_min_version = cfg->tls_min_version;
+    if (o_suites->count()) merged.tls_ciphersuites = cfg->tls_ciphersuites;
     merged.config_file = cfg->config_file;
     merged.check_only = cfg->check_only;
     if (o_shards->count()) merged.shards = cfg->shards;
     if (o_tls->count() && !parse_tls_policy(tls, &merged.tls, &err)) {
+        std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+        return 2;
+    }
+    if (o_tls_for->count() &&
+        !parse_program_set(tls_for, &merged.tls_programs, &err, "--require-tls-for")) {
         std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
         return 2;
     }
@@ -203,7 +235,13 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_up_key->count()) merged.upstream.key = cfg->upstream.key;
     if (o_up_name->count()) merged.upstream.server_name = cfg->upstream.server_name;
     if (o_up_alpn->count()) merged.upstream.alpn_strict = true;
+    if (o_reuse->count()) merged.reuse_port = true;
     if (no_reserved) merged.reserved_port = false;
+    if (o_rports->count() && !parse_port_range(reserved_ports, &merged.reserved_low,
+                                               &merged.reserved_high, &err, "--reserved-ports")) {
+        std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+        return 2;
+    }
     if (no_portmap) merged.answer_portmap = false;
     if (o_idle->count()) merged.idle_timeout_s = cfg->idle_timeout_s;
     if (o_ct->count()) merged.connect_timeout_ms = cfg->connect_timeout_ms;

@@ -8,6 +8,7 @@
 
 namespace rpcgate::gw {
 
+using detail::parse_port_range;
 using detail::parse_tls_policy;
 
 namespace {
@@ -98,7 +99,11 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "handshake_rate_per_source",
                                   "handshake_burst_per_source",
                                   "ktls",
-                                  "tls_min_version"};
+                                  "tls_min_version",
+                                  "require_tls_for",
+                                  "reuse_port",
+                                  "reserved_ports",
+                                  "tls_ciphersuites"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -176,6 +181,20 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "audit_log", &cfg->audit_log, err)) return false;
     if (!toml_get<std::string>(t, "ktls", &cfg->ktls, err)) return false;
     if (!toml_get<std::string>(t, "tls_min_version", &cfg->tls_min_version, err)) return false;
+    if (!toml_get<std::string>(t, "tls_ciphersuites", &cfg->tls_ciphersuites, err)) return false;
+    s.clear();
+    if (!toml_get<std::string>(t, "reserved_ports", &s, err)) return false;
+    if (!s.empty() &&
+        !parse_port_range(s, &cfg->reserved_low, &cfg->reserved_high, err, "reserved_ports"))
+        return false;
+    // require_tls_for = ["nfs", "nfs_acl"] or "all" or "nfs,nfs_acl,mount".
+    std::vector<std::string> progs;
+    if (!toml_strings(t, "require_tls_for", &progs, err)) return false;
+    if (!progs.empty()) {
+        std::string joined;
+        for (const auto& p : progs) joined += (joined.empty() ? "" : ",") + p;
+        if (!parse_program_set(joined, &cfg->tls_programs, err, "require_tls_for")) return false;
+    }
     s = tls_policy_name(cfg->upstream.mode);
     if (!toml_get<std::string>(t, "upstream_tls", &s, err) ||
         !parse_tls_policy(s, &cfg->upstream.mode, err, "upstream_tls"))
@@ -188,6 +207,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     b = cfg->upstream.alpn_strict;
     if (!toml_get<bool>(t, "upstream_alpn_strict", &b, err)) return false;
     cfg->upstream.alpn_strict = b;
+    b = cfg->reuse_port;
+    if (!toml_get<bool>(t, "reuse_port", &b, err)) return false;
+    cfg->reuse_port = b;
     b = cfg->reserved_port;
     if (!toml_get<bool>(t, "reserved_port", &b, err)) return false;
     cfg->reserved_port = b;

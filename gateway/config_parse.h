@@ -18,4 +18,8 @@ bool parse_tls_policy(const std::string& s, tls_policy* out, std::string* err,
 // A byte count with an optional K/M/G suffix (powers of two).
 bool parse_size(const std::string& s, uint64_t* out, std::string* err, const char* what);
 
+// "LOW-HIGH" with 1 <= LOW <= HIGH <= 1023: a range of reserved ports.
+bool parse_port_range(const std::string& s, uint16_t* low, uint16_t* high, std::string* err,
+                      const char* what);
+
 }  // namespace rpcgate::gw::detail

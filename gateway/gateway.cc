@@ -13,6 +13,9 @@
 #include "dpdk/backend.h"
 #include "gateway/admin.h"
 #include "gateway/client_session.h"
+#include "gateway/config_check.h"
+#include "gateway/privileges.h"
+#include "gateway/readiness.h"
 #include "gateway/shard_context.h"
 #include "tls/handshake_service.h"
 #include "tls/ktls.h"
@@ -30,7 +33,52 @@ gateway::~gateway() {
     wait();
 }
 
+namespace {
+
+// The shards' listeners share their port with SO_REUSEPORT, which would as
+// well let a second rpcgate (same user) join a port that a running one holds
+// and silently take part of its clients. A bind without SO_REUSEPORT first
+// finds such a holder: any socket listening on the port conflicts with it
+// (SO_REUSEADDR only passes over TIME_WAIT leftovers of a previous run).
+std::string check_port_free(const endpoint& ep) {
+    if (ep.port() == 0) return {};
+    int fd = ::socket(ep.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return {};
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int rc = ::bind(fd, reinterpret_cast<const sockaddr*>(&ep.addr), ep.len);
+    int e = errno;
+    ::close(fd);
+    if (rc == 0 || e != EADDRINUSE) return {};
+    return fmt::format(
+        "cannot listen on {}: the port is already in use (another rpcgate?); give --reuse-port "
+        "to share it with that process on purpose",
+        ep.text);
+}
+
+}  // namespace
+
 std::string gateway::start() {
+    if (cfg_.io_backend == "uring" && !cfg_.reuse_port) {
+        for (const auto* eps : {&cfg_.listen, &cfg_.implicit_tls})
+            for (const endpoint& ep : *eps) {
+                std::string err = check_port_free(ep);
+                if (!err.empty()) return err;
+            }
+    }
+    if (cfg_.reserved_port) {
+        std::string why;
+        if (can_bind_port(cfg_.reserved_low, &why)) {
+            RPCGATE_LOG(gw, info, "backend source ports: reserved, {} down to {} ({})",
+                        cfg_.reserved_high, cfg_.reserved_low, why);
+        } else {
+            RPCGATE_LOG(gw, warn,
+                        "backend source ports: ephemeral, {}; a 'secure' export (knfsd's "
+                        "default) refuses them",
+                        why);
+            cfg_.reserved_port = false;
+        }
+    }
     if (cfg_.io_backend == "dpdk") {
         // One TCP stack per process (lwIP): one shard, which polls the port.
         std::string err;
@@ -43,20 +91,23 @@ std::string gateway::start() {
     }
     bool tls_used = cfg_.tls != tls_policy::off || !cfg_.implicit_tls.empty();
     if (tls_used) {
-        tls::server_options o;
-        o.cert_file = cfg_.cert;
-        o.key_file = cfg_.key;
-        o.ca_file = cfg_.ca;
-        o.crl_file = cfg_.crl;
-        o.require_client_cert = cfg_.tls == tls_policy::mtls;
-        o.alpn_strict = cfg_.alpn_strict;
+        tls::server_options o = server_tls_options(cfg_);
         if (cfg_.tls_min_version == "1.2") {
-            o.min_version = TLS1_2_VERSION;
             RPCGATE_LOG(tls, warn,
                         "--tls-min-version 1.2: clients may use TLS 1.2. This is OUTSIDE RFC 9289 "
                         "(§5.1: TLS 1.3 or later), for evaluating NIC TLS offload only; do not "
                         "use it in production");
         }
+        if (cfg_.tls >= tls_policy::required)
+            RPCGATE_LOG(tls, info,
+                        "--tls {}: TLS demanded for {}; other programs are served in plaintext "
+                        "too (--require-tls-for)",
+                        tls_policy_name(cfg_.tls), program_set_text(cfg_.tls_programs));
+        RPCGATE_LOG(tls, info, "TLS 1.3 cipher suites, in this order: {}{}", o.ciphers.ciphersuites,
+                    cfg_.tls_ciphersuites.empty()
+                        ? (tls::cpu_has_aes() ? " (default: the CPU has AES instructions)"
+                                              : " (default: the CPU has no AES instructions)")
+                        : "");
         std::string err;
         tls_ctx_ = tls::context::make_server(o, &err);
         if (!tls_ctx_) return "TLS: " + err;
@@ -170,12 +221,19 @@ std::string gateway::start() {
         std::string err;
         if (!parse_endpoint(cfg_.admin, &ep, &err)) return "--admin " + err;
         admin_ = std::make_unique<admin_server>();
-        err =
-            admin_->start(ep, {[this] { return metrics_text(); },
-                               [this] { return !stopping_.load() && ping_all(1000); },
-                               [this] { return connections_json(); }, [this] { return reload(); }});
+        admin_server::handlers h;
+        h.metrics = [this] { return metrics_text(); };
+        h.healthy = [this] { return !stopping_.load() && ping_all(1000); };
+        h.ready = [this] {
+            readiness r = check_ready();
+            return std::pair<bool, std::string>{r.ready(), r.json(cfg_.backends)};
+        };
+        h.connections = [this] { return connections_json(); };
+        h.reload = [this] { return reload(); };
+        err = admin_->start(ep, std::move(h));
         if (!err.empty()) return err;
-        RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz)", admin_->port());
+        RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz, /readyz)",
+                    admin_->port());
     }
     return {};
 }
@@ -217,12 +275,7 @@ std::string gateway::make_upstream_contexts(std::vector<std::unique_ptr<tls::con
             out->emplace_back();
             continue;
         }
-        tls::client_options o;
-        o.ca_file = r.tls.ca;
-        o.cert_file = r.tls.cert;
-        o.key_file = r.tls.key;
-        o.server_name = r.tls.server_name;
-        o.require_alpn = r.tls.alpn_strict;
+        tls::client_options o = upstream_tls_options(cfg_, r);
         std::string err;
         auto c = tls::context::make_client(o, &err);
         if (!c) return fmt::format("backend '{}': upstream TLS: {}", r.spec, err);
@@ -343,6 +396,14 @@ struct rendezvous {
 };
 
 }  // namespace
+
+readiness gateway::check_ready() {
+    readiness r;
+    // The shards own the listeners: up while they run and answer.
+    r.listeners_up = !stopping_.load() && ping_all(500);
+    r.backends = probe_backends(cfg_.backends, 500);
+    return r;
+}
 
 bool gateway::ping_all(int ms) {
     auto r = std::make_shared<rendezvous<int>>();

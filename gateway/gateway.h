@@ -39,6 +39,7 @@
 #include "core/shard.h"
 #include "gateway/config.h"
 #include "gateway/metrics.h"
+#include "gateway/readiness.h"
 #include "tls/context.h"
 #include "tls/identity_map.h"
 
@@ -81,6 +82,9 @@ class gateway {
     std::string connections_json();
     // True when every shard and the control thread answer within `ms`.
     bool ping_all(int ms);
+    // /readyz: listeners up (shards answer) and each route's backend reachable;
+    // blocks up to about a second (admin thread).
+    readiness check_ready();
     // The port of the --admin endpoint, or 0.
     uint16_t admin_port() const noexcept;
     const gateway_config& config() const noexcept { return cfg_; }

@@ -68,6 +68,10 @@ namespace rpcgate::gw {
     X(backend_connect_failures, "backend_failures", "", counter,                                 \
       "Connects to backends that failed or timed out.")                                          \
     X(backend_lost, "backend_lost", "", counter, "Backend connections lost under a client.")     \
+    X(reserved_port_binds, "reserved_ports", "backend_reserved_port_binds_total", counter,       \
+      "Backend connections from a reserved source port (--reserved-ports).")                     \
+    X(reserved_port_fallbacks, "reserved_fallbacks", "backend_reserved_port_fallbacks_total",    \
+      counter, "Backend connections that wanted a reserved source port and got an ephemeral one.") \
     X(idle_timeouts, "idle_timeouts", "idle_timeouts_total", counter,                            \
       "Clients closed for idleness.")                                                            \
     X(orphan_replies, "orphan_replies", "", counter, "Client REPLYs no backend asked for.")      \
@@ -82,6 +86,8 @@ namespace rpcgate::gw {
     X(tls_errors, "tls_errors", "tls_errors_total", counter, "TLS failures after the handshake.") \
     X(too_weak, "too_weak", "tls_too_weak_total", counter,                                       \
       "Plaintext calls refused with AUTH_TOOWEAK.")                                              \
+    X(plaintext_allowed, "plaintext_allowed", "tls_plaintext_allowed_total", counter,            \
+      "Plaintext calls served under --tls required/mtls: programs not in --require-tls-for.")    \
     X(certuser_rewrites, "certuser_rewrites", "certuser_rewrites_total", counter,                \
       "Calls given a client certificate's identity.")                                            \
     X(tls_revoked, "tls_revoked", "tls_revoked_total", counter,                                  \

@@ -56,7 +56,7 @@ const char* call_verdict_name(call_verdict v) noexcept {
 }
 
 call_decision decide_call(const rpc::call_header& h, bool in_tls, bool tls_offered,
-                          tls_policy policy, bool answer_portmap, const router& r) {
+                          const listener_policy& policy, bool answer_portmap, const router& r) {
     call_decision d;
     switch (rpc::classify_auth_tls(h, in_tls)) {
         case rpc::auth_tls_use::probe:
@@ -68,10 +68,16 @@ call_decision decide_call(const rpc::call_header& h, bool in_tls, bool tls_offer
         case rpc::auth_tls_use::none:
             break;
     }
-    if (!in_tls && policy >= tls_policy::required) {
-        // RFC 9289 §4.2 policy: this listener serves RPC only inside TLS.
-        d.verdict = call_verdict::too_weak;
-        return d;
+    if (!in_tls && policy.policy >= tls_policy::required) {
+        // RFC 9289 §4.2 leaves to the server which RPC programs it serves
+        // only inside TLS. Per program, as knfsd's `xprtsec=` (the NFS program
+        // only) and the Linux client (portmap, MOUNT, NLM, NSM in plaintext):
+        // a listener that refused them all could never serve an NFSv3 mount.
+        if (!policy.tls_programs || policy.tls_programs->contains(h.prog)) {
+            d.verdict = call_verdict::too_weak;
+            return d;
+        }
+        d.plaintext_allowed = true;
     }
     d.route = r.route(h.prog, h.vers);
     if (d.route != router::no_route) {

@@ -44,7 +44,8 @@ enum class call_verdict {
     starttls,         // an AUTH_TLS probe and TLS is offered: STARTTLS, then hand off
     refuse_probe,     // an AUTH_TLS probe, TLS off: AUTH_ERROR rejectedcred
     auth_tls_misuse,  // AUTH_TLS where it does not belong: AUTH_BADCRED
-    too_weak,         // plaintext on a TLS-only listener: AUTH_TOOWEAK (RFC 9289 §4.2)
+    too_weak,         // plaintext call of a program the listener demands TLS for:
+                      // AUTH_TOOWEAK (RFC 9289 §4.2)
     forward,          // to `route`
     portmap,          // answered by the gateway (portmap v2)
     prog_mismatch,    // the program is routed, not this version: PROG_MISMATCH low..high
@@ -54,13 +55,23 @@ const char* call_verdict_name(call_verdict v) noexcept;
 
 struct call_decision {
     call_verdict verdict = call_verdict::prog_unavail;
+    // The listener demands TLS (required/mtls), the call came in plaintext and
+    // was let through because its program is not in `tls_programs`.
+    bool plaintext_allowed = false;
     size_t route = router::no_route;  // forward
     uint32_t low = 0, high = 0;       // prog_mismatch
+};
+
+// What a listener demands of its calls: `policy` (--tls), and under required
+// or mtls the programs it demands TLS for (--require-tls-for).
+struct listener_policy {
+    tls_policy policy = tls_policy::off;
+    const program_set* tls_programs = nullptr;  // nullptr: every program
 };
 
 // `in_tls`: the connection is in TLS already; `tls_offered`: the gateway
 // runs handshakes and --tls is not off.
 call_decision decide_call(const rpc::call_header& h, bool in_tls, bool tls_offered,
-                          tls_policy policy, bool answer_portmap, const router& r);
+                          const listener_policy& policy, bool answer_portmap, const router& r);
 
 }  // namespace rpcgate::gw

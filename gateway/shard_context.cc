@@ -165,4 +165,22 @@ void shard_context::on_drain_deadline(core::timer*, void* arg) {
     ctx->sh_.timers().arm(ctx->drain_timer_, 1000);
 }
 
+void shard_context::warn_reserved_fallback(const std::string& backend, bool exhausted) {
+    uint64_t now = sh_.now_ms();
+    if (reserved_warned_ms_ != 0 && now - reserved_warned_ms_ < 60000) {
+        ++reserved_unwarned_;
+        return;
+    }
+    RPCGATE_LOG(gw, warn,
+                "shard {}: backend {}: {} reserved source port ({}-{}): an ephemeral port instead, "
+                "which a 'secure' export refuses{}",
+                sh_.index(), backend, exhausted ? "no free" : "cannot bind a", cfg_.reserved_low,
+                cfg_.reserved_high,
+                reserved_unwarned_
+                    ? fmt::format(" ({} more since the last warning)", reserved_unwarned_)
+                    : "");
+    reserved_warned_ms_ = now ? now : 1;
+    reserved_unwarned_ = 0;
+}
+
 }  // namespace rpcgate::gw

@@ -113,6 +113,9 @@ class shard_context final : public core::listener_handler {
     tls::ktls::protection protection_of(int fd) { return diag_.query(fd); }
     // True when the gateway runs handshakes (TLS or upstream TLS configured).
     bool runs_handshakes() const noexcept { return hs_ != nullptr; }
+    // A backend connection got an ephemeral source port instead of a reserved
+    // one: one warning a minute per shard at most (the counter has them all).
+    void warn_reserved_fallback(const std::string& backend, bool exhausted);
     // The route's upstream client context now (null: plaintext).
     const tls::context* upstream_context(size_t route) const noexcept {
         return upstream_ctx_ ? upstream_ctx_[route].load() : nullptr;
@@ -153,6 +156,8 @@ class shard_context final : public core::listener_handler {
     session_list sessions_;
     core::timer drain_timer_;
     std::string start_error_;
+    uint64_t reserved_warned_ms_ = 0;
+    uint64_t reserved_unwarned_ = 0;
 };
 
 }  // namespace rpcgate::gw

@@ -20,6 +20,9 @@ namespace rpcgate::rpc {
 
 inline constexpr uint32_t pmap_prog = 100000;
 inline constexpr uint32_t pmap_vers = 2;
+// The NFS programs proper: file data travels in them (RFC 1813, RFC 7530).
+inline constexpr uint32_t nfs_prog = 100003;
+inline constexpr uint32_t nfs_acl_prog = 100227;
 
 enum class pmap_proc : uint32_t {
     null = 0,

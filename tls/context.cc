@@ -1,5 +1,10 @@
 #include "tls/context.h"
 
+#if defined(__aarch64__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+
 #include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
@@ -91,9 +96,26 @@ std::string file_error(const char* what, const std::string& path) {
 
 // Settings both roles share: TLS 1.3 floor, kTLS wanted, no 0-RTT, the verify
 // and alert hooks, and a way back from the SSL_CTX to this context.
-bool common_setup(SSL_CTX* ctx, context* self, int min_version, std::string* err) {
+bool common_setup(SSL_CTX* ctx, context* self, int min_version, const cipher_options& c,
+                  std::string* err) {
     if (!SSL_CTX_set_min_proto_version(ctx, min_version)) {
         *err = "min_version: " + last_error();
+        return false;
+    }
+    if (c.max_version && !SSL_CTX_set_max_proto_version(ctx, c.max_version)) {
+        *err = "max_version: " + last_error();
+        return false;
+    }
+    if (!c.ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, c.ciphersuites.c_str()) != 1) {
+        *err = "TLS 1.3 cipher suites '" + c.ciphersuites + "': " + last_error();
+        return false;
+    }
+    if (!c.cipher_list.empty() && SSL_CTX_set_cipher_list(ctx, c.cipher_list.c_str()) != 1) {
+        *err = "TLS 1.2 cipher list '" + c.cipher_list + "': " + last_error();
+        return false;
+    }
+    if (!c.groups.empty() && SSL_CTX_set1_groups_list(ctx, c.groups.c_str()) != 1) {
+        *err = "key exchange groups '" + c.groups + "': " + last_error();
         return false;
     }
     SSL_CTX_set_ex_data(ctx, context_ex_index(), self);
@@ -124,6 +146,22 @@ bool load_identity(SSL_CTX* ctx, const std::string& cert, const std::string& key
 }
 
 }  // namespace
+
+bool cpu_has_aes() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul");
+#elif defined(__aarch64__)
+    return (getauxval(AT_HWCAP) & HWCAP_AES) != 0;
+#else
+    return false;
+#endif
+}
+
+std::string preferred_ciphersuites() {
+    return cpu_has_aes()
+               ? "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+               : "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384";
+}
 
 bool is_ip_address(const std::string& s) {
     unsigned char buf[sizeof(in6_addr)];
@@ -157,7 +195,9 @@ std::unique_ptr<context> context::make_server(const server_options& opt, std::st
         return nullptr;
     }
     SSL_CTX* ctx = c->ctx_;
-    if (!common_setup(ctx, c.get(), opt.min_version, err)) return nullptr;
+    if (!common_setup(ctx, c.get(), opt.min_version, opt.ciphers, err)) return nullptr;
+    if (!opt.ciphers.ciphersuites.empty() || !opt.ciphers.cipher_list.empty())
+        SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (opt.cert_file.empty() || opt.key_file.empty()) {
         *err = "server: cert_file and key_file are required";
         return nullptr;
@@ -221,7 +261,7 @@ std::unique_ptr<context> context::make_client(const client_options& opt, std::st
         return nullptr;
     }
     SSL_CTX* ctx = c->ctx_;
-    if (!common_setup(ctx, c.get(), opt.min_version, err)) return nullptr;
+    if (!common_setup(ctx, c.get(), opt.min_version, opt.ciphers, err)) return nullptr;
     // Returns 0 on success, unlike most of OpenSSL.
     if (SSL_CTX_set_alpn_protos(ctx, alpn_wire, sizeof(alpn_wire)) != 0) {
         *err = "ALPN: " + last_error();

@@ -26,6 +26,23 @@ namespace rpcgate::tls {
 
 inline constexpr const char* alpn_sunrpc = "sunrpc";
 
+// Which ciphers and key exchange a context allows, in order of preference.
+// Empty strings keep OpenSSL's defaults. Both roles.
+struct cipher_options {
+    std::string ciphersuites;  // TLS 1.3 (SSL_CTX_set_ciphersuites), "A:B:C"
+    std::string cipher_list;   // TLS 1.2 (SSL_CTX_set_cipher_list), with min_version 1.2
+    std::string groups;        // key exchange groups (SSL_CTX_set1_groups_list), "X25519:P-256"
+    int max_version = 0;       // 0: the highest OpenSSL has; TLS1_2_VERSION for evaluation
+};
+
+// The TLS 1.3 suites rpcgate prefers by default: AES-128-GCM first where the
+// CPU has AES instructions (the cheapest suite there, and the one kTLS and
+// every NIC TLS offload engine support), else ChaCha20-Poly1305 first.
+std::string preferred_ciphersuites();
+// True when this CPU has AES and carry-less multiply instructions (AES-NI
+// and PCLMULQDQ on x86-64, the AES extension on AArch64).
+bool cpu_has_aes() noexcept;
+
 struct server_options {
     std::string cert_file;             // PEM, may hold the chain
     std::string key_file;              // PEM
@@ -37,6 +54,9 @@ struct server_options {
     bool session_tickets = false;
     // Evaluation only (NIC offload of 1.3 is limited): TLS1_2_VERSION allows 1.2.
     int min_version = TLS1_3_VERSION;
+    // Suites and groups; with `ciphersuites` set the server's order wins
+    // (SSL_OP_CIPHER_SERVER_PREFERENCE).
+    cipher_options ciphers;
 };
 
 struct client_options {
@@ -46,6 +66,7 @@ struct client_options {
     std::string server_name;    // DNS name or IP address to verify and send as SNI
     bool require_alpn = false;  // refuse a server that selects no ALPN
     int min_version = TLS1_3_VERSION;
+    cipher_options ciphers;  // offered in this order
 };
 
 class context {

@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <string>
 
 #include "core/log.h"
 #include "core/sd_notify.h"
 #include "gateway/config.h"
+#include "gateway/config_check.h"
 #include "gateway/gateway.h"
 #include "rpc/portmap.h"
 
@@ -26,6 +28,25 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "rpcgate: --log-level: %s\n", err.c_str());
         return 2;
     }
+    if (cfg.check_only) {
+        // Before anything is opened for writing: a check writes nothing.
+        gw::check_report r = gw::check_config(cfg, std::time(nullptr));
+        for (const auto& n : r.notes) std::printf("rpcgate: %s\n", n.c_str());
+        for (const auto& w : r.warnings) std::fprintf(stderr, "rpcgate: warning: %s\n", w.c_str());
+        for (const auto& e : r.errors) std::fprintf(stderr, "rpcgate: error: %s\n", e.c_str());
+        if (!r.ok()) {
+            std::fprintf(stderr, "rpcgate: configuration NOT OK: %zu error(s)\n", r.errors.size());
+            return 2;
+        }
+        size_t upstream = 0;
+        for (const auto& b : cfg.backends) upstream += b.tls.mode != gw::tls_policy::off;
+        std::printf(
+            "rpcgate: configuration OK: %zu listener(s), %zu backend(s), %u shard(s), "
+            "tls %s, upstream tls on %zu backend(s), %zu warning(s)\n",
+            cfg.listen.size() + cfg.implicit_tls.size(), cfg.backends.size(), cfg.shards,
+            gw::tls_policy_name(cfg.tls), upstream, r.warnings.size());
+        return 0;
+    }
     if (!cfg.audit_log.empty()) {
         int fd = ::open(cfg.audit_log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
         if (fd < 0) {
@@ -35,17 +56,6 @@ int main(int argc, char** argv) {
         }
         core::set_subsys_fd(core::log_subsys::audit, fd);
     }
-    if (cfg.check_only) {
-        size_t upstream = 0;
-        for (const auto& b : cfg.backends) upstream += b.tls.mode != gw::tls_policy::off;
-        std::printf(
-            "rpcgate: configuration OK: %zu listener(s), %zu backend(s), %u shard(s), "
-            "tls %s, upstream tls on %zu backend(s)\n",
-            cfg.listen.size(), cfg.backends.size(), cfg.shards, gw::tls_policy_name(cfg.tls),
-            upstream);
-        return 0;
-    }
-
     // One fd per client and one per backend link: lift the soft fd limit to the
     // hard one, as daemons do, and say so if it is still low.
     rlimit nofile{};

@@ -183,14 +183,28 @@ TEST_F(tls_gateway, probe_inside_tls_gets_badcred) {
 }
 
 TEST_F(tls_gateway, plaintext_call_in_required_mode_gets_tooweak) {
-    start(gw::tls_policy::required);
+    // The echo program is one the listener demands TLS for (--require-tls-for).
+    start(gw::tls_policy::required,
+          [](gw::gateway_config& c) { c.tls_programs.progs.push_back(0x20000001); });
     auto [st, out] = client("plain-call");
     EXPECT_EQ(st, 0) << out;
     EXPECT_NE(out.find("denied auth_error 5"), std::string::npos) << out;  // AUTH_TOOWEAK
     EXPECT_EQ(gw_->totals().too_weak, 1u);
+    EXPECT_EQ(gw_->totals().plaintext_allowed, 0u);
     // ... while the same call inside TLS goes through.
     auto [st2, out2] = client("echo", {"--sizes", "100"});
     EXPECT_EQ(st2, 0) << out2;
+}
+
+TEST_F(tls_gateway, required_mode_serves_other_programs_in_plaintext) {
+    // By default --tls required demands TLS for NFS and NFS_ACL only: the echo
+    // program, like MOUNT or NLM, is served in plaintext, and counted.
+    start(gw::tls_policy::required);
+    auto [st, out] = client("plain-call");
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_NE(out.find("accepted 0"), std::string::npos) << out;  // SUCCESS
+    EXPECT_EQ(gw_->totals().too_weak, 0u);
+    EXPECT_EQ(gw_->totals().plaintext_allowed, 1u);
 }
 
 TEST_F(tls_gateway, mtls_accepts_a_valid_client_certificate) {

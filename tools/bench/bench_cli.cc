@@ -43,6 +43,7 @@ int bad_option(const std::string& what) {
 struct tls_cli {
     std::string mode = "off";
     std::string ca, cert, key, server_name, ciphersuites;
+    std::string max_version, ciphers, groups;
 
     void add(CLI::App* app, bool server) {
         app->add_option("--cert", cert,
@@ -50,6 +51,13 @@ struct tls_cli {
         app->add_option("--key", key, server ? "server key (PEM)" : "client key (PEM, mtls)");
         app->add_option("--ciphersuites", ciphersuites,
                         "TLS 1.3 cipher suites, e.g. TLS_AES_128_GCM_SHA256");
+        // NIC TLS offload evaluation: TLS 1.2 and a chosen AEAD on both ends.
+        app->add_option("--tls-max-version", max_version,
+                        "1.3 (default) or 1.2 (also allows 1.2: evaluation, outside RFC 9289)")
+            ->check(CLI::IsMember({"1.2", "1.3"}));
+        app->add_option("--ciphers", ciphers,
+                        "TLS 1.2 cipher list (OpenSSL names), e.g. ECDHE-ECDSA-AES128-GCM-SHA256");
+        app->add_option("--groups", groups, "key exchange groups, e.g. X25519 or P-256:P-384");
         if (server) return;
         app->add_option("--ca", ca, "CA bundle to verify the server (default: no check)");
         app->add_option("--server-name", server_name, "name to verify and send as SNI");
@@ -60,7 +68,16 @@ struct tls_cli {
         o.cert_file = cert;
         o.key_file = key;
         o.server_name = server_name.empty() ? target_host : server_name;
+        apply_ciphers(&o.min_version, &o.ciphers);
         return o;
+    }
+    void apply_ciphers(int* min_version, tls::cipher_options* c) const {
+        if (max_version == "1.2") {
+            *min_version = TLS1_2_VERSION;
+            c->max_version = TLS1_2_VERSION;
+        }
+        c->cipher_list = ciphers;
+        c->groups = groups;
     }
 };
 
@@ -136,6 +153,7 @@ int serve(const std::string& listen, unsigned shards, const tls_cli& tls_opt) {
         tls::server_options so;
         so.cert_file = tls_opt.cert;
         so.key_file = tls_opt.key;
+        tls_opt.apply_ciphers(&so.min_version, &so.ciphers);
         tls_ctx = tls::context::make_server(so, &err);
         if (!tls_ctx) {
             print_line(stderr, "rpcgate-bench serve: " + err);

@@ -2,13 +2,15 @@
 // DESIGN.md, contract).
 //
 //   rpcgate-bench serve --listen ADDR:PORT [--shards N]
-//                       [--tls off|implicit --cert FILE --key FILE [--ciphersuites S]]
+//                       [--tls off|implicit --cert FILE --key FILE [--ciphersuites S]
+//                        [--tls-max-version 1.2|1.3] [--ciphers LIST] [--groups LIST]]
 //   rpcgate-bench run --target ADDR:PORT --connections N --depth D --size BYTES
 //                     (--duration SECONDS | --calls COUNT) [--proc echo|null|callback]
 //                     [--rate OPS_PER_S] [--threads T] [--verify] [--json] [--quiet]
 //                     [--progress SECONDS] [--seed S] [--size-max BYTES]
 //                     [--tls off|starttls|implicit [--ca FILE] [--cert FILE --key FILE]
-//                      [--server-name NAME] [--ciphersuites S]]
+//                      [--server-name NAME] [--ciphersuites S] [--tls-max-version 1.2|1.3]
+//                      [--ciphers LIST] [--groups LIST]]
 //   rpcgate-bench handshake --target ADDR:PORT --tls starttls|implicit
 //                     --connections N --duration S [--json] [TLS options as for run]
 //   rpcgate-bench handshake --baseline --cert FILE --key FILE --duration S [--ca FILE]

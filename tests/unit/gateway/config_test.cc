@@ -126,3 +126,22 @@ TEST_F(toml_config, other_keys_take_their_own_type_only) {
 }
 
 }  // namespace
+
+namespace {
+
+// require_tls_for: an array of names or numbers, or "all"; the default is NFS
+// and NFS_ACL; a word that is not a program is refused with the key's name.
+TEST_F(toml_config, require_tls_for_takes_programs_or_all) {
+    EXPECT_TRUE(cfg_.tls_programs.contains(100003));
+    EXPECT_TRUE(cfg_.tls_programs.contains(100227));
+    EXPECT_FALSE(cfg_.tls_programs.contains(100005));
+    ASSERT_TRUE(load("require_tls_for = [\"nfs\", \"mount\", \"100021\"]")) << err_;
+    EXPECT_EQ(program_set_text(cfg_.tls_programs), "nfs,mount,nlm");
+    ASSERT_TRUE(load("require_tls_for = \"all\"")) << err_;
+    EXPECT_TRUE(cfg_.tls_programs.all);
+    EXPECT_FALSE(load("require_tls_for = [\"nfs\", \"mountd3\"]"));
+    EXPECT_NE(err_.find("require_tls_for"), std::string::npos) << err_;
+    EXPECT_NE(err_.find("'mountd3' is not a program"), std::string::npos) << err_;
+}
+
+}  // namespace

@@ -12,7 +12,7 @@
 namespace rpcgate::gw {
 namespace {
 
-constexpr uint32_t nfs = 100003, mount = 100005, nlm = 100021;
+constexpr uint32_t nfs = 100003, mount = 100005, nlm = 100021, nsm = 100024, nfs_acl = 100227;
 
 backend_route route_to(uint32_t prog, uint32_t vers, std::string spec) {
     backend_route r;
@@ -82,6 +82,9 @@ struct policy_case {
     bool answer_portmap;
     call_verdict want;
     size_t want_route;
+    // --require-tls-for: "" = the default (nfs,nfs_acl).
+    const char* tls_for = "";
+    bool want_plaintext_allowed = false;
 };
 
 void PrintTo(const policy_case& c, std::ostream* os) {
@@ -93,10 +96,19 @@ class call_policy : public testing::TestWithParam<policy_case> {};
 TEST_P(call_policy, decides) {
     const policy_case& c = GetParam();
     std::vector<backend_route> b{route_to(nfs, 0, "nfs=a:2049"),
-                                 route_to(nlm, 4, "nlm=b:4045,vers=4")};
+                                 route_to(nlm, 4, "nlm=b:4045,vers=4"),
+                                 route_to(mount, 0, "mount=a:20048"), route_to(nsm, 0, "nsm=a:662"),
+                                 route_to(nfs_acl, 0, "nfs_acl=a:2049")};
     router r(b);
-    call_decision d = decide_call(c.h, c.in_tls, c.tls_offered, c.policy, c.answer_portmap, r);
+    program_set tls_for = default_tls_programs();
+    std::string err;
+    if (*c.tls_for) {
+        ASSERT_TRUE(parse_program_set(c.tls_for, &tls_for, &err, "test")) << err;
+    }
+    call_decision d = decide_call(c.h, c.in_tls, c.tls_offered, listener_policy{c.policy, &tls_for},
+                                  c.answer_portmap, r);
     EXPECT_EQ(call_verdict_name(d.verdict), std::string(call_verdict_name(c.want)));
+    EXPECT_EQ(d.plaintext_allowed, c.want_plaintext_allowed);
     if (c.want == call_verdict::forward) {
         EXPECT_EQ(d.route, c.want_route);
     }
@@ -128,11 +140,54 @@ const policy_case policy_cases[] = {
      call_verdict::portmap, none},
     {"portmap_unavail_when_not_answered", call(rpc::pmap_prog, 2, 3), false, false, tls_policy::off,
      false, call_verdict::prog_unavail, none},
-    {"unrouted_program", call(mount, 3), false, false, tls_policy::off, true,
+    {"unrouted_program", call(100011, 1), false, false, tls_policy::off, true,
      call_verdict::prog_unavail, none},
+    // --tls required / mtls, per program: by default NFS and NFS_ACL need TLS,
+    // while portmap, MOUNT, NLM and NSM are served in plaintext (an NFSv3 mount).
+    {"required_nfs_acl_plaintext_too_weak", call(nfs_acl, 3), false, true, tls_policy::required,
+     true, call_verdict::too_weak, none},
+    {"required_mount_plaintext_forwarded", call(mount, 3), false, true, tls_policy::required, true,
+     call_verdict::forward, 2, "", true},
+    {"required_nlm_plaintext_forwarded", call(nlm, 4), false, true, tls_policy::required, true,
+     call_verdict::forward, 1, "", true},
+    {"mtls_nsm_plaintext_forwarded", call(nsm, 1), false, true, tls_policy::mtls, true,
+     call_verdict::forward, 3, "", true},
+    {"required_portmap_plaintext_answered", call(rpc::pmap_prog, 2, 3), false, true,
+     tls_policy::required, true, call_verdict::portmap, none, "", true},
+    {"required_mount_in_tls_not_counted", call(mount, 3), true, true, tls_policy::required, true,
+     call_verdict::forward, 2},
+    {"opportunistic_mount_not_counted", call(mount, 3), false, true, tls_policy::opportunistic,
+     true, call_verdict::forward, 2},
+    {"required_for_mount_too", call(mount, 3), false, true, tls_policy::required, true,
+     call_verdict::too_weak, none, "nfs,nfs_acl,mount"},
+    {"required_for_listed_number", call(nlm, 4), false, true, tls_policy::required, true,
+     call_verdict::too_weak, none, "100021"},
+    {"required_for_all", call(rpc::pmap_prog, 2, 3), false, true, tls_policy::required, true,
+     call_verdict::too_weak, none, "all"},
+    {"required_for_mount_only_lets_nfs_through", call(nfs, 3), false, true, tls_policy::required,
+     true, call_verdict::forward, 0, "mount", true},
     {"unrouted_version", call(nlm, 1), false, false, tls_policy::off, true,
      call_verdict::prog_mismatch, none},
 };
+
+TEST(program_set, parses_names_numbers_and_all) {
+    program_set s;
+    std::string err;
+    ASSERT_TRUE(parse_program_set("nfs,mount,0x186b8", &s, &err, "--require-tls-for")) << err;
+    EXPECT_TRUE(s.contains(nfs));
+    EXPECT_TRUE(s.contains(mount));
+    EXPECT_TRUE(s.contains(100024));
+    EXPECT_FALSE(s.contains(nlm));
+    EXPECT_EQ(program_set_text(s), "nfs,mount,nsm");
+    ASSERT_TRUE(parse_program_set("all", &s, &err, "--require-tls-for"));
+    EXPECT_TRUE(s.contains(nlm));
+    EXPECT_EQ(program_set_text(s), "all");
+    EXPECT_EQ(program_set_text(default_tls_programs()), "nfs,nfs_acl");
+    EXPECT_FALSE(parse_program_set("nfs,bogus", &s, &err, "--require-tls-for"));
+    EXPECT_NE(err.find("'bogus' is not a program"), std::string::npos) << err;
+    EXPECT_FALSE(parse_program_set("", &s, &err, "--require-tls-for"));
+    EXPECT_FALSE(parse_program_set("nfs,", &s, &err, "--require-tls-for"));
+}
 
 INSTANTIATE_TEST_SUITE_P(exits, call_policy, testing::ValuesIn(policy_cases),
                          [](const testing::TestParamInfo<policy_case>& i) {
