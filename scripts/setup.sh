@@ -39,6 +39,7 @@ packages=(
     tshark haproxy socat stunnel4
     prometheus  # promtool checks the /metrics format
     systemd     # systemd-analyze verifies the unit file
+    man-db groff-base  # tests/packaging: the man pages render without warnings
     "gnuplot-nox|gnuplot-qt|gnuplot-x11"
     procps iproute2 util-linux python3
     # the DPDK backend (-DRPCGATE_WITH_DPDK=ON, scripts/test-dpdk.sh): DPDK, lwIP's
