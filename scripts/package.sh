@@ -44,6 +44,11 @@ find "$src" -mindepth 1 -maxdepth 1 ! -name 'obj-*' -exec rm -rf {} +
 if command -v ccache >/dev/null; then
     export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
     export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$out}
+    # debhelper (compat 13) points HOME into debian/ during the build, which
+    # `dh clean` removes: name the cache by its real place, or every build
+    # starts from an empty one.
+    CCACHE_DIR=${CCACHE_DIR:-$(ccache --get-config cache_dir)}
+    export CCACHE_DIR
 fi
 rm -f "$out"/src/rpcgate_*
 say "building rpcgate $version in $src"

@@ -21,7 +21,10 @@
 # Exit 0 pass, 1 fail, 77 skip (no mmdebstrap, not root, or no .deb: build one
 # with scripts/package.sh).
 set -euo pipefail
-deb_dir=$1 cache=$2
+# RPCGATE_CHROOT_CACHE, when set, wins over CACHE_DIR: a place that outlives
+# the clone (CI runs in a fresh one each time), so that only the first run on a
+# machine pays for mmdebstrap.
+deb_dir=$1 cache=${RPCGATE_CHROOT_CACHE:-$2}
 fail() { echo "FAIL: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "SKIP: chroot needs root"; exit 77; }
 command -v mmdebstrap >/dev/null || { echo "SKIP: mmdebstrap not installed (scripts/setup.sh installs it)"; exit 77; }
