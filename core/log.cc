@@ -1,8 +1,10 @@
 #include "core/log.h"
 
+#include <fcntl.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <ctime>
 
@@ -45,6 +47,28 @@ void set_log_fd(int fd) noexcept {
 
 void set_subsys_fd(log_subsys s, int fd) noexcept {
     g_subsys_fd[int(s)].store(fd, std::memory_order_relaxed);
+}
+
+bool open_subsys_file(log_subsys s, const std::string& path, std::string* err) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        *err = fmt::format("{}: {}", path, std::strerror(errno));
+        return false;
+    }
+    int old = g_subsys_fd[int(s)].load(std::memory_order_relaxed);
+    if (old < 0) {
+        set_subsys_fd(s, fd);
+        return true;
+    }
+    // Writers hold the number, not the file: swap the file under the number.
+    int rc = ::dup3(fd, old, O_CLOEXEC);
+    int e = errno;
+    ::close(fd);
+    if (rc < 0) {
+        *err = fmt::format("{}: dup3: {}", path, std::strerror(e));
+        return false;
+    }
+    return true;
 }
 
 bool set_log_levels(std::string_view spec, std::string* err) {

@@ -27,6 +27,14 @@ void set_log_fd(int fd) noexcept;
 // Sends the lines of one subsystem (e.g. audit) to their own fd; -1: back to
 // the common one.
 void set_subsys_fd(log_subsys s, int fd) noexcept;
+// Sends the lines of one subsystem to the file `path` (appended, created 0640),
+// or, when they already go to a file opened here, reopens `path` in its place:
+// what logrotate needs after it renamed the file (rpcgate reopens the audit log
+// on SIGHUP). The new file takes over the old descriptor's number (dup3), so a
+// line being written on another thread at that moment lands in one file or the
+// other, never on a closed or reused descriptor. On failure the lines keep
+// going where they went, and `err` says why. Called by one thread at a time.
+bool open_subsys_file(log_subsys s, const std::string& path, std::string* err);
 
 extern std::atomic<int> g_log_levels[static_cast<int>(log_subsys::count_)];
 

@@ -39,6 +39,8 @@ packages=(
     tshark haproxy socat stunnel4
     prometheus  # promtool checks the /metrics format
     systemd     # systemd-analyze verifies the unit file
+    man-db groff-base  # tests/packaging: the man pages render without warnings
+    debhelper lintian mmdebstrap  # scripts/package.sh and the .deb in a Debian 12 chroot
     "gnuplot-nox|gnuplot-qt|gnuplot-x11"
     procps iproute2 util-linux python3
     # the DPDK backend (-DRPCGATE_WITH_DPDK=ON, scripts/test-dpdk.sh): DPDK, lwIP's

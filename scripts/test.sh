@@ -22,6 +22,8 @@
 #   --asan            (kept for old command lines; the asan job is on by default)
 #   --no-dpdk         skip the DPDK job (scripts/test-dpdk.sh: a build with DPDK + lwIP
 #                     and the tests on a veth pair), which runs by default
+#   --no-package      skip the package job (scripts/package.sh: the .deb, lintian, then
+#                     ctest -L packaging: the .deb in a fresh Debian 12 chroot)
 #   --no-setup        skip scripts/setup.sh (packages and build are up to date)
 #   --fuzz SECONDS    afterwards, each libFuzzer target for SECONDS (default 20; 0 = skip)
 #   --soak SECONDS    afterwards, the full soak (tests/soak/soak.py) for SECONDS on the
@@ -42,6 +44,7 @@ presets=(release)
 setup=1
 sanitizers=1
 dpdk=1
+package=1
 fuzz_seconds=20
 soak_seconds=0
 ctest_args=()
@@ -51,11 +54,12 @@ while [ $# -gt 0 ]; do
         --asan) ;;
         --no-sanitizers) sanitizers=0 ;;
         --no-dpdk) dpdk=0 ;;
+        --no-package) package=0 ;;
         --no-setup) setup=0 ;;
         --fuzz) fuzz_seconds=${2:?--fuzz needs SECONDS}; shift ;;
         --soak) soak_seconds=${2:?--soak needs SECONDS}; shift ;;
         --) shift; ctest_args=("$@"); break ;;
-        -h | --help) sed -n '2,37p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,39p' "$0"; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
     shift
@@ -141,6 +145,8 @@ run_preset() {
         "$RPCGATE_ROOT/scripts/setup.sh" --preset "$preset" || return
     fi
     [ "$preset" = "${presets[0]}" ] || [ ${#ctest_args[@]} -gt 0 ] || extra=(-E "$once_only")
+    # The .deb in a chroot is the package job's (it needs the .deb that job builds).
+    [ ${#ctest_args[@]} -gt 0 ] || extra+=(-LE packaging)
     run_ctest "$preset" "$RPCGATE_ROOT/build/$preset" "${extra[@]}" "${ctest_args[@]}"
 }
 
@@ -162,7 +168,7 @@ run_tsan() {
     cmake --build "$dir" -j2 || return
     # scripts/tsan.supp says why each suppression is there (one: a test peer's library).
     TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:exitcode=66:suppressions=$RPCGATE_ROOT/scripts/tsan.supp" \
-        run_ctest tsan "$dir" -E "$tsan_exclude" -LE vm
+        run_ctest tsan "$dir" -E "$tsan_exclude" -LE 'vm|packaging'
 }
 
 # The tree is as clang-format writes it (seconds; before the long jobs).
@@ -187,6 +193,17 @@ run_dpdk() {
 # and its tests on a veth pair; the default build above has no DPDK.
 if [ "$dpdk" = 1 ] && [ ${#ctest_args[@]} -eq 0 ]; then
     job dpdk run_dpdk
+fi
+# The Debian package: built from the tree (scripts/package.sh, lintian must find
+# no error), then installed into a fresh Debian 12 chroot (tests/packaging,
+# label packaging: the base tarball is cached under build/package, so only the
+# first run on a machine pays for mmdebstrap).
+run_package() {
+    "$RPCGATE_ROOT/scripts/package.sh" || return
+    run_ctest package "$RPCGATE_ROOT/build/${presets[0]}" -L packaging
+}
+if [ "$package" = 1 ] && [ ${#ctest_args[@]} -eq 0 ]; then
+    job package run_package
 fi
 run_soak() {
     local dir=$RPCGATE_ROOT/build/${presets[0]}

@@ -1,5 +1,4 @@
 // rpcgate: the gateway daemon.
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -47,14 +46,10 @@ int main(int argc, char** argv) {
             gw::tls_policy_name(cfg.tls), upstream, r.warnings.size());
         return 0;
     }
-    if (!cfg.audit_log.empty()) {
-        int fd = ::open(cfg.audit_log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-        if (fd < 0) {
-            std::fprintf(stderr, "rpcgate: --audit-log %s: %s\n", cfg.audit_log.c_str(),
-                         std::strerror(errno));
-            return 2;
-        }
-        core::set_subsys_fd(core::log_subsys::audit, fd);
+    if (!cfg.audit_log.empty() &&
+        !core::open_subsys_file(core::log_subsys::audit, cfg.audit_log, &err)) {
+        std::fprintf(stderr, "rpcgate: --audit-log %s\n", err.c_str());
+        return 2;
     }
     // One fd per client and one per backend link: lift the soft fd limit to the
     // hard one, as daemons do, and say so if it is still low.
@@ -122,6 +117,12 @@ int main(int argc, char** argv) {
             continue;
         }
         if (sig == SIGHUP) {
+            // logrotate moved the audit log away and sends SIGHUP: a new file.
+            if (!cfg.audit_log.empty() &&
+                !core::open_subsys_file(core::log_subsys::audit, cfg.audit_log, &err))
+                RPCGATE_LOG(gw, error,
+                            "SIGHUP: cannot reopen the audit log ({}): it goes on in the old file",
+                            err);
             std::string why = gateway.reload();
             if (!why.empty()) RPCGATE_LOG(gw, error, "SIGHUP: {}", why);
             continue;

@@ -69,6 +69,12 @@ void null_over_tls(client::blocking_client& c, const probe_options& opt, probe_r
     r.null_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
     if (rec.empty()) {
         r.null_result = c.error().empty() ? "no reply" : c.error();
+        // The client library says "... in time" / "... timed out" for a
+        // deadline; anything else is the peer ending the connection (EOF,
+        // reset, close_notify).
+        bool timed_out = c.error().empty() || c.error().find("in time") != std::string::npos ||
+                         c.error().find("timed out") != std::string::npos;
+        r.null_failure = timed_out ? "no reply" : "closed";
         return;
     }
     auto rep = rpc::decode_reply(rec);
@@ -83,6 +89,12 @@ void null_over_tls(client::blocking_client& c, const probe_options& opt, probe_r
     r.null_result = client::describe_reply(rep->header);
     r.null_ok = rep->header.stat == rpc::reply_stat::accepted &&
                 rep->header.accept == rpc::accept_stat::success;
+    if (!r.null_ok)
+        r.null_failure = rep->header.stat == rpc::reply_stat::accepted &&
+                                 (rep->header.accept == rpc::accept_stat::prog_unavail ||
+                                  rep->header.accept == rpc::accept_stat::prog_mismatch)
+                             ? "not served"
+                             : "error";
 }
 
 void json_string(std::string& out, std::string_view key, std::string_view v) {
@@ -185,7 +197,17 @@ probe_report run_probe(const probe_options& opt) {
     c.close();
     if (!r.null_ok) {
         r.exit_status = exit_no_reply;
-        r.verdict = "TLS is up but the NULL call over it failed";
+        if (r.null_failure == "closed")
+            r.verdict =
+                "TLS is up, but the connection was closed at the NULL call: behind a gateway, "
+                "the backend of this program is unreachable";
+        else if (r.null_failure == "not served")
+            r.verdict = fmt::format(
+                "TLS is up, but program {} version {} is not served here: behind a gateway, it "
+                "is not routed",
+                r.prog, r.vers);
+        else
+            r.verdict = "TLS is up but the NULL call over it failed";
         return r;
     }
     r.verdict = opt.implicit ? "implicit TLS works" : "RFC 9289 RPC-with-TLS works";
@@ -252,6 +274,7 @@ std::string format_json(const probe_report& r) {
     json_string(o, "flags", r.flags);
     o += fmt::format("\"null_ok\":{},\"null_ms\":{:.3f},", r.null_ok, r.null_ms);
     json_string(o, "null_result", r.null_result);
+    json_string(o, "null_failure", r.null_failure);
     json_string(o, "verdict", r.verdict);
     o += fmt::format("\"exit_status\":{}}}", r.exit_status);
     return o;

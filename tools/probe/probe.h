@@ -16,6 +16,11 @@
 //   5  TLS handshake failed, or it negotiated less than TLS 1.3
 //   6  no (or a bad) reply to the NULL call over TLS
 //
+// Through a gateway the NULL call is forwarded to the server the program is
+// routed to, so a failure after a good handshake usually lies behind the
+// gateway: the verdict says which (connection closed at the call: the backend
+// is unreachable; PROG_UNAVAIL: the program is not routed).
+//
 // The protocol is the shared client library's (tls/client); this file only
 // runs it and reports. Main thread; blocks.
 #pragma once
@@ -69,6 +74,10 @@ struct probe_report {
     bool null_ok = false;
     double null_ms = 0;
     std::string null_result;
+    // Why the NULL call failed: "closed" (the peer ended the connection at the
+    // call), "no reply" (none in time), "not served" (PROG_UNAVAIL or
+    // PROG_MISMATCH), "error" (anything else); "" when it succeeded.
+    std::string null_failure;
     int exit_status = exit_ok;
     std::string verdict;  // one line
 };

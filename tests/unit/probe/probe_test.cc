@@ -126,3 +126,33 @@ TEST_F(probe_fixture, cli_end_to_end) {
                  "--vers", "1", "--ca", pki.ca_cert, "--server-name", "localhost", "--json"}),
         exit_ok);
 }
+
+// Through a gateway, a NULL call that fails after a good handshake points
+// behind the gateway; the verdict says where.
+TEST_F(probe_fixture, connection_closed_at_the_call_is_an_unreachable_backend) {
+    tls_test_server srv(pki, server_behavior::close_at_call);
+    probe_report r = run_probe(options(srv.port()));
+    EXPECT_EQ(r.exit_status, exit_no_reply) << format_human(r);
+    EXPECT_TRUE(r.handshake_ok);
+    EXPECT_EQ(r.null_failure, "closed") << r.null_result;
+    EXPECT_NE(r.verdict.find("backend of this program is unreachable"), std::string::npos)
+        << r.verdict;
+    EXPECT_NE(format_json(r).find("\"null_failure\":\"closed\""), std::string::npos);
+}
+
+TEST_F(probe_fixture, prog_unavail_over_tls_is_a_missing_route) {
+    tls_test_server srv(pki, server_behavior::not_routed);
+    probe_report r = run_probe(options(srv.port()));
+    EXPECT_EQ(r.exit_status, exit_no_reply) << format_human(r);
+    EXPECT_EQ(r.null_failure, "not served") << r.null_result;
+    EXPECT_NE(r.verdict.find("is not routed"), std::string::npos) << r.verdict;
+}
+
+TEST_F(probe_fixture, silence_over_tls_is_not_called_unreachable) {
+    tls_test_server srv(pki, server_behavior::silent_over_tls);
+    probe_options o = options(srv.port());
+    o.timeout_s = 0.5;
+    probe_report r = run_probe(o);
+    EXPECT_EQ(r.null_failure, "no reply") << r.null_result;
+    EXPECT_EQ(r.verdict, "TLS is up but the NULL call over it failed");
+}

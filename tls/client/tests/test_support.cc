@@ -240,15 +240,25 @@ void tls_test_server::serve(int fd) {
         tls::status st = sess->read(plain, out);
         if (!send_all(fd, out) || st == tls::status::error || st == tls::status::closed) return;
         core::slice_chain replies;
+        bool close_now = false;
         for (const core::slice& p : plain) {
             auto fed = rr.feed(p, [&](core::slice_chain&& rec) {
                 auto call = rpc::decode_call(rec);
                 if (!call) return false;
+                if (behavior_ == server_behavior::close_at_call) {
+                    close_now = true;
+                    return false;
+                }
+                if (behavior_ == server_behavior::not_routed) {
+                    replies.append(core::slice_chain(rpc::build_reply(rpc::reply_header::accepted(
+                        call->header.xid, rpc::accept_stat::prog_unavail))));
+                    return true;
+                }
                 if (call->header.proc == 0) ++nulls_;
                 replies.append(core::slice_chain(rpc::build_null_reply(call->header.xid)));
                 return true;
             });
-            if (!fed) return;
+            if (!fed || close_now) return;  // the caller closes the connection
         }
         if (!replies.empty()) {
             core::slice_chain enc;

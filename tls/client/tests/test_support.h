@@ -32,6 +32,9 @@ enum class server_behavior {
     no_token,         // MSG_ACCEPTED SUCCESS with an empty verifier
     close_on_probe,   // close without answering
     silent_over_tls,  // STARTTLS and the handshake, then never answer
+    close_at_call,    // STARTTLS and the handshake, then close at the first call
+                      // (as a gateway whose backend is unreachable)
+    not_routed,       // STARTTLS and the handshake, then PROG_UNAVAIL to every call
 };
 
 class tls_test_server {
