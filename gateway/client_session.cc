@@ -286,6 +286,10 @@ bool client_session::on_client_record(slice_chain&& rec) {
     if (!l) return false;
     ++calls_outstanding_;
     bump(ctx_.counters().calls_forwarded);
+    if (call_stats* cs = ctx_.calls())
+        note_call(*cs, in_flight_, ctx_.counters(), h.xid,
+                  rpc::classify_call(h.prog, h.vers, h.proc, call->args), rec.size(),
+                  ctx_.shard().now_ns());
     if (certuser_) {
         // tlscertuser: the certificate's identity replaces the credential;
         // the arguments are spliced behind the new header, not copied.
@@ -343,6 +347,8 @@ bool client_session::on_backend_record(backend_link& l, slice_chain&& rec) {
     } else {
         if (calls_outstanding_ > 0) --calls_outstanding_;
         bump(ctx_.counters().replies_forwarded);
+        if (call_stats* cs = ctx_.calls())
+            note_reply(*cs, in_flight_, rec, peek->xid, l.ready_ns(), ctx_.shard().now_ns());
     }
     bump(ctx_.counters().bytes_to_clients, rec.size());
     send_to_client(frame(std::move(rec)));

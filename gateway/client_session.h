@@ -34,6 +34,7 @@
 #include "core/shard.h"
 #include "gateway/admission.h"
 #include "gateway/backend_link.h"
+#include "gateway/call_stats.h"
 #include "gateway/metrics.h"
 #include "gateway/shard_context.h"
 #include "rpc/message.h"
@@ -135,6 +136,7 @@ class client_session final : public core::stream_handler, public session_list::n
     rpc::record_reassembler rr_;
     std::vector<std::unique_ptr<backend_link>> links_;  // by route, opened on first use
     std::vector<bc_call> bc_calls_;
+    calls_in_flight in_flight_;  // forwarded calls awaiting a reply (call_stats.h)
     core::timer idle_timer_;
     core::timer tls_quiet_timer_;
     uint64_t last_activity_ = 0;

@@ -265,6 +265,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "upstream_tls",
                                   "reserved_port",
                                   "portmap",
+                                  "call_stats",
                                   "idle_timeout",
                                   "connect_timeout",
                                   "drain_timeout",
@@ -385,6 +386,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     b = cfg->answer_portmap;
     if (!toml_get<bool>(t, "portmap", &b, err)) return false;
     cfg->answer_portmap = b;
+    b = cfg->call_stats;
+    if (!toml_get<bool>(t, "call_stats", &b, err)) return false;
+    cfg->call_stats = b;
     b = cfg->alpn_strict;
     if (!toml_get<bool>(t, "alpn_strict", &b, err)) return false;
     cfg->alpn_strict = b;
@@ -538,7 +542,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     std::vector<std::string> listen, backends;
     std::string tls, log_level, max_record, max_inflight, buffer_size;
     gateway_config d;  // defaults, for the help text
-    bool version = false, no_reserved = false, no_portmap = false;
+    bool version = false, no_reserved = false, no_portmap = false, no_call_stats = false;
 
     app.add_option("--listen,-l", listen, "ADDR:PORT to accept clients on (repeatable)")
         ->type_name("ADDR:PORT");
@@ -604,6 +608,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                  "when running as root, as knfsd's 'secure' export option expects)");
     app.add_flag("--no-portmap", no_portmap,
                  "do not answer portmap GETPORT locally (forward it if routed)");
+    app.add_flag("--no-call-stats", no_call_stats,
+                 "do not count and time calls per program, version and procedure (to measure "
+                 "what that costs)");
     auto* o_idle = app.add_option("--idle-timeout", cfg->idle_timeout_s,
                                   fmt::format("seconds without traffic before a client is "
                                               "closed, 0 = never (default {})",
@@ -724,6 +731,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_up_alpn->count()) merged.upstream.alpn_strict = true;
     if (no_reserved) merged.reserved_port = false;
     if (no_portmap) merged.answer_portmap = false;
+    if (no_call_stats) merged.call_stats = false;
     if (o_idle->count()) merged.idle_timeout_s = cfg->idle_timeout_s;
     if (o_ct->count()) merged.connect_timeout_ms = cfg->connect_timeout_ms;
     if (o_dt->count()) merged.drain_timeout_ms = cfg->drain_timeout_ms;

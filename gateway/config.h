@@ -92,8 +92,11 @@ struct gateway_config {
     std::string admin;
     // Defaults for every backend (each may override them in its spec).
     upstream_tls upstream;
-    bool reserved_port = true;      // effective only when running as root
-    bool answer_portmap = true;     // answer portmap v2 GETPORT/NULL locally
+    bool reserved_port = true;   // effective only when running as root
+    bool answer_portmap = true;  // answer portmap v2 GETPORT/NULL locally
+    // Count and time every forwarded call per kind (rpc/call_kind.h); off
+    // only to measure what that costs.
+    bool call_stats = true;
     uint32_t idle_timeout_s = 300;  // 0: never
     uint32_t connect_timeout_ms = 5000;
     uint32_t drain_timeout_ms = 5000;

@@ -394,6 +394,10 @@ std::string gateway::metrics_text() const {
         health.push_back(c->health());
     }
     render_gateway_counters(out, counters);
+    std::vector<const call_stats*> calls;
+    for (const auto& c : contexts_)
+        if (c->calls()) calls.push_back(c->calls());
+    if (!calls.empty()) render_call_stats(out, calls);
     auto rd = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
     std::vector<uint64_t> v(contexts_.size());
     auto per_shard = [&](const char* name, const char* type, const char* help, auto value) {

@@ -14,7 +14,9 @@
 //   type    counter or gauge (Prometheus TYPE)
 //
 // RPCGATE_BACKEND_COUNTERS is the same for the per-route backend health
-// (summed over shards, one sample per backend). The kernel's own kTLS
+// (summed over shards, one sample per backend). RPCGATE_CALL_COUNTERS and
+// RPCGATE_CALL_HISTOGRAMS are the per-call accounting (call_stats.h): rows
+// X(field, metric, help), labelled by program, version and procedure. The kernel's own kTLS
 // counters (/proc/net/tls_stat) are read when /metrics is asked for.
 //
 // Threads: a shard writes its own counters (relaxed atomics); anyone reads.
@@ -71,6 +73,8 @@ namespace rpcgate::gw {
     X(idle_timeouts, "idle_timeouts", "idle_timeouts_total", counter,                            \
       "Clients closed for idleness.")                                                            \
     X(orphan_replies, "orphan_replies", "", counter, "Client REPLYs no backend asked for.")      \
+    X(calls_untimed, "calls_untimed", "calls_untimed_total", counter,                            \
+      "Calls not timed: too many in flight on their connection.")                                \
     X(flow_pauses, "flow_pauses", "flow_pauses_total", counter,                                  \
       "Times a side stopped being read because its peer was full.")                              \
     X(starttls, "starttls", "tls_starttls_total", counter,                                       \
@@ -113,6 +117,20 @@ namespace rpcgate::gw {
       "Connects to a backend that failed or timed out.")                                         \
     X(lost, "backend_lost_total", counter, "Backend connections that closed under a client.")    \
     X(open, "backend_connections_open", gauge, "Backend connections open now.")
+
+#define RPCGATE_CALL_COUNTERS(X)                                                                 \
+    X(calls, "rpc_calls_total", "Calls forwarded to a backend.")                                 \
+    X(replies, "rpc_replies_total", "Replies from a backend to calls forwarded.")                \
+    X(errors, "rpc_errors_total",                                                                \
+      "Replies from a backend that are not MSG_ACCEPTED with SUCCESS.")                          \
+    X(call_bytes, "rpc_call_bytes_total", "Bytes of calls forwarded (records, no marks).")       \
+    X(reply_bytes, "rpc_reply_bytes_total", "Bytes of their replies (records, no marks).")
+
+#define RPCGATE_CALL_HISTOGRAMS(X)                                                               \
+    X(backend_latency, "rpc_backend_duration_seconds",                                           \
+      "From a call forwarded to the backend to its reply received from it.")                     \
+    X(gateway_latency, "rpc_duration_seconds",                                                   \
+      "From a call received from the client to its reply sent to it.")
 // clang-format on
 
 // Per-shard counters; written by the shard, read by anyone.
