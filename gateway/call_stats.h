@@ -79,15 +79,15 @@ class call_stats {
 // The calls of one session waiting for their reply: xid -> (kind, time
 // received). Open addressing, linear probing, deletion by backward shift;
 // a retransmitted xid is one more entry (its reply takes one). Past
-// k_max_entries a call is not timed (add returns false).
+// k_max_entries a call is counted but not timed (add returns false).
 class calls_in_flight {
   public:
-    static constexpr size_t k_max_entries = 1u << 16;
+    static constexpr size_t k_max_entries = 1u << 14;  // 1 MiB of table at most
 
     // Remembers a call; false when full (the call is then not timed).
-    bool add(uint32_t xid, rpc::call_kind kind, uint64_t received_ns);
+    inline bool add(uint32_t xid, rpc::call_kind kind, uint64_t received_ns);
     // Finds and forgets the call `xid`; false if it is not there.
-    bool take(uint32_t xid, rpc::call_kind* kind, uint64_t* received_ns) noexcept;
+    inline bool take(uint32_t xid, rpc::call_kind* kind, uint64_t* received_ns) noexcept;
     size_t size() const noexcept { return size_; }
 
   private:
@@ -110,16 +110,84 @@ class calls_in_flight {
 
 // A call of kind `kind` and `bytes` bytes forwarded at `now_ns`: counted,
 // and remembered until its reply (counters.calls_untimed when it cannot be).
-void note_call(call_stats& cs, calls_in_flight& f, gateway_counters& counters, uint32_t xid,
-               rpc::call_kind kind, size_t bytes, uint64_t now_ns);
+inline void note_call(call_stats& cs, calls_in_flight& f, gateway_counters& counters, uint32_t xid,
+                      rpc::call_kind kind, size_t bytes, uint64_t now_ns);
 // The reply `record` (xid `xid`) from a backend link that became ready at
 // `link_ready_ns`, sent to the client at `now_ns`: counted and timed when
 // its call is in `f`.
-void note_reply(call_stats& cs, calls_in_flight& f, const core::slice_chain& record, uint32_t xid,
-                uint64_t link_ready_ns, uint64_t now_ns);
+inline void note_reply(call_stats& cs, calls_in_flight& f, const core::slice_chain& record,
+                       uint32_t xid, uint64_t link_ready_ns, uint64_t now_ns);
 
 // Every family of RPCGATE_CALL_COUNTERS and RPCGATE_CALL_HISTOGRAMS, summed
 // over shards; only the kinds with at least one call appear.
 void render_call_stats(std::string& out, const std::vector<const call_stats*>& shards);
+
+// ---- inline: on the data path, per call
+
+inline bool calls_in_flight::add(uint32_t xid, rpc::call_kind kind, uint64_t received_ns) {
+    // At most a quarter full: short runs keep a lookup and its backward
+    // shift to a slot or two.
+    if ((size_ + 1) * 4 > cap_) {
+        if (cap_ >= k_max_entries * 4) return false;
+        grow();
+    }
+    size_t i = home(xid);
+    while (slots_[i].used) i = (i + 1) & (cap_ - 1);
+    slots_[i] = entry{received_ns, xid, kind, 1};
+    ++size_;
+    return true;
+}
+
+inline bool calls_in_flight::take(uint32_t xid, rpc::call_kind* kind,
+                                  uint64_t* received_ns) noexcept {
+    if (size_ == 0) return false;
+    size_t i = home(xid);
+    for (; slots_[i].used; i = (i + 1) & (cap_ - 1)) {
+        if (slots_[i].xid != xid) continue;
+        *kind = slots_[i].kind;
+        *received_ns = slots_[i].received_ns;
+        // Backward shift: move up every later entry of the run that may
+        // sit at i (its home is not in (i, j]), so no tombstone is needed.
+        size_t j = i;
+        for (;;) {
+            slots_[i].used = 0;
+            for (;;) {
+                j = (j + 1) & (cap_ - 1);
+                if (!slots_[j].used) {
+                    --size_;
+                    return true;
+                }
+                size_t h = home(slots_[j].xid);
+                bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+                if (!stays) break;
+            }
+            slots_[i] = slots_[j];
+            i = j;
+        }
+    }
+    return false;
+}
+
+inline void note_call(call_stats& cs, calls_in_flight& f, gateway_counters& counters, uint32_t xid,
+                      rpc::call_kind kind, size_t bytes, uint64_t now_ns) {
+    call_kind_stats& k = cs.at(kind);
+    core::bump(k.calls);
+    core::bump(k.call_bytes, bytes);
+    if (!f.add(xid, kind, now_ns)) core::bump(counters.calls_untimed);
+}
+
+inline void note_reply(call_stats& cs, calls_in_flight& f, const core::slice_chain& record,
+                       uint32_t xid, uint64_t link_ready_ns, uint64_t now_ns) {
+    rpc::call_kind kind;
+    uint64_t received_ns;
+    if (!f.take(xid, &kind, &received_ns)) return;
+    call_kind_stats& k = cs.at(kind);
+    core::bump(k.replies);
+    core::bump(k.reply_bytes, record.size());
+    if (!rpc::reply_accepted_ok(record)) core::bump(k.errors);
+    uint64_t forwarded_ns = received_ns > link_ready_ns ? received_ns : link_ready_ns;
+    k.backend_latency.record(now_ns > forwarded_ns ? now_ns - forwarded_ns : 0);
+    k.gateway_latency.record(now_ns > received_ns ? now_ns - received_ns : 0);
+}
 
 }  // namespace rpcgate::gw

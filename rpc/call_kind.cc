@@ -11,65 +11,101 @@ namespace {
 
 // RFC 1813 §3.3.
 constexpr std::string_view nfs3_procs[] = {
-    "null",   "getattr", "setattr", "lookup",  "access",      "readlink", "read",   "write",
-    "create", "mkdir",   "symlink", "mknod",   "remove",      "rmdir",    "rename", "link",
-    "readdir", "readdirplus", "fsstat", "fsinfo", "pathconf", "commit"};
+    "null",    "getattr",     "setattr", "lookup", "access",   "readlink", "read",   "write",
+    "create",  "mkdir",       "symlink", "mknod",  "remove",   "rmdir",    "rename", "link",
+    "readdir", "readdirplus", "fsstat",  "fsinfo", "pathconf", "commit"};
 
 // NFSv4: procedure 0 NULL, then COMPOUND by main op. Slot 1 is a COMPOUND
 // with no op (numops 0); slot 2 + (op - 3) is op `op` (RFC 8881 §16.2.3,
 // RFC 7862 §11.2 for 59..71, RFC 8276 §8 for 72..75).
 constexpr uint32_t nfs4_first_op = 3;
 constexpr uint32_t nfs4_last_op = 75;
-constexpr std::string_view nfs4_procs[] = {
-    "null",          "compound",
-    "access",        "close",
-    "commit",        "create",
-    "delegpurge",    "delegreturn",
-    "getattr",       "getfh",
-    "link",          "lock",
-    "lockt",         "locku",
-    "lookup",        "lookupp",
-    "nverify",       "open",
-    "openattr",      "open_confirm",
-    "open_downgrade", "putfh",
-    "putpubfh",      "putrootfh",
-    "read",          "readdir",
-    "readlink",      "remove",
-    "rename",        "renew",
-    "restorefh",     "savefh",
-    "secinfo",       "setattr",
-    "setclientid",   "setclientid_confirm",
-    "verify",        "write",
-    "release_lockowner", "backchannel_ctl",
-    "bind_conn_to_session", "exchange_id",
-    "create_session", "destroy_session",
-    "free_stateid",  "get_dir_delegation",
-    "getdeviceinfo", "getdevicelist",
-    "layoutcommit",  "layoutget",
-    "layoutreturn",  "secinfo_no_name",
-    "sequence",      "set_ssv",
-    "test_stateid",  "want_delegation",
-    "destroy_clientid", "reclaim_complete",
-    "allocate",      "copy",
-    "copy_notify",   "deallocate",
-    "io_advise",     "layouterror",
-    "layoutstats",   "offload_cancel",
-    "offload_status", "read_plus",
-    "seek",          "write_same",
-    "clone",         "getxattr",
-    "setxattr",      "listxattrs",
-    "removexattr"};
+constexpr std::string_view nfs4_procs[] = {"null",
+                                           "compound",
+                                           "access",
+                                           "close",
+                                           "commit",
+                                           "create",
+                                           "delegpurge",
+                                           "delegreturn",
+                                           "getattr",
+                                           "getfh",
+                                           "link",
+                                           "lock",
+                                           "lockt",
+                                           "locku",
+                                           "lookup",
+                                           "lookupp",
+                                           "nverify",
+                                           "open",
+                                           "openattr",
+                                           "open_confirm",
+                                           "open_downgrade",
+                                           "putfh",
+                                           "putpubfh",
+                                           "putrootfh",
+                                           "read",
+                                           "readdir",
+                                           "readlink",
+                                           "remove",
+                                           "rename",
+                                           "renew",
+                                           "restorefh",
+                                           "savefh",
+                                           "secinfo",
+                                           "setattr",
+                                           "setclientid",
+                                           "setclientid_confirm",
+                                           "verify",
+                                           "write",
+                                           "release_lockowner",
+                                           "backchannel_ctl",
+                                           "bind_conn_to_session",
+                                           "exchange_id",
+                                           "create_session",
+                                           "destroy_session",
+                                           "free_stateid",
+                                           "get_dir_delegation",
+                                           "getdeviceinfo",
+                                           "getdevicelist",
+                                           "layoutcommit",
+                                           "layoutget",
+                                           "layoutreturn",
+                                           "secinfo_no_name",
+                                           "sequence",
+                                           "set_ssv",
+                                           "test_stateid",
+                                           "want_delegation",
+                                           "destroy_clientid",
+                                           "reclaim_complete",
+                                           "allocate",
+                                           "copy",
+                                           "copy_notify",
+                                           "deallocate",
+                                           "io_advise",
+                                           "layouterror",
+                                           "layoutstats",
+                                           "offload_cancel",
+                                           "offload_status",
+                                           "read_plus",
+                                           "seek",
+                                           "write_same",
+                                           "clone",
+                                           "getxattr",
+                                           "setxattr",
+                                           "listxattrs",
+                                           "removexattr"};
 static_assert(std::size(nfs4_procs) == 2 + nfs4_last_op - nfs4_first_op + 1);
 
 // RFC 1813 appendix I (MOUNT v3; v1 has the same procedures).
-constexpr std::string_view mount_procs[] = {"null",   "mnt",    "dump",
-                                            "umnt",   "umntall", "export"};
+constexpr std::string_view mount_procs[] = {"null", "mnt", "dump", "umnt", "umntall", "export"};
 // NLM v4 (RFC 1813 appendix II); 16..19 are not defined.
 constexpr std::string_view nlm4_procs[] = {
-    "null",       "test",        "lock",       "cancel",     "unlock",      "granted",
-    "test_msg",   "lock_msg",    "cancel_msg", "unlock_msg", "granted_msg", "test_res",
-    "lock_res",   "cancel_res",  "unlock_res", "granted_res", "",           "",
-    "",           "",            "share",      "unshare",    "nm_lock",     "free_all"};
+    "null",        "test",     "lock",     "cancel",     "unlock",
+    "granted",     "test_msg", "lock_msg", "cancel_msg", "unlock_msg",
+    "granted_msg", "test_res", "lock_res", "cancel_res", "unlock_res",
+    "granted_res", "",         "",         "",           "",
+    "share",       "unshare",  "nm_lock",  "free_all"};
 // NFSACL v3 (the Linux/Solaris side protocol).
 constexpr std::string_view nfsacl3_procs[] = {"null", "getacl", "setacl", "getxattrdir"};
 // rpcgate-bench's echo program (docs: DESIGN, "Contract").
@@ -85,12 +121,9 @@ struct program_row {
 
 constexpr uint32_t nfs_prog = 100003;
 constexpr program_row rows[] = {
-    {nfs_prog, 3, "nfs", "3", nfs3_procs},
-    {nfs_prog, 4, "nfs", "4", nfs4_procs},
-    {100005, 1, "mount", "1", mount_procs},
-    {100005, 3, "mount", "3", mount_procs},
-    {100021, 4, "nlm", "4", nlm4_procs},
-    {100227, 3, "nfsacl", "3", nfsacl3_procs},
+    {nfs_prog, 3, "nfs", "3", nfs3_procs},    {nfs_prog, 4, "nfs", "4", nfs4_procs},
+    {100005, 1, "mount", "1", mount_procs},   {100005, 3, "mount", "3", mount_procs},
+    {100021, 4, "nlm", "4", nlm4_procs},      {100227, 3, "nfsacl", "3", nfsacl3_procs},
     {0x20000001, 1, "echo", "1", echo_procs},
 };
 constexpr size_t nrows = std::size(rows);
@@ -126,9 +159,9 @@ constexpr uint32_t op_getattr = 9, op_getfh = 10, op_putfh = 22, op_putpubfh = 2
                    op_putrootfh = 24, op_restorefh = 31, op_savefh = 32, op_sequence = 53;
 constexpr size_t sequence_args_bytes = 16 + 4 + 4 + 4 + 4;  // sessionid, seqid, slot, high, bool
 constexpr size_t nfs4_fhsize = 128;                         // RFC 8881 §2.2
-constexpr size_t max_bitmap_words = 8;  // far more attributes than are defined
-constexpr size_t max_tag = 1024;        // a longer tag is no real client's
-constexpr size_t max_prefix_ops = 8;    // set-up and bookkeeping ops read before giving up
+constexpr size_t max_bitmap_words = 8;                      // far more attributes than are defined
+constexpr size_t max_tag = 1024;                            // a longer tag is no real client's
+constexpr size_t max_prefix_ops = 8;  // set-up and bookkeeping ops read before giving up
 
 call_kind classify_compound(const core::slice_chain& args) noexcept {
     xdr_reader r(args);
@@ -215,7 +248,13 @@ call_kind find_call_kind(std::string_view program, std::string_view version,
 }
 
 bool reply_accepted_ok(const core::slice_chain& record) noexcept {
-    // RFC 5531 §9: xid, REPLY, MSG_ACCEPTED, verifier, accept_stat.
+    // RFC 5531 §9: xid, REPLY, MSG_ACCEPTED, verifier, accept_stat. Nearly
+    // every reply has an empty verifier in its first slice: read it there.
+    if (record.count() > 0 && record.part(0).size() >= 24) {
+        const uint8_t* p = record.part(0).data();
+        if (load_be32(p + 16) == 0)
+            return load_be32(p + 4) == 1 && load_be32(p + 8) == 0 && load_be32(p + 20) == 0;
+    }
     xdr_reader r(record);
     auto xid = r.u32();
     auto type = r.u32();

@@ -58,7 +58,8 @@ void accounting_call_and_reply(benchmark::State& state) {
     gw::call_stats cs;
     gw::calls_in_flight f;
     gw::gateway_counters c;
-    core::slice framed = rpc::build_reply(rpc::reply_header::accepted(1, rpc::accept_stat::success));
+    core::slice framed =
+        rpc::build_reply(rpc::reply_header::accepted(1, rpc::accept_stat::success));
     core::slice_chain reply(std::move(framed));
     reply.trim_front(4);
     core::slice_chain none;

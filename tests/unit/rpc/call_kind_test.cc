@@ -22,8 +22,7 @@ constexpr uint32_t nfs = 100003;
 
 std::string name_of(call_kind k) {
     call_kind_labels l = call_kind_info(k);
-    return std::string(l.program) + "/" + std::string(l.version) + "/" +
-           std::string(l.procedure);
+    return std::string(l.program) + "/" + std::string(l.version) + "/" + std::string(l.procedure);
 }
 
 // COMPOUND4args: tag, minorversion, then ops given as (opnum, args bytes).
@@ -43,9 +42,9 @@ std::string compound(const std::vector<op>& ops, std::string tag = "", uint32_t 
     return w.finish().to_string();
 }
 
-const op sequence{53, {1, 2, 3, 4, 7, 0, 9, 1}};          // sessionid(16) + 4 words
-const op putfh{22, {8, 0xaaaaaaaa, 0xbbbbbbbb}};          // an 8-byte handle
-const op putfh_odd{22, {5, 0x01020304, 0x05000000}};      // 5 bytes + 3 of padding
+const op sequence{53, {1, 2, 3, 4, 7, 0, 9, 1}};      // sessionid(16) + 4 words
+const op putfh{22, {8, 0xaaaaaaaa, 0xbbbbbbbb}};      // an 8-byte handle
+const op putfh_odd{22, {5, 0x01020304, 0x05000000}};  // 5 bytes + 3 of padding
 const op putrootfh{24, {}};
 const op read_op{25, {0, 0, 0, 0, 0, 0, 4096}};
 const op write_op{38, {0, 0, 0, 0, 0, 0, 2, 0}};
@@ -103,11 +102,11 @@ TEST(CallKind, CompoundByMainOperation) {
     EXPECT_EQ(name_of(v4(compound({sequence, putfh, read_op}))), "nfs/4/read");
     EXPECT_EQ(name_of(v4(compound({sequence, putfh, write_op, getattr}))), "nfs/4/write");
     EXPECT_EQ(name_of(v4(compound({sequence, putfh_odd, getattr}))), "nfs/4/getattr");
-    EXPECT_EQ(name_of(v4(compound({sequence, putrootfh, {15, {1, 0x61000000}}}))),
-              "nfs/4/lookup");
+    EXPECT_EQ(name_of(v4(compound({sequence, putrootfh, {15, {1, 0x61000000}}}))), "nfs/4/lookup");
     // Bookkeeping ops before the work (libnfs: PUTFH GETATTR GETFH READDIR).
-    EXPECT_EQ(name_of(v4(compound({putfh, getattr, {10, {}}, {26, {0, 0, 0, 0, 512, 4096, 1, 2}}}))),
-              "nfs/4/readdir");
+    EXPECT_EQ(
+        name_of(v4(compound({putfh, getattr, {10, {}}, {26, {0, 0, 0, 0, 512, 4096, 1, 2}}}))),
+        "nfs/4/readdir");
     EXPECT_EQ(name_of(v4(compound({sequence, putfh, getattr}))), "nfs/4/getattr");
     EXPECT_EQ(name_of(v4(compound({sequence, putfh, {32, {}}, {10, {}}}))), "nfs/4/savefh");
     // NFSv4.0: no SEQUENCE.
@@ -145,7 +144,8 @@ TEST(CallKind, GarbageCompoundsAreOther) {
     std::string good = compound({sequence, putfh_odd, read_op}, "abc");
     size_t main_op_end = good.size() - 7 * 4;  // READ's args follow its number
     for (size_t n = 0; n < good.size(); ++n) {
-        call_kind k = classify_call(nfs, 4, 1, n ? chain_of(good.substr(0, n)) : core::slice_chain());
+        call_kind k =
+            classify_call(nfs, 4, 1, n ? chain_of(good.substr(0, n)) : core::slice_chain());
         if (n >= main_op_end)
             EXPECT_EQ(name_of(k), "nfs/4/read") << n;
         else
