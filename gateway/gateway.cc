@@ -14,6 +14,8 @@
 #include "gateway/admin.h"
 #include "gateway/client_session.h"
 #include "gateway/shard_context.h"
+#include "rpc/portmap.h"
+#include "tls/cert_expiry.h"
 #include "tls/handshake_service.h"
 #include "tls/ktls.h"
 
@@ -29,6 +31,52 @@ gateway::~gateway() {
     stop();
     wait();
 }
+
+namespace {
+
+// The certificates in effect: the server's and its CA (when the gateway
+// terminates TLS), each route's upstream client certificate and CA.
+// Unreadable files are skipped: the contexts that use them already loaded.
+std::vector<loaded_cert> collect_loaded_certs(const gateway_config& cfg, bool tls_used) {
+    std::vector<loaded_cert> out;
+    std::vector<std::pair<std::string, std::string>> seen;  // (role, path)
+    auto add = [&](const char* role, const std::string& path) {
+        if (path.empty()) return;
+        for (const auto& [r, p] : seen)
+            if (r == role && p == path) return;
+        seen.emplace_back(role, path);
+        std::string err;
+        for (tls::cert_expiry& e : tls::read_cert_expiries(path, &err))
+            out.push_back({role, std::move(e.subject), std::move(e.serial), e.not_after});
+    };
+    if (tls_used) {
+        add("server", cfg.cert);
+        add("ca", cfg.ca);
+    }
+    for (const backend_route& r : cfg.backends) {
+        if (r.tls.mode == tls_policy::off) continue;
+        add("upstream_client", r.tls.cert);
+        add("upstream_ca", r.tls.ca);
+    }
+    return out;
+}
+
+// A route's name in metric labels: the program's ("nfs"), "/vN" when the
+// route takes one version only.
+std::string route_name(const backend_route& r) {
+    std::string_view known = rpc::program_name_of(r.prog);
+    std::string name = known.empty() ? std::to_string(r.prog) : std::string(known);
+    if (r.vers) name += "/v" + std::to_string(r.vers);
+    return name;
+}
+
+// "host:port" ("[v6]:port") as written, without the spec's TLS options.
+std::string route_address(const backend_route& r) {
+    bool v6 = r.host.find(':') != std::string::npos;
+    return fmt::format("{}{}{}:{}", v6 ? "[" : "", r.host, v6 ? "]" : "", r.target.port());
+}
+
+}  // namespace
 
 std::string gateway::start() {
     if (cfg_.io_backend == "dpdk") {
@@ -72,6 +120,10 @@ std::string gateway::start() {
     std::string up_err = make_upstream_contexts(&upstream_ctx_);
     if (!up_err.empty()) return up_err;
     upstream_live_.reset(new std::atomic<const tls::context*>[cfg_.backends.size()]);
+    {
+        std::lock_guard g(certs_mu_);
+        certs_ = collect_loaded_certs(cfg_, tls_used);
+    }
     bool upstream_used = false;
     for (size_t r = 0; r < cfg_.backends.size(); ++r) {
         upstream_live_[r].store(upstream_ctx_[r].get());
@@ -316,6 +368,11 @@ std::string gateway::reload() {
     std::lock_guard serial(producer_mu_);
     std::string why = reload_locked();
     bump(why.empty() ? reloads_ : reload_failures_);
+    if (why.empty()) {
+        std::vector<loaded_cert> certs = collect_loaded_certs(cfg_, tls_ctx_ != nullptr);
+        std::lock_guard g(certs_mu_);
+        certs_ = std::move(certs);
+    }
     return why;
 }
 
@@ -435,10 +492,16 @@ std::string gateway::metrics_text() const {
 #undef RPCGATE_CORE_COUNTER
     per_shard("rpcgate_engine_buffers_free", "gauge", "Receive buffers the kernel can use now.",
               [&](size_t i) { return rd(shards_[i]->stats().buffers_free); });
-    std::vector<std::string> specs;
-    for (const backend_route& r : cfg_.backends) specs.push_back(r.spec);
-    render_backend_health(out, specs, health);
-    render_kernel_tls_stat(out);
+    std::vector<std::string> labels;
+    for (const backend_route& r : cfg_.backends)
+        labels.push_back(backend_labels(route_name(r), route_address(r)));
+    render_backend_health(out, labels, health);
+    render_kernel_tls_stat(out, tls::ktls::read_tls_stat());
+    render_build_info(out, RPCGATE_VERSION, io_backend_ ? "dpdk" : "uring");
+    {
+        std::lock_guard g(certs_mu_);
+        render_cert_expiry(out, certs_);
+    }
     render_tls_protection(out, counters);
     render_one(out, "rpcgate_reloads_total", "counter",
                "Reloads (SIGHUP, POST /reload) that took effect.", rd(reloads_));

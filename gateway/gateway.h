@@ -113,6 +113,9 @@ class gateway {
     std::mutex producer_mu_;
     std::atomic<uint64_t> reloads_{0};
     std::atomic<uint64_t> reload_failures_{0};
+    // The certificates loaded (start, each reload), for /metrics.
+    mutable std::mutex certs_mu_;
+    std::vector<loaded_cert> certs_;
     uint16_t port_ = 0;
     uint16_t implicit_port_ = 0;
     std::string reload_locked();

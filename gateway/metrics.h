@@ -26,6 +26,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/shard.h"
@@ -204,12 +206,31 @@ void render_one(std::string& out, const char* name, const char* type, const char
 void render_gateway_counters(std::string& out, const std::vector<const gateway_counters*>& shards);
 // rpcgate_tls_connections_open{direction,protection}, summed over shards.
 void render_tls_protection(std::string& out, const std::vector<const gateway_counters*>& shards);
-// Every row of RPCGATE_BACKEND_COUNTERS, per backend (its spec), summed over
-// shards: health[shard][route].
-void render_backend_health(std::string& out, const std::vector<std::string>& backends,
+// Every row of RPCGATE_BACKEND_COUNTERS, per backend, summed over shards:
+// health[shard][route]; labels[route] is backend_labels(...) of the route.
+void render_backend_health(std::string& out, const std::vector<std::string>& labels,
                            const std::vector<const backend_health*>& per_shard);
-// The kernel's kTLS counters (/proc/net/tls_stat), when it has kTLS: the
-// cumulative ones as counters, TlsCurr* (connections now) as gauges.
-void render_kernel_tls_stat(std::string& out);
+// A label value escaped as the text format wants (backslash, quote, newline).
+std::string label_value(std::string_view v);
+// The labels of one route: its name ("nfs", "nfs/v4", or the program number)
+// and address ("host:port") — never its TLS options or file paths.
+std::string backend_labels(std::string_view name, std::string_view address);
+// "TlsDecryptError" -> "tls_decrypt_error".
+std::string snake_case(std::string_view camel);
+// The kernel's kTLS counters (read_tls_stat(), parsed once per scrape):
+// rpcgate_kernel_tls_tx_sw_total ... as counters, the TlsCurr* fields
+// (connections now: rpcgate_kernel_tls_curr_tx_sw ...) as gauges.
+void render_kernel_tls_stat(std::string& out,
+                            const std::vector<std::pair<std::string, uint64_t>>& stat);
+// rpcgate_build_info{version,openssl,compiler,io_backend} 1.
+void render_build_info(std::string& out, std::string_view version, std::string_view io_backend);
+
+// A certificate the gateway loaded, for rpcgate_certificate_not_after_seconds.
+struct loaded_cert {
+    std::string role;  // server, ca, upstream_client, upstream_ca
+    std::string subject, serial;
+    int64_t not_after = 0;  // seconds since the epoch
+};
+void render_cert_expiry(std::string& out, const std::vector<loaded_cert>& certs);
 
 }  // namespace rpcgate::gw
