@@ -4,7 +4,10 @@
 //   GET /metrics   Prometheus text format (version 0.0.4)
 //   GET /healthz   200 "ok" when every shard and the TLS control thread
 //                  answer a ping within a second, else 503
-//   GET /connections  every client connection as JSON (asks each shard)
+//   GET /connections  every client connection as JSON (asks each shard);
+//                  ?top=N[&by=calls|bytes]: only the N busiest
+//   GET /clients   open connections summed by source address and TLS
+//                  identity, the top N (?top=N&by=calls|bytes, default 20)
 //   POST /reload   re-read the TLS material, as SIGHUP does
 //
 // It runs on its own thread with blocking sockets, off the data path: the
@@ -34,6 +37,9 @@ class admin_server {
         std::function<bool()> healthy;             // /healthz
         std::function<std::string()> connections;  // the /connections body (JSON)
         std::function<std::string()> reload;       // POST /reload: "" or why it failed
+        // GET /clients... and GET /connections?... (the target, query
+        // included): the top talkers (client_views.h), JSON.
+        std::function<std::string(const std::string&)> views;
     };
 
     admin_server() = default;

@@ -35,6 +35,7 @@
 #include "gateway/admission.h"
 #include "gateway/backend_link.h"
 #include "gateway/call_stats.h"
+#include "gateway/client_views.h"
 #include "gateway/metrics.h"
 #include "gateway/shard_context.h"
 #include "rpc/message.h"
@@ -76,6 +77,8 @@ class client_session final : public core::stream_handler, public session_list::n
     bool close_if_revoked(const std::vector<X509_CRL*>& crls);
     // One JSON object for /connections.
     std::string describe_json() const;
+    // For the top talkers and /clients (client_views.h).
+    client_view view() const;
 
     // ---- for its backend links
     core::conn_id id() const noexcept { return id_; }
@@ -142,6 +145,7 @@ class client_session final : public core::stream_handler, public session_list::n
     uint64_t last_activity_ = 0;
     uint64_t created_ms_ = 0;
     uint64_t calls_outstanding_ = 0;
+    uint64_t calls_forwarded_ = 0;  // over the session's life (client_views.h)
     std::unique_ptr<tls::session> tls_;
     tls::ktls::protection prot_;    // where tls_'s crypto runs, per direction
     core::timer ktls_close_timer_;  // close_notify waits for the send queue

@@ -222,10 +222,10 @@ std::string gateway::start() {
         std::string err;
         if (!parse_endpoint(cfg_.admin, &ep, &err)) return "--admin " + err;
         admin_ = std::make_unique<admin_server>();
-        err =
-            admin_->start(ep, {[this] { return metrics_text(); },
-                               [this] { return !stopping_.load() && ping_all(1000); },
-                               [this] { return connections_json(); }, [this] { return reload(); }});
+        err = admin_->start(ep, {[this] { return metrics_text(); },
+                                 [this] { return !stopping_.load() && ping_all(1000); },
+                                 [this] { return connections_json(); }, [this] { return reload(); },
+                                 [this](const std::string& t) { return views_json(t); }});
         if (!err.empty()) return err;
         RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz)", admin_->port());
     }
@@ -440,6 +440,34 @@ std::string gateway::connections_json() {
     out += "]\n";
     if (!complete) RPCGATE_LOG(admin, warn, "/connections: a shard did not answer within 1 s");
     return out;
+}
+
+std::string gateway::views_json(const std::string& target) {
+    // Each shard snapshots its sessions; the ranking is done here, off the
+    // data path.
+    auto r = std::make_shared<rendezvous<std::vector<client_view>>>();
+    std::unique_lock serial(producer_mu_);
+    r->expected = main_inboxes_.size();
+    for (size_t i = 0; i < main_inboxes_.size(); ++i) {
+        shard_context* c = contexts_[i].get();
+        main_inboxes_[i]->try_post([r, c] {
+            std::vector<client_view> part;
+            c->sessions().for_each([&](client_session& s) { part.push_back(s.view()); });
+            r->put(std::move(part));
+        });
+    }
+    serial.unlock();
+    bool complete = r->wait(1000);
+    std::vector<client_view> all;
+    {
+        std::lock_guard g(r->m);
+        for (auto& part : r->got)
+            for (auto& v : part) all.push_back(std::move(v));
+    }
+    if (!complete) RPCGATE_LOG(admin, warn, "{}: a shard did not answer within 1 s", target);
+    view_query q = parse_view_query(target);
+    if (target.rfind("/clients", 0) == 0) return clients_json(all, q);
+    return top_connections_json(std::move(all), q);
 }
 
 std::string gateway::metrics_text() const {

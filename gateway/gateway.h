@@ -79,6 +79,9 @@ class gateway {
     std::string reload();
     // Every client connection as a JSON array (asks each shard; main/admin thread).
     std::string connections_json();
+    // GET /clients[?top=N&by=calls|bytes] and GET /connections?top=N...:
+    // the bounded per-client views of client_views.h.
+    std::string views_json(const std::string& target);
     // True when every shard and the control thread answer within `ms`.
     bool ping_all(int ms);
     // The port of the --admin endpoint, or 0.

@@ -11,8 +11,8 @@
 namespace rpcgate::tls {
 
 struct cert_expiry {
-    std::string subject;  // the CN, or the whole subject when it has none
-    std::string serial;   // hex
+    std::string subject;    // the CN, or the whole subject when it has none
+    std::string serial;     // hex
     int64_t not_after = 0;  // seconds since the epoch (UTC)
 };
 
