@@ -698,7 +698,8 @@ void shard::run(task init, std::string* err, std::atomic<int>* ready) {
         }
         backend_attached_ = true;
     }
-    now_ms_ = monotonic_ms();
+    now_ns_ = monotonic_ns();
+    now_ms_ = now_ns_ / 1000000;
     timers_.set_now(now_ms_);
     arm_wake();
     if (init) init();
@@ -800,7 +801,8 @@ void shard::loop() {
         // shard::send_desc), and goes with the next enter; reaping what has
         // completed, below, is what lets a kernel that answered -EBUSY go on.
         int rc = enter(true, timed ? &ts : nullptr);
-        now_ms_ = monotonic_ms();
+        now_ns_ = monotonic_ns();
+        now_ms_ = now_ns_ / 1000000;
         // With no timer armed the wait above had no timeout and the wheel's
         // clock stood still; bring it to now before anything arms a timer.
         if (timers_.armed_count() == 0) timers_.set_now(now_ms_);

@@ -76,5 +76,7 @@ class timer_wheel {
 
 // Monotonic milliseconds.
 uint64_t monotonic_ms() noexcept;
+// CLOCK_MONOTONIC in nanoseconds.
+uint64_t monotonic_ns() noexcept;
 
 }  // namespace rpcgate::core

@@ -92,6 +92,11 @@ void admin_server::serve(int fd) {
         std::string why = h_.reload ? h_.reload() : "reload is not available";
         status = why.empty() ? "200 OK" : "500 Internal Server Error";
         body = why.empty() ? "reloaded\n" : why + "\n";
+    } else if ((line.rfind("GET /clients", 0) == 0 || line.rfind("GET /connections?", 0) == 0) &&
+               h_.views) {
+        type = "application/json";
+        std::string target = line.substr(4, line.find(' ', 4) - 4);
+        body = h_.views(target);
     } else if (line.rfind("GET /connections", 0) == 0) {
         type = "application/json";
         body = h_.connections ? h_.connections() : "[]";
@@ -106,7 +111,7 @@ void admin_server::serve(int fd) {
         body = std::move(json);
     } else if (line.rfind("GET ", 0) == 0) {
         status = "404 Not Found";
-        body = "not found: try /metrics, /connections, /healthz or /readyz\n";
+        body = "not found: try /metrics, /connections, /clients, /healthz or /readyz\n";
     } else {
         status = "405 Method Not Allowed";
         body = "only GET\n";

@@ -7,7 +7,10 @@
 //   GET /readyz    200 when the listeners are up and every route's backend
 //                  accepts a connection, else 503; per route in the JSON body
 //                  (readiness.h)
-//   GET /connections  every client connection as JSON (asks each shard)
+//   GET /connections  every client connection as JSON (asks each shard);
+//                  ?top=N[&by=calls|bytes]: only the N busiest
+//   GET /clients   open connections summed by source address and TLS
+//                  identity, the top N (?top=N&by=calls|bytes, default 20)
 //   POST /reload   re-read the TLS material, as SIGHUP does
 //
 // It runs on its own thread with blocking sockets, off the data path: the
@@ -40,6 +43,9 @@ class admin_server {
         std::function<std::pair<bool, std::string>()> ready;
         std::function<std::string()> connections;  // the /connections body (JSON)
         std::function<std::string()> reload;       // POST /reload: "" or why it failed
+        // GET /clients... and GET /connections?... (the target, query
+        // included): the top talkers (client_views.h), JSON.
+        std::function<std::string(const std::string&)> views;
     };
 
     admin_server() = default;

@@ -87,6 +87,7 @@ void backend_link::on_connected(stream& s, int err) {
     bump(ctx_.counters().backend_connects);
     bump(ctx_.health(route_).connects);
     RPCGATE_LOG(gw, debug, "conn {}: backend {} connected as conn {}", owner_.id(), target(), id_);
+    if (ready_) ready_ns_ = ctx_.shard().now_ns();
     if (!ready_) start_upstream_tls();
 }
 
@@ -142,6 +143,7 @@ void backend_link::on_upstream(upstream_result&& r) {
                     owner_.id(), target(), r.reason);
     }
     ready_ = true;
+    ready_ns_ = ctx_.shard().now_ns();
     // Calls that waited for the handshake go first, in order.
     send_record(std::move(pending_));
     flush();

@@ -60,6 +60,10 @@ class backend_link final : public core::stream_handler, public upstream_waiter {
     void close(int err);
 
     size_t route_index() const { return route_; }
+    // When calls started to reach the backend (connected, and through the
+    // upstream handshake), by the shard's clock; 0 before. Calls forwarded
+    // earlier waited for it: their backend time starts there.
+    uint64_t ready_ns() const { return ready_ns_; }
     const std::string& target() const;
     // For /connections: one JSON object when the link is in TLS, else "".
     std::string tls_json() const;
@@ -97,6 +101,7 @@ class backend_link final : public core::stream_handler, public upstream_waiter {
     core::slice_chain pending_;          // framed calls waiting for the upstream handshake
     core::slice_chain tls_out_;          // framed records to encrypt at the next flush
     uint64_t token_ = 0;                 // registered with the shard while handing_
+    uint64_t ready_ns_ = 0;              // see ready_ns()
     bool blocking_client_ = false;
     bool ready_ = true;
     bool handing_ = false;  // a handshake thread has the socket

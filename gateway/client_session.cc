@@ -286,7 +286,12 @@ bool client_session::on_client_record(slice_chain&& rec) {
     backend_link* l = link_for(d.route, h.vers);
     if (!l) return false;
     ++calls_outstanding_;
+    ++calls_forwarded_;
     bump(ctx_.counters().calls_forwarded);
+    if (call_stats* cs = ctx_.calls())
+        note_call(*cs, in_flight_, ctx_.counters(), h.xid,
+                  rpc::classify_call(h.prog, h.vers, h.proc, call->args), rec.size(),
+                  ctx_.shard().now_ns());
     if (certuser_) {
         // tlscertuser: the certificate's identity replaces the credential;
         // the arguments are spliced behind the new header, not copied.
@@ -344,6 +349,8 @@ bool client_session::on_backend_record(backend_link& l, slice_chain&& rec) {
     } else {
         if (calls_outstanding_ > 0) --calls_outstanding_;
         bump(ctx_.counters().replies_forwarded);
+        if (call_stats* cs = ctx_.calls())
+            note_reply(*cs, in_flight_, rec, peek->xid, l.ready_ns(), ctx_.shard().now_ns());
     }
     bump(ctx_.counters().bytes_to_clients, rec.size());
     send_to_client(frame(std::move(rec)));
@@ -629,6 +636,17 @@ bool client_session::close_if_revoked(const std::vector<X509_CRL*>& crls) {
     return false;
 }
 
+client_view client_session::view() const {
+    client_view v;
+    v.source = source_of(peer_);
+    if (tls_) v.identity = tls_->peer_subject();
+    v.calls = calls_forwarded_;
+    v.bytes_in = client_ ? client_->bytes_in() : 0;
+    v.bytes_out = client_ ? client_->bytes_out() : 0;
+    v.json = describe_json();
+    return v;
+}
+
 std::string client_session::describe_json() const {
     size_t links = 0;
     std::string upstream;  // the backend links in TLS: where their crypto runs
@@ -647,14 +665,15 @@ std::string client_session::describe_json() const {
             json_escape(tls_->peer_subject()), tls::ktls::mode_name(prot_.tx),
             tls::ktls::mode_name(prot_.rx));
     return fmt::format(
-        R"({{"id":"{}","peer":"{}","shard":{},"state":"{}","tls":{},"bytes_in":{},"bytes_out":{},"calls_in_flight":{},"backend_links":{},"backend_tls":[{}],"age_s":{:.3f}}})",
+        R"({{"id":"{}","peer":"{}","shard":{},"state":"{}","tls":{},"calls":{},"bytes_in":{},"bytes_out":{},"calls_in_flight":{},"backend_links":{},"backend_tls":[{}],"age_s":{:.3f}}})",
         id_, peer_, ctx_.shard().index(),
         terminating_ ? "closing"
         : draining_  ? "draining"
         : client_    ? "open"
                      : "closed",
-        tls, client_ ? client_->bytes_in() : 0, client_ ? client_->bytes_out() : 0,
-        calls_outstanding_, links, upstream, double(ctx_.shard().now_ms() - created_ms_) / 1000.0);
+        tls, calls_forwarded_, client_ ? client_->bytes_in() : 0,
+        client_ ? client_->bytes_out() : 0, calls_outstanding_, links, upstream,
+        double(ctx_.shard().now_ms() - created_ms_) / 1000.0);
 }
 
 }  // namespace rpcgate::gw

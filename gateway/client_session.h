@@ -34,6 +34,8 @@
 #include "core/shard.h"
 #include "gateway/admission.h"
 #include "gateway/backend_link.h"
+#include "gateway/call_stats.h"
+#include "gateway/client_views.h"
 #include "gateway/metrics.h"
 #include "gateway/shard_context.h"
 #include "rpc/message.h"
@@ -75,6 +77,8 @@ class client_session final : public core::stream_handler, public session_list::n
     bool close_if_revoked(const std::vector<X509_CRL*>& crls);
     // One JSON object for /connections.
     std::string describe_json() const;
+    // For the top talkers and /clients (client_views.h).
+    client_view view() const;
 
     // ---- for its backend links
     core::conn_id id() const noexcept { return id_; }
@@ -135,11 +139,13 @@ class client_session final : public core::stream_handler, public session_list::n
     rpc::record_reassembler rr_;
     std::vector<std::unique_ptr<backend_link>> links_;  // by route, opened on first use
     std::vector<bc_call> bc_calls_;
+    calls_in_flight in_flight_;  // forwarded calls awaiting a reply (call_stats.h)
     core::timer idle_timer_;
     core::timer tls_quiet_timer_;
     uint64_t last_activity_ = 0;
     uint64_t created_ms_ = 0;
     uint64_t calls_outstanding_ = 0;
+    uint64_t calls_forwarded_ = 0;  // over the session's life (client_views.h)
     std::unique_ptr<tls::session> tls_;
     tls::ktls::protection prot_;    // where tls_'s crypto runs, per direction
     core::timer ktls_close_timer_;  // close_notify waits for the send queue

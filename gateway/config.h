@@ -129,6 +129,9 @@ struct gateway_config {
     bool reserved_port = true;
     uint16_t reserved_low = 512, reserved_high = 1023;
     bool answer_portmap = true;     // answer portmap v2 GETPORT/NULL locally
+    // Count and time every forwarded call per kind (rpc/call_kind.h); off
+    // only to measure what that costs.
+    bool call_stats = true;
     uint32_t idle_timeout_s = 300;  // 0: never
     uint32_t connect_timeout_ms = 5000;
     uint32_t drain_timeout_ms = 5000;

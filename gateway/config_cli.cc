@@ -20,7 +20,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     std::vector<std::string> listen, backends;
     std::string tls, log_level, max_record, max_inflight, buffer_size;
     gateway_config d;  // defaults, for the help text
-    bool version = false, no_reserved = false, no_portmap = false;
+    bool version = false, no_reserved = false, no_portmap = false, no_call_stats = false;
 
     app.add_option("--listen,-l", listen, "ADDR:PORT to accept clients on (repeatable)")
         ->type_name("ADDR:PORT");
@@ -109,6 +109,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                     "'secure')");
     app.add_flag("--no-portmap", no_portmap,
                  "do not answer portmap GETPORT locally (forward it if routed)");
+    app.add_flag("--no-call-stats", no_call_stats,
+                 "do not count and time calls per program, version and procedure (to measure "
+                 "what that costs)");
     auto* o_idle = app.add_option("--idle-timeout", cfg->idle_timeout_s,
                                   fmt::format("seconds without traffic before a client is "
                                               "closed, 0 = never (default {})",
@@ -243,6 +246,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
         return 2;
     }
     if (no_portmap) merged.answer_portmap = false;
+    if (no_call_stats) merged.call_stats = false;
     if (o_idle->count()) merged.idle_timeout_s = cfg->idle_timeout_s;
     if (o_ct->count()) merged.connect_timeout_ms = cfg->connect_timeout_ms;
     if (o_dt->count()) merged.drain_timeout_ms = cfg->drain_timeout_ms;

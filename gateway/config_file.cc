@@ -75,6 +75,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "upstream_tls",
                                   "reserved_port",
                                   "portmap",
+                                  "call_stats",
                                   "idle_timeout",
                                   "connect_timeout",
                                   "drain_timeout",
@@ -216,6 +217,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     b = cfg->answer_portmap;
     if (!toml_get<bool>(t, "portmap", &b, err)) return false;
     cfg->answer_portmap = b;
+    b = cfg->call_stats;
+    if (!toml_get<bool>(t, "call_stats", &b, err)) return false;
+    cfg->call_stats = b;
     b = cfg->alpn_strict;
     if (!toml_get<bool>(t, "alpn_strict", &b, err)) return false;
     cfg->alpn_strict = b;

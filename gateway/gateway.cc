@@ -17,6 +17,8 @@
 #include "gateway/privileges.h"
 #include "gateway/readiness.h"
 #include "gateway/shard_context.h"
+#include "rpc/portmap.h"
+#include "tls/cert_expiry.h"
 #include "tls/handshake_service.h"
 #include "tls/ktls.h"
 
@@ -54,6 +56,48 @@ std::string check_port_free(const endpoint& ep) {
         "cannot listen on {}: the port is already in use (another rpcgate?); give --reuse-port "
         "to share it with that process on purpose",
         ep.text);
+}
+
+// The certificates in effect: the server's and its CA (when the gateway
+// terminates TLS), each route's upstream client certificate and CA.
+// Unreadable files are skipped: the contexts that use them already loaded.
+std::vector<loaded_cert> collect_loaded_certs(const gateway_config& cfg, bool tls_used) {
+    std::vector<loaded_cert> out;
+    std::vector<std::pair<std::string, std::string>> seen;  // (role, path)
+    auto add = [&](const char* role, const std::string& path) {
+        if (path.empty()) return;
+        for (const auto& [r, p] : seen)
+            if (r == role && p == path) return;
+        seen.emplace_back(role, path);
+        std::string err;
+        for (tls::cert_expiry& e : tls::read_cert_expiries(path, &err))
+            out.push_back({role, std::move(e.subject), std::move(e.serial), e.not_after});
+    };
+    if (tls_used) {
+        add("server", cfg.cert);
+        add("ca", cfg.ca);
+    }
+    for (const backend_route& r : cfg.backends) {
+        if (r.tls.mode == tls_policy::off) continue;
+        add("upstream_client", r.tls.cert);
+        add("upstream_ca", r.tls.ca);
+    }
+    return out;
+}
+
+// A route's name in metric labels: the program's ("nfs"), "/vN" when the
+// route takes one version only.
+std::string route_name(const backend_route& r) {
+    std::string_view known = rpc::program_name_of(r.prog);
+    std::string name = known.empty() ? std::to_string(r.prog) : std::string(known);
+    if (r.vers) name += "/v" + std::to_string(r.vers);
+    return name;
+}
+
+// "host:port" ("[v6]:port") as written, without the spec's TLS options.
+std::string route_address(const backend_route& r) {
+    bool v6 = r.host.find(':') != std::string::npos;
+    return fmt::format("{}{}{}:{}", v6 ? "[" : "", r.host, v6 ? "]" : "", r.target.port());
 }
 
 }  // namespace
@@ -123,6 +167,10 @@ std::string gateway::start() {
     std::string up_err = make_upstream_contexts(&upstream_ctx_);
     if (!up_err.empty()) return up_err;
     upstream_live_.reset(new std::atomic<const tls::context*>[cfg_.backends.size()]);
+    {
+        std::lock_guard g(certs_mu_);
+        certs_ = collect_loaded_certs(cfg_, tls_used);
+    }
     bool upstream_used = false;
     for (size_t r = 0; r < cfg_.backends.size(); ++r) {
         upstream_live_[r].store(upstream_ctx_[r].get());
@@ -230,9 +278,10 @@ std::string gateway::start() {
         };
         h.connections = [this] { return connections_json(); };
         h.reload = [this] { return reload(); };
+        h.views = [this](const std::string& t) { return views_json(t); };
         err = admin_->start(ep, std::move(h));
         if (!err.empty()) return err;
-        RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz, /readyz)",
+        RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz, /readyz, /clients)",
                     admin_->port());
     }
     return {};
@@ -369,6 +418,11 @@ std::string gateway::reload() {
     std::lock_guard serial(producer_mu_);
     std::string why = reload_locked();
     bump(why.empty() ? reloads_ : reload_failures_);
+    if (why.empty()) {
+        std::vector<loaded_cert> certs = collect_loaded_certs(cfg_, tls_ctx_ != nullptr);
+        std::lock_guard g(certs_mu_);
+        certs_ = std::move(certs);
+    }
     return why;
 }
 
@@ -446,6 +500,34 @@ std::string gateway::connections_json() {
     return out;
 }
 
+std::string gateway::views_json(const std::string& target) {
+    // Each shard snapshots its sessions; the ranking is done here, off the
+    // data path.
+    auto r = std::make_shared<rendezvous<std::vector<client_view>>>();
+    std::unique_lock serial(producer_mu_);
+    r->expected = main_inboxes_.size();
+    for (size_t i = 0; i < main_inboxes_.size(); ++i) {
+        shard_context* c = contexts_[i].get();
+        main_inboxes_[i]->try_post([r, c] {
+            std::vector<client_view> part;
+            c->sessions().for_each([&](client_session& s) { part.push_back(s.view()); });
+            r->put(std::move(part));
+        });
+    }
+    serial.unlock();
+    bool complete = r->wait(1000);
+    std::vector<client_view> all;
+    {
+        std::lock_guard g(r->m);
+        for (auto& part : r->got)
+            for (auto& v : part) all.push_back(std::move(v));
+    }
+    if (!complete) RPCGATE_LOG(admin, warn, "{}: a shard did not answer within 1 s", target);
+    view_query q = parse_view_query(target);
+    if (target.rfind("/clients", 0) == 0) return clients_json(all, q);
+    return top_connections_json(std::move(all), q);
+}
+
 std::string gateway::metrics_text() const {
     std::string out;
     std::vector<const gateway_counters*> counters;
@@ -455,6 +537,10 @@ std::string gateway::metrics_text() const {
         health.push_back(c->health());
     }
     render_gateway_counters(out, counters);
+    std::vector<const call_stats*> calls;
+    for (const auto& c : contexts_)
+        if (c->calls()) calls.push_back(c->calls());
+    if (!calls.empty()) render_call_stats(out, calls);
     auto rd = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
     std::vector<uint64_t> v(contexts_.size());
     auto per_shard = [&](const char* name, const char* type, const char* help, auto value) {
@@ -492,10 +578,16 @@ std::string gateway::metrics_text() const {
 #undef RPCGATE_CORE_COUNTER
     per_shard("rpcgate_engine_buffers_free", "gauge", "Receive buffers the kernel can use now.",
               [&](size_t i) { return rd(shards_[i]->stats().buffers_free); });
-    std::vector<std::string> specs;
-    for (const backend_route& r : cfg_.backends) specs.push_back(r.spec);
-    render_backend_health(out, specs, health);
-    render_kernel_tls_stat(out);
+    std::vector<std::string> labels;
+    for (const backend_route& r : cfg_.backends)
+        labels.push_back(backend_labels(route_name(r), route_address(r)));
+    render_backend_health(out, labels, health);
+    render_kernel_tls_stat(out, tls::ktls::read_tls_stat());
+    render_build_info(out, RPCGATE_VERSION, io_backend_ ? "dpdk" : "uring");
+    {
+        std::lock_guard g(certs_mu_);
+        render_cert_expiry(out, certs_);
+    }
     render_tls_protection(out, counters);
     render_one(out, "rpcgate_reloads_total", "counter",
                "Reloads (SIGHUP, POST /reload) that took effect.", rd(reloads_));

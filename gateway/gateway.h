@@ -80,6 +80,9 @@ class gateway {
     std::string reload();
     // Every client connection as a JSON array (asks each shard; main/admin thread).
     std::string connections_json();
+    // GET /clients[?top=N&by=calls|bytes] and GET /connections?top=N...:
+    // the bounded per-client views of client_views.h.
+    std::string views_json(const std::string& target);
     // True when every shard and the control thread answer within `ms`.
     bool ping_all(int ms);
     // /readyz: listeners up (shards answer) and each route's backend reachable;
@@ -117,6 +120,9 @@ class gateway {
     std::mutex producer_mu_;
     std::atomic<uint64_t> reloads_{0};
     std::atomic<uint64_t> reload_failures_{0};
+    // The certificates loaded (start, each reload), for /metrics.
+    mutable std::mutex certs_mu_;
+    std::vector<loaded_cert> certs_;
     uint16_t port_ = 0;
     uint16_t implicit_port_ = 0;
     std::string reload_locked();

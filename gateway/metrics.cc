@@ -4,6 +4,8 @@
 
 #include <iterator>
 
+#include <openssl/crypto.h>
+
 #include "tls/ktls.h"
 
 namespace rpcgate::gw {
@@ -95,30 +97,82 @@ void render_tls_protection(std::string& out, const std::vector<const gateway_cou
     }
 }
 
-void render_backend_health(std::string& out, const std::vector<std::string>& backends,
+void render_backend_health(std::string& out, const std::vector<std::string>& labels,
                            const std::vector<const backend_health*>& per_shard) {
-#define RPCGATE_X(field, metric, type, help)                                                 \
-    header(out, "rpcgate_" metric, type, help);                                              \
-    for (size_t r = 0; r < backends.size(); ++r) {                                           \
-        uint64_t sum = 0;                                                                    \
-        for (const backend_health* h : per_shard) sum += rd(h[r].field);                     \
-        fmt::format_to(std::back_inserter(out), "rpcgate_" metric "{{backend=\"{}\"}} {}\n", \
-                       backends[r], sum);                                                    \
+#define RPCGATE_X(field, metric, type, help)                                                      \
+    header(out, "rpcgate_" metric, type, help);                                                   \
+    for (size_t r = 0; r < labels.size(); ++r) {                                                  \
+        uint64_t sum = 0;                                                                         \
+        for (const backend_health* h : per_shard) sum += rd(h[r].field);                          \
+        fmt::format_to(std::back_inserter(out), "rpcgate_" metric "{{{}}} {}\n", labels[r], sum); \
     }
     RPCGATE_BACKEND_COUNTERS(RPCGATE_X)
 #undef RPCGATE_X
 }
 
-void render_kernel_tls_stat(std::string& out) {
-    // TlsCurrTxSw, TlsCurrRxDevice ... count connections now; every other
-    // field (TlsTxSw, TlsDecryptError ...) only grows.
-    for (const auto& [key, v] : tls::ktls::read_tls_stat()) {
+std::string label_value(std::string_view v) {
+    std::string out;
+    for (char c : v) {
+        if (c == '\\' || c == '"') out += '\\';
+        if (c == '\n') {
+            out += "\\n";
+            continue;
+        }
+        out += c;
+    }
+    return out;
+}
+
+std::string backend_labels(std::string_view name, std::string_view address) {
+    return fmt::format(R"(backend="{}",address="{}")", label_value(name), label_value(address));
+}
+
+std::string snake_case(std::string_view camel) {
+    std::string out;
+    for (size_t i = 0; i < camel.size(); ++i) {
+        char c = camel[i];
+        if (c >= 'A' && c <= 'Z') {
+            if (i > 0) out += '_';
+            out += char(c - 'A' + 'a');
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
+void render_kernel_tls_stat(std::string& out,
+                            const std::vector<std::pair<std::string, uint64_t>>& stat) {
+    // TlsCurrTxSw, TlsCurrRxDevice ... count connections now (gauges); every
+    // other field (TlsTxSw, TlsDecryptError ...) only grows (counters).
+    auto it = std::back_inserter(out);
+    for (const auto& [key, v] : stat) {
         bool now = key.rfind("TlsCurr", 0) == 0;
-        fmt::format_to(std::back_inserter(out),
-                       "# HELP rpcgate_kernel_{0} /proc/net/tls_stat {0}.\n# TYPE "
-                       "rpcgate_kernel_{0} {1}\nrpcgate_kernel_{0} {2}\n",
+        std::string name = "rpcgate_kernel_" + snake_case(key) + (now ? "" : "_total");
+        fmt::format_to(it, "# HELP {0} /proc/net/tls_stat {1}.\n# TYPE {0} {2}\n{0} {3}\n", name,
                        key, now ? gauge : counter, v);
     }
+}
+
+void render_build_info(std::string& out, std::string_view version, std::string_view io_backend) {
+    header(out, "rpcgate_build_info", gauge,
+           "Always 1: the version, the OpenSSL it runs with and the compiler in labels.");
+    fmt::format_to(std::back_inserter(out),
+                   "rpcgate_build_info{{version=\"{}\",openssl=\"{}\",compiler=\"{}\","
+                   "io_backend=\"{}\"}} 1\n",
+                   label_value(version), label_value(OpenSSL_version(OPENSSL_VERSION)),
+                   label_value(__VERSION__), label_value(io_backend));
+}
+
+void render_cert_expiry(std::string& out, const std::vector<loaded_cert>& certs) {
+    header(out, "rpcgate_certificate_not_after_seconds", gauge,
+           "When a loaded certificate expires (seconds since the epoch), by role.");
+    for (const loaded_cert& c : certs)
+        fmt::format_to(std::back_inserter(out),
+                       "rpcgate_certificate_not_after_seconds{{role=\"{}\",subject=\"{}\","
+                       "serial=\"{}\"}} {}\n",
+                       label_value(c.role), label_value(c.subject), label_value(c.serial),
+                       c.not_after);
 }
 
 }  // namespace rpcgate::gw

@@ -14,7 +14,9 @@
 //   type    counter or gauge (Prometheus TYPE)
 //
 // RPCGATE_BACKEND_COUNTERS is the same for the per-route backend health
-// (summed over shards, one sample per backend). The kernel's own kTLS
+// (summed over shards, one sample per backend). RPCGATE_CALL_COUNTERS and
+// RPCGATE_CALL_HISTOGRAMS are the per-call accounting (call_stats.h): rows
+// X(field, metric, help), labelled by program, version and procedure. The kernel's own kTLS
 // counters (/proc/net/tls_stat) are read when /metrics is asked for.
 //
 // Threads: a shard writes its own counters (relaxed atomics); anyone reads.
@@ -24,6 +26,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/shard.h"
@@ -75,6 +79,8 @@ namespace rpcgate::gw {
     X(idle_timeouts, "idle_timeouts", "idle_timeouts_total", counter,                            \
       "Clients closed for idleness.")                                                            \
     X(orphan_replies, "orphan_replies", "", counter, "Client REPLYs no backend asked for.")      \
+    X(calls_untimed, "calls_untimed", "calls_untimed_total", counter,                            \
+      "Calls not timed: too many in flight on their connection.")                                \
     X(flow_pauses, "flow_pauses", "flow_pauses_total", counter,                                  \
       "Times a side stopped being read because its peer was full.")                              \
     X(starttls, "starttls", "tls_starttls_total", counter,                                       \
@@ -119,6 +125,20 @@ namespace rpcgate::gw {
       "Connects to a backend that failed or timed out.")                                         \
     X(lost, "backend_lost_total", counter, "Backend connections that closed under a client.")    \
     X(open, "backend_connections_open", gauge, "Backend connections open now.")
+
+#define RPCGATE_CALL_COUNTERS(X)                                                                 \
+    X(calls, "rpc_calls_total", "Calls forwarded to a backend.")                                 \
+    X(replies, "rpc_replies_total", "Replies from a backend to calls forwarded.")                \
+    X(errors, "rpc_errors_total",                                                                \
+      "Replies from a backend that are not MSG_ACCEPTED with SUCCESS.")                          \
+    X(call_bytes, "rpc_call_bytes_total", "Bytes of calls forwarded (records, no marks).")       \
+    X(reply_bytes, "rpc_reply_bytes_total", "Bytes of their replies (records, no marks).")
+
+#define RPCGATE_CALL_HISTOGRAMS(X)                                                               \
+    X(backend_latency, "rpc_backend_duration_seconds",                                           \
+      "From a call forwarded to the backend to its reply received from it.")                     \
+    X(gateway_latency, "rpc_duration_seconds",                                                   \
+      "From a call received from the client to its reply sent to it.")
 // clang-format on
 
 // Per-shard counters; written by the shard, read by anyone.
@@ -192,12 +212,31 @@ void render_one(std::string& out, const char* name, const char* type, const char
 void render_gateway_counters(std::string& out, const std::vector<const gateway_counters*>& shards);
 // rpcgate_tls_connections_open{direction,protection}, summed over shards.
 void render_tls_protection(std::string& out, const std::vector<const gateway_counters*>& shards);
-// Every row of RPCGATE_BACKEND_COUNTERS, per backend (its spec), summed over
-// shards: health[shard][route].
-void render_backend_health(std::string& out, const std::vector<std::string>& backends,
+// Every row of RPCGATE_BACKEND_COUNTERS, per backend, summed over shards:
+// health[shard][route]; labels[route] is backend_labels(...) of the route.
+void render_backend_health(std::string& out, const std::vector<std::string>& labels,
                            const std::vector<const backend_health*>& per_shard);
-// The kernel's kTLS counters (/proc/net/tls_stat), when it has kTLS: the
-// cumulative ones as counters, TlsCurr* (connections now) as gauges.
-void render_kernel_tls_stat(std::string& out);
+// A label value escaped as the text format wants (backslash, quote, newline).
+std::string label_value(std::string_view v);
+// The labels of one route: its name ("nfs", "nfs/v4", or the program number)
+// and address ("host:port") — never its TLS options or file paths.
+std::string backend_labels(std::string_view name, std::string_view address);
+// "TlsDecryptError" -> "tls_decrypt_error".
+std::string snake_case(std::string_view camel);
+// The kernel's kTLS counters (read_tls_stat(), parsed once per scrape):
+// rpcgate_kernel_tls_tx_sw_total ... as counters, the TlsCurr* fields
+// (connections now: rpcgate_kernel_tls_curr_tx_sw ...) as gauges.
+void render_kernel_tls_stat(std::string& out,
+                            const std::vector<std::pair<std::string, uint64_t>>& stat);
+// rpcgate_build_info{version,openssl,compiler,io_backend} 1.
+void render_build_info(std::string& out, std::string_view version, std::string_view io_backend);
+
+// A certificate the gateway loaded, for rpcgate_certificate_not_after_seconds.
+struct loaded_cert {
+    std::string role;  // server, ca, upstream_client, upstream_ca
+    std::string subject, serial;
+    int64_t not_after = 0;  // seconds since the epoch
+};
+void render_cert_expiry(std::string& out, const std::vector<loaded_cert>& certs);
 
 }  // namespace rpcgate::gw

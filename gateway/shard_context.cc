@@ -47,6 +47,7 @@ shard_context::shard_context(const gateway_config& cfg, core::shard& sh,
       router_(cfg.backends),
       admission_(cfg, open, counters_),
       health_(new backend_health[cfg.backends.size()]) {
+    if (cfg.call_stats) calls_ = std::make_unique<call_stats>();
     drain_timer_.set_callback(&shard_context::on_drain_deadline, this);
     implicit_.ctx = this;
 }

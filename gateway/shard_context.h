@@ -16,6 +16,7 @@
 
 #include "core/shard.h"
 #include "gateway/admission.h"
+#include "gateway/call_stats.h"
 #include "gateway/config.h"
 #include "gateway/metrics.h"
 #include "gateway/router.h"
@@ -104,6 +105,8 @@ class shard_context final : public core::listener_handler {
     core::shard& shard() noexcept { return sh_; }
     const router& routes() const noexcept { return router_; }
     gateway_counters& counters() noexcept { return counters_; }
+    // Per-call accounting (call_stats.h); null with --no-call-stats.
+    call_stats* calls() noexcept { return calls_.get(); }
     backend_health& health(size_t route) noexcept { return health_[route]; }
     admission& admit() noexcept { return admission_; }
     session_list& sessions() noexcept { return sessions_; }
@@ -129,6 +132,7 @@ class shard_context final : public core::listener_handler {
 
     // ---- read by the gateway (metrics)
     const gateway_counters& counters() const noexcept { return counters_; }
+    const call_stats* calls() const noexcept { return calls_.get(); }
     const backend_health* health() const noexcept { return health_.get(); }
     const admission& admit() const noexcept { return admission_; }
 
@@ -144,6 +148,7 @@ class shard_context final : public core::listener_handler {
     core::shard& sh_;
     router router_;
     gateway_counters counters_;
+    std::unique_ptr<call_stats> calls_;
     admission admission_;
     std::unique_ptr<backend_health[]> health_;
     mark_arena marks_;

@@ -20,12 +20,13 @@ import sys
 
 # Display order, and which HAProxy each set-up is held against: the one doing
 # the same job (plain TCP forwarding, or TLS on the client side).
-SETUPS = ["direct", "rpcgate", "haproxy", "socat",
+SETUPS = ["direct", "rpcgate", "rpcgate-nostats", "haproxy", "socat",
           "rpcgate-tls", "rpcgate-chain", "haproxy-tls", "stunnel"]
 TLS = {"rpcgate-tls", "rpcgate-chain", "haproxy-tls", "stunnel"}
 LABEL = {
     "direct": "direct (no proxy)",
     "rpcgate": "rpcgate",
+    "rpcgate-nostats": "rpcgate --no-call-stats",
     "haproxy": "HAProxy tcp",
     "socat": "socat",
     "rpcgate-tls": "rpcgate TLS",
@@ -169,6 +170,13 @@ def summarize(runs, na, meta):
                          f"{r.get('max_us', 0):.0f} | {r.get('missed_calls', 0)} | "
                          f"{r.get('send_lag_p99_us', 0):.0f} | {r['errors']} | "
                          f"{fmt_ratio(vs_ha)} | {fmt_ratio(vs_direct)} |")
+    cost = [(w, ratio(by[(w, "rpcgate")]["ops_per_sec"], by[(w, "rpcgate-nostats")]["ops_per_sec"]))
+            for w in workloads if (w, "rpcgate") in by and (w, "rpcgate-nostats") in by]
+    if cost:
+        lines += ["", "Per-call accounting (rpcgate vs rpcgate --no-call-stats, ops/s, same run): "
+                  + ", ".join(f"{w} {fmt_ratio(r)}" for w, r in cost) + "."]
+        for w, r in cost:
+            ratios.setdefault(f"{w}/rpcgate", {})["vs_rpcgate_nostats"] = r
     return by, groups, workloads, setups, "\n".join(lines), ratios
 
 

@@ -4,6 +4,9 @@
 # baseline measured minutes apart on the same machine:
 #   direct         client -> echo server
 #   rpcgate        client -> rpcgate -> echo server
+#   rpcgate-nostats  the same with --no-call-stats (not in the default list:
+#                  SETUPS="rpcgate rpcgate-nostats" measures what per-call
+#                  accounting costs; the summary gives the ratio)
 #   haproxy        client -> HAProxy (mode tcp) -> echo server
 #   socat          client -> socat (fork per connection) -> echo server
 #   rpcgate-tls    client =TLS=> rpcgate (--implicit-tls) -> echo server
@@ -79,6 +82,12 @@ route="536870913=127.0.0.1:$echo_port"
 gw_port=$(peer_free_port)
 gw rpcgate.log --listen "127.0.0.1:$gw_port" --backend "$route"
 
+nostats_port=$(peer_free_port)
+if [[ " $setups " == *" rpcgate-nostats "* ]]; then
+    gw rpcgate-nostats.log --listen "127.0.0.1:$nostats_port" --backend "$route" --no-call-stats
+    e2e_wait_ready e2e_rpc_ready "$nostats_port"
+fi
+
 gw_tls_port=$(peer_free_port)
 gw_tls_starttls=$(peer_free_port)
 gw rpcgate-tls.log --listen "127.0.0.1:$gw_tls_starttls" --tls opportunistic \
@@ -122,7 +131,8 @@ else
         tr -d '"\\' | cut -c1-120)"
 fi
 
-declare -A target=([direct]=$echo_port [rpcgate]=$gw_port [haproxy]=$ha_port
+declare -A target=([direct]=$echo_port [rpcgate]=$gw_port [rpcgate-nostats]=$nostats_port
+    [haproxy]=$ha_port
     [socat]=$socat_port [rpcgate-tls]=$gw_tls_port [rpcgate-chain]=$chain_a
     [haproxy-tls]=$ha_tls_port [stunnel]=$st_port)
 e2e_setup_args() {

@@ -514,6 +514,24 @@ TEST_F(gateway_test, admin_metrics_move_with_traffic) {
     EXPECT_NE(conns.find("\"peer\":\"127.0.0.1:"), std::string::npos) << conns;
     EXPECT_NE(conns.find("\"backend_links\":1"), std::string::npos) << conns;
     EXPECT_NE(conns.find("\"tls\":null"), std::string::npos) << conns;
+    EXPECT_NE(conns.find("\"calls\":1,"), std::string::npos) << conns;
+
+    // The bounded views: the busiest connection, and clients by source.
+    ASSERT_TRUE(open_one.send_bytes(make_call(3, k_echo_prog, 1, 0)));
+    ASSERT_TRUE(open_one.read_record());
+    rpc_conn idle_one(port_);
+    ASSERT_TRUE(wait_for([&] { return gw_->totals().sessions_open == 2; }));
+    std::string top = http_get(gw_->admin_port(), "/connections?top=1");
+    EXPECT_NE(top.find("application/json"), std::string::npos) << top;
+    EXPECT_NE(top.find("\"calls\":2,"), std::string::npos) << top;
+    EXPECT_EQ(top.find("\"calls\":0,"), std::string::npos) << top;  // the idle one is cut
+    std::string clients = http_get(gw_->admin_port(), "/clients");
+    EXPECT_NE(clients.find(R"({"clients":1,"connections":2,"by":"calls","top":[)"),
+              std::string::npos)
+        << clients;
+    EXPECT_NE(clients.find(R"("source":"127.0.0.1","identity":"","connections":2,"calls":2,)"),
+              std::string::npos)
+        << clients;
 }
 
 TEST_F(gateway_test, max_connections_refuses_the_extra_client) {

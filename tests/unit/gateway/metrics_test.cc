@@ -48,11 +48,46 @@ TEST(metrics, backend_health_is_summed_per_backend) {
     core::bump(s0[1].connects, 2);
     core::bump(s1[1].connects, 3);
     std::string out;
-    render_backend_health(out, {"nfs=a:1", "mount=b:2"}, {s0, s1});
-    EXPECT_NE(out.find("rpcgate_backend_connects_total{backend=\"mount=b:2\"} 5\n"),
+    render_backend_health(out, {backend_labels("nfs", "a:1"), backend_labels("mount", "b:2")},
+                          {s0, s1});
+    EXPECT_NE(out.find("rpcgate_backend_connects_total{backend=\"mount\",address=\"b:2\"} 5\n"),
               std::string::npos)
         << out;
     EXPECT_NE(out.find("# TYPE rpcgate_backend_connections_open gauge\n"), std::string::npos);
+}
+
+TEST(metrics, kernel_tls_stat_is_snake_case_counters_and_current_gauges) {
+    EXPECT_EQ(snake_case("TlsDecryptError"), "tls_decrypt_error");
+    EXPECT_EQ(snake_case("TlsRxNoPadViolation"), "tls_rx_no_pad_violation");
+    std::string out;
+    render_kernel_tls_stat(out, {{"TlsCurrTxSw", 2}, {"TlsTxSw", 7}, {"TlsDecryptError", 1}});
+    EXPECT_NE(
+        out.find("# TYPE rpcgate_kernel_tls_curr_tx_sw gauge\nrpcgate_kernel_tls_curr_tx_sw 2\n"),
+        std::string::npos)
+        << out;
+    EXPECT_NE(
+        out.find(
+            "# TYPE rpcgate_kernel_tls_tx_sw_total counter\nrpcgate_kernel_tls_tx_sw_total 7\n"),
+        std::string::npos)
+        << out;
+    EXPECT_NE(out.find("rpcgate_kernel_tls_decrypt_error_total 1\n"), std::string::npos);
+    EXPECT_EQ(out.find("Tls"), out.find("/proc/net/tls_stat Tls") + 19) << out;  // only in HELP
+}
+
+TEST(metrics, build_info_and_certificate_expiry) {
+    std::string out;
+    render_build_info(out, "1.2.3", "uring");
+    EXPECT_NE(out.find("rpcgate_build_info{version=\"1.2.3\",openssl=\"OpenSSL "),
+              std::string::npos)
+        << out;
+    EXPECT_NE(out.find("io_backend=\"uring\"} 1\n"), std::string::npos) << out;
+    out.clear();
+    render_cert_expiry(out, {{"server", "gw \"one\"", "0A", 1893456000}});
+    EXPECT_NE(out.find("# TYPE rpcgate_certificate_not_after_seconds gauge\n"
+                       "rpcgate_certificate_not_after_seconds{role=\"server\",subject=\"gw "
+                       "\\\"one\\\"\",serial=\"0A\"} 1893456000\n"),
+              std::string::npos)
+        << out;
 }
 
 TEST(metrics, a_gauge_slot_gives_its_unit_back_once) {

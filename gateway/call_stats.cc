@@ -1,0 +1,79 @@
+#include "gateway/call_stats.h"
+
+#include <fmt/format.h>
+
+#include <iterator>
+
+namespace rpcgate::gw {
+
+namespace {
+
+uint64_t rd(const std::atomic<uint64_t>& a) {
+    return a.load(std::memory_order_relaxed);
+}
+
+}  // namespace
+
+void calls_in_flight::grow() {
+    size_t old_cap = cap_;
+    std::unique_ptr<entry[]> old = std::move(slots_);
+    cap_ = old_cap ? old_cap * 2 : 16;
+    shift_ = unsigned(std::countr_zero(cap_));
+    slots_.reset(new entry[cap_]());
+    for (size_t i = 0; i < old_cap; ++i) {
+        if (!old[i].used) continue;
+        size_t j = home(old[i].xid);
+        while (slots_[j].used) j = (j + 1) & (cap_ - 1);
+        slots_[j] = old[i];
+    }
+}
+
+void render_call_stats(std::string& out, const std::vector<const call_stats*>& shards) {
+    size_t n = rpc::call_kind_count();
+    // Kinds seen at least once (a call counted), over all shards.
+    std::vector<rpc::call_kind> seen;
+    for (size_t k = 0; k < n; ++k) {
+        for (const call_stats* s : shards) {
+            if (rd(s->at(rpc::call_kind(k)).calls) != 0) {
+                seen.push_back(rpc::call_kind(k));
+                break;
+            }
+        }
+    }
+    auto labels = [](rpc::call_kind k) {
+        rpc::call_kind_labels l = rpc::call_kind_info(k);
+        return fmt::format(R"(program="{}",version="{}",procedure="{}")", l.program, l.version,
+                           l.procedure);
+    };
+    auto it = std::back_inserter(out);
+#define RPCGATE_X(field, metric, help)                                                             \
+    fmt::format_to(it, "# HELP rpcgate_" metric " " help "\n# TYPE rpcgate_" metric " counter\n"); \
+    for (rpc::call_kind k : seen) {                                                                \
+        uint64_t v = 0;                                                                            \
+        for (const call_stats* s : shards) v += rd(s->at(k).field);                                \
+        fmt::format_to(it, "rpcgate_" metric "{{{}}} {}\n", labels(k), v);                         \
+    }
+    RPCGATE_CALL_COUNTERS(RPCGATE_X)
+#undef RPCGATE_X
+#define RPCGATE_X(field, metric, help)                                                           \
+    fmt::format_to(it,                                                                           \
+                   "# HELP rpcgate_" metric " " help "\n# TYPE rpcgate_" metric " histogram\n"); \
+    for (rpc::call_kind k : seen) {                                                              \
+        std::string l = labels(k);                                                               \
+        uint64_t cum = 0, sum_ns = 0;                                                            \
+        for (size_t b = 0; b <= k_latency_buckets; ++b) {                                        \
+            for (const call_stats* s : shards) cum += rd(s->at(k).field.buckets[b]);             \
+            if (b < k_latency_buckets)                                                           \
+                fmt::format_to(it, "rpcgate_" metric "_bucket{{{},le=\"{}\"}} {}\n", l,          \
+                               latency_histogram::bound_seconds(b), cum);                        \
+        }                                                                                        \
+        for (const call_stats* s : shards) sum_ns += rd(s->at(k).field.sum_ns);                  \
+        fmt::format_to(it, "rpcgate_" metric "_bucket{{{},le=\"+Inf\"}} {}\n", l, cum);          \
+        fmt::format_to(it, "rpcgate_" metric "_sum{{{}}} {}\n", l, double(sum_ns) * 1e-9);       \
+        fmt::format_to(it, "rpcgate_" metric "_count{{{}}} {}\n", l, cum);                       \
+    }
+    RPCGATE_CALL_HISTOGRAMS(RPCGATE_X)
+#undef RPCGATE_X
+}
+
+}  // namespace rpcgate::gw

@@ -1,0 +1,193 @@
+// Per-call accounting: how many calls of each kind (rpc/call_kind.h: program,
+// version, procedure, NFSv4 main op) a shard forwarded, how many replies came
+// back, how many were RPC errors, their bytes, and two latency histograms:
+//
+//   backend  from the call forwarded to the backend (or, when it waited for
+//            the backend connection or its TLS handshake, from the moment
+//            the link was ready) to its reply received from the backend;
+//   gateway  from the call received from the client to its reply sent to it.
+//
+// Times come from the shard's loop-pass clock (core::shard::now_ns): no
+// clock read per call. The families are declared in metrics.h
+// (RPCGATE_CALL_COUNTERS, RPCGATE_CALL_HISTOGRAMS) and rendered summed over
+// shards, one series per kind seen, so their label sets are bounded by the
+// kind table.
+//
+// Threads: `call_stats` is written by its shard only (relaxed atomics, no
+// lock) and read by the admin thread at scrape time. `calls_in_flight` is
+// one session's, shard thread only; it allocates only when it grows (its
+// size doubles), never per call.
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/shard.h"
+#include "gateway/metrics.h"
+#include "rpc/call_kind.h"
+
+namespace rpcgate::gw {
+
+// Bucket k (0 .. k_latency_buckets-1) counts durations under 2^(k+4) µs
+// (16 µs .. 8.4 s); the last one counts the rest (+Inf).
+inline constexpr size_t k_latency_buckets = 20;
+
+struct latency_histogram {
+    std::atomic<uint64_t> buckets[k_latency_buckets + 1] = {};
+    std::atomic<uint64_t> sum_ns{0};
+
+    static size_t bucket_of(uint64_t ns) noexcept {
+        uint64_t us16 = ns / 16000;  // in units of 16 µs
+        size_t b = size_t(std::bit_width(us16));
+        return b < k_latency_buckets ? b : k_latency_buckets;
+    }
+    void record(uint64_t ns) noexcept {
+        core::bump(buckets[bucket_of(ns)]);
+        core::bump(sum_ns, ns);
+    }
+    // Upper bound of bucket k in seconds (k < k_latency_buckets).
+    static double bound_seconds(size_t k) noexcept { return double(uint64_t(16) << k) * 1e-6; }
+};
+
+// One kind's figures on one shard.
+struct call_kind_stats {
+#define RPCGATE_X(field, metric, help) std::atomic<uint64_t> field{0};
+    RPCGATE_CALL_COUNTERS(RPCGATE_X)
+#undef RPCGATE_X
+#define RPCGATE_X(field, metric, help) latency_histogram field;
+    RPCGATE_CALL_HISTOGRAMS(RPCGATE_X)
+#undef RPCGATE_X
+};
+
+// One shard's figures for every kind.
+class call_stats {
+  public:
+    call_stats() : kinds_(new call_kind_stats[rpc::call_kind_count()]) {}
+
+    call_kind_stats& at(rpc::call_kind k) noexcept { return kinds_[k]; }
+    const call_kind_stats& at(rpc::call_kind k) const noexcept { return kinds_[k]; }
+
+  private:
+    std::unique_ptr<call_kind_stats[]> kinds_;
+};
+
+// The calls of one session waiting for their reply: xid -> (kind, time
+// received). Open addressing, linear probing, deletion by backward shift;
+// a retransmitted xid is one more entry (its reply takes one). Past
+// k_max_entries a call is counted but not timed (add returns false).
+class calls_in_flight {
+  public:
+    static constexpr size_t k_max_entries = 1u << 14;  // 1 MiB of table at most
+
+    // Remembers a call; false when full (the call is then not timed).
+    inline bool add(uint32_t xid, rpc::call_kind kind, uint64_t received_ns);
+    // Finds and forgets the call `xid`; false if it is not there.
+    inline bool take(uint32_t xid, rpc::call_kind* kind, uint64_t* received_ns) noexcept;
+    size_t size() const noexcept { return size_; }
+
+  private:
+    struct entry {
+        uint64_t received_ns;
+        uint32_t xid;
+        uint16_t kind;
+        uint16_t used;
+    };
+    size_t home(uint32_t xid) const noexcept {
+        return size_t((xid * 0x9E3779B1u) >> (32 - shift_)) & (cap_ - 1);
+    }
+    void grow();
+
+    std::unique_ptr<entry[]> slots_;
+    size_t cap_ = 0;
+    size_t size_ = 0;
+    unsigned shift_ = 0;  // log2(cap_)
+};
+
+// A call of kind `kind` and `bytes` bytes forwarded at `now_ns`: counted,
+// and remembered until its reply (counters.calls_untimed when it cannot be).
+inline void note_call(call_stats& cs, calls_in_flight& f, gateway_counters& counters, uint32_t xid,
+                      rpc::call_kind kind, size_t bytes, uint64_t now_ns);
+// The reply `record` (xid `xid`) from a backend link that became ready at
+// `link_ready_ns`, sent to the client at `now_ns`: counted and timed when
+// its call is in `f`.
+inline void note_reply(call_stats& cs, calls_in_flight& f, const core::slice_chain& record,
+                       uint32_t xid, uint64_t link_ready_ns, uint64_t now_ns);
+
+// Every family of RPCGATE_CALL_COUNTERS and RPCGATE_CALL_HISTOGRAMS, summed
+// over shards; only the kinds with at least one call appear.
+void render_call_stats(std::string& out, const std::vector<const call_stats*>& shards);
+
+// ---- inline: on the data path, per call
+
+inline bool calls_in_flight::add(uint32_t xid, rpc::call_kind kind, uint64_t received_ns) {
+    // At most a quarter full: short runs keep a lookup and its backward
+    // shift to a slot or two.
+    if ((size_ + 1) * 4 > cap_) {
+        if (cap_ >= k_max_entries * 4) return false;
+        grow();
+    }
+    size_t i = home(xid);
+    while (slots_[i].used) i = (i + 1) & (cap_ - 1);
+    slots_[i] = entry{received_ns, xid, kind, 1};
+    ++size_;
+    return true;
+}
+
+inline bool calls_in_flight::take(uint32_t xid, rpc::call_kind* kind,
+                                  uint64_t* received_ns) noexcept {
+    if (size_ == 0) return false;
+    size_t i = home(xid);
+    for (; slots_[i].used; i = (i + 1) & (cap_ - 1)) {
+        if (slots_[i].xid != xid) continue;
+        *kind = slots_[i].kind;
+        *received_ns = slots_[i].received_ns;
+        // Backward shift: move up every later entry of the run that may
+        // sit at i (its home is not in (i, j]), so no tombstone is needed.
+        size_t j = i;
+        for (;;) {
+            slots_[i].used = 0;
+            for (;;) {
+                j = (j + 1) & (cap_ - 1);
+                if (!slots_[j].used) {
+                    --size_;
+                    return true;
+                }
+                size_t h = home(slots_[j].xid);
+                bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+                if (!stays) break;
+            }
+            slots_[i] = slots_[j];
+            i = j;
+        }
+    }
+    return false;
+}
+
+inline void note_call(call_stats& cs, calls_in_flight& f, gateway_counters& counters, uint32_t xid,
+                      rpc::call_kind kind, size_t bytes, uint64_t now_ns) {
+    call_kind_stats& k = cs.at(kind);
+    core::bump(k.calls);
+    core::bump(k.call_bytes, bytes);
+    if (!f.add(xid, kind, now_ns)) core::bump(counters.calls_untimed);
+}
+
+inline void note_reply(call_stats& cs, calls_in_flight& f, const core::slice_chain& record,
+                       uint32_t xid, uint64_t link_ready_ns, uint64_t now_ns) {
+    rpc::call_kind kind;
+    uint64_t received_ns;
+    if (!f.take(xid, &kind, &received_ns)) return;
+    call_kind_stats& k = cs.at(kind);
+    core::bump(k.replies);
+    core::bump(k.reply_bytes, record.size());
+    if (!rpc::reply_accepted_ok(record)) core::bump(k.errors);
+    uint64_t forwarded_ns = received_ns > link_ready_ns ? received_ns : link_ready_ns;
+    k.backend_latency.record(now_ns > forwarded_ns ? now_ns - forwarded_ns : 0);
+    k.gateway_latency.record(now_ns > received_ns ? now_ns - received_ns : 0);
+}
+
+}  // namespace rpcgate::gw

@@ -1,0 +1,134 @@
+// Per-call accounting (gateway/call_stats.h): the in-flight table, the
+// latency buckets, and the Prometheus families made from them.
+#include "gateway/call_stats.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+#include <string>
+
+#include "rpc/message.h"
+
+namespace rpcgate::gw {
+namespace {
+
+core::slice_chain reply_record(rpc::accept_stat st) {
+    core::slice framed = rpc::build_reply(rpc::reply_header::accepted(7, st));
+    core::slice_chain c(std::move(framed));
+    c.trim_front(4);  // the record mark
+    return c;
+}
+
+TEST(call_stats, latency_buckets_are_powers_of_two_of_16_us) {
+    EXPECT_EQ(latency_histogram::bucket_of(0), 0u);
+    EXPECT_EQ(latency_histogram::bucket_of(15'999), 0u);
+    EXPECT_EQ(latency_histogram::bucket_of(16'000), 1u);
+    EXPECT_EQ(latency_histogram::bucket_of(31'999), 1u);
+    EXPECT_EQ(latency_histogram::bucket_of(32'000), 2u);
+    EXPECT_EQ(latency_histogram::bucket_of(1'000'000), 6u);  // 1 ms < 1.024 ms
+    EXPECT_EQ(latency_histogram::bucket_of(8'000'000'000), 19u);
+    EXPECT_EQ(latency_histogram::bucket_of(9'000'000'000), k_latency_buckets);
+    EXPECT_EQ(latency_histogram::bucket_of(~uint64_t(0)), k_latency_buckets);
+    // Every value is at most its bucket's bound.
+    for (uint64_t ns : {1ull, 15'999ull, 16'000ull, 100'000ull, 5'000'000'000ull}) {
+        size_t b = latency_histogram::bucket_of(ns);
+        EXPECT_LE(double(ns) * 1e-9, latency_histogram::bound_seconds(b)) << ns;
+        if (b > 0) {
+            EXPECT_GT(double(ns) * 1e-9, latency_histogram::bound_seconds(b - 1) - 1e-6);
+        }
+    }
+}
+
+TEST(call_stats, in_flight_table_matches_replies_to_calls) {
+    calls_in_flight f;
+    std::mt19937 rng(5);
+    std::map<uint32_t, int> model;  // xid -> how many in flight
+    for (int round = 0; round < 20000; ++round) {
+        uint32_t xid = rng() % 3000;  // collisions and retransmits on purpose
+        if (rng() % 2) {
+            ASSERT_TRUE(f.add(xid, rpc::call_kind(xid % 7), xid * 10ull));
+            ++model[xid];
+        } else {
+            rpc::call_kind k = 0;
+            uint64_t t = 0;
+            bool there = model[xid] > 0;
+            ASSERT_EQ(f.take(xid, &k, &t), there) << xid;
+            if (there) {
+                EXPECT_EQ(k, xid % 7);
+                EXPECT_EQ(t, xid * 10ull);
+                --model[xid];
+            }
+        }
+        size_t n = 0;
+        if (round % 1000 == 0) {
+            for (auto& [x, c] : model) n += size_t(c);
+            ASSERT_EQ(f.size(), n);
+        }
+    }
+}
+
+TEST(call_stats, in_flight_table_is_bounded) {
+    calls_in_flight f;
+    for (uint32_t x = 0; x < calls_in_flight::k_max_entries; ++x) ASSERT_TRUE(f.add(x, 1, 0));
+    EXPECT_FALSE(f.add(1u << 30, 1, 0));
+    rpc::call_kind k;
+    uint64_t t;
+    EXPECT_TRUE(f.take(12345, &k, &t));
+    EXPECT_TRUE(f.add(1u << 30, 1, 0));
+}
+
+TEST(call_stats, a_call_and_its_reply_are_counted_and_timed) {
+    call_stats cs;
+    calls_in_flight f;
+    gateway_counters c;
+    rpc::call_kind read = rpc::find_call_kind("nfs", "3", "read");
+    note_call(cs, f, c, 1, read, 120, 1'000'000);
+    note_call(cs, f, c, 2, read, 120, 1'000'000);
+    // The link became ready 40 µs after the call arrived: the backend time
+    // starts there; the gateway time at the call.
+    note_reply(cs, f, reply_record(rpc::accept_stat::success), 1, 1'040'000, 1'100'000);
+    note_reply(cs, f, reply_record(rpc::accept_stat::system_err), 2, 0, 1'020'000);
+    note_reply(cs, f, reply_record(rpc::accept_stat::success), 3, 0, 1'020'000);  // unknown xid
+    const call_kind_stats& s = cs.at(read);
+    EXPECT_EQ(s.calls.load(), 2u);
+    EXPECT_EQ(s.replies.load(), 2u);
+    EXPECT_EQ(s.errors.load(), 1u);
+    EXPECT_EQ(s.call_bytes.load(), 240u);
+    EXPECT_EQ(s.gateway_latency.sum_ns.load(), 100'000u + 20'000u);
+    EXPECT_EQ(s.backend_latency.sum_ns.load(), 60'000u + 20'000u);
+    EXPECT_EQ(s.gateway_latency.buckets[latency_histogram::bucket_of(100'000)].load(), 1u);
+    EXPECT_EQ(c.calls_untimed.load(), 0u);
+    EXPECT_EQ(f.size(), 0u);
+}
+
+TEST(call_stats, families_are_summed_over_shards_with_bounded_labels) {
+    call_stats a, b;
+    calls_in_flight f;
+    gateway_counters c;
+    rpc::call_kind write = rpc::find_call_kind("nfs", "3", "write");
+    rpc::call_kind v4read = rpc::find_call_kind("nfs", "4", "read");
+    note_call(a, f, c, 1, write, 10, 0);
+    note_call(b, f, c, 2, write, 10, 0);
+    note_call(b, f, c, 3, v4read, 10, 0);
+    note_reply(a, f, reply_record(rpc::accept_stat::success), 1, 0, 20'000);  // 20 µs
+    note_reply(b, f, reply_record(rpc::accept_stat::success), 2, 0, 5'000);   // 5 µs
+    std::string out;
+    render_call_stats(out, {&a, &b});
+    auto has = [&](const std::string& s) { return out.find(s) != std::string::npos; };
+    const std::string w = R"(program="nfs",version="3",procedure="write")";
+    EXPECT_TRUE(has("# TYPE rpcgate_rpc_calls_total counter\n")) << out;
+    EXPECT_TRUE(has("rpcgate_rpc_calls_total{" + w + "} 2\n")) << out;
+    EXPECT_TRUE(has(R"(rpcgate_rpc_calls_total{program="nfs",version="4",procedure="read"} 1)"));
+    EXPECT_TRUE(has("# TYPE rpcgate_rpc_duration_seconds histogram\n"));
+    EXPECT_TRUE(has("rpcgate_rpc_duration_seconds_bucket{" + w + ",le=\"1.6e-05\"} 1\n")) << out;
+    EXPECT_TRUE(has("rpcgate_rpc_duration_seconds_bucket{" + w + ",le=\"3.2e-05\"} 2\n")) << out;
+    EXPECT_TRUE(has("rpcgate_rpc_duration_seconds_bucket{" + w + ",le=\"+Inf\"} 2\n"));
+    EXPECT_TRUE(has("rpcgate_rpc_duration_seconds_count{" + w + "} 2\n"));
+    EXPECT_TRUE(has("rpcgate_rpc_backend_duration_seconds_count{" + w + "} 2\n"));
+    // Kinds never called have no series.
+    EXPECT_FALSE(has("procedure=\"getattr\"")) << out;
+}
+
+}  // namespace
+}  // namespace rpcgate::gw
