@@ -289,6 +289,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "handshake_rate_per_source",
                                   "handshake_burst_per_source",
                                   "ktls",
+                                  "tls_rekey_after",
                                   "tls_min_version"};
     for (const auto& [k, v] : t) {
         bool ok = false;
@@ -350,6 +351,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     RPCGATE_TOML_INT("buffers", buffers)
     RPCGATE_TOML_INT("buffer_size", buffer_size)
     RPCGATE_TOML_INT("handshake_timeout", handshake_timeout_ms)
+    RPCGATE_TOML_INT("tls_rekey_after", tls_rekey_after)
     RPCGATE_TOML_INT("max_connections_per_source", max_connections_per_source)
     RPCGATE_TOML_INT("handshake_rate_per_source", handshake_rate_per_source)
     RPCGATE_TOML_INT("handshake_burst_per_source", handshake_burst_per_source)
@@ -569,6 +571,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                   "kernel TLS for TLS connections (clients and backends): auto "
                                   "(default: when the kernel has it), off, on (socket-BIO "
                                   "handshakes even without kernel support; testing)");
+    auto* o_rekey = app.add_option("--tls-rekey-after", cfg->tls_rekey_after,
+                                   "records under one TLS key before the gateway sends a "
+                                   "KeyUpdate (default: the AEAD's RFC 8446 limit)");
     auto* o_minv = app.add_option("--tls-min-version", cfg->tls_min_version,
                                   "1.3 (default, RFC 9289) or 1.2 (evaluation of NIC offload "
                                   "only, outside RFC 9289)");
@@ -699,6 +704,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_auto->count()) merged.tls_auto = true;
     if (o_hst->count()) merged.handshake_timeout_ms = cfg->handshake_timeout_ms;
     if (o_ktls->count()) merged.ktls = cfg->ktls;
+    if (o_rekey->count()) merged.tls_rekey_after = cfg->tls_rekey_after;
     if (o_minv->count()) merged.tls_min_version = cfg->tls_min_version;
     merged.config_file = cfg->config_file;
     merged.check_only = cfg->check_only;

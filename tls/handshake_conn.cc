@@ -107,8 +107,7 @@ void handshake_service::conn::on_deadline() {
     if (server()) {
         server_fail(fmt::format("no handshake within {} ms", svc_.deadline_ms_));
     } else {
-        client_fail(
-            fmt::format("no STARTTLS reply and handshake within {} ms", svc_.deadline_ms_));
+        client_fail(fmt::format("no STARTTLS reply and handshake within {} ms", svc_.deadline_ms_));
     }
 }
 
@@ -364,7 +363,9 @@ void handshake_service::conn::hand_back_client() {
     close_fd();
 }
 
-bool handshake_service::conn::post_upstream(upstream_result::kind k, std::unique_ptr<session> tls, core::slice_chain&& early, const std::string& reason, int fd) {
+bool handshake_service::conn::post_upstream(upstream_result::kind k, std::unique_ptr<session> tls,
+                                            core::slice_chain&& early, const std::string& reason,
+                                            int fd) {
     auto* r = new upstream_result;
     r->outcome = k;
     r->token = req_->token;
@@ -409,8 +410,7 @@ void handshake_service::conn::flush_then_hand_back() {
     std::string why;
     if (!flush(&why)) {
         // Decided and audited already; the connection is dead anyway.
-        RPCGATE_LOG(tls, info, "{}conn {} ({}): {}", server() ? "" : "backend ", id_, peer_,
-                    why);
+        RPCGATE_LOG(tls, info, "{}conn {} ({}): {}", server() ? "" : "backend ", id_, peer_, why);
         if (!server()) post_upstream(upstream_result::kind::failed, nullptr, {}, why);
         return close_fd();
     }

@@ -10,8 +10,8 @@
 #include <optional>
 #include <string>
 
-#include "core/conn_id.h"
 #include "core/buffer.h"
+#include "core/conn_id.h"
 #include "tls/client/client_session.h"
 #include "tls/handshake_service.h"
 
@@ -100,7 +100,8 @@ class handshake_service::conn {
     void hand_back_client();
 
     // False when the shard's mailbox is full (nothing was handed over).
-    bool post_upstream(upstream_result::kind k, std::unique_ptr<session> tls, core::slice_chain&& early, const std::string& reason, int fd = -1);
+    bool post_upstream(upstream_result::kind k, std::unique_ptr<session> tls,
+                       core::slice_chain&& early, const std::string& reason, int fd = -1);
 
     // ---- both roles ----
 

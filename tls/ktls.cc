@@ -678,7 +678,10 @@ bool traffic_secrets::rekey_rx(int fd) {
     uint8_t next[EVP_MAX_MD_SIZE];
     std::memcpy(next, rx_, len_);
     bool ok = advance(next) && install(fd, TLS_RX, suite_, md_, next, len_);
-    if (ok) std::memcpy(rx_, next, len_);
+    if (ok) {
+        std::memcpy(rx_, next, len_);
+        ++rx_gen_;
+    }
     int saved = errno;
     OPENSSL_cleanse(next, sizeof(next));
     errno = saved;
@@ -699,11 +702,51 @@ bool traffic_secrets::rekey_tx(int fd) {
         ok = send_record(fd, rt_handshake, key_update, sizeof(key_update)) == sizeof(key_update) &&
              install(fd, TLS_TX, suite_, md_, next, len_);
     }
-    if (ok) std::memcpy(tx_, next, len_);
+    if (ok) {
+        std::memcpy(tx_, next, len_);
+        ++tx_gen_;
+    }
     int saved = errno;
     OPENSSL_cleanse(next, sizeof(next));
     errno = saved;
     return ok;
+}
+
+bool tx_record_seq(int fd, uint64_t* seq) {
+    crypto_info_any ci{};
+    socklen_t len = sizeof(ci);
+    if (::getsockopt(fd, SOL_TLS, TLS_TX, &ci, &len) != 0) return false;
+    const unsigned char* rs = nullptr;
+    switch (ci.info.cipher_type) {
+        case TLS_CIPHER_AES_GCM_128:
+            rs = ci.gcm128.rec_seq;
+            break;
+        case TLS_CIPHER_AES_GCM_256:
+            rs = ci.gcm256.rec_seq;
+            break;
+        case TLS_CIPHER_CHACHA20_POLY1305:
+            rs = ci.chacha.rec_seq;
+            break;
+        default:
+            OPENSSL_cleanse(&ci, sizeof(ci));
+            errno = EOPNOTSUPP;
+            return false;
+    }
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v = v << 8 | rs[i];  // big-endian (RFC 8446 §5.3)
+    OPENSSL_cleanse(&ci, sizeof(ci));
+    *seq = v;
+    return true;
+}
+
+uint64_t aead_record_limit(uint32_t suite) noexcept {
+    switch (suite & 0xffff) {
+        case 0x1301:  // TLS_AES_128_GCM_SHA256
+        case 0x1302:  // TLS_AES_256_GCM_SHA384
+            return uint64_t(1) << 24;
+        default:  // TLS_CHACHA20_POLY1305_SHA256: no practical limit
+            return 0;
+    }
 }
 
 bool traffic_secrets::rx_keys(record_keys* out) const {
@@ -727,7 +770,12 @@ bool traffic_secrets::rx_keys(record_keys* out) const {
     return true;
 }
 
-bool kernel_has_ktls() {
+namespace {
+
+// A loopback TCP pair with the "tls" ULP on the connecting side, then
+// `with(cfd)`; false when any step fails.
+template <typename Fn>
+bool on_tls_pair(Fn with) {
     int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int cfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int afd = -1;
@@ -741,11 +789,31 @@ bool kernel_has_ktls() {
         ::listen(lfd, 1) == 0 && ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &al) == 0 &&
         ::connect(cfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
         (afd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC)) >= 0) {
-        ok = ::setsockopt(cfd, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls")) == 0;
+        ok = ::setsockopt(cfd, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls")) == 0 && with(cfd);
     }
     for (int fd : {lfd, cfd, afd})
         if (fd >= 0) ::close(fd);
     return ok;
+}
+
+}  // namespace
+
+bool kernel_has_ktls() {
+    return on_tls_pair([](int) { return true; });
+}
+
+// TLS_TX twice on a socket that sent nothing, with throw-away keys: Linux
+// 6.14+ takes the second as a rekey, older kernels refuse it (EBUSY).
+bool kernel_can_rekey() {
+    static const bool can = on_tls_pair([](int fd) {
+        tls12_crypto_info_aes_gcm_128 ci{};
+        ci.info.version = TLS_1_3_VERSION;
+        ci.info.cipher_type = TLS_CIPHER_AES_GCM_128;
+        if (::setsockopt(fd, SOL_TLS, TLS_TX, &ci, sizeof(ci)) != 0) return false;
+        ci.key[0] = 1;
+        return ::setsockopt(fd, SOL_TLS, TLS_TX, &ci, sizeof(ci)) == 0;
+    });
+    return can;
 }
 
 uint8_t record_type_of(const msghdr& m) noexcept {
