@@ -37,6 +37,9 @@
 //    non-data record is (close_notify, alert, KeyUpdate, NewSessionTicket) and
 //    what to do; `send_record`/`send_alert` write a record of another type.
 //
+// Part 1 is ktls_report.cc, part 2 (and key updates) ktls.cc, part 3
+// ktls_records.cc.
+//
 // Threads: everything here is reentrant; a diag_socket is used by one thread.
 #pragma once
 
