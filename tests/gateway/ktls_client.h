@@ -55,7 +55,8 @@ inline uint32_t get32(const std::string& s, size_t off) {
 
 // A CALL of the echo program, framed: proc 0 with AUTH_TLS = the probe,
 // proc 1 with AUTH_NONE = ECHO of `payload`.
-inline std::string call_record(uint32_t xid, uint32_t proc, uint32_t cred, const std::string& payload) {
+inline std::string call_record(uint32_t xid, uint32_t proc, uint32_t cred,
+                               const std::string& payload) {
     std::string b;
     for (uint32_t w : {xid, 0u, 2u, k_echo_prog, 1u, proc, cred, 0u, 0u, 0u}) put32(b, w);
     if (proc == 1) {

@@ -123,20 +123,19 @@ TEST_P(gateway_rekey, key_updates_from_the_client_both_directions) {
         ASSERT_EQ(c->echo(xid, payload), "") << "call " << xid << " after " << updates;
     }
     auto t = gw_->totals();
-    std::printf("[gw-rekey] %s: %u calls of 16000 B, %llu KeyUpdates from the client in %lld ms; "
-                "rekeys rx_peer %llu tx_peer %llu\n",
-                GetParam(), calls, (unsigned long long)updates,
-                (long long)std::chrono::duration_cast<std::chrono::milliseconds>(
-                    clock_type::now() - t0)
-                    .count(),
-                (unsigned long long)t.tls_rekeys_rx_peer, (unsigned long long)t.tls_rekeys_tx_peer);
+    std::printf(
+        "[gw-rekey] %s: %u calls of 16000 B, %llu KeyUpdates from the client in %lld ms; "
+        "rekeys rx_peer %llu tx_peer %llu\n",
+        GetParam(), calls, (unsigned long long)updates,
+        (long long)std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0)
+            .count(),
+        (unsigned long long)t.tls_rekeys_rx_peer, (unsigned long long)t.tls_rekeys_tx_peer);
     EXPECT_EQ(t.tls_sessions, 1u);  // no reconnect
     EXPECT_EQ(t.tls_key_update_closes, 0u);
     if (kernel()) {
         EXPECT_EQ(t.tls_rekeys_rx_peer, updates);
         EXPECT_EQ(t.tls_rekeys_tx_peer, updates);
-        std::string want =
-            fmt::format(R"("key_generation":{{"tx":{},"rx":{}}})", updates, updates);
+        std::string want = fmt::format(R"("key_generation":{{"tx":{},"rx":{}}})", updates, updates);
         EXPECT_NE(gw_->connections_json().find(want), std::string::npos)
             << want << " not in " << gw_->connections_json();
     }
@@ -160,10 +159,11 @@ TEST_P(gateway_rekey, gateway_initiates_key_updates) {
     // Each reply is 32 KiB and a few bytes: 3 records, or fewer where the
     // kernel packs replies together (at least 2 per reply).
     uint64_t low = 2 * uint64_t(calls) / k_after - 1, high = 3 * uint64_t(calls) / k_after + 1;
-    std::printf("[gw-rekey] %s: %u replies of 32 KiB: %llu KeyUpdates from the gateway "
-                "(expected %llu..%llu)\n",
-                GetParam(), calls, (unsigned long long)t.tls_rekeys_tx_own,
-                (unsigned long long)low, (unsigned long long)high);
+    std::printf(
+        "[gw-rekey] %s: %u replies of 32 KiB: %llu KeyUpdates from the gateway "
+        "(expected %llu..%llu)\n",
+        GetParam(), calls, (unsigned long long)t.tls_rekeys_tx_own, (unsigned long long)low,
+        (unsigned long long)high);
     EXPECT_EQ(t.tls_sessions, 1u);
     if (kernel() && !k::kernel_can_rekey()) {
         EXPECT_EQ(t.tls_rekeys_tx_own, 0u) << "a kernel that cannot rekey was asked to";
