@@ -1095,8 +1095,12 @@ void shard::reap_streams() {
         std::vector<stream*> list;
         list.swap(finished_);
         for (stream* s : list) {
-            if (s->ops_inflight_ > 0) {
-                s->finish_queued_ = false;  // a late op; maybe_finish will requeue
+            // A late op; or bytes a handler queued on a detaching stream
+            // after its finish was queued (in the same loop pass), which
+            // must leave before the fd is handed over. maybe_finish requeues
+            // once they have.
+            if (s->ops_inflight_ > 0 || (s->detaching_ && s->queued_ > 0)) {
+                s->finish_queued_ = false;
                 continue;
             }
             s->state_ = stream::state::closed;

@@ -131,6 +131,7 @@ void backend_link::on_upstream(upstream_result&& r) {
         tls_ = std::move(r.session);
         bump(ctx_.counters().upstream_tls);
         prot_ = ctx_.protection_of(r.fd);
+        keys_.start(*tls_, ctx_.config().tls_rekey_after);
         if (tls_->kernel_tx()) bump(ctx_.counters().upstream_ktls_tx);
         if (tls_->kernel_rx()) bump(ctx_.counters().upstream_ktls_rx);
         RPCGATE_LOG(gw, debug, "conn {}: backend {} in TLS ({} {})", owner_.id(), target(),
@@ -178,7 +179,9 @@ void backend_link::send_record(slice_chain&& framed) {
     }
     if (!s_) return;
     if (!tls_ || tls_->kernel_tx()) {  // kTLS TX: the kernel encrypts
+        size_t n = framed.size();
         s_->send(std::move(framed));
+        if (tls_ && keys_.due(s_->fd(), n)) readopt(*s_);
         return;
     }
     tls_out_.append(std::move(framed));
@@ -197,6 +200,7 @@ void backend_link::flush() {
             fmt::format("backend {}: TLS write failed: {}", target(), tls_->error_text()), -EPROTO);
         return;
     }
+    keys_.count_userspace(ctx_.counters());
     s_->send(std::move(out));
 }
 
@@ -300,10 +304,7 @@ void backend_link::on_writable(stream&) {
 }
 
 void backend_link::on_closed(stream& s, int err) {
-    if (&s == readopted_from_) {  // the stream before a re-adoption
-        readopted_from_ = nullptr;
-        return;
-    }
+    if (s_ && &s != s_) return;  // the stream before a re-adoption
     s_ = nullptr;
     if (handing_ && token_) return;  // the socket went to a handshake thread
     handing_ = false;
@@ -319,16 +320,17 @@ void backend_link::on_closed(stream& s, int err) {
 }
 
 void backend_link::on_control_record(stream& s) {
-    control_reaction a = react(tls_role::client, read_control_record(s.fd()), tls_->kernel_tx());
+    control_read r = read_control_record(s.fd());
+    control_reaction a =
+        r.n > 0 && r.record.kind == tls::ktls::control::key_update
+            ? follow_key_update(tls_role::client, s.fd(), tls_->secrets(), r, tls_->kernel_tx())
+            : react(tls_role::client, r, tls_->kernel_tx());
     if (a.counter) bump(ctx_.counters().*a.counter);
     if (a.go_on) {
-        // A ticket was consumed; a receive that ended in EIO is not re-armed:
-        // adopt the socket again.
-        readopted_from_ = &s;
-        s.detach([this](int fd, slice_chain&& unread) {
-            s_ = ctx_.shard().adopt(fd, this);
-            for (const slice& p : unread) receive_plain(p);
-        });
+        // A ticket was consumed or a KeyUpdate followed; a receive that
+        // ended in EIO is not re-armed: adopt the socket again.
+        if (a.rekey_tx) keys_.owe();
+        readopt(s);
         return;
     }
     count_lost();
@@ -337,11 +339,45 @@ void backend_link::on_control_record(stream& s) {
     owner_.terminate(fmt::format("backend {} (conn {}) {}", target(), id_, a.what), a.err);
 }
 
+void backend_link::readopt(stream& s) {
+    if (readopting_ || !s.open()) return;
+    readopting_ = true;
+    RPCGATE_LOG(gw, debug, "conn {}: backend {}: re-adopting the kTLS socket{}", owner_.id(),
+                target(), keys_.owed() ? " for a TX rekey" : "");
+    s.detach([this](int fd, slice_chain&& unread) {
+        // s_ is still the old stream (alive until its on_closed, which
+        // comes after this): its pause is the session's latest word.
+        bool paused = s_ && s_->receive_paused();
+        readopting_ = false;
+        std::string why;
+        bool ok = keys_.on_drained(fd, ctx_.counters(), &why);
+        s_ = ctx_.shard().adopt(fd, this);
+        if (!ok) {
+            bump(ctx_.counters().tls_errors);
+            tls_shut_ = true;
+            owner_.terminate(fmt::format("backend {} (conn {}): {}", target(), id_, why), -EPROTO);
+            return;
+        }
+        RPCGATE_LOG(gw, debug, "conn {}: backend {}: adopted again, keys {} ({} unread, {})",
+                    owner_.id(), target(), keys_.generations_json(), unread.size(),
+                    paused ? "paused" : "receiving");
+        if (paused) s_->pause_receive();
+        for (const slice& p : unread) receive_plain(p);
+        // The old stream drained without telling (a detaching stream makes
+        // no on_writable): a client paused for this link resumes now.
+        if (blocking_client_ && s_ && !s_->full()) {
+            blocking_client_ = false;
+            owner_.maybe_resume_client();
+        }
+    });
+}
+
 std::string backend_link::tls_json() const {
     if (!tls_ || !s_) return {};
-    return fmt::format(R"({{"backend":"{}","version":"{}","protection":{{"tx":"{}","rx":"{}"}}}})",
-                       json_escape(target()), tls_->version(), tls::ktls::mode_name(prot_.tx),
-                       tls::ktls::mode_name(prot_.rx));
+    return fmt::format(
+        R"({{"backend":"{}","version":"{}","protection":{{"tx":"{}","rx":"{}"}},"key_generation":{}}})",
+        json_escape(target()), tls_->version(), tls::ktls::mode_name(prot_.tx),
+        tls::ktls::mode_name(prot_.rx), keys_.generations_json());
 }
 
 }  // namespace rpcgate::gw

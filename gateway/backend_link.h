@@ -17,6 +17,7 @@
 
 #include "core/conn_id.h"
 #include "core/shard.h"
+#include "gateway/key_updates.h"
 #include "gateway/metrics.h"
 #include "gateway/shard_context.h"
 #include "rpc/record.h"
@@ -85,6 +86,9 @@ class backend_link final : public core::stream_handler, public upstream_waiter {
     void receive_tls();
     // The record a kTLS RX receive stopped at (control_records.h).
     void on_control_record(core::stream& s);
+    // kTLS: detach `s` (queued sends leave first), change our TX key if
+    // owed (key_updates::on_drained), adopt the socket again.
+    void readopt(core::stream& s);
     void count_lost();
 
     static constexpr size_t k_tls_batch = 256 * 1024;
@@ -106,9 +110,10 @@ class backend_link final : public core::stream_handler, public upstream_waiter {
     bool ready_ = true;
     bool handing_ = false;  // a handshake thread has the socket
     bool tls_shut_ = false;
-    bool closed_by_us_ = false;               // close() ran: its on_closed is no loss
-    core::stream* readopted_from_ = nullptr;  // its on_closed is not ours to act on
-    tls::ktls::protection prot_;              // upstream TLS: where its crypto runs
+    bool closed_by_us_ = false;   // close() ran: its on_closed is no loss
+    bool readopting_ = false;     // a readopt's detach is under way (one at a time)
+    key_updates keys_;            // TLS 1.3 key updates (upstream TLS)
+    tls::ktls::protection prot_;  // upstream TLS: where its crypto runs
 };
 
 }  // namespace rpcgate::gw

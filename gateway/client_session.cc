@@ -54,6 +54,7 @@ client_session::client_session(shard_context& ctx, stream* client, conn_id id, s
         bump(c.tls_sessions);
         tls_open_.take(c.tls_open);
         prot_ = ctx_.protection_of(client->fd());
+        keys_.start(*tls_, ctx_.config().tls_rekey_after);
         prot_open_[0].take(c.tls_protection_open[0][size_t(prot_.tx)]);
         prot_open_[1].take(c.tls_protection_open[1][size_t(prot_.rx)]);
     }
@@ -203,7 +204,8 @@ void client_session::on_writable(stream&) {
         if (l) l->resume_receive();
 }
 
-void client_session::on_closed(stream&, int err) {
+void client_session::on_closed(stream& s, int err) {
+    if (client_ && &s != client_) return;  // the stream before a re-adoption
     client_ = nullptr;
     idle_timer_.cancel();
     ktls_close_timer_.cancel();
@@ -406,7 +408,9 @@ slice_chain client_session::frame(slice_chain&& rec) {
 void client_session::send_to_client(slice_chain&& bytes) {
     if (!client_) return;
     if (!tls_ || tls_->kernel_tx()) {  // kTLS TX: the kernel encrypts
+        size_t n = bytes.size();
         client_->send(std::move(bytes));
+        if (tls_ && keys_.due(client_->fd(), n)) readopt();
         return;
     }
     // Encrypted once per batch (flush_tls at the end of every receive
@@ -425,6 +429,7 @@ void client_session::flush_tls() {
         terminate(fmt::format("TLS write failed: {}", tls_->error_text()), -EPROTO);
         return;
     }
+    keys_.count_userspace(ctx_.counters());
     client_->send(std::move(out));
 }
 
@@ -577,9 +582,17 @@ void client_session::send_kernel_alert(uint8_t level, uint8_t description) {
 // The record a kTLS RX receive stopped at (on_eof(-EIO)); see
 // control_records.h for what each kind means here.
 void client_session::on_control_record() {
-    control_reaction a =
-        react(tls_role::server, read_control_record(client_->fd()), tls_->kernel_tx());
+    control_read r = read_control_record(client_->fd());
+    control_reaction a = r.n > 0 && r.record.kind == tls::ktls::control::key_update
+                             ? follow_key_update(tls_role::server, client_->fd(), tls_->secrets(),
+                                                 r, tls_->kernel_tx())
+                             : react(tls_role::server, r, tls_->kernel_tx());
     if (a.counter) bump(ctx_.counters().*a.counter);
+    if (a.go_on) {
+        if (a.rekey_tx) keys_.owe();
+        readopt();
+        return;
+    }
     if (a.peer_done) peer_done_ = true;
     if (a.orderly) {
         if (a.peer_done)
@@ -592,6 +605,33 @@ void client_session::on_control_record() {
     if (a.no_close_notify) tls_shut_ = true;
     if (a.fatal_alert) send_kernel_alert(2, a.fatal_alert);
     terminate(a.what, a.err);
+}
+
+void client_session::readopt() {
+    if (!client_ || readopting_ || !client_->open()) return;
+    readopting_ = true;
+    RPCGATE_LOG(gw, debug, "conn {}: re-adopting the kTLS socket{}", id_,
+                keys_.owed() ? " for a TX rekey" : "");
+    client_->detach([this](int fd, slice_chain&& unread) {
+        // client_ is still the old stream (alive until its on_closed, which
+        // comes after this): its pause is the session's latest word.
+        bool paused = client_->receive_paused();
+        readopting_ = false;
+        std::string why;
+        bool ok = keys_.on_drained(fd, ctx_.counters(), &why);
+        client_ = ctx_.shard().adopt(fd, this);
+        if (!ok) {
+            bump(ctx_.counters().tls_errors);
+            tls_shut_ = true;  // a KeyUpdate may be out under a key we could not install
+            terminate(why, -EPROTO);
+            return;
+        }
+        RPCGATE_LOG(gw, debug, "conn {}: adopted again, keys {} ({} unread, {})", id_,
+                    keys_.generations_json(), unread.size(), paused ? "paused" : "receiving");
+        if (paused) client_->pause_receive();
+        for (const slice& p : unread) on_data(*client_, p.share());
+        if (client_full_) on_writable(*client_);
+    });
 }
 
 void client_session::maybe_free() {
@@ -660,10 +700,10 @@ std::string client_session::describe_json() const {
     std::string tls = "null";
     if (tls_)
         tls = fmt::format(
-            R"({{"flags":"{}","version":"{}","cipher":"{}","alpn":"{}","subject":"{}","protection":{{"tx":"{}","rx":"{}"}}}})",
+            R"({{"flags":"{}","version":"{}","cipher":"{}","alpn":"{}","subject":"{}","protection":{{"tx":"{}","rx":"{}"}},"key_generation":{}}})",
             tls::flags_text(tls_->flags()), tls_->version(), tls_->cipher(), tls_->alpn(),
             json_escape(tls_->peer_subject()), tls::ktls::mode_name(prot_.tx),
-            tls::ktls::mode_name(prot_.rx));
+            tls::ktls::mode_name(prot_.rx), keys_.generations_json());
     return fmt::format(
         R"({{"id":"{}","peer":"{}","shard":{},"state":"{}","tls":{},"calls":{},"bytes_in":{},"bytes_out":{},"calls_in_flight":{},"backend_links":{},"backend_tls":[{}],"age_s":{:.3f}}})",
         id_, peer_, ctx_.shard().index(),

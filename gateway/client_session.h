@@ -36,6 +36,7 @@
 #include "gateway/backend_link.h"
 #include "gateway/call_stats.h"
 #include "gateway/client_views.h"
+#include "gateway/key_updates.h"
 #include "gateway/metrics.h"
 #include "gateway/shard_context.h"
 #include "rpc/message.h"
@@ -116,6 +117,10 @@ class client_session final : public core::stream_handler, public session_list::n
     void kernel_close_notify();
     void send_kernel_alert(uint8_t level, uint8_t description);
     void on_control_record();
+    // kTLS: the socket is detached (queued sends leave first), our TX key
+    // changes if owed (key_updates::on_drained), and it is adopted again
+    // with a fresh receive.
+    void readopt();
     static void on_idle_timer(core::timer* t, void* arg);
 
     struct bc_call {
@@ -162,6 +167,8 @@ class client_session final : public core::stream_handler, public session_list::n
     bool links_tls_dirty_ = false;  // a TLS backend link holds calls to encrypt
     bool peer_done_ = false;        // the client said it sends no more (close_notify)
     bool close_linger_ = true;      // finish_client's choice, for kernel_close_notify
+    key_updates keys_;              // TLS 1.3 key updates
+    bool readopting_ = false;       // a readopt's detach is under way (one at a time)
 };
 
 template <typename F>

@@ -108,6 +108,10 @@ struct gateway_config {
     // the shards), "on" (handshakes on socket BIOs even where the kernel has
     // no kTLS: every direction then stays in userspace; for tests).
     std::string ktls = "auto";
+    // KeyUpdate of our TX keys after this many records under one key (RFC
+    // 8446 §5.5), kTLS and userspace alike; 0 (default): the AEAD's limit
+    // (tls::ktls::aead_record_limit: 2^24 for AES-GCM, none for ChaCha20).
+    uint64_t tls_rekey_after = 0;
     // Tests only (no option): false leaves RX in userspace (half kTLS, TX only).
     bool ktls_rx = true;
     // "1.3" (RFC 9289 §5.1) or "1.2": evaluation only (NIC offload of TLS 1.3

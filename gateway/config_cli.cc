@@ -59,6 +59,9 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                   "kernel TLS for TLS connections (clients and backends): auto "
                                   "(default: when the kernel has it), off, on (socket-BIO "
                                   "handshakes even without kernel support; testing)");
+    auto* o_rekey = app.add_option("--tls-rekey-after", cfg->tls_rekey_after,
+                                   "records under one TLS key before the gateway sends a "
+                                   "KeyUpdate (default: the AEAD's RFC 8446 limit)");
     auto* o_minv = app.add_option("--tls-min-version", cfg->tls_min_version,
                                   "1.3 (default, RFC 9289) or 1.2 (evaluation of NIC offload "
                                   "only, outside RFC 9289)");
@@ -209,6 +212,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_auto->count()) merged.tls_auto = true;
     if (o_hst->count()) merged.handshake_timeout_ms = cfg->handshake_timeout_ms;
     if (o_ktls->count()) merged.ktls = cfg->ktls;
+    if (o_rekey->count()) merged.tls_rekey_after = cfg->tls_rekey_after;
     if (o_minv->count()) merged.tls_min_version = cfg->tls_min_version;
     if (o_suites->count()) merged.tls_ciphersuites = cfg->tls_ciphersuites;
     merged.config_file = cfg->config_file;

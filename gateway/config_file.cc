@@ -100,6 +100,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "handshake_rate_per_source",
                                   "handshake_burst_per_source",
                                   "ktls",
+                                  "tls_rekey_after",
                                   "tls_min_version",
                                   "require_tls_for",
                                   "reuse_port",
@@ -165,6 +166,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     RPCGATE_TOML_INT("buffers", buffers)
     RPCGATE_TOML_INT("buffer_size", buffer_size)
     RPCGATE_TOML_INT("handshake_timeout", handshake_timeout_ms)
+    RPCGATE_TOML_INT("tls_rekey_after", tls_rekey_after)
     RPCGATE_TOML_INT("max_connections_per_source", max_connections_per_source)
     RPCGATE_TOML_INT("handshake_rate_per_source", handshake_rate_per_source)
     RPCGATE_TOML_INT("handshake_burst_per_source", handshake_burst_per_source)

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <openssl/ssl.h>
 
+#include <poll.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -102,6 +104,37 @@ control_reaction react_client(const control_read& r, bool kernel_tx) {
 
 control_reaction react(tls_role role, const control_read& r, bool kernel_tx) {
     return role == tls_role::server ? react_server(r, kernel_tx) : react_client(r, kernel_tx);
+}
+
+control_reaction follow_key_update(tls_role role, int fd, tls::ktls::traffic_secrets* secrets,
+                                   const control_read& r, bool kernel_tx) {
+    if (secrets && secrets->rekey_rx(fd)) {
+        control_reaction a;
+        a.go_on = true;
+        a.rekey_tx = r.record.update_requested;
+        a.counter = &gateway_counters::tls_rekeys_rx_peer;
+        return a;
+    }
+    int e = secrets ? errno : 0;
+    control_reaction a = react(role, r, kernel_tx);
+    if (e) a.what += fmt::format(" (the kernel refused the next RX key: {})", std::strerror(e));
+    return a;
+}
+
+bool rekey_tx(int fd, tls::ktls::traffic_secrets& secrets, int wait_ms, std::string* why) {
+    for (;;) {
+        if (secrets.rekey_tx(fd)) return true;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) break;
+        // The KeyUpdate did not fit in the socket buffer: nothing was sent.
+        pollfd p{fd, POLLOUT, 0};
+        if (wait_ms <= 0 || ::poll(&p, 1, wait_ms) <= 0) {
+            errno = ETIMEDOUT;
+            break;
+        }
+        wait_ms = 0;  // one wait
+    }
+    if (why) *why = fmt::format("TX rekey failed: {}", std::strerror(errno));
+    return false;
 }
 
 }  // namespace rpcgate::gw

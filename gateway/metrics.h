@@ -105,6 +105,12 @@ namespace rpcgate::gw {
       "Alerts (other than close_notify) from clients read on kTLS sockets.")                     \
     X(tls_key_update_closes, "key_update_closes", "tls_key_update_closes_total", counter,        \
       "Connections closed cleanly after a KeyUpdate that kernel TLS cannot follow.")             \
+    X(tls_rekeys_rx_peer, "rekeys_rx_peer", "tls_rekeys_rx_peer_total", counter,                \
+      "RX keys changed in the kernel after a peer's KeyUpdate (client or backend).")             \
+    X(tls_rekeys_tx_peer, "rekeys_tx_peer", "tls_rekeys_tx_peer_total", counter,                \
+      "TX keys changed because a peer's KeyUpdate asked for it (update_requested).")             \
+    X(tls_rekeys_tx_own, "rekeys_tx_own", "tls_rekeys_tx_own_total", counter,                   \
+      "KeyUpdates the gateway initiated at --tls-rekey-after (kTLS or userspace).")              \
     X(upstream_tls, "upstream_tls", "upstream_tls_total", counter,                               \
       "Backend connections that went into RPC-with-TLS.")                                        \
     X(upstream_plaintext, "upstream_plaintext", "upstream_plaintext_total", counter,             \

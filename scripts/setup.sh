@@ -46,7 +46,7 @@ packages=(
     # the DPDK backend (-DRPCGATE_WITH_DPDK=ON, scripts/test-dpdk.sh): DPDK, lwIP's
     # source through apt (dpkg-dev unpacks it), ethtool for the veth offloads
     dpdk-dev libdpdk-dev dpkg-dev ethtool
-    qemu-system-x86 busybox-static cpio  # tests/vm: boots a kernel with kTLS
+    qemu-system-x86 busybox-static cpio xz-utils  # tests/vm: boots kernels with kTLS (6.1, 6.12, 7.x)
 )
 
 installed() { # installed PKG: true if dpkg has it fully installed

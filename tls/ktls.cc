@@ -32,33 +32,6 @@ constexpr int TCP_ULP = 31;
 // num = 1 for TX, 0 for RX; ptr = the kernel's crypto_info.
 constexpr int bio_ctrl_set_ktls = 72;
 
-mode mode_of_conf(uint16_t conf) {
-    switch (conf) {
-        case TLS_CONF_SW:
-            return mode::ktls_sw;
-        case TLS_CONF_HW:
-        case TLS_CONF_HW_RECORD:
-            return mode::ktls_hw;
-        default:
-            return mode::userspace;  // TLS_CONF_BASE: the ULP, no keys
-    }
-}
-
-// The attributes of one netlink attribute run (nested or top level).
-template <typename F>
-void for_each_attr(const void* data, size_t len, F&& f) {
-    auto* a = static_cast<const rtattr*>(data);
-    auto n = static_cast<unsigned int>(len);
-    for (; RTA_OK(a, n); a = RTA_NEXT(a, n))
-        f(static_cast<uint16_t>(a->rta_type & NLA_TYPE_MASK), RTA_DATA(a), RTA_PAYLOAD(a));
-}
-
-uint16_t u16_of(const void* p, size_t n) {
-    uint16_t v = 0;
-    if (n >= sizeof(v)) std::memcpy(&v, p, sizeof(v));
-    return v;
-}
-
 // Bytes a shard had already read off the socket, served to OpenSSL before
 // the socket BIO below it. A filter so that every other BIO control (kTLS
 // among them) reaches the socket BIO untouched.
@@ -340,211 +313,6 @@ bool install(int fd, int dir, uint32_t suite, const EVP_MD* md, const uint8_t* s
 
 }  // namespace
 
-const char* mode_name(mode m) noexcept {
-    switch (m) {
-        case mode::userspace:
-            return "userspace";
-        case mode::ktls_sw:
-            return "ktls-sw";
-        case mode::ktls_hw:
-            return "ktls-hw";
-        case mode::ktls:
-            return "ktls";
-    }
-    return "?";
-}
-
-std::string protection::version_name() const {
-    switch (version) {
-        case TLS_1_3_VERSION:
-            return "TLSv1.3";
-        case TLS_1_2_VERSION:
-            return "TLSv1.2";
-        default:
-            return "";
-    }
-}
-
-std::string protection::cipher_name() const {
-    switch (cipher) {
-        case TLS_CIPHER_AES_GCM_128:
-            return "AES-GCM-128";
-        case TLS_CIPHER_AES_GCM_256:
-            return "AES-GCM-256";
-        case TLS_CIPHER_AES_CCM_128:
-            return "AES-CCM-128";
-        case TLS_CIPHER_CHACHA20_POLY1305:
-            return "CHACHA20-POLY1305";
-#ifdef TLS_CIPHER_SM4_GCM
-        case TLS_CIPHER_SM4_GCM:
-            return "SM4-GCM";
-        case TLS_CIPHER_SM4_CCM:
-            return "SM4-CCM";
-#endif
-        default:
-            return cipher ? "cipher-" + std::to_string(cipher) : "";
-    }
-}
-
-diag_socket::~diag_socket() {
-    if (nl_ >= 0) ::close(nl_);
-}
-
-// One SOCK_DIAG_BY_FAMILY request for exactly this socket (4-tuple and
-// cookie), asking for INET_DIAG_INFO: tcp_diag then adds INET_DIAG_ULP_INFO
-// for callers with CAP_NET_ADMIN (net/ipv4/tcp_diag.c, tcp_diag_get_aux).
-bool diag_socket::diag(int fd, protection& p) {
-    sockaddr_storage local{}, peer{};
-    socklen_t ll = sizeof(local), pl = sizeof(peer);
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
-        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0)
-        return false;
-    if (local.ss_family != AF_INET && local.ss_family != AF_INET6) return false;
-    if (nl_ < 0) {
-        nl_ = ::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-        if (nl_ < 0) return false;
-    }
-    struct {
-        nlmsghdr nh;
-        inet_diag_req_v2 r;
-    } req{};
-    req.nh.nlmsg_len = sizeof(req);
-    req.nh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    req.nh.nlmsg_flags = NLM_F_REQUEST;
-    req.nh.nlmsg_seq = ++seq_;
-    req.r.sdiag_family = static_cast<uint8_t>(local.ss_family);
-    req.r.sdiag_protocol = IPPROTO_TCP;
-    req.r.idiag_ext = 1u << (INET_DIAG_INFO - 1);
-    req.r.idiag_states = ~0u;
-    if (local.ss_family == AF_INET) {
-        auto* l = reinterpret_cast<sockaddr_in*>(&local);
-        auto* r = reinterpret_cast<sockaddr_in*>(&peer);
-        req.r.id.idiag_sport = l->sin_port;
-        req.r.id.idiag_dport = r->sin_port;
-        req.r.id.idiag_src[0] = l->sin_addr.s_addr;
-        req.r.id.idiag_dst[0] = r->sin_addr.s_addr;
-    } else {
-        auto* l = reinterpret_cast<sockaddr_in6*>(&local);
-        auto* r = reinterpret_cast<sockaddr_in6*>(&peer);
-        req.r.id.idiag_sport = l->sin6_port;
-        req.r.id.idiag_dport = r->sin6_port;
-        std::memcpy(req.r.id.idiag_src, &l->sin6_addr, 16);
-        std::memcpy(req.r.id.idiag_dst, &r->sin6_addr, 16);
-    }
-    uint64_t cookie = 0;
-    socklen_t cl = sizeof(cookie);
-    if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &cl) == 0 && cl == sizeof(cookie)) {
-        req.r.id.idiag_cookie[0] = static_cast<uint32_t>(cookie);
-        req.r.id.idiag_cookie[1] = static_cast<uint32_t>(cookie >> 32);
-    } else {
-        req.r.id.idiag_cookie[0] = req.r.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
-    }
-    sockaddr_nl kernel{};
-    kernel.nl_family = AF_NETLINK;
-    if (::sendto(nl_, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel)) !=
-        static_cast<ssize_t>(sizeof(req)))
-        return false;
-    // The kernel answers inside sendto: the reply is queued already, so
-    // never block on it (a lost reply is a failed query, not a hang).
-    alignas(nlmsghdr) char buf[8192];
-    for (;;) {
-        ssize_t n = ::recv(nl_, buf, sizeof(buf), MSG_DONTWAIT);
-        if (n <= 0) return false;
-        auto len = static_cast<unsigned int>(n);
-        for (auto* nh = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(nh, len);
-             nh = NLMSG_NEXT(nh, len)) {
-            if (nh->nlmsg_seq != seq_) continue;  // a late answer to an old query
-            if (nh->nlmsg_type == NLMSG_ERROR || nh->nlmsg_type == NLMSG_DONE) return false;
-            if (nh->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
-            if (nh->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) return false;
-            const char* attrs =
-                static_cast<const char*>(NLMSG_DATA(nh)) + NLMSG_ALIGN(sizeof(inet_diag_msg));
-            size_t alen = nh->nlmsg_len - NLMSG_LENGTH(NLMSG_ALIGN(sizeof(inet_diag_msg)));
-            for_each_attr(attrs, alen, [&](uint16_t type, const void* d, size_t dn) {
-                if (type != INET_DIAG_ULP_INFO) return;
-                for_each_attr(d, dn, [&](uint16_t ut, const void* ud, size_t un) {
-                    if (ut == INET_ULP_INFO_NAME) {
-                        std::string_view name(static_cast<const char*>(ud),
-                                              strnlen(static_cast<const char*>(ud), un));
-                        if (name == "tls") p.ulp = true;
-                    } else if (ut == INET_ULP_INFO_TLS) {
-                        p.from_diag = true;
-                        for_each_attr(ud, un, [&](uint16_t tt, const void* td, size_t tn) {
-                            switch (tt) {
-                                case TLS_INFO_VERSION:
-                                    p.version = u16_of(td, tn);
-                                    break;
-                                case TLS_INFO_CIPHER:
-                                    p.cipher = u16_of(td, tn);
-                                    break;
-                                case TLS_INFO_TXCONF:
-                                    p.tx = mode_of_conf(u16_of(td, tn));
-                                    break;
-                                case TLS_INFO_RXCONF:
-                                    p.rx = mode_of_conf(u16_of(td, tn));
-                                    break;
-                                default:
-                                    break;
-                            }
-                        });
-                    }
-                });
-            });
-            return true;
-        }
-    }
-}
-
-protection diag_socket::query(int fd) {
-    protection p;
-    // The cheap test first: no "tls" ULP on the socket means no kTLS either
-    // way (and no netlink round trip for every userspace connection).
-    char ulp[16] = {};
-    socklen_t ulen = sizeof(ulp);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_ULP, ulp, &ulen) != 0 || ulen == 0 ||
-        std::string_view(ulp, strnlen(ulp, ulen)) != "tls")
-        return p;
-    p.ulp = true;
-    if (diag(fd, p) && p.from_diag) return p;
-    // No ULP details from sock_diag (no CAP_NET_ADMIN): the socket options
-    // still tell whether keys are installed. Asking for exactly the 4-byte
-    // struct tls_crypto_info returns version and cipher, never the keys.
-    p = protection{};
-    p.ulp = true;
-    for (int dir : {TLS_TX, TLS_RX}) {
-        tls_crypto_info ci{};
-        socklen_t len = sizeof(ci);
-        if (getsockopt(fd, SOL_TLS, dir, &ci, &len) != 0 || ci.cipher_type == 0) continue;
-        (dir == TLS_TX ? p.tx : p.rx) = mode::ktls;
-        p.version = ci.version;
-        p.cipher = ci.cipher_type;
-    }
-    return p;
-}
-
-protection query(int fd) {
-    diag_socket d;
-    return d.query(fd);
-}
-
-std::vector<std::pair<std::string, uint64_t>> read_tls_stat(const char* path) {
-    std::vector<std::pair<std::string, uint64_t>> out;
-    FILE* f = std::fopen(path, "re");
-    if (!f) return out;
-    char key[64];
-    unsigned long long v;
-    while (std::fscanf(f, "%63s %llu", key, &v) == 2) out.emplace_back(key, v);
-    std::fclose(f);
-    return out;
-}
-
-uint64_t stat_value(const std::vector<std::pair<std::string, uint64_t>>& stat,
-                    std::string_view name) noexcept {
-    for (const auto& [k, v] : stat)
-        if (k == name) return v;
-    return 0;
-}
-
 bool attach_socket(SSL* ssl, int fd, std::string_view early, std::string* err) {
     // The caller's thread drives many handshakes: a socket BIO must never
     // block it (io_uring, which a shard uses later, does not mind).
@@ -678,7 +446,10 @@ bool traffic_secrets::rekey_rx(int fd) {
     uint8_t next[EVP_MAX_MD_SIZE];
     std::memcpy(next, rx_, len_);
     bool ok = advance(next) && install(fd, TLS_RX, suite_, md_, next, len_);
-    if (ok) std::memcpy(rx_, next, len_);
+    if (ok) {
+        std::memcpy(rx_, next, len_);
+        ++rx_gen_;
+    }
     int saved = errno;
     OPENSSL_cleanse(next, sizeof(next));
     errno = saved;
@@ -699,11 +470,51 @@ bool traffic_secrets::rekey_tx(int fd) {
         ok = send_record(fd, rt_handshake, key_update, sizeof(key_update)) == sizeof(key_update) &&
              install(fd, TLS_TX, suite_, md_, next, len_);
     }
-    if (ok) std::memcpy(tx_, next, len_);
+    if (ok) {
+        std::memcpy(tx_, next, len_);
+        ++tx_gen_;
+    }
     int saved = errno;
     OPENSSL_cleanse(next, sizeof(next));
     errno = saved;
     return ok;
+}
+
+bool tx_record_seq(int fd, uint64_t* seq) {
+    crypto_info_any ci{};
+    socklen_t len = sizeof(ci);
+    if (::getsockopt(fd, SOL_TLS, TLS_TX, &ci, &len) != 0) return false;
+    const unsigned char* rs = nullptr;
+    switch (ci.info.cipher_type) {
+        case TLS_CIPHER_AES_GCM_128:
+            rs = ci.gcm128.rec_seq;
+            break;
+        case TLS_CIPHER_AES_GCM_256:
+            rs = ci.gcm256.rec_seq;
+            break;
+        case TLS_CIPHER_CHACHA20_POLY1305:
+            rs = ci.chacha.rec_seq;
+            break;
+        default:
+            OPENSSL_cleanse(&ci, sizeof(ci));
+            errno = EOPNOTSUPP;
+            return false;
+    }
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v = v << 8 | rs[i];  // big-endian (RFC 8446 §5.3)
+    OPENSSL_cleanse(&ci, sizeof(ci));
+    *seq = v;
+    return true;
+}
+
+uint64_t aead_record_limit(uint32_t suite) noexcept {
+    switch (suite & 0xffff) {
+        case 0x1301:  // TLS_AES_128_GCM_SHA256
+        case 0x1302:  // TLS_AES_256_GCM_SHA384
+            return uint64_t(1) << 24;
+        default:  // TLS_CHACHA20_POLY1305_SHA256: no practical limit
+            return 0;
+    }
 }
 
 bool traffic_secrets::rx_keys(record_keys* out) const {
@@ -727,7 +538,12 @@ bool traffic_secrets::rx_keys(record_keys* out) const {
     return true;
 }
 
-bool kernel_has_ktls() {
+namespace {
+
+// A loopback TCP pair with the "tls" ULP on the connecting side, then
+// `with(cfd)`; false when any step fails.
+template <typename Fn>
+bool on_tls_pair(Fn with) {
     int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int cfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int afd = -1;
@@ -741,126 +557,31 @@ bool kernel_has_ktls() {
         ::listen(lfd, 1) == 0 && ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &al) == 0 &&
         ::connect(cfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
         (afd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC)) >= 0) {
-        ok = ::setsockopt(cfd, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls")) == 0;
+        ok = ::setsockopt(cfd, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls")) == 0 && with(cfd);
     }
     for (int fd : {lfd, cfd, afd})
         if (fd >= 0) ::close(fd);
     return ok;
 }
 
-uint8_t record_type_of(const msghdr& m) noexcept {
-    for (const cmsghdr* c = CMSG_FIRSTHDR(&m); c;
-         c = CMSG_NXTHDR(const_cast<msghdr*>(&m), const_cast<cmsghdr*>(c))) {
-        if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE &&
-            c->cmsg_len >= CMSG_LEN(sizeof(uint8_t)))
-            return *CMSG_DATA(c);
-    }
-    return rt_none;
+}  // namespace
+
+bool kernel_has_ktls() {
+    return on_tls_pair([](int) { return true; });
 }
 
-ssize_t recv_record(int fd, void* buf, size_t len, uint8_t* type, int flags) {
-    alignas(cmsghdr) char cbuf[record_cmsg_space];
-    iovec iov{buf, len};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf;
-    m.msg_controllen = sizeof(cbuf);
-    ssize_t n = ::recvmsg(fd, &m, flags);
-    if (n < 0) return -errno;
-    *type = record_type_of(m);
-    return n;
-}
-
-ssize_t send_record(int fd, uint8_t type, const void* data, size_t len, int flags) {
-    alignas(cmsghdr) char cbuf[record_cmsg_space] = {};
-    iovec iov{const_cast<void*>(data), len};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf;
-    m.msg_controllen = sizeof(cbuf);
-    cmsghdr* c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_TLS;
-    c->cmsg_type = TLS_SET_RECORD_TYPE;
-    c->cmsg_len = CMSG_LEN(sizeof(uint8_t));
-    *CMSG_DATA(c) = type;
-    ssize_t n = ::sendmsg(fd, &m, flags | MSG_NOSIGNAL);
-    return n < 0 ? -errno : n;
-}
-
-ssize_t send_alert(int fd, uint8_t level, uint8_t description) {
-    // Never blocks: an alert that finds the send buffer full is dropped (it
-    // precedes a close anyway).
-    const uint8_t alert[2] = {level, description};
-    return send_record(fd, rt_alert, alert, sizeof(alert), MSG_DONTWAIT);
-}
-
-const char* control_record::name() const noexcept {
-    switch (kind) {
-        case control::close_notify:
-            return "close_notify";
-        case control::alert:
-            return "alert";
-        case control::new_session_ticket:
-            return "new_session_ticket";
-        case control::key_update:
-            return "key_update";
-        case control::unexpected:
-            return "unexpected";
-    }
-    return "?";
-}
-
-ssize_t read_control(int fd, control_record* out) {
-    // RFC 8446 §5.1/§5.4: plaintext is at most 2^14 bytes (+1 content type
-    // byte and padding the kernel strips): one record always fits.
-    uint8_t buf[16384 + 256];
-    uint8_t type = rt_none;
-    ssize_t n = recv_record(fd, buf, sizeof(buf), &type, MSG_DONTWAIT);
-    if (n > 0) *out = classify(type, buf, static_cast<size_t>(n));
-    OPENSSL_cleanse(buf, static_cast<size_t>(std::max<ssize_t>(n, 0)));
-    return n;
-}
-
-control_record classify(uint8_t type, const uint8_t* data, size_t len) noexcept {
-    control_record c;
-    if (type == rt_alert) {
-        // RFC 8446 §6: an alert record is level + description; close_notify
-        // (0) closes, every other alert is fatal in TLS 1.3 (user_canceled
-        // is followed by close_notify, so it also ends the connection).
-        if (len != 2) return c;
-        c.alert_level = data[0];
-        c.alert_description = data[1];
-        c.kind = data[1] == 0 ? control::close_notify : control::alert;
-        return c;
-    }
-    if (type != rt_handshake) return c;  // CCS or unknown after the handshake
-    // RFC 8446 §4: msg_type (1) + length (3) + body; several may share a record.
-    bool ticket = false, update = false, requested = false;
-    size_t off = 0;
-    while (off < len) {
-        if (len - off < 4) return c;
-        uint8_t msg = data[off];
-        size_t body = (size_t(data[off + 1]) << 16) | (size_t(data[off + 2]) << 8) | data[off + 3];
-        if (body > len - off - 4) return c;  // a message split across records: not supported
-        if (msg == 4) {                      // new_session_ticket
-            ticket = true;
-        } else if (msg == 24 && body == 1 && data[off + 4] <= 1) {  // key_update
-            update = true;
-            requested = requested || data[off + 4] == 1;
-        } else {
-            return c;
-        }
-        off += 4 + body;
-    }
-    if (update) {
-        c.kind = control::key_update;
-        c.update_requested = requested;
-    } else if (ticket) {
-        c.kind = control::new_session_ticket;
-    }
-    return c;
+// TLS_TX twice on a socket that sent nothing, with throw-away keys: Linux
+// 6.14+ takes the second as a rekey, older kernels refuse it (EBUSY).
+bool kernel_can_rekey() {
+    static const bool can = on_tls_pair([](int fd) {
+        tls12_crypto_info_aes_gcm_128 ci{};
+        ci.info.version = TLS_1_3_VERSION;
+        ci.info.cipher_type = TLS_CIPHER_AES_GCM_128;
+        if (::setsockopt(fd, SOL_TLS, TLS_TX, &ci, sizeof(ci)) != 0) return false;
+        ci.key[0] = 1;
+        return ::setsockopt(fd, SOL_TLS, TLS_TX, &ci, sizeof(ci)) == 0;
+    });
+    return can;
 }
 
 }  // namespace rpcgate::tls::ktls

@@ -37,6 +37,9 @@
 //    non-data record is (close_notify, alert, KeyUpdate, NewSessionTicket) and
 //    what to do; `send_record`/`send_alert` write a record of another type.
 //
+// Part 1 is ktls_report.cc, part 2 (and key updates) ktls.cc, part 3
+// ktls_records.cc.
+//
 // Threads: everything here is reentrant; a diag_socket is used by one thread.
 #pragma once
 
@@ -176,6 +179,10 @@ class traffic_secrets {
     bool rekey_tx(int fd);
     // The next RX secret without installing it (a userspace reader, tests).
     bool advance_rx();
+    // Key generations installed since the handshake (0: the handshake's
+    // application traffic keys), by direction: /connections shows them.
+    uint64_t rx_generation() const noexcept { return rx_gen_; }
+    uint64_t tx_generation() const noexcept { return tx_gen_; }
 
     // For tests and diagnostics: the AEAD key and 12-byte IV of the current
     // RX secret (RFC 8446 §7.3).
@@ -192,10 +199,24 @@ class traffic_secrets {
     bool advance(uint8_t* secret);
     const EVP_MD* md_ = nullptr;
     uint32_t suite_ = 0;  // SSL_CIPHER_get_id
+    uint64_t rx_gen_ = 0;
+    uint64_t tx_gen_ = 0;
     size_t len_ = 0;
     uint8_t rx_[EVP_MAX_MD_SIZE] = {};
     uint8_t tx_[EVP_MAX_MD_SIZE] = {};
 };
+
+// The sequence number of the next record the kernel sends under the current
+// TX key (getsockopt(SOL_TLS, TLS_TX) returns the crypto_info with its
+// rec_seq): how many records that key has protected. false (errno) when TX
+// is not in the kernel or the cipher is unknown.
+bool tx_record_seq(int fd, uint64_t* seq);
+
+// RFC 8446 §5.5: records one key may protect before a KeyUpdate. AES-GCM:
+// 2^24.5 full-size records; the gateway rekeys at 2^24. ChaCha20-Poly1305:
+// more than the sequence number allows: no limit (0). `suite` is
+// SSL_CIPHER_get_id of the connection's cipher.
+uint64_t aead_record_limit(uint32_t suite) noexcept;
 
 // Which directions run in the kernel now: OpenSSL's own (BIO_get_ktls_send
 // on the wbio, BIO_get_ktls_recv on the rbio) plus an RX that finish()
@@ -211,6 +232,10 @@ bool prepare_context(SSL_CTX* ctx);
 // Probe: can this kernel run kTLS at all (a loopback TCP pair accepts the
 // "tls" ULP, loading the module on demand)? For tests and start-up logs.
 bool kernel_has_ktls();
+// Probe (once per process, cached): can this kernel change a kTLS socket's
+// TLS 1.3 keys (Linux 6.14+)? The gateway initiates a kernel TX KeyUpdate
+// only where it can; a peer's KeyUpdate is tried and its failure handled.
+bool kernel_can_rekey();
 
 // ---- the data path ----
 

@@ -314,9 +314,11 @@ ktls::step session::socket_handshake() {
 }
 
 ktls::directions session::finish_on_socket(int fd, bool allow_rx) {
-    ktls::directions d = allow_rx ? ktls::finish(ssl_, fd) : ktls::engaged(ssl_);
+    auto keep = std::make_unique<ktls::traffic_secrets>();
+    ktls::directions d = allow_rx ? ktls::finish(ssl_, fd, keep.get()) : ktls::engaged(ssl_);
     kernel_tx_ = d.tx;
     kernel_rx_ = d.rx;
+    if (d.rx && keep->valid()) secrets_ = std::move(keep);
     on_socket_ = false;
     if (!d.rx) {
         // Userspace RX from here on, fed by the shard. Read-ahead was off, so
@@ -480,6 +482,7 @@ status session::read(core::slice_chain& plain, core::slice_chain& out) {
 
 bool session::write_records(const uint8_t* p, size_t n) {
     size_t put = 0;
+    records_since_update_ += (n + max_record - 1) / max_record;
     if (SSL_write_ex(ssl_, p, n, &put) == 1 && put == n) return true;
     error_ = last_error();
     return false;
@@ -496,6 +499,11 @@ status session::write(const core::slice_chain& plain, core::slice_chain& out) {
     }
     if (plain.empty()) return status::ok;
     ERR_clear_error();
+    if (rekey_after_ && records_since_update_ >= rekey_after_ &&
+        SSL_key_update(ssl_, SSL_KEY_UPDATE_NOT_REQUESTED) == 1) {
+        records_since_update_ = 0;  // the KeyUpdate goes out with the next record
+        ++own_updates_;
+    }
     // Room for all the records at once (plus a KeyUpdate that may go first),
     // so that the output is one slice and at most one allocation.
     io_->cipher.ensure(plain.size() + (plain.size() / max_record + 2) * record_overhead + 64);

@@ -79,6 +79,18 @@ class session {
     ktls::directions finish_on_socket(int fd, bool allow_rx = true);
     bool kernel_tx() const noexcept { return kernel_tx_; }
     bool kernel_rx() const noexcept { return kernel_rx_; }
+    // TLS 1.3 with RX in the kernel: the application traffic secrets, kept
+    // after finish_on_socket for key updates (RFC 8446 §4.6.3; what a KeyUpdate
+    // does on each kernel is gateway/control_records.h's). Null otherwise.
+    ktls::traffic_secrets* secrets() const noexcept { return secrets_.get(); }
+
+    // Userspace TX: before a write() once `records` records went out under
+    // one key, a KeyUpdate (update_not_requested) goes first (RFC 8446 §5.5
+    // limits what one key may protect). Checked once per write(), so a key
+    // may protect one write's records more. 0: never.
+    void set_rekey_after(uint64_t records) noexcept { rekey_after_ = records; }
+    // KeyUpdates of our TX keys this session initiated in userspace.
+    uint64_t own_key_updates() const noexcept { return own_updates_; }
     // read() failed because the peer asked for a KeyUpdate while our TX keys
     // are in the kernel, which cannot change them: close with close_notify.
     bool key_update_refused() const noexcept { return key_update_refused_; }
@@ -137,6 +149,10 @@ class session {
     bool kernel_tx_ = false;
     bool kernel_rx_ = false;
     bool key_update_refused_ = false;
+    std::unique_ptr<ktls::traffic_secrets> secrets_;
+    uint64_t rekey_after_ = 0;
+    uint64_t records_since_update_ = 0;
+    uint64_t own_updates_ = 0;
 };
 
 }  // namespace rpcgate::tls

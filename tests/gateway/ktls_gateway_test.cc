@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "gateway/gateway.h"
+#include "tests/gateway/ktls_client.h"
 #include "tests/timing.h"
 #include "tests/unit/tls/ktls_test_util.h"
 #include "tls/context.h"
@@ -47,197 +48,9 @@
 using namespace rpcgate;
 namespace k = rpcgate::tls::ktls;
 using namespace rpcgate::tls::ktls::test;  // have_ktls, require_ktls, certs, random_bytes
+using namespace rpcgate::test_gw;          // client, call_record, eventually
 
 namespace {
-
-constexpr uint32_t k_echo_prog = 0x20000001;
-constexpr int k_io_timeout_ms = io_timeout_ms;
-
-int64_t ms_since(clock_type::time_point t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t).count();
-}
-
-// Waits for `cond` up to `ms`; true if it held.
-template <typename F>
-bool eventually(F cond, int ms = 3000) {
-    auto end = clock_type::now() + std::chrono::milliseconds(ms);
-    while (clock_type::now() < end) {
-        if (cond()) return true;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return cond();
-}
-
-// ---- RPC records by hand (the client must not share the gateway's code) ----
-
-void put32(std::string& s, uint32_t v) {
-    v = htonl(v);
-    s.append(reinterpret_cast<const char*>(&v), 4);
-}
-uint32_t get32(const std::string& s, size_t off) {
-    uint32_t v;
-    std::memcpy(&v, s.data() + off, 4);
-    return ntohl(v);
-}
-
-// A CALL of the echo program, framed: proc 0 with AUTH_TLS = the probe,
-// proc 1 with AUTH_NONE = ECHO of `payload`.
-std::string call_record(uint32_t xid, uint32_t proc, uint32_t cred, const std::string& payload) {
-    std::string b;
-    for (uint32_t w : {xid, 0u, 2u, k_echo_prog, 1u, proc, cred, 0u, 0u, 0u}) put32(b, w);
-    if (proc == 1) {
-        put32(b, uint32_t(payload.size()));
-        b += payload;
-        b.append((4 - payload.size() % 4) % 4, '\0');
-    }
-    std::string rec;
-    put32(rec, 0x80000000u | uint32_t(b.size()));
-    return rec + b;
-}
-
-std::string last_ssl_error() {
-    std::string s;
-    char buf[256];
-    while (unsigned long e = ERR_get_error()) {
-        ERR_error_string_n(e, buf, sizeof buf);
-        if (!s.empty()) s += "; ";
-        s += buf;
-    }
-    return s;
-}
-
-// The independent client: plain OpenSSL in userspace (no SSL_OP_ENABLE_KTLS)
-// on a blocking socket with I/O timeouts.
-class client {
-  public:
-    // `version`: the only TLS version offered.
-    explicit client(int version = TLS1_3_VERSION) {
-        ctx_ = SSL_CTX_new(TLS_client_method());
-        SSL_CTX_clear_options(ctx_, SSL_OP_ENABLE_KTLS);
-        SSL_CTX_set_min_proto_version(ctx_, version);
-        SSL_CTX_set_max_proto_version(ctx_, version);
-        SSL_CTX_load_verify_locations(ctx_, certs().cert.c_str(), nullptr);
-        SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
-        static const unsigned char alpn[] = {6, 's', 'u', 'n', 'r', 'p', 'c'};
-        SSL_CTX_set_alpn_protos(ctx_, alpn, sizeof alpn);
-    }
-    ~client() {
-        SSL_free(ssl_);
-        SSL_CTX_free(ctx_);
-        if (fd_ >= 0) ::close(fd_);
-    }
-    int fd() const { return fd_; }
-    SSL* ssl() const { return ssl_; }
-
-    bool connect(uint16_t port) {
-        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_port = htons(port);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        timeval tv{k_io_timeout_ms / 1000, 0};
-        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        int one = 1;
-        ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        return ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    }
-
-    // RFC 9289 §4.1: the AUTH_TLS probe, answered with the STARTTLS verifier.
-    std::string starttls() {
-        std::string p = call_record(0x5157, 0, 7, "");
-        if (::send(fd_, p.data(), p.size(), MSG_NOSIGNAL) != ssize_t(p.size())) return "send probe";
-        std::string rec;
-        if (!read_plain_record(rec)) return "no reply to the probe";
-        if (rec.find("STARTTLS") == std::string::npos) return "the probe was not answered STARTTLS";
-        return "";
-    }
-
-    std::string handshake() {
-        ssl_ = SSL_new(ctx_);
-        SSL_set_fd(ssl_, fd_);
-        SSL_set_tlsext_host_name(ssl_, "localhost");
-        if (SSL_connect(ssl_) != 1) return "SSL_connect: " + last_ssl_error();
-        return "";
-    }
-
-    bool write(const std::string& s) {
-        size_t put = 0;
-        return s.empty() || (SSL_write_ex(ssl_, s.data(), s.size(), &put) == 1 && put == s.size());
-    }
-
-    // Next record through TLS; false at close or error (see closed()).
-    bool read_record(std::string& body) {
-        std::string mark;
-        if (!read_exact(mark, 4)) return false;
-        uint32_t m = get32(mark, 0);
-        return read_exact(body, m & 0x7fffffffu);
-    }
-
-    // ECHO `payload`; "" when the reply carries the same bytes.
-    std::string echo(uint32_t xid, const std::string& payload) {
-        if (!write(call_record(xid, 1, 0, payload))) return "write: " + last_ssl_error();
-        std::string r;
-        if (!read_record(r)) return "no reply (" + why_closed() + ")";
-        if (r.size() < 28 || get32(r, 0) != xid || get32(r, 4) != 1 || get32(r, 8) != 0)
-            return "not an accepted reply";
-        size_t off = 12;
-        off += 8 + ((get32(r, off + 4) + 3) & ~3u);  // verifier
-        if (get32(r, off) != 0) return "accept_stat " + std::to_string(get32(r, off));
-        uint32_t n = get32(r, off + 4);
-        if (n != payload.size() || r.compare(off + 8, n, payload) != 0)
-            return "the echoed bytes differ";
-        return "";
-    }
-
-    // Reads until the connection ends: "close_notify" (the TLS-level close),
-    // "eof" (TCP only), or the error.
-    std::string wait_close(int* replies_seen = nullptr) {
-        std::string body;
-        int n = 0;
-        while (read_record(body)) ++n;
-        if (replies_seen) *replies_seen = n;
-        return why_closed();
-    }
-
-    std::string why_closed() const { return closed_; }
-
-  private:
-    bool read_exact(std::string& out, size_t n) {
-        out.resize(n);
-        size_t got = 0;
-        while (got < n) {
-            size_t r = 0;
-            ERR_clear_error();
-            int rc = SSL_read_ex(ssl_, out.data() + got, n - got, &r);
-            if (rc != 1) {
-                int e = SSL_get_error(ssl_, rc);
-                if (e == SSL_ERROR_ZERO_RETURN)
-                    closed_ = "close_notify";
-                else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
-                    closed_ = "eof";
-                else
-                    closed_ = "error: " + std::to_string(e) + " " + last_ssl_error();
-                return false;
-            }
-            got += r;
-        }
-        return true;
-    }
-    bool read_plain_record(std::string& body) {
-        uint8_t mark[4];
-        if (::recv(fd_, mark, 4, MSG_WAITALL) != 4) return false;
-        uint32_t m;
-        std::memcpy(&m, mark, 4);
-        body.resize(ntohl(m) & 0x7fffffffu);
-        return ::recv(fd_, body.data(), body.size(), MSG_WAITALL) == ssize_t(body.size());
-    }
-
-    SSL_CTX* ctx_ = nullptr;
-    SSL* ssl_ = nullptr;
-    int fd_ = -1;
-    std::string closed_;
-};
 
 struct mode_param {
     const char* name;
@@ -428,8 +241,10 @@ TEST_P(gateway_ktls, tls12_only_with_min_version_12) {
 }
 
 // RFC 8446 §4.6.3 KeyUpdate from the client, update_requested. Userspace
-// follows it (and answers with its own); kernel TLS cannot take new keys here,
-// so the connection ends with close_notify, quickly, never a hang.
+// follows it (and answers with its own), and so does kernel TLS where the
+// kernel takes new keys (Linux 6.14+: RX and TX rekeyed, counted); where it
+// cannot (6.1, 6.12; and half kTLS, whose TX keys OpenSSL cannot change) the
+// connection ends with close_notify, quickly, never a hang.
 TEST_P(gateway_ktls, key_update_from_client) {
     auto c = open();
     ASSERT_TRUE(c);
@@ -437,11 +252,19 @@ TEST_P(gateway_ktls, key_update_from_client) {
     ASSERT_EQ(SSL_key_update(c->ssl(), SSL_KEY_UPDATE_REQUESTED), 1);
     auto t0 = clock_type::now();
     ASSERT_TRUE(c->write(call_record(2, 1, 0, "after")));  // the KeyUpdate goes first
-    if (!kernel()) {
+    bool follows = !kernel() || (GetParam().rx && k::kernel_can_rekey());
+    if (follows) {
         std::string body;
         ASSERT_TRUE(c->read_record(body)) << c->why_closed();
         ASSERT_EQ(c->echo(3, "and again"), "");
         EXPECT_EQ(gw_->totals().tls_key_update_closes, 0u);
+        if (kernel()) {
+            EXPECT_EQ(gw_->totals().tls_rekeys_rx_peer, 1u);
+            EXPECT_EQ(gw_->totals().tls_rekeys_tx_peer, 1u);
+            EXPECT_NE(gw_->connections_json().find(R"("key_generation":{"tx":1,"rx":1})"),
+                      std::string::npos)
+                << gw_->connections_json();
+        }
         return;
     }
     int replies = 0;
@@ -698,7 +521,8 @@ class ticket_server {
 
 // A gateway in plaintext towards its clients and RPC-with-TLS towards
 // `port`, in this test's kTLS mode.
-std::unique_ptr<gw::gateway> upstream_gateway(const mode_param& p, uint16_t port) {
+std::unique_ptr<gw::gateway> upstream_gateway(const mode_param& p, uint16_t port,
+                                              uint64_t rekey_after = 0) {
     gw::gateway_config cfg;
     std::string err;
     gw::endpoint ep;
@@ -715,6 +539,7 @@ std::unique_ptr<gw::gateway> upstream_gateway(const mode_param& p, uint16_t port
     cfg.reserved_port = false;
     cfg.ktls = p.ktls;
     cfg.ktls_rx = p.rx;
+    cfg.tls_rekey_after = rekey_after;
     EXPECT_TRUE(gw::validate(&cfg, &err)) << err;
     auto g = std::make_unique<gw::gateway>(cfg);
     EXPECT_EQ(g->start(), "");
@@ -735,11 +560,51 @@ TEST_P(gateway_ktls, upstream_chain_through_a_second_gateway) {
     EXPECT_EQ(t.upstream_ktls_tx, kernel() ? 1u : 0u);
     EXPECT_EQ(t.upstream_ktls_rx, kernel() && GetParam().rx ? 1u : 0u);
     // A's side: the backend link in /connections.
-    std::string want = fmt::format(R"("version":"TLSv1.3","protection":{{"tx":"{}","rx":"{}"}}}}])",
+    std::string want = fmt::format(R"("version":"TLSv1.3","protection":{{"tx":"{}","rx":"{}"}})",
                                    expect_tx(), expect_rx());
     std::string conns = a->connections_json();
     EXPECT_NE(conns.find(want), std::string::npos) << want << " not in " << conns;
     expect_protection();  // B's side of the same connection
+    ::close(fd);
+    a->stop();
+    a->wait();
+}
+
+// Key updates on both sides of a gateway-to-gateway TLS wire: A (client
+// role) and B (server role) each send a KeyUpdate every 20 records
+// (--tls-rekey-after), and each follows the other's. In kernel TLS on a
+// kernel that rekeys, what one side initiated is what the other followed:
+// A's backend link and B's client session both rekey RX from the peer.
+TEST_P(gateway_ktls, upstream_chain_key_updates_both_ways) {
+    constexpr uint64_t k_after = 20;
+    start_gateway([](gw::gateway_config& c) { c.tls_rekey_after = k_after; });
+    auto a = upstream_gateway(GetParam(), gw_->port(), k_after);
+    int fd = connect_plain(a->port());
+    ASSERT_GE(fd, 0);
+    for (uint32_t xid = 1; xid <= 40; ++xid)
+        ASSERT_EQ(plain_echo(fd, xid, random_bytes(40000)), "")
+            << "call " << xid << "\nA: " << a->connections_json()
+            << "\nB: " << gw_->connections_json();
+    auto ta = a->totals();
+    auto tb = gw_->totals();
+    std::printf("[gw-ktls] %s: A own %llu, rx %llu; B own %llu, rx %llu\n", GetParam().name,
+                (unsigned long long)ta.tls_rekeys_tx_own, (unsigned long long)ta.tls_rekeys_rx_peer,
+                (unsigned long long)tb.tls_rekeys_tx_own,
+                (unsigned long long)tb.tls_rekeys_rx_peer);
+    EXPECT_EQ(ta.upstream_tls, 1u);
+    EXPECT_EQ(tb.tls_sessions, 1u);  // no reconnect
+    EXPECT_EQ(ta.tls_key_update_closes + tb.tls_key_update_closes, 0u);
+    bool kernel_rekeys = kernel() && GetParam().rx && k::kernel_can_rekey();
+    if (!kernel() || kernel_rekeys) {
+        // 40 calls of 40 KB each way: 3 records each, 120 / 20 = 6 (one
+        // less where the count is looked at once per batch).
+        EXPECT_GE(ta.tls_rekeys_tx_own, 4u);
+        EXPECT_GE(tb.tls_rekeys_tx_own, 4u);
+    }
+    if (kernel_rekeys) {
+        EXPECT_EQ(tb.tls_rekeys_rx_peer, ta.tls_rekeys_tx_own);
+        EXPECT_EQ(ta.tls_rekeys_rx_peer, tb.tls_rekeys_tx_own);
+    }
     ::close(fd);
     a->stop();
     a->wait();

@@ -13,9 +13,12 @@ mount -t tmpfs tmp /tmp
 exec </dev/console >/dev/console 2>&1
 
 say() { echo "RPCGATE-VM $*"; }
-say "BOOT $(uname -r)"
+uptime_s() { cut -d ' ' -f 1 /proc/uptime; }
+say "BOOT $(uname -r) $(uptime_s)"
 ip link set lo up
-for m in tls gcm ghash-generic aesni-intel ghash-clmulni-intel chacha20poly1305 inet_diag tcp_diag; do
+# The kTLS modules this kernel has (run_vm.sh lists them when it builds the
+# base initramfs: names differ across kernel versions).
+for m in $(cat /etc/rpcgate-vm.modules); do
     if modprobe "$m" 2>/dev/null; then say "MODULE $m ok"; else say "MODULE $m fail"; fi
 done
 . /etc/rpcgate-vm.env
@@ -33,6 +36,6 @@ while read -r name cmd; do
 done </etc/rpcgate-vm.tests
 echo "--- /proc/net/tls_stat"
 cat /proc/net/tls_stat 2>&1
-say "END"
+say "END $(uptime_s)"
 sync
 poweroff -f

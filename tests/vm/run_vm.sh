@@ -4,13 +4,16 @@
 # the serial console. The host kernel of these machines has no kTLS; this is
 # where kTLS is really exercised.
 #
-#   tests/vm/run_vm.sh --cache DIR [--timeout SECONDS] [--env NAME=VALUE]...
+#   tests/vm/run_vm.sh --cache DIR [--kernel SUITE] [--timeout SECONDS] [--env NAME=VALUE]...
 #                      [--add FILE]... --run NAME 'PROGRAM [ARG...]' [--run NAME '...']...
 #
 #   --cache DIR   where the guest pieces are kept between runs (a build dir):
-#                 the kernel package, its vmlinuz and a base initramfs with
-#                 busybox and the kTLS modules, rebuilt only when Debian
-#                 publishes a new kernel
+#                 per suite the kernel package, its vmlinuz and a base
+#                 initramfs with busybox and the kTLS modules, rebuilt only
+#                 when Debian publishes a new kernel
+#   --kernel SUITE  whose linux-image-amd64 boots: bookworm (Debian 12,
+#                 6.1; the default), trixie (Debian 13, 6.12) or
+#                 trixie-backports (the newest backport, 7.x)
 #   --run NAME 'PROGRAM ARGS'   a host program (copied in with the shared
 #                 libraries ldd lists) and its arguments; NAME passes if it
 #                 exits 0 inside the guest. Runs in order, each in /tmp.
@@ -20,16 +23,18 @@
 #                 programs and data a --run script uses
 #   --timeout S   hard limit for the whole boot (default 480)
 #
-# Nothing is installed on the host: the kernel package is fetched with
-# `apt-get download` and unpacked with `dpkg -x` into the cache. The guest
-# boots with `-accel tcg` (no KVM needed) in about 8 s.
+# Nothing is installed on the host and its apt state is not changed: the
+# kernel package is fetched with `apt-get download` (a suite other than the
+# host's through a private apt state in the cache) and unpacked with
+# `dpkg -x` into the cache. The guest boots with `-accel tcg` (no KVM needed)
+# in about 8 s.
 #
 # Serial protocol (one line each, parsed here; anything else is the log):
-#   RPCGATE-VM BOOT <kernel release>
+#   RPCGATE-VM BOOT <kernel release> <guest uptime, s>
 #   RPCGATE-VM MODULE <name> ok|fail
 #   RPCGATE-VM BEGIN <name>
 #   RPCGATE-VM PASS <name> | RPCGATE-VM FAIL <name> rc=<n>
-#   RPCGATE-VM END
+#   RPCGATE-VM END <guest uptime, s>
 # Exit: 0 every --run passed; 1 a failure, a missing verdict, a hang (the
 # guest is killed at the timeout) or a guest that could not be built; 77 (skip)
 # only where qemu cannot run at all (no qemu-system-x86_64, not an x86-64 host).
@@ -41,6 +46,7 @@ skip() { say "SKIP: $*"; exit 77; }
 
 cache=""
 timeout_s=480
+kernel=bookworm
 envs=()
 adds=()
 names=()
@@ -49,16 +55,21 @@ while [ $# -gt 0 ]; do
     case $1 in
         --cache) cache=${2:?--cache needs a directory}; shift ;;
         --timeout) timeout_s=${2:?--timeout needs seconds}; shift ;;
+        --kernel) kernel=${2:?--kernel needs a suite}; shift ;;
         --env) envs+=("${2:?--env needs NAME=VALUE}"); shift ;;
         --add) adds+=("${2:?--add needs a file}"); shift ;;
         --run) names+=("${2:?--run needs a name}"); cmds+=("${3:?--run needs a command}"); shift 2 ;;
-        -h | --help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,44p' "$0"; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
     shift
 done
 [ -n "$cache" ] || die "--cache DIR is required"
 [ ${#names[@]} -gt 0 ] || die "nothing to run (--run NAME 'PROGRAM ARGS')"
+case $kernel in
+    bookworm | trixie | trixie-backports) ;;
+    *) die "--kernel $kernel: bookworm, trixie or trixie-backports" ;;
+esac
 
 [ "$(uname -m)" = x86_64 ] || skip "the guest is x86-64 and this host is $(uname -m)"
 qemu=$(command -v qemu-system-x86_64) ||
@@ -66,42 +77,103 @@ qemu=$(command -v qemu-system-x86_64) ||
 busybox=$(command -v busybox) || die "busybox is not installed (scripts/setup.sh: busybox-static)"
 # The initramfs runs busybox before any library is there: it must be static.
 if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is dynamically linked: install busybox-static"; fi
-for tool in apt-get apt-cache dpkg cpio gzip timeout flock; do
+for tool in apt-get apt-cache dpkg cpio gzip xz timeout flock; do
     command -v "$tool" >/dev/null || die "$tool is missing"
 done
 
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
 
-# ---- the kernel: Debian's current linux-image-amd64, cached per version ----
+# ---- the kernel: a Debian suite's linux-image-amd64, cached per version ----
 
-# The metapackage depends on the versioned image package; that one holds
-# vmlinuz and the modules.
+# The host's own suite comes from the host's apt lists. Another suite gets a
+# private apt state under the cache (its own lists, never the host's): the
+# same mirror as the host's main archive, the suite's `main`, verified with
+# the host's Debian keyring.
+host_suite=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+apt_dir=""
+if [ "$kernel" != "$host_suite" ]; then
+    apt_dir=$cache/apt
+    mkdir -p "$apt_dir/state/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/parts"
+fi
+apt_private() { # apt_private apt-get|apt-cache ARGS: the host's or the private state
+    local tool=$1
+    shift
+    if [ -z "$apt_dir" ]; then
+        "$tool" "$@"
+        return
+    fi
+    "$tool" -o Dir::State="$apt_dir/state" -o Dir::State::status=/dev/null \
+        -o Dir::Cache="$apt_dir/cache" -o Dir::Etc::SourceList="$apt_dir/sources.list" \
+        -o Dir::Etc::SourceParts="$apt_dir/parts" -o Dir::Etc::Preferences=/dev/null \
+        -o Dir::Etc::PreferencesParts="$apt_dir/parts" "$@"
+}
+# The private lists: made on first use, refreshed when older than a day or
+# when a download fails (Debian replaces kernels; old lists name removed files).
+refresh_private_lists() {
+    local mirror
+    mirror=$(apt-get indextargets --format '$(REPO_URI) $(CODENAME)' 'Identifier: Packages' 2>/dev/null |
+        awk -v s="$host_suite" '$2 == s { print $1; exit }')
+    [ -n "$mirror" ] || mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+    [ -n "$mirror" ] || { say "no Debian mirror in the host's apt sources"; return 1; }
+    local base=${kernel%-backports}
+    {
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $base main"
+        [ "$base" = "$kernel" ] ||
+            echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $kernel main"
+    } >"$apt_dir/sources.list.$kernel"
+    # One state per cache; its source list is the union of what tests asked for.
+    sort -u "$apt_dir"/sources.list.* >"$apt_dir/sources.list"
+    say "refreshing the private apt lists for $kernel ($mirror)"
+    apt_private apt-get update -qq >"$apt_dir/update.log" 2>&1 || {
+        tail -n 5 "$apt_dir/update.log" >&2
+        return 1
+    }
+}
+
+# The metapackage of the suite depends on the versioned image package. Since
+# Debian 13's backports that one may be a shell depending on
+# linux-binary-<abi> (vmlinuz) and linux-modules-<abi>: those are fetched too.
 resolve_kernel() {
-    local pkg ver
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+    local pkg ver sel=""
+    # The host's suite: apt's candidate (updates and security included).
+    [ -z "$apt_dir" ] || sel=/$kernel
+    pkg=$(apt_private apt-cache depends "linux-image-amd64$sel" 2>/dev/null |
         sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
     [ -n "$pkg" ] || return 1
-    ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+    ver=$(apt_private apt-cache show --no-all-versions "$pkg$sel" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
     [ -n "$ver" ] || return 1
     echo "${pkg}_${ver}"
 }
 
+exec 9>"$cache/.lock"
+flock 9
+if [ -n "$apt_dir" ]; then
+    if [ ! -f "$apt_dir/sources.list.$kernel" ] ||
+        [ -z "$(find "$apt_dir/state/lists" -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]; then
+        refresh_private_lists || say "cannot refresh the private apt lists for $kernel"
+    fi
+fi
+kcache=$cache/kernel-$kernel
+mkdir -p "$kcache"
 if key=$(resolve_kernel); then
     :
-elif key=$(ls -1 "$cache" 2>/dev/null | grep '^linux-image-.*_' | sort -V | tail -n 1) && [ -n "$key" ]; then
-    say "apt cannot resolve linux-image-amd64 now; using the cached $key"
+elif key=$(ls -1 "$kcache" 2>/dev/null | grep '^linux-image-.*_' | sort -V | tail -n 1) && [ -n "$key" ]; then
+    say "apt cannot resolve linux-image-amd64/$kernel now; using the cached $key"
 else
-    die "apt-cache cannot resolve linux-image-amd64 (run apt-get update, as scripts/setup.sh does)"
+    die "apt-cache cannot resolve linux-image-amd64/$kernel (run apt-get update, as scripts/setup.sh does)"
 fi
-kdir=$cache/$key
+kdir=$kcache/$key
 pkg=${key%%_*}
+# tls is required; the rest (the AEADs kTLS asks the crypto API for --
+# gcm(aes), rfc7539(chacha20,poly1305) -- with their x86 implementations,
+# and sock_diag for TCP: INET_DIAG_ULP_INFO says where a socket's crypto
+# runs) are taken where the kernel has them as modules: names change across
+# versions (7.x folds ghash, ctr and the x86 chacha/poly1305 glue into the
+# kernel or into lib/crypto).
 modules=(
-    # kTLS itself, the AEADs it asks the crypto API for (gcm(aes),
-    # rfc7539(chacha20,poly1305)) with the x86 implementations, and sock_diag
-    # for TCP (INET_DIAG_ULP_INFO reports where a socket's crypto runs).
     tls gcm ghash-generic ghash-clmulni-intel aesni-intel ctr
-    chacha20poly1305 chacha_generic chacha-x86_64 poly1305_generic poly1305-x86_64
+    chacha20poly1305 chacha chacha_generic chacha-x86_64 poly1305_generic poly1305-x86_64
     inet_diag tcp_diag
 )
 
@@ -109,24 +181,40 @@ build_kernel_pieces() {
     local work=$kdir.tmp
     rm -rf "$work"
     mkdir -p "$work/deb"
-    say "fetching $key (apt-get download; nothing is installed)"
-    (cd "$work/deb" && apt-get download -q "$pkg=${key#*_}" >download.log 2>&1) || {
+    local ver=${key#*_} pkgs=("$pkg=${key#*_}") dep
+    for dep in $(apt_private apt-cache depends "$pkg=$ver" 2>/dev/null |
+        sed -n 's/^ *Depends: \(linux-\(binary\|modules\)-[0-9][^ ]*\)$/\1/p'); do
+        pkgs+=("$dep=$ver")
+    done
+    say "fetching ${pkgs[*]} (apt-get download; nothing is installed)"
+    (cd "$work/deb" && apt_private apt-get download -q "${pkgs[@]}" >download.log 2>&1) || {
         tail -n 5 "$work/deb/download.log" >&2
         say "apt-get download $pkg failed"
         return 1
     }
-    dpkg -x "$work"/deb/*.deb "$work/x" || return 1
+    local deb
+    for deb in "$work"/deb/*.deb; do dpkg -x "$deb" "$work/x" || return 1; done
+    # Debian 12 ships /lib/modules, Debian 13 /usr/lib/modules (merged /usr);
+    # vmlinuz is in /boot or, in 7.x's linux-binary, beside the modules.
+    local root=$work/x
+    [ -d "$root/lib/modules" ] || root=$work/x/usr
     local kver
-    kver=$(ls -1 "$work/x/lib/modules" | head -n 1)
-    [ -n "$kver" ] && [ -f "$work/x/boot/vmlinuz-$kver" ] || die "$pkg holds no vmlinuz/modules"
+    kver=$(ls -1 "$root/lib/modules" | head -n 1)
+    local vmlinuz=$work/x/boot/vmlinuz-$kver
+    [ -f "$vmlinuz" ] || vmlinuz=$root/lib/modules/$kver/vmlinuz
+    [ -n "$kver" ] && [ -f "$vmlinuz" ] || die "$pkg holds no vmlinuz/modules"
     # The package ships no modules.dep (its postinst runs depmod): make one
     # for the unpacked tree, without touching the host's /lib/modules.
-    "$busybox" depmod -b "$work/x" "$kver" || return 1
-    local mroot=$work/x/lib/modules/$kver want=() m path dep
+    "$busybox" depmod -b "$root" "$kver" || return 1
+    local mroot=$root/lib/modules/$kver want=() m path got=()
     for m in "${modules[@]}"; do
-        path=$(cd "$mroot" && find kernel -name "$m.ko" | head -n 1)
-        [ -n "$path" ] || die "$pkg has no module $m"
+        path=$(cd "$mroot" && find kernel -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" | head -n 1)
+        if [ -z "$path" ]; then
+            [ "$m" != tls ] || die "$pkg has no module tls"
+            continue
+        fi
         want+=("$path")
+        got+=("$m")
     done
     # Close over modules.dep (a module line lists every module it needs).
     local closure=() seen=" "
@@ -138,43 +226,59 @@ build_kernel_pieces() {
         done
     done
     local base=$work/base
-    mkdir -p "$base/bin" "$base/sbin" "$base/lib/modules/$kver"
+    mkdir -p "$base/bin" "$base/sbin" "$base/etc" "$base/lib/modules/$kver"
     cp "$busybox" "$base/bin/busybox"
+    # Debian 13 compresses modules (xz); busybox's modprobe may not
+    # decompress, so they go in plain.
     for path in "${closure[@]}"; do
         mkdir -p "$base/lib/modules/$kver/$(dirname "$path")"
-        cp "$mroot/$path" "$base/lib/modules/$kver/$path"
+        case $path in
+            *.ko.xz) xz -dc "$mroot/$path" >"$base/lib/modules/$kver/${path%.xz}" ;;
+            *.ko.zst) zstd -qdc "$mroot/$path" >"$base/lib/modules/$kver/${path%.zst}" ;;
+            *) cp "$mroot/$path" "$base/lib/modules/$kver/$path" ;;
+        esac
     done
-    cp "$mroot/modules.builtin" "$mroot/modules.order" "$base/lib/modules/$kver/"
+    for f in modules.builtin modules.order; do
+        [ ! -f "$mroot/$f" ] || cp "$mroot/$f" "$base/lib/modules/$kver/"
+    done
     # modules.dep and modules.alias for just this subset: the kernel's own
     # request_module("crypto-...") then finds them through busybox modprobe.
     "$busybox" depmod -b "$base" "$kver"
+    # What the guest loads (and reports) at boot: the modules this kernel has.
+    printf '%s\n' "${got[@]}" >"$base/etc/rpcgate-vm.modules"
     (cd "$base" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) >"$work/base.cpio.gz"
-    cp "$work/x/boot/vmlinuz-$kver" "$work/vmlinuz"
+    cp "$vmlinuz" "$work/vmlinuz"
     echo "$kver" >"$work/release"
     printf '%s\n' "${closure[@]}" >"$work/modules.txt"
     rm -rf "$work/x" "$work/base" "$work/deb"
     rm -rf "$kdir"
     mv "$work" "$kdir"
-    # Kernels of earlier runs are not needed any more.
+    # Kernels of this suite from earlier runs are not needed any more (nor
+    # the cache's layout before suites: <cache>/linux-image-*).
+    rm -rf "$cache"/linux-image-*
     local old
-    for old in "$cache"/linux-image-*; do
+    for old in "$kcache"/linux-image-*; do
         [ "$old" = "$kdir" ] || rm -rf "$old"
     done
 }
 
 # Several VM tests may start at once (ctest -j): one builds the kernel
-# pieces, the others wait for it (a lock on the cache, held until then).
-exec 9>"$cache/.lock"
-flock 9
+# pieces, the others wait for it (the lock on the cache taken above, held
+# until then).
 if [ ! -f "$kdir/base.cpio.gz" ] || [ ! -f "$kdir/vmlinuz" ]; then
     if ! build_kernel_pieces; then
-        # Lists older than the mirror name a kernel it no longer has: as
-        # root, refresh them once (what scripts/setup.sh does) and retry.
-        [ "$(id -u)" = 0 ] || die "cannot fetch the kernel (apt-get update as root may help)"
-        say "refreshing apt's package lists and retrying"
-        apt-get update -qq >/dev/null 2>&1 || true
-        key=$(resolve_kernel) || die "apt-cache cannot resolve linux-image-amd64"
-        kdir=$cache/$key
+        # Lists older than the mirror name a kernel it no longer has:
+        # refresh them once (as root for the host's: what scripts/setup.sh
+        # does) and retry.
+        if [ -n "$apt_dir" ]; then
+            refresh_private_lists || die "cannot refresh the private apt lists for $kernel"
+        else
+            [ "$(id -u)" = 0 ] || die "cannot fetch the kernel (apt-get update as root may help)"
+            say "refreshing apt's package lists and retrying"
+            apt-get update -qq >/dev/null 2>&1 || true
+        fi
+        key=$(resolve_kernel) || die "apt-cache cannot resolve linux-image-amd64/$kernel"
+        kdir=$kcache/$key
         pkg=${key%%_*}
         build_kernel_pieces || die "cannot fetch $key"
     fi
@@ -187,7 +291,7 @@ kver=$(cat "$kdir/release")
 # ---- the payload: init, the programs and their libraries (every run) ----
 
 # Per run name, so that parallel VM tests keep their own payload and console.
-run_dir=$cache/run-${names[0]}
+run_dir=$cache/run-${names[0]}-$kernel
 rm -rf "$run_dir"
 mkdir -p "$run_dir/root/opt/bin" "$run_dir/root/etc"
 root=$run_dir/root
@@ -287,5 +391,12 @@ if [ $fail != 0 ]; then
     echo "---- guest console (last 150 lines) ----" >&2
     tail -n 150 "$log.txt" >&2
     die "VM tests failed after ${took}s"
+fi
+# Guest uptime at BOOT and END: the boot and the tests, per kernel (the
+# figures tests/vm/README.md gives).
+boot_s=$(sed -n 's/.*RPCGATE-VM BOOT [^ ]* \([0-9.]*\).*/\1/p' "$log.txt" | head -n 1)
+end_s=$(sed -n 's/.*RPCGATE-VM END \([0-9.]*\).*/\1/p' "$log.txt" | head -n 1)
+if [ -n "$boot_s" ] && [ -n "$end_s" ]; then
+    say "$kernel ($kver): boot ${boot_s}s, tests $(awk -v a="$boot_s" -v b="$end_s" 'BEGIN { printf "%.1f", b - a }')s (guest clock)"
 fi
 say "all ${#names[@]} passed in the guest ($kver, ${took}s including boot)"

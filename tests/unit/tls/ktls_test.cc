@@ -905,10 +905,11 @@ TEST_F(KtlsTest, ServerTicketsGoThroughKernelTx) {
     EXPECT_EQ(peer.get(), "");
 }
 
-// Without CAP_NET_ADMIN the kernel leaves INET_DIAG_ULP_INFO out; the report
-// falls back to getsockopt(SOL_TLS): kernel or not, version and cipher, but
-// not software or NIC (`ktls`). Capabilities are per thread: one thread
-// drops CAP_NET_ADMIN and asks.
+// Without CAP_NET_ADMIN Linux 6.1 and 6.12 leave INET_DIAG_ULP_INFO out; the
+// report falls back to getsockopt(SOL_TLS): kernel or not, version and
+// cipher, but not software or NIC (`ktls`). Linux 7.x gives the ULP info to
+// an unprivileged caller too: then the report is the full one. Capabilities
+// are per thread: one thread drops CAP_NET_ADMIN and asks.
 TEST_F(KtlsTest, ProtectionWithoutNetAdmin) {
     if (!have_ktls()) GTEST_SKIP() << "the kernel has no kTLS (run in tests/vm)";
     if (geteuid() != 0) GTEST_SKIP() << "needs CAP_NET_ADMIN to drop";
@@ -934,9 +935,15 @@ TEST_F(KtlsTest, ProtectionWithoutNetAdmin) {
     ASSERT_TRUE(dropped);
     EXPECT_TRUE(full.from_diag);
     EXPECT_EQ(full.tx, k::mode::ktls_sw);
-    EXPECT_FALSE(limited.from_diag);
-    EXPECT_EQ(limited.tx, k::mode::ktls);
-    EXPECT_EQ(limited.rx, k::mode::ktls);
+    std::printf("[ktls] without CAP_NET_ADMIN: %s\n",
+                limited.from_diag ? "sock_diag still reports (full)" : "getsockopt fallback");
+    if (limited.from_diag) {
+        EXPECT_EQ(limited.tx, full.tx);
+        EXPECT_EQ(limited.rx, full.rx);
+    } else {
+        EXPECT_EQ(limited.tx, k::mode::ktls);
+        EXPECT_EQ(limited.rx, k::mode::ktls);
+    }
     EXPECT_EQ(limited.version, full.version);
     EXPECT_EQ(limited.cipher, full.cipher);
     ASSERT_TRUE(o.write("ok")) << o.err;

@@ -1,0 +1,87 @@
+#include "gateway/key_updates.h"
+
+#include <fmt/format.h>
+#include <openssl/ssl.h>
+
+#include "gateway/control_records.h"
+#include "tls/ktls.h"
+
+namespace rpcgate::gw {
+
+using core::bump;
+
+namespace {
+constexpr size_t k_max_record = 16384;
+}  // namespace
+
+void key_updates::start(tls::session& tls, uint64_t rekey_after) {
+    tls_ = &tls;
+    uint64_t limit = rekey_after;
+    if (limit == 0) {
+        const SSL_CIPHER* c = SSL_get_current_cipher(tls.native());
+        limit = c ? tls::ktls::aead_record_limit(SSL_CIPHER_get_id(c)) : 0;
+    }
+    if (!tls.kernel_tx()) {
+        tls.set_rekey_after(limit);
+        return;
+    }
+    // kTLS TX: only with the secrets kept and a kernel that takes new keys.
+    limit_ = tls.secrets() && tls::ktls::kernel_can_rekey() ? limit : 0;
+    left_ = limit_;
+}
+
+bool key_updates::due(int fd, size_t bytes) {
+    if (limit_ == 0 || owed_) return false;
+    // One send() makes at most one short record plus its full ones (the
+    // stream may merge sends: fewer, never more, short ones).
+    uint64_t most = 1 + bytes / k_max_record;
+    if (most < left_) {
+        left_ -= most;
+        return false;
+    }
+    uint64_t seq = 0;
+    if (!tls::ktls::tx_record_seq(fd, &seq)) {
+        limit_ = 0;  // cannot tell: leave the key alone
+        return false;
+    }
+    if (seq + most < limit_) {
+        left_ = limit_ - seq - most;
+        return false;
+    }
+    owed_ = true;
+    return true;
+}
+
+bool key_updates::on_drained(int fd, gateway_counters& c, std::string* why) {
+    if (!owed_) return true;
+    tls::ktls::traffic_secrets* s = tls_ ? tls_->secrets() : nullptr;
+    if (!s) {
+        *why = "a TX rekey without traffic secrets";
+        return false;
+    }
+    // A KeyUpdate is rare; a full socket buffer is waited for, briefly.
+    if (!rekey_tx(fd, *s, 1000, why)) return false;
+    bump(owed_peer_ ? c.tls_rekeys_tx_peer : c.tls_rekeys_tx_own);
+    owed_ = owed_peer_ = false;
+    left_ = limit_;
+    return true;
+}
+
+void key_updates::count_userspace(gateway_counters& c) {
+    uint64_t n = tls_ ? tls_->own_key_updates() : 0;
+    if (n > userspace_seen_) bump(c.tls_rekeys_tx_own, n - userspace_seen_);
+    userspace_seen_ = n;
+}
+
+std::string key_updates::generations_json() const {
+    uint64_t tx = 0, rx = 0;
+    if (tls_ && tls_->secrets()) {
+        tx = tls_->secrets()->tx_generation();
+        rx = tls_->secrets()->rx_generation();
+    } else if (tls_) {
+        tx = tls_->own_key_updates();
+    }
+    return fmt::format(R"({{"tx":{},"rx":{}}})", tx, rx);
+}
+
+}  // namespace rpcgate::gw

@@ -1,0 +1,183 @@
+// TLS 1.3 key updates through the gateway's server role (issue 15), end to
+// end in one process: an independent OpenSSL client -> the gateway (--tls
+// required) -> the bench echo server. Self-contained, so that tests/vm runs
+// the same binary in guests: on Linux 7.x, whose kTLS takes new keys, the
+// connection follows every KeyUpdate (no byte lost, no reconnect, counted);
+// on 6.1 a peer's KeyUpdate still ends it cleanly with close_notify.
+//
+// Two modes: off (OpenSSL over memory BIOs: OpenSSL follows the updates
+// itself) and kernel (--ktls on: kTLS both ways where the kernel has it).
+// RPCGATE_REKEY_CALLS and RPCGATE_REKEY_EVERY scale the echo (calls of
+// 16000 bytes; a KeyUpdate from the client every EVERY calls).
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include "gateway/gateway.h"
+#include "tests/gateway/ktls_client.h"
+#include "tests/unit/tls/ktls_test_util.h"
+#include "tls/ktls.h"
+#include "tools/bench/echo_server.h"
+
+using namespace rpcgate;
+namespace k = rpcgate::tls::ktls;
+using namespace rpcgate::tls::ktls::test;
+using namespace rpcgate::test_gw;
+
+namespace {
+
+uint32_t env_or(const char* name, uint32_t dflt) {
+    const char* v = std::getenv(name);
+    return v && *v ? uint32_t(std::strtoul(v, nullptr, 10)) : dflt;
+}
+
+class gateway_rekey : public ::testing::TestWithParam<const char*> {
+  protected:
+    void SetUp() override {
+        ASSERT_FALSE(certs().dir.empty());
+        if (require_ktls()) {
+            ASSERT_TRUE(have_ktls()) << "RPCGATE_REQUIRE_KTLS=1 without kTLS";
+        }
+        bench::serve_options so;
+        std::string err;
+        ASSERT_TRUE(bench::parse_address("127.0.0.1:0", false, &so.listen, &err)) << err;
+        so.shards = 1;
+        so.shard.buffer_count = 64;
+        echo_ = std::make_unique<bench::echo_server>(so);
+        ASSERT_EQ(echo_->start(), "");
+    }
+    void start_gateway(uint64_t rekey_after) {
+        gw::gateway_config cfg;
+        std::string err;
+        gw::endpoint ep;
+        ASSERT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
+        cfg.listen.push_back(ep);
+        gw::backend_route r;
+        ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, echo_->port()),
+                                      &r, &err));
+        cfg.backends.push_back(r);
+        cfg.shards = 1;
+        cfg.buffers = 64;
+        cfg.reserved_port = false;
+        cfg.tls = gw::tls_policy::required;
+        cfg.cert = certs().cert;
+        cfg.key = certs().key;
+        cfg.ktls = GetParam();
+        cfg.tls_rekey_after = rekey_after;
+        ASSERT_TRUE(gw::validate(&cfg, &err)) << err;
+        gw_ = std::make_unique<gw::gateway>(cfg);
+        ASSERT_EQ(gw_->start(), "");
+    }
+    void TearDown() override {
+        if (gw_) {
+            gw_->stop();
+            gw_->wait();
+        }
+        if (echo_) echo_->stop();
+    }
+    bool kernel() const { return std::string(GetParam()) != "off" && have_ktls(); }
+    std::unique_ptr<client> open() {
+        auto c = std::make_unique<client>();
+        EXPECT_TRUE(c->connect(gw_->port()));
+        std::string e = c->starttls();
+        if (e.empty()) e = c->handshake();
+        EXPECT_EQ(e, "");
+        return e.empty() ? std::move(c) : nullptr;
+    }
+
+    std::unique_ptr<bench::echo_server> echo_;
+    std::unique_ptr<gw::gateway> gw_;
+};
+
+// The client asks for a KeyUpdate (update_requested) every EVERY calls: the
+// gateway rekeys RX from it and answers with its own KeyUpdate and TX rekey.
+// Every echo must come back intact on the one connection.
+TEST_P(gateway_rekey, key_updates_from_the_client_both_directions) {
+    start_gateway(0);
+    const uint32_t calls = env_or("RPCGATE_REKEY_CALLS", 300);
+    const uint32_t every = env_or("RPCGATE_REKEY_EVERY", 20);
+    auto c = open();
+    ASSERT_TRUE(c);
+    const std::string payload = random_bytes(16000);
+    bool follows = !kernel() || k::kernel_can_rekey();
+    uint64_t updates = 0;
+    auto t0 = clock_type::now();
+    for (uint32_t xid = 1; xid <= calls; ++xid) {
+        if (xid % every == 0) {
+            ASSERT_EQ(SSL_key_update(c->ssl(), SSL_KEY_UPDATE_REQUESTED), 1);
+            ++updates;
+            if (!follows) {
+                // Linux < 6.14: the kernel cannot take the next key; close_notify.
+                ASSERT_TRUE(c->write(call_record(xid, 1, 0, "after")));
+                EXPECT_EQ(c->wait_close(), "close_notify");
+                EXPECT_TRUE(eventually([&] { return gw_->totals().tls_key_update_closes == 1; }));
+                std::printf("[gw-rekey] %s: this kernel cannot rekey: closed cleanly\n",
+                            GetParam());
+                return;
+            }
+        }
+        ASSERT_EQ(c->echo(xid, payload), "") << "call " << xid << " after " << updates;
+    }
+    auto t = gw_->totals();
+    std::printf(
+        "[gw-rekey] %s: %u calls of 16000 B, %llu KeyUpdates from the client in %lld ms; "
+        "rekeys rx_peer %llu tx_peer %llu\n",
+        GetParam(), calls, (unsigned long long)updates,
+        (long long)std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0)
+            .count(),
+        (unsigned long long)t.tls_rekeys_rx_peer, (unsigned long long)t.tls_rekeys_tx_peer);
+    EXPECT_EQ(t.tls_sessions, 1u);  // no reconnect
+    EXPECT_EQ(t.tls_key_update_closes, 0u);
+    if (kernel()) {
+        EXPECT_EQ(t.tls_rekeys_rx_peer, updates);
+        EXPECT_EQ(t.tls_rekeys_tx_peer, updates);
+        std::string want = fmt::format(R"("key_generation":{{"tx":{},"rx":{}}})", updates, updates);
+        EXPECT_NE(gw_->connections_json().find(want), std::string::npos)
+            << want << " not in " << gw_->connections_json();
+    }
+    SSL_shutdown(c->ssl());
+    EXPECT_EQ(c->wait_close(), "close_notify");
+}
+
+// --tls-rekey-after 50: the gateway sends a KeyUpdate of its own every 50
+// records to the client (kTLS: from the kernel's record count). The client's
+// OpenSSL follows them; a wrong key would fail its reads.
+TEST_P(gateway_rekey, gateway_initiates_key_updates) {
+    constexpr uint64_t k_after = 50;
+    start_gateway(k_after);
+    const uint32_t calls = env_or("RPCGATE_REKEY_CALLS", 300);
+    auto c = open();
+    ASSERT_TRUE(c);
+    const std::string payload = random_bytes(32768);
+    for (uint32_t xid = 1; xid <= calls; ++xid)
+        ASSERT_EQ(c->echo(xid, payload), "") << "call " << xid;
+    auto t = gw_->totals();
+    // Each reply is 32 KiB and a few bytes: 3 records, or fewer where the
+    // kernel packs replies together (at least 2 per reply).
+    uint64_t low = 2 * uint64_t(calls) / k_after - 1, high = 3 * uint64_t(calls) / k_after + 1;
+    std::printf(
+        "[gw-rekey] %s: %u replies of 32 KiB: %llu KeyUpdates from the gateway "
+        "(expected %llu..%llu)\n",
+        GetParam(), calls, (unsigned long long)t.tls_rekeys_tx_own, (unsigned long long)low,
+        (unsigned long long)high);
+    EXPECT_EQ(t.tls_sessions, 1u);
+    if (kernel() && !k::kernel_can_rekey()) {
+        EXPECT_EQ(t.tls_rekeys_tx_own, 0u) << "a kernel that cannot rekey was asked to";
+    } else {
+        EXPECT_GE(t.tls_rekeys_tx_own, low);
+        EXPECT_LE(t.tls_rekeys_tx_own, high);
+    }
+    SSL_shutdown(c->ssl());
+    EXPECT_EQ(c->wait_close(), "close_notify");
+}
+
+INSTANTIATE_TEST_SUITE_P(modes, gateway_rekey, ::testing::Values("off", "on"),
+                         [](const ::testing::TestParamInfo<const char*>& i) {
+                             return std::string(i.param) == "off" ? "userspace" : "kernel";
+                         });
+
+}  // namespace
