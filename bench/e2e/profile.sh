@@ -18,9 +18,17 @@
 #
 #   bench/e2e/profile.sh [BUILD_DIR] [OUT_DIR]
 # Environment: DURATION (seconds per pass, default 5), SHARDS (default 2),
-# CIPHER (default TLS_AES_128_GCM_SHA256), PROFILES ("small-plain large-tls").
-# Writes OUT_DIR/<profile>.counts.json, <profile>.symbols.txt, <profile>.dso.txt,
-# <profile>.perf.data and OUT_DIR/summary.md; prints the summary. Needs perf
+# CIPHER (default TLS_AES_128_GCM_SHA256), PROFILES ("small-plain large-tls"),
+# CALL_GRAPH (perf record --call-graph: fp, the default, walks the kernel's
+# stacks but not those of a release build without frame pointers; dwarf
+# walks both at a far higher sampling cost).
+# Writes OUT_DIR/<profile>.counts.json, <profile>.symbols.txt, <profile>.dso.txt
+# (flat profiles), <profile>.callers.txt (who called the top symbols),
+# <profile>.perf.data and OUT_DIR/summary.md; prints the summary. On a
+# paravirtualised guest, samples that fall while interrupts are off land on
+# the function that turns them back on (pvm_irq_enable, or
+# native_irq_enable / _raw_spin_unlock_irqrestore): the callers file says
+# whose time that is. Needs perf
 # (Debian's linux-perf) and root (or perf_event_paranoid <= -1) for the
 # tracepoints.
 set -euo pipefail
@@ -32,6 +40,7 @@ duration=${DURATION:-5}
 shards=${SHARDS:-2}
 cipher=${CIPHER:-TLS_AES_128_GCM_SHA256}
 profiles=${PROFILES:-"small-plain large-tls"}
+call_graph=${CALL_GRAPH:-fp}
 . "$root/tests/peers/peer_lib.sh"
 . "$here/lib.sh"
 bench=$(e2e_find_bin rpcgate-bench)
@@ -84,12 +93,15 @@ for p in $profiles; do
     kill -INT "$echo_stat"
     wait "$echo_stat" || true
     echo "== $p: sampling (${duration} s)" >&2
-    perf record -q -e cpu-clock -F 4999 -g -p "$gw_pid" -o "$out/$p.perf.data" -- "${client[@]}" \
-        >"$work/$p.record.json" 2>>"$work/bench-client.log"
-    perf report -i "$out/$p.perf.data" --stdio --no-children --sort symbol --percent-limit 0.5 \
-        2>/dev/null | grep -v '^#' | grep -v '^$' | grep '%' | head -n 40 >"$out/$p.symbols.txt" || true
-    perf report -i "$out/$p.perf.data" --stdio --no-children --sort dso 2>/dev/null |
-        grep -v '^#' | grep '%' | head -n 15 >"$out/$p.dso.txt" || true
+    perf record -q -e cpu-clock -F 4999 --call-graph "$call_graph" -p "$gw_pid" \
+        -o "$out/$p.perf.data" -- "${client[@]}" >"$work/$p.record.json" 2>>"$work/bench-client.log"
+    report=(perf report -i "$out/$p.perf.data" --stdio --no-children)
+    "${report[@]}" -g none --sort dso,symbol --percent-limit 0.5 2>/dev/null | grep '%' |
+        sed 's/ *- *- *$//; s/ *$//' | head -n 40 >"$out/$p.symbols.txt" || true
+    "${report[@]}" -g none --sort dso 2>/dev/null | grep '%' | sed 's/ *$//' |
+        head -n 12 >"$out/$p.dso.txt" || true
+    "${report[@]}" -g caller,0.5,callee,function,percent --sort symbol --percent-limit 3 \
+        2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 400 >"$out/$p.callers.txt" || true
     python3 "$here/profile_counts.py" "$work/$p.gw.csv" "$work/$p.echo.csv" "$work/$p.count.json" \
         "$work/$p.record.json" "$work/$p.metrics0" "$work/$p.metrics1" >"$out/$p.counts.json"
 done

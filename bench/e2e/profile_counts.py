@@ -124,7 +124,7 @@ def main():
         out, ls, le, d, sh, ci = sys.argv[2:8]
         print(summary(out, ls, le, d, sh, ci, sys.argv[8:]))
     else:
-        print(json.dumps(per_call(*sys.argv[1:5]), indent=1))
+        print(json.dumps(per_call(*sys.argv[1:7]), indent=1))
 
 
 if __name__ == "__main__":

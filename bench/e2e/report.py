@@ -23,16 +23,19 @@ import report_cpu  # noqa: E402
 
 # Display order, and which HAProxy each set-up is held against: the one doing
 # the same job (plain TCP forwarding, or TLS on the client side).
-SETUPS = ["direct", "rpcgate", "haproxy", "haproxy32", "socat",
-          "rpcgate-tls", "rpcgate-chain", "haproxy-tls", "haproxy32-tls", "stunnel"]
+SETUPS = ["direct", "rpcgate", "rpcgate-base", "haproxy", "haproxy32", "socat",
+          "rpcgate-tls", "rpcgate-tls-base", "rpcgate-chain", "haproxy-tls", "haproxy32-tls",
+          "stunnel"]
 TLS = report_cpu.TLS
 LABEL = {
     "direct": "direct (no proxy)",
     "rpcgate": "rpcgate",
+    "rpcgate-base": "rpcgate (BASELINE_RPCGATE)",
     "haproxy": "HAProxy tcp",
     "haproxy32": "HAProxy 3.2 tcp",
     "socat": "socat",
     "rpcgate-tls": "rpcgate TLS",
+    "rpcgate-tls-base": "rpcgate TLS (BASELINE_RPCGATE)",
     "rpcgate-chain": "rpcgate A->B TLS",
     "haproxy-tls": "HAProxy TLS",
     "haproxy32-tls": "HAProxy 3.2 TLS",

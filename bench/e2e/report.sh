@@ -38,7 +38,10 @@
 # each point is the median of its rounds, measured in turn with the others),
 # SHARDS (rpcgate and HAProxy threads, default 2), CIPHER (default
 # TLS_AES_128_GCM_SHA256), WORKLOADS ("small large open"), SETUPS (default:
-# all ten), OPEN_RATE (default 10000), IDLE_CONNS (default 1000; --quick 100).
+# all ten), OPEN_RATE (default 10000), IDLE_CONNS (default 1000; --quick 100),
+# BASELINE_RPCGATE (another rpcgate binary, e.g. a copy saved before a change:
+# adds the set-ups rpcgate-base and rpcgate-tls-base, which run it, to SETUPS,
+# so that a change is measured before and after in the same run).
 # Writes OUT_DIR/results.json, OUT_DIR/summary.md, OUT_DIR/throughput.png and
 # OUT_DIR/latency_cdf_<workload>.png, the raw runs in OUT_DIR/raw (redraw with
 # report.py OUT_DIR/raw/runs.jsonl OUT_DIR/raw/not_run.jsonl OUT_DIR
@@ -61,9 +64,10 @@ cipher=${CIPHER:-TLS_AES_128_GCM_SHA256}
 workloads=${WORKLOADS:-"small large open idle"}
 setups=${SETUPS:-"direct rpcgate haproxy haproxy32 socat rpcgate-tls rpcgate-chain haproxy-tls
     haproxy32-tls stunnel"}
+[ -z "${BASELINE_RPCGATE:-}" ] || setups="$setups rpcgate-base rpcgate-tls-base"
 setups=$(echo $setups)
 idle_conns=${IDLE_CONNS:-$([ "$quick" = 1 ] && echo 100 || echo 1000)}
-tls_setups="rpcgate-tls rpcgate-chain haproxy-tls haproxy32-tls stunnel"
+tls_setups="rpcgate-tls rpcgate-tls-base rpcgate-chain haproxy-tls haproxy32-tls stunnel"
 export OPEN_RATE=${OPEN_RATE:-$([ "$quick" = 1 ] && echo 5000 || echo 10000)}
 . "$root/tests/peers/peer_lib.sh"
 
@@ -85,7 +89,7 @@ not_run() { # SETUP WHY: the set-up is a row "n/a (WHY)"
     setups=$(echo " $setups " | sed "s/ $1 / /")
 }
 gw() { # LOG ARGS...: an rpcgate on this run's shards
-    e2e_bg "$1" "$rpcgate" "${@:2}" --shards "$shards" --no-reserved-port
+    e2e_bg "$1" "${gw_bin:-$rpcgate}" "${@:2}" --shards "$shards" --no-reserved-port
 }
 wanted() { case " $setups " in *" $1 "*) return 0 ;; esac; return 1; }
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -129,6 +133,18 @@ gw rpcgate-tls.log --listen "127.0.0.1:$gw_tls_starttls" --tls opportunistic \
     --implicit-tls "127.0.0.1:$gw_tls_port" --cert "$certs/server.pem" \
     --key "$certs/server.key" --backend "$route"
 cpu_pids[rpcgate-tls]=$bg_pid idle_pid[rpcgate-tls]=$bg_pid
+base_port=$(peer_free_port)
+base_tls_port=$(peer_free_port)
+if [ -n "${BASELINE_RPCGATE:-}" ]; then
+    gw_bin=$BASELINE_RPCGATE
+    gw rpcgate-base.log --listen "127.0.0.1:$base_port" --backend "$route"
+    cpu_pids[rpcgate-base]=$bg_pid idle_pid[rpcgate-base]=$bg_pid
+    gw rpcgate-tls-base.log --listen "127.0.0.1:$(peer_free_port)" --tls opportunistic \
+        --implicit-tls "127.0.0.1:$base_tls_port" --cert "$certs/server.pem" \
+        --key "$certs/server.key" --backend "$route"
+    cpu_pids[rpcgate-tls-base]=$bg_pid idle_pid[rpcgate-tls-base]=$bg_pid
+    gw_bin=""
+fi
 
 # The chain: B terminates RPC-with-TLS in front of the echo server, A (next to
 # the client, plaintext in) originates it towards B.
@@ -169,6 +185,10 @@ cpu_pids[socat]=$bg_pid
 
 e2e_wait_ready e2e_rpc_ready "$gw_port" "$ha_port" "$socat_port"
 e2e_wait_ready e2e_tls_ready "$gw_tls_port" "$ha_tls_port" "$st_port"
+[ -z "${BASELINE_RPCGATE:-}" ] || {
+    e2e_wait_ready e2e_rpc_ready "$base_port"
+    e2e_wait_ready e2e_tls_ready "$base_tls_port"
+}
 [ -z "$chroot_dir" ] || {
     e2e_wait_ready e2e_rpc_ready "$ha32_port"
     e2e_wait_ready e2e_tls_ready "$ha32_tls_port"
@@ -189,10 +209,10 @@ fi
 declare -A target=([direct]=$echo_port [rpcgate]=$gw_port [haproxy]=$ha_port
     [haproxy32]=$ha32_port [socat]=$socat_port [rpcgate-tls]=$gw_tls_port
     [rpcgate-chain]=$chain_a [haproxy-tls]=$ha_tls_port [haproxy32-tls]=$ha32_tls_port
-    [stunnel]=$st_port)
+    [stunnel]=$st_port [rpcgate-base]=$base_port [rpcgate-tls-base]=$base_tls_port)
 e2e_setup_args() {
     case $1 in
-        rpcgate-tls | haproxy-tls | haproxy32-tls | stunnel)
+        rpcgate-tls | rpcgate-tls-base | haproxy-tls | haproxy32-tls | stunnel)
             setup_args=(--tls implicit "${tls_client[@]}")
             ;;
     esac

@@ -17,7 +17,8 @@ Idle runs carry {"idle_connections", "rss_before_kib", "rss_after_kib",
 "kib_per_connection"}. Standard library only.
 """
 
-TLS = {"rpcgate-tls", "rpcgate-chain", "haproxy-tls", "haproxy32-tls", "stunnel"}
+TLS = {"rpcgate-tls", "rpcgate-tls-base", "rpcgate-chain", "haproxy-tls", "haproxy32-tls",
+       "stunnel"}
 CPU_KEYS = ("proxy_cores", "proxy_us_per_call", "proxy_s_per_gb", "echo_us_per_call",
             "proxy_vs_echo")
 

@@ -44,7 +44,8 @@ for s in idle_setups:
     res = ran.get(("idle", s))
     assert res and res["idle_connections"] > 0 and res["errors"] == 0, f"idle via {s}: {res}"
     assert res["rss_after_kib"] > 0, f"idle via {s}: {res}"
-assert r["meta"]["tls_libraries"]["aead"]["host"]["gb_per_s"] > 0, r["meta"]["tls_libraries"]for png in ("throughput.png", "latency_cdf_open.png", "latency_cdf_small.png"):
+assert r["meta"]["tls_libraries"]["aead"]["host"]["gb_per_s"] > 0, r["meta"]["tls_libraries"]
+for png in ("throughput.png", "latency_cdf_open.png", "latency_cdf_small.png"):
     with open(os.path.join(out, png), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
 md = open(os.path.join(out, "summary.md")).read()
