@@ -1,7 +1,11 @@
 #include "core/buffer.h"
+#include "core/memory.h"
+
+#include <malloc.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 namespace rpcgate::core {
@@ -144,6 +148,14 @@ bool operator==(const slice_chain& a, std::string_view b) noexcept {
         off += s.size();
     }
     return true;
+}
+
+bool keep_record_memory() noexcept {
+    const char* tunables = std::getenv("GLIBC_TUNABLES");
+    if (tunables && std::strstr(tunables, "glibc.malloc.")) return false;
+    // Both explicit values also turn off glibc's own adjustment of them.
+    return mallopt(M_MMAP_THRESHOLD, int(k_heap_block_max)) == 1 &&
+           mallopt(M_TRIM_THRESHOLD, int(k_arena_keep)) == 1;
 }
 
 }  // namespace rpcgate::core

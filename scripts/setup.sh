@@ -43,6 +43,9 @@ packages=(
     debhelper lintian mmdebstrap  # scripts/package.sh and the .deb in a Debian 12 chroot
     "gnuplot-nox|gnuplot-qt|gnuplot-x11"
     procps iproute2 util-linux python3
+    # bench/e2e: HAProxy 3.2 from a Debian forky chroot (forky_chroot.sh), the
+    # profile (profile.sh: perf record -e cpu-clock, io_uring tracepoints)
+    mmdebstrap linux-perf
     # the DPDK backend (-DRPCGATE_WITH_DPDK=ON, scripts/test-dpdk.sh): DPDK, lwIP's
     # source through apt (dpkg-dev unpacks it), ethtool for the veth offloads
     dpdk-dev libdpdk-dev dpkg-dev ethtool

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/log.h"
+#include "core/memory.h"
 #include "core/sd_notify.h"
 #include "gateway/config.h"
 #include "gateway/config_check.h"
@@ -19,6 +20,8 @@
 using namespace rpcgate;
 
 int main(int argc, char** argv) {
+    // Before any thread: large records are not given back to the kernel per call.
+    core::keep_record_memory();
     gw::gateway_config cfg;
     int rc = gw::parse_command_line(argc, argv, &cfg);
     if (rc >= 0) return rc;

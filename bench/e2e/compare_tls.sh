@@ -4,7 +4,9 @@
 # cipher suite and the same certificates to:
 #   direct-tls  rpcgate-bench serve --tls implicit (TLS in the echo server itself)
 #   rpcgate     rpcgate --implicit-tls -> plaintext echo server
-#   haproxy     HAProxy (mode tcp, bind ... ssl alpn sunrpc) -> echo server
+#   haproxy     HAProxy 2.6 (mode tcp, bind ... ssl alpn sunrpc) -> echo server
+#   haproxy32   HAProxy 3.2 on forky's OpenSSL (bench/e2e/forky_chroot.sh's
+#               chroot, built on first use; left out with a line when it cannot be)
 #   stunnel     stunnel4 (server mode) -> echo server
 # for two workloads:
 #   large  1 MiB calls, 8 connections x 1 in flight
@@ -12,7 +14,9 @@
 # then handshakes per second (connect, TLS, one NULL call, close) through each
 # of them, rpcgate also with RFC 9289 STARTTLS, against the in-process OpenSSL
 # loop (rpcgate-bench handshake --baseline) in the same run; and the RSS of
-# rpcgate (and HAProxy) holding IDLE_TLS_CONNS idle TLS connections.
+# rpcgate (and HAProxy) holding IDLE_TLS_CONNS idle TLS connections. Every
+# run also records each proxy's own CPU and the echo server's (report.sh's
+# CPU table: per call, per GB, against both HAProxys and the AEAD's cost).
 #
 #   bench/e2e/compare_tls.sh [BUILD_DIR] [OUT_DIR]
 # Environment: DURATION (seconds per run, default 10), SHARDS (rpcgate and
@@ -47,7 +51,9 @@ cat "$certs/server.pem" "$certs/server.key" >"$work/haproxy.pem"
 # --- the echo backend and the four TLS endpoints ----------------------------------
 echo_port=$(peer_free_port)
 e2e_bg serve.log "$bench" serve --listen "127.0.0.1:$echo_port" --shards 1
+echo_pid=$bg_pid
 e2e_wait_ready e2e_rpc_ready "$echo_port"
+declare -A cpu_pids=()
 
 direct_port=$(peer_free_port)
 e2e_bg direct-tls.log "$bench" serve --listen "127.0.0.1:$direct_port" --shards "$shards" \
@@ -59,21 +65,38 @@ e2e_bg rpcgate.log "$rpcgate" --listen "127.0.0.1:$gw_starttls_port" --tls oppor
     --implicit-tls "127.0.0.1:$gw_port" --cert "$certs/server.pem" --key "$certs/server.key" \
     --backend "536870913=127.0.0.1:$echo_port" --shards "$shards" --no-reserved-port
 gw_pid=$bg_pid
+cpu_pids[rpcgate]=$gw_pid
 
 ha_port=$(peer_free_port)
 e2e_start_haproxy "$ha_port" "$echo_port" "ssl crt $work/haproxy.pem alpn sunrpc" "    ssl-default-bind-ciphersuites $cipher
     ssl-default-bind-options ssl-min-ver TLSv1.3"
+cpu_pids[haproxy]=$ha_pid
+setups="direct-tls rpcgate haproxy stunnel"
+ha32_port=$(peer_free_port)
+if chroot_dir=$("$here/forky_chroot.sh" "$build"); then
+    e2e_start_haproxy "$ha32_port" "$echo_port" "ssl crt $work/haproxy.pem alpn sunrpc" \
+        "    ssl-default-bind-ciphersuites $cipher
+    ssl-default-bind-options ssl-min-ver TLSv1.3" "$chroot_dir"
+    cpu_pids[haproxy32]=$ha_pid
+    setups="direct-tls rpcgate haproxy haproxy32 stunnel"
+    e2e_wait_ready e2e_tls_ready "$ha32_port"
+else
+    echo "compare_tls.sh: no HAProxy 3.2 (forky chroot) in this run" >&2
+    chroot_dir=""
+fi
 
 st_port=$(peer_free_port)
 e2e_start_stunnel "$st_port" "$echo_port"
+cpu_pids[stunnel]=$bg_pid
+cpu_pids[direct-tls]=""
 
 e2e_wait_ready e2e_tls_ready "$direct_port" "$gw_port" "$ha_port" "$st_port"
 # The RFC 9289 path too, and keep what the probe says for the report.
 "$probe" "127.0.0.1:$gw_starttls_port" --prog 536870913 --vers 1 --ca "$certs/ca.pem" \
     --server-name localhost >"$work/probe.txt" || { cat "$work/probe.txt" >&2; exit 1; }
 
-declare -A target=([direct-tls]=$direct_port [rpcgate]=$gw_port [haproxy]=$ha_port [stunnel]=$st_port)
-setups="direct-tls rpcgate haproxy stunnel"
+declare -A target=([direct-tls]=$direct_port [rpcgate]=$gw_port [haproxy]=$ha_port
+    [haproxy32]=$ha32_port [stunnel]=$st_port)
 e2e_setup_args() { setup_args=(--tls implicit "${tls_client[@]}"); }
 results="$work/runs.jsonl"
 : >"$results"
@@ -135,17 +158,31 @@ echo "== idle TLS connections: $idle_conns via rpcgate and haproxy" >&2
 read -r gw_before gw_after gw_n < <(idle_tls_rss "$gw_port" "$gw_pid")
 read -r ha_before ha_after ha_n < <(idle_tls_rss "$ha_port" "$ha_pid")
 
+libs=$(python3 "$here/tls_libs.py" --rpcgate "$rpcgate" ${chroot_dir:+--chroot "$chroot_dir"})
 python3 - "$results" "$hs_results" "$out" "$duration" "$cipher" "$work/probe.txt" \
-    "$gw_before" "$gw_after" "$gw_n" "$ha_before" "$ha_after" "$ha_n" "$here" <<'PY'
+    "$gw_before" "$gw_after" "$gw_n" "$ha_before" "$ha_after" "$ha_n" "$here" "$libs" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
 import json, sys
 path, hs_path, out, duration, cipher, probe_txt = sys.argv[1:7]
 gw_before, gw_after, gw_n, ha_before, ha_after, ha_n = map(int, sys.argv[7:13])
 sys.path.insert(0, sys.argv[13])
+libs, load = json.loads(sys.argv[14]), sys.argv[15]
 from report import ratio_table
+import report_cpu
 runs = [json.loads(l) for l in open(path)]
 hs = [json.loads(l) for l in open(hs_path)]
 table, ratios = ratio_table(runs, ["direct-tls", "haproxy", "stunnel"])
-lines = [f"Implicit TLS 1.3, {cipher}, same certificates everywhere; {duration} s per run.", ""] + table
+lines = [f"Implicit TLS 1.3, {cipher}, same certificates everywhere; {duration} s per run; "
+         f"load average at the end {load}. haproxy: Debian 12's 2.6; haproxy32: 3.2 (forky).",
+         ""] + table
+groups = {}
+for r in runs:
+    groups.setdefault((r["workload"], r["setup"]), []).append(r["result"])
+setups = list(dict.fromkeys(r["setup"] for r in runs))
+cpu_lines, cpu = report_cpu.cpu_table(
+    groups, list(dict.fromkeys(r["workload"] for r in runs)), setups, {}, {"tls_libraries": libs},
+    peers=lambda s: ("haproxy32", "haproxy"), tls=set(setups))
+lines += [""] + cpu_lines + [""] + report_cpu.library_lines({"tls_libraries": libs})
 base = next((h["result"] for h in hs if h["setup"] == "baseline"), {})
 base_loop = base.get("handshakes_per_sec", 0)
 base_server = base.get("server_handshakes_per_sec", 0)
@@ -174,7 +211,7 @@ with open(f"{out}/summary.md", "w") as f:
     f.write(f"# rpcgate TLS termination comparison (loopback)\n\n{table}\n")
 with open(f"{out}/results.json", "w") as f:
     json.dump({"duration_s": int(duration), "cipher": cipher, "runs": runs, "ratios": ratios,
-               "handshakes": hs,
+               "cpu": cpu, "tls_libraries": libs, "load_end": load, "handshakes": hs,
                "idle_tls": {"rpcgate": {"connections": gw_n, "rss_before_kib": gw_before,
                                         "rss_after_kib": gw_after, "kib_per_connection": gw_pc},
                             "haproxy": {"connections": ha_n, "rss_before_kib": ha_before,

@@ -14,9 +14,13 @@
 #                          workload W: large (1 MiB x 8 connections x 1),
 #                          small (64 B x 64 connections x 16) or
 #                          open (64 B x 16 connections, open loop at $OPEN_RATE/s)
-#   e2e_start_haproxy PORT BACKEND_PORT "BIND EXTRA" "GLOBAL LINES"
+#   e2e_start_haproxy PORT BACKEND_PORT "BIND EXTRA" "GLOBAL LINES" [CHROOT]
 #                          HAProxy in TCP mode with $shards threads, config and
-#                          log in $work; sets ha_pid and appends it to pids
+#                          log in $work; sets ha_pid and appends it to pids.
+#                          With CHROOT (bench/e2e/forky_chroot.sh's directory):
+#                          the HAProxy installed there, run in a private mount
+#                          namespace that binds $work at the same path inside
+#                          (the network, loopback included, is the host's)
 #   e2e_start_stunnel PORT BACKEND_PORT
 #                          stunnel4 terminating TLS 1.3 ($cipher, $certs/server.*)
 #   e2e_start_socat PORT BACKEND_PORT
@@ -34,10 +38,25 @@
 #                          it); one line {"workload","setup","result"} each is
 #                          appended to RESULTS. A run with errors keeps its
 #                          figures; one that printed nothing gets errors -1.
+#                          When the caller's array cpu_pids has SETUP (pids
+#                          of the proxy's processes, space-separated), the
+#                          line also has "cpu": the proxy's and the echo
+#                          server's ($echo_pid) CPU seconds over the run.
+#                          Workload idle (e2e_idle) instead of a run when
+#                          the caller's array idle_pid has SETUP.
+#   e2e_cpu_seconds PID... user+system CPU seconds of these processes (all
+#                          their threads, their reaped children and their
+#                          live descendants), from /proc/PID/stat
+#   e2e_idle SETUP         RSS of ${idle_pid[SETUP]} before and after
+#                          $idle_conns idle connections (one NULL call each,
+#                          TLS for the TLS set-ups) to ${target[SETUP]}:
+#                          prints the JSON result (bench/e2e/idle_rss.py)
 
 e2e_find_bin() {
     local p
-    p=$(find "$build" -type f -name "$1" -perm -u+x 2>/dev/null | head -n 1)
+    # Not inside forky_chroot.sh's root file system, which lives in the build dir.
+    p=$(find "$build" -path "$build/forky-chroot*" -prune -o -type f -name "$1" -perm -u+x -print \
+        2>/dev/null | head -n 1)
     [ -n "$p" ] || { echo "$(basename "$0"): $1 not found under $build (build first)" >&2; exit 1; }
     echo "$p"
 }
@@ -106,7 +125,18 @@ frontend fe
 backend be
     server echo 127.0.0.1:$backend
 CFG
-    e2e_bg "haproxy-$port.log" haproxy -f "$work/haproxy-$port.cfg" -db
+    if [ -z "${5:-}" ]; then
+        e2e_bg "haproxy-$port.log" haproxy -f "$work/haproxy-$port.cfg" -db
+    else
+        # unshare without --fork and every step exec'ing: the pid is HAProxy's.
+        e2e_bg "haproxy-$port.log" unshare --mount --propagation private sh -c '
+            set -e
+            mkdir -p "$1$2"
+            mount --bind "$2" "$1$2"
+            mount -t proc proc "$1/proc"
+            mount --bind /dev "$1/dev"
+            exec chroot "$1" haproxy -f "$2/haproxy-$3.cfg" -db' sh "$5" "$work" "$port"
+    fi
     ha_pid=$bg_pid
 }
 
@@ -157,19 +187,82 @@ e2e_wait_ready() {
 }
 
 e2e_collect() {
-    local results=$1 workloads=$2 setups=$3 w s json
+    local results=$1 workloads=$2 setups=$3 w s json cpu p0 e0
     for w in $workloads; do
-        e2e_workload_args "$w"
+        [ "$w" = idle ] || e2e_workload_args "$w"
         for s in $setups; do
+            if [ "$w" = idle ]; then
+                e2e_has idle_pid "$s" || continue
+                echo "== idle via $s ($idle_conns connections)" >&2
+                json=$(e2e_idle "$s") || echo "idle run had errors: $s" >&2
+                [ -n "$json" ] || json='{"idle_connections":0,"errors":-1}'
+                echo "{\"workload\":\"$w\",\"setup\":\"$s\",\"result\":$json}" >>"$results"
+                continue
+            fi
             setup_args=()
             if declare -F e2e_setup_args >/dev/null; then e2e_setup_args "$s"; fi
             echo "== $w via $s (${duration} s)" >&2
+            cpu=""
+            if e2e_has cpu_pids "$s"; then
+                p0=$(e2e_cpu_seconds ${cpu_pids[$s]})
+                e0=$(e2e_cpu_seconds "$echo_pid")
+            fi
             json=$("$bench" run --target "127.0.0.1:${target[$s]}" "${setup_args[@]}" "${args[@]}" \
                 --duration "$duration" --quiet --json 2>>"$work/bench-client.log") ||
                 echo "run had errors: $w via $s (see logs/bench-client.log)" >&2
+            if e2e_has cpu_pids "$s"; then
+                cpu=$(awk -v p0="$p0" -v p1="$(e2e_cpu_seconds ${cpu_pids[$s]})" -v e0="$e0" \
+                    -v e1="$(e2e_cpu_seconds "$echo_pid")" \
+                    'BEGIN { printf ",\"cpu\":{\"proxy_s\":%.2f,\"echo_s\":%.2f}", p1 - p0, e1 - e0 }')
+            fi
             [ -n "$json" ] ||
                 json='{"ops_per_sec":0,"bytes_per_sec":0,"p50_us":0,"p99_us":0,"p999_us":0,"errors":-1}'
+            # The CPU figures go inside the result object (its last byte is its "}").
+            [ -z "$cpu" ] || json="${json%\}}$cpu}"
             echo "{\"workload\":\"$w\",\"setup\":\"$s\",\"result\":$json}" >>"$results"
         done
     done
+}
+
+e2e_has() { # ARRAY KEY: the caller declared the associative ARRAY and it has KEY
+    declare -p "$1" >/dev/null 2>&1 || return 1
+    local -n arr=$1
+    [ -n "${arr[$2]+x}" ]
+}
+
+e2e_cpu_seconds() {
+    # awk, not python: it runs four times a point, on a loaded machine.
+    # A process that exits between the glob and the read fails cat: not an error.
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$*" -v hz="$(getconf CLK_TCK)" '
+        {
+            # After the last ")" (the command name may hold any byte): state ppid
+            # ... utime(14) stime(15) cutime(16) cstime(17), counted from pid = 1.
+            n = split($0, part, ")"); split(part[n], f, " ")
+            pid = $1; ppid[pid] = f[2]; own[pid] = f[12] + f[13]; reaped[pid] = f[14] + f[15]
+            kids[f[2]] = kids[f[2]] " " pid
+        }
+        END {
+            ticks = 0; top = 0
+            m = split(roots, r, " ")
+            # A root counts its reaped children too (socat forks per connection);
+            # a live descendant counts by itself.
+            for (i = 1; i <= m; i++) if (r[i] in own) { stack[++top] = r[i]; ticks += reaped[r[i]] }
+            while (top > 0) {
+                p = stack[top--]
+                if (p in seen) continue
+                seen[p] = 1; ticks += own[p]
+                k = split(kids[p], c, " ")
+                for (j = 1; j <= k; j++) stack[++top] = c[j]
+            }
+            printf "%.2f\n", ticks / hz
+        }'
+}
+
+e2e_idle() {
+    local s=$1 tls=()
+    case " ${tls_setups:-} " in
+        *" $s "*) tls=(--tls --ca "$certs/ca.pem") ;;
+    esac
+    python3 "$here/idle_rss.py" --port "${target[$s]}" --pid "${idle_pid[$s]}" \
+        --connections "$idle_conns" "${tls[@]}"
 }

@@ -18,20 +18,28 @@ import shutil
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report_cpu  # noqa: E402
+
 # Display order, and which HAProxy each set-up is held against: the one doing
 # the same job (plain TCP forwarding, or TLS on the client side).
-SETUPS = ["direct", "rpcgate", "rpcgate-nostats", "haproxy", "socat",
-          "rpcgate-tls", "rpcgate-chain", "haproxy-tls", "stunnel"]
-TLS = {"rpcgate-tls", "rpcgate-chain", "haproxy-tls", "stunnel"}
+SETUPS = ["direct", "rpcgate", "rpcgate-nostats", "rpcgate-base", "haproxy", "haproxy32", "socat",
+          "rpcgate-tls", "rpcgate-tls-base", "rpcgate-chain", "haproxy-tls", "haproxy32-tls",
+          "stunnel"]
+TLS = report_cpu.TLS
 LABEL = {
     "direct": "direct (no proxy)",
     "rpcgate": "rpcgate",
     "rpcgate-nostats": "rpcgate --no-call-stats",
+    "rpcgate-base": "rpcgate (BASELINE_RPCGATE)",
     "haproxy": "HAProxy tcp",
+    "haproxy32": "HAProxy 3.2 tcp",
     "socat": "socat",
     "rpcgate-tls": "rpcgate TLS",
+    "rpcgate-tls-base": "rpcgate TLS (BASELINE_RPCGATE)",
     "rpcgate-chain": "rpcgate A->B TLS",
     "haproxy-tls": "HAProxy TLS",
+    "haproxy32-tls": "HAProxy 3.2 TLS",
     "stunnel": "stunnel TLS",
 }
 WORKLOAD_TITLE = {
@@ -48,6 +56,7 @@ THROUGHPUT_TITLE = ("Throughput per set-up: the median round, whiskers from the 
 
 
 def peer_of(setup):
+    """The HAProxy (2.6, Debian 12's) that the throughput ratios hold SETUP against."""
     return "haproxy-tls" if setup in TLS else "haproxy"
 
 
@@ -116,6 +125,8 @@ def summarize(runs, na, meta):
     workloads = [w for w in ("small", "large", "open") if any(k[0] == w for k in by)]
     setups = [s for s in SETUPS if any(k[1] == s for k in by) or s in na]
     rounds = meta.get("rounds", 1)
+    load = (f" Load average (1, 5, 15 min) {meta['load_start']} at the start, "
+            f"{meta['load_end']} at the end." if meta.get("load_start") else "")
     lines = [f"Loopback, {meta['duration_s']} s per point"
              + (f", median of {rounds} rounds (± half the spread of the rounds)" if rounds > 1 else "")
              + f", rpcgate and HAProxy with "
@@ -123,7 +134,8 @@ def summarize(runs, na, meta):
              f"everywhere; {meta['machine']}. \"vs HAProxy\" holds each set-up against the "
              "HAProxy doing the same job (tcp for plaintext, TLS termination for the TLS "
              "set-ups); \"vs direct\" against the client talking to the echo server itself. "
-             "Throughput ratios: higher is better.", ""]
+             "HAProxy without a version is Debian 12's 2.6. Throughput ratios: higher is better."
+             + load, ""]
     ratios = {}
     closed = [w for w in workloads if w != "open"]
     if closed:
@@ -177,7 +189,18 @@ def summarize(runs, na, meta):
                   + ", ".join(f"{w} {fmt_ratio(r)}" for w, r in cost) + "."]
         for w, r in cost:
             ratios.setdefault(f"{w}/rpcgate", {})["vs_rpcgate_nostats"] = r
-    return by, groups, workloads, setups, "\n".join(lines), ratios
+    cpu_lines, cpu = report_cpu.cpu_table(groups, closed, setups, LABEL, meta)
+    idle_lines, idle = report_cpu.idle_table(groups, setups, LABEL, meta)
+    lib_lines = report_cpu.library_lines(meta)
+    for extra in (cpu_lines, idle_lines, lib_lines):
+        if extra:
+            lines += [""] + extra
+    for k, row in cpu.items():
+        ratios.setdefault(k, {}).update(
+            {n: row[n] for n in ("cpu_vs_haproxy32", "cpu_vs_haproxy", "x_aead")})
+    for s, row in idle.items():
+        ratios[f"idle/{s}"] = {"vs_haproxy32": row["vs_haproxy32"], "vs_haproxy": row["vs_haproxy"]}
+    return by, groups, workloads, setups, "\n".join(lines), ratios, {"cpu": cpu, "idle": idle}
 
 
 def gnuplot_quote(s):
@@ -284,7 +307,7 @@ def main():
                 d = json.loads(l)
                 na[d["setup"]] = d["why"]
     meta = json.load(open(meta_path))
-    by, groups, workloads, setups, table, ratios = summarize(runs, na, meta)
+    by, groups, workloads, setups, table, ratios, sections = summarize(runs, na, meta)
     plots = []
     if shutil.which("gnuplot"):
         work = os.path.join(out, "plot-data")
@@ -303,8 +326,8 @@ def main():
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"meta": meta, "not_run": na, "runs": runs, "ratios": ratios, "plots": plots},
-                  f, indent=1)
+        json.dump({"meta": meta, "not_run": na, "runs": runs, "ratios": ratios,
+                   **sections, "plots": plots}, f, indent=1)
     print(table)
 
 

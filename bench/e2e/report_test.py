@@ -47,7 +47,7 @@ class tables(unittest.TestCase):
                 run("small", "haproxy", 1000), run("small", "rpcgate-tls", 600),
                 run("small", "haproxy-tls", 800), run("open", "haproxy", 10000, p99=400.0),
                 run("open", "rpcgate", 10000, p99=100.0), run("open", "direct", 10000, p99=50.0)]
-        _, _, _, _, table, ratios = report.summarize(runs, {}, META)
+        _, _, _, _, table, ratios, _ = report.summarize(runs, {}, META)
         self.assertAlmostEqual(ratios["small/rpcgate"]["vs_haproxy"], 1.1)
         self.assertAlmostEqual(ratios["small/rpcgate"]["vs_direct"], 0.55)
         self.assertEqual(ratios["small/rpcgate-tls"]["haproxy"], "haproxy-tls")
@@ -59,7 +59,7 @@ class tables(unittest.TestCase):
 
     def test_a_setup_that_could_not_run_is_a_row_that_says_why(self):
         runs = [run("small", "direct", 2000), run("open", "direct", 10000)]
-        _, _, _, setups, table, _ = report.summarize(
+        _, _, _, setups, table, _, _ = report.summarize(
             runs, {"rpcgate-chain": "no upstream TLS in this build"}, META)
         self.assertIn("rpcgate-chain", setups)
         self.assertIn("| small | rpcgate A->B TLS | n/a (no upstream TLS in this build) |", table)
@@ -72,6 +72,61 @@ class tables(unittest.TestCase):
         self.assertEqual(lines[0].count("| vs "), 2)
         self.assertEqual(ratios["small/stunnel"], {"vs_direct_tls": 2.0, "vs_stunnel": 1.0})
         self.assertTrue(lines[-1].endswith("| 2.00 | 1.00 |"), lines[-1])
+
+
+def cpu_run(workload, setup, proxy_s, echo_s, calls=1000, nbytes=1e9, rnd=1):
+    r = run(workload, setup, calls, rnd=rnd, calls=calls, elapsed_s=2.0,
+            payload_bytes_sent=nbytes / 2, payload_bytes_received=nbytes / 2)
+    r["result"]["cpu"] = {"proxy_s": proxy_s, "echo_s": echo_s}
+    return r
+
+
+class cpu(unittest.TestCase):
+    def test_cpu_per_call_per_gb_and_the_ratios_against_both_haproxies(self):
+        meta = dict(META, tls_libraries={"aead": {"host": {"gb_per_s": 2.0, "s_per_gb": 0.5},
+                                                  "chroot": {"gb_per_s": 4.0, "s_per_gb": 0.25}}})
+        runs = [cpu_run("large", "rpcgate-tls", 1.0, 0.5), cpu_run("large", "haproxy-tls", 2.0, 0.5),
+                cpu_run("large", "haproxy32-tls", 4.0, 0.5), cpu_run("large", "direct", None, 0.4),
+                # The median of each figure: rounds 0.5, 1.0 (kept) and 9.0 s.
+                cpu_run("small", "rpcgate", 9.0, 1.0, rnd=1), cpu_run("small", "rpcgate", 0.5, 1.0, rnd=2),
+                cpu_run("small", "rpcgate", 1.0, 1.0, rnd=3), cpu_run("small", "haproxy32", 2.0, 1.0)]
+        _, _, _, _, table, ratios, sections = report.summarize(runs, {}, meta)
+        c = sections["cpu"]
+        self.assertAlmostEqual(c["large/rpcgate-tls"]["proxy_us_per_call"], 1000.0)
+        self.assertAlmostEqual(c["large/rpcgate-tls"]["proxy_s_per_gb"], 1.0)
+        self.assertAlmostEqual(c["large/rpcgate-tls"]["proxy_cores"], 0.5)
+        self.assertAlmostEqual(c["large/rpcgate-tls"]["echo_us_per_call"], 500.0)
+        self.assertAlmostEqual(c["large/rpcgate-tls"]["proxy_vs_echo"], 2.0)
+        self.assertAlmostEqual(ratios["large/rpcgate-tls"]["cpu_vs_haproxy32"], 0.25)
+        self.assertAlmostEqual(ratios["large/rpcgate-tls"]["cpu_vs_haproxy"], 0.5)
+        # Each library against its own OpenSSL's AEAD cost.
+        self.assertAlmostEqual(ratios["large/rpcgate-tls"]["x_aead"], 2.0)
+        self.assertAlmostEqual(ratios["large/haproxy32-tls"]["x_aead"], 16.0)
+        self.assertIsNone(ratios["large/haproxy32-tls"]["cpu_vs_haproxy32"])
+        self.assertIsNone(c["large/direct"]["proxy_us_per_call"])
+        self.assertAlmostEqual(c["small/rpcgate"]["proxy_us_per_call"], 1000.0)
+        self.assertAlmostEqual(ratios["small/rpcgate"]["cpu_vs_haproxy32"], 0.5)
+        self.assertIsNone(ratios["small/rpcgate"]["cpu_vs_haproxy"])
+        self.assertIn("| large | rpcgate TLS | 1000 | 0.50 | 1000.00 | 1.000 | 0.25 | 0.50 | 2.00 | "
+                      "500.00 | 2.00 |", table)
+        self.assertIn("AES-128-GCM alone", table)
+
+    def test_idle_memory_per_connection_against_the_haproxy_doing_the_same_job(self):
+        def idle(setup, per_conn):
+            return {"round": 1, "workload": "idle", "setup": setup,
+                    "result": {"idle_connections": 100, "rss_before_kib": 1024,
+                               "rss_after_kib": 1024 + 100 * per_conn,
+                               "kib_per_connection": per_conn, "errors": 0}}
+        runs = [idle("rpcgate-tls", 10.0), idle("haproxy32-tls", 40.0), idle("haproxy-tls", 20.0),
+                idle("rpcgate", 4.0), idle("haproxy32", 8.0)]
+        _, _, workloads, _, table, ratios, sections = report.summarize(runs, {}, META)
+        self.assertEqual(workloads, [])
+        self.assertAlmostEqual(ratios["idle/rpcgate-tls"]["vs_haproxy32"], 0.25)
+        self.assertAlmostEqual(ratios["idle/rpcgate-tls"]["vs_haproxy"], 0.5)
+        self.assertAlmostEqual(ratios["idle/rpcgate"]["vs_haproxy32"], 0.5)
+        self.assertIsNone(ratios["idle/rpcgate"]["vs_haproxy"])
+        self.assertEqual(sections["idle"]["rpcgate"]["rss_after_kib"], 1424)
+        self.assertIn("| rpcgate TLS | 100 | 1.0 | 2.0 | 10.0 | 0.25 | 0.50 | 0 |", table)
 
 
 class cdf(unittest.TestCase):

@@ -1,6 +1,8 @@
 #include "core/buffer.h"
+#include "core/memory.h"
 
 #include <gtest/gtest.h>
+#include <malloc.h>
 
 #include <string>
 
@@ -102,6 +104,22 @@ TEST(slice_chain, grows_beyond_inline_capacity) {
     slice_chain moved = std::move(c);
     EXPECT_EQ(moved.to_string(), expect);
     EXPECT_EQ(moved.linearize().view(), expect);
+}
+
+// A record-sized block comes from the heap, not an mmap of its own, and once
+// freed stays with malloc instead of going back to the kernel (where its pages
+// would fault in again on the next call).
+TEST(keep_record_memory, record_sized_blocks_stay_in_the_heap) {
+    ASSERT_TRUE(rpcgate::core::keep_record_memory());
+    const size_t len = 6u << 20;
+    ASSERT_LT(len, rpcgate::core::k_heap_block_max);
+    const size_t mapped = mallinfo2().hblks;
+    {
+        slice s = slice::allocate(len);
+        std::memset(s.mutable_data(), 1, len);
+        EXPECT_EQ(mallinfo2().hblks, mapped) << "the block was mmap'd on its own";
+    }
+    EXPECT_GE(mallinfo2().fordblks, len) << "the freed block went back to the kernel";
 }
 
 }  // namespace

@@ -1,0 +1,145 @@
+"""report.py's CPU, memory and TLS library sections (bench/e2e/report.sh).
+
+Each closed-loop run of report.sh carries "cpu": {"proxy_s", "echo_s"}: the
+CPU seconds (user + system, all threads) the proxy's processes and the echo
+server spent over the run. From them, per set-up and workload, the median
+over the rounds of each figure on its own:
+  proxy_cores        proxy CPU / the run's elapsed time
+  proxy_us_per_call  proxy CPU per completed call
+  proxy_s_per_gb     proxy CPU per 10^9 payload bytes (both directions)
+  echo_us_per_call   the echo server's CPU per call: one socket round trip
+                     per call, the floor a proxy (two of them) is held to
+  proxy_vs_echo      proxy CPU / echo server CPU
+and ratios of proxy_us_per_call against each HAProxy doing the same job
+(lower is better), and, for the TLS set-ups' bulk rows, against the AEAD's
+own cost (openssl speed of the library the set-up runs on).
+Idle runs carry {"idle_connections", "rss_before_kib", "rss_after_kib",
+"kib_per_connection"}. Standard library only.
+"""
+
+TLS = {"rpcgate-tls", "rpcgate-tls-base", "rpcgate-chain", "haproxy-tls", "haproxy32-tls",
+       "stunnel"}
+CPU_KEYS = ("proxy_cores", "proxy_us_per_call", "proxy_s_per_gb", "echo_us_per_call",
+            "proxy_vs_echo")
+
+
+def haproxies(setup):
+    """(HAProxy 3.2, HAProxy 2.6) doing the same job as SETUP."""
+    return ("haproxy32-tls", "haproxy-tls") if setup in TLS else ("haproxy32", "haproxy")
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    return xs[(len(xs) - 1) // 2] if xs else None
+
+
+def cpu_figures(result):
+    """The per-run figures of one result (None where they cannot be had)."""
+    cpu = result.get("cpu")
+    calls = result.get("calls", 0)
+    if cpu is None or not calls:
+        return None
+    elapsed = result.get("elapsed_s") or 0
+    nbytes = result.get("payload_bytes_sent", 0) + result.get("payload_bytes_received", 0)
+    proxy, echo = cpu.get("proxy_s"), cpu.get("echo_s")
+    f = {"echo_us_per_call": echo * 1e6 / calls if echo is not None else None}
+    if proxy is not None and proxy > 0:
+        f["proxy_cores"] = proxy / elapsed if elapsed else None
+        f["proxy_us_per_call"] = proxy * 1e6 / calls
+        f["proxy_s_per_gb"] = proxy / (nbytes / 1e9) if nbytes else None
+        f["proxy_vs_echo"] = proxy / echo if echo else None
+    return f
+
+
+def cpu_table(groups, workloads, setups, labels, meta, peers=haproxies, tls=TLS):
+    """Markdown lines and {"workload/setup": figures and ratios}. PEERS(setup): the
+    (HAProxy 3.2, HAProxy 2.6) set-ups it is held against; TLS: the TLS set-ups."""
+    aead = (meta.get("tls_libraries") or {}).get("aead") or {}
+    med = {}
+    for k, results in groups.items():
+        per_run = [f for f in (cpu_figures(r) for r in results) if f]
+        if per_run:
+            med[k] = {key: median(f.get(key) for f in per_run) for key in CPU_KEYS}
+    if not med:
+        return [], {}
+    lines = ["Each proxy's own CPU (user + system, all threads, /proc/PID/stat before and after "
+             "each point) and the echo server's; each figure the median of its rounds. CPU ratios: "
+             "lower is better; \"x AEAD\": CPU per GB over what AES-128-GCM alone costs per GB "
+             "(openssl speed, one core) with the OpenSSL the set-up runs on.", "",
+             "| workload | setup | ops/s | proxy CPU (cores) | CPU µs/call | CPU s/GB | "
+             "vs HAProxy 3.2 | vs HAProxy 2.6 | x AEAD | echo CPU µs/call | proxy / echo |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = {}
+    for w in workloads:
+        for s in setups:
+            f = med.get((w, s))
+            if f is None:
+                continue
+            ops = median(r.get("ops_per_sec") for r in groups[(w, s)])
+            row = dict(f)
+            for name, peer in zip(("cpu_vs_haproxy32", "cpu_vs_haproxy"), peers(s)):
+                p = med.get((w, peer), {}).get("proxy_us_per_call")
+                mine = f.get("proxy_us_per_call")
+                row[name] = mine / p if mine and p and s != peer else None
+            lib = aead.get("chroot" if s.startswith("haproxy32") else "host") or {}
+            row["x_aead"] = (f["proxy_s_per_gb"] / lib["s_per_gb"]
+                             if s in tls and w == "large" and f.get("proxy_s_per_gb")
+                             and lib.get("s_per_gb") else None)
+            out[f"{w}/{s}"] = row
+            lines.append(f"| {w} | {labels.get(s, s)} | {ops or 0:.0f} | {fmt(f.get('proxy_cores'))} | "
+                         f"{fmt(f.get('proxy_us_per_call'))} | {fmt(f.get('proxy_s_per_gb'), 3)} | "
+                         f"{fmt(row['cpu_vs_haproxy32'])} | {fmt(row['cpu_vs_haproxy'])} | "
+                         f"{fmt(row['x_aead'])} | {fmt(f.get('echo_us_per_call'))} | "
+                         f"{fmt(f.get('proxy_vs_echo'))} |")
+    return lines, out
+
+
+def idle_table(groups, setups, labels, meta):
+    """Markdown lines and {setup: the idle figures and ratios}."""
+    runs = {s: groups[("idle", s)][0] for s in setups if ("idle", s) in groups}
+    if not runs:
+        return [], {}
+    lines = [f"Memory per idle connection: the proxy's RSS before and after "
+             f"{meta.get('idle_connections', '?')} connections that made one NULL call each "
+             "(TLS 1.3 for the TLS set-ups), measured once on the freshly started proxies. "
+             "Lower is better.", "",
+             "| setup | connections | RSS before MiB | RSS after MiB | KiB per connection | "
+             "vs HAProxy 3.2 | vs HAProxy 2.6 | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    out = {}
+    for s, r in runs.items():
+        row = {k: r.get(k) for k in ("idle_connections", "rss_before_kib", "rss_after_kib",
+                                     "kib_per_connection", "errors")}
+        mine = r.get("kib_per_connection")
+        for name, peer in zip(("vs_haproxy32", "vs_haproxy"), haproxies(s)):
+            p = runs.get(peer, {}).get("kib_per_connection")
+            row[name] = mine / p if mine and p and s != peer else None
+        out[s] = row
+        lines.append(f"| {labels.get(s, s)} | {r.get('idle_connections', 0)} | "
+                     f"{r.get('rss_before_kib', 0) / 1024:.1f} | {r.get('rss_after_kib', 0) / 1024:.1f} | "
+                     f"{fmt(mine, 1)} | {fmt(row['vs_haproxy32'])} | {fmt(row['vs_haproxy'])} | "
+                     f"{r.get('errors', 0)} |")
+    return lines, out
+
+
+def library_lines(meta):
+    libs = meta.get("tls_libraries")
+    if not libs:
+        return []
+    v, aead = libs.get("versions", {}), libs.get("aead", {})
+    lines = ["TLS libraries in this run (the OpenSSL each runs on): "
+             + "; ".join(f"{name}: {v.get(key) or 'n/a'}" for name, key in (
+                 ("rpcgate", "rpcgate"), ("HAProxy 2.6", "haproxy"),
+                 ("HAProxy 3.2", "haproxy32"), ("stunnel", "stunnel"))) + "."]
+    for where, key in (("host", "host"), ("forky chroot", "chroot")):
+        a = aead.get(key)
+        if a:
+            lines.append(f"AES-128-GCM alone, one core, 16 KiB blocks (`openssl speed -evp "
+                         f"aes-128-gcm -bytes 16384`, {where}: "
+                         f"{v.get('openssl' if key == 'host' else 'openssl_chroot')}): "
+                         f"{a['gb_per_s']:.2f} GB/s = {a['s_per_gb']:.3f} s of CPU per GB.")
+    return lines
+
+
+def fmt(x, digits=2):
+    return "–" if x is None else f"{x:.{digits}f}"
