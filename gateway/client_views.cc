@@ -84,14 +84,12 @@ std::string clients_json(const std::vector<client_view>& views, const view_query
     rows.reserve(by_client.size());
     for (const auto& [k, g] : by_client) rows.push_back({&k, &g});
     size_t n = std::min(q.top, rows.size());
-    std::partial_sort(rows.begin(), rows.begin() + ptrdiff_t(n), rows.end(),
-                      [&](const row& a, const row& b) {
-                          uint64_t wa = q.by_bytes ? a.second->bytes_in + a.second->bytes_out
-                                                   : a.second->calls;
-                          uint64_t wb = q.by_bytes ? b.second->bytes_in + b.second->bytes_out
-                                                   : b.second->calls;
-                          return wa > wb;
-                      });
+    std::partial_sort(
+        rows.begin(), rows.begin() + ptrdiff_t(n), rows.end(), [&](const row& a, const row& b) {
+            uint64_t wa = q.by_bytes ? a.second->bytes_in + a.second->bytes_out : a.second->calls;
+            uint64_t wb = q.by_bytes ? b.second->bytes_in + b.second->bytes_out : b.second->calls;
+            return wa > wb;
+        });
     std::string out = fmt::format(R"({{"clients":{},"connections":{},"by":"{}","top":[)",
                                   rows.size(), views.size(), q.by_bytes ? "bytes" : "calls");
     for (size_t i = 0; i < n; ++i) {

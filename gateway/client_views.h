@@ -26,7 +26,7 @@ struct client_view {
 
 // What an admin request for a view asked: "/clients?top=5&by=bytes".
 struct view_query {
-    size_t top = 20;      // at most this many rows (1 .. 1000)
+    size_t top = 20;        // at most this many rows (1 .. 1000)
     bool by_bytes = false;  // order by bytes in + out instead of calls
 };
 // Parses the query part of `target` ("/clients?top=5&by=bytes"); unknown

@@ -132,7 +132,7 @@ struct gateway_config {
     // otherwise, and when the range is used up, an ephemeral port (counted).
     bool reserved_port = true;
     uint16_t reserved_low = 512, reserved_high = 1023;
-    bool answer_portmap = true;     // answer portmap v2 GETPORT/NULL locally
+    bool answer_portmap = true;  // answer portmap v2 GETPORT/NULL locally
     // Count and time every forwarded call per kind (rpc/call_kind.h); off
     // only to measure what that costs.
     bool call_stats = true;

@@ -281,7 +281,8 @@ std::string gateway::start() {
         h.views = [this](const std::string& t) { return views_json(t); };
         err = admin_->start(ep, std::move(h));
         if (!err.empty()) return err;
-        RPCGATE_LOG(admin, info, "admin endpoint on port {} (/metrics, /healthz, /readyz, /clients)",
+        RPCGATE_LOG(admin, info,
+                    "admin endpoint on port {} (/metrics, /healthz, /readyz, /clients)",
                     admin_->port());
     }
     return {};

@@ -39,14 +39,15 @@ TEST(client_views, top_connections_are_the_busiest_first_and_bounded) {
 }
 
 TEST(client_views, clients_group_by_source_and_identity) {
-    std::vector<client_view> v = {conn("10.0.0.1", "", 5, 100, "1"),
-                                  conn("10.0.0.1", "", 6, 100, "2"),
-                                  conn("10.0.0.1", "alice", 1, 5000, "3"),
-                                  conn("10.0.0.2", "", 2, 1, "4")};
+    std::vector<client_view> v = {
+        conn("10.0.0.1", "", 5, 100, "1"), conn("10.0.0.1", "", 6, 100, "2"),
+        conn("10.0.0.1", "alice", 1, 5000, "3"), conn("10.0.0.2", "", 2, 1, "4")};
     std::string out = clients_json(v, {2, false});
     EXPECT_EQ(out.rfind(R"({"clients":3,"connections":4,"by":"calls","top":[)", 0), 0u) << out;
-    EXPECT_NE(out.find(R"({"source":"10.0.0.1","identity":"","connections":2,"calls":11,"bytes_in":200,"bytes_out":0})"),
-              std::string::npos)
+    EXPECT_NE(
+        out.find(
+            R"({"source":"10.0.0.1","identity":"","connections":2,"calls":11,"bytes_in":200,"bytes_out":0})"),
+        std::string::npos)
         << out;
     EXPECT_NE(out.find(R"("source":"10.0.0.2")"), std::string::npos) << out;
     EXPECT_EQ(out.find("alice"), std::string::npos) << out;  // third by calls: cut
