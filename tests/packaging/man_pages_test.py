@@ -12,7 +12,7 @@ and:
     `rpcgate-probe --help` in rpcgate-probe(1), those of `rpcgate-bench --help`
     and of each of its subcommands' --help in rpcgate-bench(1);
   - every key the configuration parser knows (the `known[]` table of
-    gateway/config.cc) is in rpcgate.toml(5).
+    gateway/config_file.cc) is in rpcgate.toml(5).
 Exit 0 pass, 1 fail (listing every miss), 77 skip (no man-db).
 """
 import os
