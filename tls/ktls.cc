@@ -481,24 +481,33 @@ bool traffic_secrets::rekey_tx(int fd) {
 }
 
 bool tx_record_seq(int fd, uint64_t* seq) {
+    // The kernel answers only a length that is exactly the header (the
+    // version and cipher) or exactly the cipher's whole struct: ask for the
+    // header first, then for that cipher's struct.
     crypto_info_any ci{};
-    socklen_t len = sizeof(ci);
+    socklen_t len = sizeof(ci.info);
     if (::getsockopt(fd, SOL_TLS, TLS_TX, &ci, &len) != 0) return false;
     const unsigned char* rs = nullptr;
     switch (ci.info.cipher_type) {
         case TLS_CIPHER_AES_GCM_128:
+            len = sizeof(ci.gcm128);
             rs = ci.gcm128.rec_seq;
             break;
         case TLS_CIPHER_AES_GCM_256:
+            len = sizeof(ci.gcm256);
             rs = ci.gcm256.rec_seq;
             break;
         case TLS_CIPHER_CHACHA20_POLY1305:
+            len = sizeof(ci.chacha);
             rs = ci.chacha.rec_seq;
             break;
         default:
-            OPENSSL_cleanse(&ci, sizeof(ci));
             errno = EOPNOTSUPP;
             return false;
+    }
+    if (::getsockopt(fd, SOL_TLS, TLS_TX, &ci, &len) != 0) {
+        OPENSSL_cleanse(&ci, sizeof(ci));
+        return false;
     }
     uint64_t v = 0;
     for (int i = 0; i < 8; ++i) v = v << 8 | rs[i];  // big-endian (RFC 8446 §5.3)
