@@ -57,9 +57,10 @@ struct shared_run {
         return nfs_op::read;
     }
     uint64_t offset(nfs_op op, rng& g) {
-        uint64_t k = opt.random ? g.below(slots)
-                                : cursor[op == nfs_op::write].fetch_add(1, std::memory_order_relaxed) %
-                                      slots;
+        uint64_t k =
+            opt.random
+                ? g.below(slots)
+                : cursor[op == nfs_op::write].fetch_add(1, std::memory_order_relaxed) % slots;
         return k * opt.size;
     }
 };
@@ -175,8 +176,7 @@ bool set_up(shared_run& s, std::string* err) {
             *err = conn_error(m, "MOUNT connection");
             return false;
         }
-        if (!exchange(m, nfs3::build_mnt(1, s.cred, opt.export_path), opt.timeout_ms, &res,
-                      &why)) {
+        if (!exchange(m, nfs3::build_mnt(1, s.cred, opt.export_path), opt.timeout_ms, &res, &why)) {
             *err = "MNT: " + why;
             return false;
         }
@@ -212,9 +212,7 @@ bool set_up(shared_run& s, std::string* err) {
     if (!status_ok(st, "LOOKUP", err)) return false;
     if (!call(nfs3::build_getattr(xid++, s.cred, s.fh), "GETATTR")) return false;
     if (!status_ok(nfs3::decode_getattr(res, &size), "GETATTR", err)) return false;
-    s.file_size = opt.file_size ? opt.file_size
-                  : size >= opt.size ? size
-                                     : k_default_file_size;
+    s.file_size = opt.file_size ? opt.file_size : size >= opt.size ? size : k_default_file_size;
     s.slots = std::max<uint64_t>(1, s.file_size / opt.size);
     if (!opt.fill) return true;
     std::vector<uint8_t> chunk(std::min<uint64_t>(k_fill_chunk, s.file_size));
@@ -401,8 +399,7 @@ void run_conn(shared_run& s, unsigned index, conn_result& cr) {
 void commit_after(shared_run& s, nfs_report& r) {
     if (s.opt.stable == nfs3::stable_how::file_sync || r.op_calls[unsigned(nfs_op::write)] == 0)
         return;
-    client::blocking_client c =
-        open_conn(s.opt, s.ctx, s.opt.port, rpc::nfs_prog, nfs3::nfs_vers);
+    client::blocking_client c = open_conn(s.opt, s.ctx, s.opt.port, rpc::nfs_prog, nfs3::nfs_vers);
     core::slice_chain res;
     std::string why;
     if (!c.ok()) {
@@ -467,7 +464,8 @@ bool parse_nfs_mix(const std::string& text, unsigned (&mix)[nfs_op_count], std::
 std::string format_nfs_mix(const unsigned (&mix)[nfs_op_count]) {
     std::string out;
     for (unsigned i = 0; i < nfs_op_count; ++i)
-        if (mix[i]) out += fmt::format("{}{}={}", out.empty() ? "" : ",", to_string(nfs_op(i)), mix[i]);
+        if (mix[i])
+            out += fmt::format("{}{}={}", out.empty() ? "" : ",", to_string(nfs_op(i)), mix[i]);
     return out;
 }
 
@@ -508,7 +506,8 @@ nfs_report run_nfs(const nfs_options& opt, std::string* err, const std::atomic<b
     }
 
     std::vector<std::unique_ptr<conn_result>> results;
-    for (unsigned i = 0; i < opt.connections; ++i) results.push_back(std::make_unique<conn_result>());
+    for (unsigned i = 0; i < opt.connections; ++i)
+        results.push_back(std::make_unique<conn_result>());
     using clock = std::chrono::steady_clock;
     const auto started = clock::now();
     if (opt.duration_s > 0) s.end_ns = now_ns() + uint64_t(opt.duration_s * 1e9);
@@ -597,9 +596,8 @@ std::string format_human(const nfs_report& r) {
         r.verify ? " verify" : "");
     out += fmt::format("  calls      {} in {:.3f} s: {:.0f} ops/s\n", r.calls, r.elapsed_s,
                        r.ops_per_sec());
-    out += fmt::format(
-        "  data       {:.2f} MB/s (read {} B, written {} B; MB = 10^6 bytes)\n",
-        r.bytes_per_sec() / 1e6, r.bytes_read, r.bytes_written);
+    out += fmt::format("  data       {:.2f} MB/s (read {} B, written {} B; MB = 10^6 bytes)\n",
+                       r.bytes_per_sec() / 1e6, r.bytes_read, r.bytes_written);
     out += "  latency    " + latency_human(r.latency) + "\n";
     for (unsigned k = 0; k < nfs_op_count; ++k)
         if (r.op_calls[k])
@@ -624,8 +622,8 @@ std::string format_json(const nfs_report& r) {
     for (unsigned k = 0; k < nfs_op_count; ++k) {
         if (!r.op_calls[k]) continue;
         ops += fmt::format("{}\"{}\":{{\"calls\":{},{},\"histogram\":{}}}", ops.empty() ? "" : ",",
-                           to_string(nfs_op(k)), r.op_calls[k], latency_json_fields(r.op_latency[k]),
-                           histogram_json(r.op_latency[k]));
+                           to_string(nfs_op(k)), r.op_calls[k],
+                           latency_json_fields(r.op_latency[k]), histogram_json(r.op_latency[k]));
     }
     return fmt::format(
         "{{\"workload\":\"nfs3\",\"target\":\"{}\",\"mix\":\"{}\",\"connections\":{},"
@@ -637,11 +635,11 @@ std::string format_json(const nfs_report& r) {
         "\"nfs_errors\":{},\"bad_replies\":{},\"mismatched_reads\":{},\"mismatched_bytes\":{},"
         "\"first_error\":\"{}\",\"ops\":{{{}}},\"histogram\":{}}}",
         r.target, r.mix, r.connections, r.depth, r.size, r.random ? "rand" : "seq", r.file_size,
-        r.verify ? "true" : "false", client::to_string(r.tls), r.tls_version, r.tls_cipher,
-        r.calls, r.elapsed_s, r.ops_per_sec(), r.bytes_per_sec(), r.bytes_per_sec() / 1e6,
-        r.bytes_read, r.bytes_written, latency_json_fields(r.latency), r.errors, r.connect_errors,
-        r.lost_calls, r.rpc_errors, r.nfs_errors, r.bad_replies, r.mismatched_reads,
-        r.mismatched_bytes, json_text(r.first_error), ops, histogram_json(r.latency));
+        r.verify ? "true" : "false", client::to_string(r.tls), r.tls_version, r.tls_cipher, r.calls,
+        r.elapsed_s, r.ops_per_sec(), r.bytes_per_sec(), r.bytes_per_sec() / 1e6, r.bytes_read,
+        r.bytes_written, latency_json_fields(r.latency), r.errors, r.connect_errors, r.lost_calls,
+        r.rpc_errors, r.nfs_errors, r.bad_replies, r.mismatched_reads, r.mismatched_bytes,
+        json_text(r.first_error), ops, histogram_json(r.latency));
 }
 
 }  // namespace rpcgate::bench

@@ -93,17 +93,17 @@ struct nfs_report {
     bool random = false, verify = false;
     client::tls_mode tls = client::tls_mode::off;
     // What happened.
-    uint64_t calls = 0;            // completed with NFS3_OK
-    uint64_t errors = 0;           // sum of the kinds below
-    uint64_t connect_errors = 0;   // connection (or TLS start-up) failed
-    uint64_t lost_calls = 0;       // in flight on a connection that failed or timed out
-    uint64_t rpc_errors = 0;       // replies that were not MSG_ACCEPTED/SUCCESS
-    uint64_t nfs_errors = 0;       // NFS status other than NFS3_OK
-    uint64_t bad_replies = 0;      // undecodable, unknown xid, short WRITE
-    uint64_t mismatched_reads = 0; // --verify: READs whose bytes differ (or ended early)
+    uint64_t calls = 0;             // completed with NFS3_OK
+    uint64_t errors = 0;            // sum of the kinds below
+    uint64_t connect_errors = 0;    // connection (or TLS start-up) failed
+    uint64_t lost_calls = 0;        // in flight on a connection that failed or timed out
+    uint64_t rpc_errors = 0;        // replies that were not MSG_ACCEPTED/SUCCESS
+    uint64_t nfs_errors = 0;        // NFS status other than NFS3_OK
+    uint64_t bad_replies = 0;       // undecodable, unknown xid, short WRITE
+    uint64_t mismatched_reads = 0;  // --verify: READs whose bytes differ (or ended early)
     uint64_t mismatched_bytes = 0;
     uint64_t bytes_read = 0, bytes_written = 0;
-    double elapsed_s = 0;  // first call sent -> last reply
+    double elapsed_s = 0;       // first call sent -> last reply
     latency_histogram latency;  // every kind, nanoseconds
     uint64_t op_calls[nfs_op_count] = {};
     latency_histogram op_latency[nfs_op_count];
