@@ -113,8 +113,9 @@ echo "direct: $reads READs of $chunk B, $size bytes verified"
 bench flipped "$NFS_PORT" "$MNT_PORT" --file flipped.bin --mix read=100 --pattern seq --calls "$reads" \
     --connections 2 --depth 4
 [ "$st" -eq 1 ] || fail "flipped: exit status $st, not 1: $(summary flipped)"
-[ "$(field flipped mismatched_reads)" = 1 ] && [ "$(field flipped mismatched_bytes)" = 1 ] ||
+if [ "$(field flipped mismatched_reads)" != 1 ] || [ "$(field flipped mismatched_bytes)" != 1 ]; then
     fail "flipped: not exactly one mismatching byte: $(summary flipped)"
+fi
 echo "flipped byte: found ($(field flipped first_error))"
 
 bench mixed "$NFS_PORT" "$MNT_PORT" --file verify.bin --mix read=60,write=30,getattr=5,lookup=5 \

@@ -234,7 +234,7 @@ int run(run_options& opt, const std::string& target, bool json, const tls_cli& t
 
 // Options of `nfs` that need checking or converting after the parse.
 struct nfs_cli {
-    std::string target, mix = "read=100", pattern = "seq", stable = "unstable";
+    std::string target, mix = "read=100", pattern = "seq", stable = "unstable", mount_tls;
     bool json = false, quiet = false;
     double timeout_s = 10;
     tls_cli tls;
@@ -248,6 +248,11 @@ int nfs(nfs_options& opt, const nfs_cli& c) {
     opt.port = a.port();
     if (!parse_nfs_mix(c.mix, opt.mix, &err)) return bad_option(err);
     if (!client::parse_tls_mode(c.tls.mode, &opt.tls)) return bad_option("bad --tls " + c.tls.mode);
+    if (!c.mount_tls.empty()) {
+        client::tls_mode m;
+        if (!client::parse_tls_mode(c.mount_tls, &m)) return bad_option("bad --mount-tls");
+        opt.mount_tls = m;
+    }
     if (c.tls.cert.empty() != c.tls.key.empty()) return bad_option("--cert and --key go together");
     if (opt.duration_s <= 0 && opt.calls == 0)
         return bad_option("nfs needs --duration SECONDS or --calls COUNT");
@@ -300,6 +305,9 @@ CLI::App* add_nfs(CLI::App& app, nfs_options& opt, nfs_cli& c) {
                   "seconds between progress lines on stderr, on runs over 3 s (0: none)");
     n->add_flag("--quiet", c.quiet, "no progress lines");
     n->add_option("--tls", c.tls.mode, "off, starttls (RFC 9289 probe, then TLS 1.3) or implicit")
+        ->check(CLI::IsMember({"off", "starttls", "implicit"}));
+    n->add_option("--mount-tls", c.mount_tls,
+                  "off, starttls or implicit for the MOUNT connection (default: as --tls)")
         ->check(CLI::IsMember({"off", "starttls", "implicit"}));
     c.tls.add(n, false);
     return n;

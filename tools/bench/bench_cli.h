@@ -21,6 +21,7 @@
 //                     (--duration SECONDS | --calls COUNT) [--verify] [--fill]
 //                     [--stable unstable|data_sync|file_sync] [--uid U] [--gid G]
 //                     [--json] [--quiet] [--progress S] [--tls off|starttls|implicit ...]
+//                     [--mount-tls off|starttls|implicit]
 //     (NFSv3 load; see nfs_load.h)
 //
 // `bench_main` is main() minus the process: it parses, runs and returns the

@@ -115,8 +115,9 @@ bool exchange(client::blocking_client& c, core::slice_chain&& call, uint32_t tim
 }
 
 client::blocking_client open_conn(const nfs_options& opt, const tls::context* ctx, uint16_t port,
-                                  uint32_t prog, uint32_t vers) {
-    return client::blocking_client::open(opt.host, port, opt.tls, prog, vers, ctx,
+                                  uint32_t prog, uint32_t vers,
+                                  std::optional<client::tls_mode> mode = std::nullopt) {
+    return client::blocking_client::open(opt.host, port, mode.value_or(opt.tls), prog, vers, ctx,
                                          milliseconds(opt.timeout_ms));
 }
 
@@ -171,7 +172,7 @@ bool set_up(shared_run& s, std::string* err) {
     std::string why;
     {
         client::blocking_client m =
-            open_conn(opt, s.ctx, mport, nfs3::mount_prog, nfs3::mount_vers);
+            open_conn(opt, s.ctx, mport, nfs3::mount_prog, nfs3::mount_vers, opt.mount_tls);
         if (!m.ok()) {
             *err = conn_error(m, "MOUNT connection");
             return false;
@@ -490,7 +491,7 @@ nfs_report run_nfs(const nfs_options& opt, std::string* err, const std::atomic<b
     }
     shared_run s(opt);
     std::unique_ptr<tls::context> tls_ctx;
-    if (opt.tls != client::tls_mode::off) {
+    if (opt.tls != client::tls_mode::off || opt.mount_tls.value_or(opt.tls) != opt.tls) {
         tls_ctx = make_tls_client_context(opt.tls_options, opt.ciphersuites, err);
         if (!tls_ctx) return r;
         s.ctx = tls_ctx.get();

@@ -36,6 +36,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "tls/client/client_session.h"
@@ -73,6 +74,9 @@ struct nfs_options {
     double progress_interval_s = 1;
     double progress_min_run_s = 3;
     client::tls_mode tls = client::tls_mode::off;
+    // MOUNT's connection: as `tls` unless set (e.g. plaintext MOUNT straight
+    // to the server while NFS goes through a TLS tunnel).
+    std::optional<client::tls_mode> mount_tls;
     tls::client_options tls_options;
     std::string ciphersuites;
 
