@@ -17,6 +17,11 @@
 // connection, wrapping) or random (aligned to `size`). WRITEs are UNSTABLE
 // unless asked otherwise and are committed after the run (not timed).
 //
+// Sends block the connection's thread (with the call timeout as deadline)
+// while the socket is full; its replies wait in the socket meanwhile, so very
+// deep pipelines of large WRITEs are bounded by the socket buffers, not by
+// `depth` alone.
+//
 // Latency (call sent → reply decoded) goes into one histogram per connection
 // and per kind; progress lines, the human summary and the JSON use the same
 // helpers as `run` (load_client.h).
