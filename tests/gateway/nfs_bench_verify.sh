@@ -8,7 +8,9 @@
 #   - a copy with one byte flipped: the run must fail with exactly one
 #     mismatching READ of one byte (the check can fail);
 #   - through rpcgate (NFS and MOUNT on its one port), plaintext;
-#   - through rpcgate with --tls required, with --tls starttls (TLS 1.3).
+#   - through rpcgate with --tls required, with --tls starttls (TLS 1.3);
+#   - with NFSv4.1 (sessions, PUTROOTFH/LOOKUP), directly and through the
+#     TLS gateway.
 #
 #   nfs_bench_verify.sh RPCGATE RPCGATE_BENCH MAKE_CERTS STATEDIR
 #   (exit 77: ganesha or libnfs-utils cannot run here)
@@ -152,3 +154,10 @@ seq_read via_gateway_tls "$tls_port" "$tls_port" --tls starttls --ca "$work/cert
 [ "$(field via_gateway_tls tls_version)" = TLSv1.3 ] ||
     fail "via_gateway_tls: TLS version '$(field via_gateway_tls tls_version)'"
 echo "through rpcgate --tls required, starttls $(field via_gateway_tls tls_cipher): $size bytes verified"
+
+seq_read v41_direct "$NFS_PORT" "$MNT_PORT" --nfs-version 4.1
+[ "$(field v41_direct workload)" = nfs4.1 ] || fail "v41_direct: not an NFSv4.1 run"
+echo "NFSv4.1 direct: $size bytes verified"
+seq_read v41_via_gateway_tls "$tls_port" "$tls_port" --nfs-version 4.1 --tls starttls \
+    --ca "$work/certs/ca.pem" --server-name localhost
+echo "NFSv4.1 through rpcgate --tls required, starttls: $size bytes verified"

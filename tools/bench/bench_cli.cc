@@ -235,6 +235,7 @@ int run(run_options& opt, const std::string& target, bool json, const tls_cli& t
 // Options of `nfs` that need checking or converting after the parse.
 struct nfs_cli {
     std::string target, mix = "read=100", pattern = "seq", stable = "unstable", mount_tls;
+    std::string version = "3";
     bool json = false, quiet = false;
     double timeout_s = 10;
     tls_cli tls;
@@ -261,6 +262,7 @@ int nfs(nfs_options& opt, const nfs_cli& c) {
     opt.tls_options = c.tls.client(opt.host);
     opt.ciphersuites = c.tls.ciphersuites;
     opt.random = c.pattern == "rand";
+    opt.v4 = c.version == "4.1";
     opt.stable = c.stable == "file_sync"   ? nfs3::stable_how::file_sync
                  : c.stable == "data_sync" ? nfs3::stable_how::data_sync
                                            : nfs3::stable_how::unstable;
@@ -272,6 +274,9 @@ int nfs(nfs_options& opt, const nfs_cli& c) {
 CLI::App* add_nfs(CLI::App& app, nfs_options& opt, nfs_cli& c) {
     CLI::App* n = app.add_subcommand("nfs", "drive NFSv3 READ/WRITE/GETATTR/LOOKUP load");
     n->add_option("--target", c.target, "ADDR:PORT of the NFS server or gateway")->required();
+    n->add_option("--nfs-version", c.version,
+                  "3 (default; MOUNT, CREATE when missing) or 4.1 (sessions; the file must exist)")
+        ->check(CLI::IsMember({"3", "4.1"}));
     n->add_option("--mount-port", opt.mount_port,
                   "MOUNT v3 port (default: portmap GETPORT on port 111)");
     n->add_option("--export", opt.export_path, "export path to MOUNT (default /)");

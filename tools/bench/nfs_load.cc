@@ -14,6 +14,7 @@
 #include "tls/client/blocking_client.h"
 #include "tools/bench/bench_util.h"
 #include "tools/bench/load_client.h"
+#include "tools/bench/nfs4_protocol.h"
 
 namespace rpcgate::bench {
 namespace {
@@ -24,6 +25,8 @@ constexpr uint32_t k_fill_chunk = 1024 * 1024;
 constexpr uint64_t k_default_file_size = 16 * 1024 * 1024;
 constexpr uint32_t k_create_mode = 0644;
 constexpr uint16_t k_portmap_port = 111;
+// NFSv4.1 sessions: room for the COMPOUND around READ's or WRITE's data.
+constexpr uint32_t k_v4_headroom = 8192;
 
 // What the set-up found, shared read-only by the connection threads (the
 // cursors and the call budget are atomic).
@@ -32,6 +35,8 @@ struct shared_run {
     const tls::context* ctx = nullptr;
     rpc::opaque_auth cred;
     nfs3::file_handle root, fh;
+    nfs4::file_handle dir4, fh4;  // --nfs-version 4.1
+    std::string owner;            // NFSv4.1 client owners: this + the connection
     uint64_t file_size = 0;
     uint64_t slots = 1;  // size-aligned offsets in the file
     unsigned mix_total = 0;
@@ -96,24 +101,6 @@ struct pending {
     uint64_t sent_ns = 0;
 };
 
-// One blocking exchange during set-up: the results of a SUCCESS reply, or ""
-// and `why`.
-bool exchange(client::blocking_client& c, core::slice_chain&& call, uint32_t timeout_ms,
-              core::slice_chain* results, std::string* why) {
-    core::slice_chain rec = c.call(std::move(call), milliseconds(timeout_ms));
-    if (rec.empty()) {
-        *why = c.error().empty() ? "no reply" : c.error();
-        return false;
-    }
-    nfs3::rpc_reply r = nfs3::open_reply(rec);
-    if (!r.ok) {
-        *why = r.why;
-        return false;
-    }
-    *results = std::move(r.results);
-    return true;
-}
-
 client::blocking_client open_conn(const nfs_options& opt, const tls::context* ctx, uint16_t port,
                                   uint32_t prog, uint32_t vers,
                                   std::optional<client::tls_mode> mode = std::nullopt) {
@@ -143,7 +130,7 @@ bool mount_port(const nfs_options& opt, uint16_t* port, std::string* err) {
     m.vers = nfs3::mount_vers;
     core::slice_chain res;
     std::string why;
-    if (!exchange(c, rpc::build_getport_call(1, m), opt.timeout_ms, &res, &why)) {
+    if (!nfs3::exchange(c, rpc::build_getport_call(1, m), opt.timeout_ms, &res, &why)) {
         *err = "portmap GETPORT of MOUNT v3: " + why;
         return false;
     }
@@ -163,6 +150,38 @@ bool status_ok(uint32_t st, const char* what, std::string* err) {
     return false;
 }
 
+// The part of the file that offsets cover.
+void size_file(shared_run& s, uint64_t size) {
+    const nfs_options& opt = s.opt;
+    s.file_size = opt.file_size ? opt.file_size : size >= opt.size ? size : k_default_file_size;
+    s.slots = std::max<uint64_t>(1, s.file_size / opt.size);
+}
+
+// --fill: the pattern over the file in chunks, then a COMMIT. `write(offset,
+// data, &written)` and `commit()` make one call each and return its status
+// (nfs3::malformed with `err` set when the call itself failed).
+template <typename Write, typename Commit>
+bool fill(const shared_run& s, Write&& write, Commit&& commit, std::string* err) {
+    std::vector<uint8_t> chunk(std::min<uint64_t>(k_fill_chunk, s.file_size));
+    for (uint64_t off = 0; off < s.file_size; off += chunk.size()) {
+        const size_t n = size_t(std::min<uint64_t>(chunk.size(), s.file_size - off));
+        nfs3::fill_pattern(off, {chunk.data(), n});
+        core::slice_chain data;
+        data.push_back(core::slice::unowned(chunk.data(), n));
+        uint32_t written = 0;
+        const uint32_t st = write(off, std::move(data), &written);
+        if (st != nfs3::nfs3_ok && !err->empty()) return false;
+        if (!status_ok(st, "WRITE (--fill)", err)) return false;
+        if (written != n) {
+            *err = fmt::format("WRITE (--fill): {} of {} bytes written", written, n);
+            return false;
+        }
+    }
+    const uint32_t st = commit();
+    if (st != nfs3::nfs3_ok && !err->empty()) return false;
+    return status_ok(st, "COMMIT (--fill)", err);
+}
+
 // MNT, LOOKUP/CREATE, the file's size, and --fill.
 bool set_up(shared_run& s, std::string* err) {
     const nfs_options& opt = s.opt;
@@ -177,7 +196,8 @@ bool set_up(shared_run& s, std::string* err) {
             *err = conn_error(m, "MOUNT connection");
             return false;
         }
-        if (!exchange(m, nfs3::build_mnt(1, s.cred, opt.export_path), opt.timeout_ms, &res, &why)) {
+        if (!nfs3::exchange(m, nfs3::build_mnt(1, s.cred, opt.export_path), opt.timeout_ms, &res,
+                            &why)) {
             *err = "MNT: " + why;
             return false;
         }
@@ -192,7 +212,7 @@ bool set_up(shared_run& s, std::string* err) {
     }
     uint32_t xid = 1;
     auto call = [&](core::slice_chain&& rec, const char* what) {
-        if (exchange(c, std::move(rec), opt.timeout_ms, &res, &why)) return true;
+        if (nfs3::exchange(c, std::move(rec), opt.timeout_ms, &res, &why)) return true;
         *err = fmt::format("{}: {}", what, why);
         return false;
     };
@@ -213,35 +233,75 @@ bool set_up(shared_run& s, std::string* err) {
     if (!status_ok(st, "LOOKUP", err)) return false;
     if (!call(nfs3::build_getattr(xid++, s.cred, s.fh), "GETATTR")) return false;
     if (!status_ok(nfs3::decode_getattr(res, &size), "GETATTR", err)) return false;
-    s.file_size = opt.file_size ? opt.file_size : size >= opt.size ? size : k_default_file_size;
-    s.slots = std::max<uint64_t>(1, s.file_size / opt.size);
+    size_file(s, size);
     if (!opt.fill) return true;
-    std::vector<uint8_t> chunk(std::min<uint64_t>(k_fill_chunk, s.file_size));
-    for (uint64_t off = 0; off < s.file_size; off += chunk.size()) {
-        const size_t n = size_t(std::min<uint64_t>(chunk.size(), s.file_size - off));
-        nfs3::fill_pattern(off, {chunk.data(), n});
-        core::slice_chain data;
-        data.push_back(core::slice::unowned(chunk.data(), n));
-        if (!call(nfs3::build_write(xid++, s.cred, s.fh, off, nfs3::stable_how::unstable,
-                                    std::move(data)),
-                  "WRITE (--fill)"))
-            return false;
-        uint32_t written = 0;
-        if (!status_ok(nfs3::decode_write(res, &written), "WRITE (--fill)", err)) return false;
-        if (written != n) {
-            *err = fmt::format("WRITE (--fill): {} of {} bytes written", written, n);
-            return false;
-        }
-    }
-    if (!call(nfs3::build_commit(xid++, s.cred, s.fh), "COMMIT (--fill)")) return false;
-    return status_ok(nfs3::decode_commit(res), "COMMIT (--fill)", err);
+    return fill(
+        s,
+        [&](uint64_t off, core::slice_chain&& data, uint32_t* written) {
+            return call(nfs3::build_write(xid++, s.cred, s.fh, off, nfs3::stable_how::unstable,
+                                          std::move(data)),
+                        "WRITE (--fill)")
+                       ? nfs3::decode_write(res, written)
+                       : nfs3::malformed;
+        },
+        [&] {
+            return call(nfs3::build_commit(xid++, s.cred, s.fh), "COMMIT (--fill)")
+                       ? nfs3::decode_commit(res)
+                       : nfs3::malformed;
+        },
+        err);
 }
 
-core::slice_chain build(shared_run& s, pending& p, uint32_t xid) {
+// NFSv4.1: a session for the set-up, the handles by LOOKUP, and --fill.
+bool set_up4(shared_run& s, std::string* err) {
+    const nfs_options& opt = s.opt;
+    client::blocking_client c = open_conn(opt, s.ctx, opt.port, rpc::nfs_prog, nfs4::nfs_vers);
+    if (!c.ok()) {
+        *err = conn_error(c, "NFS connection");
+        return false;
+    }
+    nfs4::session sess;
+    if (!nfs4::open_session(c, s.cred, s.owner + "-setup", 1, k_fill_chunk + k_v4_headroom,
+                            opt.timeout_ms, &sess, err))
+        return false;
+    uint64_t size = 0;
+    bool ok = nfs4::look_up(c, s.cred, sess, opt.export_path, opt.file, &s.dir4, &s.fh4, &size,
+                            opt.timeout_ms, err) == nfs4::nfs4_ok;
+    if (ok) size_file(s, size);
+    core::slice_chain res;
+    std::string why;
+    auto call = [&](core::slice_chain&& rec) {
+        if (nfs3::exchange(c, std::move(rec), opt.timeout_ms, &res, &why)) return true;
+        *err = why;
+        return false;
+    };
+    uint32_t xid = 100;
+    if (ok && opt.fill)
+        ok = fill(
+            s,
+            [&](uint64_t off, core::slice_chain&& data, uint32_t* written) {
+                return call(nfs4::build_write(xid++, s.cred, sess, 0, s.fh4, off,
+                                              nfs3::stable_how::unstable, std::move(data)))
+                           ? nfs4::decode_write(res, written)
+                           : nfs3::malformed;
+            },
+            [&] {
+                return call(nfs4::build_commit(xid++, s.cred, sess, 0, s.fh4))
+                           ? nfs4::decode_commit(res)
+                           : nfs3::malformed;
+            },
+            err);
+    nfs4::close_session(c, s.cred, sess, opt.timeout_ms);
+    return ok;
+}
+
+// The call for `p`: NFSv3, or with `v4` a COMPOUND on session slot `slot`.
+core::slice_chain build(shared_run& s, nfs4::session* v4, uint32_t slot, pending& p, uint32_t xid) {
     const nfs_options& opt = s.opt;
     switch (p.op) {
         case nfs_op::read:
-            return nfs3::build_read(xid, s.cred, s.fh, p.offset, opt.size);
+            return v4 ? nfs4::build_read(xid, s.cred, *v4, slot, s.fh4, p.offset, opt.size)
+                      : nfs3::build_read(xid, s.cred, s.fh, p.offset, opt.size);
         case nfs_op::write: {
             core::slice_chain data;
             if (opt.verify) {
@@ -251,29 +311,52 @@ core::slice_chain build(shared_run& s, pending& p, uint32_t xid) {
             } else {
                 data.push_back(core::slice::unowned(s.write_block.data(), opt.size));
             }
-            return nfs3::build_write(xid, s.cred, s.fh, p.offset, opt.stable, std::move(data));
+            return v4 ? nfs4::build_write(xid, s.cred, *v4, slot, s.fh4, p.offset, opt.stable,
+                                          std::move(data))
+                      : nfs3::build_write(xid, s.cred, s.fh, p.offset, opt.stable, std::move(data));
         }
         case nfs_op::getattr:
-            return nfs3::build_getattr(xid, s.cred, s.fh);
+            return v4 ? nfs4::build_getattr(xid, s.cred, *v4, slot, s.fh4)
+                      : nfs3::build_getattr(xid, s.cred, s.fh);
         case nfs_op::lookup:
-            return nfs3::build_lookup(xid, s.cred, s.root, opt.file);
+            return v4 ? nfs4::build_lookup(xid, s.cred, *v4, slot, s.dir4, opt.file)
+                      : nfs3::build_lookup(xid, s.cred, s.root, opt.file);
         case nfs_op::null:
-            return nfs3::build_null(xid, s.cred);
+            return v4 ? nfs4::build_null(xid, s.cred) : nfs3::build_null(xid, s.cred);
     }
     return {};
+}
+
+// A reply's status (both versions' OK is 0); READ's bytes and WRITE's count.
+uint32_t decode_op(bool v4, nfs_op op, const core::slice_chain& res, uint32_t* count,
+                   core::slice_chain* data) {
+    bool eof = false;
+    uint64_t size = 0;
+    nfs3::file_handle fh;
+    switch (op) {
+        case nfs_op::read:
+            return v4 ? nfs4::decode_read(res, count, &eof, data)
+                      : nfs3::decode_read(res, count, &eof, data);
+        case nfs_op::write:
+            return v4 ? nfs4::decode_write(res, count) : nfs3::decode_write(res, count);
+        case nfs_op::getattr:
+            return v4 ? nfs4::decode_getattr(res, &size) : nfs3::decode_getattr(res, &size);
+        case nfs_op::lookup:
+            return v4 ? nfs4::decode_lookup(res) : nfs3::decode_lookup(res, &fh, &size);
+        case nfs_op::null:
+            break;
+    }
+    return res.empty() ? nfs3::nfs3_ok : nfs3::malformed;
 }
 
 // Checks one reply's results; true if the call succeeded.
 bool check_reply(shared_run& s, const pending& p, const core::slice_chain& res, conn_result& cr) {
     const nfs_options& opt = s.opt;
-    uint32_t st = nfs3::nfs3_ok;
-    switch (p.op) {
+    uint32_t count = 0;
+    core::slice_chain data;
+    const uint32_t st = decode_op(opt.v4, p.op, res, &count, &data);
+    switch (st == nfs3::nfs3_ok ? p.op : nfs_op::null) {
         case nfs_op::read: {
-            uint32_t count = 0;
-            bool eof = false;
-            core::slice_chain data;
-            st = nfs3::decode_read(res, &count, &eof, &data);
-            if (st != nfs3::nfs3_ok) break;
             cr.bytes_read += count;
             if (!opt.verify) break;
             const uint64_t want =
@@ -289,30 +372,15 @@ bool check_reply(shared_run& s, const pending& p, const core::slice_chain& res, 
             }
             return true;
         }
-        case nfs_op::write: {
-            uint32_t count = 0;
-            st = nfs3::decode_write(res, &count);
-            if (st == nfs3::nfs3_ok && count != opt.size) {
+        case nfs_op::write:
+            if (count != opt.size) {
                 cr.error(&cr.bad_replies, fmt::format("WRITE at {}: {} of {} bytes written",
                                                       p.offset, count, opt.size));
                 return false;
             }
-            if (st == nfs3::nfs3_ok) cr.bytes_written += count;
+            cr.bytes_written += count;
             break;
-        }
-        case nfs_op::getattr: {
-            uint64_t size = 0;
-            st = nfs3::decode_getattr(res, &size);
-            break;
-        }
-        case nfs_op::lookup: {
-            nfs3::file_handle fh;
-            uint64_t size = 0;
-            st = nfs3::decode_lookup(res, &fh, &size);
-            break;
-        }
-        case nfs_op::null:
-            st = res.empty() ? nfs3::nfs3_ok : nfs3::malformed;
+        default:
             break;
     }
     if (st == nfs3::malformed) {
@@ -326,11 +394,35 @@ bool check_reply(shared_run& s, const pending& p, const core::slice_chain& res, 
     return true;
 }
 
+// NFSv4.1, after the run: a COMMIT of this connection's writes (not timed)
+// and the session's end.
+void end_session(shared_run& s, client::blocking_client& c, nfs4::session& sess, bool wrote,
+                 conn_result& cr) {
+    core::slice_chain res;
+    std::string why;
+    if (wrote && s.opt.stable != nfs3::stable_how::file_sync) {
+        if (!nfs3::exchange(c, nfs4::build_commit(1, s.cred, sess, 0, s.fh4), s.opt.timeout_ms,
+                            &res, &why))
+            cr.error(&cr.nfs_errors, "COMMIT: " + why);
+        else if (uint32_t st = nfs4::decode_commit(res); st != nfs4::nfs4_ok)
+            cr.error(&cr.nfs_errors, fmt::format("COMMIT: status {}", st));
+    }
+    nfs4::close_session(c, s.cred, sess, s.opt.timeout_ms);
+}
+
 void run_conn(shared_run& s, unsigned index, conn_result& cr) {
     const nfs_options& opt = s.opt;
-    client::blocking_client c = open_conn(opt, s.ctx, opt.port, rpc::nfs_prog, nfs3::nfs_vers);
+    client::blocking_client c =
+        open_conn(opt, s.ctx, opt.port, rpc::nfs_prog, opt.v4 ? nfs4::nfs_vers : nfs3::nfs_vers);
     if (!c.ok()) {
         cr.error(&cr.connect_errors, conn_error(c, "NFS connection"));
+        return;
+    }
+    nfs4::session sess;
+    std::string why;
+    if (opt.v4 && !nfs4::open_session(c, s.cred, fmt::format("{}-{}", s.owner, index), opt.depth,
+                                      opt.size + k_v4_headroom, opt.timeout_ms, &sess, &why)) {
+        cr.error(&cr.connect_errors, why);
         return;
     }
     if (c.tls()) {
@@ -357,7 +449,9 @@ void run_conn(shared_run& s, unsigned index, conn_result& cr) {
             p.sent_ns = now;
             cr.first_send_ns = std::min(cr.first_send_ns, now);
             ++in_flight;
-            if (!c.send(build(s, p, p.xid), milliseconds(opt.timeout_ms))) {
+            const uint32_t slot = uint32_t(&p - slots.data());
+            if (!c.send(build(s, opt.v4 ? &sess : nullptr, slot, p, p.xid),
+                        milliseconds(opt.timeout_ms))) {
                 cr.error(&cr.lost_calls, "send: " + c.error(), in_flight);
                 return;
             }
@@ -393,19 +487,22 @@ void run_conn(shared_run& s, unsigned index, conn_result& cr) {
         }
         cr.calls.fetch_add(1, std::memory_order_relaxed);
     }
+    if (opt.v4) end_session(s, c, sess, cr.op_calls[unsigned(nfs_op::write)] > 0, cr);
     c.close();
 }
 
 // Writes not yet stable are committed after the run (not timed).
 void commit_after(shared_run& s, nfs_report& r) {
-    if (s.opt.stable == nfs3::stable_how::file_sync || r.op_calls[unsigned(nfs_op::write)] == 0)
+    if (s.opt.v4 || s.opt.stable == nfs3::stable_how::file_sync ||
+        r.op_calls[unsigned(nfs_op::write)] == 0)
         return;
     client::blocking_client c = open_conn(s.opt, s.ctx, s.opt.port, rpc::nfs_prog, nfs3::nfs_vers);
     core::slice_chain res;
     std::string why;
     if (!c.ok()) {
         why = conn_error(c, "COMMIT connection");
-    } else if (exchange(c, nfs3::build_commit(1, s.cred, s.fh), s.opt.timeout_ms, &res, &why)) {
+    } else if (nfs3::exchange(c, nfs3::build_commit(1, s.cred, s.fh), s.opt.timeout_ms, &res,
+                              &why)) {
         uint32_t st = nfs3::decode_commit(res);
         if (st == nfs3::nfs3_ok) return;
         why = fmt::format("COMMIT: status {}", st);
@@ -414,66 +511,13 @@ void commit_after(shared_run& s, nfs_report& r) {
     if (r.first_error.empty()) r.first_error = why;
 }
 
-// An error line inside a JSON string: quotes, backslashes and control
-// characters become '?' (it is a message for people, not data).
-std::string json_text(std::string s) {
-    for (char& ch : s)
-        if (ch == '"' || ch == '\\' || (unsigned char)ch < 0x20) ch = '?';
-    return s;
-}
-
 }  // namespace
-
-const char* to_string(nfs_op op) noexcept {
-    static constexpr const char* names[nfs_op_count] = {"read", "write", "getattr", "lookup",
-                                                        "null"};
-    return names[unsigned(op)];
-}
-
-bool parse_nfs_mix(const std::string& text, unsigned (&mix)[nfs_op_count], std::string* err) {
-    unsigned out[nfs_op_count] = {};
-    unsigned total = 0;
-    size_t pos = 0;
-    while (pos <= text.size()) {
-        size_t comma = text.find(',', pos);
-        if (comma == std::string::npos) comma = text.size();
-        const std::string item = text.substr(pos, comma - pos);
-        const size_t eq = item.find('=');
-        const std::string name = item.substr(0, eq);
-        unsigned i = 0;
-        while (i < nfs_op_count && name != to_string(nfs_op(i))) ++i;
-        unsigned long w = 0;
-        char* end = nullptr;
-        if (eq != std::string::npos) w = std::strtoul(item.c_str() + eq + 1, &end, 10);
-        if (i == nfs_op_count || eq == std::string::npos || eq + 1 == item.size() || *end ||
-            w > 1000000) {
-            *err = "--mix: '" + item + "' is not KIND=WEIGHT (read, write, getattr, lookup, null)";
-            return false;
-        }
-        out[i] += unsigned(w);
-        total += unsigned(w);
-        pos = comma + 1;
-    }
-    if (total == 0) {
-        *err = "--mix: the weights add up to 0";
-        return false;
-    }
-    std::copy(std::begin(out), std::end(out), std::begin(mix));
-    return true;
-}
-
-std::string format_nfs_mix(const unsigned (&mix)[nfs_op_count]) {
-    std::string out;
-    for (unsigned i = 0; i < nfs_op_count; ++i)
-        if (mix[i])
-            out += fmt::format("{}{}={}", out.empty() ? "" : ",", to_string(nfs_op(i)), mix[i]);
-    return out;
-}
 
 nfs_report run_nfs(const nfs_options& opt, std::string* err, const std::atomic<bool>* stop) {
     nfs_report r;
     err->clear();
     r.target = fmt::format("{}:{}", opt.host, opt.port);
+    r.v4 = opt.v4;
     r.mix = format_nfs_mix(opt.mix);
     r.connections = opt.connections;
     r.depth = opt.depth;
@@ -499,7 +543,8 @@ nfs_report run_nfs(const nfs_options& opt, std::string* err, const std::atomic<b
     s.cred = nfs3::make_cred(opt.uid, opt.gid, "rpcgate-bench");
     s.stop = stop;
     for (unsigned w : opt.mix) s.mix_total += w;
-    if (!set_up(s, err)) return r;
+    s.owner = fmt::format("rpcgate-bench-{}-{}", ::getpid(), now_ns());
+    if (!(opt.v4 ? set_up4(s, err) : set_up(s, err))) return r;
     r.file_size = s.file_size;
     if (opt.mix[unsigned(nfs_op::write)] && !opt.verify) {
         s.write_block.resize(opt.size);
@@ -587,60 +632,6 @@ nfs_report run_nfs(const nfs_options& opt, std::string* err, const std::atomic<b
     r.errors = r.connect_errors + r.lost_calls + r.rpc_errors + r.nfs_errors + r.bad_replies +
                r.mismatched_reads;
     return r;
-}
-
-std::string format_human(const nfs_report& r) {
-    std::string out = fmt::format(
-        "rpcgate-bench nfs: NFSv3 {} mix={} size={} B pattern={} file_size={} connections={} "
-        "depth={}{}\n",
-        r.target, r.mix, r.size, r.random ? "rand" : "seq", r.file_size, r.connections, r.depth,
-        r.verify ? " verify" : "");
-    out += fmt::format("  calls      {} in {:.3f} s: {:.0f} ops/s\n", r.calls, r.elapsed_s,
-                       r.ops_per_sec());
-    out += fmt::format("  data       {:.2f} MB/s (read {} B, written {} B; MB = 10^6 bytes)\n",
-                       r.bytes_per_sec() / 1e6, r.bytes_read, r.bytes_written);
-    out += "  latency    " + latency_human(r.latency) + "\n";
-    for (unsigned k = 0; k < nfs_op_count; ++k)
-        if (r.op_calls[k])
-            out += fmt::format("  {:<10} {} calls: {}\n", to_string(nfs_op(k)), r.op_calls[k],
-                               latency_human(r.op_latency[k]));
-    if (r.tls != client::tls_mode::off)
-        out += fmt::format("  tls        {} {} {}\n", client::to_string(r.tls), r.tls_version,
-                           r.tls_cipher);
-    if (r.verify)
-        out += fmt::format("  verify     {} READ(s) differ from the pattern ({} bytes)\n",
-                           r.mismatched_reads, r.mismatched_bytes);
-    out += fmt::format(
-        "  errors     {} (connect {}, lost {}, rpc {}, nfs {}, bad replies {}, mismatches {})",
-        r.errors, r.connect_errors, r.lost_calls, r.rpc_errors, r.nfs_errors, r.bad_replies,
-        r.mismatched_reads);
-    if (!r.first_error.empty()) out += "\n  first error: " + r.first_error;
-    return out;
-}
-
-std::string format_json(const nfs_report& r) {
-    std::string ops;
-    for (unsigned k = 0; k < nfs_op_count; ++k) {
-        if (!r.op_calls[k]) continue;
-        ops += fmt::format("{}\"{}\":{{\"calls\":{},{},\"histogram\":{}}}", ops.empty() ? "" : ",",
-                           to_string(nfs_op(k)), r.op_calls[k],
-                           latency_json_fields(r.op_latency[k]), histogram_json(r.op_latency[k]));
-    }
-    return fmt::format(
-        "{{\"workload\":\"nfs3\",\"target\":\"{}\",\"mix\":\"{}\",\"connections\":{},"
-        "\"depth\":{},\"size\":{},\"pattern\":\"{}\",\"file_size\":{},\"verify\":{},"
-        "\"tls\":\"{}\",\"tls_version\":\"{}\",\"tls_cipher\":\"{}\",\"calls\":{},"
-        "\"elapsed_s\":{:.6f},\"ops_per_sec\":{:.1f},\"bytes_per_sec\":{:.1f},"
-        "\"mb_per_sec\":{:.3f},\"bytes_read\":{},\"bytes_written\":{},{},"
-        "\"errors\":{},\"connect_errors\":{},\"lost_calls\":{},\"rpc_errors\":{},"
-        "\"nfs_errors\":{},\"bad_replies\":{},\"mismatched_reads\":{},\"mismatched_bytes\":{},"
-        "\"first_error\":\"{}\",\"ops\":{{{}}},\"histogram\":{}}}",
-        r.target, r.mix, r.connections, r.depth, r.size, r.random ? "rand" : "seq", r.file_size,
-        r.verify ? "true" : "false", client::to_string(r.tls), r.tls_version, r.tls_cipher, r.calls,
-        r.elapsed_s, r.ops_per_sec(), r.bytes_per_sec(), r.bytes_per_sec() / 1e6, r.bytes_read,
-        r.bytes_written, latency_json_fields(r.latency), r.errors, r.connect_errors, r.lost_calls,
-        r.rpc_errors, r.nfs_errors, r.bad_replies, r.mismatched_reads, r.mismatched_bytes,
-        json_text(r.first_error), ops, histogram_json(r.latency));
 }
 
 }  // namespace rpcgate::bench

@@ -1,5 +1,10 @@
-// nfs_load: the `rpcgate-bench nfs` load generator — NFSv3 over TCP (ONC RPC
-// record marking, AUTH_SYS) against any NFS server or gateway.
+// nfs_load: the `rpcgate-bench nfs` load generator — NFSv3 (or NFSv4.1) over
+// TCP (ONC RPC record marking, AUTH_SYS) against any NFS server or gateway.
+//
+// NFSv4.1 (`v4`): no MOUNT; the set-up and each connection have their own
+// client ID and session, and the handles come from PUTROOTFH and LOOKUPs; the
+// file must exist (see nfs4_protocol.h). Everything else is as for NFSv3,
+// which the rest of this comment describes.
 //
 // Set-up, not timed: MOUNT v3 MNT of the export (to `mount_port`, or to the
 // port portmap's GETPORT on port 111 gives for MOUNT v3 over TCP) gives the
@@ -59,7 +64,8 @@ const char* to_string(nfs_op op) noexcept;
 struct nfs_options {
     std::string host = "127.0.0.1";
     uint16_t port = 2049;
-    uint16_t mount_port = 0;  // 0: ask portmap on port 111
+    bool v4 = false;          // NFSv4.1 (nfs4_protocol.h) instead of NFSv3
+    uint16_t mount_port = 0;  // 0: ask portmap on port 111 (NFSv3 only)
     std::string export_path = "/";
     std::string file = "rpcgate-bench.dat";
     unsigned connections = 1;
@@ -96,6 +102,7 @@ std::string format_nfs_mix(const unsigned (&mix)[nfs_op_count]);
 struct nfs_report {
     // What was asked.
     std::string target, mix;
+    bool v4 = false;
     unsigned connections = 0, depth = 0;
     uint32_t size = 0;
     uint64_t file_size = 0;

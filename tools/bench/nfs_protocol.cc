@@ -1,6 +1,7 @@
 #include "tools/bench/nfs_protocol.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "rpc/portmap.h"
@@ -184,6 +185,22 @@ rpc_reply open_reply(const core::slice_chain& record) {
             break;
     }
     return out;
+}
+
+bool exchange(client::blocking_client& c, core::slice_chain&& call, uint32_t timeout_ms,
+              core::slice_chain* results, std::string* why) {
+    core::slice_chain rec = c.call(std::move(call), std::chrono::milliseconds(timeout_ms));
+    if (rec.empty()) {
+        *why = c.error().empty() ? "no reply" : c.error();
+        return false;
+    }
+    rpc_reply r = open_reply(rec);
+    if (!r.ok) {
+        *why = r.why;
+        return false;
+    }
+    *results = std::move(r.results);
+    return true;
 }
 
 uint32_t decode_mnt(const core::slice_chain& results, file_handle* fh) {

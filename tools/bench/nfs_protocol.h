@@ -13,16 +13,18 @@
 // easy to make elsewhere (the tests write such a file with Python, then copy it
 // in with libnfs).
 //
-// Pure functions; any thread.
+// Pure functions (but exchange(), which blocks on a connection); any thread.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "core/buffer.h"
 #include "rpc/message.h"
+#include "tls/client/blocking_client.h"
 
 namespace rpcgate::bench::nfs3 {
 
@@ -86,6 +88,10 @@ struct rpc_reply {
     const char* why = "";
 };
 rpc_reply open_reply(const core::slice_chain& record);
+// One blocking call (set-up steps): true and the results of a SUCCESS reply,
+// else false and why (no reply, or the RPC layer's refusal).
+bool exchange(client::blocking_client& c, core::slice_chain&& call, uint32_t timeout_ms,
+              core::slice_chain* results, std::string* why);
 
 // Procedure results. Each returns the status (nfs3_ok, an nfsstat3 or
 // mountstat3, or `malformed`) and fills its outputs only on nfs3_ok.

@@ -8,6 +8,7 @@
 
 #include "rpc/message.h"
 #include "rpc/xdr_codec.h"
+#include "tools/bench/nfs4_protocol.h"
 #include "tools/bench/nfs_load.h"
 #include "tools/bench/nfs_protocol.h"
 
@@ -137,6 +138,76 @@ TEST(nfs_decode, mount_gives_the_root_handle) {
     ASSERT_EQ(nfs3::decode_mnt(r.results, &got), nfs3::nfs3_ok);
     ASSERT_EQ(got.len, sizeof fh);
     EXPECT_EQ(0, std::memcmp(got.data, fh, sizeof fh));
+}
+
+// COMPOUND results: status, empty tag, SEQUENCE and PUTFH succeeded, then
+// what `last` writes (the op number and status included).
+template <typename F>
+core::slice_chain compound_results(uint32_t ops, F&& last) {
+    return unframe(reply(5, [&](rpc::xdr_writer& w) {
+        w.u32(0);
+        w.string("");
+        w.u32(ops);
+        w.u32(53);  // SEQUENCE
+        w.u32(0);
+        for (int i = 0; i < 9; ++i) w.u32(0);  // session ID and five words
+        w.u32(22);                             // PUTFH
+        w.u32(0);
+        last(w);
+    }));
+}
+
+TEST(nfs4_decode, read_after_sequence_and_putfh) {
+    std::vector<uint8_t> data(100);
+    nfs3::fill_pattern(8192, data);
+    auto rec = compound_results(3, [&](rpc::xdr_writer& w) {
+        w.u32(25);  // READ
+        w.u32(0);
+        w.boolean(false);
+        w.opaque(data);
+    });
+    nfs3::rpc_reply r = nfs3::open_reply(rec);
+    ASSERT_TRUE(r.ok);
+    uint32_t count = 0;
+    bool eof = true;
+    core::slice_chain got;
+    ASSERT_EQ(nfs4::decode_read(r.results, &count, &eof, &got), nfs4::nfs4_ok);
+    EXPECT_EQ(count, 100u);
+    EXPECT_FALSE(eof);
+    EXPECT_EQ(nfs3::count_mismatches(8192, got), 0u);
+}
+
+TEST(nfs4_decode, failing_op_and_wrong_op_number) {
+    auto stale = compound_results(3, [](rpc::xdr_writer& w) {
+        w.u32(38);  // WRITE
+        w.u32(70);  // NFS4ERR_STALE
+    });
+    nfs3::rpc_reply r = nfs3::open_reply(stale);
+    ASSERT_TRUE(r.ok);
+    uint32_t count = 0;
+    EXPECT_EQ(nfs4::decode_write(r.results, &count), 70u);
+    // A GETATTR reply where a WRITE was expected is malformed, not success.
+    auto other = compound_results(3, [](rpc::xdr_writer& w) {
+        w.u32(9);
+        w.u32(0);
+    });
+    r = nfs3::open_reply(other);
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(nfs4::decode_write(r.results, &count), nfs3::malformed);
+    // GETATTR of the size: bitmap {1 << 4}, 8 bytes of attributes.
+    auto attr = compound_results(3, [](rpc::xdr_writer& w) {
+        w.u32(9);
+        w.u32(0);
+        w.u32(1);
+        w.u32(1u << 4);
+        w.u32(8);
+        w.u64(123456789);
+    });
+    r = nfs3::open_reply(attr);
+    ASSERT_TRUE(r.ok);
+    uint64_t size = 0;
+    ASSERT_EQ(nfs4::decode_getattr(r.results, &size), nfs4::nfs4_ok);
+    EXPECT_EQ(size, 123456789u);
 }
 
 }  // namespace
