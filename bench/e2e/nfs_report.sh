@@ -12,6 +12,7 @@
 #   read   64 KiB READs at sequential offsets, 4 connections x 4 in flight
 #   write  64 KiB WRITEs (UNSTABLE; committed after the run) at random offsets, 4 x 4
 #   meta   GETATTR and LOOKUP half and half, 8 connections x 8 in flight
+#   read41 as read, in NFSv4.1 (a session per connection, COMPOUNDs)
 # The test file (FILE_MIB) is filled with the verify pattern once, first; every
 # run has --verify (READs are checked, WRITEs keep the pattern), so a path that
 # corrupts data shows up as errors in the table. MOUNT goes through the path
@@ -22,11 +23,11 @@
 # --quick: 1 s per point and a 16 MiB file (a smoke run).
 # Environment: DURATION (seconds per point, default 5), SHARDS (rpcgate
 # threads, default 2), CIPHER (default TLS_AES_128_GCM_SHA256), WORKLOADS
-# ("read write meta"), SETUPS (default: all six), FILE_MIB (default 256).
+# ("read write meta read41"), SETUPS (default: all six), FILE_MIB (default 256).
 # Writes OUT_DIR/results.json, OUT_DIR/summary.md and
 # OUT_DIR/latency_cdf_<workload>.png (gnuplot), the raw runs in
-# OUT_DIR/raw/runs.jsonl; prints the table. Needs root for ganesha's tmpfs
-# export only as tests/peers/ganesha.sh does (else a plain directory).
+# OUT_DIR/raw/runs.jsonl; prints the table. ganesha is tests/peers/ganesha.sh's
+# (exit 77 when it cannot run here, as there).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -41,7 +42,7 @@ duration=${DURATION:-$([ "$quick" = 1 ] && echo 1 || echo 5)}
 file_mib=${FILE_MIB:-$([ "$quick" = 1 ] && echo 16 || echo 256)}
 shards=${SHARDS:-2}
 cipher=${CIPHER:-TLS_AES_128_GCM_SHA256}
-workloads=${WORKLOADS:-"read write meta"}
+workloads=${WORKLOADS:-"read write meta read41"}
 setups=${SETUPS:-"direct rpcgate rpcgate-tls rpcgate-chain stunnel socat"}
 . "$root/tests/peers/peer_lib.sh"
 
@@ -55,7 +56,7 @@ e2e_certs >/dev/null 2>&1
 state=$work/ganesha
 rc=0
 env=$("$root/tests/peers/ganesha.sh" start "$state") || rc=$?
-[ "$rc" -eq 0 ] || { echo "$(basename "$0"): nfs-ganesha cannot run here" >&2; exit 1; }
+[ "$rc" -eq 0 ] || { echo "$(basename "$0"): nfs-ganesha did not start" >&2; exit "$rc"; }
 eval "$env"
 stop_ganesha() { "$root/tests/peers/ganesha.sh" stop "$state" || true; e2e_cleanup; }
 trap stop_ganesha EXIT
@@ -109,7 +110,9 @@ workload_args() {
         write) args=(--mix write=100 --pattern rand --size 65536 --connections 4 --depth 4) ;;
         # shellcheck disable=SC2054  # the comma is --mix's
         meta) args=(--mix getattr=50,lookup=50 --connections 8 --depth 8) ;;
-        *) echo "unknown workload $1 (read, write, meta)" >&2; exit 2 ;;
+        read41) args=(--nfs-version 4.1 --mix read=100 --pattern seq --size 65536
+                      --connections 4 --depth 4) ;;
+        *) echo "unknown workload $1 (read, write, meta, read41)" >&2; exit 2 ;;
     esac
 }
 
@@ -141,6 +144,7 @@ report.WORKLOAD_TITLE.update({
     "read": "read: 64 KiB READs, sequential, 4 connections x 4 in flight",
     "write": "write: 64 KiB WRITEs, random offsets, 4 connections x 4 in flight",
     "meta": "meta: GETATTR + LOOKUP, 8 connections x 8 in flight",
+    "read41": "read41: NFSv4.1 64 KiB READs, sequential, 4 connections x 4 in flight",
 })
 by = {(r["workload"], r["setup"]): r["result"] for r in runs}
 setups = [s for s in report.SETUPS if any(k[1] == s for k in by)]
