@@ -104,11 +104,11 @@ common=(--export "$EXPORT" --file "$file" --verify --json --quiet --timeout 10)
     --file-size $((file_mib << 20)) --fill --mix null=1 --calls 1 >/dev/null ||
     { echo "$(basename "$0"): could not fill the test file" >&2; exit 1; }
 
+# shellcheck disable=SC2054  # the commas are --mix's
 workload_args() {
     case $1 in
         read) args=(--mix read=100 --pattern seq --size 65536 --connections 4 --depth 4) ;;
         write) args=(--mix write=100 --pattern rand --size 65536 --connections 4 --depth 4) ;;
-        # shellcheck disable=SC2054  # the comma is --mix's
         meta) args=(--mix getattr=50,lookup=50 --connections 8 --depth 8) ;;
         read41) args=(--nfs-version 4.1 --mix read=100 --pattern seq --size 65536
                       --connections 4 --depth 4) ;;
