@@ -14,7 +14,7 @@
 //
 // The run: N connections, one thread each (the client library's blocking
 // connection, tls/client/blocking_client.h, so --tls starttls is the RFC 9289
-// probe of NFSv3 and TLS 1.3 exactly as `run` and `handshake` do it), each
+// probe of the NFS version in use and TLS 1.3, as `run` and `handshake` do it), each
 // keeping `depth` calls in flight, pipelined: a new call leaves as soon as a
 // reply came back. Each call is drawn from the mix (READ, WRITE, GETATTR,
 // LOOKUP, NULL by weight); READ and WRITE move `size` bytes at an offset in
