@@ -157,7 +157,7 @@ if shutil.which("gnuplot"):
 table = "\n".join(lines)
 print(table)
 with open(f"{out}/summary.md", "w") as f:
-    f.write(f"# NFSv3 through rpcgate: rpcgate-bench nfs against nfs-ganesha "
+    f.write(f"# NFS through rpcgate: rpcgate-bench nfs against nfs-ganesha "
             f"({duration} s per point, loopback, {file_mib} MiB file, {cipher})\n\n"
             "MB/s: file data read plus written. Every run verifies what it reads.\n\n"
             f"{table}\n")
