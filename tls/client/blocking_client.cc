@@ -267,8 +267,16 @@ bool blocking_client::send(core::slice_chain&& plain, std::chrono::milliseconds 
 
 core::slice_chain blocking_client::call(core::slice_chain&& record,
                                         std::chrono::milliseconds timeout) {
-    const auto deadline = clock::now() + timeout;
     if (!send(std::move(record), timeout)) return {};
+    return receive(timeout);
+}
+
+core::slice_chain blocking_client::receive(std::chrono::milliseconds timeout) {
+    const auto deadline = clock::now() + timeout;
+    if (!sess_) {
+        if (error_.empty()) error_ = "not connected";
+        return {};
+    }
     while (records_.empty()) {
         if (!sess_->ready()) {
             if (error_.empty()) error_ = sess_->error();

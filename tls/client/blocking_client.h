@@ -52,6 +52,10 @@ class blocking_client {
     // Sends `record` (a framed RPC message) and waits for the next complete
     // record from the server. Returns it, or an empty chain and error().
     core::slice_chain call(core::slice_chain&& record, std::chrono::milliseconds timeout);
+    // Waits for the next complete record from the server (calls pipelined
+    // with send(): replies come back in any order). Returns it, or an empty
+    // chain and error().
+    core::slice_chain receive(std::chrono::milliseconds timeout);
     // Sends plaintext (encrypted when TLS is up). False and error() on failure.
     bool send(core::slice_chain&& plain, std::chrono::milliseconds timeout);
     // Sends close_notify (if TLS) and closes the socket.

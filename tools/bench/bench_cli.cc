@@ -14,6 +14,7 @@
 #include "tools/bench/echo_server.h"
 #include "tools/bench/handshake_load.h"
 #include "tools/bench/load_client.h"
+#include "tools/bench/nfs_load.h"
 
 namespace rpcgate::bench {
 namespace {
@@ -197,6 +198,25 @@ int serve(const std::string& listen, unsigned shards, const tls_cli& tls_opt) {
     return 0;
 }
 
+// Runs `load(&err)` (SIGINT/SIGTERM end it early, with its report), prints
+// the report (or the reason it could not start) and returns the exit status.
+template <typename Load>
+int report_run(const char* name, bool json, Load&& load) {
+    std::string err;
+    decltype(load(&err)) r;
+    {
+        stop_on_signal sig;
+        r = load(&err);
+    }
+    if (!err.empty()) {
+        print_line(stderr, fmt::format("rpcgate-bench {}: {}", name, err));
+        return 1;
+    }
+    print_line(stdout, json ? format_json(r) : format_human(r));
+    if (r.calls == 0) print_line(stderr, fmt::format("rpcgate-bench {}: no call completed", name));
+    return r.exit_status();
+}
+
 int run(run_options& opt, const std::string& target, bool json, const tls_cli& t) {
     std::string err;
     if (opt.rate < 0) return bad_option("--rate must be positive");
@@ -209,18 +229,93 @@ int run(run_options& opt, const std::string& target, bool json, const tls_cli& t
         return bad_option("run needs --duration SECONDS or --calls COUNT");
     if (opt.size_max && opt.size_max < opt.size)
         return bad_option("--size-max must be at least --size");
-    run_report r;
-    {
-        stop_on_signal sig;
-        r = run_load(opt, &err, &g_stop);
+    return report_run("run", json, [&](std::string* e) { return run_load(opt, e, &g_stop); });
+}
+
+// Options of `nfs` that need checking or converting after the parse.
+struct nfs_cli {
+    std::string target, mix = "read=100", pattern = "seq", stable = "unstable", mount_tls;
+    std::string version = "3";
+    bool json = false, quiet = false;
+    double timeout_s = 10;
+    tls_cli tls;
+};
+
+int nfs(nfs_options& opt, const nfs_cli& c) {
+    socket_address a;
+    std::string err;
+    if (!parse_address(c.target, false, &a, &err)) return bad_option(err);
+    opt.host = host_of(c.target);
+    opt.port = a.port();
+    if (!parse_nfs_mix(c.mix, opt.mix, &err)) return bad_option(err);
+    if (!client::parse_tls_mode(c.tls.mode, &opt.tls)) return bad_option("bad --tls " + c.tls.mode);
+    if (!c.mount_tls.empty()) {
+        client::tls_mode m;
+        if (!client::parse_tls_mode(c.mount_tls, &m)) return bad_option("bad --mount-tls");
+        opt.mount_tls = m;
     }
-    if (!err.empty()) {
-        print_line(stderr, "rpcgate-bench run: " + err);
-        return 1;
-    }
-    print_line(stdout, json ? format_json(r) : format_human(r));
-    if (r.calls == 0) print_line(stderr, "rpcgate-bench run: no call completed");
-    return r.exit_status();
+    if (c.tls.cert.empty() != c.tls.key.empty()) return bad_option("--cert and --key go together");
+    if (opt.duration_s <= 0 && opt.calls == 0)
+        return bad_option("nfs needs --duration SECONDS or --calls COUNT");
+    if (opt.file_size && opt.file_size < opt.size)
+        return bad_option("--file-size must be at least --size");
+    opt.tls_options = c.tls.client(opt.host);
+    opt.ciphersuites = c.tls.ciphersuites;
+    opt.random = c.pattern == "rand";
+    opt.v4 = c.version == "4.1";
+    opt.stable = c.stable == "file_sync"   ? nfs3::stable_how::file_sync
+                 : c.stable == "data_sync" ? nfs3::stable_how::data_sync
+                                           : nfs3::stable_how::unstable;
+    opt.timeout_ms = uint32_t(c.timeout_s * 1000);
+    if (c.quiet) opt.progress_interval_s = 0;
+    return report_run("nfs", c.json, [&](std::string* e) { return run_nfs(opt, e, &g_stop); });
+}
+
+CLI::App* add_nfs(CLI::App& app, nfs_options& opt, nfs_cli& c) {
+    CLI::App* n = app.add_subcommand("nfs", "drive NFSv3 READ/WRITE/GETATTR/LOOKUP load");
+    n->add_option("--target", c.target, "ADDR:PORT of the NFS server or gateway")->required();
+    n->add_option("--nfs-version", c.version,
+                  "3 (default; MOUNT, CREATE when missing) or 4.1 (sessions; the file must exist)")
+        ->check(CLI::IsMember({"3", "4.1"}));
+    n->add_option("--mount-port", opt.mount_port,
+                  "MOUNT v3 port (default: portmap GETPORT on port 111)");
+    n->add_option("--export", opt.export_path, "export path to MOUNT (default /)");
+    n->add_option("--file", opt.file, "test file in the export (created when missing)");
+    n->add_option("--file-size", opt.file_size,
+                  "bytes of the file that offsets cover (default: its size, or 16 MiB)");
+    n->add_option("--size", opt.size, "bytes per READ and WRITE (default 4096)")
+        ->check(CLI::Range(1u, 1024u * 1024u));
+    n->add_option("--pattern", c.pattern, "offsets: seq (default) or rand")
+        ->check(CLI::IsMember({"seq", "rand"}));
+    n->add_option("--mix", c.mix,
+                  "weights of read, write, getattr, lookup, null (default read=100)");
+    n->add_option("--connections", opt.connections, "connections, one thread each")
+        ->check(CLI::Range(1u, 4096u));
+    n->add_option("--depth", opt.depth, "calls in flight per connection")
+        ->check(CLI::Range(1u, 1024u));
+    n->add_option("--duration", opt.duration_s, "seconds to run")->check(CLI::Range(0.0, 1e6));
+    n->add_option("--calls", opt.calls, "calls to make in all");
+    n->add_flag("--verify", opt.verify,
+                "WRITEs carry the offset's pattern; every READ is checked against it");
+    n->add_flag("--fill", opt.fill, "write the pattern over the file before the run");
+    n->add_option("--stable", c.stable, "WRITE stability: unstable (default), data_sync, file_sync")
+        ->check(CLI::IsMember({"unstable", "data_sync", "file_sync"}));
+    n->add_option("--uid", opt.uid, "AUTH_SYS uid (default 0)");
+    n->add_option("--gid", opt.gid, "AUTH_SYS gid (default 0)");
+    n->add_option("--seed", opt.seed, "seed for the mix and random offsets");
+    n->add_option("--timeout", c.timeout_s, "seconds before an unanswered call is an error")
+        ->check(CLI::Range(0.001, 3600.0));
+    n->add_flag("--json", c.json, "print one JSON object: figures, per-kind latency, histograms");
+    n->add_option("--progress", opt.progress_interval_s,
+                  "seconds between progress lines on stderr, on runs over 3 s (0: none)");
+    n->add_flag("--quiet", c.quiet, "no progress lines");
+    n->add_option("--tls", c.tls.mode, "off, starttls (RFC 9289 probe, then TLS 1.3) or implicit")
+        ->check(CLI::IsMember({"off", "starttls", "implicit"}));
+    n->add_option("--mount-tls", c.mount_tls,
+                  "off, starttls or implicit for the MOUNT connection (default: as --tls)")
+        ->check(CLI::IsMember({"off", "starttls", "implicit"}));
+    c.tls.add(n, false);
+    return n;
 }
 
 }  // namespace
@@ -308,6 +403,10 @@ int bench_main(int argc, char** argv) {
     hs->add_flag("--json", hs_json, "print one JSON object");
     hs_tls.add(hs, false);
 
+    nfs_options nopt;
+    nfs_cli ncli;
+    CLI::App* nfs_app = add_nfs(app, nopt, ncli);
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -321,6 +420,7 @@ int bench_main(int argc, char** argv) {
     if (!core::set_log_levels(log_spec, &err)) return bad_option("--log-level: " + err);
 
     if (srv->parsed()) return serve(listen, shards, srv_tls);
+    if (nfs_app->parsed()) return nfs(nopt, ncli);
     if (hs->parsed()) return handshake(hopt, hs_target, hs_baseline, hs_json, hs_tls);
     opt.proc = proc == "null"       ? bench_proc::null
                : proc == "callback" ? bench_proc::callback

@@ -1,4 +1,4 @@
-// The rpcgate-bench command line: `serve`, `run` and `handshake` (see
+// The rpcgate-bench command line: `serve`, `run`, `handshake` and `nfs` (see
 // DESIGN.md, contract).
 //
 //   rpcgate-bench serve --listen ADDR:PORT [--shards N]
@@ -15,6 +15,15 @@
 //                     --connections N --duration S [--json] [TLS options as for run]
 //   rpcgate-bench handshake --baseline --cert FILE --key FILE --duration S [--ca FILE]
 //                     [--server-name NAME] [--ciphersuites S] [--json]
+//   rpcgate-bench nfs --target ADDR:PORT [--nfs-version 3|4.1] [--mount-port P]
+//                     [--export PATH] [--file NAME]
+//                     [--file-size BYTES] [--size BYTES] [--pattern seq|rand]
+//                     [--mix read=70,write=30] [--connections N] [--depth D]
+//                     (--duration SECONDS | --calls COUNT) [--verify] [--fill]
+//                     [--stable unstable|data_sync|file_sync] [--uid U] [--gid G]
+//                     [--json] [--quiet] [--progress S] [--tls off|starttls|implicit ...]
+//                     [--mount-tls off|starttls|implicit]
+//     (NFS load; see nfs_load.h)
 //
 // `bench_main` is main() minus the process: it parses, runs and returns the
 // exit status, so tests can drive the whole CLI in-process. Output: `serve`

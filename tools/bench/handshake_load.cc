@@ -13,6 +13,7 @@
 #include "rpc/record.h"
 #include "tls/client/blocking_client.h"
 #include "tls/session.h"
+#include "tools/bench/load_client.h"
 
 namespace rpcgate::bench {
 namespace {
@@ -22,14 +23,6 @@ using clock = std::chrono::steady_clock;
 uint64_t ns_since(clock::time_point t0) {
     return uint64_t(
         std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - t0).count());
-}
-
-std::unique_ptr<tls::context> client_context(const handshake_options& opt, std::string* err) {
-    auto ctx = tls::context::make_client(opt.tls, err);
-    if (ctx && !opt.ciphersuites.empty() &&
-        !client::set_tls13_ciphersuites(*ctx, opt.ciphersuites, err))
-        return nullptr;
-    return ctx;
 }
 
 // One NULL call of the echo program, framed.
@@ -62,7 +55,7 @@ handshake_report run_handshakes(const handshake_options& opt, std::string* err,
     err->clear();
     r.what = fmt::format("{} {}:{}", client::to_string(opt.mode), opt.host, opt.port);
     r.connections = opt.connections;
-    auto ctx = client_context(opt, err);
+    auto ctx = make_tls_client_context(opt.tls, opt.ciphersuites, err);
     if (!ctx) return r;
     const auto timeout = std::chrono::milliseconds(int64_t(opt.timeout_s * 1000));
     const auto t0 = clock::now();
@@ -128,7 +121,7 @@ handshake_report run_baseline(const handshake_options& opt, std::string* err,
     so.key_file = opt.server_key;
     auto sctx = tls::context::make_server(so, err);
     if (!sctx) return r;
-    auto cctx = client_context(opt, err);
+    auto cctx = make_tls_client_context(opt.tls, opt.ciphersuites, err);
     if (!cctx) return r;
     const auto t0 = clock::now();
     const auto end = t0 + std::chrono::duration<double>(opt.duration_s);

@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "rpc/message.h"
 #include "rpc/record.h"
+#include "tools/bench/bench_util.h"
 #include "tools/bench/echo_protocol.h"
 #include "tools/bench/open_loop.h"
 
@@ -35,25 +36,6 @@ constexpr uint64_t k_pacer_max_sleep_ns = 1000000;
 constexpr uint64_t k_pacer_recheck_ns = 20000;
 // A progress line's percentiles wait this long for the shards' histograms.
 constexpr double k_snapshot_wait_s = 0.5;
-
-uint64_t now_ns() noexcept {
-    timespec ts;
-    ::clock_gettime(CLOCK_MONOTONIC, &ts);
-    return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
-}
-
-// splitmix64: tiny, fast, and good enough for sizes and payload bytes.
-struct rng {
-    uint64_t s;
-    uint64_t next() noexcept {
-        uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-    }
-    // Uniform enough in [0, n) for n far below 2^64.
-    uint64_t below(uint64_t n) noexcept { return n ? next() % n : 0; }
-};
 
 uint32_t proc_number(bench_proc p) noexcept {
     switch (p) {
@@ -690,6 +672,15 @@ const char* to_string(bench_proc p) noexcept {
     return "?";
 }
 
+std::unique_ptr<tls::context> make_tls_client_context(const tls::client_options& o,
+                                                      const std::string& ciphersuites,
+                                                      std::string* err) {
+    auto ctx = tls::context::make_client(o, err);
+    if (ctx && !ciphersuites.empty() && !client::set_tls13_ciphersuites(*ctx, ciphersuites, err))
+        return nullptr;
+    return ctx;
+}
+
 run_report run_load(const run_options& opt, std::string* err, const std::atomic<bool>* stop) {
     run_report r;
     err->clear();
@@ -720,14 +711,11 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         plan[i % threads].push_back({i, budget});
     }
 
-    // One TLS client context for every connection (SSL_CTX is shared safely).
+    // One TLS client context for every connection.
     std::unique_ptr<tls::context> tls_ctx;
     if (opt.tls != client::tls_mode::off) {
-        tls_ctx = tls::context::make_client(opt.tls_options, err);
+        tls_ctx = make_tls_client_context(opt.tls_options, opt.ciphersuites, err);
         if (!tls_ctx) return r;
-        if (!opt.ciphersuites.empty() &&
-            !client::set_tls13_ciphersuites(*tls_ctx, opt.ciphersuites, err))
-            return r;
     }
 
     std::vector<std::unique_ptr<load_worker>> workers;
@@ -908,10 +896,7 @@ std::string format_human(const run_report& r) {
     out += fmt::format(
         "  payload    {:.2f} MB/s both directions ({:.2f} MB/s each way; MB = 10^6 bytes)\n",
         r.bytes_per_sec() / 1e6, r.bytes_per_sec() / 2e6);
-    out += fmt::format(
-        "  latency    p50 {:.1f} us  p90 {:.1f} us  p99 {:.1f} us  p999 {:.1f} us  max {:.1f} us\n",
-        us(r.latency.percentile(0.50)), us(r.latency.percentile(0.90)),
-        us(r.latency.percentile(0.99)), us(r.latency.percentile(0.999)), us(r.latency.max()));
+    out += "  latency    " + latency_human(r.latency) + "\n";
     if (r.tls != client::tls_mode::off)
         out +=
             fmt::format("  tls        {} {} {}: handshake p50 {:.1f} us  p99 {:.1f} us ({} done)\n",
@@ -947,15 +932,11 @@ std::string format_json(const run_report& r) {
         "\"elapsed_s\":{:.6f},\"ops_per_sec\":{:.1f},"
         "\"bytes_per_sec\":{:.1f},\"mb_per_sec\":{:.3f},"
         "\"bytes_per_sec_note\":\"payload, both directions; MB = 10^6 bytes\","
-        "\"payload_bytes_sent\":{},\"payload_bytes_received\":{},"
-        "\"p50_us\":{:.2f},\"p90_us\":{:.2f},\"p99_us\":{:.2f},\"p999_us\":{:.2f},"
-        "\"max_us\":{:.2f},\"min_us\":{:.2f},\"mean_us\":{:.2f},",
+        "\"payload_bytes_sent\":{},\"payload_bytes_received\":{},{},",
         to_string(r.proc), r.connections, r.depth, r.threads, r.size, r.size_max,
         r.verify ? "true" : "false", r.rate > 0 ? "open" : "closed", r.rate, r.calls, r.elapsed_s,
         r.ops_per_sec(), r.bytes_per_sec(), r.bytes_per_sec() / 1e6, r.payload_bytes_sent,
-        r.payload_bytes_received, us(l.percentile(0.50)), us(l.percentile(0.90)),
-        us(l.percentile(0.99)), us(l.percentile(0.999)), us(l.max()), us(l.min()),
-        l.mean() / 1000.0);
+        r.payload_bytes_received, latency_json_fields(l));
     out += fmt::format(
         "\"errors\":{},\"connect_errors\":{},\"lost_calls\":{},"
         "\"timeouts\":{},\"rpc_errors\":{},\"bad_replies\":{},\"backchannel_calls\":{},"
@@ -969,6 +950,22 @@ std::string format_json(const run_report& r) {
         r.tls_cipher, r.handshake_latency.count(), us(r.handshake_latency.percentile(0.50)),
         us(r.handshake_latency.percentile(0.99)), histogram_json(l));
     return out;
+}
+
+std::string latency_json_fields(const latency_histogram& h) {
+    auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
+    return fmt::format(
+        "\"p50_us\":{:.2f},\"p90_us\":{:.2f},\"p99_us\":{:.2f},\"p999_us\":{:.2f},"
+        "\"max_us\":{:.2f},\"min_us\":{:.2f},\"mean_us\":{:.2f}",
+        us(h.percentile(0.50)), us(h.percentile(0.90)), us(h.percentile(0.99)),
+        us(h.percentile(0.999)), us(h.max()), us(h.min()), h.mean() / 1000.0);
+}
+
+std::string latency_human(const latency_histogram& h) {
+    auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
+    return fmt::format("p50 {:.1f} us  p90 {:.1f} us  p99 {:.1f} us  p999 {:.1f} us  max {:.1f} us",
+                       us(h.percentile(0.50)), us(h.percentile(0.90)), us(h.percentile(0.99)),
+                       us(h.percentile(0.999)), us(h.max()));
 }
 
 std::string format_progress(double elapsed_s, double ops_per_sec, const latency_histogram& so_far,

@@ -41,6 +41,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "core/shard.h"
@@ -124,6 +125,13 @@ struct run_report {
 run_report run_load(const run_options& opt, std::string* err,
                     const std::atomic<bool>* stop = nullptr);
 
+// The one TLS client context of a run, shared by all its connections and
+// threads (an SSL_CTX is), offering only `ciphersuites` when it is not "".
+// Null and a reason in `err` when the options are not usable.
+std::unique_ptr<tls::context> make_tls_client_context(const tls::client_options& o,
+                                                      const std::string& ciphersuites,
+                                                      std::string* err);
+
 // A multi-line human summary / one JSON object (single line, no newline).
 // The JSON has the summary figures (ops_per_sec, mb_per_sec, p50_us, p90_us,
 // p99_us, p999_us, max_us, errors, ...) and, under "histogram", every
@@ -133,6 +141,11 @@ std::string format_json(const run_report& r);
 // {"unit":"ns","count":N,"buckets":[[lowest,highest,count],...]}: the
 // non-empty buckets, lowest first; bucket b holds values in [lowest, highest].
 std::string histogram_json(const latency_histogram& h);
+// The latency figures of `h` as JSON members, no braces: "p50_us":..,
+// "p90_us", "p99_us", "p999_us", "max_us", "min_us", "mean_us" (microseconds).
+std::string latency_json_fields(const latency_histogram& h);
+// The same for people: "p50 12.3 us  p90 ... us  p99 ...  p999 ...  max ...".
+std::string latency_human(const latency_histogram& h);
 // The progress line (no newline): elapsed seconds, ops/s over the last
 // interval, p50/p99 of `so_far` (omitted when it is empty), errors.
 std::string format_progress(double elapsed_s, double ops_per_sec, const latency_histogram& so_far,

@@ -1,5 +1,5 @@
 // rpcgate-bench as a program: `serve` prints READY and exits 0 on SIGTERM with
-// a summary, `run --json` prints one JSON object, bad options and dead
+// a summary, `run --json` prints one JSON object, bad options (of `nfs` too) and dead
 // targets give a non-zero status quickly.
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -157,7 +157,12 @@ TEST(bench_cli, bad_options_are_one_line_and_nonzero) {
              {"run", "--target", "127.0.0.1:1", "--calls", "1", "--proc", "bogus"},
              {"run", "--target", "127.0.0.1:1", "--calls", "1", "--rate", "0"},
              {"serve"},
-             {"frobnicate"}}) {
+             {"frobnicate"},
+             {"nfs", "--target", "127.0.0.1:1", "--mount-port", "1"},  // no bound
+             {"nfs", "--target", "127.0.0.1:1", "--calls", "1", "--mix", "read=1,rename=2"},
+             {"nfs", "--target", "127.0.0.1:1", "--calls", "1", "--pattern", "zigzag"},
+             {"nfs", "--target", "127.0.0.1:1", "--calls", "1", "--size", "4096", "--file-size",
+              "100"}}) {
         child c(args);
         int st = c.wait(10);
         EXPECT_NE(st, 0) << args[0];
@@ -175,6 +180,15 @@ TEST(bench_cli, closed_port_exits_nonzero_quickly) {
     EXPECT_NE(st, -1);
     EXPECT_LT(std::chrono::duration<double>(clock_type::now() - t0).count(), 5.0);
     EXPECT_NE(c.out_text.find("\"connect_errors\":3"), std::string::npos) << c.out_text;
+}
+
+TEST(bench_cli, nfs_without_a_server_says_where_it_stopped) {
+    // MOUNT's port closed: the set-up fails before any call, status 1.
+    child c({"nfs", "--target", "127.0.0.1:1", "--mount-port", "1", "--calls", "10"});
+    int st = c.wait(10);
+    EXPECT_EQ(st, 1);
+    EXPECT_NE(c.err_text.find("rpcgate-bench nfs: MOUNT connection: connect"), std::string::npos)
+        << c.err_text;
 }
 
 }  // namespace
