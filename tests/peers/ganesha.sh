@@ -189,10 +189,19 @@ EOF
 do_stop() {
     local state=$1
     [ -d "$state" ] || return 0
+    state=$(cd "$state" && pwd)
     if [ -s "$state/ganesha.pid" ]; then
         # ganesha can take a few seconds to drain its worker threads on SIGTERM.
         peer_stop "$(cat "$state/ganesha.pid")" 20
     fi
+    # Any other ganesha on this state's config: the pid file names only the
+    # last one started, and a leftover would hold the pid file's lock ("fcntl
+    # failed, Ganesha already started") and the export at the next start.
+    local p
+    for p in $(pgrep -f -- "ganesha.nfsd -F -f $state/ganesha.conf " || true); do
+        echo "ganesha.sh: stopping a leftover ganesha (pid $p) of $state" >&2
+        peer_stop "$p" 20
+    done
     if mountpoint -q "$state/export" 2>/dev/null; then
         umount "$state/export" || umount -l "$state/export" ||
             die "cannot unmount $state/export"
