@@ -131,7 +131,8 @@ void backend_link::on_upstream(upstream_result&& r) {
         tls_ = std::move(r.session);
         bump(ctx_.counters().upstream_tls);
         prot_ = ctx_.protection_of(r.fd);
-        keys_.start(*tls_, ctx_.config().tls_rekey_after);
+        keys_.start(*tls_, ctx_.config().tls_rekey_after, ctx_.config().ktls_tx_record_size);
+        ctx_.tune_ktls(r.fd, *tls_);
         if (tls_->kernel_tx()) bump(ctx_.counters().upstream_ktls_tx);
         if (tls_->kernel_rx()) bump(ctx_.counters().upstream_ktls_rx);
         RPCGATE_LOG(gw, debug, "conn {}: backend {} in TLS ({} {})", owner_.id(), target(),

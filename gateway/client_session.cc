@@ -54,7 +54,8 @@ client_session::client_session(shard_context& ctx, stream* client, conn_id id, s
         bump(c.tls_sessions);
         tls_open_.take(c.tls_open);
         prot_ = ctx_.protection_of(client->fd());
-        keys_.start(*tls_, ctx_.config().tls_rekey_after);
+        keys_.start(*tls_, ctx_.config().tls_rekey_after, ctx_.config().ktls_tx_record_size);
+        ctx_.tune_ktls(client->fd(), *tls_);
         prot_open_[0].take(c.tls_protection_open[0][size_t(prot_.tx)]);
         prot_open_[1].take(c.tls_protection_open[1][size_t(prot_.rx)]);
     }

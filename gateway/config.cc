@@ -325,6 +325,12 @@ bool validate(gateway_config* cfg, std::string* err) {
         *err = fmt::format("--ktls must be auto, off or on, not '{}'", cfg->ktls);
         return false;
     }
+    if (cfg->ktls_tx_record_size != 0 &&
+        (cfg->ktls_tx_record_size < 64 || cfg->ktls_tx_record_size > 16384)) {
+        *err = fmt::format("--ktls-tx-record-size must be 64..16384 bytes (RFC 8449), not {}",
+                           cfg->ktls_tx_record_size);
+        return false;
+    }
     if (cfg->tls_min_version != "1.3" && cfg->tls_min_version != "1.2") {
         *err = fmt::format("--tls-min-version must be 1.3 or 1.2, not '{}'", cfg->tls_min_version);
         return false;

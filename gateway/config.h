@@ -112,6 +112,13 @@ struct gateway_config {
     // 8446 §5.5), kTLS and userspace alike; 0 (default): the AEAD's limit
     // (tls::ktls::aead_record_limit: 2^24 for AES-GCM, none for ChaCha20).
     uint64_t tls_rekey_after = 0;
+    // kTLS record options (tls::ktls::set_rx_expect_no_pad, set_tx_max_payload),
+    // both roles, where the kernel holds the record layer: the peers do not pad
+    // their TLS 1.3 records (the kernel then decrypts in place; a padded one is
+    // decrypted twice and counted by the kernel); the most plaintext per record
+    // the gateway sends, 64..16384 (0: the kernel's 16384).
+    bool ktls_rx_no_pad = false;
+    uint32_t ktls_tx_record_size = 0;
     // Tests only (no option): false leaves RX in userspace (half kTLS, TX only).
     bool ktls_rx = true;
     // "1.3" (RFC 9289 §5.1) or "1.2": evaluation only (NIC offload of TLS 1.3

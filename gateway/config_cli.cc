@@ -62,6 +62,12 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_rekey = app.add_option("--tls-rekey-after", cfg->tls_rekey_after,
                                    "records under one TLS key before the gateway sends a "
                                    "KeyUpdate (default: the AEAD's RFC 8446 limit)");
+    auto* o_nopad = app.add_flag("--ktls-rx-no-pad", cfg->ktls_rx_no_pad,
+                                 "kTLS: the peers do not pad TLS 1.3 records; the kernel may "
+                                 "decrypt in place (TLS_RX_EXPECT_NO_PAD, Linux 6.0+)");
+    auto* o_recsz = app.add_option("--ktls-tx-record-size", cfg->ktls_tx_record_size,
+                                   "kTLS: most plaintext bytes per record sent, 64..16384 "
+                                   "(default: the kernel's 16384; needs TLS_TX_MAX_PAYLOAD_LEN)");
     auto* o_minv = app.add_option("--tls-min-version", cfg->tls_min_version,
                                   "1.3 (default, RFC 9289) or 1.2 (evaluation of NIC offload "
                                   "only, outside RFC 9289)");
@@ -213,6 +219,8 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_hst->count()) merged.handshake_timeout_ms = cfg->handshake_timeout_ms;
     if (o_ktls->count()) merged.ktls = cfg->ktls;
     if (o_rekey->count()) merged.tls_rekey_after = cfg->tls_rekey_after;
+    if (o_nopad->count()) merged.ktls_rx_no_pad = cfg->ktls_rx_no_pad;
+    if (o_recsz->count()) merged.ktls_tx_record_size = cfg->ktls_tx_record_size;
     if (o_minv->count()) merged.tls_min_version = cfg->tls_min_version;
     if (o_suites->count()) merged.tls_ciphersuites = cfg->tls_ciphersuites;
     merged.config_file = cfg->config_file;

@@ -101,6 +101,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "handshake_burst_per_source",
                                   "ktls",
                                   "tls_rekey_after",
+                                  "ktls_rx_no_pad",
+                                  "ktls_tx_record_size",
                                   "tls_min_version",
                                   "require_tls_for",
                                   "reuse_port",
@@ -167,6 +169,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     RPCGATE_TOML_INT("buffer_size", buffer_size)
     RPCGATE_TOML_INT("handshake_timeout", handshake_timeout_ms)
     RPCGATE_TOML_INT("tls_rekey_after", tls_rekey_after)
+    RPCGATE_TOML_INT("ktls_tx_record_size", ktls_tx_record_size)
     RPCGATE_TOML_INT("max_connections_per_source", max_connections_per_source)
     RPCGATE_TOML_INT("handshake_rate_per_source", handshake_rate_per_source)
     RPCGATE_TOML_INT("handshake_burst_per_source", handshake_burst_per_source)
@@ -228,6 +231,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     b = cfg->tls_auto;
     if (!toml_get<bool>(t, "tls_auto", &b, err)) return false;
     cfg->tls_auto = b;
+    b = cfg->ktls_rx_no_pad;
+    if (!toml_get<bool>(t, "ktls_rx_no_pad", &b, err)) return false;
+    cfg->ktls_rx_no_pad = b;
     return true;
 }
 

@@ -193,6 +193,15 @@ std::string gateway::start() {
                         "kernel TLS: on (--ktls {}): handshakes on the socket, then "
                         "the kernel encrypts and decrypts where it can",
                         cfg_.ktls);
+            if (cfg_.ktls_tx_record_size && !tls::ktls::kernel_has_tx_max_payload())
+                RPCGATE_LOG(tls, warn,
+                            "--ktls-tx-record-size {}: this kernel has no TLS_TX_MAX_PAYLOAD_LEN; "
+                            "kTLS records stay at up to 16384 bytes",
+                            cfg_.ktls_tx_record_size);
+            if (cfg_.ktls_rx_no_pad)
+                RPCGATE_LOG(tls, info,
+                            "--ktls-rx-no-pad: the kernel decrypts TLS 1.3 records in place; a "
+                            "padded record costs a second decryption (TlsRxNoPadViolation)");
         } else if (hs_->socket_io()) {
             RPCGATE_LOG(tls, info,
                         "kernel TLS: this kernel has none; --ktls on: handshakes on "

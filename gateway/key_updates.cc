@@ -10,12 +10,9 @@ namespace rpcgate::gw {
 
 using core::bump;
 
-namespace {
-constexpr size_t k_max_record = 16384;
-}  // namespace
-
-void key_updates::start(tls::session& tls, uint64_t rekey_after) {
+void key_updates::start(tls::session& tls, uint64_t rekey_after, size_t record_size) {
     tls_ = &tls;
+    if (record_size) record_size_ = record_size;
     uint64_t limit = rekey_after;
     if (limit == 0) {
         const SSL_CIPHER* c = SSL_get_current_cipher(tls.native());
@@ -34,7 +31,7 @@ bool key_updates::due(int fd, size_t bytes) {
     if (limit_ == 0 || owed_) return false;
     // One send() makes at most one short record plus its full ones (the
     // stream may merge sends: fewer, never more, short ones).
-    uint64_t most = 1 + bytes / k_max_record;
+    uint64_t most = 1 + bytes / record_size_;
     if (most < left_) {
         left_ -= most;
         return false;

@@ -36,8 +36,9 @@ namespace rpcgate::gw {
 class key_updates {
   public:
     // After the handshake, with the connection's session: `rekey_after` is
-    // --tls-rekey-after (0: the AEAD's limit).
-    void start(tls::session& tls, uint64_t rekey_after);
+    // --tls-rekey-after (0: the AEAD's limit); `record_size` the most
+    // plaintext per kTLS TX record (--ktls-tx-record-size; 0: 16384).
+    void start(tls::session& tls, uint64_t rekey_after, size_t record_size = 0);
 
     // kTLS TX: `bytes` are about to be sent on `fd`. True when our TX key is
     // due for an update: the owner starts a quiet spell (detach) and calls
@@ -60,7 +61,8 @@ class key_updates {
   private:
     tls::session* tls_ = nullptr;
     uint64_t limit_ = 0;  // records per TX key on kTLS TX; 0: never
-    uint64_t left_ = 0;   // records that surely still fit before a look at the kernel's count
+    size_t record_size_ = 16384;
+    uint64_t left_ = 0;  // records that surely still fit before a look at the kernel's count
     uint64_t userspace_seen_ = 0;
     bool owed_ = false;
     bool owed_peer_ = false;

@@ -105,6 +105,8 @@ namespace rpcgate::gw {
       "Alerts (other than close_notify) from clients read on kTLS sockets.")                     \
     X(tls_key_update_closes, "key_update_closes", "tls_key_update_closes_total", counter,        \
       "Connections closed cleanly after a KeyUpdate that kernel TLS cannot follow.")             \
+    X(ktls_option_failures, "ktls_option_failures", "ktls_option_failures_total", counter,       \
+      "kTLS connections on which the kernel refused --ktls-rx-no-pad or --ktls-tx-record-size.") \
     X(tls_rekeys_rx_peer, "rekeys_rx_peer", "tls_rekeys_rx_peer_total", counter,                \
       "RX keys changed in the kernel after a peer's KeyUpdate (client or backend).")             \
     X(tls_rekeys_tx_peer, "rekeys_tx_peer", "tls_rekeys_tx_peer_total", counter,                \

@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include "core/log.h"
 #include "gateway/client_session.h"
 #include "gateway/peer_address.h"
@@ -182,6 +185,25 @@ void shard_context::warn_reserved_fallback(const std::string& backend, bool exha
                     : "");
     reserved_warned_ms_ = now ? now : 1;
     reserved_unwarned_ = 0;
+}
+
+void shard_context::tune_ktls(int fd, const tls::session& tls) {
+    const char* refused = nullptr;
+    if (cfg_.ktls_rx_no_pad && tls.kernel_rx() && !tls::ktls::set_rx_expect_no_pad(fd))
+        refused = "TLS_RX_EXPECT_NO_PAD";
+    if (cfg_.ktls_tx_record_size && tls.kernel_tx() &&
+        !tls::ktls::set_tx_max_payload(fd, uint16_t(cfg_.ktls_tx_record_size)))
+        refused = "TLS_TX_MAX_PAYLOAD_LEN";
+    if (!refused) return;
+    int e = errno;
+    core::bump(counters_.ktls_option_failures);
+    if (ktls_option_warned_) return;
+    ktls_option_warned_ = true;
+    RPCGATE_LOG(gw, warn,
+                "shard {}: the kernel refused {} on a kTLS connection ({}): the kernel's "
+                "default applies (counted in ktls_option_failures; this is the shard's only "
+                "warning)",
+                sh_.index(), refused, std::strerror(e));
 }
 
 }  // namespace rpcgate::gw

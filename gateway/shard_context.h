@@ -114,6 +114,11 @@ class shard_context final : public core::listener_handler {
     core::slice record_mark(uint32_t payload_len) { return marks_.mark(payload_len); }
     // Where a TLS socket's crypto runs, asked of the kernel.
     tls::ktls::protection protection_of(int fd) { return diag_.query(fd); }
+    // A TLS connection just handed to the shard (either role): the kTLS record
+    // options of the configuration (--ktls-rx-no-pad, --ktls-tx-record-size)
+    // on the directions the kernel holds. A refusal is counted and warned about
+    // once per shard; the connection goes on with the kernel's defaults.
+    void tune_ktls(int fd, const tls::session& tls);
     // True when the gateway runs handshakes (TLS or upstream TLS configured).
     bool runs_handshakes() const noexcept { return hs_ != nullptr; }
     // A backend connection got an ephemeral source port instead of a reserved
@@ -163,6 +168,7 @@ class shard_context final : public core::listener_handler {
     std::string start_error_;
     uint64_t reserved_warned_ms_ = 0;
     uint64_t reserved_unwarned_ = 0;
+    bool ktls_option_warned_ = false;
 };
 
 }  // namespace rpcgate::gw

@@ -573,6 +573,15 @@ bool on_tls_pair(Fn with) {
     return ok;
 }
 
+// TLS 1.3 AES-128-GCM TX keys for a probe, all zero but the first byte.
+bool throwaway_tx(int fd, uint8_t first) {
+    tls12_crypto_info_aes_gcm_128 ci{};
+    ci.info.version = TLS_1_3_VERSION;
+    ci.info.cipher_type = TLS_CIPHER_AES_GCM_128;
+    ci.key[0] = first;
+    return ::setsockopt(fd, SOL_TLS, TLS_TX, &ci, sizeof(ci)) == 0;
+}
+
 }  // namespace
 
 bool kernel_has_ktls() {
@@ -582,15 +591,38 @@ bool kernel_has_ktls() {
 // TLS_TX twice on a socket that sent nothing, with throw-away keys: Linux
 // 6.14+ takes the second as a rekey, older kernels refuse it (EBUSY).
 bool kernel_can_rekey() {
-    static const bool can = on_tls_pair([](int fd) {
-        tls12_crypto_info_aes_gcm_128 ci{};
-        ci.info.version = TLS_1_3_VERSION;
-        ci.info.cipher_type = TLS_CIPHER_AES_GCM_128;
-        if (::setsockopt(fd, SOL_TLS, TLS_TX, &ci, sizeof(ci)) != 0) return false;
-        ci.key[0] = 1;
-        return ::setsockopt(fd, SOL_TLS, TLS_TX, &ci, sizeof(ci)) == 0;
-    });
+    static const bool can =
+        on_tls_pair([](int fd) { return throwaway_tx(fd, 0) && throwaway_tx(fd, 1); });
     return can;
+}
+
+// Debian 12's <linux/tls.h> predates both (values from the kernel's uapi).
+#ifndef TLS_RX_EXPECT_NO_PAD
+#define TLS_RX_EXPECT_NO_PAD 4
+#endif
+#ifndef TLS_TX_MAX_PAYLOAD_LEN
+#define TLS_TX_MAX_PAYLOAD_LEN 5
+#endif
+
+bool set_rx_expect_no_pad(int fd) {
+    int one = 1;
+    return ::setsockopt(fd, SOL_TLS, TLS_RX_EXPECT_NO_PAD, &one, sizeof(one)) == 0;
+}
+
+bool set_tx_max_payload(int fd, uint16_t bytes) {
+    return ::setsockopt(fd, SOL_TLS, TLS_TX_MAX_PAYLOAD_LEN, &bytes, sizeof(bytes)) == 0;
+}
+
+// A kernel without the option answers ENOPROTOOPT to getsockopt; one that has
+// it reports the current limit once TX is set up.
+bool kernel_has_tx_max_payload() {
+    static const bool has = on_tls_pair([](int fd) {
+        if (!throwaway_tx(fd, 0)) return false;
+        uint16_t v = 0;
+        socklen_t len = sizeof(v);
+        return ::getsockopt(fd, SOL_TLS, TLS_TX_MAX_PAYLOAD_LEN, &v, &len) == 0;
+    });
+    return has;
 }
 
 }  // namespace rpcgate::tls::ktls

@@ -237,6 +237,21 @@ bool kernel_has_ktls();
 // only where it can; a peer's KeyUpdate is tried and its failure handled.
 bool kernel_can_rekey();
 
+// Record options the kernel offers on a kTLS socket (Documentation/networking/tls.rst):
+//   - TLS_RX_EXPECT_NO_PAD (Linux 6.0+, TLS 1.3 RX): the peer does not pad its
+//     records, so the kernel may decrypt straight into the reader's buffer. A
+//     padded record still arrives intact, decrypted a second time
+//     (TlsRxNoPadViolation, TlsDecryptRetry in /proc/net/tls_stat).
+//   - TLS_TX_MAX_PAYLOAD_LEN (kernels of 2026; kernel_has_tx_max_payload
+//     tells): the most plaintext one record the kernel sends carries, 64 to
+//     16384 (the default); RFC 8449's record_size_limit less the content type
+//     byte in TLS 1.3. Refused (EBUSY) while a record is open.
+// false (errno) when the kernel refuses or does not know the option.
+bool set_rx_expect_no_pad(int fd);
+bool set_tx_max_payload(int fd, uint16_t bytes);
+// Probe (once per process, cached): does this kernel know TLS_TX_MAX_PAYLOAD_LEN?
+bool kernel_has_tx_max_payload();
+
 // ---- the data path ----
 
 // TLS content types (RFC 8446 §5.1), as TLS_GET/SET_RECORD_TYPE carry them.

@@ -145,3 +145,45 @@ TEST_F(toml_config, require_tls_for_takes_programs_or_all) {
 }
 
 }  // namespace
+
+namespace {
+
+// The kTLS record options: read from the file as their types, and a record
+// size outside RFC 8449's 64..16384 refused by validate() with its name.
+TEST_F(toml_config, ktls_record_options_are_read_and_bounded) {
+    EXPECT_FALSE(cfg_.ktls_rx_no_pad);
+    EXPECT_EQ(cfg_.ktls_tx_record_size, 0u);
+    ASSERT_TRUE(load("ktls_rx_no_pad = true\nktls_tx_record_size = 4096")) << err_;
+    EXPECT_TRUE(cfg_.ktls_rx_no_pad);
+    EXPECT_EQ(cfg_.ktls_tx_record_size, 4096u);
+    EXPECT_FALSE(load("ktls_rx_no_pad = 1"));
+    EXPECT_NE(err_.find("ktls_rx_no_pad"), std::string::npos) << err_;
+
+    // A configuration that validates but for the option under test.
+    auto minimal = [] {
+        gateway_config c;
+        endpoint ep;
+        backend_route b;
+        std::string e;
+        EXPECT_TRUE(parse_endpoint("127.0.0.1:2049", &ep, &e)) << e;
+        EXPECT_TRUE(parse_backend("nfs=127.0.0.1:2050", &b, &e)) << e;
+        c.listen.push_back(ep);
+        c.backends.push_back(b);
+        return c;
+    };
+    for (uint32_t bad : {1u, 63u, 16385u, 65536u}) {
+        gateway_config c = minimal();
+        c.ktls_tx_record_size = bad;
+        std::string err;
+        EXPECT_FALSE(validate(&c, &err)) << bad;
+        EXPECT_NE(err.find("--ktls-tx-record-size"), std::string::npos) << err;
+    }
+    for (uint32_t good : {0u, 64u, 1024u, 16384u}) {
+        gateway_config c = minimal();
+        c.ktls_tx_record_size = good;
+        std::string err;
+        EXPECT_TRUE(validate(&c, &err)) << good << ": " << err;
+    }
+}
+
+}  // namespace
