@@ -51,7 +51,7 @@ run() {
     v0=$(stat_of TlsRxNoPadViolation)
     r0=$(stat_of TlsDecryptRetry)
     t0=$(ticks "$gw")
-    "$dir/rpcgate-bench" run --target 127.0.0.1:20050 --tls implicit --connections 2 \
+    "$dir/rpcgate-bench" run --target 127.0.0.1:20050 --tls implicit --verify --connections 2 \
         --depth 4 --size 262144 --duration "$secs" --json >"$work/run.json" 2>"$work/run.err"
     rc=$?
     t1=$(ticks "$gw")
