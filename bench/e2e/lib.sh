@@ -53,10 +53,15 @@
 #                          prints the JSON result (bench/e2e/idle_rss.py)
 
 e2e_find_bin() {
-    local p
-    # Not inside forky_chroot.sh's root file system, which lives in the build dir.
-    p=$(find "$build" -path "$build/forky-chroot*" -prune -o -type f -name "$1" -perm -u+x -print \
-        2>/dev/null | head -n 1)
+    local p d
+    # Where the build puts the programs first; then anywhere else in the build
+    # dir, but not in forky_chroot.sh's root file system or the qemu guests'
+    # payloads (tests/vm), which hold copies that may be older.
+    for d in tools tools/bench tools/probe; do
+        [ -x "$build/$d/$1" ] && [ -f "$build/$d/$1" ] && { echo "$build/$d/$1"; return; }
+    done
+    p=$(find "$build" \( -path "$build/forky-chroot*" -o -path "$build/vm" \) -prune -o -type f \
+        -name "$1" -perm -u+x -print 2>/dev/null | head -n 1)
     [ -n "$p" ] || { echo "$(basename "$0"): $1 not found under $build (build first)" >&2; exit 1; }
     echo "$p"
 }

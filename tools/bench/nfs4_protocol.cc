@@ -12,10 +12,12 @@ namespace rpcgate::bench::nfs4 {
 namespace {
 
 enum op : uint32_t {
+    op_close = 4,
     op_commit = 5,
     op_getattr = 9,
     op_getfh = 10,
     op_lookup = 15,
+    op_open = 18,
     op_putfh = 22,
     op_putrootfh = 24,
     op_read = 25,
@@ -31,6 +33,22 @@ constexpr uint32_t k_compound = 1;
 constexpr uint32_t k_fattr4_size = 4;  // attribute number of the file's size
 constexpr size_t k_sequence_res = 16 + 5 * 4;
 constexpr size_t k_verifier = 8;
+// OPEN4_SHARE_ACCESS_BOTH | OPEN4_SHARE_ACCESS_WANT_NO_DELEG (RFC 8881 §18.16).
+constexpr uint32_t k_share_both_no_deleg = 3 | 0x0400;
+constexpr uint32_t k_claim_fh = 4;
+
+// The open's stateid with seqid 0, "the current one" (RFC 8881 §8.2.2), or
+// the anonymous stateid before an OPEN.
+stateid current(const session& s) {
+    stateid sid = s.open;
+    sid.seqid = 0;
+    return sid;
+}
+
+void put_stateid(rpc::xdr_writer& w, const stateid& sid) {
+    w.u32(sid.seqid);
+    w.opaque_fixed({sid.other, sizeof sid.other});
+}
 
 // One COMPOUND being built: ops are appended, the count is patched in.
 class compound {
@@ -297,6 +315,58 @@ uint32_t look_up(client::blocking_client& c, const rpc::opaque_auth& cred, sessi
     return st;
 }
 
+uint32_t open_file(client::blocking_client& c, const rpc::opaque_auth& cred, session& s,
+                   const file_handle& fh, const std::string& owner, uint32_t timeout_ms,
+                   std::string* err) {
+    compound x;
+    x.sequence(s, 0).putfh(fh);
+    rpc::xdr_writer& w = x.op(op_open);
+    w.u32(0);  // seqid: ignored in 4.1
+    w.u32(k_share_both_no_deleg);
+    w.u32(0);  // deny none
+    w.u64(s.clientid);
+    w.string(owner);
+    w.u32(0);  // OPEN4_NOCREATE
+    w.u32(k_claim_fh);
+    core::slice_chain res;
+    std::string why;
+    if (!nfs3::exchange(c, x.finish(7, cred), timeout_ms, &res, &why)) {
+        *err = "OPEN: " + why;
+        return nfs3::malformed;
+    }
+    reply_reader rr(res);
+    uint32_t st = rr.after_putfh(op_open);
+    if (st != nfs4_ok) {
+        *err = fmt::format("OPEN: status {}", st);
+        return st;
+    }
+    auto seq = rr.in().u32();
+    if (!seq || !rr.in().opaque_fixed_into({s.open.other, sizeof s.open.other})) {
+        *err = "OPEN: a malformed reply";
+        return nfs3::malformed;
+    }
+    s.open.seqid = *seq;
+    s.opened = true;
+    return nfs4_ok;
+}
+
+uint32_t close_file(client::blocking_client& c, const rpc::opaque_auth& cred, session& s,
+                    const file_handle& fh, uint32_t timeout_ms) {
+    if (!s.opened) return nfs4_ok;
+    compound x;
+    x.sequence(s, 0).putfh(fh);
+    rpc::xdr_writer& w = x.op(op_close);
+    w.u32(0);  // seqid: ignored in 4.1
+    put_stateid(w, s.open);
+    core::slice_chain res;
+    std::string why;
+    if (!nfs3::exchange(c, x.finish(8, cred), timeout_ms, &res, &why)) return nfs3::malformed;
+    s.opened = false;
+    s.open = {};
+    reply_reader rr(res);
+    return rr.after_putfh(op_close);
+}
+
 core::slice_chain build_null(uint32_t xid, const rpc::opaque_auth& cred) {
     rpc::call_header h;
     h.xid = xid;
@@ -312,7 +382,7 @@ core::slice_chain build_read(uint32_t xid, const rpc::opaque_auth& cred, session
     compound x;
     x.sequence(s, slot).putfh(fh);
     rpc::xdr_writer& w = x.op(op_read);
-    for (int i = 0; i < 4; ++i) w.u32(0);  // the anonymous stateid
+    put_stateid(w, current(s));
     w.u64(offset);
     w.u32(count);
     return x.finish(xid, cred);
@@ -324,7 +394,7 @@ core::slice_chain build_write(uint32_t xid, const rpc::opaque_auth& cred, sessio
     compound x;
     x.sequence(s, slot).putfh(fh);
     rpc::xdr_writer& w = x.op(op_write);
-    for (int i = 0; i < 4; ++i) w.u32(0);
+    put_stateid(w, current(s));
     w.u64(offset);
     w.u32(uint32_t(stable));
     w.opaque(std::move(data));

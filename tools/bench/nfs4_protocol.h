@@ -4,10 +4,12 @@
 // Each connection has its own client ID and session (EXCHANGE_ID with an
 // owner unique to the connection, CREATE_SESSION with one slot per call in
 // flight, RECLAIM_COMPLETE), so that connections share no state; every call
-// is SEQUENCE on its slot, PUTFH, and the operation. READ and WRITE use the
-// anonymous stateid (RFC 8881 §8.2.3): no OPEN, so the test file must exist
-// (the NFSv3 mode creates it). The file handle comes the NFSv4 way:
-// PUTROOTFH, LOOKUP of each component of the export's path, then of the file.
+// is SEQUENCE on its slot, PUTFH, and the operation. Each session OPENs the
+// file as a client would (CLAIM_FH, read and write, no delegation wanted) and
+// READ and WRITE carry that open's stateid; CLOSE before the session ends.
+// OPEN does not create: the test file must exist (the NFSv3 mode creates
+// it). The file handle comes the NFSv4 way: PUTROOTFH, LOOKUP of each
+// component of the export's path, then of the file.
 //
 // Builders return framed records; decoders take a SUCCESS reply's results and
 // return the status of the first operation that failed (nfs4_ok, an nfsstat4,
@@ -40,10 +42,18 @@ struct file_handle {
     uint8_t data[max_size] = {};
 };
 
+// stateid4: all zero is the anonymous stateid (RFC 8881 §8.2.3).
+struct stateid {
+    uint32_t seqid = 0;
+    uint8_t other[12] = {};
+};
+
 struct session {
     uint64_t clientid = 0;
     uint8_t id[16] = {};
     std::vector<uint32_t> seqid;  // the next sequence ID of each slot
+    stateid open;                 // of open_file; READ and WRITE carry it
+    bool opened = false;
 };
 
 // EXCHANGE_ID (owner `owner`), CREATE_SESSION with `slots` slots of up to
@@ -61,6 +71,16 @@ void close_session(client::blocking_client& c, const rpc::opaque_auth& cred, ses
 uint32_t look_up(client::blocking_client& c, const rpc::opaque_auth& cred, session& s,
                  std::string_view export_path, std::string_view file, file_handle* dir,
                  file_handle* fh, uint64_t* size, uint32_t timeout_ms, std::string* err);
+
+// OPEN of `fh` for reading and writing (CLAIM_FH, NOCREATE, no delegation
+// wanted), owner `owner`, on slot 0: the stateid goes into s.open. Returns
+// the status, or nfs3::malformed with a reason in `err`.
+uint32_t open_file(client::blocking_client& c, const rpc::opaque_auth& cred, session& s,
+                   const file_handle& fh, const std::string& owner, uint32_t timeout_ms,
+                   std::string* err);
+// CLOSE of s.open on slot 0, when open_file succeeded; the status.
+uint32_t close_file(client::blocking_client& c, const rpc::opaque_auth& cred, session& s,
+                    const file_handle& fh, uint32_t timeout_ms);
 
 // Calls on `slot` (each takes the slot's next sequence ID). Framed records.
 core::slice_chain build_null(uint32_t xid, const rpc::opaque_auth& cred);

@@ -268,6 +268,9 @@ bool set_up4(shared_run& s, std::string* err) {
     bool ok = nfs4::look_up(c, s.cred, sess, opt.export_path, opt.file, &s.dir4, &s.fh4, &size,
                             opt.timeout_ms, err) == nfs4::nfs4_ok;
     if (ok) size_file(s, size);
+    if (ok)
+        ok = nfs4::open_file(c, s.cred, sess, s.fh4, s.owner + "-setup", opt.timeout_ms, err) ==
+             nfs4::nfs4_ok;
     core::slice_chain res;
     std::string why;
     auto call = [&](core::slice_chain&& rec) {
@@ -291,6 +294,7 @@ bool set_up4(shared_run& s, std::string* err) {
                            : nfs3::malformed;
             },
             err);
+    (void)nfs4::close_file(c, s.cred, sess, s.fh4, opt.timeout_ms);
     nfs4::close_session(c, s.cred, sess, opt.timeout_ms);
     return ok;
 }
@@ -407,6 +411,9 @@ void end_session(shared_run& s, client::blocking_client& c, nfs4::session& sess,
         else if (uint32_t st = nfs4::decode_commit(res); st != nfs4::nfs4_ok)
             cr.error(&cr.nfs_errors, fmt::format("COMMIT: status {}", st));
     }
+    if (uint32_t st = nfs4::close_file(c, s.cred, sess, s.fh4, s.opt.timeout_ms);
+        st != nfs4::nfs4_ok)
+        cr.error(&cr.nfs_errors, fmt::format("CLOSE: status {}", st));
     nfs4::close_session(c, s.cred, sess, s.opt.timeout_ms);
 }
 
@@ -423,6 +430,12 @@ void run_conn(shared_run& s, unsigned index, conn_result& cr) {
     if (opt.v4 && !nfs4::open_session(c, s.cred, fmt::format("{}-{}", s.owner, index), opt.depth,
                                       opt.size + k_v4_headroom, opt.timeout_ms, &sess, &why)) {
         cr.error(&cr.connect_errors, why);
+        return;
+    }
+    if (opt.v4 && nfs4::open_file(c, s.cred, sess, s.fh4, fmt::format("{}-{}", s.owner, index),
+                                  opt.timeout_ms, &why) != nfs4::nfs4_ok) {
+        cr.error(&cr.nfs_errors, why);
+        nfs4::close_session(c, s.cred, sess, opt.timeout_ms);
         return;
     }
     if (c.tls()) {

@@ -210,5 +210,35 @@ TEST(nfs4_decode, failing_op_and_wrong_op_number) {
     EXPECT_EQ(size, 123456789u);
 }
 
+// READ and WRITE carry the session's open stateid with seqid 0 ("the current
+// one", RFC 8881 §8.2.2) once the file is open, the anonymous stateid before.
+TEST(nfs4_build, read_and_write_carry_the_open_stateid) {
+    nfs4::session s;
+    s.seqid.assign(1, 1);
+    nfs4::file_handle fh;
+    fh.len = 8;
+    rpc::opaque_auth none;
+    // The READ's stateid is the 16 bytes before its offset and count (12).
+    auto stateid_of_read = [&](const core::slice_chain& rec) {
+        std::string b = rec.to_string();
+        return b.substr(b.size() - 12 - 16, 16);
+    };
+    std::string anonymous(16, '\0');
+    EXPECT_EQ(stateid_of_read(nfs4::build_read(1, none, s, 0, fh, 0, 4096)), anonymous);
+    s.open.seqid = 7;
+    for (int i = 0; i < 12; ++i) s.open.other[i] = uint8_t(0xa0 + i);
+    s.opened = true;
+    std::string want(4, '\0');
+    want.append(reinterpret_cast<const char*>(s.open.other), 12);
+    EXPECT_EQ(stateid_of_read(nfs4::build_read(2, none, s, 0, fh, 0, 4096)), want);
+    // WRITE: stateid, offset (8), stable (4), then the data (4 + 4 bytes).
+    core::slice_chain data;
+    data.push_back(core::slice::copy_of("abcd", 4));
+    std::string w =
+        nfs4::build_write(3, none, s, 0, fh, 0, nfs3::stable_how::unstable, std::move(data))
+            .to_string();
+    EXPECT_EQ(w.substr(w.size() - 8 - 12 - 16, 16), want);
+}
+
 }  // namespace
 }  // namespace rpcgate::bench
