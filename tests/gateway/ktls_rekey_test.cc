@@ -8,7 +8,8 @@
 // Two modes: off (OpenSSL over memory BIOs: OpenSSL follows the updates
 // itself) and kernel (--ktls on: kTLS both ways where the kernel has it).
 // RPCGATE_REKEY_CALLS and RPCGATE_REKEY_EVERY scale the echo (calls of
-// 16000 bytes; a KeyUpdate from the client every EVERY calls).
+// 16000 bytes; a KeyUpdate from the client every EVERY calls);
+// RPCGATE_REKEY_BULK_MIB the bulk case with KeyUpdates from both sides.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -171,6 +172,70 @@ TEST_P(gateway_rekey, gateway_initiates_key_updates) {
         EXPECT_GE(t.tls_rekeys_tx_own, low);
         EXPECT_LE(t.tls_rekeys_tx_own, high);
     }
+    SSL_shutdown(c->ssl());
+    EXPECT_EQ(c->wait_close(), "close_notify");
+}
+
+// KeyUpdates received by the client's OpenSSL (handshake type 24), counted
+// from its message callback.
+void count_key_updates(int write_p, int, int content_type, const void* buf, size_t len, SSL*,
+                       void* arg) {
+    if (!write_p && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+        static_cast<const uint8_t*>(buf)[0] == 24)
+        ++*static_cast<uint64_t*>(arg);
+}
+
+// Issue 15's bulk case: RPCGATE_REKEY_BULK_MIB (default 4; 64 in the 7.x
+// guest) echoed in calls of 16,000 bytes (one record each way per call), a
+// KeyUpdate with update_requested from the client every 1,000 records and one
+// of the gateway's own every 1,000 records (--tls-rekey-after 1000): every
+// byte back intact on the one connection, and the gateway's rekey counters
+// equal to the KeyUpdates each side saw.
+TEST_P(gateway_rekey, bulk_with_key_updates_from_both_sides) {
+    constexpr uint64_t k_every = 1000;
+    start_gateway(k_every);
+    const uint64_t mib = env_or("RPCGATE_REKEY_BULK_MIB", 4);
+    const uint32_t calls = uint32_t((mib << 20) / 16000 + 1);
+    auto c = open();
+    ASSERT_TRUE(c);
+    uint64_t received = 0;
+    SSL_set_msg_callback(c->ssl(), count_key_updates);
+    SSL_set_msg_callback_arg(c->ssl(), &received);
+    const std::string payload = random_bytes(16000);
+    bool follows = !kernel() || k::kernel_can_rekey();
+    if (!follows)
+        GTEST_SKIP() << "this kernel cannot rekey kTLS (Linux < 6.14): see the test above";
+    uint64_t sent = 0;
+    auto t0 = clock_type::now();
+    for (uint32_t xid = 1; xid <= calls; ++xid) {
+        if (xid % k_every == 0) {
+            ASSERT_EQ(SSL_key_update(c->ssl(), SSL_KEY_UPDATE_REQUESTED), 1);
+            ++sent;
+        }
+        ASSERT_EQ(c->echo(xid, payload), "") << "call " << xid << " after " << sent;
+    }
+    auto t = gw_->totals();
+    long long ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0).count();
+    std::printf(
+        "[gw-rekey] %s: %llu MiB each way in %u calls, %lld ms: KeyUpdates from the client %llu, "
+        "received by it %llu; rekeys rx_peer %llu tx_peer %llu tx_own %llu\n",
+        GetParam(), (unsigned long long)mib, calls, ms, (unsigned long long)sent,
+        (unsigned long long)received, (unsigned long long)t.tls_rekeys_rx_peer,
+        (unsigned long long)t.tls_rekeys_tx_peer, (unsigned long long)t.tls_rekeys_tx_own);
+    EXPECT_EQ(t.tls_sessions, 1u);  // no reconnect
+    EXPECT_EQ(t.tls_key_update_closes, 0u);
+    if (kernel()) {  // userspace: OpenSSL follows the client's updates itself, uncounted
+        EXPECT_EQ(t.tls_rekeys_rx_peer, sent);
+        EXPECT_EQ(t.tls_rekeys_tx_peer, sent);
+    }
+    // Our own: about one per 1,000 replies of one record each (kTLS may pack
+    // two replies into one record: fewer, never more).
+    EXPECT_GE(t.tls_rekeys_tx_own, calls / k_every / 2);
+    EXPECT_LE(t.tls_rekeys_tx_own, calls / k_every + 1);
+    // One answer per update_requested, plus the gateway's own.
+    EXPECT_EQ(received, sent + t.tls_rekeys_tx_own)
+        << "the client saw a different number of KeyUpdates than the gateway counted";
     SSL_shutdown(c->ssl());
     EXPECT_EQ(c->wait_close(), "close_notify");
 }
