@@ -189,7 +189,7 @@ struct peer_conn {
 
 // The peer on its own thread: the handshake, then `body`; "" when all went well.
 inline std::future<std::string> run_peer(SSL_CTX* ctx, int fd, bool accept,
-                                  std::function<std::string(peer_conn&)> body) {
+                                         std::function<std::string(peer_conn&)> body) {
     return std::async(std::launch::async,
                       [ctx, fd, accept, body = std::move(body)]() -> std::string {
                           peer_conn c(ctx, fd);

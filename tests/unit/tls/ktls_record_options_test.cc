@@ -106,12 +106,13 @@ TEST_F(KtlsRecordOptions, NoPadTakesUnpaddedRecordsAndSurvivesPaddedOnes) {
     auto d = [](const auto& a, const auto& b, const char* k) {
         return ktls::stat_value(b, k) - ktls::stat_value(a, k);
     };
-    std::printf("[ktls] no-pad: unpadded part: violations %llu, retries %llu; padded part: "
-                "violations %llu, retries %llu\n",
-                (unsigned long long)d(s0, s1, "TlsRxNoPadViolation"),
-                (unsigned long long)d(s0, s1, "TlsDecryptRetry"),
-                (unsigned long long)d(s1, s2, "TlsRxNoPadViolation"),
-                (unsigned long long)d(s1, s2, "TlsDecryptRetry"));
+    std::printf(
+        "[ktls] no-pad: unpadded part: violations %llu, retries %llu; padded part: "
+        "violations %llu, retries %llu\n",
+        (unsigned long long)d(s0, s1, "TlsRxNoPadViolation"),
+        (unsigned long long)d(s0, s1, "TlsDecryptRetry"),
+        (unsigned long long)d(s1, s2, "TlsRxNoPadViolation"),
+        (unsigned long long)d(s1, s2, "TlsDecryptRetry"));
     EXPECT_EQ(d(s0, s1, "TlsRxNoPadViolation"), 0u);
     EXPECT_GT(d(s1, s2, "TlsRxNoPadViolation"), 0u) << "a padded record was not noticed";
 }
