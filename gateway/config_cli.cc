@@ -69,7 +69,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                     "TLS 1.3 cipher suites in order of preference, e.g. "
                                     "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256 (default: "
                                     "AES-128-GCM first where the CPU has AES instructions, else "
-                                    "ChaCha20-Poly1305 first)");
+                                    "ChaCha20-Poly1305 first; an unknown name is an error)");
     auto* o_map = app.add_option("--cert-user-map", cfg->cert_user_map,
                                  "FILE mapping verified client certificates (subject:... or "
                                  "san:...) to 'UID GID[,GID...]'; calls on such a connection "
