@@ -8,7 +8,8 @@
 #     rpcgate-bench reports it and as `openssl s_client` sees it;
 #   - rpcgate-bench serve and run with --tls-max-version 1.2, --ciphers and
 #     --groups: TLS 1.2 with that AEAD (the bench's report), and the server's
-#     only group is the key exchange `openssl s_client` sees;
+#     only group is the key exchange `openssl s_client` sees; --tls-max-version
+#     1.2 pins 1.2: s_client, which offers 1.3 too, gets 1.2;
 #   - rpcgate-bench handshake --baseline with --tls-max-version 1.2, --ciphers
 #     and --groups: its in-memory server takes them too (TLS 1.2 with that
 #     AEAD; before, the server kept TLS 1.3 and every handshake failed), and
@@ -80,11 +81,12 @@ bench_run "$srv_PORT" "$work/tls12.json" --tls-max-version 1.2 \
     --ciphers ECDHE-ECDSA-AES128-GCM-SHA256 --groups P-384:P-256
 version=$(field "$work/tls12.json" tls_version)
 got=$(field "$work/tls12.json" tls_cipher)
-seen=$(s_client "$srv_PORT" -tls1_2)
+seen=$(s_client "$srv_PORT")
 echo "rpcgate-bench TLS 1.2, --ciphers ECDHE-ECDSA-AES128-GCM-SHA256: $version $got; s_client: $(grep -m1 -E 'Server Temp Key|Peer Temp Key' <<<"$seen")"
 [ "$version" = TLSv1.2 ] || fail "the bench negotiated $version"
 [ "$got" = ECDHE-ECDSA-AES128-GCM-SHA256 ] || fail "the bench negotiated $got"
 grep -qE "(Server|Peer) Temp Key: ECDH, (P-384|secp384r1)" <<<"$seen" || fail "s_client saw: $seen"
+grep -q "Protocol version: TLSv1.2" <<<"$seen" || fail "serve --tls-max-version 1.2 is not 1.2 only: $seen"
 
 # handshake --baseline: both in-memory ends take the options.
 baseline() {
