@@ -80,7 +80,8 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_crl = app.add_option("--crl", cfg->crl, "certificate revocation list");
     auto* o_admin = app.add_option(
         "--admin", cfg->admin,
-        "ADDR:PORT of the admin HTTP endpoint (/metrics, /healthz); keep it on loopback");
+        "ADDR:PORT of the admin HTTP endpoint (/metrics, /healthz, /readyz, /connections, "
+        "/clients, POST /reload); no authentication: keep it on loopback");
     std::string up_tls;
     auto* o_up = app.add_option("--upstream-tls", up_tls,
                                 "RPC-with-TLS towards the backends: off|opportunistic|required|"
