@@ -105,6 +105,10 @@ namespace rpcgate::gw {
       "Alerts (other than close_notify) from clients read on kTLS sockets.")                     \
     X(tls_key_update_closes, "key_update_closes", "tls_key_update_closes_total", counter,        \
       "Connections closed cleanly after a KeyUpdate that kernel TLS cannot follow.")             \
+    X(tls_key_exhausted_closes, "key_exhausted_closes", "tls_key_exhausted_closes_total", counter, \
+      "Connections closed cleanly (close_notify) when their kTLS TX key had protected "          \
+      "--tls-rekey-after records (default: the AEAD's limit) and could not be changed "          \
+      "(Linux before 6.14, or half kTLS).")                                                      \
     X(tls_rekeys_rx_peer, "rekeys_rx_peer", "tls_rekeys_rx_peer_total", counter,                \
       "RX keys changed in the kernel after a peer's KeyUpdate (client or backend).")             \
     X(tls_rekeys_tx_peer, "rekeys_tx_peer", "tls_rekeys_tx_peer_total", counter,                \
