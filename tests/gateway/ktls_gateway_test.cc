@@ -39,6 +39,7 @@
 
 #include "gateway/gateway.h"
 #include "tests/gateway/ktls_client.h"
+#include "tests/gateway/ktls_gateway_fixture.h"
 #include "tests/timing.h"
 #include "tests/unit/tls/ktls_test_util.h"
 #include "tls/context.h"
@@ -62,77 +63,20 @@ void PrintTo(const mode_param& m, std::ostream* os) {
     *os << m.name;
 }
 
-class gateway_ktls : public ::testing::TestWithParam<mode_param> {
+class gateway_ktls : public ktls_gateway_fixture, public ::testing::WithParamInterface<mode_param> {
   protected:
     void SetUp() override {
-        ASSERT_FALSE(certs().dir.empty());
-        if (require_ktls()) {
-            ASSERT_TRUE(have_ktls()) << "RPCGATE_REQUIRE_KTLS=1 but the kernel has no kTLS";
-        }
-        bench::serve_options so;
-        std::string err;
-        ASSERT_TRUE(bench::parse_address("127.0.0.1:0", false, &so.listen, &err)) << err;
-        so.shards = 1;
-        so.shard.buffer_count = 64;
-        echo_ = std::make_unique<bench::echo_server>(so);
-        ASSERT_EQ(echo_->start(), "");
-        start_gateway();
+        ktls_gateway_fixture::SetUp();
+        if (!HasFatalFailure()) start_gateway();
     }
-
-    // The gateway under test: --tls required in this test's kTLS mode.
-    void start_gateway(std::function<void(gw::gateway_config&)> tweak = {}) {
-        if (gw_) {
-            gw_->stop();
-            gw_->wait();
-        }
-        gw::gateway_config cfg;
-        std::string err;
-        gw::endpoint ep;
-        ASSERT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
-        cfg.listen.push_back(ep);
-        cfg.implicit_tls.push_back(ep);
-        gw::backend_route r;
-        ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, echo_->port()),
-                                      &r, &err));
-        cfg.backends.push_back(r);
-        cfg.shards = 1;
-        cfg.buffers = 64;
-        cfg.reserved_port = false;
-        cfg.tls = gw::tls_policy::required;
-        cfg.cert = certs().cert;
-        cfg.key = certs().key;
-        cfg.ktls = GetParam().ktls;
-        cfg.ktls_rx = GetParam().rx;
-        if (tweak) tweak(cfg);
-        ASSERT_TRUE(gw::validate(&cfg, &err)) << err;
-        gw_ = std::make_unique<gw::gateway>(cfg);
-        ASSERT_EQ(gw_->start(), "");
-    }
-    void TearDown() override {
-        if (gw_) {
-            gw_->stop();
-            gw_->wait();
-        }
-        if (echo_) echo_->stop();
+    // The gateway under test in this test's kTLS mode.
+    void start_gateway(const std::function<void(gw::gateway_config&)>& tweak = {}) {
+        start_gateway_in(GetParam().ktls, GetParam().rx, tweak);
     }
 
     bool kernel() const { return std::string(GetParam().ktls) != "off" && have_ktls(); }
     const char* expect_tx() const { return kernel() ? "ktls-sw" : "userspace"; }
     const char* expect_rx() const { return kernel() && GetParam().rx ? "ktls-sw" : "userspace"; }
-
-    // A client through STARTTLS (or implicit TLS) and the handshake.
-    std::unique_ptr<client> open(bool implicit = false) {
-        auto c = std::make_unique<client>();
-        EXPECT_TRUE(c->connect(implicit ? gw_->implicit_port() : gw_->port()));
-        if (!implicit) {
-            std::string e = c->starttls();
-            EXPECT_EQ(e, "");
-            if (!e.empty()) return nullptr;
-        }
-        std::string e = c->handshake();
-        EXPECT_EQ(e, "");
-        return e.empty() ? std::move(c) : nullptr;
-    }
 
     // What /connections and /metrics say while exactly one TLS client is open.
     void expect_protection() { expect_protection(expect_tx(), expect_rx()); }
@@ -149,9 +93,6 @@ class gateway_ktls : public ::testing::TestWithParam<mode_param> {
         }
         std::printf("[gw-ktls] %s: %s\n", GetParam().name, want.c_str());
     }
-
-    std::unique_ptr<bench::echo_server> echo_;
-    std::unique_ptr<gw::gateway> gw_;
 };
 
 // Byte-identical echo of 0 B to 1 MiB through STARTTLS; where the crypto

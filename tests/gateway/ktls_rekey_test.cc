@@ -20,6 +20,7 @@
 
 #include "gateway/gateway.h"
 #include "tests/gateway/ktls_client.h"
+#include "tests/gateway/ktls_gateway_fixture.h"
 #include "tests/unit/tls/ktls_test_util.h"
 #include "tls/ktls.h"
 #include "tools/bench/echo_server.h"
@@ -36,62 +37,14 @@ uint32_t env_or(const char* name, uint32_t dflt) {
     return v && *v ? uint32_t(std::strtoul(v, nullptr, 10)) : dflt;
 }
 
-class gateway_rekey : public ::testing::TestWithParam<const char*> {
+class gateway_rekey : public ktls_gateway_fixture,
+                      public ::testing::WithParamInterface<const char*> {
   protected:
-    void SetUp() override {
-        ASSERT_FALSE(certs().dir.empty());
-        if (require_ktls()) {
-            ASSERT_TRUE(have_ktls()) << "RPCGATE_REQUIRE_KTLS=1 without kTLS";
-        }
-        bench::serve_options so;
-        std::string err;
-        ASSERT_TRUE(bench::parse_address("127.0.0.1:0", false, &so.listen, &err)) << err;
-        so.shards = 1;
-        so.shard.buffer_count = 64;
-        echo_ = std::make_unique<bench::echo_server>(so);
-        ASSERT_EQ(echo_->start(), "");
-    }
     void start_gateway(uint64_t rekey_after) {
-        gw::gateway_config cfg;
-        std::string err;
-        gw::endpoint ep;
-        ASSERT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
-        cfg.listen.push_back(ep);
-        gw::backend_route r;
-        ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, echo_->port()),
-                                      &r, &err));
-        cfg.backends.push_back(r);
-        cfg.shards = 1;
-        cfg.buffers = 64;
-        cfg.reserved_port = false;
-        cfg.tls = gw::tls_policy::required;
-        cfg.cert = certs().cert;
-        cfg.key = certs().key;
-        cfg.ktls = GetParam();
-        cfg.tls_rekey_after = rekey_after;
-        ASSERT_TRUE(gw::validate(&cfg, &err)) << err;
-        gw_ = std::make_unique<gw::gateway>(cfg);
-        ASSERT_EQ(gw_->start(), "");
-    }
-    void TearDown() override {
-        if (gw_) {
-            gw_->stop();
-            gw_->wait();
-        }
-        if (echo_) echo_->stop();
+        start_gateway_in(GetParam(), true,
+                         [&](gw::gateway_config& c) { c.tls_rekey_after = rekey_after; });
     }
     bool kernel() const { return std::string(GetParam()) != "off" && have_ktls(); }
-    std::unique_ptr<client> open() {
-        auto c = std::make_unique<client>();
-        EXPECT_TRUE(c->connect(gw_->port()));
-        std::string e = c->starttls();
-        if (e.empty()) e = c->handshake();
-        EXPECT_EQ(e, "");
-        return e.empty() ? std::move(c) : nullptr;
-    }
-
-    std::unique_ptr<bench::echo_server> echo_;
-    std::unique_ptr<gw::gateway> gw_;
 };
 
 // The client asks for a KeyUpdate (update_requested) every EVERY calls: the
