@@ -182,7 +182,22 @@ void backend_link::send_record(slice_chain&& framed) {
     if (!tls_ || tls_->kernel_tx()) {  // kTLS TX: the kernel encrypts
         size_t n = framed.size();
         s_->send(std::move(framed));
-        if (tls_ && keys_.due(s_->fd(), n)) readopt(*s_);
+        if (!tls_) return;
+        switch (keys_.due(s_->fd(), n)) {
+            case key_updates::tx_step::go_on:
+                break;
+            case key_updates::tx_step::rekey:
+                readopt(*s_);
+                break;
+            case key_updates::tx_step::close:
+                // The whole session ends cleanly: its calls on this link
+                // could not be answered on a new one.
+                bump(ctx_.counters().tls_key_exhausted_closes);
+                owner_.terminate(
+                    fmt::format("backend {} (conn {}): {}", target(), id_, keys_.close_reason()),
+                    0);
+                break;
+        }
         return;
     }
     tls_out_.append(std::move(framed));

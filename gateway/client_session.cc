@@ -357,7 +357,7 @@ bool client_session::on_backend_record(backend_link& l, slice_chain&& rec) {
     }
     bump(ctx_.counters().bytes_to_clients, rec.size());
     send_to_client(frame(std::move(rec)));
-    if (!client_) return false;
+    if (!client_ || terminating_) return false;
     if (client_->full() && !client_full_) {
         client_full_ = true;
         bump(ctx_.counters().flow_pauses);
@@ -411,7 +411,20 @@ void client_session::send_to_client(slice_chain&& bytes) {
     if (!tls_ || tls_->kernel_tx()) {  // kTLS TX: the kernel encrypts
         size_t n = bytes.size();
         client_->send(std::move(bytes));
-        if (tls_ && keys_.due(client_->fd(), n)) readopt();
+        if (!tls_) return;
+        switch (keys_.due(client_->fd(), n)) {
+            case key_updates::tx_step::go_on:
+                break;
+            case key_updates::tx_step::rekey:
+                readopt();
+                break;
+            case key_updates::tx_step::close:
+                // Between RPC records: `bytes` ended with a whole one.
+                bump(ctx_.counters().tls_key_exhausted_closes);
+                RPCGATE_LOG(gw, info, "conn {} ({}): {}", id_, peer_, keys_.close_reason());
+                close_all(0);  // close_notify once the queue has left
+                break;
+        }
         return;
     }
     // Encrypted once per batch (flush_tls at the end of every receive

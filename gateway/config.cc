@@ -14,6 +14,7 @@
 #include "dpdk/backend.h"
 #include "gateway/config_parse.h"
 #include "rpc/portmap.h"
+#include "tls/context.h"
 
 namespace rpcgate::gw {
 
@@ -333,6 +334,10 @@ bool validate(gateway_config* cfg, std::string* err) {
     }
     if (cfg->tls_min_version != "1.3" && cfg->tls_min_version != "1.2") {
         *err = fmt::format("--tls-min-version must be 1.3 or 1.2, not '{}'", cfg->tls_min_version);
+        return false;
+    }
+    if (!cfg->tls_ciphersuites.empty() && !tls::check_ciphersuites(cfg->tls_ciphersuites, err)) {
+        *err = "--tls-ciphersuites / tls_ciphersuites: " + *err;
         return false;
     }
     if (cfg->handshake_timeout_ms < 100) {

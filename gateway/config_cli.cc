@@ -75,7 +75,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                     "TLS 1.3 cipher suites in order of preference, e.g. "
                                     "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256 (default: "
                                     "AES-128-GCM first where the CPU has AES instructions, else "
-                                    "ChaCha20-Poly1305 first)");
+                                    "ChaCha20-Poly1305 first; an unknown name is an error)");
     auto* o_map = app.add_option("--cert-user-map", cfg->cert_user_map,
                                  "FILE mapping verified client certificates (subject:... or "
                                  "san:...) to 'UID GID[,GID...]'; calls on such a connection "
@@ -86,7 +86,8 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_crl = app.add_option("--crl", cfg->crl, "certificate revocation list");
     auto* o_admin = app.add_option(
         "--admin", cfg->admin,
-        "ADDR:PORT of the admin HTTP endpoint (/metrics, /healthz); keep it on loopback");
+        "ADDR:PORT of the admin HTTP endpoint (/metrics, /healthz, /readyz, /connections, "
+        "/clients, POST /reload); no authentication: keep it on loopback");
     std::string up_tls;
     auto* o_up = app.add_option("--upstream-tls", up_tls,
                                 "RPC-with-TLS towards the backends: off|opportunistic|required|"

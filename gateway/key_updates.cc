@@ -22,31 +22,44 @@ void key_updates::start(tls::session& tls, uint64_t rekey_after, size_t record_s
         tls.set_rekey_after(limit);
         return;
     }
-    // kTLS TX: only with the secrets kept and a kernel that takes new keys.
-    limit_ = tls.secrets() && tls::ktls::kernel_can_rekey() ? limit : 0;
+    // kTLS TX: a new key needs the secrets kept and a kernel that takes it;
+    // without them the limit still holds, and ends the connection.
+    limit_ = limit;
+    can_rekey_ = tls.secrets() && tls::ktls::kernel_can_rekey();
     left_ = limit_;
 }
 
-bool key_updates::due(int fd, size_t bytes) {
-    if (limit_ == 0 || owed_) return false;
+key_updates::tx_step key_updates::due(int fd, size_t bytes) {
+    if (limit_ == 0 || owed_ || exhausted_) return tx_step::go_on;
     // One send() makes at most one short record plus its full ones (the
     // stream may merge sends: fewer, never more, short ones).
     uint64_t most = 1 + bytes / record_size_;
     if (most < left_) {
         left_ -= most;
-        return false;
+        return tx_step::go_on;
     }
     uint64_t seq = 0;
     if (!tls::ktls::tx_record_seq(fd, &seq)) {
         limit_ = 0;  // cannot tell: leave the key alone
-        return false;
+        return tx_step::go_on;
     }
     if (seq + most < limit_) {
         left_ = limit_ - seq - most;
-        return false;
+        return tx_step::go_on;
+    }
+    if (!can_rekey_) {
+        exhausted_ = true;
+        return tx_step::close;
     }
     owed_ = true;
-    return true;
+    return tx_step::rekey;
+}
+
+std::string key_updates::close_reason() const {
+    return fmt::format(
+        "the kTLS TX key has protected its {} records (--tls-rekey-after; RFC 8446 §5.5) and {} "
+        "cannot take a new one: closing with close_notify",
+        limit_, tls_ && !tls_->secrets() ? "half kTLS (RX in userspace)" : "this kernel");
 }
 
 bool key_updates::on_drained(int fd, gateway_counters& c, std::string* why) {

@@ -13,7 +13,15 @@
 //     TX the kernel's own record count (tls::ktls::tx_record_seq) decides,
 //     read only when a cheap upper bound of the records sent since the last
 //     look says the limit may have come. Only where the kernel can take a
-//     new TX key (tls::ktls::kernel_can_rekey, Linux 6.14+).
+//     new TX key (tls::ktls::kernel_can_rekey, Linux 6.14+) and the secrets
+//     were kept (RX in the kernel too).
+//
+// Where the kTLS TX key cannot change (Linux before 6.14, or half kTLS, which
+// keeps no secrets), the same count ends the connection instead: once the
+// key has protected its records it must not protect more (RFC 8446 §5.5), so
+// the owner closes cleanly, with close_notify after the RPC record that was
+// just queued, and counts it (tls_key_exhausted_closes). The client
+// reconnects with fresh keys.
 //
 // The owner (client_session, backend_link) does the stream part: a kTLS
 // socket whose receive ended at a control record, or that must be quiet for
@@ -40,10 +48,18 @@ class key_updates {
     // plaintext per kTLS TX record (--ktls-tx-record-size; 0: 16384).
     void start(tls::session& tls, uint64_t rekey_after, size_t record_size = 0);
 
-    // kTLS TX: `bytes` are about to be sent on `fd`. True when our TX key is
-    // due for an update: the owner starts a quiet spell (detach) and calls
-    // on_drained.
-    bool due(int fd, size_t bytes);
+    // What the owner does after queuing kTLS TX bytes.
+    enum class tx_step {
+        go_on,  // the key has records left (or has no limit)
+        rekey,  // due for an update: the owner starts a quiet spell (detach)
+                // and calls on_drained
+        close,  // used up and it cannot change: the owner logs close_reason,
+                // counts tls_key_exhausted_closes and closes with close_notify
+    };
+    // kTLS TX: `bytes` (whole RPC records) were just queued on `fd`.
+    tx_step due(int fd, size_t bytes);
+    // One line for the log when due() said close.
+    std::string close_reason() const;
     // The peer asked for our KeyUpdate (follow_key_update's rekey_tx).
     void owe() noexcept { owed_ = owed_peer_ = true; }
     bool owed() const noexcept { return owed_; }
@@ -62,7 +78,9 @@ class key_updates {
     tls::session* tls_ = nullptr;
     uint64_t limit_ = 0;  // records per TX key on kTLS TX; 0: never
     size_t record_size_ = 16384;
-    uint64_t left_ = 0;  // records that surely still fit before a look at the kernel's count
+    bool can_rekey_ = false;  // else the connection closes at limit_
+    bool exhausted_ = false;  // due() said close
+    uint64_t left_ = 0;       // records that surely still fit before a look at the kernel's count
     uint64_t userspace_seen_ = 0;
     bool owed_ = false;
     bool owed_peer_ = false;

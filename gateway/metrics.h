@@ -107,6 +107,10 @@ namespace rpcgate::gw {
       "Connections closed cleanly after a KeyUpdate that kernel TLS cannot follow.")             \
     X(ktls_option_failures, "ktls_option_failures", "ktls_option_failures_total", counter,       \
       "kTLS connections on which the kernel refused --ktls-rx-no-pad or --ktls-tx-record-size.") \
+    X(tls_key_exhausted_closes, "key_exhausted_closes", "tls_key_exhausted_closes_total", counter, \
+      "Connections closed cleanly (close_notify) when their kTLS TX key had protected "          \
+      "--tls-rekey-after records (default: the AEAD's limit) and could not be changed "          \
+      "(Linux before 6.14, or half kTLS).")                                                      \
     X(tls_rekeys_rx_peer, "rekeys_rx_peer", "tls_rekeys_rx_peer_total", counter,                \
       "RX keys changed in the kernel after a peer's KeyUpdate (client or backend).")             \
     X(tls_rekeys_tx_peer, "rekeys_tx_peer", "tls_rekeys_tx_peer_total", counter,                \

@@ -10,7 +10,9 @@
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "tls/verify_state.h"
 
@@ -106,6 +108,7 @@ bool common_setup(SSL_CTX* ctx, context* self, int min_version, const cipher_opt
         *err = "max_version: " + last_error();
         return false;
     }
+    if (!c.ciphersuites.empty() && !check_ciphersuites(c.ciphersuites, err)) return false;
     if (!c.ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, c.ciphersuites.c_str()) != 1) {
         *err = "TLS 1.3 cipher suites '" + c.ciphersuites + "': " + last_error();
         return false;
@@ -161,6 +164,39 @@ std::string preferred_ciphersuites() {
     return cpu_has_aes()
                ? "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
                : "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384";
+}
+
+std::vector<std::string> known_ciphersuites() {
+    std::vector<std::string> names;
+    std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_method()), SSL_CTX_free);
+    std::unique_ptr<SSL, decltype(&SSL_free)> ssl(ctx ? SSL_new(ctx.get()) : nullptr, SSL_free);
+    if (!ssl) return names;
+    // TLS 1.3 suites live at code points 0x13,0x01 onwards (RFC 8446 §B.4).
+    for (unsigned lo = 1; lo < 256; ++lo) {
+        const unsigned char id[2] = {0x13, static_cast<unsigned char>(lo)};
+        const SSL_CIPHER* c = SSL_CIPHER_find(ssl.get(), id);
+        if (c && std::strcmp(SSL_CIPHER_get_version(c), "TLSv1.3") == 0)
+            names.emplace_back(SSL_CIPHER_standard_name(c));
+    }
+    return names;
+}
+
+bool check_ciphersuites(const std::string& suites, std::string* err) {
+    static const std::vector<std::string> known = known_ciphersuites();
+    for (size_t start = 0; start <= suites.size();) {
+        const size_t end = std::min(suites.find(':', start), suites.size());
+        std::string name = suites.substr(start, end - start);
+        start = end + 1;
+        // OpenSSL's list syntax allows blanks around a name, and empty entries.
+        name.erase(0, name.find_first_not_of(" \t"));
+        name.erase(name.find_last_not_of(" \t") + 1);
+        if (name.empty() || std::find(known.begin(), known.end(), name) != known.end()) continue;
+        std::string list;
+        for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+        *err = "unknown TLS 1.3 cipher suite '" + name + "' (this OpenSSL knows: " + list + ")";
+        return false;
+    }
+    return true;
 }
 
 bool is_ip_address(const std::string& s) {

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace rpcgate::tls {
 
@@ -39,6 +40,14 @@ struct cipher_options {
 // CPU has AES instructions (the cheapest suite there, and the one kTLS and
 // every NIC TLS offload engine support), else ChaCha20-Poly1305 first.
 std::string preferred_ciphersuites();
+// Every TLS 1.3 cipher suite this OpenSSL knows, by its RFC 8446 name, in
+// code point order ("TLS_AES_128_GCM_SHA256", ...).
+std::vector<std::string> known_ciphersuites();
+// Checks a TLS 1.3 suite list ("A:B:C", SSL_CTX_set_ciphersuites syntax):
+// false, and a line naming the first unknown suite, when a name is not one of
+// known_ciphersuites(). OpenSSL itself drops an unknown name silently and
+// fails only when no name is known, so a typo would quietly narrow the list.
+bool check_ciphersuites(const std::string& suites, std::string* err);
 // True when this CPU has AES and carry-less multiply instructions (AES-NI
 // and PCLMULQDQ on x86-64, the AES extension on AArch64).
 bool cpu_has_aes() noexcept;

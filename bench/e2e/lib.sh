@@ -1,6 +1,13 @@
 # Shared by the end-to-end comparison scripts. Source it after setting $build,
-# $out and $shards (and $cipher for TLS); it defines functions only.
+# $out and $shards (and $cipher for TLS), or source it first and let e2e_args
+# set them; it defines functions only.
 #
+#   e2e_args OUT_NAME [--quick] [BUILD_DIR] [OUT_DIR]
+#                          the report scripts' command line: sets quick (1 with
+#                          --quick, else 0), build (default $root/build/release),
+#                          out (default $build/OUT_NAME), shards ($SHARDS,
+#                          default 2) and cipher ($CIPHER, default
+#                          TLS_AES_128_GCM_SHA256)
 #   e2e_find_bin NAME      the executable NAME under $build, wherever CMake put it
 #   e2e_need TOOL...       exit with one line if a tool is not installed
 #   e2e_init NAME          work dir $work, the pids array, a trap that stops every
@@ -51,6 +58,20 @@
 #                          $idle_conns idle connections (one NULL call each,
 #                          TLS for the TLS set-ups) to ${target[SETUP]}:
 #                          prints the JSON result (bench/e2e/idle_rss.py)
+
+e2e_args() {
+    local name=$1
+    shift
+    quick=0
+    if [ "${1:-}" = --quick ]; then
+        quick=1
+        shift
+    fi
+    build=${1:-$root/build/release}
+    out=${2:-$build/$name}
+    shards=${SHARDS:-2}
+    cipher=${CIPHER:-TLS_AES_128_GCM_SHA256}
+}
 
 e2e_find_bin() {
     local p d

@@ -31,22 +31,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-quick=0
-if [ "${1:-}" = --quick ]; then
-    quick=1
-    shift
-fi
-build=${1:-$root/build/release}
-out=${2:-$build/nfs-report}
+. "$here/lib.sh"
+e2e_args nfs-report "$@"
 duration=${DURATION:-$([ "$quick" = 1 ] && echo 1 || echo 5)}
 file_mib=${FILE_MIB:-$([ "$quick" = 1 ] && echo 16 || echo 256)}
-shards=${SHARDS:-2}
-cipher=${CIPHER:-TLS_AES_128_GCM_SHA256}
 workloads=${WORKLOADS:-"read write meta read41"}
 setups=${SETUPS:-"direct rpcgate rpcgate-tls rpcgate-chain stunnel socat"}
 . "$root/tests/peers/peer_lib.sh"
-
-. "$here/lib.sh"
 bench=$(e2e_find_bin rpcgate-bench)
 rpcgate=$(e2e_find_bin rpcgate)
 e2e_need python3 socat
@@ -55,9 +46,8 @@ e2e_certs >/dev/null 2>&1
 
 state=$work/ganesha
 rc=0
-env=$("$root/tests/peers/ganesha.sh" start "$state") || rc=$?
+peer_ganesha_start "$state" || rc=$?
 [ "$rc" -eq 0 ] || { echo "$(basename "$0"): nfs-ganesha did not start" >&2; exit "$rc"; }
-eval "$env"
 stop_ganesha() { "$root/tests/peers/ganesha.sh" stop "$state" || true; e2e_cleanup; }
 trap stop_ganesha EXIT
 

@@ -53,17 +53,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-quick=0
-if [ "${1:-}" = --quick ]; then
-    quick=1
-    shift
-fi
-build=${1:-$root/build/release}
-out=${2:-$build/bench-report}
+. "$here/lib.sh"
+e2e_args bench-report "$@"
 duration=${DURATION:-$([ "$quick" = 1 ] && echo 1 || echo 3)}
 rounds=${ROUNDS:-$([ "$quick" = 1 ] && echo 1 || echo 3)}
-shards=${SHARDS:-2}
-cipher=${CIPHER:-TLS_AES_128_GCM_SHA256}
 workloads=${WORKLOADS:-"small large open idle"}
 setups=${SETUPS:-"direct rpcgate haproxy haproxy32 socat rpcgate-tls rpcgate-chain haproxy-tls
     haproxy32-tls stunnel"}
@@ -73,8 +66,6 @@ idle_conns=${IDLE_CONNS:-$([ "$quick" = 1 ] && echo 100 || echo 1000)}
 tls_setups="rpcgate-tls rpcgate-tls-base rpcgate-chain haproxy-tls haproxy32-tls stunnel"
 export OPEN_RATE=${OPEN_RATE:-$([ "$quick" = 1 ] && echo 5000 || echo 10000)}
 . "$root/tests/peers/peer_lib.sh"
-
-. "$here/lib.sh"
 bench=$(e2e_find_bin rpcgate-bench)
 rpcgate=$(e2e_find_bin rpcgate)
 probe=$(e2e_find_bin rpcgate-probe)

@@ -7,6 +7,8 @@
 #   - a wildcard upstream server name: refused; a non-loopback --admin: warned;
 #   - upstream TLS on a MOUNT route: warned;
 #   - a backend host that does not resolve: refused;
+#   - an unknown TLS 1.3 suite in --tls-ciphersuites (or the TOML key), even
+#     beside a known one: refused, naming it;
 #   - it writes nothing: the --audit-log file is not created.
 #   check_config.sh RPCGATE MAKE_CERTS
 set -euo pipefail
@@ -67,6 +69,16 @@ echo "upstream TLS on MOUNT: warned"
 check 2 --backend nfs=host.invalid:2049
 has "cannot resolve 'host.invalid'"
 echo "unresolvable backend: refused"
+
+check 2 "${tls[@]}" --cert "$c/server.pem" --key "$c/server.key" \
+    --tls-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_128_GCM_SHA384
+has "unknown TLS 1.3 cipher suite 'TLS_AES_128_GCM_SHA384'"
+printf 'tls_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256 : TLS_AES_256_GCM_SHA256"\n' >suites.toml
+check 2 "${tls[@]}" --cert "$c/server.pem" --key "$c/server.key" --config suites.toml
+has "unknown TLS 1.3 cipher suite 'TLS_AES_256_GCM_SHA256'"
+echo "unknown TLS 1.3 suite: refused ($(grep -o "unknown TLS 1.3 cipher suite '[^']*'" "$work/out"))"
+check 0 "${tls[@]}" --cert "$c/server.pem" --key "$c/server.key" \
+    --tls-ciphersuites "TLS_AES_256_GCM_SHA384:TLS_AES_128_CCM_SHA256"
 
 check 0 "${tls[@]}" --cert "$c/server.pem" --key "$c/server.key" --audit-log "$work/audit.log"
 [ ! -e "$work/audit.log" ] || fail "--check-config created the audit log"

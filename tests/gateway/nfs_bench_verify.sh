@@ -22,7 +22,6 @@ peers=$(cd "$(dirname "$0")/../peers" && pwd)
 command -v nfs-cp >/dev/null || { echo "SKIP: nfs-cp is not installed (libnfs-utils)" >&2; exit 77; }
 
 size=$((8 << 20)) chunk=65536
-"$peers/ganesha.sh" stop "$state"
 work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-nfsbench.XXXXXX")
 pids=()
 cleanup() {
@@ -33,10 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rc=0
-env=$("$peers/ganesha.sh" start "$state") || rc=$?
-[ "$rc" -eq 0 ] || exit "$rc"
-eval "$env"
+peer_ganesha_start "$state" || exit  # 77: it cannot run here
 
 fail() {
     echo "FAIL: $*" >&2

@@ -19,7 +19,6 @@ for tool in nfs-cp nfs-ls dumpcap tshark capinfos; do
     command -v "$tool" >/dev/null || { echo "SKIP: $tool is not installed" >&2; exit 77; }
 done
 
-"$peers/ganesha.sh" stop "$state"
 work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-callstats.XXXXXX")
 gw_pid= cap_pid=
 cleanup() {
@@ -30,10 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rc=0
-env=$("$peers/ganesha.sh" start "$state") || rc=$?
-[ "$rc" -eq 0 ] || exit "$rc"
-eval "$env"
+peer_ganesha_start "$state" || exit  # 77: it cannot run here
 
 fail() {
     echo "FAIL: $*" >&2

@@ -16,7 +16,6 @@ for tool in nfs-cp nfs-ls; do
     command -v "$tool" >/dev/null || { echo "SKIP: $tool is not installed (libnfs-utils)" >&2; exit 77; }
 done
 
-"$peers/ganesha.sh" stop "$state"
 work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-nfsgw.XXXXXX")
 gw_pid=
 cleanup() {
@@ -26,10 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rc=0
-env=$("$peers/ganesha.sh" start "$state") || rc=$?
-[ "$rc" -eq 0 ] || exit "$rc"
-eval "$env"
+peer_ganesha_start "$state" || exit  # 77: it cannot run here
 
 fail() {
     echo "FAIL: $*" >&2

@@ -24,7 +24,6 @@ for tool in nfs-cp nfs-ls tshark; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "SKIP: capturing on loopback with tshark needs root" >&2; exit 77; }
 
-"$peers/ganesha.sh" stop "$state"
 work=$(mktemp -d "${TMPDIR:-/tmp}/rpcgate-nfstls.XXXXXX")
 pids=()
 cleanup() {
@@ -35,10 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rc=0
-env=$("$peers/ganesha.sh" start "$state") || rc=$?
-[ "$rc" -eq 0 ] || exit "$rc"
-eval "$env"
+peer_ganesha_start "$state" || exit  # 77: it cannot run here
 sh "$make_certs" "$work/certs"
 
 fail() {

@@ -8,7 +8,12 @@
 #     rpcgate-bench reports it and as `openssl s_client` sees it;
 #   - rpcgate-bench serve and run with --tls-max-version 1.2, --ciphers and
 #     --groups: TLS 1.2 with that AEAD (the bench's report), and the server's
-#     only group is the key exchange `openssl s_client` sees.
+#     only group is the key exchange `openssl s_client` sees; --tls-max-version
+#     1.2 pins 1.2: s_client, which offers 1.3 too, gets 1.2;
+#   - rpcgate-bench handshake --baseline with --tls-max-version 1.2, --ciphers
+#     and --groups: its in-memory server takes them too (TLS 1.2 with that
+#     AEAD; before, the server kept TLS 1.3 and every handshake failed), and
+#     with --ciphersuites a server that has only that suite.
 #   tls_ciphers.sh RPCGATE BENCH MAKE_CERTS
 set -euo pipefail
 rpcgate=$1 bench=$2 make_certs=$3
@@ -76,8 +81,28 @@ bench_run "$srv_PORT" "$work/tls12.json" --tls-max-version 1.2 \
     --ciphers ECDHE-ECDSA-AES128-GCM-SHA256 --groups P-384:P-256
 version=$(field "$work/tls12.json" tls_version)
 got=$(field "$work/tls12.json" tls_cipher)
-seen=$(s_client "$srv_PORT" -tls1_2)
+seen=$(s_client "$srv_PORT")
 echo "rpcgate-bench TLS 1.2, --ciphers ECDHE-ECDSA-AES128-GCM-SHA256: $version $got; s_client: $(grep -m1 -E 'Server Temp Key|Peer Temp Key' <<<"$seen")"
 [ "$version" = TLSv1.2 ] || fail "the bench negotiated $version"
 [ "$got" = ECDHE-ECDSA-AES128-GCM-SHA256 ] || fail "the bench negotiated $got"
 grep -qE "(Server|Peer) Temp Key: ECDH, (P-384|secp384r1)" <<<"$seen" || fail "s_client saw: $seen"
+grep -q "Protocol version: TLSv1.2" <<<"$seen" || fail "serve --tls-max-version 1.2 is not 1.2 only: $seen"
+
+# handshake --baseline: both in-memory ends take the options.
+baseline() {
+    local out=$1
+    shift
+    "$bench" handshake --baseline --cert "$c/server.pem" --key "$c/server.key" --duration 0.2 \
+        --json "$@" >"$out" 2>"$out.err" || fail "handshake --baseline $*: $(cat "$out.err" "$out")"
+}
+baseline "$work/base12.json" --tls-max-version 1.2 --ciphers ECDHE-ECDSA-AES256-GCM-SHA384 \
+    --groups P-384:P-256
+version=$(field "$work/base12.json" version)
+got=$(field "$work/base12.json" cipher)
+echo "rpcgate-bench handshake --baseline --tls-max-version 1.2 --ciphers ECDHE-ECDSA-AES256-GCM-SHA384: $version $got, $(field "$work/base12.json" handshakes) handshakes"
+[ "$version" = TLSv1.2 ] || fail "the baseline negotiated $version"
+[ "$got" = ECDHE-ECDSA-AES256-GCM-SHA384 ] || fail "the baseline negotiated $got"
+baseline "$work/base13.json" --ciphersuites TLS_CHACHA20_POLY1305_SHA256 --groups X25519
+got=$(field "$work/base13.json" cipher)
+echo "rpcgate-bench handshake --baseline --ciphersuites TLS_CHACHA20_POLY1305_SHA256: $(field "$work/base13.json" version) $got"
+[ "$got" = TLS_CHACHA20_POLY1305_SHA256 ] || fail "the baseline negotiated $got"

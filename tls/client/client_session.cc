@@ -29,6 +29,7 @@ bool parse_tls_mode(std::string_view text, tls_mode* out) noexcept {
 }
 
 bool set_tls13_ciphersuites(tls::context& ctx, const std::string& suites, std::string* err) {
+    if (!tls::check_ciphersuites(suites, err)) return false;
     if (SSL_CTX_set_ciphersuites(ctx.native(), suites.c_str()) == 1) return true;
     *err = "cipher suites '" + suites + "': " + tls::last_error();
     return false;

@@ -41,7 +41,8 @@ bool parse_tls_mode(std::string_view text, tls_mode* out) noexcept;
 // Restricts the TLS 1.3 cipher suites a context offers or accepts
 // (SSL_CTX_set_ciphersuites, e.g. "TLS_AES_128_GCM_SHA256"), so that
 // benchmarks compare like with like. Call before any session is made from
-// `ctx`. False and a reason for a list OpenSSL does not accept.
+// `ctx`. False and a reason for a list naming a suite OpenSSL does not know
+// (tls::check_ciphersuites) or one it does not accept.
 bool set_tls13_ciphersuites(tls::context& ctx, const std::string& suites, std::string* err);
 
 enum class session_state {

@@ -53,8 +53,11 @@ struct tls_cli {
         app->add_option("--ciphersuites", ciphersuites,
                         "TLS 1.3 cipher suites, e.g. TLS_AES_128_GCM_SHA256");
         // NIC TLS offload evaluation: TLS 1.2 and a chosen AEAD on both ends.
+        // 1.2 pins the version (apply_ciphers sets min and max): what is
+        // measured is TLS 1.2 even against a peer that offers 1.3.
         app->add_option("--tls-max-version", max_version,
-                        "1.3 (default) or 1.2 (also allows 1.2: evaluation, outside RFC 9289)")
+                        "1.3 (default) or 1.2 (TLS 1.2 only: both the lowest and the highest "
+                        "version; NIC offload evaluation, outside RFC 9289)")
             ->check(CLI::IsMember({"1.2", "1.3"}));
         app->add_option("--ciphers", ciphers,
                         "TLS 1.2 cipher list (OpenSSL names), e.g. ECDHE-ECDSA-AES128-GCM-SHA256");

@@ -14,7 +14,9 @@
 //   rpcgate-bench handshake --target ADDR:PORT --tls starttls|implicit
 //                     --connections N --duration S [--json] [TLS options as for run]
 //   rpcgate-bench handshake --baseline --cert FILE --key FILE --duration S [--ca FILE]
-//                     [--server-name NAME] [--ciphersuites S] [--json]
+//                     [--server-name NAME] [--ciphersuites S] [--tls-max-version 1.2|1.3]
+//                     [--ciphers LIST] [--groups LIST] [--json]
+//                     (both in-memory ends take the versions, ciphers and groups)
 //   rpcgate-bench nfs --target ADDR:PORT [--nfs-version 3|4.1] [--mount-port P]
 //                     [--export PATH] [--file NAME]
 //                     [--file-size BYTES] [--size BYTES] [--pattern seq|rand]

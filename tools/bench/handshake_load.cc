@@ -119,6 +119,11 @@ handshake_report run_baseline(const handshake_options& opt, std::string* err,
     tls::server_options so;
     so.cert_file = opt.server_cert;
     so.key_file = opt.server_key;
+    // Both ends take the same versions, ciphers and groups, as serve and run
+    // against it would (--tls-max-version, --ciphers, --groups, --ciphersuites).
+    so.min_version = opt.tls.min_version;
+    so.ciphers = opt.tls.ciphers;
+    so.ciphers.ciphersuites = opt.ciphersuites;
     auto sctx = tls::context::make_server(so, err);
     if (!sctx) return r;
     auto cctx = make_tls_client_context(opt.tls, opt.ciphersuites, err);

@@ -11,7 +11,9 @@
 //                     reports the server side's own rate (1 / CPU time spent in
 //                     the server session per cycle): the ceiling of one
 //                     handshake thread, which is what a control thread that only
-//                     runs server handshakes can be compared with.
+//                     runs server handshakes can be compared with. Both sides
+//                     take the versions, ciphers and groups of `tls` and
+//                     `ciphersuites`.
 //
 // Both block the calling thread for the duration; `stop` (a signal flag) ends
 // them early.

@@ -229,5 +229,22 @@ TEST(router_config, one_program_twice_only_for_different_versions) {
     EXPECT_NE(err.find("routed twice"), std::string::npos) << err;
 }
 
+// --tls-ciphersuites (and the TOML key) with one unknown name among known
+// ones is a configuration error naming it, not a silently shorter list.
+TEST(router_config, an_unknown_tls13_suite_is_a_configuration_error) {
+    std::string err;
+    gateway_config cfg;
+    cfg.listen.resize(1);
+    cfg.backends.resize(1);
+    ASSERT_TRUE(parse_endpoint("127.0.0.1:0", &cfg.listen[0], &err)) << err;
+    ASSERT_TRUE(parse_backend("nfs=127.0.0.1:2049", &cfg.backends[0], &err)) << err;
+    cfg.tls_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
+    EXPECT_TRUE(validate(&cfg, &err)) << err;
+    cfg.tls_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256:TLS_CHACHA20_POLY1305";
+    EXPECT_FALSE(validate(&cfg, &err));
+    EXPECT_NE(err.find("--tls-ciphersuites"), std::string::npos) << err;
+    EXPECT_NE(err.find("'TLS_CHACHA20_POLY1305'"), std::string::npos) << err;
+}
+
 }  // namespace
 }  // namespace rpcgate::gw

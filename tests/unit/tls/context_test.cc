@@ -4,6 +4,10 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "test_util.h"
 
 namespace rpcgate::tls {
@@ -82,6 +86,36 @@ TEST(TlsContext, ClientSettings) {
     auto ip = test::client_opts();
     ip.server_name = "127.0.0.1";
     EXPECT_TRUE(context::make_client(ip, &err)) << err;
+}
+
+// OpenSSL drops an unknown TLS 1.3 suite name silently when another is known;
+// a context refuses the list instead, naming the unknown suite.
+TEST(TlsContext, UnknownCipherSuiteIsRefusedByName) {
+    std::vector<std::string> known = known_ciphersuites();
+    EXPECT_NE(std::find(known.begin(), known.end(), "TLS_AES_128_GCM_SHA256"), known.end());
+    EXPECT_NE(std::find(known.begin(), known.end(), "TLS_CHACHA20_POLY1305_SHA256"), known.end());
+    EXPECT_EQ(std::find(known.begin(), known.end(), "ECDHE-ECDSA-AES128-GCM-SHA256"), known.end());
+
+    std::string err;
+    EXPECT_TRUE(check_ciphersuites("TLS_AES_256_GCM_SHA384: TLS_AES_128_GCM_SHA256:", &err)) << err;
+    for (const char* bad : {"TLS_AES_128_GCM_SHA256:TLS_AES_128_GCM_SHA384",
+                            "TLS_AES_128_GCM_SHA384:TLS_AES_128_GCM_SHA256"}) {
+        SCOPED_TRACE(bad);
+        auto opt = test::server_opts();
+        opt.ciphers.ciphersuites = bad;
+        EXPECT_FALSE(context::make_server(opt, &err));
+        EXPECT_NE(err.find("unknown TLS 1.3 cipher suite 'TLS_AES_128_GCM_SHA384'"),
+                  std::string::npos)
+            << err;
+        auto co = test::client_opts();
+        co.ciphers.ciphersuites = bad;
+        err.clear();
+        EXPECT_FALSE(context::make_client(co, &err));
+        EXPECT_NE(err.find("'TLS_AES_128_GCM_SHA384'"), std::string::npos) << err;
+    }
+    // A TLS 1.2 cipher is not a TLS 1.3 suite, whatever OpenSSL makes of it.
+    EXPECT_FALSE(check_ciphersuites("TLS_AES_128_GCM_SHA256:ECDHE-RSA-AES128-GCM-SHA256", &err));
+    EXPECT_NE(err.find("'ECDHE-RSA-AES128-GCM-SHA256'"), std::string::npos) << err;
 }
 
 TEST(TlsContext, LastErrorIsOneLine) {

@@ -1,0 +1,97 @@
+// The set-up the gateway's kTLS tests share (ktls_gateway_test.cc,
+// ktls_rekey_test.cc): the bench echo server on loopback, and in front of it
+// the gateway under test with --tls required, one shard, on a STARTTLS and an
+// implicit-TLS listener. A fixture derives from it and from
+// ::testing::WithParamInterface<its mode>, and starts the gateway in that
+// mode. Self-contained, so that tests/vm runs the test binaries in the guest.
+#pragma once
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "gateway/gateway.h"
+#include "tests/gateway/ktls_client.h"
+#include "tests/unit/tls/ktls_test_util.h"
+#include "tools/bench/echo_server.h"
+
+namespace rpcgate::test_gw {
+
+class ktls_gateway_fixture : public ::testing::Test {
+  protected:
+    // Certificates, kTLS where RPCGATE_REQUIRE_KTLS=1 asks for it, the echo server.
+    void SetUp() override {
+        ASSERT_FALSE(certs().dir.empty());
+        if (require_ktls()) {
+            ASSERT_TRUE(have_ktls()) << "RPCGATE_REQUIRE_KTLS=1 but the kernel has no kTLS";
+        }
+        bench::serve_options so;
+        std::string err;
+        ASSERT_TRUE(bench::parse_address("127.0.0.1:0", false, &so.listen, &err)) << err;
+        so.shards = 1;
+        so.shard.buffer_count = 64;
+        echo_ = std::make_unique<bench::echo_server>(so);
+        ASSERT_EQ(echo_->start(), "");
+    }
+    void TearDown() override {
+        stop_gateway();
+        if (echo_) echo_->stop();
+    }
+
+    // (Re)starts the gateway under test with --ktls `ktls` and --ktls-rx `rx`;
+    // `tweak` changes the configuration before it is validated.
+    void start_gateway_in(const char* ktls, bool rx,
+                          const std::function<void(gw::gateway_config&)>& tweak = {}) {
+        stop_gateway();
+        gw::gateway_config cfg;
+        std::string err;
+        gw::endpoint ep;
+        ASSERT_TRUE(gw::parse_endpoint("127.0.0.1:0", &ep, &err));
+        cfg.listen.push_back(ep);
+        cfg.implicit_tls.push_back(ep);
+        gw::backend_route r;
+        ASSERT_TRUE(gw::parse_backend(fmt::format("{}=127.0.0.1:{}", k_echo_prog, echo_->port()),
+                                      &r, &err));
+        cfg.backends.push_back(r);
+        cfg.shards = 1;
+        cfg.buffers = 64;
+        cfg.reserved_port = false;
+        cfg.tls = gw::tls_policy::required;
+        cfg.cert = certs().cert;
+        cfg.key = certs().key;
+        cfg.ktls = ktls;
+        cfg.ktls_rx = rx;
+        if (tweak) tweak(cfg);
+        ASSERT_TRUE(gw::validate(&cfg, &err)) << err;
+        gw_ = std::make_unique<gw::gateway>(cfg);
+        ASSERT_EQ(gw_->start(), "");
+    }
+    void stop_gateway() {
+        if (!gw_) return;
+        gw_->stop();
+        gw_->wait();
+        gw_.reset();
+    }
+
+    // A client through STARTTLS (or implicit TLS) and the handshake.
+    std::unique_ptr<client> open(bool implicit = false) {
+        auto c = std::make_unique<client>();
+        EXPECT_TRUE(c->connect(implicit ? gw_->implicit_port() : gw_->port()));
+        if (!implicit) {
+            std::string e = c->starttls();
+            EXPECT_EQ(e, "");
+            if (!e.empty()) return nullptr;
+        }
+        std::string e = c->handshake();
+        EXPECT_EQ(e, "");
+        return e.empty() ? std::move(c) : nullptr;
+    }
+
+    std::unique_ptr<bench::echo_server> echo_;
+    std::unique_ptr<gw::gateway> gw_;
+};
+
+}  // namespace rpcgate::test_gw
