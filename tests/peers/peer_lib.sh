@@ -22,10 +22,23 @@
 #                                  LOG), wait up to $PEER_READY_TIMEOUT (default 30) s
 #                                  for a line `READY port=N`; set VAR_PID and VAR_PORT
 
-peer_free_port() {
-    # The kernel picks; the port is free now, and ephemeral ports are handed out
-    # in sequence, so a reuse before the caller binds it is unlikely.
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+peer_free_port() {  # peer_free_port [PORT...]: a port free now, none of PORT...
+    # The kernel picks at random from the ephemeral range, so two calls can
+    # return the same port: a caller that needs several passes the ones it
+    # already has.
+    python3 - "$@" <<'PY'
+import socket, sys
+avoid = set(int(a) for a in sys.argv[1:] if a)
+for _ in range(64):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    if port not in avoid:
+        print(port)
+        sys.exit(0)
+sys.exit("peer_free_port: no free port outside " + " ".join(sys.argv[1:]))
+PY
 }
 
 peer_wait_until() {
