@@ -73,12 +73,11 @@ drops=$(capinfos "$work/cap.pcapng" | sed -n 's|^Packets received/dropped on int
 # starts in the late segment (15 WRITEs seen of 16 sent, once, under ASan in
 # CI). A tshark error (an unknown field or filter) fails the test instead of
 # counting 0.
-ts_read() {  # ts_read NAME ARGS...: tshark -r on the capture into $work/NAME.txt
-    local name=$1
+ts_read() {  # ts_read NAME ARGS...: the capture read into $work/NAME.txt
+    local name=$1 msg
     shift
-    tshark -r "$work/cap.pcapng" -o tcp.reassemble_out_of_order:TRUE -d "tcp.port==$gw_port,rpc" \
-        "$@" >"$work/$name.txt" 2>"$work/$name.err" ||
-        fail "tshark -r $* exited with status $?: $(grep -v '^Running as user' "$work/$name.err")"
+    msg=$(peer_tshark_read "$work/cap.pcapng" "$work/$name.txt" \
+        -o tcp.reassemble_out_of_order:TRUE -d "tcp.port==$gw_port,rpc" "$@") || fail "$msg"
 }
 ts_read v3 -T fields -e nfs.procedure_v3 \
     -Y "rpc.msgtyp == 0 && rpc.program == 100003 && rpc.programversion == 3"

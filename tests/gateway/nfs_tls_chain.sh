@@ -94,14 +94,12 @@ echo "nfs-ls NFSv4 through the chain: chain.bin listed with its size"
 tshark_pid=${pids[-1]}
 peer_stop "$tshark_pid" 10
 unset 'pids[-1]'
-# Every read of the capture must work: a filter or field tshark does not know
-# exits non-zero, and would otherwise count as "0 matches" and pass.
-# ts_read NAME ARGS...: tshark -r on the capture into $work/NAME.txt.
+# Every read of the capture must work (peer_tshark_read fails on a filter or
+# field tshark does not know). ts_read NAME ARGS...: into $work/NAME.txt.
 ts_read() {
-    local name=$1
+    local name=$1 msg
     shift
-    tshark -r "$work/ab.pcap" "$@" >"$work/$name.txt" 2>"$work/$name.err" ||
-        fail "tshark -r ab.pcap $* exited with status $?: $(grep -v '^Running as user' "$work/$name.err")"
+    msg=$(peer_tshark_read "$work/ab.pcap" "$work/$name.txt" "$@") || fail "$msg"
 }
 lines() { wc -l <"$work/$1.txt"; }
 ts_read frames -T fields -e frame.number

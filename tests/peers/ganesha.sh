@@ -120,13 +120,10 @@ do_start() {
     state=$(cd "$state" && pwd)
     ensure_rpcbind
 
-    # Four different ports: with two the same, ganesha serves one program on
-    # the shared socket and the other's NULL never succeeds (seen once in CI:
-    # NFS answered, MOUNT did not for 30 s, one listening socket).
     NFS_PORT=$(peer_free_port)
-    MNT_PORT=$(peer_free_port "$NFS_PORT")
-    NLM_PORT=$(peer_free_port "$NFS_PORT" "$MNT_PORT")
-    RQUOTA_PORT=$(peer_free_port "$NFS_PORT" "$MNT_PORT" "$NLM_PORT")
+    MNT_PORT=$(peer_free_port)
+    NLM_PORT=$(peer_free_port)
+    RQUOTA_PORT=$(peer_free_port)
     local fs
     fs=$(mount_export "$state/export")
     write_config "$state" "$plugins"

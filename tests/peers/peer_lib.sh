@@ -22,41 +22,46 @@
 #                                  LOG), wait up to $PEER_READY_TIMEOUT (default 30) s
 #                                  for a line `READY port=N`; set VAR_PID and VAR_PORT
 
-peer_free_port() {  # peer_free_port [PORT...]: a port free now, none of PORT...
+peer_free_port() {
     # The kernel picks at random from the ephemeral range, so two calls can
     # return the same port (once in CI, ganesha's NFS and MOUNT ports: MOUNT
-    # never answered). The last 1,024 ports handed out, by any test on this
-    # machine, are kept in a small file and not handed out again; a caller
-    # may also name ports to avoid.
-    python3 - "$@" <<'PY'
+    # never answered). The last 1,024 ports handed out, by any test of this
+    # user, are kept in a small locked file and not handed out again.
+    python3 - <<'PY'
 import fcntl, os, socket, sys
-avoid = set(int(a) for a in sys.argv[1:] if a)
-path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "rpcgate-free-ports")
-try:
-    f = open(path, "a+")
+path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"rpcgate-free-ports.{os.getuid()}")
+with open(path, "a+") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     f.seek(0)
     recent = f.read().split()[-1024:]
-except OSError:
-    f, recent = None, []
-avoid.update(int(p) for p in recent if p.isdigit())
-for _ in range(256):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    if port not in avoid:
-        break
-else:
-    sys.exit("peer_free_port: no free port outside the recently handed out")
-if f is not None:
+    avoid = set(int(p) for p in recent if p.isdigit())
+    for _ in range(256):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in avoid:
+            break
+    else:
+        sys.exit("peer_free_port: no free port outside the 1,024 handed out last")
     recent.append(str(port))
     f.seek(0)
     f.truncate()
     f.write("\n".join(recent[-1024:]) + "\n")
-    f.close()
 print(port)
 PY
+}
+
+peer_tshark_read() {  # peer_tshark_read CAPTURE OUT ARGS...: tshark -r CAPTURE ARGS... >OUT
+    # A filter or field tshark does not know exits non-zero and would
+    # otherwise read as "0 matches": on an error this prints tshark's message
+    # and returns 1.
+    local cap=$1 out=$2 rc=0
+    shift 2
+    tshark -r "$cap" "$@" >"$out" 2>"$out.err" || rc=$?
+    [ "$rc" = 0 ] && return 0
+    echo "tshark -r $cap $* exited with status $rc: $(grep -v '^Running as user' "$out.err")"
+    return 1
 }
 
 peer_wait_until() {
