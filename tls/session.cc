@@ -288,6 +288,7 @@ std::unique_ptr<session> session::make(const context& ctx, std::string* err) {
     // Read-ahead lets OpenSSL take every fed byte in one BIO call instead of
     // a header and then a body per record: many small records, few calls.
     SSL_set_read_ahead(s->ssl_, 1);
+    s->set_lean(true);
     return s;
 }
 
@@ -475,6 +476,7 @@ status session::read(core::slice_chain& plain, core::slice_chain& out) {
         SSL_do_handshake(ssl_);
         ERR_clear_error();
     }
+    if (lean_ && !pb.idle() && ++data_reads_ >= k_busy_reads) set_lean(false);
     pb.drain(plain);
     io_->cipher.drain(out);
     return st;
@@ -552,6 +554,16 @@ void session::release_buffers() noexcept {
     SSL_free_buffers(ssl_);  // refuses (harmlessly) while a partial record is buffered
     io_->cipher.release();
     io_->plain.release();
+    if (!on_socket_) set_lean(true);
+}
+
+void session::set_lean(bool on) noexcept {
+    lean_ = on;
+    data_reads_ = 0;
+    if (on)
+        SSL_set_mode(ssl_, SSL_MODE_RELEASE_BUFFERS);
+    else
+        SSL_clear_mode(ssl_, SSL_MODE_RELEASE_BUFFERS);
 }
 
 std::string session::version() const {

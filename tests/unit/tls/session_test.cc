@@ -397,6 +397,33 @@ TEST_F(TlsData, ReleaseBuffersWhenIdle) {
     EXPECT_TRUE(got == std::string(7000, 'r'));
 }
 
+// A session is lean (OpenSSL's buffers given back after each record
+// operation) until k_busy_reads reads have yielded data, then keeps its
+// buffers until release_buffers(); the bytes are the same either way, and
+// OpenSSL's mode follows the flag.
+TEST_F(TlsData, LeanUntilBusyAndAgainAfterRelease) {
+    session& srv = *p_->server;
+    auto lean_mode = [&] { return (SSL_get_mode(srv.native()) & SSL_MODE_RELEASE_BUFFERS) != 0; };
+    EXPECT_TRUE(srv.lean());
+    EXPECT_TRUE(lean_mode());
+    for (uint32_t i = 1; i <= session::k_busy_reads; ++i) {
+        std::string msg = "call " + std::to_string(i);
+        auto got = pair::send(*p_->client, srv, core::slice_chain(core::slice::copy_of(msg)));
+        ASSERT_TRUE(got == msg) << i;
+        ASSERT_EQ(srv.lean(), i < session::k_busy_reads) << i;
+    }
+    EXPECT_FALSE(lean_mode());
+    // A read that yields nothing does not count.
+    core::slice_chain plain, out;
+    EXPECT_EQ(srv.read(plain, out), status::ok);
+    srv.release_buffers();
+    EXPECT_TRUE(srv.lean());
+    EXPECT_TRUE(lean_mode());
+    auto got = pair::send(*p_->client, srv, core::slice_chain(core::slice::copy_of("after")));
+    EXPECT_TRUE(got == "after");
+    EXPECT_TRUE(srv.lean());
+}
+
 TEST(TlsSession, WriteBeforeHandshakeIsAnError) {
     auto s = server_ctx();
     std::string err;
