@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Memory per idle connection of a proxy: its RSS before and after N idle connections.
 
-    idle_rss.py --port PORT --pid PID --connections N [--tls --ca CA_PEM]
+    idle_rss.py --port PORT --pid PID --connections N [--more M] [--tls --ca CA_PEM]
 
 Opens N connections to 127.0.0.1:PORT (with --tls: TLS 1.3 from the first
 byte, ALPN sunrpc, verified against CA_PEM for the name localhost), makes one
@@ -9,8 +9,14 @@ NULL call to the echo program (0x20000001 v1) on each so that the proxy has
 connected its backend side too, then leaves them idle. The proxy's RSS
 (VmRSS of PID) is read before the first connection and, after the last, once
 it has stopped changing (two equal readings 0.5 s apart, 20 s at most).
+With --more M, M more connections are opened the same way after that reading
+and the RSS is read again: the first N also pay for memory a proxy touches once
+and keeps (rpcgate's receive buffers are first written one by one as the
+provided-buffer ring turns; a pool's first pages), the next M only for what one
+more idle connection costs.
 Prints one JSON object: idle_connections (the ones that answered), the RSS
-before and after in KiB, kib_per_connection, errors. Standard library only.
+before and after in KiB, kib_per_connection, errors, and with --more:
+more_connections, rss_more_kib, kib_per_more_connection. Standard library only.
 """
 import argparse
 import json
@@ -67,11 +73,33 @@ def settled(pid, deadline_s=20.0):
     return rss_kib(pid)
 
 
+def open_idle(a, ctx, first_xid, count):
+    """Opens `count` connections, one NULL call each; (the open ones, errors)."""
+    conns, errors = [], 0
+    for i in range(count):
+        try:
+            s = socket.create_connection(("127.0.0.1", a.port), timeout=10)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ctx:
+                s = ctx.wrap_socket(s, server_hostname="localhost")
+            if null_call(s, first_xid + i):
+                conns.append(s)
+            else:
+                errors += 1
+                s.close()
+        except (OSError, ConnectionError, ssl.SSLError) as e:
+            errors += 1
+            if errors == 1:
+                print(f"idle_rss.py: connection {first_xid + i - 1}: {e}", file=sys.stderr)
+    return conns, errors
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--connections", type=int, required=True)
+    ap.add_argument("--more", type=int, default=0)
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--ca")
     a = ap.parse_args()
@@ -81,30 +109,24 @@ def main():
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.set_alpn_protocols(["sunrpc"])
     before = settled(a.pid)
-    conns, errors = [], 0
-    for i in range(a.connections):
-        try:
-            s = socket.create_connection(("127.0.0.1", a.port), timeout=10)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if ctx:
-                s = ctx.wrap_socket(s, server_hostname="localhost")
-            if null_call(s, i + 1):
-                conns.append(s)
-            else:
-                errors += 1
-                s.close()
-        except (OSError, ConnectionError, ssl.SSLError) as e:
-            errors += 1
-            if errors == 1:
-                print(f"idle_rss.py: connection {i}: {e}", file=sys.stderr)
+    conns, errors = open_idle(a, ctx, 1, a.connections)
     after = settled(a.pid)
     n = len(conns)
-    print(json.dumps({"idle_connections": n, "rss_before_kib": before, "rss_after_kib": after,
-                      "kib_per_connection": round((after - before) / n, 2) if n else 0,
-                      "tls": a.tls, "errors": errors}))
+    out = {"idle_connections": n, "rss_before_kib": before, "rss_after_kib": after,
+           "kib_per_connection": round((after - before) / n, 2) if n else 0,
+           "tls": a.tls, "errors": errors}
+    if a.more > 0:
+        more, more_errors = open_idle(a, ctx, a.connections + 1, a.more)
+        rss_more = settled(a.pid)
+        out.update({"more_connections": len(more), "rss_more_kib": rss_more,
+                    "kib_per_more_connection":
+                        round((rss_more - after) / len(more), 2) if more else 0})
+        out["errors"] += more_errors
+        conns += more
+    print(json.dumps(out))
     for s in conns:
         s.close()
-    return 0 if n and not errors else 1
+    return 0 if n and not out["errors"] else 1
 
 
 if __name__ == "__main__":

@@ -290,5 +290,5 @@ e2e_idle() {
         *" $s "*) tls=(--tls --ca "$certs/ca.pem") ;;
     esac
     python3 "$here/idle_rss.py" --port "${target[$s]}" --pid "${idle_pid[$s]}" \
-        --connections "$idle_conns" "${tls[@]}"
+        --connections "$idle_conns" --more "$idle_conns" "${tls[@]}"
 }

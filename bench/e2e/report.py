@@ -199,7 +199,8 @@ def summarize(runs, na, meta):
         ratios.setdefault(k, {}).update(
             {n: row[n] for n in ("cpu_vs_haproxy32", "cpu_vs_haproxy", "x_aead")})
     for s, row in idle.items():
-        ratios[f"idle/{s}"] = {"vs_haproxy32": row["vs_haproxy32"], "vs_haproxy": row["vs_haproxy"]}
+        ratios[f"idle/{s}"] = {k: row[k] for k in ("vs_haproxy32", "vs_haproxy",
+                                                    "vs_haproxy32_next", "vs_haproxy_next")}
     return by, groups, workloads, setups, "\n".join(lines), ratios, {"cpu": cpu, "idle": idle}
 
 

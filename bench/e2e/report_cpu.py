@@ -101,24 +101,30 @@ def idle_table(groups, setups, labels, meta):
         return [], {}
     lines = [f"Memory per idle connection: the proxy's RSS before and after "
              f"{meta.get('idle_connections', '?')} connections that made one NULL call each "
-             "(TLS 1.3 for the TLS set-ups), measured once on the freshly started proxies. "
+             "(TLS 1.3 for the TLS set-ups), measured once on the freshly started proxies, "
+             "then after as many more: \"next\" is what one more idle connection costs, "
+             "without the memory a proxy touches once and keeps (receive buffers, pools). "
              "Lower is better.", "",
              "| setup | connections | RSS before MiB | RSS after MiB | KiB per connection | "
-             "vs HAProxy 3.2 | vs HAProxy 2.6 | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "vs HAProxy 3.2 | vs HAProxy 2.6 | KiB per next connection | next vs HAProxy 3.2 | "
+             "errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     out = {}
     for s, r in runs.items():
         row = {k: r.get(k) for k in ("idle_connections", "rss_before_kib", "rss_after_kib",
-                                     "kib_per_connection", "errors")}
-        mine = r.get("kib_per_connection")
-        for name, peer in zip(("vs_haproxy32", "vs_haproxy"), haproxies(s)):
-            p = runs.get(peer, {}).get("kib_per_connection")
-            row[name] = mine / p if mine and p and s != peer else None
+                                     "kib_per_connection", "more_connections", "rss_more_kib",
+                                     "kib_per_more_connection", "errors")}
+        for key, suffix in (("kib_per_connection", ""), ("kib_per_more_connection", "_next")):
+            mine = r.get(key)
+            for name, peer in zip(("vs_haproxy32", "vs_haproxy"), haproxies(s)):
+                p = runs.get(peer, {}).get(key)
+                row[name + suffix] = mine / p if mine and p and s != peer else None
         out[s] = row
         lines.append(f"| {labels.get(s, s)} | {r.get('idle_connections', 0)} | "
                      f"{r.get('rss_before_kib', 0) / 1024:.1f} | {r.get('rss_after_kib', 0) / 1024:.1f} | "
-                     f"{fmt(mine, 1)} | {fmt(row['vs_haproxy32'])} | {fmt(row['vs_haproxy'])} | "
-                     f"{r.get('errors', 0)} |")
+                     f"{fmt(r.get('kib_per_connection'), 1)} | {fmt(row['vs_haproxy32'])} | "
+                     f"{fmt(row['vs_haproxy'])} | {fmt(r.get('kib_per_more_connection'), 1)} | "
+                     f"{fmt(row['vs_haproxy32_next'])} | {r.get('errors', 0)} |")
     return lines, out
 
 

@@ -44,6 +44,7 @@ for s in idle_setups:
     res = ran.get(("idle", s))
     assert res and res["idle_connections"] > 0 and res["errors"] == 0, f"idle via {s}: {res}"
     assert res["rss_after_kib"] > 0, f"idle via {s}: {res}"
+    assert res.get("more_connections", 0) > 0 and res["rss_more_kib"] > 0, f"idle via {s}: {res}"
 assert r["meta"]["tls_libraries"]["aead"]["host"]["gb_per_s"] > 0, r["meta"]["tls_libraries"]
 for png in ("throughput.png", "latency_cdf_open.png", "latency_cdf_small.png"):
     with open(os.path.join(out, png), "rb") as f:

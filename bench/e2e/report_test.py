@@ -113,10 +113,13 @@ class cpu(unittest.TestCase):
 
     def test_idle_memory_per_connection_against_the_haproxy_doing_the_same_job(self):
         def idle(setup, per_conn):
+            # The next 100 connections cost half as much as the first (first touches).
             return {"round": 1, "workload": "idle", "setup": setup,
                     "result": {"idle_connections": 100, "rss_before_kib": 1024,
                                "rss_after_kib": 1024 + 100 * per_conn,
-                               "kib_per_connection": per_conn, "errors": 0}}
+                               "kib_per_connection": per_conn, "more_connections": 100,
+                               "rss_more_kib": 1024 + 150 * per_conn,
+                               "kib_per_more_connection": per_conn / 2, "errors": 0}}
         runs = [idle("rpcgate-tls", 10.0), idle("haproxy32-tls", 40.0), idle("haproxy-tls", 20.0),
                 idle("rpcgate", 4.0), idle("haproxy32", 8.0)]
         _, _, workloads, _, table, ratios, sections = report.summarize(runs, {}, META)
@@ -126,7 +129,12 @@ class cpu(unittest.TestCase):
         self.assertAlmostEqual(ratios["idle/rpcgate"]["vs_haproxy32"], 0.5)
         self.assertIsNone(ratios["idle/rpcgate"]["vs_haproxy"])
         self.assertEqual(sections["idle"]["rpcgate"]["rss_after_kib"], 1424)
-        self.assertIn("| rpcgate TLS | 100 | 1.0 | 2.0 | 10.0 | 0.25 | 0.50 | 0 |", table)
+        self.assertAlmostEqual(ratios["idle/rpcgate-tls"]["vs_haproxy32_next"], 0.25)
+        self.assertAlmostEqual(ratios["idle/rpcgate"]["vs_haproxy32_next"], 0.5)
+        self.assertIsNone(ratios["idle/rpcgate"]["vs_haproxy_next"])
+        self.assertEqual(sections["idle"]["rpcgate"]["kib_per_more_connection"], 2.0)
+        self.assertIn("| rpcgate TLS | 100 | 1.0 | 2.0 | 10.0 | 0.25 | 0.50 | 5.0 | 0.25 | 0 |",
+                      table)
 
 
 class cdf(unittest.TestCase):
