@@ -23,33 +23,33 @@
 #                                  for a line `READY port=N`; set VAR_PID and VAR_PORT
 
 peer_free_port() {
-    # The kernel picks at random from the ephemeral range, so two calls can
-    # return the same port (once in CI, ganesha's NFS and MOUNT ports: MOUNT
-    # never answered). The last 1,024 ports handed out, by any test of this
-    # user, are kept in a small locked file and not handed out again.
-    python3 - <<'PY'
-import fcntl, os, socket, sys
-path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"rpcgate-free-ports.{os.getuid()}")
-with open(path, "a+") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    f.seek(0)
-    recent = f.read().split()[-1024:]
-    avoid = set(int(p) for p in recent if p.isdigit())
-    for _ in range(256):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        if port not in avoid:
-            break
-    else:
-        sys.exit("peer_free_port: no free port outside the 1,024 handed out last")
-    recent.append(str(port))
-    f.seek(0)
-    f.truncate()
-    f.write("\n".join(recent[-1024:]) + "\n")
-print(port)
-PY
+    # A random port of the ephemeral range that no TCP or UDP socket on this
+    # machine uses, in any state (`ss`), and that is not among the last 1,024
+    # handed out by any test of this user (kept in a small locked file): two
+    # calls never return the same port (once in CI, ganesha's NFS and MOUNT
+    # ports came out equal and MOUNT never answered). Bash, ss and flock only:
+    # a python3 start per port cost seconds on a loaded machine.
+    local file=${TMPDIR:-/tmp}/rpcgate-free-ports.$(id -u) lo hi port try fd
+    read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+    exec {fd}>>"$file"
+    flock "$fd"
+    local -A avoid=()
+    for port in $(tail -n 1024 "$file") $(ss -Htuan | awk '{n = split($5, a, ":"); print a[n]}'); do
+        avoid[$port]=1
+    done
+    for ((try = 0; try < 1000; try++)); do
+        port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
+        [ -z "${avoid[$port]:-}" ] && break
+    done
+    if [ "$try" -ge 1000 ]; then
+        exec {fd}>&-
+        echo "peer_free_port: no free port in $lo-$hi outside the 1,024 handed out last" >&2
+        return 1
+    fi
+    { tail -n 1023 "$file"; echo "$port"; } >"$file.new.$$" && cat "$file.new.$$" >"$file"
+    rm -f "$file.new.$$"
+    exec {fd}>&-
+    echo "$port"
 }
 
 peer_tshark_read() {  # peer_tshark_read CAPTURE OUT ARGS...: tshark -r CAPTURE ARGS... >OUT
