@@ -68,8 +68,7 @@ bool handshake(tls::session& client, tls::session& server) {
 }
 
 // One side's write carried to the other side's read; false on any error.
-bool carry(tls::session& from, tls::session& to, const core::slice_chain& plain,
-           size_t expect) {
+bool carry(tls::session& from, tls::session& to, const core::slice_chain& plain, size_t expect) {
     core::slice_chain wire, out, back;
     if (from.write(plain, wire) != tls::status::ok) return false;
     to.feed(std::move(wire));
@@ -117,8 +116,6 @@ void tls_small_calls(benchmark::State& state) {
     state.SetItemsProcessed(int64_t(state.iterations() * calls));
     state.SetLabel(release ? "buffers released after each read and write" : "buffers kept");
 }
-BENCHMARK(tls_small_calls)
-    ->ArgNames({"release", "calls"})
-    ->ArgsProduct({{0, 1}, {1, 16}});
+BENCHMARK(tls_small_calls)->ArgNames({"release", "calls"})->ArgsProduct({{0, 1}, {1, 16}});
 
 }  // namespace
