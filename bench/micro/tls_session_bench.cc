@@ -11,12 +11,11 @@
 //   rpcgate-micro --benchmark_filter=tls_small_calls
 #include <benchmark/benchmark.h>
 #include <openssl/ssl.h>
-#include <stdlib.h>
-
 #include <cstring>
 #include <memory>
 #include <string>
 
+#include "tests/unit/tls/cert_fixtures.h"
 #include "tls/context.h"
 #include "tls/session.h"
 
@@ -24,31 +23,12 @@ using namespace rpcgate;
 
 namespace {
 
-// Certificates from tests/tls/make_certs.sh, made once per run.
-const std::string& cert_dir() {
-    static const std::string dir = [] {
-        char tmpl[] = "/tmp/rpcgate-micro-certs.XXXXXX";
-        const char* d = mkdtemp(tmpl);
-        if (!d) return std::string();
-        std::string cmd = std::string("sh '" RPCGATE_MAKE_CERTS "' '") + d + "' >/dev/null 2>&1";
-        return std::system(cmd.c_str()) == 0 ? std::string(d) : std::string();
-    }();
-    return dir;
-}
-
 struct contexts {
     std::unique_ptr<tls::context> server, client;
     std::string err;
     contexts() {
-        const std::string& d = cert_dir();
-        tls::server_options s;
-        s.cert_file = d + "/server.pem";
-        s.key_file = d + "/server.key";
-        tls::client_options c;
-        c.ca_file = d + "/ca.pem";
-        c.server_name = "localhost";
-        server = tls::context::make_server(s, &err);
-        if (server) client = tls::context::make_client(c, &err);
+        server = tls::context::make_server(tls::test::server_opts(), &err);
+        if (server) client = tls::context::make_client(tls::test::client_opts(), &err);
     }
 };
 

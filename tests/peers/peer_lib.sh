@@ -46,8 +46,9 @@ peer_free_port() {
         echo "peer_free_port: no free port in $lo-$hi outside the 1,024 handed out last" >&2
         return 1
     fi
-    { tail -n 1023 "$file"; echo "$port"; } >"$file.new.$$" && cat "$file.new.$$" >"$file"
-    rm -f "$file.new.$$"
+    local recent
+    recent=$(tail -n 1023 "$file")
+    printf '%s\n' $recent "$port" >"$file"  # one port a line, the last 1,024
     exec {fd}>&-
     echo "$port"
 }
