@@ -89,7 +89,8 @@ std::string key_updates::generations_json() const {
         tx = tls_->secrets()->tx_generation();
         rx = tls_->secrets()->rx_generation();
     } else if (tls_) {
-        tx = tls_->own_key_updates();
+        tx = tls_->tx_generation();
+        rx = tls_->rx_generation();
     }
     return fmt::format(R"({{"tx":{},"rx":{}}})", tx, rx);
 }

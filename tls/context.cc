@@ -14,6 +14,7 @@
 #include <cstring>
 #include <memory>
 
+#include "tls/ktls.h"
 #include "tls/verify_state.h"
 
 namespace rpcgate::tls {
@@ -109,6 +110,9 @@ bool common_setup(SSL_CTX* ctx, context* self, int min_version, const cipher_opt
         return false;
     }
     if (!c.ciphersuites.empty() && !check_ciphersuites(c.ciphersuites, err)) return false;
+    // The keylog hook hands the TLS 1.3 traffic secrets to the kernel (kTLS)
+    // or to the session's own record layer; installed before any handshake.
+    if (!c.openssl_records) ktls::prepare_context(ctx);
     if (!c.ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, c.ciphersuites.c_str()) != 1) {
         *err = "TLS 1.3 cipher suites '" + c.ciphersuites + "': " + last_error();
         return false;

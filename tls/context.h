@@ -34,6 +34,9 @@ struct cipher_options {
     std::string cipher_list;   // TLS 1.2 (SSL_CTX_set_cipher_list), with min_version 1.2
     std::string groups;        // key exchange groups (SSL_CTX_set1_groups_list), "X25519:P-256"
     int max_version = 0;       // 0: the highest OpenSSL has; TLS1_2_VERSION for evaluation
+    // TLS 1.3 data records through SSL_read/SSL_write instead of rpcgate's own
+    // record layer (tls/record_layer.h): for comparison, or a peer that needs it.
+    bool openssl_records = false;
 };
 
 // The TLS 1.3 suites rpcgate prefers by default: AES-128-GCM first where the

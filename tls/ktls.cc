@@ -391,8 +391,6 @@ directions finish(SSL* ssl, int fd, traffic_secrets* keep) {
     const bool server = SSL_is_server(ssl);
     const uint8_t* peer = server ? s->client : s->server;
     size_t peer_len = server ? s->client_len : s->server_len;
-    const uint8_t* own = server ? s->server : s->client;
-    size_t own_len = server ? s->server_len : s->client_len;
     const SSL_CIPHER* c = SSL_get_current_cipher(ssl);
     const EVP_MD* md = c ? SSL_CIPHER_get_handshake_digest(c) : nullptr;
     uint32_t suite = c ? SSL_CIPHER_get_id(c) : 0;
@@ -404,16 +402,37 @@ directions finish(SSL* ssl, int fd, traffic_secrets* keep) {
     if (!d.rx && d.tx && SSL_version(ssl) == TLS1_3_VERSION && peer_len > 0 && md && drained &&
         SSL_is_init_finished(ssl))
         s->rx_installed = d.rx = install(fd, TLS_RX, suite, md, peer, peer_len);
-    if (keep && SSL_version(ssl) == TLS1_3_VERSION && md && peer_len > 0 && peer_len == own_len) {
+    if (keep) keep_secrets(ssl, keep);
+    s->wipe();
+    return d;
+}
+
+void track_secrets(SSL* ssl) {
+    if (!secrets_of(ssl)) SSL_set_ex_data(ssl, secrets_index(), new secrets());
+}
+
+bool keep_secrets(SSL* ssl, traffic_secrets* keep) {
+    secrets* s = secrets_of(ssl);
+    if (!s) return false;
+    const bool server = SSL_is_server(ssl);
+    const uint8_t* peer = server ? s->client : s->server;
+    size_t peer_len = server ? s->client_len : s->server_len;
+    const uint8_t* own = server ? s->server : s->client;
+    size_t own_len = server ? s->server_len : s->client_len;
+    const SSL_CIPHER* c = SSL_get_current_cipher(ssl);
+    const EVP_MD* md = c ? SSL_CIPHER_get_handshake_digest(c) : nullptr;
+    bool ok = SSL_version(ssl) == TLS1_3_VERSION && md && peer_len > 0 && peer_len == own_len;
+    if (ok) {
         keep->wipe();
         keep->md_ = md;
-        keep->suite_ = suite;
+        keep->suite_ = SSL_CIPHER_get_id(c);
         keep->len_ = peer_len;
+        keep->rx_gen_ = keep->tx_gen_ = 0;
         std::memcpy(keep->rx_, peer, peer_len);
         std::memcpy(keep->tx_, own, own_len);
     }
     s->wipe();
-    return d;
+    return ok;
 }
 
 // ---- traffic_secrets ----
@@ -439,7 +458,15 @@ bool traffic_secrets::advance(uint8_t* secret) {
 }
 
 bool traffic_secrets::advance_rx() {
-    return advance(rx_);
+    if (!advance(rx_)) return false;
+    ++rx_gen_;
+    return true;
+}
+
+bool traffic_secrets::advance_tx() {
+    if (!advance(tx_)) return false;
+    ++tx_gen_;
+    return true;
 }
 
 bool traffic_secrets::rekey_rx(int fd) {
@@ -527,9 +554,17 @@ uint64_t aead_record_limit(uint32_t suite) noexcept {
 }
 
 bool traffic_secrets::rx_keys(record_keys* out) const {
+    return keys_of(rx_, out);
+}
+
+bool traffic_secrets::tx_keys(record_keys* out) const {
+    return keys_of(tx_, out);
+}
+
+bool traffic_secrets::keys_of(const uint8_t* secret, record_keys* out) const {
     crypto_info_any ci;
     socklen_t ci_len = 0;
-    if (!valid() || !crypto_info_for(suite_, md_, rx_, len_, ci, ci_len)) return false;
+    if (!valid() || !crypto_info_for(suite_, md_, secret, len_, ci, ci_len)) return false;
     switch (ci.info.cipher_type) {
         case TLS_CIPHER_AES_GCM_128:
             split_gcm(ci.gcm128, out->key, &out->key_len, out->iv);

@@ -177,8 +177,10 @@ class traffic_secrets {
     // with the KeyUpdate already sent (the install failed) leaves the peer
     // expecting a key we cannot use: close without close_notify.
     bool rekey_tx(int fd);
-    // The next RX secret without installing it (a userspace reader, tests).
+    // The next secret of a direction without installing it anywhere (a
+    // userspace record layer, tests); counts a generation.
     bool advance_rx();
+    bool advance_tx();
     // Key generations installed since the handshake (0: the handshake's
     // application traffic keys), by direction: /connections shows them.
     uint64_t rx_generation() const noexcept { return rx_gen_; }
@@ -192,9 +194,14 @@ class traffic_secrets {
         uint8_t iv[12];
     };
     bool rx_keys(record_keys* out) const;
+    bool tx_keys(record_keys* out) const;
+    // SSL_CIPHER_get_id of the connection's suite.
+    uint32_t suite() const noexcept { return suite_; }
 
   private:
     friend directions finish(SSL* ssl, int fd, traffic_secrets* keep);
+    friend bool keep_secrets(SSL* ssl, traffic_secrets* keep);
+    bool keys_of(const uint8_t* secret, record_keys* out) const;
     void wipe() noexcept;
     bool advance(uint8_t* secret);
     const EVP_MD* md_ = nullptr;
@@ -222,6 +229,14 @@ uint64_t aead_record_limit(uint32_t suite) noexcept;
 // on the wbio, BIO_get_ktls_recv on the rbio) plus an RX that finish()
 // installed.
 directions engaged(SSL* ssl);
+
+// For a session whose records are not the kernel's either (tls::session's
+// own record layer): `track_secrets` before the handshake makes the keylog
+// callback keep this SSL's TLS 1.3 application traffic secrets
+// (prepare_context must have run on its context); `keep_secrets` after it
+// moves them into `keep` (false: not TLS 1.3, or the callback saw none).
+void track_secrets(SSL* ssl);
+bool keep_secrets(SSL* ssl, traffic_secrets* keep);
 
 // Installs the keylog callback that finish() needs on `ctx` (attach_socket
 // does it too). Returns false if the context already has another keylog

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "tls/block_writer.h"
+#include "tls/record_layer.h"
 #include "tls/verify_state.h"
 
 namespace rpcgate::tls {
@@ -35,55 +37,6 @@ thread_local uint8_t staging[max_record];
 }  // namespace
 
 namespace {
-
-// Fills heap blocks front to back and hands out what was written as shares
-// of the block: one slice per block per call, not one per record, and no
-// allocation while the previous output has been released (the block is then
-// reused from the start).
-class block_writer {
-  public:
-    explicit block_writer(size_t block_size) : block_size_(block_size) {}
-
-    size_t room() const noexcept { return blk_.size() - used_; }
-    uint8_t* tail() noexcept { return blk_.mutable_data() + used_; }
-    void commit(size_t n) noexcept { used_ += n; }
-
-    // Makes room for at least n contiguous bytes.
-    void ensure(size_t n) {
-        if (room() >= n) return;
-        flush();
-        if (!blk_.empty() && blk_.owner()->refs == 1 && blk_.size() >= n) {
-            used_ = start_ = 0;
-            return;
-        }
-        blk_ = core::slice::allocate(std::max(block_size_, n));
-        used_ = start_ = 0;
-    }
-    // Moves everything written so far to `out`.
-    void drain(core::slice_chain& out) {
-        flush();
-        if (!ready_.empty()) out.append(std::move(ready_));
-    }
-    bool idle() const noexcept { return used_ == start_ && ready_.empty(); }
-    // Forgets the block; slices already handed out keep it alive until they go.
-    void release() noexcept {
-        if (!idle()) return;
-        blk_ = core::slice();
-        used_ = start_ = 0;
-    }
-
-  private:
-    void flush() {
-        if (used_ > start_) ready_.push_back(blk_.share(start_, used_ - start_));
-        start_ = used_;
-    }
-
-    size_t block_size_;
-    core::slice blk_;   // the whole block; size() is its capacity
-    size_t used_ = 0;   // bytes written into blk_
-    size_t start_ = 0;  // first written byte not yet in ready_
-    core::slice_chain ready_;
-};
 
 // What the BIO callbacks touch: the ciphertext going in and coming out.
 struct bio_io {
@@ -174,6 +127,7 @@ struct session::io : bio_io {
     block_writer plain{plain_block_min};
     bool server = false;
     bool require_alpn = false;
+    bool own_records = false;  // try the own record layer after the handshake
 };
 
 // ---- verify_state (declared in verify_state.h) ----
@@ -245,6 +199,8 @@ std::unique_ptr<session> session::make_bare(const context& ctx, std::string* err
     s->io_ = std::make_unique<io>();
     s->io_->server = ctx.is_server();
     s->io_->require_alpn = !ctx.is_server() && ctx.client().require_alpn;
+    s->io_->own_records = !(ctx.is_server() ? ctx.server().ciphers.openssl_records
+                                            : ctx.client().ciphers.openssl_records);
     s->ssl_ = SSL_new(ctx.native());
     if (!s->ssl_) {
         *err = "SSL_new: " + last_error();
@@ -285,9 +241,17 @@ std::unique_ptr<session> session::make(const context& ctx, std::string* err) {
         return nullptr;  // ~session frees ssl_
     }
     SSL_set_bio(s->ssl_, rb, wb);
-    // Read-ahead lets OpenSSL take every fed byte in one BIO call instead of
-    // a header and then a body per record: many small records, few calls.
-    SSL_set_read_ahead(s->ssl_, 1);
+    if (s->io_->own_records) {
+        // The record layer takes over at the first byte after the handshake:
+        // OpenSSL must not read past it (read-ahead off: a header, then
+        // exactly one record), and the keylog hook keeps the secrets.
+        ktls::track_secrets(s->ssl_);
+        SSL_set_read_ahead(s->ssl_, 0);
+    } else {
+        // Read-ahead lets OpenSSL take every fed byte in one BIO call instead
+        // of a header and then a body per record: many small records, few calls.
+        SSL_set_read_ahead(s->ssl_, 1);
+    }
     s->set_lean(true);
     return s;
 }
@@ -402,7 +366,53 @@ status session::finish_handshake() {
         return status::error;
     }
     flags_ |= flag_handshake;
+    if (!on_socket_ && io_->own_records) start_records();
     return status::done;
+}
+
+void session::start_records() {
+    io_->own_records = false;
+    // The hand-over is exact only where OpenSSL holds no byte of the stream
+    // and has sent no record under the application keys: a server that
+    // issues tickets sends them right after its Finished.
+    if (SSL_version(ssl_) != TLS1_3_VERSION) {
+        records_note_ = "TLS 1.2 (own records are TLS 1.3 only)";
+    } else if (SSL_has_pending(ssl_)) {
+        records_note_ = "OpenSSL read past the handshake";
+    } else if (SSL_is_server(ssl_) && SSL_get_num_tickets(ssl_) > 0) {
+        records_note_ = "session tickets are on (OpenSSL sent records under the new keys)";
+    } else {
+        auto secrets = std::make_unique<ktls::traffic_secrets>();
+        if (!ktls::keep_secrets(ssl_, secrets.get())) {
+            records_note_ = "the keylog hook saw no traffic secrets";
+        } else {
+            records_ = record_layer::make(std::move(secrets), &records_note_);
+        }
+    }
+    if (records_) {
+        records_note_.clear();
+        records_->set_rekey_after(rekey_after_);
+        SSL_free_buffers(ssl_);
+    } else {
+        SSL_set_read_ahead(ssl_, 1);
+    }
+}
+
+void session::set_rekey_after(uint64_t records) noexcept {
+    rekey_after_ = records;
+    if (records_) records_->set_rekey_after(records);
+}
+
+uint64_t session::own_key_updates() const noexcept {
+    return records_ ? records_->own_key_updates() : own_updates_;
+}
+
+uint64_t session::tx_generation() const noexcept {
+    return records_ ? records_->tx_generation() : own_updates_;
+}
+
+uint64_t session::rx_generation() const noexcept {
+    return records_ ? records_->rx_generation() : 0;
 }
 
 void session::fail(std::string why) {
@@ -433,6 +443,18 @@ status session::read(core::slice_chain& plain, core::slice_chain& out) {
     }
     // The kernel decrypts: plaintext reaches the owner straight from the socket.
     if (kernel_rx_) return status::ok;
+    if (records_) {
+        if (io_->in.empty()) return status::ok;
+        record_layer::result r = records_->open(io_->in, io_->plain, io_->cipher);
+        io_->plain.drain(plain);
+        io_->cipher.drain(out);
+        if (r == record_layer::result::closed) return status::closed;
+        if (r == record_layer::result::error) {
+            error_ = records_->error();
+            return status::error;
+        }
+        return status::ok;
+    }
     // Nothing fed and nothing buffered: skip the call and the block it needs.
     if (io_->in.empty() && !SSL_has_pending(ssl_)) return status::ok;
     ERR_clear_error();
@@ -500,6 +522,15 @@ status session::write(const core::slice_chain& plain, core::slice_chain& out) {
         return status::error;
     }
     if (plain.empty()) return status::ok;
+    if (records_) {
+        bool ok = records_->seal(plain, io_->cipher);
+        io_->cipher.drain(out);
+        if (!ok) {
+            error_ = records_->error();
+            return status::error;
+        }
+        return status::ok;
+    }
     ERR_clear_error();
     if (rekey_after_ && records_since_update_ >= rekey_after_ &&
         SSL_key_update(ssl_, SSL_KEY_UPDATE_NOT_REQUESTED) == 1) {
@@ -541,12 +572,37 @@ status session::write(const core::slice_chain& plain, core::slice_chain& out) {
 
 void session::shutdown(core::slice_chain& out) {
     if (kernel_tx_) return;  // the owner sends close_notify with ktls::send_alert
+    if (records_) {
+        records_->close_notify(io_->cipher);
+        io_->cipher.drain(out);
+        return;
+    }
     if (flags_ & flag_handshake) {
         ERR_clear_error();
         SSL_shutdown(ssl_);
         ERR_clear_error();
     }
     io_->cipher.drain(out);
+}
+
+status session::key_update(bool ask_peer, core::slice_chain& out) {
+    if (!(flags_ & flag_handshake) || kernel_tx_) {
+        error_ = "a KeyUpdate needs a finished handshake and userspace TX";
+        return status::error;
+    }
+    if (records_) {
+        records_->key_update(ask_peer, io_->cipher);
+    } else {
+        ERR_clear_error();
+        int type = ask_peer ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED;
+        if (SSL_key_update(ssl_, type) != 1 || SSL_do_handshake(ssl_) != 1) {
+            error_ = "SSL_key_update: " + last_error();
+            return status::error;
+        }
+        ++own_updates_;
+    }
+    io_->cipher.drain(out);
+    return status::ok;
 }
 
 void session::release_buffers() noexcept {

@@ -28,6 +28,8 @@
 
 namespace rpcgate::tls {
 
+class record_layer;
+
 enum flag : uint32_t {
     flag_handshake = 1u << 0,   // the handshake completed
     flag_gotcert = 1u << 1,     // the peer presented a certificate
@@ -88,9 +90,20 @@ class session {
     // one key, a KeyUpdate (update_not_requested) goes first (RFC 8446 §5.5
     // limits what one key may protect). Checked once per write(), so a key
     // may protect one write's records more. 0: never.
-    void set_rekey_after(uint64_t records) noexcept { rekey_after_ = records; }
+    void set_rekey_after(uint64_t records) noexcept;
     // KeyUpdates of our TX keys this session initiated in userspace.
-    uint64_t own_key_updates() const noexcept { return own_updates_; }
+    uint64_t own_key_updates() const noexcept;
+    // Userspace records: rpcgate's own record layer (tls/record_layer.h) took
+    // them over from OpenSSL after a TLS 1.3 handshake on memory BIOs, unless
+    // the context asked for OpenSSL's (`openssl_records`) or the session
+    // could not (see records_note()).
+    bool own_records() const noexcept { return records_ != nullptr; }
+    // Why a userspace TLS 1.3 session kept OpenSSL's records ("" otherwise).
+    const std::string& records_note() const noexcept { return records_note_; }
+    // Key generations since the handshake in userspace (own records: both
+    // directions; OpenSSL's: our own updates, RX unknown, 0).
+    uint64_t tx_generation() const noexcept;
+    uint64_t rx_generation() const noexcept;
     // read() failed because the peer asked for a KeyUpdate while our TX keys
     // are in the kernel, which cannot change them: close with close_notify.
     bool key_update_refused() const noexcept { return key_update_refused_; }
@@ -113,6 +126,9 @@ class session {
     status write(const core::slice_chain& plain, core::slice_chain& out);
     // Appends a close_notify alert to `out`.
     void shutdown(core::slice_chain& out);
+    // Appends our KeyUpdate to `out` now (update_requested when `ask_peer`),
+    // in userspace TLS 1.3; error on a kernel TX socket or before the handshake.
+    status key_update(bool ask_peer, core::slice_chain& out);
     // Lets go of the session's buffers (OpenSSL's record buffers and our output
     // blocks) while nothing is in flight; they come back on the next call.
     // Call it when a connection goes idle: afterwards the session costs only
@@ -149,6 +165,7 @@ class session {
     void fail(std::string why);  // HANDSHFAIL with a one-line reason
     void note_peer(bool completed);
     bool write_records(const uint8_t* p, size_t n);
+    void start_records();
 
     struct io;  // the custom BIO state, the verify record and the output blocks
     SSL* ssl_ = nullptr;
@@ -165,6 +182,8 @@ class session {
     uint64_t own_updates_ = 0;
     bool lean_ = false;
     uint32_t data_reads_ = 0;  // reads that yielded plaintext since the session became lean
+    std::unique_ptr<record_layer> records_;
+    std::string records_note_;
     void set_lean(bool on) noexcept;
 };
 

@@ -248,15 +248,26 @@ TEST(TlsSession, OpportunisticRevokedIsNotVerified) {
     EXPECT_EQ(p.server->flags(), flag_handshake | flag_gotcert) << flags_text(p.server->flags());
 }
 
-class TlsData : public testing::Test {
+// Every data test runs four ways: each side's records by rpcgate's own
+// record layer or by OpenSSL (bit 0: the client uses OpenSSL's, bit 1: the
+// server does), so that each layer is checked against the other as a peer.
+class TlsData : public testing::TestWithParam<int> {
   protected:
     void SetUp() override {
-        s_ = server_ctx();
-        c_ = client_ctx();
+        auto so = test::server_opts();
+        so.ciphers.openssl_records = (GetParam() & 2) != 0;
+        auto co = test::client_opts();
+        co.ciphers.openssl_records = (GetParam() & 1) != 0;
+        s_ = server_ctx(so);
+        c_ = client_ctx(co);
         p_ = std::make_unique<pair>(*c_, *s_);
         p_->handshake();
         ASSERT_EQ(p_->sst, status::done) << p_->server->error_text();
         ASSERT_EQ(p_->cst, status::done) << p_->client->error_text();
+        ASSERT_EQ(p_->client->own_records(), !co.ciphers.openssl_records)
+            << p_->client->records_note();
+        ASSERT_EQ(p_->server->own_records(), !so.ciphers.openssl_records)
+            << p_->server->records_note();
     }
 
     // Random bytes in slices of varying sizes.
@@ -277,7 +288,13 @@ class TlsData : public testing::Test {
     std::unique_ptr<pair> p_;
 };
 
-TEST_F(TlsData, BothWaysManySizes) {
+std::string records_name(const testing::TestParamInfo<int>& i) {
+    static const char* names[] = {"OwnBoth", "OpensslClient", "OpensslServer", "OpensslBoth"};
+    return names[i.param];
+}
+INSTANTIATE_TEST_SUITE_P(Records, TlsData, testing::Values(0, 1, 2, 3), records_name);
+
+TEST_P(TlsData, BothWaysManySizes) {
     std::mt19937 rng(42);
     std::string expect;
     for (size_t n : {size_t(0), size_t(1), size_t(100), size_t(16383), size_t(16384), size_t(16385),
@@ -293,7 +310,7 @@ TEST_F(TlsData, BothWaysManySizes) {
     }
 }
 
-TEST_F(TlsData, ByteAtATimeFeeding) {
+TEST_P(TlsData, ByteAtATimeFeeding) {
     std::string expect(50000, 'x');
     for (size_t i = 0; i < expect.size(); ++i) expect[i] = static_cast<char>(i * 7);
     core::slice_chain wire, plain, reply;
@@ -306,7 +323,39 @@ TEST_F(TlsData, ByteAtATimeFeeding) {
     EXPECT_TRUE(plain == expect);
 }
 
-TEST_F(TlsData, TinySlicesAreCoalesced) {
+// Records that arrive cut into slices of every small size (a record spans up
+// to thousands of them) and across a KeyUpdate, each cut on a fresh pair.
+TEST_P(TlsData, RecordsAcrossSlicesAndAKeyUpdate) {
+    for (size_t cut : {size_t(1), size_t(2), size_t(3), size_t(7), size_t(16), size_t(4093)}) {
+        pair p(*c_, *s_);
+        p.handshake();
+        ASSERT_EQ(p.cst, status::done);
+        std::string expect = std::string(300, 'a') + std::string(20000, 'b');
+        core::slice_chain wire;
+        ASSERT_EQ(
+            p.client->write(core::slice_chain(core::slice::copy_of(expect.substr(0, 300))), wire),
+            status::ok);
+        ASSERT_EQ(p.client->key_update(false, wire), status::ok);
+        ASSERT_EQ(
+            p.client->write(core::slice_chain(core::slice::copy_of(expect.substr(300))), wire),
+            status::ok);
+        std::string bytes = wire.to_string();
+        core::slice_chain plain, reply;
+        for (size_t at = 0; at < bytes.size(); at += cut) {
+            p.server->feed(
+                core::slice::copy_of(bytes.data() + at, std::min(cut, bytes.size() - at)));
+            if (at / cut % 5 == 4) {  // read now and then: partial records stay queued
+                ASSERT_EQ(p.server->read(plain, reply), status::ok) << p.server->error_text();
+            }
+        }
+        ASSERT_EQ(p.server->read(plain, reply), status::ok) << p.server->error_text();
+        EXPECT_TRUE(plain == expect) << "cut " << cut;
+        EXPECT_EQ(reply.size(), 0u) << "an update not requested is not answered";
+        EXPECT_EQ(p.server->rx_generation(), p.server->own_records() ? 1u : 0u);
+    }
+}
+
+TEST_P(TlsData, TinySlicesAreCoalesced) {
     core::slice_chain in;
     std::string expect;
     for (int i = 0; i < 1000; ++i) {
@@ -329,14 +378,14 @@ TEST_F(TlsData, TinySlicesAreCoalesced) {
     EXPECT_LE(wire, 65540u + 5 * 22) << wire;
 }
 
-TEST_F(TlsData, OutputIsFewSlices) {
+TEST_P(TlsData, OutputIsFewSlices) {
     core::slice_chain in(core::slice::copy_of(std::string(64 * 1024, 'z')));
     core::slice_chain wire;
     ASSERT_EQ(p_->client->write(in, wire), status::ok);
     EXPECT_EQ(wire.count(), 1u);
 }
 
-TEST_F(TlsData, CloseNotify) {
+TEST_P(TlsData, CloseNotify) {
     core::slice_chain wire, plain, reply;
     p_->client->shutdown(wire);
     EXPECT_GT(wire.size(), 0u);
@@ -345,7 +394,7 @@ TEST_F(TlsData, CloseNotify) {
     EXPECT_TRUE(plain.empty());
 }
 
-TEST_F(TlsData, DataThenCloseNotifyInOneFeed) {
+TEST_P(TlsData, DataThenCloseNotifyInOneFeed) {
     core::slice_chain wire, plain, reply;
     ASSERT_EQ(p_->server->write(core::slice_chain(core::slice::copy_of("last words")), wire),
               status::ok);
@@ -355,10 +404,13 @@ TEST_F(TlsData, DataThenCloseNotifyInOneFeed) {
     EXPECT_TRUE(plain == "last words");
 }
 
-TEST_F(TlsData, KeyUpdateKeepsDataFlowing) {
+TEST_P(TlsData, KeyUpdateKeepsDataFlowing) {
     for (auto* side : {p_->client.get(), p_->server.get()}) {
         session* other = side == p_->client.get() ? p_->server.get() : p_->client.get();
-        ASSERT_EQ(SSL_key_update(side->native(), SSL_KEY_UPDATE_REQUESTED), 1);
+        core::slice_chain update;
+        ASSERT_EQ(side->key_update(true, update), status::ok) << side->error_text();
+        ASSERT_GT(update.size(), 0u);
+        other->feed(std::move(update));
         core::slice_chain reply;
         auto got =
             pair::send(*side, *other, core::slice_chain(core::slice::copy_of("after")), &reply);
@@ -378,7 +430,7 @@ TEST_F(TlsData, KeyUpdateKeepsDataFlowing) {
     }
 }
 
-TEST_F(TlsData, GarbageIsAnError) {
+TEST_P(TlsData, GarbageIsAnError) {
     core::slice_chain plain, reply;
     p_->server->feed(core::slice::copy_of(std::string(64, '\x17')));
     EXPECT_EQ(p_->server->read(plain, reply), status::error);
@@ -386,7 +438,7 @@ TEST_F(TlsData, GarbageIsAnError) {
     EXPECT_GT(reply.size(), 0u);  // the alert to send
 }
 
-TEST_F(TlsData, ReleaseBuffersWhenIdle) {
+TEST_P(TlsData, ReleaseBuffersWhenIdle) {
     auto got = pair::send(*p_->client, *p_->server,
                           core::slice_chain(core::slice::copy_of(std::string(5000, 'q'))));
     got.clear();
@@ -401,8 +453,17 @@ TEST_F(TlsData, ReleaseBuffersWhenIdle) {
 // operation) until k_busy_reads reads have yielded data, then keeps its
 // buffers until release_buffers(); the bytes are the same either way, and
 // OpenSSL's mode follows the flag.
-TEST_F(TlsData, LeanUntilBusyAndAgainAfterRelease) {
+TEST_P(TlsData, LeanUntilBusyAndAgainAfterRelease) {
     session& srv = *p_->server;
+    if (srv.own_records()) {
+        // OpenSSL holds no record buffer at all once the own layer runs.
+        for (int i = 0; i < 100; ++i) {
+            auto got = pair::send(*p_->client, srv, core::slice_chain(core::slice::copy_of("x")));
+            ASSERT_TRUE(got == "x") << i;
+        }
+        EXPECT_TRUE(srv.lean());
+        return;
+    }
     auto lean_mode = [&] { return (SSL_get_mode(srv.native()) & SSL_MODE_RELEASE_BUFFERS) != 0; };
     EXPECT_TRUE(srv.lean());
     EXPECT_TRUE(lean_mode());
@@ -440,10 +501,107 @@ TEST(TlsSession, SessionTicketsWhenAsked) {
     pair p(*c, *s);
     p.handshake();
     ASSERT_EQ(p.sst, status::done);
-    // The tickets went to the client with the server's last flight; it reads them.
+    // OpenSSL sent the tickets under the application keys: the server keeps
+    // OpenSSL's records, and says why.
+    EXPECT_FALSE(p.server->own_records());
+    EXPECT_NE(p.server->records_note().find("tickets"), std::string::npos)
+        << p.server->records_note();
+    // The tickets went to the client with the server's last flight; its own
+    // record layer reads and drops them, and data flows both ways after them.
+    EXPECT_TRUE(p.client->own_records()) << p.client->records_note();
     core::slice_chain plain, out;
     EXPECT_EQ(p.client->read(plain, out), status::ok) << p.client->error_text();
     EXPECT_TRUE(plain.empty());
+    EXPECT_TRUE(pair::send(*p.client, *p.server, core::slice_chain(core::slice::copy_of("up"))) ==
+                "up");
+    EXPECT_TRUE(pair::send(*p.server, *p.client, core::slice_chain(core::slice::copy_of("down"))) ==
+                "down");
+}
+
+// The own record layer against records a bug or an attacker would make.
+class TlsRecords : public testing::Test {
+  protected:
+    std::unique_ptr<pair> fresh() {
+        auto p = std::make_unique<pair>(*c_, *s_);
+        p->handshake();
+        EXPECT_EQ(p->sst, status::done);
+        EXPECT_TRUE(p->server->own_records()) << p->server->records_note();
+        return p;
+    }
+    std::unique_ptr<context> s_ = server_ctx(), c_ = client_ctx();
+};
+
+// Any bit flipped anywhere in a record: never the data. In the ciphertext or
+// the tag: bad_record_mac and an alert to send; in the header: a refusal or,
+// for a longer length, a wait for bytes that are not the record's.
+TEST_F(TlsRecords, EveryBitFlipIsRefused) {
+    std::string bytes;
+    {
+        auto p = fresh();
+        core::slice_chain wire;
+        ASSERT_EQ(p->client->write(core::slice_chain(core::slice::copy_of("hello")), wire),
+                  status::ok);
+        bytes = wire.to_string();
+    }
+    ASSERT_EQ(bytes.size(), 5u + 5 + 1 + 16);
+    for (size_t pos = 0; pos < bytes.size(); ++pos) {
+        for (int bit : {0, 7}) {
+            auto p = fresh();
+            core::slice_chain wire;
+            ASSERT_EQ(p->client->write(core::slice_chain(core::slice::copy_of("hello")), wire),
+                      status::ok);
+            std::string b = wire.to_string();
+            b[pos] = static_cast<char>(b[pos] ^ (1 << bit));
+            p->server->feed(core::slice::copy_of(b));
+            core::slice_chain plain, reply;
+            status st = p->server->read(plain, reply);
+            EXPECT_TRUE(plain.empty()) << pos;
+            if (pos == 3 || pos == 4) {
+                // The length: too long to be allowed, longer (not complete
+                // yet: a wait), or shorter (the tag does not match).
+                EXPECT_TRUE(st == status::ok || st == status::error) << pos;
+                continue;
+            }
+            EXPECT_EQ(st, status::error) << "byte " << pos << " bit " << bit;
+            EXPECT_GT(reply.size(), 0u) << pos;  // the alert
+            if (pos >= 5) {
+                EXPECT_NE(p->server->error_text().find("bad_record_mac"), std::string::npos)
+                    << p->server->error_text();
+            }
+        }
+    }
+}
+
+TEST_F(TlsRecords, OversizeRecordIsRefusedAtItsHeader) {
+    auto p = fresh();
+    core::slice_chain plain, reply;
+    p->server->feed(core::slice::copy_of(std::string("\x17\x03\x03\x41\x00", 5)));  // 16,640
+    EXPECT_EQ(p->server->read(plain, reply), status::ok) << "the most a peer may send";
+    auto q = fresh();
+    q->server->feed(core::slice::copy_of(std::string("\x17\x03\x03\x41\x01", 5)));  // one more
+    EXPECT_EQ(q->server->read(plain, reply), status::error);
+    EXPECT_NE(q->server->error_text().find("16641"), std::string::npos) << q->server->error_text();
+    EXPECT_GT(reply.size(), 0u);
+}
+
+TEST_F(TlsRecords, PlaintextRecordAfterTheHandshakeIsRefused) {
+    auto p = fresh();
+    core::slice_chain plain, reply;
+    // An unprotected alert (what a TLS 1.2 stack or a broken peer might send).
+    p->server->feed(core::slice::copy_of(std::string("\x15\x03\x03\x00\x02\x02\x28", 7)));
+    EXPECT_EQ(p->server->read(plain, reply), status::error);
+    EXPECT_NE(p->server->error_text().find("unprotected"), std::string::npos)
+        << p->server->error_text();
+}
+
+// After a fatal error nothing more is sealed or opened.
+TEST_F(TlsRecords, DeadAfterAnError) {
+    auto p = fresh();
+    core::slice_chain plain, reply, wire;
+    p->server->feed(core::slice::copy_of(std::string(64, '\x17')));
+    EXPECT_EQ(p->server->read(plain, reply), status::error);
+    EXPECT_EQ(p->server->write(core::slice_chain(core::slice::copy_of("x")), wire), status::error);
+    EXPECT_EQ(wire.size(), 0u);
 }
 
 TEST(TlsSession, FlagsText) {
