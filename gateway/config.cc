@@ -336,6 +336,11 @@ bool validate(gateway_config* cfg, std::string* err) {
         *err = fmt::format("--tls-min-version must be 1.3 or 1.2, not '{}'", cfg->tls_min_version);
         return false;
     }
+    if (cfg->tls_record_layer != "own" && cfg->tls_record_layer != "openssl") {
+        *err = fmt::format("--tls-record-layer must be own or openssl, not '{}'",
+                           cfg->tls_record_layer);
+        return false;
+    }
     if (!cfg->tls_ciphersuites.empty() && !tls::check_ciphersuites(cfg->tls_ciphersuites, err)) {
         *err = "--tls-ciphersuites / tls_ciphersuites: " + *err;
         return false;

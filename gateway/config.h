@@ -128,6 +128,10 @@ struct gateway_config {
     // order wins over the client's). "": tls::preferred_ciphersuites(),
     // AES-128-GCM first where the CPU has AES instructions.
     std::string tls_ciphersuites;
+    // Userspace TLS 1.3 data records, both roles: "own" (tls/record_layer.h:
+    // decrypted from the receive slices, encrypted into the send blocks, no
+    // copy besides the AEAD) or "openssl" (SSL_read/SSL_write).
+    std::string tls_record_layer = "own";
     std::string admin;
     // Defaults for every backend (each may override them in its spec).
     upstream_tls upstream;

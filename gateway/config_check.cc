@@ -29,6 +29,7 @@ tls::server_options server_tls_options(const gateway_config& cfg) {
     if (cfg.tls_min_version == "1.2") o.min_version = TLS1_2_VERSION;
     o.ciphers.ciphersuites =
         cfg.tls_ciphersuites.empty() ? tls::preferred_ciphersuites() : cfg.tls_ciphersuites;
+    o.ciphers.openssl_records = cfg.tls_record_layer == "openssl";
     return o;
 }
 
@@ -41,6 +42,7 @@ tls::client_options upstream_tls_options(const gateway_config& cfg, const backen
     o.require_alpn = r.tls.alpn_strict;
     o.ciphers.ciphersuites =
         cfg.tls_ciphersuites.empty() ? tls::preferred_ciphersuites() : cfg.tls_ciphersuites;
+    o.ciphers.openssl_records = cfg.tls_record_layer == "openssl";
     return o;
 }
 

@@ -76,6 +76,12 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
                                     "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256 (default: "
                                     "AES-128-GCM first where the CPU has AES instructions, else "
                                     "ChaCha20-Poly1305 first; an unknown name is an error)");
+    auto* o_records =
+        app.add_option("--tls-record-layer", cfg->tls_record_layer,
+                       "userspace TLS 1.3 data records: own (default: decrypted from the "
+                       "receive buffers and encrypted into the send buffers, no copy besides "
+                       "the cipher) or openssl (SSL_read/SSL_write)")
+            ->check(CLI::IsMember({"own", "openssl"}));
     auto* o_map = app.add_option("--cert-user-map", cfg->cert_user_map,
                                  "FILE mapping verified client certificates (subject:... or "
                                  "san:...) to 'UID GID[,GID...]'; calls on such a connection "
@@ -224,6 +230,7 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_recsz->count()) merged.ktls_tx_record_size = cfg->ktls_tx_record_size;
     if (o_minv->count()) merged.tls_min_version = cfg->tls_min_version;
     if (o_suites->count()) merged.tls_ciphersuites = cfg->tls_ciphersuites;
+    if (o_records->count()) merged.tls_record_layer = cfg->tls_record_layer;
     merged.config_file = cfg->config_file;
     merged.check_only = cfg->check_only;
     if (o_shards->count()) merged.shards = cfg->shards;

@@ -107,7 +107,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "require_tls_for",
                                   "reuse_port",
                                   "reserved_ports",
-                                  "tls_ciphersuites"};
+                                  "tls_ciphersuites",
+                                  "tls_record_layer"};
     for (const auto& [k, v] : t) {
         bool ok = false;
         for (const char* name : known) ok |= k.str() == name;
@@ -188,6 +189,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "ktls", &cfg->ktls, err)) return false;
     if (!toml_get<std::string>(t, "tls_min_version", &cfg->tls_min_version, err)) return false;
     if (!toml_get<std::string>(t, "tls_ciphersuites", &cfg->tls_ciphersuites, err)) return false;
+    if (!toml_get<std::string>(t, "tls_record_layer", &cfg->tls_record_layer, err)) return false;
     s.clear();
     if (!toml_get<std::string>(t, "reserved_ports", &s, err)) return false;
     if (!s.empty() &&

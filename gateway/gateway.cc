@@ -152,6 +152,10 @@ std::string gateway::start() {
                         ? (tls::cpu_has_aes() ? " (default: the CPU has AES instructions)"
                                               : " (default: the CPU has no AES instructions)")
                         : "");
+        RPCGATE_LOG(tls, info, "userspace TLS 1.3 records: {} (--tls-record-layer)",
+                    cfg_.tls_record_layer == "own"
+                        ? "rpcgate's own, from the receive buffers to the send buffers"
+                        : "OpenSSL's SSL_read/SSL_write");
         std::string err;
         tls_ctx_ = tls::context::make_server(o, &err);
         if (!tls_ctx_) return "TLS: " + err;

@@ -77,9 +77,7 @@ std::unique_ptr<record_layer> record_layer::make(std::unique_ptr<ktls::traffic_s
         return nullptr;
     }
     r->secrets_ = std::move(secrets);
-    r->rx_.ctx = EVP_CIPHER_CTX_new();
-    r->tx_.ctx = EVP_CIPHER_CTX_new();
-    if (!r->rx_.ctx || !r->tx_.ctx || !r->load(r->rx_, false) || !r->load(r->tx_, true)) {
+    if (!r->load(r->rx_, false) || !r->load(r->tx_, true)) {
         *why = "cannot load the traffic keys";
         return nullptr;
     }
@@ -96,13 +94,31 @@ size_t record_layer::sealed_size(size_t plain_bytes) noexcept {
     return plain_bytes + records * seal_overhead + 2 * (seal_overhead + 5);
 }
 
-bool record_layer::load(direction& d, bool encrypt) {
+void record_layer::release() noexcept {
+    EVP_CIPHER_CTX_free(rx_.ctx);
+    EVP_CIPHER_CTX_free(tx_.ctx);
+    rx_.ctx = tx_.ctx = nullptr;
+}
+
+bool record_layer::ready() {
+    if (rx_.ctx && tx_.ctx) return true;
+    if ((!rx_.ctx && !load(rx_, false, false)) || (!tx_.ctx && !load(tx_, true, false))) {
+        failed_ = true;
+        error_ = "cannot load the traffic keys again";
+        return false;
+    }
+    return true;
+}
+
+bool record_layer::load(direction& d, bool encrypt, bool restart) {
+    if (!d.ctx) d.ctx = EVP_CIPHER_CTX_new();
+    if (!d.ctx) return false;
     ktls::traffic_secrets::record_keys k;
     bool ok = encrypt ? secrets_->tx_keys(&k) : secrets_->rx_keys(&k);
     ok = ok && EVP_CipherInit_ex(d.ctx, cipher_, nullptr, k.key, k.iv, encrypt ? 1 : 0) == 1;
     if (ok) std::memcpy(d.iv, k.iv, sizeof(d.iv));
     OPENSSL_cleanse(&k, sizeof(k));
-    d.seq = 0;
+    if (restart) d.seq = 0;
     return ok;
 }
 
@@ -165,6 +181,7 @@ void record_layer::send_key_update(bool request, block_writer& out) {
 bool record_layer::seal(const core::slice_chain& plain, block_writer& out) {
     if (failed_) return false;
     if (plain.empty()) return true;
+    if (!ready()) return false;
     out.ensure(sealed_size(plain.size()));
     if (rekey_after_ && records_since_update_ >= rekey_after_) {
         send_key_update(false, out);
@@ -180,13 +197,13 @@ bool record_layer::seal(const core::slice_chain& plain, block_writer& out) {
 }
 
 void record_layer::key_update(bool ask_peer, block_writer& out) {
-    if (failed_) return;
+    if (failed_ || !ready()) return;
     send_key_update(ask_peer, out);
     ++own_updates_;
 }
 
 void record_layer::close_notify(block_writer& out) {
-    if (failed_) return;
+    if (failed_ || !ready()) return;
     const uint8_t alert[] = {1, ad_close_notify};  // warning level, as every stack sends it
     seal_bytes(ct_alert, alert, sizeof(alert), out);
 }
@@ -246,6 +263,7 @@ bool record_layer::handle_handshake(const uint8_t* p, size_t n, block_writer& ou
 record_layer::result record_layer::open(core::slice_chain& in, block_writer& plain,
                                         block_writer& out) {
     if (failed_) return result::error;
+    if (in.size() >= header_len && !ready()) return result::error;
     while (in.size() >= header_len) {
         uint8_t h[header_len];
         in.copy_out(0, h, header_len);

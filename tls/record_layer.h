@@ -75,6 +75,10 @@ class record_layer {
     uint64_t rx_generation() const noexcept { return secrets_->rx_generation(); }
     const std::string& error() const noexcept { return error_; }
 
+    // Frees the two cipher contexts (about 2 KiB) while the connection is
+    // idle; the next call loads the current keys again from the secrets.
+    void release() noexcept;
+
     // The most ciphertext one seal() of `plain_bytes` can add, plus a KeyUpdate.
     static size_t sealed_size(size_t plain_bytes) noexcept;
 
@@ -86,7 +90,10 @@ class record_layer {
         void nonce(uint8_t out[12]) const noexcept;
     };
     record_layer() = default;
-    bool load(direction& d, bool encrypt);
+    // The current keys of a direction into its context (made if released);
+    // `restart` also starts its record sequence at 0 (a new key).
+    bool load(direction& d, bool encrypt, bool restart = true);
+    bool ready();
     // One record of `type` holding `n` bytes of `plain` from (slice `part`,
     // offset `off`), which move past them; `out` has room.
     void seal_record(uint8_t type, const core::slice_chain& plain, size_t& part, size_t& off,

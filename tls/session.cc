@@ -610,6 +610,7 @@ void session::release_buffers() noexcept {
     SSL_free_buffers(ssl_);  // refuses (harmlessly) while a partial record is buffered
     io_->cipher.release();
     io_->plain.release();
+    if (records_) records_->release();
     if (!on_socket_) set_lean(true);
 }
 

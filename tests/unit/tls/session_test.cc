@@ -447,6 +447,17 @@ TEST_P(TlsData, ReleaseBuffersWhenIdle) {
     got = pair::send(*p_->client, *p_->server,
                      core::slice_chain(core::slice::copy_of(std::string(7000, 'r'))));
     EXPECT_TRUE(got == std::string(7000, 'r'));
+    // Both ways, again and again: the record sequence goes on across releases
+    // (own records load their keys again, at the same sequence number).
+    for (int i = 0; i < 3; ++i) {
+        p_->client->release_buffers();
+        p_->server->release_buffers();
+        EXPECT_TRUE(pair::send(*p_->server, *p_->client,
+                               core::slice_chain(core::slice::copy_of("down"))) == "down");
+        p_->server->release_buffers();
+        EXPECT_TRUE(pair::send(*p_->client, *p_->server,
+                               core::slice_chain(core::slice::copy_of("up"))) == "up");
+    }
 }
 
 // A session is lean (OpenSSL's buffers given back after each record
