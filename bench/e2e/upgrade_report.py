@@ -4,8 +4,10 @@
   upgrade_report.py RAW_DIR OUT_DIR
 
 RAW_DIR holds runs.jsonl ({"setup", "run": "baseline"|"upgrade", "result":
-rpcgate-bench run --json}), upgrades.jsonl (one line per upgrade: "setup",
-"upgrade", "old_pid", "new_pid", "old_gone", "new_answers", "seconds"),
+rpcgate-bench run --json}; the upgrade run also has "old_alive_at_end": old
+processes still running after the last upgrade, before the load ended),
+upgrades.jsonl (one line per upgrade: "setup", "upgrade", "old_pid",
+"new_pid", "old_gone", "new_answers", "seconds"),
 not_run.jsonl ({"setup", "why"}) and meta.json. Writes OUT_DIR/results.json
 (meta, one object per set-up, not_run) and OUT_DIR/summary.md, and prints the
 table. docs/upgrade-bench.md says what each column means.
@@ -65,6 +67,8 @@ def summarize(setup, runs, steps):
 def row(r):
     n = r["upgrades"]
     gone = "yes" if n and r["old_gone"] == n else f"no ({r['old_gone']} of {n})"
+    if r.get("old_alive_at_end"):
+        gone += f", {r['old_alive_at_end']} left after the last"
     ratio = "n/a" if r["p999_ratio"] is None else f"{r['p999_ratio']:.2f}"
     return [r["setup"], str(n), gone, str(r["calls"]), str(r["errors"]), str(r["lost_calls"]),
             str(r["reconnects"]), str(r["clean_closes"]), str(r["closes_in_flight"]),
@@ -82,7 +86,9 @@ def table(rows, not_run):
 
 def main():
     raw, out = sys.argv[1], sys.argv[2]
-    runs = {(x["setup"], x["run"]): x["result"] for x in read_jsonl(f"{raw}/runs.jsonl")}
+    lines = read_jsonl(f"{raw}/runs.jsonl")
+    runs = {(x["setup"], x["run"]): x["result"] for x in lines}
+    alive = {x["setup"]: x["old_alive_at_end"] for x in lines if "old_alive_at_end" in x}
     steps = read_jsonl(f"{raw}/upgrades.jsonl")
     not_run = {x["setup"]: x["why"] for x in read_jsonl(f"{raw}/not_run.jsonl")}
     with open(f"{raw}/meta.json") as f:
@@ -92,6 +98,8 @@ def main():
         if s not in setups:
             setups.append(s)
     rows = [summarize(s, runs, steps) for s in setups]
+    for r in rows:
+        r["old_alive_at_end"] = alive.get(r["setup"], 0)
     with open(f"{out}/results.json", "w") as f:
         json.dump({"meta": meta, "setups": rows, "not_run": not_run}, f, indent=1)
     m = meta

@@ -30,7 +30,8 @@
 # --quick: 2 upgrades in 6 s runs (the ctest smoke).
 # Environment: UPGRADES (10), DURATION (30; 4 to 30), SETUPS ("rpcgate
 # haproxy haproxy32"), CONNECTIONS, DEPTH, SIZE, SIZE_MAX, GONE_WAIT (5),
-# HAPROXY_HARD_STOP, SHARDS (rpcgate and HAProxy threads, 2).
+# HAPROXY_HARD_STOP, SHARDS (rpcgate and HAProxy threads, 2), RPCGATE (the
+# rpcgate binary to upgrade, e.g. another build's; default BUILD_DIR's).
 # Writes OUT_DIR/results.json and OUT_DIR/summary.md (the table, printed too),
 # and the raw runs and upgrade steps in OUT_DIR/raw; the processes' logs in
 # OUT_DIR/logs. docs/upgrade-bench.md says what each column means.
@@ -52,7 +53,7 @@ awk -v d="$duration" 'BEGIN { exit !(d >= 4 && d <= 30) }' ||
     { echo "$(basename "$0"): DURATION must be 4..30 s (got $duration)" >&2; exit 2; }
 . "$root/tests/peers/peer_lib.sh"
 bench=$(e2e_find_bin rpcgate-bench)
-rpcgate=$(e2e_find_bin rpcgate)
+rpcgate=${RPCGATE:-$(e2e_find_bin rpcgate)}
 e2e_need haproxy curl python3
 e2e_init upgrade
 mkdir -p "$out/raw"
@@ -188,8 +189,16 @@ run_setup() { # SETUP KIND [CHROOT]
         fi
         proxy_pid=$new_pid
     done
+    # Old processes still there after the last upgrade, while the load still
+    # runs (HAProxy without hard-stop-after keeps the one that holds the
+    # connections until they close; they close when the load ends).
+    local left_over=0 p
+    for p in "${cur_pids[@]}"; do
+        [ "$p" = "$proxy_pid" ] || ! peer_alive "$p" || left_over=$((left_over + 1))
+    done
     load_finish "$work/up.json"
-    printf '{"setup":"%s","run":"upgrade","result":%s}\n' "$s" "$(cat "$work/up.json")" >>"$runs"
+    printf '{"setup":"%s","run":"upgrade","old_alive_at_end":%d,"result":%s}\n' "$s" \
+        "$left_over" "$(cat "$work/up.json")" >>"$runs"
     stop_setup
 }
 stop_setup() {
