@@ -5,8 +5,10 @@
 // connection still ends the way it always did.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "tests/unit/bench/test_address.h"
 #include "tls/client/tests/test_support.h"
@@ -174,4 +176,30 @@ TEST(bench_reconnect, tls_connections_handshake_again) {
     EXPECT_EQ(r.handshake_latency.count(), 3u);
     srv->stop();
     client::testing::remove_test_pki(pki);
+}
+
+// A server that goes away for good: the reconnects are refused, retried for
+// one call timeout, counted, and then the connection ends; the run is bounded.
+TEST(bench_reconnect, refused_reconnects_give_up_after_the_timeout) {
+    auto srv = start_server(2, 0);
+    ASSERT_TRUE(srv);
+    run_options o = sparse(srv->port(), 50);
+    o.timeout_ms = 500;
+    run_report r;
+    std::thread client([&] { r = run(o); });
+    // The first close, then the server stops (its listeners close with it).
+    const auto t0 = std::chrono::steady_clock::now();
+    while (srv->totals().test_closes == 0 &&
+           std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    srv->stop();
+    client.join();
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(took, 30.0) << format_human(r);
+    EXPECT_GE(r.calls, 2u) << format_human(r);
+    EXPECT_LT(r.calls, 50u);
+    EXPECT_GE(r.connect_errors, 2u) << format_human(r);  // retried, not given up at once
+    EXPECT_GE(r.reconnects, 1u);
+    EXPECT_EQ(r.errors, r.connect_errors + r.lost_calls);
 }
