@@ -28,6 +28,13 @@
 #                          the HAProxy installed there, run in a private mount
 #                          namespace that binds $work at the same path inside
 #                          (the network, loopback included, is the host's)
+#   e2e_haproxy_config PORT BACKEND_PORT "BIND EXTRA" "GLOBAL LINES"
+#                          e2e_start_haproxy's config file only: writes
+#                          $work/haproxy-PORT.cfg
+#   e2e_haproxy_bg LOG CHROOT ARGS...
+#                          `haproxy ARGS...` in the background as e2e_bg does,
+#                          in CHROOT as above when it is not "" (its pid is
+#                          HAProxy's either way); for reloads (-x, -sf)
 #   e2e_start_stunnel PORT BACKEND_PORT
 #                          stunnel4 terminating TLS 1.3 ($cipher, $certs/server.*)
 #   e2e_start_socat PORT BACKEND_PORT
@@ -134,6 +141,12 @@ e2e_workload_args() {
 }
 
 e2e_start_haproxy() {
+    e2e_haproxy_config "$1" "$2" "$3" "$4"
+    e2e_haproxy_bg "haproxy-$1.log" "${5:-}" -f "$work/haproxy-$1.cfg" -db
+    ha_pid=$bg_pid
+}
+
+e2e_haproxy_config() {
     local port=$1 backend=$2 bind_extra=$3 global_extra=$4
     cat >"$work/haproxy-$port.cfg" <<CFG
 global
@@ -151,19 +164,25 @@ frontend fe
 backend be
     server echo 127.0.0.1:$backend
 CFG
-    if [ -z "${5:-}" ]; then
-        e2e_bg "haproxy-$port.log" haproxy -f "$work/haproxy-$port.cfg" -db
+}
+
+e2e_haproxy_bg() {
+    local log=$1 chroot_dir=$2
+    shift 2
+    if [ -z "$chroot_dir" ]; then
+        e2e_bg "$log" haproxy "$@"
     else
         # unshare without --fork and every step exec'ing: the pid is HAProxy's.
-        e2e_bg "haproxy-$port.log" unshare --mount --propagation private sh -c '
+        e2e_bg "$log" unshare --mount --propagation private sh -c '
             set -e
             mkdir -p "$1$2"
             mount --bind "$2" "$1$2"
             mount -t proc proc "$1/proc"
             mount --bind /dev "$1/dev"
-            exec chroot "$1" haproxy -f "$2/haproxy-$3.cfg" -db' sh "$5" "$work" "$port"
+            root=$1
+            shift 2
+            exec chroot "$root" haproxy "$@"' sh "$chroot_dir" "$work" "$@"
     fi
-    ha_pid=$bg_pid
 }
 
 e2e_start_stunnel() {

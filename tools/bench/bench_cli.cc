@@ -367,6 +367,9 @@ int bench_main(int argc, char** argv) {
     cl->add_option("--threads", opt.threads, "shard threads (default: min(cores, connections))")
         ->check(CLI::Range(1u, 1024u));
     cl->add_flag("--verify", opt.verify, "compare every reply byte with what was sent");
+    cl->add_flag("--reconnect", opt.reconnect,
+                 "reopen a connection the server closes mid-run (a proxy reload): its calls in "
+                 "flight count as lost; connects and closes are counted (default: it ends)");
     cl->add_flag("--json", json,
                  "print one JSON object: summary figures and the latency histogram");
     cl->add_option("--seed", opt.seed, "seed for payload bytes and sizes");

@@ -6,7 +6,8 @@
 //                        [--tls-max-version 1.2|1.3] [--ciphers LIST] [--groups LIST]]
 //   rpcgate-bench run --target ADDR:PORT --connections N --depth D --size BYTES
 //                     (--duration SECONDS | --calls COUNT) [--proc echo|null|callback]
-//                     [--rate OPS_PER_S] [--threads T] [--verify] [--json] [--quiet]
+//                     [--rate OPS_PER_S] [--threads T] [--verify] [--reconnect] [--json]
+//                     [--quiet]
 //                     [--progress SECONDS] [--seed S] [--size-max BYTES]
 //                     [--tls off|starttls|implicit [--ca FILE] [--cert FILE --key FILE]
 //                      [--server-name NAME] [--ciphersuites S] [--tls-max-version 1.2|1.3]

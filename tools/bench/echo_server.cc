@@ -13,15 +13,21 @@
 namespace rpcgate::bench {
 
 struct echo_server::per_shard final : core::listener_handler {
-    per_shard(const core::shard_config& cfg, const tls::context* tls) : sh(cfg), tls_ctx(tls) {}
+    per_shard(const core::shard_config& cfg, const serve_options& o)
+        : sh(cfg),
+          tls_ctx(o.tls),
+          close_after_calls(o.close_after_calls),
+          drop_after_calls(o.drop_after_calls) {}
     void on_accept(core::shard& s, int fd, const sockaddr_storage& peer) override;
 
     core::shard sh;
-    const tls::context* tls_ctx;  // implicit TLS when set
+    const tls::context* tls_ctx;                         // implicit TLS when set
+    const uint64_t close_after_calls, drop_after_calls;  // test seams (serve_options)
     core::timer exit_timer;
     // Single-writer counters (this shard's thread), read by totals().
     std::atomic<uint64_t> calls{0}, null_calls{0}, echo_calls{0}, callback_calls{0};
     std::atomic<uint64_t> refused{0}, garbage_closes{0}, connections{0}, payload_bytes{0};
+    std::atomic<uint64_t> test_closes{0};
 };
 
 namespace {
@@ -42,6 +48,10 @@ class server_conn final : public core::stream_handler {
             on_ciphertext(s, std::move(data));
         } else {
             feed_plain(s, data);
+        }
+        if (closing_) {
+            end_between_calls(s);
+            return;
         }
         if (s.open() && s.full()) s.pause_receive();
     }
@@ -107,6 +117,20 @@ class server_conn final : public core::stream_handler {
             s.send(std::move(c));
     }
 
+    // close_after_calls reached: the replies queued so far leave, then the
+    // connection ends cleanly (close_notify first under TLS).
+    void end_between_calls(core::stream& s) {
+        if (!s.open() || closed_by_seam_) return;
+        closed_by_seam_ = true;
+        core::bump(ps_.test_closes);
+        if (tls_ && tls_->handshake_done()) {
+            core::slice_chain out;
+            tls_->shutdown(out);
+            s.send(std::move(out));
+        }
+        s.close_after_send(1000);
+    }
+
     void garbage(core::stream& s) {
         core::bump(ps_.garbage_closes);
         s.close(-EPROTO);
@@ -114,6 +138,7 @@ class server_conn final : public core::stream_handler {
     void answer(core::stream& s, core::slice_chain&& reply) {
         core::bump(ps_.calls);
         emit(s, std::move(reply));
+        if (ps_.close_after_calls && ++answered_ >= ps_.close_after_calls) closing_ = true;
     }
     void refuse(core::stream& s, const rpc::reply_header& h) {
         core::bump(ps_.refused);
@@ -122,13 +147,18 @@ class server_conn final : public core::stream_handler {
 
     // Returns false to stop feeding (the connection is closing).
     bool handle(core::stream& s, core::slice_chain&& rec) {
-        if (!s.open()) return false;
+        if (!s.open() || closing_) return false;
         auto peek = rpc::peek_message(rec);
         if (!peek) {
             garbage(s);
             return false;
         }
         if (peek->type == rpc::msg_type::reply) return backchannel_reply(s, std::move(rec));
+        if (ps_.drop_after_calls && calls_taken_++ >= ps_.drop_after_calls) {
+            core::bump(ps_.test_closes);
+            s.close(-ECONNABORTED);
+            return false;
+        }
         auto call = rpc::decode_call(rec);
         if (!call) {
             if (call.error() != rpc::errc::rpc_version_mismatch) {
@@ -215,6 +245,9 @@ class server_conn final : public core::stream_handler {
     // Backchannel calls awaiting the client's answer: (our xid, the proc-2 xid).
     std::vector<std::pair<uint32_t, uint32_t>> pending_;
     uint32_t next_cb_xid_ = 0x40000000;
+    uint64_t answered_ = 0, calls_taken_ = 0;  // for the test seams
+    bool closing_ = false;                     // close_after_calls reached
+    bool closed_by_seam_ = false;
 };
 
 }  // namespace
@@ -237,7 +270,7 @@ std::string echo_server::start() {
     for (unsigned i = 0; i < n; ++i) {
         core::shard_config cfg = opt_.shard;
         cfg.index = i;
-        auto ps = std::make_unique<per_shard>(cfg, opt_.tls);
+        auto ps = std::make_unique<per_shard>(cfg, opt_);
         per_shard* p = ps.get();
         int rc = 0;
         std::string err = p->sh.start([p, &addr, &rc] {
@@ -297,6 +330,7 @@ serve_totals echo_server::totals() const noexcept {
         t.garbage_closes += get(ps->garbage_closes);
         t.connections += get(ps->connections);
         t.payload_bytes += get(ps->payload_bytes);
+        t.test_closes += get(ps->test_closes);
     }
     return t;
 }

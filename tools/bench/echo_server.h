@@ -36,6 +36,15 @@ struct serve_options {
     const tls::context* tls = nullptr;
     // On stop: how long connections may take to flush their replies.
     uint64_t drain_ms = 2000;
+    // Test seams for clients that must ride out a server closing on them
+    // (`run --reconnect`); 0 = off. close_after_calls: after answering this
+    // many calls on a connection, stop reading it and close it once the last
+    // reply has left (FIN, or close_notify then FIN under TLS), as a proxy
+    // draining at an idle point does. drop_after_calls: answer this many
+    // calls on a connection, then close it (no reply) when the next one
+    // arrives, as a crashing or hard-stopped proxy does.
+    uint64_t close_after_calls = 0;
+    uint64_t drop_after_calls = 0;
 };
 
 // Counters summed across shards.
@@ -46,6 +55,7 @@ struct serve_totals {
     uint64_t callback_calls = 0;  // proc-2 calls answered (after the backchannel round trip)
     uint64_t refused = 0;         // PROG_UNAVAIL, PROG_MISMATCH, PROC_UNAVAIL, RPC_MISMATCH, ...
     uint64_t garbage_closes = 0;  // connections closed for bytes that are not RPC
+    uint64_t test_closes = 0;     // by close_after_calls or drop_after_calls
     uint64_t connections = 0;     // accepted
     uint64_t payload_bytes = 0;   // ECHO/CALLBACK opaque bytes received
 };

@@ -36,6 +36,9 @@ constexpr uint64_t k_pacer_max_sleep_ns = 1000000;
 constexpr uint64_t k_pacer_recheck_ns = 20000;
 // A progress line's percentiles wait this long for the shards' histograms.
 constexpr double k_snapshot_wait_s = 0.5;
+// --reconnect: a refused or failed reconnect is tried again this much later
+// (a listener may be between two processes for a moment).
+constexpr uint64_t k_retry_ns = 20'000'000;
 
 uint32_t proc_number(bench_proc p) noexcept {
     switch (p) {
@@ -56,6 +59,7 @@ struct worker_counters {
     std::atomic<uint64_t> rpc_errors{0}, bad_replies{0}, backchannel_calls{0}, tls_errors{0};
     std::atomic<uint64_t> bytes_sent{0}, bytes_received{0};
     std::atomic<uint64_t> missed{0};  // open loop: due before the end, never sent
+    std::atomic<uint64_t> connects{0}, reconnects{0}, clean_closes{0}, closes_in_flight{0};
 
     uint64_t errors() const noexcept {
         auto g = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
@@ -113,6 +117,12 @@ class load_conn final : public core::stream_handler {
     void release(uint32_t idx);
     // Ends the connection early: calls in flight count as `kind` errors.
     void fail(std::atomic<uint64_t>& kind, const char* why, int err);
+    // The server closed (err 0) or lost the connection mid-run: counts the
+    // close by kind; with --reconnect, loses the calls in flight and opens
+    // the connection again (once the old stream is gone), else ends it.
+    void server_closed(int err);
+    // With --reconnect: may a failed reconnect be tried again?
+    bool may_retry(uint64_t now) const noexcept;
     void close_if_done();
     void finish();
 
@@ -136,6 +146,15 @@ class load_conn final : public core::stream_handler {
     core::slice_chain outq_;                        // plaintext waiting for flush()
     bool connected_ = false;  // ready for calls (after the handshake with TLS)
     bool finished_ = false;
+    // --reconnect: connects that succeeded; when the connection was lost;
+    // a new connect waits for the old stream's on_closed (reconnect_pending_)
+    // or for retry_at_ after a failed one (retry_pending_).
+    uint64_t connects_ = 0;
+    uint64_t lost_at_ = 0;
+    uint64_t retry_at_ = 0;
+    bool reconnect_pending_ = false;
+    bool retry_pending_ = false;
+    bool sched_set_ = false;  // open loop: the schedule survives reconnects
 };
 
 // The state of one shard of the run: its connections, counters and
@@ -292,8 +311,18 @@ void load_conn::start() {
         core::bump(w_.ctr.connect_errors);
         report_once(w_.warned_connect, "run: socket for {}: {}", w_.opt.target.str(),
                     std::strerror(-err));
+        if (may_retry(connect_started_)) {
+            retry_pending_ = true;
+            retry_at_ = connect_started_ + k_retry_ns;
+            return;
+        }
         finish();
     }
+}
+
+bool load_conn::may_retry(uint64_t now) const noexcept {
+    return w_.opt.reconnect && connects_ > 0 && !finished_ && !w_.stopping && budget_ > 0 &&
+           now - lost_at_ < uint64_t(w_.opt.timeout_ms) * 1000000u;
 }
 
 void load_conn::on_connected(core::stream& s, int err) {
@@ -303,10 +332,19 @@ void load_conn::on_connected(core::stream& s, int err) {
             report_once(w_.warned_connect, "run: connect to {}: {}", w_.opt.target.str(),
                         std::strerror(-err));
         }
+        // The stream closes itself; on_closed follows (and starts the retry).
+        const uint64_t now = now_ns();
+        if (may_retry(now)) {
+            retry_pending_ = true;
+            retry_at_ = now + k_retry_ns;
+            return;
+        }
         finish();
-        return;  // the stream closes itself; on_closed follows
+        return;
     }
     tcp_connected_ = now_ns();
+    core::bump(w_.ctr.connects);
+    if (connects_++ > 0) core::bump(w_.ctr.reconnects);
     if (w_.opt.tls != client::tls_mode::off) {
         client::session_params p;
         p.mode = w_.opt.tls;
@@ -331,8 +369,12 @@ void load_conn::on_ready() {
         close_if_done();
         return;
     }
-    if (w_.opt.rate > 0)
+    // Open loop: a reconnected connection keeps its schedule, so that calls
+    // due while it was away are sent late and their latency says so.
+    if (w_.opt.rate > 0 && !sched_set_) {
         sched_ = open_loop_schedule(w_.opt.rate, w_.opt.connections, index_, now_ns());
+        sched_set_ = true;
+    }
     fill();
     flush();
 }
@@ -526,6 +568,12 @@ void load_conn::release(uint32_t idx) {
 
 void load_conn::check(uint64_t now) {
     const uint64_t limit = uint64_t(w_.opt.timeout_ms) * 1000000u;
+    if (retry_pending_) {
+        if (now < retry_at_ || st_) return;  // st_: the failed stream is still closing
+        retry_pending_ = false;
+        start();
+        return;
+    }
     if (!connected_) {
         if (now - connect_started_ > limit) {
             core::bump(w_.ctr.connect_errors);
@@ -591,25 +639,74 @@ void load_conn::on_eof(core::stream& s, int err) {
         return;
     }
     if (!finished_ && (inflight_ > 0 || (budget_ > 0 && !w_.stopping))) {
-        // Closed under us mid-run: the calls in flight are lost; a connection
-        // that had none in flight still counts once.
-        if (inflight_ == 0) core::bump(w_.ctr.lost_calls);
-        fail(w_.ctr.lost_calls, err ? std::strerror(-err) : "closed by the server", err);
+        server_closed(err);
         return;
     }
     s.close(err);
     finish();
 }
 
+void load_conn::server_closed(int err) {
+    const char* why = err ? std::strerror(-err) : "closed by the server";
+    if (inflight_ > 0) {
+        core::bump(w_.ctr.closes_in_flight);
+    } else {
+        core::bump(w_.ctr.clean_closes);
+    }
+    if (!w_.opt.reconnect) {
+        // Closed under us mid-run: the calls in flight are lost; a connection
+        // that had none in flight still counts once.
+        if (inflight_ == 0) core::bump(w_.ctr.lost_calls);
+        fail(w_.ctr.lost_calls, why, err);
+        return;
+    }
+    if (inflight_ > 0) {
+        core::bump(w_.ctr.lost_calls, inflight_);
+        report_once(w_.warned_lost, "run: connection {} closed with {} calls in flight: {}", index_,
+                    inflight_, why);
+    }
+    // Every slot is free again; what the old connection had half received or
+    // not yet encrypted goes with it.
+    free_.clear();
+    for (uint32_t i = uint32_t(slots_.size()); i-- > 0;) {
+        slots_[i].busy = false;
+        free_.push_back(i);
+    }
+    inflight_ = 0;
+    rr_.reset();
+    outq_.clear();
+    sess_.reset();
+    connected_ = false;
+    lost_at_ = connect_started_ = now_ns();
+    if (st_) {
+        // The new connect waits for on_closed: the old stream's sends may
+        // still point into slab_.
+        reconnect_pending_ = true;
+        st_->close(err);
+        return;
+    }
+    start();
+}
+
 void load_conn::on_closed(core::stream&, int err) {
     st_ = nullptr;
+    if (retry_pending_) return;  // check() starts the next connect
+    if (reconnect_pending_) {
+        reconnect_pending_ = false;
+        if (!finished_ && !w_.stopping && budget_ > 0) {
+            start();
+            return;
+        }
+        finish();
+        return;
+    }
     if (sess_ && !connected_ && !finished_) {
         core::bump(w_.ctr.tls_errors);
         report_once(w_.warned_tls, "run: TLS: connection ended during the handshake");
     }
     if (!finished_ && connected_ && (inflight_ > 0 || (budget_ > 0 && !w_.stopping))) {
-        if (inflight_ == 0) core::bump(w_.ctr.lost_calls);
-        fail(w_.ctr.lost_calls, err ? std::strerror(-err) : "closed", err);
+        server_closed(err);
+        if (!finished_) return;  // reconnecting
     }
     finish();
 }
@@ -659,18 +756,6 @@ unsigned default_threads(unsigned connections) {
 }
 
 }  // namespace
-
-const char* to_string(bench_proc p) noexcept {
-    switch (p) {
-        case bench_proc::null:
-            return "null";
-        case bench_proc::echo:
-            return "echo";
-        case bench_proc::callback:
-            return "callback";
-    }
-    return "?";
-}
 
 std::unique_ptr<tls::context> make_tls_client_context(const tls::client_options& o,
                                                       const std::string& ciphersuites,
@@ -846,6 +931,7 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
     r.size_max = std::max(opt.size, opt.size_max);
     r.proc = opt.proc;
     r.verify = opt.verify;
+    r.reconnect = opt.reconnect;
     r.tls = opt.tls;
     r.rate = opt.rate;
     uint64_t first = UINT64_MAX, last = 0;
@@ -854,6 +940,10 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         r.calls += g(w->ctr.calls);
         r.connect_errors += g(w->ctr.connect_errors);
         r.lost_calls += g(w->ctr.lost_calls);
+        r.connects += g(w->ctr.connects);
+        r.reconnects += g(w->ctr.reconnects);
+        r.clean_closes += g(w->ctr.clean_closes);
+        r.closes_in_flight += g(w->ctr.closes_in_flight);
         r.timeouts += g(w->ctr.timeouts);
         r.rpc_errors += g(w->ctr.rpc_errors);
         r.bad_replies += g(w->ctr.bad_replies);
@@ -876,106 +966,6 @@ run_report run_load(const run_options& opt, std::string* err, const std::atomic<
         r.connect_errors + r.lost_calls + r.timeouts + r.rpc_errors + r.bad_replies + r.tls_errors;
     if (r.calls > 0 && last > first) r.elapsed_s = double(last - first) / 1e9;
     return r;
-}
-
-std::string format_human(const run_report& r) {
-    auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
-    std::string sizes = r.size_max > r.size ? fmt::format("{}..{} B", r.size, r.size_max)
-                                            : fmt::format("{} B", r.size);
-    std::string out = fmt::format(
-        "rpcgate-bench run: proc={} size={} connections={} depth={} threads={}{}\n",
-        to_string(r.proc), sizes, r.connections, r.depth, r.threads, r.verify ? " verify" : "");
-    out += fmt::format("  calls      {} in {:.3f} s: {:.0f} ops/s\n", r.calls, r.elapsed_s,
-                       r.ops_per_sec());
-    if (r.rate > 0)
-        out += fmt::format(
-            "  open loop  target {:.0f} calls/s; latency from the intended send time; send lag "
-            "p50 {:.1f} us  p99 {:.1f} us; {} calls due but never sent\n",
-            r.rate, us(r.send_lag.percentile(0.50)), us(r.send_lag.percentile(0.99)),
-            r.missed_calls);
-    out += fmt::format(
-        "  payload    {:.2f} MB/s both directions ({:.2f} MB/s each way; MB = 10^6 bytes)\n",
-        r.bytes_per_sec() / 1e6, r.bytes_per_sec() / 2e6);
-    out += "  latency    " + latency_human(r.latency) + "\n";
-    if (r.tls != client::tls_mode::off)
-        out +=
-            fmt::format("  tls        {} {} {}: handshake p50 {:.1f} us  p99 {:.1f} us ({} done)\n",
-                        client::to_string(r.tls), r.tls_version, r.tls_cipher,
-                        us(r.handshake_latency.percentile(0.50)),
-                        us(r.handshake_latency.percentile(0.99)), r.handshake_latency.count());
-    out += fmt::format(
-        "  errors     {} (connect {}, lost {}, timeouts {}, rpc {}, bad replies {}, tls {})",
-        r.errors, r.connect_errors, r.lost_calls, r.timeouts, r.rpc_errors, r.bad_replies,
-        r.tls_errors);
-    if (r.backchannel_calls)
-        out += fmt::format("\n  backchannel calls answered {}", r.backchannel_calls);
-    return out;
-}
-
-std::string histogram_json(const latency_histogram& h) {
-    std::string out = fmt::format("{{\"unit\":\"ns\",\"count\":{},\"buckets\":[", h.count());
-    bool first = true;
-    h.for_each_bucket([&](uint64_t lo, uint64_t hi, uint64_t n) {
-        out += fmt::format("{}[{},{},{}]", first ? "" : ",", lo, hi, n);
-        first = false;
-    });
-    out += "]}";
-    return out;
-}
-
-std::string format_json(const run_report& r) {
-    auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
-    const latency_histogram& l = r.latency;
-    std::string out = fmt::format(
-        "{{\"proc\":\"{}\",\"connections\":{},\"depth\":{},\"threads\":{},\"size\":{},"
-        "\"size_max\":{},\"verify\":{},\"mode\":\"{}\",\"rate\":{:.1f},\"calls\":{},"
-        "\"elapsed_s\":{:.6f},\"ops_per_sec\":{:.1f},"
-        "\"bytes_per_sec\":{:.1f},\"mb_per_sec\":{:.3f},"
-        "\"bytes_per_sec_note\":\"payload, both directions; MB = 10^6 bytes\","
-        "\"payload_bytes_sent\":{},\"payload_bytes_received\":{},{},",
-        to_string(r.proc), r.connections, r.depth, r.threads, r.size, r.size_max,
-        r.verify ? "true" : "false", r.rate > 0 ? "open" : "closed", r.rate, r.calls, r.elapsed_s,
-        r.ops_per_sec(), r.bytes_per_sec(), r.bytes_per_sec() / 1e6, r.payload_bytes_sent,
-        r.payload_bytes_received, latency_json_fields(l));
-    out += fmt::format(
-        "\"errors\":{},\"connect_errors\":{},\"lost_calls\":{},"
-        "\"timeouts\":{},\"rpc_errors\":{},\"bad_replies\":{},\"backchannel_calls\":{},"
-        "\"missed_calls\":{},\"send_lag_p50_us\":{:.2f},\"send_lag_p99_us\":{:.2f},"
-        "\"tls\":\"{}\",\"tls_errors\":{},\"tls_version\":\"{}\",\"tls_cipher\":\"{}\","
-        "\"handshakes\":{},\"handshake_p50_us\":{:.2f},\"handshake_p99_us\":{:.2f},"
-        "\"histogram\":{}}}",
-        r.errors, r.connect_errors, r.lost_calls, r.timeouts, r.rpc_errors, r.bad_replies,
-        r.backchannel_calls, r.missed_calls, us(r.send_lag.percentile(0.50)),
-        us(r.send_lag.percentile(0.99)), client::to_string(r.tls), r.tls_errors, r.tls_version,
-        r.tls_cipher, r.handshake_latency.count(), us(r.handshake_latency.percentile(0.50)),
-        us(r.handshake_latency.percentile(0.99)), histogram_json(l));
-    return out;
-}
-
-std::string latency_json_fields(const latency_histogram& h) {
-    auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
-    return fmt::format(
-        "\"p50_us\":{:.2f},\"p90_us\":{:.2f},\"p99_us\":{:.2f},\"p999_us\":{:.2f},"
-        "\"max_us\":{:.2f},\"min_us\":{:.2f},\"mean_us\":{:.2f}",
-        us(h.percentile(0.50)), us(h.percentile(0.90)), us(h.percentile(0.99)),
-        us(h.percentile(0.999)), us(h.max()), us(h.min()), h.mean() / 1000.0);
-}
-
-std::string latency_human(const latency_histogram& h) {
-    auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
-    return fmt::format("p50 {:.1f} us  p90 {:.1f} us  p99 {:.1f} us  p999 {:.1f} us  max {:.1f} us",
-                       us(h.percentile(0.50)), us(h.percentile(0.90)), us(h.percentile(0.99)),
-                       us(h.percentile(0.999)), us(h.max()));
-}
-
-std::string format_progress(double elapsed_s, double ops_per_sec, const latency_histogram& so_far,
-                            uint64_t errors) {
-    std::string out = fmt::format("progress: {:.0f}s {:.0f} ops/s", elapsed_s, ops_per_sec);
-    if (so_far.count())
-        out += fmt::format(" p50 {:.1f} us p99 {:.1f} us", double(so_far.percentile(0.50)) / 1e3,
-                           double(so_far.percentile(0.99)) / 1e3);
-    out += fmt::format(" errors {}", errors);
-    return out;
 }
 
 }  // namespace rpcgate::bench

@@ -34,6 +34,18 @@
 // copy of its histogram (through its mailbox) and prints one line on stderr:
 // elapsed, ops/s over the last interval, p50/p99 so far, errors.
 //
+// Reconnect (`reconnect`, off by default): a connection the server closes,
+// or loses, while the run goes on is opened again (with a new TLS handshake
+// under TLS) and carries on with its budget. Its calls in flight at the close
+// are lost (counted in lost_calls, errors); a close with none in flight, e.g.
+// a proxy draining at an idle point, loses nothing. Connects, reconnects and
+// both kinds of close are counted, so that a proxy reload under load can be
+// measured. A reconnect that fails is retried every 20 ms for one
+// `timeout_ms` (each failure a connect error), then the connection ends.
+// Protocol errors, TLS failures and call timeouts still end the connection.
+// Without `reconnect` a connection the server closes mid-run ends there, and
+// counts one lost call even when it had none in flight.
+//
 // Threads: `run_load` is called from one thread, which it blocks; it starts
 // and joins the shards (and the pacer) itself. `stop` may be set from any thread (a signal
 // handler's flag): the run then ends early, as if its duration had passed.
@@ -66,7 +78,8 @@ struct run_options {
     bench_proc proc = bench_proc::echo;
     uint32_t program = 0x20000001;  // overridable to test refusals
     uint32_t version = 1;
-    bool verify = false;  // compare every reply byte (default: lengths only)
+    bool verify = false;     // compare every reply byte (default: lengths only)
+    bool reconnect = false;  // reopen a connection the server closed (see above)
     uint64_t seed = 1;
     uint32_t timeout_ms = 10000;     // per call, and per connect
     double rate = 0;                 // open loop: calls/s over all connections; 0: closed loop
@@ -89,6 +102,7 @@ struct run_report {
     size_t size = 0, size_max = 0;
     bench_proc proc = bench_proc::echo;
     bool verify = false;
+    bool reconnect = false;
     client::tls_mode tls = client::tls_mode::off;
     double rate = 0;  // open loop's target calls/s; 0: closed loop
     // What happened.
@@ -96,6 +110,10 @@ struct run_report {
     uint64_t errors = 0;                  // sum of the kinds below
     uint64_t connect_errors = 0;          // connects refused, failed or timed out
     uint64_t lost_calls = 0;              // calls in flight on a connection that closed
+    uint64_t connects = 0;                // TCP connects that succeeded, first ones included
+    uint64_t reconnects = 0;              // of which after a close (with `reconnect`)
+    uint64_t clean_closes = 0;            // server closes mid-run with no call in flight
+    uint64_t closes_in_flight = 0;        // server closes (or losses) with calls in flight
     uint64_t timeouts = 0;                // calls unanswered after timeout_ms
     uint64_t rpc_errors = 0;              // replies that were not MSG_ACCEPTED/SUCCESS
     uint64_t bad_replies = 0;             // malformed, wrong length, bytes differ, unknown xid
@@ -134,8 +152,10 @@ std::unique_ptr<tls::context> make_tls_client_context(const tls::client_options&
 
 // A multi-line human summary / one JSON object (single line, no newline).
 // The JSON has the summary figures (ops_per_sec, mb_per_sec, p50_us, p90_us,
-// p99_us, p999_us, max_us, errors, ...) and, under "histogram", every
-// non-empty latency bucket (see histogram_json).
+// p99_us, p999_us, max_us, errors, lost_calls, connects, reconnects,
+// clean_closes, closes_in_flight, ...) and, under "histogram", every
+// non-empty latency bucket (see histogram_json). Defined in run_format.cc,
+// with the other text forms below.
 std::string format_human(const run_report& r);
 std::string format_json(const run_report& r);
 // {"unit":"ns","count":N,"buckets":[[lowest,highest,count],...]}: the

@@ -140,10 +140,16 @@ TEST(bench_cli, serve_run_json_and_clean_exit) {
         << open.out_text;
 
     child human({"run", "--target", target, "--connections", "2", "--depth", "2", "--size", "8",
-                 "--duration", "0.3", "--proc", "callback"});
+                 "--duration", "0.3", "--proc", "callback", "--reconnect"});
     ASSERT_EQ(human.wait(30), 0) << human.out_text << human.err_text;
     EXPECT_NE(human.out_text.find("ops/s"), std::string::npos) << human.out_text;
     EXPECT_NE(human.out_text.find("p99"), std::string::npos) << human.out_text;
+    // --reconnect reaches the run; a server that closes nothing costs no reconnect.
+    EXPECT_NE(human.out_text.find(" reconnect\n"), std::string::npos) << human.out_text;
+    EXPECT_NE(human.out_text.find("connects   2 (0 reconnects); server closes: 0 between calls, "
+                                  "0 with calls in flight"),
+              std::string::npos)
+        << human.out_text;
 
     ASSERT_EQ(::kill(srv.pid, SIGTERM), 0);
     EXPECT_EQ(srv.wait(10), 0) << srv.err_text;
