@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -225,6 +226,10 @@ bool upgrade_parent::spawn(std::string* why) {
     }
     ::close(sp[1]);
     sock_ = sp[0];
+    // A new process that stops reading must not hang this one in sendmsg.
+    timeval tv{time_t(cfg_.upgrade_timeout_ms / 1000),
+               suseconds_t(cfg_.upgrade_timeout_ms % 1000 * 1000)};
+    ::setsockopt(sock_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     child_ = pid;
     RPCGATE_LOG(gw, info, "upgrade: started {} as pid {}", binary, pid);
     return true;
@@ -358,8 +363,8 @@ bool upgrade_parent::move_connections(std::string* why) {
         if (ok) {
             std::string e =
                 uw::send_message(sock_, uw::encode_conn(c->meta), c->fds.data(), c->fds.size());
-            for (size_t off = 0; e.empty() && off < c->unread.size(); off += uw::k_max_body) {
-                std::string_view chunk = std::string_view(c->unread).substr(off, uw::k_max_body);
+            for (size_t off = 0; e.empty() && off < c->unread.size(); off += uw::k_max_chunk) {
+                std::string_view chunk = std::string_view(c->unread).substr(off, uw::k_max_chunk);
                 e = uw::send_message(sock_, uw::encode_bytes(chunk));
             }
             if (e.empty()) {

@@ -38,6 +38,8 @@ inline constexpr size_t k_header = 12;
 // Small enough for one SOCK_SEQPACKET datagram under the default socket
 // buffer; a connection's unread bytes travel in as many chunks as they need.
 inline constexpr size_t k_max_body = 60 * 1024;
+// Bytes of one conn_bytes message (its body: a length, then the bytes).
+inline constexpr size_t k_max_chunk = k_max_body - 4;
 // Descriptors a message may carry (a listener group, or one connection).
 inline constexpr size_t k_max_fds = 250;
 

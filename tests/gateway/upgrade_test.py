@@ -13,9 +13,9 @@ load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          {fate="moved"} says so, and {fate="closed"} stays 0.
 tls      STARTTLS (userspace TLS) load across one upgrade by POST /upgrade:
          no TLS connection moves; each is closed cleanly between calls, and
-         the bench sees exactly that: one lost call per closed connection
-         (depth 1: the call it had just sent, or its next one), no timeout,
-         no TLS error, no bad or failed reply. The count of closed connections
+         the bench sees exactly that: one error per closed connection (depth
+         1: the call it had just sent, or its next one, lost; or that write
+         refused after the close_notify), no timeout, no bad or failed reply. The count of closed connections
          is rpcgate_upgrade_connections_total{fate="drained"}.
 refused  a new binary that exits 1 at once, then one that announces another
          hand-off format version (RPCGATE_UPGRADE_WIRE_VERSION), by SIGUSR2 and
@@ -218,7 +218,7 @@ def load_flowing(env, conns, after):
 def run_load(argv):
     rpcgate, bench, make_certs = argv[:3]
     upgrades = int(argv[3]) if len(argv) > 3 else 10
-    env = harness.Env("upgrade-load", rpcgate, bench)
+    env = tracked_env("upgrade-load", rpcgate, bench)
     exits = Exits()
     conns = 64
     try:
@@ -274,7 +274,7 @@ def run_load(argv):
 
 def run_tls(argv):
     rpcgate, bench, make_certs = argv[:3]
-    env = harness.Env("upgrade-tls", rpcgate, bench, make_certs)
+    env = tracked_env("upgrade-tls", rpcgate, bench, make_certs)
     exits = Exits()
     conns = 16
     try:
@@ -304,20 +304,29 @@ def run_tls(argv):
         r = bench_report(env, b)
         log(f"TLS upgrade: {took:.2f} s to the old exit; drained {drained:.0f}, closed "
             f"{closed:.0f}, moved {moved:.0f}; bench: {r['calls']} calls, lost {r['lost_calls']}, "
-            f"errors {r['errors']}")
+            f"TLS errors {r['tls_errors']}, errors {r['errors']}")
         check(os.path.exists(f"/proc/{new}"), f"new pid {new} is not running")
         check(moved == 0 and closed == 0 and drained == conns,
               f"expected {conns} drained, none moved or closed: drained {drained}, moved {moved}, "
               f"closed {closed}")
-        for k in ("timeouts", "rpc_errors", "bad_replies", "tls_errors", "connect_errors"):
+        for k in ("timeouts", "rpc_errors", "bad_replies", "connect_errors"):
             check(r[k] == 0, f"bench {k} = {r[k]}: {json.dumps(r)[:600]}")
+        # Each connection ends once, at a call boundary, and loses exactly
+        # one call: the one it wrote right after the reply that made the
+        # gateway idle (or its next one). When the reply and the close_notify
+        # came in one read, the bench writes that call before it looks at
+        # the close (load_client.cc flushes before it checks for `closed`)
+        # and counts the refused write as a TLS error as well. A close inside
+        # a call would show as a bad reply, a timeout or a second lost call.
         check(r["lost_calls"] == conns,
               f"bench lost {r['lost_calls']} calls, expected one per connection closed ({conns})")
+        check(r["tls_errors"] <= conns, f"bench saw {r['tls_errors']} TLS errors on {conns} "
+              "connections: more than the one refused write each")
         check(r["calls"] > 0, "the bench completed no call")
         # The new process serves: a fresh TLS connection works.
         c = harness.Conn(env.gw_port, "starttls", ca=env.ca)
         try:
-            check(c.echo(7, b"after the upgrade") == b"after the upgrade", "echo after the upgrade")
+            c.echo(7, b"after the upgrade")  # checks the bytes that come back
         finally:
             c.close()
         sanitizer_clean(env)
@@ -337,7 +346,7 @@ def write_script(path, text):
 
 def run_refused(argv):
     rpcgate, bench, make_certs = argv[:3]
-    env = harness.Env("upgrade-refused", rpcgate, bench)
+    env = tracked_env("upgrade-refused", rpcgate, bench)
     exits = Exits()
     conns = 16
     script = os.path.join(env.work, "new-rpcgate")
@@ -390,6 +399,28 @@ def run_refused(argv):
     return 0
 
 
+def with_log(test):
+    """On a failure, the gateway log's last lines (the work dir goes with the test)."""
+    def run(argv):
+        try:
+            return test(argv)
+        except Failure:
+            for p in harness.Env.last.procs if harness.Env.last else []:
+                log(f"---- {os.path.basename(p.logfile)} (last lines)\n{p.tail(60)}")
+            raise
+    return run
+
+
+class tracked_env(harness.Env):
+    last = None
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        harness.Env.last = self
+
+
 if __name__ == "__main__":
     become_subreaper()
-    sys.exit(harness.main({"load": run_load, "tls": run_tls, "refused": run_refused}))
+    harness.Env.last = None
+    sys.exit(harness.main({"load": with_log(run_load), "tls": with_log(run_tls),
+                           "refused": with_log(run_refused)}))

@@ -72,6 +72,28 @@ TEST(UpgradeWire, OtherMessagesRoundTrip) {
     EXPECT_EQ(t2.totals, t.totals);
 }
 
+TEST(UpgradeWire, AFullChunkFitsOneMessage) {
+    std::string chunk(k_max_chunk, 'x');
+    std::string wire = encode_bytes(chunk);
+    EXPECT_EQ(wire.size(), k_header + k_max_body);
+    std::string_view back;
+    std::string err;
+    ASSERT_TRUE(decode_bytes(wire, &back, &err)) << err;
+    EXPECT_EQ(back.size(), k_max_chunk);
+    // One byte more no longer fits: refused, not truncated.
+    EXPECT_FALSE(decode_bytes(encode_bytes(chunk + "x"), &back, &err));
+    // And it crosses a socket pair whole.
+    int sp[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp), 0);
+    ASSERT_EQ(send_message(sp[0], wire), "");
+    std::string got;
+    std::vector<int> fds;
+    ASSERT_EQ(recv_message(sp[1], &got, &fds), "");
+    EXPECT_EQ(got, wire);
+    ::close(sp[0]);
+    ::close(sp[1]);
+}
+
 TEST(UpgradeWire, RefusesAnotherVersion) {
     std::string wire = encode_hello({1, "x"}, k_wire_version + 1);
     hello_msg h;
