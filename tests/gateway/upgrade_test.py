@@ -2,7 +2,7 @@
 """In-place upgrade of a running `rpcgate` (docs/upgrade.md), under load, with
 the real daemon, real sockets and `rpcgate-bench` on both ends.
 
-  upgrade_test.py load|tls|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
+  upgrade_test.py load|tls|systemd|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
 
 load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          through the gateway to `rpcgate-bench serve`, while UPGRADES (10)
@@ -17,6 +17,9 @@ tls      STARTTLS (userspace TLS) load across one upgrade by POST /upgrade:
          1: the call it had just sent, or its next one, lost; or that write
          refused after the close_notify), no timeout, no bad or failed reply. The count of closed connections
          is rpcgate_upgrade_connections_total{fate="drained"}.
+systemd  the notify protocol (NOTIFY_SOCKET, sender pids by SCM_CREDENTIALS):
+         the new process says MAINPID=<its pid> and READY=1, the old one
+         MAINPID=<new pid>, nobody STOPPING=1.
 refused  a new binary that exits 1 at once, then one that announces another
          hand-off format version (RPCGATE_UPGRADE_WIRE_VERSION), by SIGUSR2 and
          POST /upgrade: both fail, rpcgate_upgrades_total{result="failed"}
@@ -34,6 +37,8 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -336,6 +341,59 @@ def run_tls(argv):
     return 0
 
 
+def run_systemd(argv):
+    """The notify protocol across an upgrade: the new process says
+    MAINPID=<its pid> and READY=1 (from its own pid), the old one
+    MAINPID=<new pid> and never STOPPING=1 (the service did not stop)."""
+    rpcgate, bench, make_certs = argv[:3]
+    env = tracked_env("upgrade-systemd", rpcgate, bench)
+    exits = Exits()
+    path = os.path.join(env.work, "notify")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    s.settimeout(START)
+    msgs = []  # (sender pid, text)
+
+    def until(pred, what):
+        end = time.monotonic() + START
+        while not pred():
+            if time.monotonic() > end:
+                raise Failure(f"timed out waiting for {what}; got {msgs}")
+            data, anc, _, _ = s.recvmsg(256, socket.CMSG_SPACE(12))
+            pid = None
+            for level, kind, blob in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("3i", blob[:12])[0]
+            msgs.append((pid, data.decode()))
+
+    try:
+        os.environ["NOTIFY_SOCKET"] = path
+        try:
+            pid = start(env, 0)
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+        until(lambda: (pid, "READY=1") in msgs, "READY=1 from the first process")
+        os.kill(pid, signal.SIGUSR2)
+        new = new_pid_after(env, 1)
+        until(lambda: (new, f"MAINPID={new}\nREADY=1") in msgs and
+              (pid, f"MAINPID={new}") in msgs, "MAINPID and READY from both processes")
+        wait_until(START, lambda: exits.gone(pid), f"old pid {pid} to exit")
+        s.settimeout(0.5)
+        try:
+            until(lambda: False, "")
+        except (socket.timeout, Failure):
+            pass
+        check(not any(t.startswith("STOPPING") for _, t in msgs),
+              f"a STOPPING=1 during the upgrade: {msgs}")
+        log(f"notify messages: {msgs}")
+        check(harness.rpc_null_ok(env.gw_port), "the new process does not answer")
+    finally:
+        kill_all()
+        exits.reap()
+    return 0
+
+
 def write_script(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -423,4 +481,4 @@ if __name__ == "__main__":
     become_subreaper()
     harness.Env.last = None
     sys.exit(harness.main({"load": with_log(run_load), "tls": with_log(run_tls),
-                           "refused": with_log(run_refused)}))
+                           "refused": with_log(run_refused), "systemd": with_log(run_systemd)}))
