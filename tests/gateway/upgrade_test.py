@@ -2,7 +2,7 @@
 """In-place upgrade of a running `rpcgate` (docs/upgrade.md), under load, with
 the real daemon, real sockets and `rpcgate-bench` on both ends.
 
-  upgrade_test.py load|tls|systemd|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
+  upgrade_test.py load|tls|systemd|stuck|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
 
 load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          through the gateway to `rpcgate-bench serve`, while UPGRADES (10)
@@ -20,6 +20,9 @@ tls      STARTTLS (userspace TLS) load across one upgrade by POST /upgrade:
 systemd  the notify protocol (NOTIFY_SOCKET, sender pids by SCM_CREDENTIALS):
          the new process says MAINPID=<its pid> and READY=1, the old one
          MAINPID=<new pid>, nobody STOPPING=1.
+stuck    a connection with half a call sent and then silence cannot move:
+         it is closed at --upgrade-drain-timeout (fate closed) while an
+         idle one beside it moves and works.
 refused  a new binary that exits 1 at once, then one that announces another
          hand-off format version (RPCGATE_UPGRADE_WIRE_VERSION), by SIGUSR2 and
          POST /upgrade: both fail, rpcgate_upgrades_total{result="failed"}
@@ -189,7 +192,7 @@ def bench_report(env, bench, seconds=60):
     raise Failure("no JSON from the bench: " + bench.tail())
 
 
-def start(env, conns, *extra, tls=False):
+def start(env, conns, *extra, tls=False, drain_ms=20000):
     """The echo backend and a 2-shard gateway, each awaited up to a minute."""
     env.echo_port = harness.free_port()
     env.echo = env.start([env.bench, "serve", "--listen", f"127.0.0.1:{env.echo_port}",
@@ -201,7 +204,7 @@ def start(env, conns, *extra, tls=False):
     argv = [env.rpcgate, "--listen", f"127.0.0.1:{env.gw_port}",
             "--backend", f"536870913=127.0.0.1:{env.echo_port}", "--shards", "2",
             "--no-reserved-port", "--admin", f"127.0.0.1:{env.admin_port}",
-            "--upgrade-timeout", str(UPGRADE_MS), "--upgrade-drain-timeout", "20000",
+            "--upgrade-timeout", str(UPGRADE_MS), "--upgrade-drain-timeout", str(drain_ms),
             "--drain-timeout", "20000", *extra]
     if tls:
         argv += ["--tls", "opportunistic", "--cert", f"{env.certs}/server.pem",
@@ -394,6 +397,50 @@ def run_systemd(argv):
     return 0
 
 
+def run_stuck(argv):
+    """A plaintext connection that never reaches a record boundary (half a
+    call sent, then silence) cannot move: at --upgrade-drain-timeout it is
+    closed, counted as closed; an idle one beside it moves and works."""
+    rpcgate, bench, make_certs = argv[:3]
+    env = tracked_env("upgrade-stuck", rpcgate, bench)
+    exits = Exits()
+    try:
+        pid = start(env, 2, drain_ms=2000)
+        before = total(env, "rpcgate_calls_forwarded_total")
+        idle = harness.Conn(env.gw_port)
+        idle.echo(1, b"before")
+        stuck = harness.Conn(env.gw_port)
+        stuck.echo(2, b"before")
+        whole = harness.echo_call(3, b"x" * 1000)
+        stuck.send(whole[:500])  # half a call: never a boundary
+        wait_until(START, lambda: total(env, "rpcgate_calls_forwarded_total") == before + 2,
+                   "the two first calls")
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGUSR2)
+        new = new_pid_after(env, 1)
+        wait_until(START + 10, lambda: exits.gone(pid), f"old pid {pid} to exit")
+        took = time.monotonic() - t0
+        check(took >= 1.5, f"the old process exited after {took:.2f} s, before the 2 s deadline")
+        wait_until(START, lambda: metric_or(env, "rpcgate_upgrade_connections_total",
+                                            'fate="closed"') == 1, "fate closed == 1")
+        check(metric(env, "rpcgate_upgrade_connections_total", 'fate="moved"') == 1,
+              "the idle connection did not move")
+        idle.echo(4, b"after the upgrade")
+        try:
+            stuck.send(whole[500:])
+            stuck.record()
+            raise Failure("the stuck connection was answered after the deadline")
+        except (harness.Closed, OSError):
+            pass
+        log(f"stuck: the old process exited {took:.2f} s after SIGUSR2 (deadline 2 s); "
+            f"new pid {new}; 1 moved, 1 closed")
+        sanitizer_clean(env)
+    finally:
+        kill_all()
+        exits.reap()
+    return 0
+
+
 def write_script(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -481,4 +528,5 @@ if __name__ == "__main__":
     become_subreaper()
     harness.Env.last = None
     sys.exit(harness.main({"load": with_log(run_load), "tls": with_log(run_tls),
-                           "refused": with_log(run_refused), "systemd": with_log(run_systemd)}))
+                           "refused": with_log(run_refused), "systemd": with_log(run_systemd),
+                           "stuck": with_log(run_stuck)}))
