@@ -80,6 +80,9 @@ struct shard::listener {
     listener_handler* h = nullptr;
     bool armed = false;
     bool closed = false;
+    // Closed by release_listeners: a connection the kernel had already
+    // accepted for us still goes to the handler (it is not dropped).
+    bool released = false;
     timer retry;
 };
 
@@ -857,7 +860,7 @@ void shard::dispatch(io_uring_cqe* cqe) {
             bool more = cqe->flags & IORING_CQE_F_MORE;
             if (!more) l->armed = false;
             if (cqe->res >= 0) {
-                if (l->closed) {
+                if (l->closed && !l->released) {
                     ::close(cqe->res);
                 } else {
                     bump(stats_.accepts);
@@ -902,6 +905,15 @@ int shard::listen(const sockaddr* addr, socklen_t len, listener_handler* h, int 
         ::close(fd);
         return e;
     }
+    return add_listener(fd, h);
+}
+
+int shard::listen_fd(int fd, listener_handler* h) {
+    if (backend_) return -EOPNOTSUPP;
+    return add_listener(fd, h);
+}
+
+int shard::add_listener(int fd, listener_handler* h) {
     auto l = std::make_unique<listener>();
     l->s = this;
     l->fd = fd;
@@ -926,6 +938,38 @@ int shard::listen(const sockaddr* addr, socklen_t len, listener_handler* h, int 
     return port;
 }
 
+std::vector<int> shard::listener_fds() const {
+    std::vector<int> out;
+    for (const auto& l : listeners_)
+        if (!l->closed) out.push_back(l->fd);
+    return out;
+}
+
+void shard::release_listeners() {
+    for (auto& l : listeners_) {
+        if (l->closed) continue;
+        l->released = true;
+        stop_listener(l.get());
+    }
+}
+
+void shard::stop_listener(listener* l) {
+    l->closed = true;
+    l->retry.cancel();
+    if (ring_ok_ && l->armed) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel64(sqe, encode(l, tag_accept), 0);
+        io_uring_sqe_set_data64(sqe, tag_ignore);
+    }
+    ::close(l->fd);
+}
+
+bool shard::listeners_quiet() const noexcept {
+    for (const auto& l : listeners_)
+        if (l->armed) return false;
+    return true;
+}
+
 void shard::arm_accept(listener* l) {
     io_uring_sqe* sqe = get_sqe();
     if (feat_.accept_multishot)
@@ -938,17 +982,8 @@ void shard::arm_accept(listener* l) {
 
 void shard::close_listeners() {
     if (backend_ && backend_attached_) backend_->close_listeners(*this);
-    for (auto& l : listeners_) {
-        if (l->closed) continue;
-        l->closed = true;
-        l->retry.cancel();
-        if (ring_ok_ && l->armed) {
-            io_uring_sqe* sqe = get_sqe();
-            io_uring_prep_cancel64(sqe, encode(l.get(), tag_accept), 0);
-            io_uring_sqe_set_data64(sqe, tag_ignore);
-        }
-        ::close(l->fd);
-    }
+    for (auto& l : listeners_)
+        if (!l->closed) stop_listener(l.get());
 }
 
 int shard::register_file(int fd) {

@@ -416,6 +416,19 @@ class shard {
     // Returns the local port it is bound to (> 0), or -errno.
     int listen(const sockaddr* addr, socklen_t len, listener_handler* h, int backlog = 4096);
     void close_listeners();
+    // A socket that already listens (inherited from the process this one
+    // took over from, upgrade.h) accepts from now on, like listen()'s.
+    // Returns its local port (> 0) or -errno.
+    int listen_fd(int fd, listener_handler* h);
+    // The fds of the open listeners, in the order they were opened.
+    std::vector<int> listener_fds() const;
+    // Stops accepting (another process holds the same sockets now):
+    // cancels the accepts and closes our fds; a connection the kernel
+    // accepted before the cancel still reaches its handler.
+    void release_listeners();
+    // True when no accept is armed any more (after release_listeners: every
+    // accepted connection has been handed to its handler).
+    bool listeners_quiet() const noexcept;
     // Local port of the first listener (useful with port 0).
     uint16_t listen_port() const noexcept { return listen_port_; }
 
@@ -473,6 +486,9 @@ class shard {
     int enter(bool wait, __kernel_timespec* ts);
     void arm_wake();
     void arm_accept(listener* l);
+    int add_listener(int fd, listener_handler* h);
+    // Cancels a listener's accept and closes its fd.
+    void stop_listener(listener* l);
     void recycle(uint16_t bid) noexcept;
     void flush_buffers() noexcept;
     void rearm_starved();

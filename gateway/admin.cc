@@ -1,5 +1,6 @@
 #include "gateway/admin.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -27,8 +28,12 @@ admin_server::~admin_server() {
     stop();
 }
 
-std::string admin_server::start(const endpoint& ep, handlers h) {
+std::string admin_server::start(const endpoint& ep, handlers h, int inherited) {
     h_ = std::move(h);
+    if (inherited >= 0) {
+        listen_fd_ = inherited;
+        return serve_bound();
+    }
     listen_fd_ = ::socket(ep.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (listen_fd_ < 0) return fmt::format("--admin {}: socket: {}", ep.text, std::strerror(errno));
     int one = 1;
@@ -40,6 +45,10 @@ std::string admin_server::start(const endpoint& ep, handlers h) {
         listen_fd_ = -1;
         return e;
     }
+    return serve_bound();
+}
+
+std::string admin_server::serve_bound() {
     endpoint bound;
     socklen_t len = sizeof bound.addr;
     ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound.addr), &len);
@@ -56,6 +65,9 @@ void admin_server::stop() {
 }
 
 void admin_server::run() {
+    // Non-blocking: during an upgrade two processes poll the same socket,
+    // and the one that loses the race must not block in accept.
+    ::fcntl(listen_fd_, F_SETFL, ::fcntl(listen_fd_, F_GETFL) | O_NONBLOCK);
     while (!stop_.load()) {
         pollfd p{listen_fd_, POLLIN, 0};
         if (::poll(&p, 1, 200) <= 0) continue;  // wakes to notice stop()
@@ -92,6 +104,11 @@ void admin_server::serve(int fd) {
         std::string why = h_.reload ? h_.reload() : "reload is not available";
         status = why.empty() ? "200 OK" : "500 Internal Server Error";
         body = why.empty() ? "reloaded\n" : why + "\n";
+    } else if (line.rfind("POST /upgrade", 0) == 0) {
+        std::string why = h_.upgrade ? h_.upgrade() : "upgrade is not available";
+        status = why.empty() ? "202 Accepted" : "409 Conflict";
+        body =
+            why.empty() ? "upgrade started: see the log and rpcgate_upgrades_total\n" : why + "\n";
     } else if ((line.rfind("GET /clients", 0) == 0 || line.rfind("GET /connections?", 0) == 0) &&
                h_.views) {
         type = "application/json";

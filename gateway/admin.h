@@ -12,6 +12,8 @@
 //   GET /clients   open connections summed by source address and TLS
 //                  identity, the top N (?top=N&by=calls|bytes, default 20)
 //   POST /reload   re-read the TLS material, as SIGHUP does
+//   POST /upgrade  hand the process over to a new binary, as SIGUSR2 does
+//                  (202: started; the outcome is in the log and /metrics)
 //
 // It runs on its own thread with blocking sockets, off the data path: the
 // shards never wait for it. What it serves is read from counters that the
@@ -46,6 +48,8 @@ class admin_server {
         // GET /clients... and GET /connections?... (the target, query
         // included): the top talkers (client_views.h), JSON.
         std::function<std::string(const std::string&)> views;
+        // POST /upgrade: "" (the upgrade was started) or why not.
+        std::function<std::string()> upgrade;
     };
 
     admin_server() = default;
@@ -53,12 +57,20 @@ class admin_server {
     admin_server(const admin_server&) = delete;
     admin_server& operator=(const admin_server&) = delete;
 
-    // Binds `ep` and starts the thread. Returns "" or a one-line error.
-    std::string start(const endpoint& ep, handlers h);
+    // Binds `ep` (or, with `inherited` >= 0, serves that listening socket,
+    // handed over by the process this one took over from) and starts the
+    // thread. Returns "" or a one-line error.
+    std::string start(const endpoint& ep, handlers h, int inherited = -1);
+    // The listening socket (for an upgrade's hand-off), or -1.
+    int listen_fd() const noexcept { return listen_fd_; }
     void stop();
+    // Stop accepting soon (within its 200 ms poll) without waiting for it.
+    void request_stop() noexcept { stop_.store(true); }
     uint16_t port() const noexcept { return port_; }
 
   private:
+    // listen_fd_ listens: its port, and the thread.
+    std::string serve_bound();
     void run();
     void serve(int fd);
 

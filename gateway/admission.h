@@ -65,6 +65,12 @@ class admission {
     connection_slot admit(const sockaddr_storage& peer, uint64_t now_ms);
     // A connection the handshake thread counted comes back: its slot.
     connection_slot adopt() noexcept { return connection_slot(&open_); }
+    // A connection moved in from the process this one took over from: it
+    // was admitted there, and counts here from now on (no limit refuses it).
+    connection_slot take_moved() noexcept {
+        open_.fetch_add(1, std::memory_order_relaxed);
+        return connection_slot(&open_);
+    }
     // The source's connection slot alone (a connection back from a handshake).
     bool admit_source(const sockaddr_storage& peer, uint64_t now_ms);
     // A token of the source's handshake rate.

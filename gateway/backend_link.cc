@@ -36,6 +36,27 @@ backend_link::backend_link(client_session& owner, shard_context& ctx, size_t rou
     ready_ = ctx.upstream_context(route) == nullptr;  // plaintext: calls go straight out
 }
 
+backend_link::backend_link(client_session& owner, shard_context& ctx, size_t route, uint32_t vers,
+                           core::conn_id id, int fd)
+    : backend_link(owner, ctx, route, vers) {
+    id_ = id;
+    ready_ = true;
+    s_ = ctx_.shard().adopt(fd, this);
+    ready_ns_ = ctx_.shard().now_ns();
+    open_.take(ctx_.health(route_).open);
+}
+
+bool backend_link::can_move() const {
+    return s_ && s_->open() && ready_ && ready_ns_ != 0 && !handing_ && !tls_ && !readopting_ &&
+           pending_.empty() && !rr_.partial() && s_->queued_bytes() == 0 && !closed_by_us_;
+}
+
+void backend_link::detach_for_move(core::stream::detach_fn done) {
+    closed_by_us_ = true;  // its on_closed is no loss
+    connect_timer_.cancel();
+    s_->detach(std::move(done));
+}
+
 backend_link::~backend_link() {
     // Still with a handshake thread: its answer will find no one.
     if (token_) ctx_.forget_upstream(token_);
@@ -89,6 +110,7 @@ void backend_link::on_connected(stream& s, int err) {
     RPCGATE_LOG(gw, debug, "conn {}: backend {} connected as conn {}", owner_.id(), target(), id_);
     if (ready_) ready_ns_ = ctx_.shard().now_ns();
     if (!ready_) start_upstream_tls();
+    if (ready_) owner_.try_move();  // an upgrade waiting for this connect
 }
 
 // RFC 9289 client role: the handshake thread sends the probe, reads the
@@ -234,6 +256,7 @@ void backend_link::on_data(stream& s, slice data) {
         receive_plain(data);
     }
     owner_.flush_tls();
+    owner_.try_move();  // an upgrade waiting for this reply to end
 }
 
 void backend_link::receive_plain(const slice& data) {

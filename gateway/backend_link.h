@@ -31,6 +31,10 @@ class client_session;
 class backend_link final : public core::stream_handler, public upstream_waiter {
   public:
     backend_link(client_session& owner, shard_context& ctx, size_t route, uint32_t vers);
+    // A connected plaintext link moved in from the process this one took
+    // over from (upgrade.h): adopts `fd` and is ready at once.
+    backend_link(client_session& owner, shard_context& ctx, size_t route, uint32_t vers,
+                 core::conn_id id, int fd);
     ~backend_link() override;
 
     // Starts connecting; false (the session is terminated) when no socket
@@ -61,6 +65,15 @@ class backend_link final : public core::stream_handler, public upstream_waiter {
     void close(int err);
 
     size_t route_index() const { return route_; }
+    uint32_t vers() const { return vers_; }
+    core::conn_id id() const { return id_; }
+    // Upgrade: true when this link could move now — plaintext, connected,
+    // no call waiting, no record half-read, nothing queued to send.
+    bool can_move() const;
+    // Upgrade: hands the socket over (no loss counted, no close).
+    void detach_for_move(core::stream::detach_fn done);
+    // Bytes received from the backend before a move, not yet parsed.
+    void feed_unread(const core::slice& data) { receive_plain(data); }
     // When calls started to reach the backend (connected, and through the
     // upstream handshake), by the shard's clock; 0 before. Calls forwarded
     // earlier waited for it: their backend time starts there.

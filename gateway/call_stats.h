@@ -89,6 +89,14 @@ class calls_in_flight {
     // Finds and forgets the call `xid`; false if it is not there.
     inline bool take(uint32_t xid, rpc::call_kind* kind, uint64_t* received_ns) noexcept;
     size_t size() const noexcept { return size_; }
+    // Calls f(xid, kind, received_ns) for every call remembered (an upgrade
+    // carries them to the new process).
+    template <typename F>
+    void for_each(F&& f) const {
+        for (size_t i = 0; i < cap_; ++i)
+            if (slots_[i].used)
+                f(slots_[i].xid, rpc::call_kind(slots_[i].kind), slots_[i].received_ns);
+    }
 
   private:
     struct entry {

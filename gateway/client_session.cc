@@ -34,6 +34,27 @@ client_session::client_session(shard_context& ctx, stream* client, handshake_res
     certuser_ = std::move(r.certuser);
 }
 
+client_session::client_session(shard_context& ctx, stream* client, const moved_conn& c,
+                               const sockaddr_storage& peer, connection_slot slot)
+    : client_session(ctx, client, c.meta.id, c.meta.peer, nullptr, peer, std::move(slot)) {
+    const upgrade_wire::conn_msg& m = c.meta;
+    calls_outstanding_ = m.calls_outstanding;
+    calls_forwarded_ = m.calls_forwarded;
+    first_bytes_ = m.first_bytes;
+    uint64_t now = ctx_.shard().now_ms();
+    created_ms_ = now > m.created_ms ? now - m.created_ms : 0;
+    if (m.has_certuser) certuser_ = tls::identity{m.uid, m.gid, m.gids};
+    for (const auto& b : m.backchannel) bc_calls_.push_back({b.xid, b.route});
+    for (const auto& f : m.calls) in_flight_.add(f.xid, f.kind, f.received_ns);
+    for (size_t i = 0; i < m.links.size(); ++i) {
+        const upgrade_wire::link_state& l = m.links[i];
+        links_[l.route] =
+            std::make_unique<backend_link>(*this, ctx_, l.route, l.vers, l.id, c.fds[i + 1]);
+    }
+    RPCGATE_LOG(gw, debug, "conn {} ({}) moved in with {} link(s), {} call(s) in flight", id_,
+                peer_, m.links.size(), calls_outstanding_);
+}
+
 client_session::client_session(shard_context& ctx, stream* client, conn_id id, std::string peer,
                                std::unique_ptr<tls::session> tls, const sockaddr_storage& peer_addr,
                                connection_slot slot)
@@ -80,6 +101,8 @@ client_session::client_session(shard_context& ctx, stream* client, conn_id id, s
 }
 
 client_session::~client_session() {
+    if (want_move_) ctx_.move_settled();
+    if (leftover_) core::bump(cut_ ? ctx_.upgrade_closed : ctx_.upgrade_drained);
     ctx_.sessions().remove(this);
     ctx_.admit().release_source(peer_addr_);
     // slot_ (unless handed to a handshake thread) and the gauges give
@@ -107,6 +130,7 @@ void client_session::on_data(stream& s, slice data) {
         pump_tls();
         flush_tls();
         flush_links();
+        if (upgrade_drain_) maybe_close_idle();
         return;
     }
     if (first_bytes_) {
@@ -126,6 +150,8 @@ void client_session::on_data(stream& s, slice data) {
     }
     feed_plain(data);
     flush_links();
+    if (want_move_) try_move();
+    if (upgrade_drain_) maybe_close_idle();
 }
 
 // Calls for TLS backends are encrypted once per client receive batch.
@@ -211,8 +237,9 @@ void client_session::on_closed(stream& s, int err) {
     idle_timer_.cancel();
     ktls_close_timer_.cancel();
     tls_quiet_timer_.cancel();
-    for (auto& l : links_)
-        if (l) l->close(err);
+    if (!moving_)  // moving: the links are detaching themselves
+        for (auto& l : links_)
+            if (l) l->close(err);
     maybe_free();
 }
 
@@ -365,12 +392,15 @@ bool client_session::on_backend_record(backend_link& l, slice_chain&& rec) {
             if (other) other->pause_receive();
     }
     if (draining_ && calls_outstanding_ == 0) finish_client();
+    if (upgrade_drain_) maybe_close_idle();
+    if (!client_ || terminating_) return false;
     // Keep going even when the client is full: pausing stops the next
     // receive, but the rest of this buffer must still be delivered.
     return true;
 }
 
 void client_session::maybe_resume_client() {
+    if (paused_for_move_) return;
     for (auto& l : links_)
         if (l && l->blocks_client()) return;
     if (client_ && !draining_) client_->resume_receive();
@@ -557,6 +587,7 @@ void client_session::finish_client(bool linger) {
 }
 
 void client_session::terminate(const std::string& why, int err) {
+    if (err != 0) cut_ = true;
     if (!terminating_) RPCGATE_LOG(gw, info, "conn {} ({}): {}", id_, peer_, why);
     close_all(err);
 }
@@ -666,6 +697,166 @@ void client_session::on_idle_timer(core::timer* t, void* arg) {
         return;
     }
     s->ctx_.shard().timers().arm(*t, idle_ms - quiet);
+}
+
+// ---- upgrade (the old process)
+
+void client_session::upgrade_begin() {
+    if (want_move_ || upgrade_drain_ || moving_ || terminating_ || !client_) return;
+    bool movable = !tls_ && !starttls_ && !draining_ && !client_->is_virtual();
+    for (const auto& l : links_)
+        if (l && ctx_.upstream_context(l->route_index()) != nullptr) movable = false;
+    if (movable) {
+        want_move_ = true;
+        ctx_.move_wanted();
+        try_move();
+        return;
+    }
+    // Its state lives in this process (userspace TLS in OpenSSL, a
+    // handshake, upstream TLS): it ends here, at its first idle point.
+    upgrade_drain_ = true;
+    leftover_ = true;
+    maybe_close_idle();
+}
+
+void client_session::try_move() {
+    if (!want_move_ || moving_ || terminating_ || draining_ || !client_ || !client_->open()) return;
+    if (!paused_for_move_) {
+        // A call half-read from the client: its rest is on the way.
+        if (rr_.partial() || !early_.empty()) return;
+        // At a boundary on the client side: take no new call until the
+        // move (the kernel keeps what arrives; the new process reads it).
+        client_->pause_receive();
+        paused_for_move_ = true;
+    }
+    // Replies still half-read or leaving, a link still connecting: later
+    // (its data, its connect, or the shard's tick calls again).
+    for (const auto& l : links_)
+        if (l && l->has_stream() && !l->can_move()) return;
+    if (client_->queued_bytes() > 0 || !tls_pending_.empty()) return;
+    start_move();
+}
+
+namespace {
+
+// The pieces of one move, filled as each stream's detach completes.
+struct move_state {
+    std::unique_ptr<moved_conn> conn;
+    std::vector<std::string> unread;  // per stream: client, then each link
+    size_t left = 0;
+};
+
+std::string flatten(const slice_chain& c) {
+    std::string out;
+    out.reserve(c.size());
+    for (const slice& p : c) out.append(reinterpret_cast<const char*>(p.data()), p.size());
+    return out;
+}
+
+}  // namespace
+
+void client_session::start_move() {
+    moving_ = true;
+    auto st = std::make_shared<move_state>();
+    st->conn = std::make_unique<moved_conn>();
+    upgrade_wire::conn_msg& m = st->conn->meta;
+    m.id = id_;
+    m.shard = ctx_.shard().index();
+    m.peer = peer_;
+    m.peer_addr.assign(reinterpret_cast<const char*>(&peer_addr_), sizeof peer_addr_);
+    m.detach_ns = monotonic_ns();
+    m.created_ms = ctx_.shard().now_ms() - created_ms_;
+    m.calls_outstanding = calls_outstanding_;
+    m.calls_forwarded = calls_forwarded_;
+    m.first_bytes = first_bytes_;
+    if (certuser_) {
+        m.has_certuser = true;
+        m.uid = certuser_->uid;
+        m.gid = certuser_->gid;
+        m.gids = certuser_->gids;
+    }
+    in_flight_.for_each([&](uint32_t xid, rpc::call_kind kind, uint64_t ns) {
+        m.calls.push_back({xid, kind, ns});
+    });
+    for (const bc_call& b : bc_calls_) m.backchannel.push_back({b.xid, uint32_t(b.route)});
+    std::vector<backend_link*> moving_links;
+    for (auto& l : links_) {
+        if (!l || !l->has_stream()) continue;
+        m.links.push_back({uint32_t(l->route_index()), l->vers(), l->id(), 0});
+        moving_links.push_back(l.get());
+    }
+    size_t n = 1 + moving_links.size();
+    st->conn->fds.assign(n, -1);
+    st->unread.resize(n);
+    st->left = n;
+    shard_context* ctx = &ctx_;
+    auto done = [st, ctx](size_t slot, int fd, slice_chain&& unread) {
+        st->conn->fds[slot] = fd;
+        st->unread[slot] = flatten(unread);
+        if (--st->left > 0) return;
+        upgrade_wire::conn_msg& meta = st->conn->meta;
+        meta.client_unread = uint32_t(st->unread[0].size());
+        for (size_t i = 0; i < meta.links.size(); ++i)
+            meta.links[i].unread = uint32_t(st->unread[i + 1].size());
+        for (const std::string& u : st->unread) st->conn->unread += u;
+        ctx->moved(std::move(st->conn));
+    };
+    RPCGATE_LOG(gw, debug, "conn {} ({}): moving with {} link(s), {} call(s) in flight", id_, peer_,
+                moving_links.size(), calls_outstanding_);
+    client_->detach([done](int fd, slice_chain&& unread) { done(0, fd, std::move(unread)); });
+    for (size_t i = 0; i < moving_links.size(); ++i)
+        moving_links[i]->detach_for_move(
+            [done, i](int fd, slice_chain&& unread) { done(i + 1, fd, std::move(unread)); });
+}
+
+void client_session::give_up_move() {
+    if (!want_move_ || moving_) return;
+    want_move_ = false;
+    ctx_.move_settled();
+    leftover_ = true;
+    cut_ = true;  // closed by the upgrade, not by its client
+    paused_for_move_ = false;
+    RPCGATE_LOG(gw, info,
+                "conn {} ({}): reached no record boundary before the upgrade's "
+                "deadline: closing between records",
+                id_, peer_);
+    draining_ = false;
+    begin_drain();
+}
+
+void client_session::upgrade_leftover() {
+    if (moving_) return;
+    if (want_move_) {
+        give_up_move();
+        return;
+    }
+    if (upgrade_drain_) return;  // closing at its idle point already
+    leftover_ = true;
+    begin_drain();
+}
+
+void client_session::maybe_close_idle() {
+    if (!upgrade_drain_ || terminating_ || !client_ || !client_->open()) return;
+    if (calls_outstanding_ > 0 || rr_.partial()) return;
+    RPCGATE_LOG(gw, debug, "conn {} ({}): idle at the upgrade: closing", id_, peer_);
+    upgrade_drain_ = false;
+    finish_client();
+}
+
+void client_session::resume_moved(const moved_conn& c) {
+    const upgrade_wire::conn_msg& m = c.meta;
+    std::string_view all(c.unread);
+    size_t off = m.client_unread;
+    for (const auto& l : m.links) {
+        if (l.unread && links_[l.route])
+            links_[l.route]->feed_unread(slice::copy_of(all.data() + off, l.unread));
+        off += l.unread;
+        if (terminating_) return;
+    }
+    if (m.client_unread && client_) {
+        feed_plain(slice::copy_of(all.data(), m.client_unread));
+        flush_links();
+    }
 }
 
 // ---- views

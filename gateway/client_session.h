@@ -56,6 +56,11 @@ class client_session final : public core::stream_handler, public session_list::n
     // Back from a handshake thread: same connection ID as before.
     client_session(shard_context& ctx, core::stream* client, handshake_result&& r,
                    const sockaddr_storage& peer, connection_slot slot);
+    // Moved in from the process this one took over from (upgrade.h): same
+    // connection ID, its backend links adopted from `c`'s fds; then
+    // resume_moved(c) feeds the bytes that were received but not parsed.
+    client_session(shard_context& ctx, core::stream* client, const moved_conn& c,
+                   const sockaddr_storage& peer, connection_slot slot);
     ~client_session() override;
 
     // ---- core::stream_handler (the client stream)
@@ -76,6 +81,19 @@ class client_session final : public core::stream_handler, public session_list::n
     // After a CRL reload: true if this TLS client's certificate is now
     // revoked; the connection is then closed with an audit line.
     bool close_if_revoked(const std::vector<X509_CRL*>& crls);
+    // ---- upgrade (upgrade.h; the old process)
+    // The move begins: a plaintext session asks to move at its next record
+    // boundary; any other closes at its next idle point (no call in
+    // flight), with close_notify in TLS.
+    void upgrade_begin();
+    // Moves now if at a boundary in both directions with nothing queued.
+    void try_move();
+    // The move deadline passed without a boundary: close between records.
+    void give_up_move();
+    // The old process stops: what is still here ends and is counted.
+    void upgrade_leftover();
+    // The new process: the unread bytes of a moved connection.
+    void resume_moved(const moved_conn& c);
     // One JSON object for /connections.
     std::string describe_json() const;
     // For the top talkers and /clients (client_views.h).
@@ -122,6 +140,10 @@ class client_session final : public core::stream_handler, public session_list::n
     // with a fresh receive.
     void readopt();
     static void on_idle_timer(core::timer* t, void* arg);
+    // Detaches the client and every link stream and sends them on.
+    void start_move();
+    // Upgrade, a session that cannot move: close it if no call is in flight.
+    void maybe_close_idle();
 
     struct bc_call {
         uint32_t xid;
@@ -169,6 +191,15 @@ class client_session final : public core::stream_handler, public session_list::n
     bool close_linger_ = true;      // finish_client's choice, for kernel_close_notify
     key_updates keys_;              // TLS 1.3 key updates
     bool readopting_ = false;       // a readopt's detach is under way (one at a time)
+    // Upgrade (the old process): wants to move at its next boundary; its
+    // streams are detaching; the client was paused at a boundary for it;
+    // it stays and closes at an idle point; it is counted when it ends.
+    bool want_move_ = false;
+    bool moving_ = false;
+    bool paused_for_move_ = false;
+    bool upgrade_drain_ = false;
+    bool leftover_ = false;
+    bool cut_ = false;  // ended by a deadline or an error, not cleanly
 };
 
 template <typename F>

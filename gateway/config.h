@@ -150,6 +150,16 @@ struct gateway_config {
     uint32_t idle_timeout_s = 300;  // 0: never
     uint32_t connect_timeout_ms = 5000;
     uint32_t drain_timeout_ms = 5000;
+    // In-place upgrade (upgrade.h): the binary to start ("" = the one this
+    // process was started from); how long the new process has to say it is
+    // ready; how long connections have to reach a record boundary (to
+    // move) or an idle point (to close cleanly) before they are closed.
+    std::string upgrade_binary;
+    uint32_t upgrade_timeout_ms = 10000;
+    uint32_t upgrade_drain_timeout_ms = 10000;
+    // Hidden: set by the running process for the binary that takes over
+    // (the hand-off socket); -1 otherwise.
+    int upgrade_fd = -1;
     uint32_t max_connections = 65536;
     // Per source address (IPv6: per /64), gateway-wide, 0 = no limit: open
     // connections, and TLS handshakes a second (burst: back to back).

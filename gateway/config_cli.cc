@@ -137,6 +137,19 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     auto* o_dt = app.add_option("--drain-timeout", cfg->drain_timeout_ms,
                                 "milliseconds to finish replies in flight on SIGTERM (default "
                                 "5000)");
+    auto* o_ubin = app.add_option("--upgrade-binary", cfg->upgrade_binary,
+                                  "binary that SIGUSR2 or POST /upgrade hands the process over to "
+                                  "(default: the one it was started from)");
+    auto* o_uto = app.add_option("--upgrade-timeout", cfg->upgrade_timeout_ms,
+                                 "milliseconds the new binary has to start and take the "
+                                 "listeners at an upgrade, else the upgrade fails (default "
+                                 "10000)");
+    auto* o_udt = app.add_option("--upgrade-drain-timeout", cfg->upgrade_drain_timeout_ms,
+                                 "milliseconds connections have at an upgrade to reach a record "
+                                 "boundary (to move) or an idle point (to close cleanly) "
+                                 "(default 10000)");
+    // The hand-off socket, given by the running process to the new one.
+    app.add_option("--upgrade-fd", cfg->upgrade_fd)->group("");
     auto* o_maxc = app.add_option("--max-connections", cfg->max_connections,
                                   "client connections at most (default 65536)");
     auto* o_mcs = app.add_option("--max-connections-per-source", cfg->max_connections_per_source,
@@ -270,6 +283,10 @@ int parse_command_line(int argc, char** argv, gateway_config* cfg) {
     if (o_idle->count()) merged.idle_timeout_s = cfg->idle_timeout_s;
     if (o_ct->count()) merged.connect_timeout_ms = cfg->connect_timeout_ms;
     if (o_dt->count()) merged.drain_timeout_ms = cfg->drain_timeout_ms;
+    if (o_ubin->count()) merged.upgrade_binary = cfg->upgrade_binary;
+    if (o_uto->count()) merged.upgrade_timeout_ms = cfg->upgrade_timeout_ms;
+    if (o_udt->count()) merged.upgrade_drain_timeout_ms = cfg->upgrade_drain_timeout_ms;
+    merged.upgrade_fd = cfg->upgrade_fd;
     if (o_maxc->count()) merged.max_connections = cfg->max_connections;
     if (o_mcs->count()) merged.max_connections_per_source = cfg->max_connections_per_source;
     if (o_hrs->count()) merged.handshake_rate_per_source = cfg->handshake_rate_per_source;

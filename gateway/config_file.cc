@@ -79,6 +79,9 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
                                   "idle_timeout",
                                   "connect_timeout",
                                   "drain_timeout",
+                                  "upgrade_binary",
+                                  "upgrade_timeout",
+                                  "upgrade_drain_timeout",
                                   "max_connections",
                                   "max_record",
                                   "max_inflight",
@@ -163,6 +166,8 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     RPCGATE_TOML_INT("idle_timeout", idle_timeout_s)
     RPCGATE_TOML_INT("connect_timeout", connect_timeout_ms)
     RPCGATE_TOML_INT("drain_timeout", drain_timeout_ms)
+    RPCGATE_TOML_INT("upgrade_timeout", upgrade_timeout_ms)
+    RPCGATE_TOML_INT("upgrade_drain_timeout", upgrade_drain_timeout_ms)
     RPCGATE_TOML_INT("max_connections", max_connections)
     RPCGATE_TOML_INT("max_record", max_record)
     RPCGATE_TOML_INT("max_inflight", max_inflight)
@@ -186,6 +191,7 @@ bool load_config_file(const std::string& path, gateway_config* cfg, std::string*
     if (!toml_get<std::string>(t, "log_level", &cfg->log_level, err)) return false;
     if (!toml_get<std::string>(t, "cert_user_map", &cfg->cert_user_map, err)) return false;
     if (!toml_get<std::string>(t, "audit_log", &cfg->audit_log, err)) return false;
+    if (!toml_get<std::string>(t, "upgrade_binary", &cfg->upgrade_binary, err)) return false;
     if (!toml_get<std::string>(t, "ktls", &cfg->ktls, err)) return false;
     if (!toml_get<std::string>(t, "tls_min_version", &cfg->tls_min_version, err)) return false;
     if (!toml_get<std::string>(t, "tls_ciphersuites", &cfg->tls_ciphersuites, err)) return false;

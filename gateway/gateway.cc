@@ -4,6 +4,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <unistd.h>
+
 #include <condition_variable>
 #include <cstring>
 #include <iterator>
@@ -103,7 +105,7 @@ std::string route_address(const backend_route& r) {
 }  // namespace
 
 std::string gateway::start() {
-    if (cfg_.io_backend == "uring" && !cfg_.reuse_port) {
+    if (cfg_.io_backend == "uring" && !cfg_.reuse_port && inherited_.empty()) {
         for (const auto* eps : {&cfg_.listen, &cfg_.implicit_tls})
             for (const endpoint& ep : *eps) {
                 std::string err = check_port_free(ep);
@@ -238,6 +240,7 @@ std::string gateway::start() {
                 [c](upstream_result&& r) { c->deliver_upstream(std::move(r)); });
         }
         main_inboxes_.push_back(&sh->make_inbox(64));
+        upgrade_inboxes_.push_back(&sh->make_inbox(256));
         shards_.push_back(std::move(sh));
         contexts_.push_back(std::move(ctx));
     }
@@ -246,11 +249,43 @@ std::string gateway::start() {
         std::string err = hs_->start();
         if (!err.empty()) return "TLS control thread: " + err;
     }
+    // Inherited sockets (an upgrade): their ports are the endpoints' ports,
+    // and shard i takes every group's sockets i, i + shards, ...; a shard
+    // left without one (the old process ran fewer shards) joins the group
+    // with a socket of its own (SO_REUSEPORT).
+    auto inherited_port = [](const std::vector<std::vector<int>>& groups, size_t e, endpoint* ep) {
+        if (e >= groups.size() || groups[e].empty()) return;
+        endpoint bound;
+        socklen_t len = sizeof bound.addr;
+        if (::getsockname(groups[e].front(), reinterpret_cast<sockaddr*>(&bound.addr), &len) == 0)
+            ep->set_port(bound.port());
+    };
+    for (size_t e = 0; e < cfg_.listen.size(); ++e)
+        inherited_port(inherited_.listen, e, &cfg_.listen[e]);
+    for (size_t e = 0; e < cfg_.implicit_tls.size(); ++e)
+        inherited_port(inherited_.implicit, e, &cfg_.implicit_tls[e]);
+    unsigned nshards = cfg_.shards;
     for (unsigned i = 0; i < cfg_.shards; ++i) {
         core::shard* raw = shards_[i].get();
         shard_context* c = contexts_[i].get();
-        auto open_all = [raw, c](std::vector<endpoint>& eps, core::listener_handler* h) {
-            for (endpoint& ep : eps) {
+        auto open_all = [raw, c, i, nshards](std::vector<endpoint>& eps,
+                                             const std::vector<std::vector<int>>& inherited,
+                                             core::listener_handler* h) {
+            for (size_t e = 0; e < eps.size(); ++e) {
+                endpoint& ep = eps[e];
+                bool adopted = false;
+                if (e < inherited.size()) {
+                    for (size_t k = i; k < inherited[e].size(); k += nshards) {
+                        int rc = raw->listen_fd(inherited[e][k], h);
+                        if (rc < 0) {
+                            c->start_error() = fmt::format("cannot adopt the listener of {}: {}",
+                                                           ep.text, std::strerror(-rc));
+                            return;
+                        }
+                        adopted = true;
+                    }
+                }
+                if (adopted) continue;
                 int rc = raw->listen(reinterpret_cast<const sockaddr*>(&ep.addr), ep.len, h);
                 if (rc < 0) {
                     c->start_error() =
@@ -262,8 +297,9 @@ std::string gateway::start() {
             }
         };
         std::string err = raw->start([&] {
-            open_all(cfg_.listen, c);
-            if (c->start_error().empty()) open_all(cfg_.implicit_tls, &c->implicit_listener());
+            open_all(cfg_.listen, inherited_.listen, c);
+            if (c->start_error().empty())
+                open_all(cfg_.implicit_tls, inherited_.implicit, &c->implicit_listener());
         });
         if (err.empty() && !c->start_error().empty()) err = c->start_error();
         if (!err.empty()) {
@@ -292,7 +328,12 @@ std::string gateway::start() {
         h.connections = [this] { return connections_json(); };
         h.reload = [this] { return reload(); };
         h.views = [this](const std::string& t) { return views_json(t); };
-        err = admin_->start(ep, std::move(h));
+        h.upgrade = [this] {
+            return upgrade_trigger_ ? upgrade_trigger_()
+                                    : std::string("upgrade is not available in this program");
+        };
+        err = admin_->start(ep, std::move(h), inherited_.admin);
+        inherited_.admin = -1;
         if (!err.empty()) return err;
         RPCGATE_LOG(admin, info,
                     "admin endpoint on port {} (/metrics, /healthz, /readyz, /clients)",
@@ -603,6 +644,7 @@ std::string gateway::metrics_text() const {
         render_cert_expiry(out, certs_);
     }
     render_tls_protection(out, counters);
+    upgrade_.render(out);
     render_one(out, "rpcgate_reloads_total", "counter",
                "Reloads (SIGHUP, POST /reload) that took effect.", rd(reloads_));
     render_one(out, "rpcgate_reload_failures_total", "counter",
@@ -681,6 +723,92 @@ gateway_totals gateway::totals() const {
         t.handshakes_in_progress = h.in_progress.load(std::memory_order_relaxed);
     }
     return t;
+}
+
+// ---------------------------------------------------------------- upgrade
+
+bool gateway::handoff_listeners(std::vector<upgrade_wire::listener_group>* groups,
+                                std::vector<int>* fds) {
+    if (io_backend_) return false;  // DPDK listeners are no kernel sockets
+    auto r = std::make_shared<rendezvous<std::pair<unsigned, std::vector<int>>>>();
+    {
+        std::lock_guard serial(producer_mu_);
+        r->expected = shards_.size();
+        for (size_t i = 0; i < shards_.size(); ++i) {
+            core::shard* sh = shards_[i].get();
+            if (!main_inboxes_[i]->try_post([r, sh] { r->put({sh->index(), sh->listener_fds()}); }))
+                return false;
+        }
+    }
+    if (!r->wait(5000)) return false;
+    std::vector<std::vector<int>> per_shard(shards_.size());
+    {
+        std::lock_guard g(r->m);
+        for (auto& [i, v] : r->got) per_shard[i] = std::move(v);
+    }
+    // Each shard opened the --listen endpoints, then the --implicit-tls
+    // ones, in configuration order: endpoint e is every shard's e-th.
+    size_t n_listen = cfg_.listen.size(), n_all = n_listen + cfg_.implicit_tls.size();
+    for (size_t e = 0; e < n_all; ++e) {
+        upgrade_wire::listener_group g;
+        g.kind = e < n_listen ? 0 : 1;
+        g.index = uint32_t(e < n_listen ? e : e - n_listen);
+        for (const auto& v : per_shard) {
+            if (v.size() != n_all) return false;
+            fds->push_back(v[e]);
+            ++g.count;
+        }
+        groups->push_back(g);
+    }
+    if (admin_ && admin_->listen_fd() >= 0) {
+        groups->push_back({2, 0, 1});
+        fds->push_back(admin_->listen_fd());
+    }
+    return true;
+}
+
+void gateway::begin_move(std::shared_ptr<move_sink> sink, uint32_t drain_ms) {
+    {
+        std::lock_guard serial(producer_mu_);
+        for (size_t i = 0; i < contexts_.size(); ++i) {
+            shard_context* c = contexts_[i].get();
+            // A full inbox: the shard is stuck; it then counts as done late
+            // (the upgrade thread's own deadline).
+            if (!main_inboxes_[i]->try_post([c, sink, drain_ms] { c->begin_move(sink, drain_ms); }))
+                sink->shard_done();
+        }
+    }
+    // The new process serves the admin endpoint on the same socket; ours
+    // stops at its next poll (joined in wait(), not here: the moves go on).
+    if (admin_) admin_->request_stop();
+}
+
+bool gateway::adopt_moved(std::unique_ptr<moved_conn> c) {
+    if (contexts_.empty()) return false;
+    size_t i = c->meta.shard % contexts_.size();
+    shard_context* ctx = contexts_[i].get();
+    upgrade_counters* st = &upgrade_;
+    // The payload is the owning pointer itself: a refused post hands it back.
+    auto box = std::make_unique<std::unique_ptr<moved_conn>>(std::move(c));
+    for (int tries = 0; tries < 5000; ++tries) {
+        box = upgrade_inboxes_[i]->post(std::move(box), [ctx, st](std::unique_ptr<moved_conn>&& m) {
+            if (!ctx->adopt_moved(std::move(m), *st)) st->closed.fetch_add(1);
+        });
+        if (!box) return true;
+        ::usleep(1000);  // the shard is busy: it drains its inbox every pass
+    }
+    c = std::move(*box);
+    RPCGATE_LOG(gw, error, "upgrade: shard {} took no connection for 5 s: conn {} closed", i,
+                c->meta.id);
+    return false;
+}
+
+void gateway::upgrade_leftovers(uint64_t* drained, uint64_t* closed) const {
+    *drained = *closed = 0;
+    for (const auto& c : contexts_) {
+        *drained += c->upgrade_drained.load();
+        *closed += c->upgrade_closed.load();
+    }
 }
 
 }  // namespace rpcgate::gw

@@ -31,6 +31,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -40,6 +41,7 @@
 #include "gateway/config.h"
 #include "gateway/metrics.h"
 #include "gateway/readiness.h"
+#include "gateway/upgrade.h"
 #include "tls/context.h"
 #include "tls/identity_map.h"
 
@@ -92,6 +94,24 @@ class gateway {
     uint16_t admin_port() const noexcept;
     const gateway_config& config() const noexcept { return cfg_; }
 
+    // ---- upgrade (upgrade.h)
+    // Before start(): listening sockets to adopt instead of binding.
+    void inherit(inherited_listeners l) { inherited_ = std::move(l); }
+    // Before start(): what POST /upgrade does ("" = started, or why not).
+    void set_upgrade_trigger(std::function<std::string()> f) { upgrade_trigger_ = std::move(f); }
+    upgrade_counters& upgrade_stats() noexcept { return upgrade_; }
+    size_t shard_count() const noexcept { return shards_.size(); }
+    // Main thread: every listening socket, grouped as the offer lists them.
+    bool handoff_listeners(std::vector<upgrade_wire::listener_group>* groups,
+                           std::vector<int>* fds);
+    // Main thread, once the new process accepts: the shards stop accepting
+    // and move their sessions into `sink`; the admin endpoint stops.
+    void begin_move(std::shared_ptr<move_sink> sink, uint32_t drain_ms);
+    // The new process's upgrade thread: a connection for one of our shards.
+    bool adopt_moved(std::unique_ptr<moved_conn> c);
+    // After wait(): the sessions that ended here after a move, by fate.
+    void upgrade_leftovers(uint64_t* drained, uint64_t* closed) const;
+
   private:
     gateway_config cfg_;
     std::atomic<uint32_t> open_connections_{0};
@@ -125,6 +145,11 @@ class gateway {
     std::vector<loaded_cert> certs_;
     uint16_t port_ = 0;
     uint16_t implicit_port_ = 0;
+    inherited_listeners inherited_;
+    std::function<std::string()> upgrade_trigger_;
+    upgrade_counters upgrade_;
+    // The new process's upgrade thread -> shard i (its only producer).
+    std::vector<core::mailbox*> upgrade_inboxes_;
     std::string reload_locked();
     // One client context per route with upstream TLS (null for the others).
     std::string make_upstream_contexts(std::vector<std::unique_ptr<tls::context>>* out) const;

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -52,6 +53,7 @@ shard_context::shard_context(const gateway_config& cfg, core::shard& sh,
       health_(new backend_health[cfg.backends.size()]) {
     if (cfg.call_stats) calls_ = std::make_unique<call_stats>();
     drain_timer_.set_callback(&shard_context::on_drain_deadline, this);
+    move_timer_.set_callback(&shard_context::on_move_tick, this);
     implicit_.ctx = this;
 }
 
@@ -83,7 +85,11 @@ void shard_context::on_accept(core::shard& s, int fd, const sockaddr_storage& pe
         return;
     }
     core::stream* st = s.adopt(fd, nullptr);
-    st->set_handler(new client_session(*this, st, peer, std::move(slot)));
+    auto* session = new client_session(*this, st, peer, std::move(slot));
+    st->set_handler(session);
+    // Accepted just before an upgrade's hand-off of the listeners: it
+    // moves too.
+    if (sink_) session->upgrade_begin();
 }
 
 void shard_context::implicit_acceptor::on_accept(core::shard& s, int fd,
@@ -132,6 +138,7 @@ void shard_context::deliver(handshake_result&& r) {
     st->set_handler(s);
     s->pump_tls();  // records that arrived with the handshake's last flight
     s->flush_tls();
+    if (sink_) s->upgrade_begin();  // TLS: closes at its first idle point
 }
 
 void shard_context::deliver_upstream(upstream_result&& r) {
@@ -147,8 +154,74 @@ void shard_context::deliver_upstream(upstream_result&& r) {
 }
 
 void shard_context::on_stop() {
+    if (sink_) {
+        // After an upgrade: TLS sessions go on closing at their idle point;
+        // a plaintext one that did not move finishes its calls and closes.
+        sessions_.for_each([](client_session& s) { s.upgrade_leftover(); });
+        if (!sessions_.empty()) sh_.timers().arm(drain_timer_, upgrade_drain_ms_);
+        return;
+    }
     sessions_.for_each([](client_session& s) { s.begin_drain(); });
     if (!sessions_.empty()) sh_.timers().arm(drain_timer_, cfg_.drain_timeout_ms);
+}
+
+void shard_context::begin_move(std::shared_ptr<move_sink> sink, uint32_t drain_ms) {
+    sink_ = std::move(sink);
+    upgrade_drain_ms_ = drain_ms;
+    move_deadline_ms_ = sh_.now_ms() + drain_ms;
+    sh_.release_listeners();
+    sessions_.for_each([](client_session& s) { s.upgrade_begin(); });
+    on_move_tick(&move_timer_, this);
+}
+
+void shard_context::moved(std::unique_ptr<moved_conn> c) {
+    if (sink_) sink_->put(std::move(c));
+}
+
+// Every few milliseconds while moving: sessions that sit idle (no data to
+// trigger them) move on the tick; at the deadline the rest give up.
+void shard_context::on_move_tick(core::timer*, void* arg) {
+    auto* ctx = static_cast<shard_context*>(arg);
+    if (!ctx->sink_ || ctx->sink_done_) return;
+    bool late = ctx->sh_.now_ms() >= ctx->move_deadline_ms_;
+    ctx->sessions_.for_each([late](client_session& s) {
+        if (late)
+            s.give_up_move();
+        else
+            s.try_move();
+    });
+    if (ctx->move_pending_ == 0 && ctx->sh_.listeners_quiet()) {
+        ctx->sink_done_ = true;
+        ctx->sink_->shard_done();
+        return;
+    }
+    ctx->sh_.timers().arm(ctx->move_timer_, 2);
+}
+
+bool shard_context::adopt_moved(std::unique_ptr<moved_conn> c, upgrade_counters& st) {
+    const upgrade_wire::conn_msg& m = c->meta;
+    for (const auto& l : m.links) {
+        if (l.route >= cfg_.backends.size()) {
+            RPCGATE_LOG(gw, error,
+                        "upgrade: conn {} uses route {}, which this configuration does not have: "
+                        "closed",
+                        m.id, l.route);
+            return false;
+        }
+    }
+    sockaddr_storage peer{};
+    std::memcpy(&peer, m.peer_addr.data(), std::min(m.peer_addr.size(), sizeof peer));
+    connection_slot slot = admission_.take_moved();
+    admission_.admit_source(peer, sh_.now_ms());
+    core::stream* st_client = sh_.adopt(c->fds[0], nullptr);
+    auto* s = new client_session(*this, st_client, *c, peer, std::move(slot));
+    st_client->set_handler(s);
+    c->release();  // the streams own the fds now
+    st.moved.fetch_add(1);
+    uint64_t now = monotonic_ns();
+    st.note_pause(now > m.detach_ns ? now - m.detach_ns : 0);
+    s->resume_moved(*c);
+    return true;
 }
 
 void shard_context::on_drain_deadline(core::timer*, void* arg) {

@@ -20,6 +20,7 @@
 #include "gateway/config.h"
 #include "gateway/metrics.h"
 #include "gateway/router.h"
+#include "gateway/upgrade.h"
 #include "tls/handshake_service.h"
 #include "tls/ktls.h"
 
@@ -100,6 +101,25 @@ class shard_context final : public core::listener_handler {
     // The shard is stopping: drain every session, up to the drain timeout.
     void on_stop();
 
+    // ---- upgrade (upgrade.h), shard thread
+    // The old process, once the new one accepts: stop accepting; move every
+    // plaintext session at its next record boundary (into `sink`); close
+    // the others (TLS) at their next idle point. After `drain_ms` a session
+    // that has not moved is closed between records.
+    void begin_move(std::shared_ptr<move_sink> sink, uint32_t drain_ms);
+    bool moving() const noexcept { return sink_ != nullptr; }
+    // A session detached itself: on to the new process.
+    void moved(std::unique_ptr<moved_conn> c);
+    // A session that wanted to move no longer does (it moved, or ended).
+    void move_settled() noexcept {
+        if (move_pending_ > 0) --move_pending_;
+    }
+    void move_wanted() noexcept { ++move_pending_; }
+    // The new process: a connection from the old one (false: closed).
+    bool adopt_moved(std::unique_ptr<moved_conn> c, upgrade_counters& st);
+    // Sessions that ended here after the move, by fate (read after join).
+    std::atomic<uint64_t> upgrade_drained{0}, upgrade_closed{0};
+
     // ---- for sessions and backend links (shard thread)
     const gateway_config& config() const noexcept { return cfg_; }
     core::shard& shard() noexcept { return sh_; }
@@ -148,6 +168,7 @@ class shard_context final : public core::listener_handler {
         void on_accept(core::shard& s, int fd, const sockaddr_storage& peer) override;
     };
     static void on_drain_deadline(core::timer*, void* arg);
+    static void on_move_tick(core::timer*, void* arg);
 
     const gateway_config& cfg_;
     core::shard& sh_;
@@ -165,6 +186,14 @@ class shard_context final : public core::listener_handler {
     uint64_t next_token_ = 0;
     session_list sessions_;
     core::timer drain_timer_;
+    // Upgrade: where moved sessions go (null when none is under way), how
+    // many sessions still want to move, when moving gives up.
+    std::shared_ptr<move_sink> sink_;
+    size_t move_pending_ = 0;
+    uint64_t move_deadline_ms_ = 0;
+    uint32_t upgrade_drain_ms_ = 0;
+    bool sink_done_ = false;
+    core::timer move_timer_;
     std::string start_error_;
     uint64_t reserved_warned_ms_ = 0;
     uint64_t reserved_unwarned_ = 0;

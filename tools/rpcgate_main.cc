@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "core/log.h"
 #include "core/memory.h"
@@ -15,13 +17,29 @@
 #include "gateway/config.h"
 #include "gateway/config_check.h"
 #include "gateway/gateway.h"
+#include "gateway/upgrade.h"
 #include "rpc/portmap.h"
 
 using namespace rpcgate;
 
+namespace {
+
+// The binary this process was started from, for SIGUSR2: read now, while
+// /proc/self/exe still names it (a package upgrade replaces the file).
+std::string own_binary() {
+    char buf[4096];
+    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0) return "/proc/self/exe";
+    return std::string(buf, size_t(n));
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
     // Before any thread: large records are not given back to the kernel per call.
     core::keep_record_memory();
+    std::string exe = own_binary();
+    std::vector<std::string> args(argv, argv + argc);
     gw::gateway_config cfg;
     int rc = gw::parse_command_line(argc, argv, &cfg);
     if (rc >= 0) return rc;
@@ -79,14 +97,39 @@ int main(int argc, char** argv) {
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
     ::signal(SIGPIPE, SIG_IGN);
 
     gw::gateway gateway(cfg);
+    // Started by a running rpcgate that hands itself over (upgrade.h): its
+    // listening sockets first, then its connections once we run.
+    std::unique_ptr<gw::upgrade_child> from_old;
+    if (cfg.upgrade_fd >= 0) {
+        from_old = std::make_unique<gw::upgrade_child>(cfg.upgrade_fd);
+        gw::inherited_listeners inherited;
+        gw::upgrade_wire::upgrade_totals totals;
+        err = from_old->greet(&inherited, &totals);
+        if (!err.empty()) {
+            std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
+            return 1;
+        }
+        gateway.inherit(std::move(inherited));
+        gateway.upgrade_stats().set(totals);
+    }
+    gateway.set_upgrade_trigger([] {
+        ::kill(::getpid(), SIGUSR2);  // the main thread runs it
+        return std::string();
+    });
     err = gateway.start();
     if (!err.empty()) {
+        if (from_old) from_old->refuse(err);
         std::fprintf(stderr, "rpcgate: %s\n", err.c_str());
         return 1;
+    }
+    if (from_old) {
+        err = from_old->ready(gateway);
+        if (!err.empty()) RPCGATE_LOG(gw, error, "upgrade: {}", err);
     }
     std::string routes;
     for (const auto& b : cfg.backends) {
@@ -102,7 +145,9 @@ int main(int argc, char** argv) {
 
     // systemd: ready now; with a watchdog, a keep-alive only while every shard
     // and the control thread answer a ping (a stuck loop stops the keep-alives).
-    core::sd_notify("READY=1");
+    // After an upgrade this process is the service's main one now.
+    core::sd_notify(from_old ? fmt::format("MAINPID={}\nREADY=1", ::getpid()) : "READY=1");
+    std::unique_ptr<gw::upgrade_parent> handed_over;
     uint64_t watchdog_us = core::sd_watchdog_usec();
     for (;;) {
         int sig = 0;
@@ -130,13 +175,35 @@ int main(int argc, char** argv) {
             if (!why.empty()) RPCGATE_LOG(gw, error, "SIGHUP: {}", why);
             continue;
         }
+        if (sig == SIGUSR2) {
+            // Hand over to a new binary. The previous hand-off must have
+            // ended (its old process's last word, with what it drained).
+            if (from_old && !from_old->wait_final(2000)) {
+                RPCGATE_LOG(gw, warn,
+                            "SIGUSR2: the previous upgrade's old process is still draining; "
+                            "try again once it has exited");
+                continue;
+            }
+            if (from_old) from_old->stop();
+            auto up = std::make_unique<gw::upgrade_parent>(gateway, cfg, exe, args);
+            if (!up->run()) continue;  // failed: logged, counted, still serving
+            core::sd_notify(fmt::format("MAINPID={}", up->new_pid()));
+            handed_over = std::move(up);
+            break;
+        }
         RPCGATE_LOG(gw, info, "{}: stopping; finishing replies in flight (up to {} ms)",
                     strsignal(sig), cfg.drain_timeout_ms);
         break;
     }
-    core::sd_notify("STOPPING=1");
+    if (!handed_over) core::sd_notify("STOPPING=1");  // else the new process is the service
     gateway.stop();
     gateway.wait();
+    if (handed_over) {
+        uint64_t drained = 0, closed = 0;
+        gateway.upgrade_leftovers(&drained, &closed);
+        handed_over->finish(drained, closed);
+    }
+    if (from_old) from_old->stop();
     RPCGATE_LOG(gw, info, "stopped: {}", gateway.totals().describe());
     return 0;
 }
