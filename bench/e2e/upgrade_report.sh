@@ -182,7 +182,8 @@ run_setup() { # SETUP KIND [CHROOT]
         printf '{"setup":"%s","upgrade":%d,"old_pid":%s,"new_pid":%s,"old_gone":%s,"new_answers":%s,"seconds":%s}\n' \
             "$s" "$i" "$old" "${new_pid:-0}" "$gone" "$answers" "$(elapsed "$t_up")" >>"$steps"
         echo "$s: upgrade $i: old $old gone $gone, new ${new_pid:-?} answers $answers ($(elapsed "$t_up") s)" >&2
-        [ -z "$new_pid" ] || cur_pids+=("$new_pid")
+        # pids: the exit trap stops it too (rpcgate's new process is not our child).
+        [ -z "$new_pid" ] || { cur_pids+=("$new_pid"); pids+=("$new_pid"); }
         if [ -z "$new_pid" ] || ! peer_alive "$new_pid"; then
             echo "$s: no new process after upgrade $i; no more upgrades" >&2
             break
