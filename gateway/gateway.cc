@@ -313,6 +313,16 @@ std::string gateway::start() {
             RPCGATE_LOG(core, info, "io_uring features: {}", raw->features().describe());
         }
     }
+    // Inherited sockets of addresses the new configuration no longer has:
+    // closed (the process they came from stops accepting on them too).
+    auto close_unused = [](std::vector<std::vector<int>>& groups, size_t used) {
+        for (size_t e = used; e < groups.size(); ++e)
+            for (int fd : groups[e]) ::close(fd);
+    };
+    close_unused(inherited_.listen, cfg_.listen.size());
+    close_unused(inherited_.implicit, cfg_.implicit_tls.size());
+    if (cfg_.admin.empty() && inherited_.admin >= 0) ::close(inherited_.admin);
+    if (cfg_.admin.empty()) inherited_.admin = -1;
     if (!cfg_.admin.empty()) {
         endpoint ep;
         std::string err;

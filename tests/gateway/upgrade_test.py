@@ -2,7 +2,7 @@
 """In-place upgrade of a running `rpcgate` (docs/upgrade.md), under load, with
 the real daemon, real sockets and `rpcgate-bench` on both ends.
 
-  upgrade_test.py load|tls|systemd|stuck|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
+  upgrade_test.py load|tls|systemd|stuck|hang|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
 
 load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          through the gateway to `rpcgate-bench serve`, while UPGRADES (10)
@@ -23,6 +23,8 @@ systemd  the notify protocol (NOTIFY_SOCKET, sender pids by SCM_CREDENTIALS):
 stuck    a connection with half a call sent and then silence cannot move:
          it is closed at --upgrade-drain-timeout (fate closed) while an
          idle one beside it moves and works.
+hang     a new binary that never answers is killed at --upgrade-timeout;
+         the old process serves on.
 refused  a new binary that exits 1 at once, then one that announces another
          hand-off format version (RPCGATE_UPGRADE_WIRE_VERSION), by SIGUSR2 and
          POST /upgrade: both fail, rpcgate_upgrades_total{result="failed"}
@@ -192,7 +194,7 @@ def bench_report(env, bench, seconds=60):
     raise Failure("no JSON from the bench: " + bench.tail())
 
 
-def start(env, conns, *extra, tls=False, drain_ms=20000):
+def start(env, conns, *extra, tls=False, drain_ms=20000, timeout_ms=UPGRADE_MS):
     """The echo backend and a 2-shard gateway, each awaited up to a minute."""
     env.echo_port = harness.free_port()
     env.echo = env.start([env.bench, "serve", "--listen", f"127.0.0.1:{env.echo_port}",
@@ -204,7 +206,7 @@ def start(env, conns, *extra, tls=False, drain_ms=20000):
     argv = [env.rpcgate, "--listen", f"127.0.0.1:{env.gw_port}",
             "--backend", f"536870913=127.0.0.1:{env.echo_port}", "--shards", "2",
             "--no-reserved-port", "--admin", f"127.0.0.1:{env.admin_port}",
-            "--upgrade-timeout", str(UPGRADE_MS), "--upgrade-drain-timeout", str(drain_ms),
+            "--upgrade-timeout", str(timeout_ms), "--upgrade-drain-timeout", str(drain_ms),
             "--drain-timeout", "20000", *extra]
     if tls:
         argv += ["--tls", "opportunistic", "--cert", f"{env.certs}/server.pem",
@@ -441,6 +443,46 @@ def run_stuck(argv):
     return 0
 
 
+def run_hang(argv):
+    """A new binary that never answers: at --upgrade-timeout (here 2 s) it
+    is killed and reaped, the upgrade counts as failed, and the old process
+    serves on with the same connections."""
+    rpcgate, bench, make_certs = argv[:3]
+    env = tracked_env("upgrade-hang", rpcgate, bench)
+    exits = Exits()
+    conns = 8
+    script = os.path.join(env.work, "new-rpcgate")
+    write_script(script, "exec sleep 600")
+    try:
+        pid = start(env, conns, "--upgrade-binary", script, timeout_ms=2000)
+        b = start_bench(env, "--connections", str(conns), "--depth", "1", "--size", "64",
+                        "--verify")
+        wait_until(START, lambda: load_flowing(env, conns, 200), "the load to flow")
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGUSR2)
+        wait_until(START, lambda: metric_or(env, "rpcgate_upgrades_total", 'result="failed"') == 1,
+                   "rpcgate_upgrades_total{result=\"failed\"} == 1")
+        took = time.monotonic() - t0
+        check(took >= 1.5, f"failed after {took:.2f} s, before the 2 s timeout")
+        check(not any("sleep" in open(f"/proc/{p}/cmdline").read() for p in descendants()
+                      if os.path.exists(f"/proc/{p}/cmdline")),
+              "the hung new binary was left running")
+        before = total(env, "rpcgate_calls_forwarded_total")
+        wait_until(START, lambda: load_flowing(env, conns, before + 100),
+                   "the same connections to carry calls")
+        r = bench_report(env, b)
+        log(f"hang: failed after {took:.2f} s (timeout 2 s); bench {r['calls']} calls, "
+            f"errors {r['errors']}")
+        check(r["errors"] == 0, f"the bench saw errors: {json.dumps(r)[:600]}")
+        with open(env.gw.logfile, errors="replace") as f:
+            check("did not answer within 2000 ms" in f.read(), "no log line naming the timeout")
+        sanitizer_clean(env)
+    finally:
+        kill_all()
+        exits.reap()
+    return 0
+
+
 def write_script(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -529,4 +571,4 @@ if __name__ == "__main__":
     harness.Env.last = None
     sys.exit(harness.main({"load": with_log(run_load), "tls": with_log(run_tls),
                            "refused": with_log(run_refused), "systemd": with_log(run_systemd),
-                           "stuck": with_log(run_stuck)}))
+                           "stuck": with_log(run_stuck), "hang": with_log(run_hang)}))

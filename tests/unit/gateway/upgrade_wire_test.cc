@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "gateway/upgrade.h"
+
 namespace rpcgate::gw::upgrade_wire {
 namespace {
 
@@ -174,6 +176,16 @@ TEST(UpgradeWire, SendsMessagesWithDescriptors) {
     fds.clear();
     EXPECT_EQ(recv_message(sp[1], &got, &fds), "closed");
     ::close(sp[1]);
+}
+
+TEST(UpgradeArgv, ReplacesAPreviousHandOffFd) {
+    // A process that came from an upgrade passes its arguments on without
+    // its own --upgrade-fd, in either spelling.
+    EXPECT_EQ(upgrade_argv({"rpcgate", "--listen", "x", "--upgrade-fd", "5", "--shards", "2"}, 9),
+              (std::vector<std::string>{"rpcgate", "--listen", "x", "--shards", "2", "--upgrade-fd",
+                                        "9"}));
+    EXPECT_EQ(upgrade_argv({"rpcgate", "--upgrade-fd=7"}, 3),
+              (std::vector<std::string>{"rpcgate", "--upgrade-fd", "3"}));
 }
 
 }  // namespace
