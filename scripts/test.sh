@@ -143,8 +143,11 @@ run_ctest() {
 # through the gateway, 45 s in release, many minutes under a sanitizer, which
 # the same paths at smaller volume already cover); the 64 MiB kTLS rekey echo
 # in the 7.x guest (~80 s of TCG in release; the sanitizer jobs run the same
-# code at 4 MiB on the host and the smaller rekey tests in the guests).
-once_only='tirpc_client_10000_calls|gateway_rekey_bulk_vm_7'
+# code at 4 MiB on the host and the smaller rekey tests in the guests); the
+# upgrade benchmark's smoke (ten HAProxy reloads and rpcgate upgrades under
+# load, 22-46 s in release: the gateway.upgrade_* tests run the same upgrade
+# code under each sanitizer).
+once_only='tirpc_client_10000_calls|gateway_rekey_bulk_vm_7|e2e_report_upgrade_smoke'
 run_preset() {
     local preset=$1 extra=()
     if [ "$setup" = 1 ]; then
