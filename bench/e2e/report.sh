@@ -44,7 +44,10 @@
 # all ten), OPEN_RATE (default 10000), IDLE_CONNS (default 1000; --quick 100),
 # BASELINE_RPCGATE (another rpcgate binary, e.g. a copy saved before a change:
 # adds the set-ups rpcgate-base and rpcgate-tls-base, which run it, to SETUPS,
-# so that a change is measured before and after in the same run).
+# so that a change is measured before and after in the same run), BASELINE_ARGS
+# (options for that rpcgate only, e.g. BASELINE_RPCGATE=build/release/tools/rpcgate
+# BASELINE_ARGS="--tls-record-layer openssl": the same binary with OpenSSL's
+# TLS records beside its own).
 # Writes OUT_DIR/results.json, OUT_DIR/summary.md, OUT_DIR/throughput.png and
 # OUT_DIR/latency_cdf_<workload>.png, the raw runs in OUT_DIR/raw (redraw with
 # report.py OUT_DIR/raw/runs.jsonl OUT_DIR/raw/not_run.jsonl OUT_DIR
@@ -82,8 +85,10 @@ not_run() { # SETUP WHY: the set-up is a row "n/a (WHY)"
     echo "{\"setup\":\"$1\",\"why\":\"$2\"}" >>"$na"
     setups=$(echo " $setups " | sed "s/ $1 / /")
 }
+gw_extra=()
 gw() { # LOG ARGS...: an rpcgate on this run's shards
-    e2e_bg "$1" "${gw_bin:-$rpcgate}" "${@:2}" --shards "$shards" --no-reserved-port
+    e2e_bg "$1" "${gw_bin:-$rpcgate}" "${@:2}" "${gw_extra[@]}" --shards "$shards" \
+        --no-reserved-port
 }
 wanted() { case " $setups " in *" $1 "*) return 0 ;; esac; return 1; }
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -138,6 +143,7 @@ base_port=$(peer_free_port)
 base_tls_port=$(peer_free_port)
 if [ -n "${BASELINE_RPCGATE:-}" ]; then
     gw_bin=$BASELINE_RPCGATE
+    read -r -a gw_extra <<<"${BASELINE_ARGS:-}"
     gw rpcgate-base.log --listen "127.0.0.1:$base_port" --backend "$route"
     cpu_pids[rpcgate-base]=$bg_pid idle_pid[rpcgate-base]=$bg_pid
     gw rpcgate-tls-base.log --listen "127.0.0.1:$(peer_free_port)" --tls opportunistic \
@@ -145,6 +151,7 @@ if [ -n "${BASELINE_RPCGATE:-}" ]; then
         --key "$certs/server.key" --backend "$route"
     cpu_pids[rpcgate-tls-base]=$bg_pid idle_pid[rpcgate-tls-base]=$bg_pid
     gw_bin=""
+    gw_extra=()
 fi
 
 # The chain: B terminates RPC-with-TLS in front of the echo server, A (next to
