@@ -56,9 +56,9 @@ client_session::client_session(shard_context& ctx, stream* client, const moved_c
     if (certuser_ && tls_) tls_->add_flags(tls::flag_certuser);
     RPCGATE_LOG(gw, debug, "conn {} ({}) moved in with {} link(s), {} call(s) in flight{}", id_,
                 peer_, m.links.size(), calls_outstanding_,
-                !tls_                ? ""
+                !tls_               ? ""
                 : tls_->kernel_rx() ? ", kTLS"
-                                     : ", TLS (own records)");
+                                    : ", TLS (own records)");
 }
 
 client_session::client_session(shard_context& ctx, stream* client, conn_id id, std::string peer,

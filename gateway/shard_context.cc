@@ -215,8 +215,9 @@ bool shard_context::adopt_moved(std::unique_ptr<moved_conn> c, upgrade_counters&
         tls = tls::session::restore(m.tls, true, &why);
         m.tls.wipe();  // the secrets live in the session now
         if (!tls) {
-            RPCGATE_LOG(gw, error, "upgrade: conn {}: its TLS session does not restore ({}): closed",
-                        m.id, why);
+            RPCGATE_LOG(gw, error,
+                        "upgrade: conn {}: its TLS session does not restore ({}): closed", m.id,
+                        why);
             return false;
         }
     }

@@ -350,7 +350,9 @@ std::string session::move_blocker() const {
         return "";
     }
     if (kernel_tx_ || kernel_rx_) return "half kTLS: OpenSSL holds one direction's records";
-    if (!records_) return "OpenSSL's records (" + (records_note_.empty() ? std::string("asked for") : records_note_) + ")";
+    if (!records_)
+        return "OpenSSL's records (" +
+               (records_note_.empty() ? std::string("asked for") : records_note_) + ")";
     std::string why;
     moved_state probe;
     if (!records_->save(probe, &why)) return why;

@@ -512,7 +512,8 @@ TEST_P(TlsData, MovesToARestoredSession) {
     }
     ASSERT_EQ(why, "");
     // Traffic and key updates before the move, asked both ways.
-    EXPECT_TRUE(pair::send(c, *p_->server, core::slice_chain(core::slice::copy_of("one"))) == "one");
+    EXPECT_TRUE(pair::send(c, *p_->server, core::slice_chain(core::slice::copy_of("one"))) ==
+                "one");
     for (auto* side : {&c, p_->server.get()}) {
         session* other = side == &c ? p_->server.get() : &c;
         core::slice_chain update, reply, plain, none;
