@@ -9,6 +9,11 @@
 #              `expose-fd listeners`) and `-sf <old pid>`
 #   haproxy32  the same with HAProxy 3.2 from bench/e2e/forky_chroot.sh's
 #              chroot (built on first use; with --quick only when cached)
+#   rpcgate-tls, haproxy-tls, haproxy32-tls
+#              the same with implicit TLS 1.3 (CIPHER, default
+#              TLS_AES_128_GCM_SHA256) between the load and the proxy:
+#              rpcgate moves its TLS connections with their keys (its own
+#              record layer, the default); HAProxy's stay in the old process
 # two load runs of DURATION seconds with the same load:
 #   baseline   no upgrade
 #   upgrade    UPGRADES upgrades back to back, from 1 s after the start; each
@@ -29,7 +34,7 @@
 #   bench/e2e/upgrade_report.sh [--quick] [BUILD_DIR] [OUT_DIR]
 # --quick: 2 upgrades in 6 s runs (the ctest smoke).
 # Environment: UPGRADES (10), DURATION (30; 4 to 30), SETUPS ("rpcgate
-# haproxy haproxy32"), CONNECTIONS, DEPTH, SIZE, SIZE_MAX, GONE_WAIT (5),
+# haproxy haproxy32 rpcgate-tls haproxy32-tls"; haproxy-tls on demand), CONNECTIONS, DEPTH, SIZE, SIZE_MAX, GONE_WAIT (5),
 # HAPROXY_HARD_STOP, SHARDS (rpcgate and HAProxy threads, 2), RPCGATE (the
 # rpcgate binary to upgrade, e.g. another build's; default BUILD_DIR's).
 # Writes OUT_DIR/results.json and OUT_DIR/summary.md (the table, printed too),
@@ -42,7 +47,8 @@ root=$(cd "$here/../.." && pwd)
 e2e_args upgrade-report "$@"
 upgrades=${UPGRADES:-$([ "$quick" = 1 ] && echo 2 || echo 10)}
 duration=${DURATION:-$([ "$quick" = 1 ] && echo 6 || echo 30)}
-setups=${SETUPS:-"rpcgate haproxy haproxy32"}
+setups=${SETUPS:-"rpcgate haproxy haproxy32 rpcgate-tls haproxy32-tls"}
+cipher=${CIPHER:-TLS_AES_128_GCM_SHA256}
 connections=${CONNECTIONS:-64}
 depth=${DEPTH:-2}
 size=${SIZE:-64}
@@ -53,10 +59,15 @@ awk -v d="$duration" 'BEGIN { exit !(d >= 4 && d <= 30) }' ||
     { echo "$(basename "$0"): DURATION must be 4..30 s (got $duration)" >&2; exit 2; }
 . "$root/tests/peers/peer_lib.sh"
 bench=$(e2e_find_bin rpcgate-bench)
+probe=$(e2e_find_bin rpcgate-probe)
 rpcgate=${RPCGATE:-$(e2e_find_bin rpcgate)}
 e2e_need haproxy curl python3
 e2e_init upgrade
 mkdir -p "$out/raw"
+e2e_certs
+cat "$certs/server.pem" "$certs/server.key" >"$work/haproxy.pem"
+tls=0        # the set-up being run speaks implicit TLS to the load
+load_tls=()  # the load's TLS options then
 runs=$out/raw/runs.jsonl
 steps=$out/raw/upgrades.jsonl
 na=$out/raw/not_run.jsonl
@@ -83,7 +94,12 @@ e2e_wait_ready e2e_rpc_ready "$echo_port"
 
 rpcgate_start() {
     admin_port=$(peer_free_port)
-    e2e_bg "rpcgate-$1.log" "$rpcgate" --listen "127.0.0.1:$1" --admin "127.0.0.1:$admin_port" \
+    local listen=(--listen "127.0.0.1:$1")
+    # TLS: the load's port is the implicit-TLS one (the plaintext listener
+    # beside it takes nothing).
+    [ "$tls" = 0 ] || listen=(--listen "127.0.0.1:$(peer_free_port)" --implicit-tls "127.0.0.1:$1"
+        --cert "$certs/server.pem" --key "$certs/server.key")
+    e2e_bg "rpcgate-$1.log" "$rpcgate" "${listen[@]}" --admin "127.0.0.1:$admin_port" \
         --backend "536870913=127.0.0.1:$echo_port" --shards "$shards" --no-reserved-port
     proxy_pid=$bg_pid
 }
@@ -93,11 +109,12 @@ rpcgate_upgrade() {
     new_pid=""
 }
 # The new process is the old one's child until the old one exits; after
-# that, the one process whose command line has this set-up's unique port.
+# that, the one process whose command line has this set-up's unique port
+# (written "127.0.0.1:PORT " with a space, so that no longer port matches).
 rpcgate_new_pid() {
     local p
     for p in $(pgrep -P "$proxy_pid" 2>/dev/null) \
-        $(pgrep -f -- "--listen 127.0.0.1:$port " 2>/dev/null); do
+        $(pgrep -f -- " 127.0.0.1:$port " 2>/dev/null); do
         [ "$p" != "$proxy_pid" ] && peer_alive "$p" && { echo "$p"; return; }
     done
     true
@@ -110,12 +127,14 @@ haproxy_start() { # PORT [CHROOT]
     [ "$hard_stop" = none ] || global="$global
     hard-stop-after $hard_stop"
     ha_chroot=${2:-}
-    e2e_haproxy_config "$1" "$echo_port" "" "$global"
+    local bind=""
+    [ "$tls" = 0 ] || bind="ssl crt $work/haproxy.pem alpn sunrpc"
+    e2e_haproxy_config "$1" "$echo_port" "$bind" "$global"
     e2e_haproxy_bg "haproxy-$1.log" "$ha_chroot" -f "$work/haproxy-$1.cfg" -db
     proxy_pid=$bg_pid
     ha_reloads=0
 }
-haproxy_healthy() { e2e_rpc_ready "$port"; }
+haproxy_healthy() { if [ "$tls" = 0 ]; then e2e_rpc_ready "$port"; else e2e_tls_ready "$port"; fi; }
 haproxy_upgrade() {
     ha_reloads=$((ha_reloads + 1))
     e2e_haproxy_bg "haproxy-$port-reload-$ha_reloads.log" "$ha_chroot" \
@@ -128,7 +147,7 @@ haproxy_new_pid() { echo "$new_pid"; }
 # to the file $1.
 load_start() {
     "$bench" run --target "127.0.0.1:$port" --connections "$connections" --depth "$depth" \
-        --size "$size" --size-max "$size_max" --verify --reconnect --duration "$duration" \
+        --size "$size" --size-max "$size_max" --verify --reconnect --duration "$duration" "${load_tls[@]}" \
         --json --quiet >"$1" 2>>"$work/bench-client.log" &
     load_pid=$!
 }
@@ -206,32 +225,34 @@ stop_setup() {
     local p
     for p in "${cur_pids[@]}"; do peer_stop "$p" 5; done
     # An rpcgate whose new process we never learnt of: its unique port finds it.
-    for p in $(pgrep -f -- "--listen 127.0.0.1:$port " 2>/dev/null || true); do
+    for p in $(pgrep -f -- " 127.0.0.1:$port " 2>/dev/null || true); do
         peer_stop "$p" 5
     done
 }
 
 for s in $setups; do
-    case $s in
+    tls=0 load_tls=()
+    case $s in *-tls) tls=1 load_tls=(--tls implicit "${tls_client[@]}") ;; esac
+    case ${s%-tls} in
         rpcgate)
             if rpcgate_can_upgrade; then
-                run_setup rpcgate rpcgate
+                run_setup "$s" rpcgate
             else
-                not_run rpcgate "this rpcgate cannot upgrade itself (no --upgrade option in --help)"
+                not_run "$s" "this rpcgate cannot upgrade itself (no --upgrade option in --help)"
             fi
             ;;
-        haproxy) run_setup haproxy haproxy ;;
+        haproxy) run_setup "$s" haproxy ;;
         haproxy32)
             chroot_opt=$([ "$quick" = 1 ] && echo --cached-only || true)
             if [ "$(id -u)" != 0 ] || ! command -v unshare >/dev/null; then
-                not_run haproxy32 "HAProxy 3.2 runs in a chroot: needs root and unshare"
+                not_run "$s" "HAProxy 3.2 runs in a chroot: needs root and unshare"
             elif chroot_dir=$("$here/forky_chroot.sh" $chroot_opt "$build" 2>"$work/chroot.log"); then
-                run_setup haproxy32 haproxy "$chroot_dir"
+                run_setup "$s" haproxy "$chroot_dir"
             else
-                not_run haproxy32 "no forky chroot: $(tail -n 1 "$work/chroot.log")"
+                not_run "$s" "no forky chroot: $(tail -n 1 "$work/chroot.log")"
             fi
             ;;
-        *) echo "$(basename "$0"): unknown set-up $s (rpcgate haproxy haproxy32)" >&2; exit 2 ;;
+        *) echo "$(basename "$0"): unknown set-up $s (rpcgate haproxy haproxy32, each also -tls)" >&2; exit 2 ;;
     esac
 done
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # ctest's check of bench/e2e/upgrade_report.sh at its smallest: two upgrades
-# of each set-up in 8 s runs (rpcgate only when the build can upgrade itself;
-# HAProxy 2.6 always). Not a measurement; it asserts what a bug would break:
+# of each set-up in 8 s runs (rpcgate, plaintext and implicit TLS, only when
+# the build can upgrade itself; HAProxy 2.6 always). Not a measurement; it asserts what a bug would break:
 #   - the table has its columns, results.json its figures;
 #   - every baseline run completed calls with no error and no reconnect;
 #   - HAProxy really reloaded (a new pid each time), every old process was
@@ -11,7 +11,7 @@
 #     a close with calls in flight, each old process's exit closed every
 #     connection it held (closes >= connections x old processes gone), and
 #     every connect after the first ones is a reconnect;
-#   - rpcgate, when it ran: issue 16's acceptance on plaintext, i.e. no
+#   - rpcgate, when it ran: issue 16's acceptance, plaintext and TLS: no
 #     error, no lost call, no reconnect, every old process gone.
 #
 #   bench/e2e/upgrade_report_smoke.sh BUILD_DIR OUT_DIR   (exit 77: a peer is missing)
@@ -21,7 +21,7 @@ for tool in haproxy curl; do
     command -v "$tool" >/dev/null || { echo "SKIP: $tool is not installed (scripts/setup.sh)"; exit 77; }
 done
 rm -rf "$2"
-SETUPS=${SETUPS:-"rpcgate haproxy"} DURATION=${DURATION:-8} GONE_WAIT=${GONE_WAIT:-6} \
+SETUPS=${SETUPS:-"rpcgate haproxy rpcgate-tls"} DURATION=${DURATION:-8} GONE_WAIT=${GONE_WAIT:-6} \
     HAPROXY_HARD_STOP=1s "$here/upgrade_report.sh" --quick "$1" "$2"
 python3 - "$2" <<'PY'
 import json, os, sys
@@ -34,7 +34,7 @@ assert header in md, md
 conns = r["meta"]["connections"]
 rows = {x["setup"]: x for x in r["setups"]}
 steps = [json.loads(l) for l in open(os.path.join(out, "raw", "upgrades.jsonl")) if l.strip()]
-assert set(r["not_run"]) <= {"rpcgate"}, f"not run: {r['not_run']}"
+assert set(r["not_run"]) <= {"rpcgate", "rpcgate-tls"}, f"not run: {r['not_run']}"
 assert "haproxy" in rows, rows
 for s, x in rows.items():
     b = x["baseline"]
@@ -55,11 +55,13 @@ for s, x in rows.items():
 h = rows["haproxy"]
 # hard-stop-after ended each old process: every connection it held was closed.
 assert h["clean_closes"] + h["closes_in_flight"] >= conns * h["old_gone"], h
-if "rpcgate" in rows:
-    g = rows["rpcgate"]
-    assert g["errors"] == 0 and g["lost_calls"] == 0 and g["reconnects"] == 0, g
-else:
-    print(f"upgrade report smoke: rpcgate not run: {r['not_run']['rpcgate']}")
+# rpcgate moves its connections, TLS ones with their keys: nothing lost.
+for s in ("rpcgate", "rpcgate-tls"):
+    if s in rows:
+        g = rows[s]
+        assert g["errors"] == 0 and g["lost_calls"] == 0 and g["reconnects"] == 0, g
+    else:
+        print(f"upgrade report smoke: {s} not run: {r['not_run'].get(s)}")
 said = [f"{s}: {x['upgrades']} upgrades, {x['lost_calls']} lost, {x['reconnects']} reconnects"
         for s, x in rows.items()]
 print("upgrade report smoke: " + "; ".join(said))
