@@ -35,8 +35,9 @@ client_session::client_session(shard_context& ctx, stream* client, handshake_res
 }
 
 client_session::client_session(shard_context& ctx, stream* client, const moved_conn& c,
-                               const sockaddr_storage& peer, connection_slot slot)
-    : client_session(ctx, client, c.meta.id, c.meta.peer, nullptr, peer, std::move(slot)) {
+                               std::unique_ptr<tls::session> tls, const sockaddr_storage& peer,
+                               connection_slot slot)
+    : client_session(ctx, client, c.meta.id, c.meta.peer, std::move(tls), peer, std::move(slot)) {
     const upgrade_wire::conn_msg& m = c.meta;
     calls_outstanding_ = m.calls_outstanding;
     calls_forwarded_ = m.calls_forwarded;
@@ -51,8 +52,13 @@ client_session::client_session(shard_context& ctx, stream* client, const moved_c
         links_[l.route] =
             std::make_unique<backend_link>(*this, ctx_, l.route, l.vers, l.id, c.fds[i + 1]);
     }
-    RPCGATE_LOG(gw, debug, "conn {} ({}) moved in with {} link(s), {} call(s) in flight", id_,
-                peer_, m.links.size(), calls_outstanding_);
+    if (tls_ && tls_->kernel_tx()) keys_.resume(client->fd());
+    if (certuser_ && tls_) tls_->add_flags(tls::flag_certuser);
+    RPCGATE_LOG(gw, debug, "conn {} ({}) moved in with {} link(s), {} call(s) in flight{}", id_,
+                peer_, m.links.size(), calls_outstanding_,
+                !tls_               ? ""
+                : tls_->kernel_rx() ? ", kTLS"
+                                    : ", TLS (own records)");
 }
 
 client_session::client_session(shard_context& ctx, stream* client, conn_id id, std::string peer,
@@ -703,7 +709,13 @@ void client_session::on_idle_timer(core::timer* t, void* arg) {
 
 void client_session::upgrade_begin() {
     if (want_move_ || upgrade_drain_ || moving_ || terminating_ || !client_) return;
-    bool movable = !tls_ && !starttls_ && !draining_ && !client_->is_virtual();
+    bool movable = !starttls_ && !draining_ && !client_->is_virtual();
+    std::string tls_blocker = tls_ ? tls_->move_blocker() : std::string();
+    if (!tls_blocker.empty()) {
+        movable = false;
+        RPCGATE_LOG(gw, debug, "conn {} ({}): its TLS cannot move ({}): it drains", id_, peer_,
+                    tls_blocker);
+    }
     for (const auto& l : links_)
         if (l && ctx_.upstream_context(l->route_index()) != nullptr) movable = false;
     if (movable) {
@@ -734,6 +746,10 @@ void client_session::try_move() {
     for (const auto& l : links_)
         if (l && l->has_stream() && !l->can_move()) return;
     if (client_->queued_bytes() > 0 || !tls_pending_.empty()) return;
+    // kTLS: a socket re-adoption (a key change) is under way, or a KeyUpdate
+    // is owed to the peer: after it.
+    if (readopting_ || keys_.owed()) return;
+    if (tls_ && !tls_->move_blocker().empty()) return;  // a post-handshake message half-read
     start_move();
 }
 
@@ -775,6 +791,16 @@ void client_session::start_move() {
         m.gid = certuser_->gid;
         m.gids = certuser_->gids;
     }
+    // Own records: ciphertext fed and not yet opened (a TLS record cut by
+    // a receive) goes first among the client's unread bytes.
+    std::string tls_input;
+    if (tls_) {
+        std::string why;
+        m.has_tls = tls_->save(&m.tls, &why);  // try_move checked move_blocker
+        m.tls_flags = tls_->flags();
+        m.tls_subject = tls_->peer_subject();
+        if (!tls_->kernel_rx()) tls_input = flatten(tls_->take_input());
+    }
     in_flight_.for_each([&](uint32_t xid, rpc::call_kind kind, uint64_t ns) {
         m.calls.push_back({xid, kind, ns});
     });
@@ -790,9 +816,10 @@ void client_session::start_move() {
     st->unread.resize(n);
     st->left = n;
     shard_context* ctx = &ctx_;
+    st->unread[0] = std::move(tls_input);
     auto done = [st, ctx](size_t slot, int fd, slice_chain&& unread) {
         st->conn->fds[slot] = fd;
-        st->unread[slot] = flatten(unread);
+        st->unread[slot] += flatten(unread);
         if (--st->left > 0) return;
         upgrade_wire::conn_msg& meta = st->conn->meta;
         meta.client_unread = uint32_t(st->unread[0].size());
@@ -853,17 +880,25 @@ void client_session::resume_moved(const moved_conn& c) {
         off += l.unread;
         if (terminating_) return;
     }
-    if (m.client_unread && client_) {
-        feed_plain(slice::copy_of(all.data(), m.client_unread));
-        flush_links();
+    if (!m.client_unread || !client_) return;
+    slice bytes = slice::copy_of(all.data(), m.client_unread);
+    if (tls_ && !tls_->kernel_rx()) {
+        // Ciphertext: the rest of a record, or records, under the moved keys.
+        tls_->feed(std::move(bytes));
+        pump_tls();
+        flush_tls();
+    } else {
+        feed_plain(bytes);  // plaintext, or what the kernel decrypted
+        flush_tls();
     }
+    flush_links();
 }
 
 // ---- views
 
 bool client_session::close_if_revoked(const std::vector<X509_CRL*>& crls) {
     if (!tls_ || !client_) return false;
-    X509* cert = SSL_get0_peer_certificate(tls_->native());
+    X509* cert = tls_->peer_certificate();
     if (!cert) return false;
     for (X509_CRL* crl : crls) {
         X509_REVOKED* entry = nullptr;

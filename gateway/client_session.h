@@ -59,8 +59,10 @@ class client_session final : public core::stream_handler, public session_list::n
     // Moved in from the process this one took over from (upgrade.h): same
     // connection ID, its backend links adopted from `c`'s fds; then
     // resume_moved(c) feeds the bytes that were received but not parsed.
+    // `tls`: its TLS session restored (tls::session::restore), or null.
     client_session(shard_context& ctx, core::stream* client, const moved_conn& c,
-                   const sockaddr_storage& peer, connection_slot slot);
+                   std::unique_ptr<tls::session> tls, const sockaddr_storage& peer,
+                   connection_slot slot);
     ~client_session() override;
 
     // ---- core::stream_handler (the client stream)
@@ -82,9 +84,11 @@ class client_session final : public core::stream_handler, public session_list::n
     // revoked; the connection is then closed with an audit line.
     bool close_if_revoked(const std::vector<X509_CRL*>& crls);
     // ---- upgrade (upgrade.h; the old process)
-    // The move begins: a plaintext session asks to move at its next record
-    // boundary; any other closes at its next idle point (no call in
-    // flight), with close_notify in TLS.
+    // The move begins: a session that can move (plaintext; TLS 1.3 whose
+    // records are rpcgate's own or the kernel's both ways: tls::session::
+    // move_blocker) asks to move at its next record boundary; any other
+    // closes at its next idle point (no call in flight), with close_notify
+    // in TLS.
     void upgrade_begin();
     // Moves now if at a boundary in both directions with nothing queued.
     void try_move();

@@ -14,10 +14,7 @@ void key_updates::start(tls::session& tls, uint64_t rekey_after, size_t record_s
     tls_ = &tls;
     if (record_size) record_size_ = record_size;
     uint64_t limit = rekey_after;
-    if (limit == 0) {
-        const SSL_CIPHER* c = SSL_get_current_cipher(tls.native());
-        limit = c ? tls::ktls::aead_record_limit(SSL_CIPHER_get_id(c)) : 0;
-    }
+    if (limit == 0) limit = tls.suite() ? tls::ktls::aead_record_limit(tls.suite()) : 0;
     if (!tls.kernel_tx()) {
         tls.set_rekey_after(limit);
         return;
@@ -27,6 +24,14 @@ void key_updates::start(tls::session& tls, uint64_t rekey_after, size_t record_s
     limit_ = limit;
     can_rekey_ = tls.secrets() && tls::ktls::kernel_can_rekey();
     left_ = limit_;
+}
+
+void key_updates::resume(int fd) {
+    // A connection moved in from another process (a live upgrade): its key
+    // may have protected records there already; the kernel knows how many.
+    uint64_t seq = 0;
+    if (limit_ == 0 || !tls::ktls::tx_record_seq(fd, &seq)) return;
+    left_ = seq < limit_ ? limit_ - seq : 0;
 }
 
 key_updates::tx_step key_updates::due(int fd, size_t bytes) {

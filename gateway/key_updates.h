@@ -47,6 +47,9 @@ class key_updates {
     // --tls-rekey-after (0: the AEAD's limit); `record_size` the most
     // plaintext per kTLS TX record (--ktls-tx-record-size; 0: 16384).
     void start(tls::session& tls, uint64_t rekey_after, size_t record_size = 0);
+    // kTLS TX of a connection moved in from another process: the records
+    // its key protected there count too.
+    void resume(int fd);
 
     // What the owner does after queuing kTLS TX bytes.
     enum class tx_step {

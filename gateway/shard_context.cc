@@ -199,7 +199,7 @@ void shard_context::on_move_tick(core::timer*, void* arg) {
 }
 
 bool shard_context::adopt_moved(std::unique_ptr<moved_conn> c, upgrade_counters& st) {
-    const upgrade_wire::conn_msg& m = c->meta;
+    upgrade_wire::conn_msg& m = c->meta;
     for (const auto& l : m.links) {
         if (l.route >= cfg_.backends.size()) {
             RPCGATE_LOG(gw, error,
@@ -209,12 +209,24 @@ bool shard_context::adopt_moved(std::unique_ptr<moved_conn> c, upgrade_counters&
             return false;
         }
     }
+    std::unique_ptr<tls::session> tls;
+    if (m.has_tls) {
+        std::string why;
+        tls = tls::session::restore(m.tls, true, &why);
+        m.tls.wipe();  // the secrets live in the session now
+        if (!tls) {
+            RPCGATE_LOG(gw, error,
+                        "upgrade: conn {}: its TLS session does not restore ({}): closed", m.id,
+                        why);
+            return false;
+        }
+    }
     sockaddr_storage peer{};
     std::memcpy(&peer, m.peer_addr.data(), std::min(m.peer_addr.size(), sizeof peer));
     connection_slot slot = admission_.take_moved();
     admission_.admit_source(peer, sh_.now_ms());
     core::stream* st_client = sh_.adopt(c->fds[0], nullptr);
-    auto* s = new client_session(*this, st_client, *c, peer, std::move(slot));
+    auto* s = new client_session(*this, st_client, *c, std::move(tls), peer, std::move(slot));
     st_client->set_handler(s);
     c->release();  // the streams own the fds now
     st.moved.fetch_add(1);

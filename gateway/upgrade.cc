@@ -1,5 +1,7 @@
 #include "gateway/upgrade.h"
 
+#include <openssl/crypto.h>
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
@@ -361,8 +363,13 @@ bool upgrade_parent::move_connections(std::string* why) {
             break;
         }
         if (ok) {
-            std::string e =
-                uw::send_message(sock_, uw::encode_conn(c->meta), c->fds.data(), c->fds.size());
+            std::string enc = uw::encode_conn(c->meta);
+            std::string e = uw::send_message(sock_, enc, c->fds.data(), c->fds.size());
+            if (c->meta.has_tls) {
+                // Traffic secrets: wiped from this process's memory once sent.
+                OPENSSL_cleanse(enc.data(), enc.size());
+                c->meta.tls.wipe();
+            }
             for (size_t off = 0; e.empty() && off < c->unread.size(); off += uw::k_max_chunk) {
                 std::string_view chunk = std::string_view(c->unread).substr(off, uw::k_max_chunk);
                 e = uw::send_message(sock_, uw::encode_bytes(chunk));
@@ -493,7 +500,9 @@ void upgrade_child::receive(gateway* gw) {
         if (h.type == uw::msg_type::conn) {
             auto c = std::make_unique<moved_conn>();
             c->fds = std::move(fds);
-            if (!uw::decode_conn(msg, &c->meta, &e) || c->fds.size() != c->meta.fd_count()) {
+            bool decoded = uw::decode_conn(msg, &c->meta, &e);
+            OPENSSL_cleanse(msg.data(), msg.size());  // TLS traffic secrets, maybe
+            if (!decoded || c->fds.size() != c->meta.fd_count()) {
                 RPCGATE_LOG(gw, error, "upgrade: a connection could not be read ({}): closed",
                             e.empty() ? "descriptor count" : e);
                 st.closed.fetch_add(1);

@@ -279,6 +279,26 @@ std::string encode_conn(const conn_msg& m) {
         w.u32(b.xid);
         w.u32(b.route);
     }
+    w.u8(m.has_tls ? 1 : 0);
+    if (m.has_tls) {
+        const tls::moved_state& t = m.tls;
+        w.u8(uint8_t(t.where));
+        w.u32(t.flags);
+        w.u32(t.suite);
+        w.bytes(t.version);
+        w.bytes(t.cipher);
+        w.bytes(t.alpn);
+        w.bytes(t.peer_subject);
+        w.bytes(t.peer_cert);
+        w.bytes(t.tx_secret);
+        w.bytes(t.rx_secret);
+        w.u64(t.tx_generation);
+        w.u64(t.rx_generation);
+        w.u64(t.tx_seq);
+        w.u64(t.rx_seq);
+        w.u64(t.records_since_update);
+        w.u64(t.own_updates);
+    }
     return w.finish();
 }
 
@@ -330,6 +350,36 @@ bool decode_conn(std::string_view msg, conn_msg* m, std::string* err) {
         b.xid = r.u32();
         b.route = r.u32();
         m->backchannel.push_back(b);
+    }
+    m->has_tls = r.u8() != 0;
+    if (m->has_tls) {
+        tls::moved_state& t = m->tls;
+        uint8_t where = r.u8();
+        t.where = tls::moved_state::records(where);
+        t.flags = r.u32();
+        t.suite = r.u32();
+        t.version = std::string(r.bytes(32));
+        t.cipher = std::string(r.bytes(128));
+        t.alpn = std::string(r.bytes(255));
+        t.peer_subject = std::string(r.bytes(4096));
+        t.peer_cert = std::string(r.bytes(32 * 1024));
+        t.tx_secret = std::string(r.bytes(64));
+        t.rx_secret = std::string(r.bytes(64));
+        t.tx_generation = r.u64();
+        t.rx_generation = r.u64();
+        t.tx_seq = r.u64();
+        t.rx_seq = r.u64();
+        t.records_since_update = r.u64();
+        t.own_updates = r.u64();
+        if (r.ok() && where != uint8_t(tls::moved_state::records::own) &&
+            where != uint8_t(tls::moved_state::records::kernel)) {
+            *err = fmt::format("conn message: TLS records kept by {}, unknown", where);
+            return false;
+        }
+        if (r.ok() && (t.tx_secret.empty() || t.tx_secret.size() != t.rx_secret.size())) {
+            *err = "conn message: TLS traffic secrets of different or no length";
+            return false;
+        }
     }
     if (!finish(r, err, "conn")) return false;
     if (!m->id.valid()) {

@@ -29,11 +29,13 @@
 #include <vector>
 
 #include "core/conn_id.h"
+#include "tls/moved_state.h"
 
 namespace rpcgate::gw::upgrade_wire {
 
 inline constexpr uint32_t k_magic = 0x52475550;  // "RGUP"
-inline constexpr uint16_t k_wire_version = 1;
+// 1: plaintext connections; 2: TLS ones too (own records or kTLS both ways).
+inline constexpr uint16_t k_wire_version = 2;
 inline constexpr size_t k_header = 12;
 // Small enough for one SOCK_SEQPACKET datagram under the default socket
 // buffer; a connection's unread bytes travel in as many chunks as they need.
@@ -121,7 +123,7 @@ struct conn_msg {
     uint64_t created_ms = 0;  // age of the connection, ms
     uint64_t calls_outstanding = 0, calls_forwarded = 0;
     bool first_bytes = true;  // nothing received yet (--tls-auto still undecided)
-    // TLS identity (empty for plaintext; the format has room for kTLS).
+    // TLS identity (empty for plaintext).
     uint32_t tls_flags = 0;
     std::string tls_subject;
     bool has_certuser = false;
@@ -131,6 +133,11 @@ struct conn_msg {
     std::vector<link_state> links;
     std::vector<call_in_flight> calls;
     std::vector<backchannel_call> backchannel;
+    // A TLS connection: the session's state (tls/moved_state.h). For own
+    // records, the client's unread bytes are ciphertext; for kTLS, the
+    // socket holds the record state and they are plaintext.
+    bool has_tls = false;
+    tls::moved_state tls;
 
     size_t fd_count() const noexcept { return 1 + links.size(); }
     uint64_t unread_total() const noexcept {

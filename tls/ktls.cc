@@ -447,6 +447,43 @@ void traffic_secrets::wipe() noexcept {
     len_ = 0;
 }
 
+void traffic_secrets::save(moved_state& st) const {
+    st.suite = suite_;
+    st.tx_secret.assign(reinterpret_cast<const char*>(tx_), len_);
+    st.rx_secret.assign(reinterpret_cast<const char*>(rx_), len_);
+    st.tx_generation = tx_gen_;
+    st.rx_generation = rx_gen_;
+}
+
+bool traffic_secrets::restore(const moved_state& st) {
+    // The suite names its hash (RFC 8446 B.4); the secrets are that long.
+    const EVP_MD* md = nullptr;
+    switch (st.suite) {
+        case TLS1_3_CK_AES_128_GCM_SHA256:
+        case TLS1_3_CK_CHACHA20_POLY1305_SHA256:
+        case TLS1_3_CK_AES_128_CCM_SHA256:
+        case TLS1_3_CK_AES_128_CCM_8_SHA256:
+            md = EVP_sha256();
+            break;
+        case TLS1_3_CK_AES_256_GCM_SHA384:
+            md = EVP_sha384();
+            break;
+        default:
+            return false;
+    }
+    const size_t len = static_cast<size_t>(EVP_MD_get_size(md));
+    if (st.tx_secret.size() != len || st.rx_secret.size() != len) return false;
+    wipe();
+    md_ = md;
+    suite_ = st.suite;
+    len_ = len;
+    std::memcpy(tx_, st.tx_secret.data(), len);
+    std::memcpy(rx_, st.rx_secret.data(), len);
+    tx_gen_ = st.tx_generation;
+    rx_gen_ = st.rx_generation;
+    return true;
+}
+
 // RFC 8446 §7.2: application_traffic_secret_N+1 =
 //     HKDF-Expand-Label(application_traffic_secret_N, "traffic upd", "", Hash.length)
 bool traffic_secrets::advance(uint8_t* secret) {

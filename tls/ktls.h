@@ -54,6 +54,8 @@
 #include <utility>
 #include <vector>
 
+#include "tls/moved_state.h"
+
 namespace rpcgate::tls::ktls {
 
 // ---- where the crypto runs ----
@@ -197,6 +199,12 @@ class traffic_secrets {
     bool tx_keys(record_keys* out) const;
     // SSL_CIPHER_get_id of the connection's suite.
     uint32_t suite() const noexcept { return suite_; }
+
+    // A live upgrade (tls/moved_state.h): the suite, the current secrets and
+    // the generations out of this process, and back in the next. restore
+    // fails for a suite that is not TLS 1.3's or secrets of the wrong length.
+    void save(moved_state& st) const;
+    bool restore(const moved_state& st);
 
   private:
     friend directions finish(SSL* ssl, int fd, traffic_secrets* keep);

@@ -84,6 +84,39 @@ std::unique_ptr<record_layer> record_layer::make(std::unique_ptr<ktls::traffic_s
     return r;
 }
 
+bool record_layer::save(moved_state& st, std::string* why) const {
+    if (failed_) {
+        *why = "the record layer failed: " + error_;
+        return false;
+    }
+    if (!hs_.empty()) {
+        *why = "a post-handshake message is half-read";
+        return false;
+    }
+    secrets_->save(st);
+    st.where = moved_state::records::own;
+    st.tx_seq = tx_.seq;
+    st.rx_seq = rx_.seq;
+    st.records_since_update = records_since_update_;
+    st.own_updates = own_updates_;
+    return true;
+}
+
+std::unique_ptr<record_layer> record_layer::restore(const moved_state& st, std::string* why) {
+    auto secrets = std::make_unique<ktls::traffic_secrets>();
+    if (!secrets->restore(st)) {
+        *why = "traffic secrets that do not fit suite " + std::to_string(st.suite);
+        return nullptr;
+    }
+    std::unique_ptr<record_layer> r = make(std::move(secrets), why);
+    if (!r) return nullptr;
+    r->tx_.seq = st.tx_seq;
+    r->rx_.seq = st.rx_seq;
+    r->records_since_update_ = st.records_since_update;
+    r->own_updates_ = st.own_updates;
+    return r;
+}
+
 record_layer::~record_layer() {
     EVP_CIPHER_CTX_free(rx_.ctx);
     EVP_CIPHER_CTX_free(tx_.ctx);

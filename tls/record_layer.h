@@ -34,6 +34,7 @@
 #include "core/buffer.h"
 #include "tls/block_writer.h"
 #include "tls/ktls.h"
+#include "tls/moved_state.h"
 
 namespace rpcgate::tls {
 
@@ -78,6 +79,13 @@ class record_layer {
     // Frees the two cipher contexts (about 2 KiB) while the connection is
     // idle; the next call loads the current keys again from the secrets.
     void release() noexcept;
+
+    // A live upgrade (tls/moved_state.h): secrets, sequence numbers and
+    // counts out; false (*why) after an error or while a post-handshake
+    // message is half-read (a KeyUpdate may be in it).
+    bool save(moved_state& st, std::string* why) const;
+    // The same record layer again, in the next process.
+    static std::unique_ptr<record_layer> restore(const moved_state& st, std::string* why);
 
     // The most ciphertext one seal() of `plain_bytes` can add, plus a KeyUpdate.
     static size_t sealed_size(size_t plain_bytes) noexcept;

@@ -122,6 +122,13 @@ const char* alert_text(int desc) {
 
 }  // namespace
 
+struct session::detached {
+    std::string version, cipher, alpn, subject;
+    uint32_t suite = 0;
+    X509* peer = nullptr;  // owned
+    ~detached() { X509_free(peer); }
+};
+
 struct session::io : bio_io {
     verify_state vs;
     block_writer plain{plain_block_min};
@@ -307,6 +314,121 @@ ktls::directions session::finish_on_socket(int fd, bool allow_rx) {
 
 session::~session() {
     SSL_free(ssl_);
+}
+
+// ---- without OpenSSL: drop_openssl, and a live upgrade ----
+
+void moved_state::wipe() noexcept {
+    OPENSSL_cleanse(tx_secret.data(), tx_secret.size());
+    OPENSSL_cleanse(rx_secret.data(), rx_secret.size());
+    tx_secret.clear();
+    rx_secret.clear();
+}
+
+void session::drop_openssl() {
+    if (!ssl_ || !records_) return;
+    auto d = std::make_unique<detached>();
+    d->version = version();
+    d->cipher = cipher();
+    d->alpn = alpn();
+    d->subject = peer_subject();
+    d->suite = suite();
+    if (X509* peer = SSL_get0_peer_certificate(ssl_)) {
+        X509_up_ref(peer);
+        d->peer = peer;
+    }
+    SSL_free(ssl_);
+    ssl_ = nullptr;
+    det_ = std::move(d);
+}
+
+std::string session::move_blocker() const {
+    if (!(flags_ & flag_handshake)) return "the handshake is not over";
+    if (!error_.empty()) return "the session failed: " + error_;
+    if (kernel_tx_ && kernel_rx_) {
+        if (!secrets_ || !secrets_->valid()) return "kTLS without the traffic secrets (TLS 1.2)";
+        return "";
+    }
+    if (kernel_tx_ || kernel_rx_) return "half kTLS: OpenSSL holds one direction's records";
+    if (!records_)
+        return "OpenSSL's records (" +
+               (records_note_.empty() ? std::string("asked for") : records_note_) + ")";
+    std::string why;
+    moved_state probe;
+    if (!records_->save(probe, &why)) return why;
+    return "";
+}
+
+bool session::save(moved_state* st, std::string* why) const {
+    *why = move_blocker();
+    if (!why->empty()) return false;
+    if (records_) {
+        if (!records_->save(*st, why)) return false;
+    } else {
+        secrets_->save(*st);
+        st->where = moved_state::records::kernel;
+        st->records_since_update = records_since_update_;
+        st->own_updates = own_updates_;
+    }
+    st->flags = flags_;
+    st->version = version();
+    st->cipher = cipher();
+    st->alpn = alpn();
+    st->peer_subject = peer_subject();
+    st->peer_cert.clear();
+    if (X509* peer = peer_certificate()) {
+        int n = i2d_X509(peer, nullptr);
+        if (n > 0) {
+            st->peer_cert.resize(static_cast<size_t>(n));
+            auto* p = reinterpret_cast<unsigned char*>(st->peer_cert.data());
+            i2d_X509(peer, &p);
+        }
+    }
+    return true;
+}
+
+core::slice_chain session::take_input() {
+    core::slice_chain in;
+    in.append(std::move(io_->in));
+    io_->in.clear();
+    return in;
+}
+
+std::unique_ptr<session> session::restore(const moved_state& st, bool server, std::string* err) {
+    std::unique_ptr<session> s(new session());
+    s->io_ = std::make_unique<io>();
+    s->io_->server = server;
+    s->flags_ = st.flags | flag_handshake;
+    auto d = std::make_unique<detached>();
+    d->version = st.version;
+    d->cipher = st.cipher;
+    d->alpn = st.alpn;
+    d->subject = st.peer_subject;
+    d->suite = st.suite;
+    if (!st.peer_cert.empty()) {
+        const auto* p = reinterpret_cast<const unsigned char*>(st.peer_cert.data());
+        d->peer = d2i_X509(nullptr, &p, static_cast<long>(st.peer_cert.size()));
+        if (!d->peer) {
+            *err = "the peer certificate does not decode: " + last_error();
+            return nullptr;
+        }
+    }
+    s->det_ = std::move(d);
+    if (st.where == moved_state::records::kernel) {
+        auto secrets = std::make_unique<ktls::traffic_secrets>();
+        if (!secrets->restore(st)) {
+            *err = "traffic secrets that do not fit suite " + std::to_string(st.suite);
+            return nullptr;
+        }
+        s->secrets_ = std::move(secrets);
+        s->kernel_tx_ = s->kernel_rx_ = true;
+        s->records_since_update_ = st.records_since_update;
+        s->own_updates_ = st.own_updates;
+        return s;
+    }
+    s->records_ = record_layer::restore(st, err);
+    if (!s->records_) return nullptr;
+    return s;
 }
 
 void session::feed(core::slice ciphertext) {
@@ -607,7 +729,7 @@ status session::key_update(bool ask_peer, core::slice_chain& out) {
 
 void session::release_buffers() noexcept {
     if (!io_->in.empty()) return;
-    SSL_free_buffers(ssl_);  // refuses (harmlessly) while a partial record is buffered
+    if (ssl_) SSL_free_buffers(ssl_);  // refuses (harmlessly) while a partial record is buffered
     io_->cipher.release();
     io_->plain.release();
     if (records_) records_->release();
@@ -617,6 +739,7 @@ void session::release_buffers() noexcept {
 void session::set_lean(bool on) noexcept {
     lean_ = on;
     data_reads_ = 0;
+    if (!ssl_) return;
     if (on)
         SSL_set_mode(ssl_, SSL_MODE_RELEASE_BUFFERS);
     else
@@ -624,15 +747,29 @@ void session::set_lean(bool on) noexcept {
 }
 
 std::string session::version() const {
+    if (!ssl_) return det_ ? det_->version : "";
     return SSL_get_version(ssl_);
 }
 
 std::string session::cipher() const {
+    if (!ssl_) return det_ ? det_->cipher : "";
     const SSL_CIPHER* c = SSL_get_current_cipher(ssl_);
     return c ? SSL_CIPHER_get_name(c) : "";
 }
 
+uint32_t session::suite() const {
+    if (!ssl_) return det_ ? det_->suite : 0;
+    const SSL_CIPHER* c = SSL_get_current_cipher(ssl_);
+    return c ? SSL_CIPHER_get_id(c) : 0;
+}
+
+X509* session::peer_certificate() const {
+    if (!ssl_) return det_ ? det_->peer : nullptr;
+    return SSL_get0_peer_certificate(ssl_);
+}
+
 std::string session::alpn() const {
+    if (!ssl_) return det_ ? det_->alpn : "";
     const unsigned char* p = nullptr;
     unsigned int n = 0;
     SSL_get0_alpn_selected(ssl_, &p, &n);
@@ -640,6 +777,7 @@ std::string session::alpn() const {
 }
 
 std::string session::peer_subject() const {
+    if (!ssl_) return det_ ? det_->subject : "";
     if (X509* peer = SSL_get0_peer_certificate(ssl_)) return subject_text(peer);
     return io_->vs.leaf_subject;
 }

@@ -25,6 +25,7 @@
 #include "core/buffer.h"
 #include "tls/context.h"
 #include "tls/ktls.h"
+#include "tls/moved_state.h"
 
 namespace rpcgate::tls {
 
@@ -154,7 +155,34 @@ class session {
     std::string peer_subject() const;  // "CN=client,O=..." or ""
     // Why the handshake or a read failed (one line), or "".
     const std::string& error_text() const noexcept { return error_; }
+    // SSL_CIPHER_get_id of the suite (0 before the handshake).
+    uint32_t suite() const;
+    // The peer's certificate (OpenSSL's, or the one kept by drop_openssl or
+    // restore), or null.
+    X509* peer_certificate() const;
+    // Null after drop_openssl() or restore().
     SSL* native() const noexcept { return ssl_; }
+
+    // ---- a live upgrade (tls/moved_state.h; gateway/upgrade.h) ----
+    // "" when the session can move to another process now: TLS 1.3 whose
+    // records are rpcgate's own both ways or the kernel's both ways, with
+    // nothing half-done inside (a post-handshake message half-read, an
+    // error); else why not. Ciphertext fed and not yet opened (a record cut
+    // by a receive) is no obstacle: take_input() hands it back to the owner,
+    // which carries it with the connection's unread bytes.
+    std::string move_blocker() const;
+    // Its state, after move_blocker() said "" (false and *why otherwise).
+    bool save(moved_state* st, std::string* why) const;
+    core::slice_chain take_input();
+    // The session again, in the next process, for the same connection (the
+    // same socket for kTLS): the handshake is over, and there is no SSL
+    // object (native() is null).
+    static std::unique_ptr<session> restore(const moved_state& st, bool server, std::string* err);
+    // Own records: frees OpenSSL's SSL object, whose work ended with the
+    // handshake (and its read and write buffers), keeping what the gateway
+    // still reads of it -- version, suite, ALPN, the peer's subject and
+    // certificate. No-op otherwise. native() is null afterwards.
+    void drop_openssl();
 
   private:
     session() = default;
@@ -184,6 +212,8 @@ class session {
     uint32_t data_reads_ = 0;  // reads that yielded plaintext since the session became lean
     std::unique_ptr<record_layer> records_;
     std::string records_note_;
+    struct detached;  // what drop_openssl() or restore() kept of the SSL object
+    std::unique_ptr<detached> det_;
     void set_lean(bool on) noexcept;
 };
 

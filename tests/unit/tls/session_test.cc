@@ -496,6 +496,156 @@ TEST_P(TlsData, LeanUntilBusyAndAgainAfterRelease) {
     EXPECT_TRUE(srv.lean());
 }
 
+// A live upgrade: a session whose records are its own moves to a new
+// session object (in the next process, from moved_state alone) in the middle
+// of the stream -- after key updates both ways, with half a record fed -- and
+// goes on with the same peer: data both ways, key updates, close_notify.
+// OpenSSL's records cannot move, and say why.
+TEST_P(TlsData, MovesToARestoredSession) {
+    session& c = *p_->client;
+    std::string why = p_->server->move_blocker();
+    if (!p_->server->own_records()) {
+        EXPECT_NE(why.find("OpenSSL"), std::string::npos) << why;
+        moved_state st;
+        EXPECT_FALSE(p_->server->save(&st, &why));
+        return;
+    }
+    ASSERT_EQ(why, "");
+    // Traffic and key updates before the move, asked both ways.
+    EXPECT_TRUE(pair::send(c, *p_->server, core::slice_chain(core::slice::copy_of("one"))) ==
+                "one");
+    for (auto* side : {&c, p_->server.get()}) {
+        session* other = side == &c ? p_->server.get() : &c;
+        core::slice_chain update, reply, plain, none;
+        ASSERT_EQ(side->key_update(true, update), status::ok);
+        other->feed(std::move(update));
+        ASSERT_EQ(other->read(plain, reply), status::ok) << other->error_text();
+        side->feed(std::move(reply));
+        ASSERT_EQ(side->read(plain, none), status::ok) << side->error_text();
+    }
+    const uint64_t tx_gen = p_->server->tx_generation(), rx_gen = p_->server->rx_generation();
+    // Each request is answered: two new keys each way.
+    ASSERT_EQ(tx_gen, 2u);
+    ASSERT_EQ(rx_gen, 2u);
+    // A record and a half from the client: the half stays in the session's input.
+    core::slice_chain wire;
+    ASSERT_EQ(c.write(core::slice_chain(core::slice::copy_of(std::string(20000, 'm'))), wire),
+              status::ok);
+    std::string bytes = wire.to_string();
+    const size_t cut = 16384 + 22 + 700;  // one full record, then part of the next
+    p_->server->feed(core::slice::copy_of(bytes.substr(0, cut)));
+    core::slice_chain before, out;
+    ASSERT_EQ(p_->server->read(before, out), status::ok);
+    EXPECT_EQ(before.size(), 16384u);
+
+    moved_state st;
+    ASSERT_TRUE(p_->server->save(&st, &why)) << why;
+    core::slice_chain carried = p_->server->take_input();
+    EXPECT_EQ(carried.size(), cut - 16384 - 22);
+    EXPECT_EQ(st.where, moved_state::records::own);
+    EXPECT_EQ(st.tx_generation, 2u);
+    EXPECT_EQ(st.version, "TLSv1.3");
+    EXPECT_EQ(st.cipher, p_->server->cipher());
+    EXPECT_EQ(st.alpn, p_->server->alpn());
+    EXPECT_EQ(st.peer_subject, p_->server->peer_subject());
+    EXPECT_EQ(st.flags, p_->server->flags());
+    EXPECT_EQ(st.peer_cert.empty(), p_->server->peer_certificate() == nullptr);
+    const std::string subject = p_->server->peer_subject();
+    p_->server.reset();  // the old process lets go
+
+    std::unique_ptr<session> moved = session::restore(st, true, &why);
+    ASSERT_TRUE(moved) << why;
+    EXPECT_EQ(moved->native(), nullptr);
+    EXPECT_TRUE(moved->own_records());
+    EXPECT_EQ(moved->peer_subject(), subject);
+    EXPECT_EQ(moved->version(), "TLSv1.3");
+    EXPECT_EQ(moved->suite(), st.suite);
+    EXPECT_EQ(moved->tx_generation(), tx_gen);
+    EXPECT_EQ(moved->rx_generation(), rx_gen);
+    if (!st.peer_cert.empty()) EXPECT_NE(moved->peer_certificate(), nullptr);
+    // The rest of the cut record, then the remainder, under the moved keys.
+    moved->feed(std::move(carried));
+    moved->feed(core::slice::copy_of(bytes.substr(cut)));
+    core::slice_chain after;
+    ASSERT_EQ(moved->read(after, out), status::ok) << moved->error_text();
+    EXPECT_TRUE(after == std::string(20000 - 16384, 'm'));
+    // Both ways, more key updates both ways, then close_notify.
+    EXPECT_TRUE(pair::send(*moved, c, core::slice_chain(core::slice::copy_of("down"))) == "down");
+    for (auto* side : {&c, moved.get()}) {
+        session* other = side == &c ? moved.get() : &c;
+        core::slice_chain update, reply, plain, none;
+        ASSERT_EQ(side->key_update(true, update), status::ok) << side->error_text();
+        other->feed(std::move(update));
+        ASSERT_EQ(other->read(plain, reply), status::ok) << other->error_text();
+        side->feed(std::move(reply));
+        ASSERT_EQ(side->read(plain, none), status::ok) << side->error_text();
+        EXPECT_TRUE(pair::send(*side, *other, core::slice_chain(core::slice::copy_of("kk"))) ==
+                    "kk");
+    }
+    EXPECT_EQ(moved->tx_generation(), 4u);
+    EXPECT_EQ(moved->rx_generation(), 4u);
+    moved->release_buffers();  // and once more after an idle release
+    EXPECT_TRUE(pair::send(c, *moved, core::slice_chain(core::slice::copy_of("up"))) == "up");
+    core::slice_chain bye, plain, none;
+    moved->shutdown(bye);
+    c.feed(std::move(bye));
+    EXPECT_EQ(c.read(plain, none), status::closed);
+}
+
+// A moved state that does not hold together is refused, not half-used.
+TEST(TlsSession, RestoreRefusesBadState) {
+    std::string why;
+    moved_state st;
+    st.suite = TLS1_3_CK_AES_128_GCM_SHA256;
+    st.tx_secret = std::string(32, 'a');
+    st.rx_secret = std::string(48, 'b');  // SHA-256 suites have 32-byte secrets
+    EXPECT_EQ(session::restore(st, true, &why), nullptr);
+    EXPECT_NE(why.find("secrets"), std::string::npos) << why;
+    st.rx_secret = std::string(32, 'b');
+    st.suite = 0xc02f;  // a TLS 1.2 suite
+    EXPECT_EQ(session::restore(st, true, &why), nullptr);
+    st.suite = TLS1_3_CK_AES_128_GCM_SHA256;
+    st.peer_cert = "not DER";
+    EXPECT_EQ(session::restore(st, true, &why), nullptr);
+    EXPECT_NE(why.find("certificate"), std::string::npos) << why;
+    st.peer_cert.clear();
+    auto ok = session::restore(st, true, &why);
+    ASSERT_NE(ok, nullptr) << why;
+    EXPECT_EQ(ok->move_blocker(), "");
+}
+
+// drop_openssl: own records go on without the SSL object; what the gateway
+// reads of the session stays the same.
+TEST_P(TlsData, DropOpensslKeepsTheSession) {
+    session& srv = *p_->server;
+    const std::string version = srv.version(), cipher = srv.cipher(), alpn = srv.alpn(),
+                      subject = srv.peer_subject();
+    const uint32_t suite = srv.suite();
+    const bool had_cert = srv.peer_certificate() != nullptr;
+    srv.drop_openssl();
+    if (!srv.own_records()) {
+        EXPECT_NE(srv.native(), nullptr) << "OpenSSL's records need OpenSSL";
+        return;
+    }
+    EXPECT_EQ(srv.native(), nullptr);
+    EXPECT_EQ(srv.version(), version);
+    EXPECT_EQ(srv.cipher(), cipher);
+    EXPECT_EQ(srv.alpn(), alpn);
+    EXPECT_EQ(srv.peer_subject(), subject);
+    EXPECT_EQ(srv.suite(), suite);
+    EXPECT_EQ(srv.peer_certificate() != nullptr, had_cert);
+    srv.release_buffers();
+    EXPECT_TRUE(pair::send(*p_->client, srv, core::slice_chain(core::slice::copy_of("a"))) == "a");
+    EXPECT_TRUE(pair::send(srv, *p_->client, core::slice_chain(core::slice::copy_of("b"))) == "b");
+    core::slice_chain update, reply, plain;
+    ASSERT_EQ(srv.key_update(true, update), status::ok);
+    p_->client->feed(std::move(update));
+    ASSERT_EQ(p_->client->read(plain, reply), status::ok);
+    srv.feed(std::move(reply));
+    ASSERT_EQ(srv.read(plain, update), status::ok) << srv.error_text();
+    EXPECT_TRUE(pair::send(*p_->client, srv, core::slice_chain(core::slice::copy_of("c"))) == "c");
+}
+
 TEST(TlsSession, WriteBeforeHandshakeIsAnError) {
     auto s = server_ctx();
     std::string err;
