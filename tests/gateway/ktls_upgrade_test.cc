@@ -614,6 +614,63 @@ TEST_P(gateway_upgrade, connections_across_an_upgrade) {
                            k_start_ms));
 }
 
+// A call cut by the upgrade: half of its RPC record (several TLS records)
+// reaches the old process before SIGUSR2, the rest only once the new process
+// has taken the listeners. The connection is not at a record boundary when
+// the move begins: it moves once the call is whole (within
+// --upgrade-drain-timeout), the reply comes back intact, and calls go on.
+TEST_P(gateway_upgrade, a_call_cut_by_the_upgrade) {
+    const mode_param& p = GetParam();
+    if (!p.moves) GTEST_SKIP() << "the connection drains in this mode: nothing to go on with";
+    start_gateway();
+    ASSERT_FALSE(HasFatalFailure());
+    client* c = connect_client(false);
+    ASSERT_NE(c, nullptr);
+    ASSERT_EQ(c->echo(1, random_bytes(1000)), "");
+    const std::string payload = random_bytes(100000);
+    const std::string call = call_record(2, 1, 0, payload);
+    const size_t half = call.size() / 2;
+    auto bytes_in = [&] {
+        std::string o = connection_json(daemon_.connections(), local_port(c->fd()));
+        std::smatch m;
+        return std::regex_search(o, m, std::regex(R"("bytes_in":(\d+))")) ? std::stoull(m[1].str())
+                                                                          : 0ull;
+    };
+    const uint64_t before = bytes_in();
+    ASSERT_TRUE(c->write(call.substr(0, half)));
+    // The old process has read the first half: the call is half-read there.
+    ASSERT_TRUE(eventually([&] { return bytes_in() >= before + half; }, k_start_ms))
+        << "the gateway did not read the first half of the call";
+    int64_t took = 0;
+    int64_t cut_ms = 0;
+    daemon_.upgrade(1, &took, [&] {
+        ASSERT_TRUE(eventually([&] { return daemon_.new_process_ready(); }, k_start_ms))
+            << "the new process did not take the listeners";
+        auto t0 = clock_type::now();
+        ASSERT_TRUE(c->write(call.substr(half)));
+        std::string r;
+        ASSERT_TRUE(c->read_record(r)) << c->why_closed();
+        cut_ms = ms_since(t0);
+        ASSERT_GE(r.size(), 28u + payload.size());
+        EXPECT_EQ(get32(r, 0), 2u);
+        EXPECT_EQ(r.compare(r.size() - payload.size(), payload.size(), payload), 0)
+            << "the echoed bytes differ";
+    });
+    ASSERT_FALSE(HasFatalFailure());
+    std::string m = daemon_.metrics();
+    std::printf(
+        "[gw-upgrade] %s: a call cut by the upgrade answered %lld ms after its second half; "
+        "SIGUSR2 to the old process's exit %lld ms\n",
+        p.name, (long long)cut_ms, (long long)took);
+    EXPECT_EQ(metric(m, "rpcgate_upgrade_connections_total", R"(fate="moved")"), 1);
+    EXPECT_EQ(metric(m, "rpcgate_upgrade_connections_total", R"(fate="closed")"), 0);
+    for (uint32_t xid = 3; xid < 6; ++xid)
+        ASSERT_EQ(c->echo(xid, random_bytes(30000)), "") << "call " << xid << " after the move";
+    EXPECT_EQ(metric(daemon_.metrics(), "rpcgate_tls_handshakes_ok_total"), 0);
+    SSL_shutdown(c->ssl());
+    EXPECT_EQ(c->wait_close(), "close_notify");
+}
+
 // --tls-rekey-after 50 across a move: the record count under the current
 // TX key goes on in the new process. Where the TX key can change (Linux
 // 6.14+, userspace), the gateway's own KeyUpdates go on after the move, and
