@@ -752,10 +752,10 @@ TEST_P(gateway_upgrade, own_key_updates_across_an_upgrade) {
         10000);
     std::printf(
         "[gw-upgrade] %s: %u replies of 32 KiB, %u after the move (upgrade %lld ms): KeyUpdates "
-        "from the old process %lld (TX generation %llu on arrival), from the new one %.0f; the "
-        "client received %llu\n",
+        "from the old process %lld%s, from the new one %.0f; the client received %llu\n",
         p.name, k_before + k_after_move, k_after_move, (long long)took, (long long)old_own,
-        (unsigned long long)gen_moved, own, (unsigned long long)received);
+        p.kernel ? fmt::format(" (TX generation {} on arrival)", gen_moved).c_str() : "", own,
+        (unsigned long long)received);
     EXPECT_TRUE(adds_up) << "the client received " << received << " KeyUpdates; the old process "
                          << "counts " << old_own << ", the new one " << own;
     // 60 replies before the move, 140 after: 120-180 and 280-420 records,
@@ -767,6 +767,25 @@ TEST_P(gateway_upgrade, own_key_updates_across_an_upgrade) {
     EXPECT_LE(own, 3 * k_after_move / k_after + 1);
     if (p.kernel) EXPECT_EQ(gen_moved, uint64_t(old_own)) << "the TX generation did not travel";
     EXPECT_EQ(metric(daemon_.metrics(), "rpcgate_tls_key_exhausted_closes_total"), 0);
+
+    // The same calls on a connection that never moved: the key changes after
+    // the same records, so the client receives as many KeyUpdates (a record
+    // count started again in the new process would make fewer on the moved one).
+    client* ref = connect_client(false);
+    ASSERT_NE(ref, nullptr);
+    uint64_t ref_received = 0;
+    SSL_set_msg_callback(ref->ssl(), count_key_updates);
+    SSL_set_msg_callback_arg(ref->ssl(), &ref_received);
+    for (xid = 1; xid <= k_before + k_after_move; ++xid)
+        ASSERT_EQ(ref->echo(xid, payload), "") << "call " << xid << " without a move";
+    SSL_shutdown(ref->ssl());
+    EXPECT_EQ(ref->wait_close(), "close_notify");
+    std::printf(
+        "[gw-upgrade] %s: the same %u replies on a connection that never moved: %llu "
+        "KeyUpdates\n",
+        p.name, k_before + k_after_move, (unsigned long long)ref_received);
+    EXPECT_EQ(received, ref_received)
+        << "the moved connection changed its key at other records than one that never moved";
 }
 
 INSTANTIATE_TEST_SUITE_P(
