@@ -753,6 +753,22 @@ void client_session::try_move() {
     start_move();
 }
 
+// What a session that wants to move still waits for (one phrase, for the log).
+std::string client_session::move_wait() const {
+    if (!client_ || !client_->open()) return "the client is gone";
+    if (rr_.partial()) return fmt::format("a call half-read, {} bytes held", rr_.buffered());
+    if (!early_.empty()) return "bytes after a probe";
+    for (const auto& l : links_)
+        if (l && l->has_stream() && !l->can_move())
+            return fmt::format("backend link {} not at a reply boundary or not idle", l->target());
+    if (client_->queued_bytes() > 0)
+        return fmt::format("{} bytes queued for the client", client_->queued_bytes());
+    if (!tls_pending_.empty()) return "TLS bytes to encrypt";
+    if (readopting_ || keys_.owed()) return "a kTLS key change";
+    if (tls_) return tls_->move_blocker();
+    return "nothing";
+}
+
 namespace {
 
 // The pieces of one move, filled as each stream's detach completes.
@@ -845,8 +861,8 @@ void client_session::give_up_move() {
     paused_for_move_ = false;
     RPCGATE_LOG(gw, info,
                 "conn {} ({}): reached no record boundary before the upgrade's "
-                "deadline: closing between records",
-                id_, peer_);
+                "deadline ({}): closing between records",
+                id_, peer_, move_wait());
     draining_ = false;
     begin_drain();
 }
@@ -880,17 +896,17 @@ void client_session::resume_moved(const moved_conn& c) {
         off += l.unread;
         if (terminating_) return;
     }
-    if (!m.client_unread || !client_) return;
-    slice bytes = slice::copy_of(all.data(), m.client_unread);
-    if (tls_ && !tls_->kernel_rx()) {
-        // Ciphertext: the rest of a record, or records, under the moved keys.
-        tls_->feed(std::move(bytes));
-        pump_tls();
-        flush_tls();
-    } else {
-        feed_plain(bytes);  // plaintext, or what the kernel decrypted
-        flush_tls();
+    if (m.client_unread && client_) {
+        slice bytes = slice::copy_of(all.data(), m.client_unread);
+        if (tls_ && !tls_->kernel_rx())
+            tls_->feed(std::move(bytes));  // ciphertext under the moved keys
+        else
+            feed_plain(bytes);  // plaintext, or what the kernel decrypted
     }
+    if (terminating_ || !client_) return;
+    if (tls_) pump_tls();
+    // Replies carried from the links went to tls_pending_: out they go.
+    flush_tls();
     flush_links();
 }
 

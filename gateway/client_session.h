@@ -146,6 +146,7 @@ class client_session final : public core::stream_handler, public session_list::n
     static void on_idle_timer(core::timer* t, void* arg);
     // Detaches the client and every link stream and sends them on.
     void start_move();
+    std::string move_wait() const;
     // Upgrade, a session that cannot move: close it if no call is in flight.
     void maybe_close_idle();
 

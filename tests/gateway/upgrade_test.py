@@ -2,7 +2,7 @@
 """In-place upgrade of a running `rpcgate` (docs/upgrade.md), under load, with
 the real daemon, real sockets and `rpcgate-bench` on both ends.
 
-  upgrade_test.py load|tls|systemd|stuck|hang|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
+  upgrade_test.py load|tls_move|tls|systemd|stuck|hang|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
 
 load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          through the gateway to `rpcgate-bench serve`, while UPGRADES (10)
@@ -11,7 +11,14 @@ load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          its 64 connections (it never reconnects: a connection that ends is an
          error) all moved, every time; rpcgate_upgrade_connections_total
          {fate="moved"} says so, and {fate="closed"} stays 0.
-tls      STARTTLS (userspace TLS) load across one upgrade by POST /upgrade:
+tls_move STARTTLS and implicit-TLS load (TLS 1.3, rpcgate's own records:
+         the default) across UPGRADES upgrades back to back: every TLS
+         connection moves with its keys and record sequence numbers, and the
+         bench (--verify) sees no error, no lost call, no TLS error and no
+         reconnect. The gateway changes its keys every 64 records
+         (--tls-rekey-after), before and after each move.
+tls      STARTTLS with OpenSSL's records (--tls-record-layer openssl) across
+         one upgrade by POST /upgrade: OpenSSL holds the record state, so
          no TLS connection moves; each is closed cleanly between calls, and
          the bench sees exactly that: one error per closed connection (depth
          1: the call it had just sent, or its next one, lost; or that write
@@ -225,6 +232,34 @@ def load_flowing(env, conns, after):
             total(env, "rpcgate_calls_forwarded_total") > after)
 
 
+def upgrade_under_load(env, exits, pid, upgrades, conns):
+    """`upgrades` upgrades back to back by SIGUSR2, each awaited until the old
+    process has exited (status 0) and calls flow again on the same `conns`
+    connections in the new one. Returns the last pid and each upgrade's time
+    from the signal to the old process's exit."""
+    times = []
+    for i in range(1, upgrades + 1):
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGUSR2)
+        new = new_pid_after(env, i)
+        wait_until(START + UPGRADE_MS / 1000, lambda: exits.gone(pid),
+                   f"old pid {pid} to exit after upgrade {i}")
+        st = exits.status.get(pid)
+        check(st is None or (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0),
+              f"old pid {pid} ended with status {st}: " + env.gw.tail())
+        check(os.path.exists(f"/proc/{new}"), f"new pid {new} is not running: " + env.gw.tail())
+        wait_until(START, lambda: metric_or(env, "rpcgate_upgrades_total",
+                                            'result="completed"') == i,
+                   f"rpcgate_upgrades_total{{result=\"completed\"}} == {i}")
+        times.append(time.monotonic() - t0)
+        pid = new
+        # The load goes on in the new process, on the same connections.
+        before = total(env, "rpcgate_calls_forwarded_total")
+        wait_until(START, lambda: load_flowing(env, conns, before + 100),
+                   f"calls to flow on {conns} connections after upgrade {i}")
+    return pid, times
+
+
 def run_load(argv):
     rpcgate, bench, make_certs = argv[:3]
     upgrades = int(argv[3]) if len(argv) > 3 else 10
@@ -237,26 +272,7 @@ def run_load(argv):
                         "--size-max", "65536", "--verify")
         wait_until(START, lambda: load_flowing(env, conns, 1000), "the load to flow")
         t_all = time.monotonic()
-        times = []
-        for i in range(1, upgrades + 1):
-            t0 = time.monotonic()
-            os.kill(pid, signal.SIGUSR2)
-            new = new_pid_after(env, i)
-            wait_until(START + UPGRADE_MS / 1000, lambda: exits.gone(pid),
-                       f"old pid {pid} to exit after upgrade {i}")
-            st = exits.status.get(pid)
-            check(st is None or (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0),
-                  f"old pid {pid} ended with status {st}: " + env.gw.tail())
-            check(os.path.exists(f"/proc/{new}"), f"new pid {new} is not running: " + env.gw.tail())
-            wait_until(START, lambda: metric_or(env, "rpcgate_upgrades_total",
-                                                'result="completed"') == i,
-                       f"rpcgate_upgrades_total{{result=\"completed\"}} == {i}")
-            times.append(time.monotonic() - t0)
-            pid = new
-            # The load goes on in the new process, on the same connections.
-            before = total(env, "rpcgate_calls_forwarded_total")
-            wait_until(START, lambda: load_flowing(env, conns, before + 100),
-                       f"calls to flow on {conns} connections after upgrade {i}")
+        pid, times = upgrade_under_load(env, exits, pid, upgrades, conns)
         moved = metric(env, "rpcgate_upgrade_connections_total", 'fate="moved"')
         closed = metric(env, "rpcgate_upgrade_connections_total", 'fate="closed"')
         failed = metric(env, "rpcgate_upgrades_total", 'result="failed"')
@@ -288,7 +304,7 @@ def run_tls(argv):
     exits = Exits()
     conns = 16
     try:
-        pid = start(env, conns, tls=True)
+        pid = start(env, conns, "--tls-record-layer", "openssl", tls=True)
         b = start_bench(env, "--connections", str(conns), "--depth", "1", "--size", "64",
                         "--size-max", "16384", "--verify", "--tls", "starttls",
                         "--ca", f"{env.certs}/ca.pem", "--server-name", "localhost")
@@ -339,6 +355,67 @@ def run_tls(argv):
             c.echo(7, b"after the upgrade")  # checks the bytes that come back
         finally:
             c.close()
+        sanitizer_clean(env)
+    finally:
+        kill_all()
+        exits.reap()
+    return 0
+
+
+def run_tls_move(argv):
+    rpcgate, bench, make_certs = argv[:3]
+    upgrades = int(argv[3]) if len(argv) > 3 else 10
+    env = tracked_env("upgrade-tls-move", rpcgate, bench, make_certs)
+    exits = Exits()
+    starttls, implicit = 12, 4
+    conns = starttls + implicit
+    try:
+        env.tls_port = harness.free_port()
+        pid = start(env, conns, "--implicit-tls", f"127.0.0.1:{env.tls_port}",
+                    "--tls-rekey-after", "64", tls=True)
+        common = ["--depth", "2", "--size", "64", "--size-max", "65536", "--verify",
+                  "--ca", f"{env.certs}/ca.pem", "--server-name", "localhost"]
+        b1 = start_bench(env, "--connections", str(starttls), "--tls", "starttls", *common)
+        b2 = env.start([env.bench, "run", "--target", f"127.0.0.1:{env.tls_port}", "--json",
+                        "--duration", "600", "--timeout", "30", "--connections", str(implicit),
+                        "--tls", "implicit", *common], "bench-implicit")
+        wait_until(START, lambda: load_flowing(env, conns, 500), "the TLS load to flow")
+        t_all = time.monotonic()
+        pid, times = upgrade_under_load(env, exits, pid, upgrades, conns)
+        # The gateway changes its TX key every 64 records (--tls-rekey-after):
+        # the moved sessions did so in this process too, from keys derived in
+        # the old ones, and the bench read every byte after them.
+        rekeys = total(env, "rpcgate_tls_rekeys_tx_own_total")
+        check(rekeys >= 0, "no rpcgate_tls_rekeys_tx_own_total in /metrics")
+        wait_until(START, lambda: total(env, "rpcgate_tls_rekeys_tx_own_total") > rekeys,
+                   "a KeyUpdate of a moved session in the last process")
+        moved = metric(env, "rpcgate_upgrade_connections_total", 'fate="moved"')
+        drained = metric(env, "rpcgate_upgrade_connections_total", 'fate="drained"')
+        closed = metric(env, "rpcgate_upgrade_connections_total", 'fate="closed"')
+        failed = metric(env, "rpcgate_upgrades_total", 'result="failed"')
+        pause_max = metric(env, "rpcgate_upgrade_pause_max_seconds")
+        pause_sum = metric(env, "rpcgate_upgrade_pause_seconds_sum")
+        pause_n = metric(env, "rpcgate_upgrade_pause_seconds_count")
+        r1, r2 = bench_report(env, b1), bench_report(env, b2)
+        log(f"{upgrades} upgrades under TLS load in {time.monotonic() - t_all:.1f} s (each "
+            f"{min(times):.2f}-{max(times):.2f} s); moved {moved:.0f}, drained {drained:.0f}, "
+            f"closed {closed:.0f}; pause per moved connection: mean "
+            f"{1000 * pause_sum / max(pause_n, 1):.2f} ms, max {1000 * pause_max:.2f} ms; "
+            f"STARTTLS bench: {r1['calls']} calls, connects {r1['connects']}, p99.9 "
+            f"{r1['p999_us']} us; implicit-TLS bench: {r2['calls']} calls, connects "
+            f"{r2['connects']}")
+        for name, r, n in (("STARTTLS", r1, starttls), ("implicit-TLS", r2, implicit)):
+            for k in ("errors", "lost_calls", "tls_errors", "timeouts", "rpc_errors",
+                      "bad_replies", "connect_errors", "reconnects"):
+                check(r.get(k, 0) == 0, f"{name} bench {k} = {r.get(k)}: {json.dumps(r)[:600]}")
+            check(r["connects"] == n, f"{name} bench connected {r['connects']} times for {n} "
+                  "connections: a connection was lost")
+            check(r["calls"] > 0, f"the {name} bench completed no call")
+        check(failed == 0, f"{failed} upgrade(s) failed: " + env.gw.tail())
+        check(drained == 0 and closed == 0,
+              f"TLS connections drained ({drained}) or closed ({closed}) instead of moving")
+        check(moved >= conns * upgrades,
+              f"moved {moved} connections, expected at least {conns} x {upgrades}")
         sanitizer_clean(env)
     finally:
         kill_all()
@@ -570,5 +647,6 @@ if __name__ == "__main__":
     become_subreaper()
     harness.Env.last = None
     sys.exit(harness.main({"load": with_log(run_load), "tls": with_log(run_tls),
+                           "tls_move": with_log(run_tls_move),
                            "refused": with_log(run_refused), "systemd": with_log(run_systemd),
                            "stuck": with_log(run_stuck), "hang": with_log(run_hang)}))

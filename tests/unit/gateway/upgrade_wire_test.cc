@@ -46,6 +46,58 @@ TEST(UpgradeWire, ConnRoundTrips) {
     EXPECT_EQ(back.unread_total(), 17u);
 }
 
+// A TLS connection's session state (tls/moved_state.h) travels whole, and a
+// state that does not hold together is refused as a whole.
+TEST(UpgradeWire, ConnWithTlsStateRoundTrips) {
+    conn_msg m = sample_conn();
+    m.has_tls = true;
+    tls::moved_state& t = m.tls;
+    t.where = tls::moved_state::records::kernel;
+    t.flags = 0x1b;
+    t.suite = 0x03001302;
+    t.version = "TLSv1.3";
+    t.cipher = "TLS_AES_256_GCM_SHA384";
+    t.alpn = "sunrpc";
+    t.peer_subject = "CN=client";
+    t.peer_cert = std::string(900, '\x30');
+    t.tx_secret = std::string(48, 't');
+    t.rx_secret = std::string(48, 'r');
+    t.tx_generation = 3;
+    t.rx_generation = 5;
+    t.tx_seq = 1u << 20;
+    t.rx_seq = 77;
+    t.records_since_update = 12;
+    t.own_updates = 2;
+    std::string err;
+    conn_msg back;
+    ASSERT_TRUE(decode_conn(encode_conn(m), &back, &err)) << err;
+    EXPECT_EQ(back, m);
+
+    conn_msg bad = m, out;
+    bad.tls.rx_secret = std::string(32, 'r');  // not the TX secret's length
+    EXPECT_FALSE(decode_conn(encode_conn(bad), &out, &err));
+    EXPECT_NE(err.find("secrets"), std::string::npos) << err;
+    bad = m;
+    bad.tls.where = tls::moved_state::records(9);
+    EXPECT_FALSE(decode_conn(encode_conn(bad), &out, &err));
+    EXPECT_NE(err.find("unknown"), std::string::npos) << err;
+    bad = m;
+    bad.tls.tx_secret = bad.tls.rx_secret = std::string(65, 's');  // longer than any hash
+    EXPECT_FALSE(decode_conn(encode_conn(bad), &out, &err));
+    // Every truncation of the TLS block is refused, never half-read.
+    std::string wire = encode_conn(m);
+    for (size_t cut = 1; cut < 200; cut += 7) {
+        std::string shorter = wire.substr(0, wire.size() - cut);
+        uint32_t len = uint32_t(shorter.size() - k_header);
+        shorter[8] = char(len >> 24);
+        shorter[9] = char(len >> 16);
+        shorter[10] = char(len >> 8);
+        shorter[11] = char(len);
+        conn_msg part;
+        EXPECT_FALSE(decode_conn(shorter, &part, &err)) << "cut " << cut;
+    }
+}
+
 TEST(UpgradeWire, OtherMessagesRoundTrip) {
     std::string err;
     hello_msg h{4242, "1.2.3"}, h2;
