@@ -379,6 +379,9 @@ class gateway_upgrade : public ktls_gateway_fixture,
             << rpcgate_binary() << " is not executable (RPCGATE_BIN)";
         // The new rpcgate is a child of the old one: ours once the old exits.
         ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+        // Asked once, here: the question sets up a throw-away kTLS socket,
+        // which must not fall between two readings of /proc/net/tls_stat.
+        if (GetParam().kernel) (void)k::kernel_can_rekey();
     }
     void TearDown() override {
         clients_.clear();
@@ -492,6 +495,7 @@ TEST_P(gateway_upgrade, connections_across_an_upgrade) {
             << before;
     }
     const double handshakes_before = daemon_.metric_now("rpcgate_tls_handshakes_ok_total");
+    const auto stat_before = k::read_tls_stat();
 
     // Where the connections drain, each client reads its close_notify and
     // closes, as a real one would, while the old process waits for them (a
@@ -545,6 +549,19 @@ TEST_P(gateway_upgrade, connections_across_an_upgrade) {
             for (size_t n : sizes)
                 ASSERT_EQ(cs[i]->echo(xid++, random_bytes(n + i)), "")
                     << "after the upgrade: connection " << i << ", " << n + i << " bytes";
+    if (p.kernel) {
+        // The kernel kept each socket's TLS context: none was set up again
+        // (TlsTxSw, TlsRxSw count set-ups; the new process sets up one TX
+        // context of its own, on a throw-away socket, when it first asks
+        // whether the kernel can rekey: tls::ktls::kernel_can_rekey) and
+        // none closed (TlsCurr*: the open ones).
+        const auto stat_after = k::read_tls_stat();
+        EXPECT_LE(k::stat_value(stat_after, "TlsTxSw"), k::stat_value(stat_before, "TlsTxSw") + 1);
+        EXPECT_EQ(k::stat_value(stat_after, "TlsRxSw"), k::stat_value(stat_before, "TlsRxSw"));
+        for (const char* name : {"TlsCurrTxSw", "TlsCurrRxSw"})
+            EXPECT_EQ(k::stat_value(stat_after, name), k::stat_value(stat_before, name)) << name;
+        EXPECT_GE(k::stat_value(stat_after, "TlsCurrRxSw"), uint64_t(k_conns));
+    }
     // No reconnect: the new process accepted nothing and made no handshake;
     // it shows the same connections under the same IDs.
     m = daemon_.metrics();
