@@ -80,6 +80,9 @@ client_session::client_session(shard_context& ctx, stream* client, conn_id id, s
     if (tls_) {
         bump(c.tls_sessions);
         tls_open_.take(c.tls_open);
+        // Own records: OpenSSL's part ended with the handshake; its SSL
+        // object (several KiB) goes, what the gateway reads of it stays.
+        tls_->drop_openssl();
         prot_ = ctx_.protection_of(client->fd());
         keys_.start(*tls_, ctx_.config().tls_rekey_after, ctx_.config().ktls_tx_record_size);
         ctx_.tune_ktls(client->fd(), *tls_);
