@@ -37,7 +37,8 @@ client_session::client_session(shard_context& ctx, stream* client, handshake_res
 client_session::client_session(shard_context& ctx, stream* client, const moved_conn& c,
                                std::unique_ptr<tls::session> tls, const sockaddr_storage& peer,
                                connection_slot slot)
-    : client_session(ctx, client, c.meta.id, c.meta.peer, std::move(tls), peer, std::move(slot)) {
+    : client_session(ctx, client, c.meta.id, c.meta.peer, std::move(tls), peer, std::move(slot),
+                     true) {
     const upgrade_wire::conn_msg& m = c.meta;
     calls_outstanding_ = m.calls_outstanding;
     calls_forwarded_ = m.calls_forwarded;
@@ -63,7 +64,7 @@ client_session::client_session(shard_context& ctx, stream* client, const moved_c
 
 client_session::client_session(shard_context& ctx, stream* client, conn_id id, std::string peer,
                                std::unique_ptr<tls::session> tls, const sockaddr_storage& peer_addr,
-                               connection_slot slot)
+                               connection_slot slot, bool moved)
     : ctx_(ctx),
       client_(client),
       id_(id),
@@ -78,7 +79,7 @@ client_session::client_session(shard_context& ctx, stream* client, conn_id id, s
     gateway_counters& c = ctx_.counters();
     open_.take(c.sessions_open);
     if (tls_) {
-        bump(c.tls_sessions);
+        if (!moved) bump(c.tls_sessions);  // a moved one was counted where it began
         tls_open_.take(c.tls_open);
         // Own records: OpenSSL's part ended with the handshake; its SSL
         // object (several KiB) goes, what the gateway reads of it stays.

@@ -118,9 +118,10 @@ class client_session final : public core::stream_handler, public session_list::n
     void maybe_free();
 
   private:
+    // `moved`: from the process this one took over from (not a new TLS session).
     client_session(shard_context& ctx, core::stream* client, core::conn_id id, std::string peer,
                    std::unique_ptr<tls::session> tls, const sockaddr_storage& peer_addr,
-                   connection_slot slot);
+                   connection_slot slot, bool moved = false);
 
     void flush_links();
     void feed_plain(const core::slice& data);

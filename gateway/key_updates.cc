@@ -12,6 +12,9 @@ using core::bump;
 
 void key_updates::start(tls::session& tls, uint64_t rekey_after, size_t record_size) {
     tls_ = &tls;
+    // A session moved in from another process (a live upgrade) brings the
+    // updates it made there: counted there already.
+    userspace_seen_ = tls.own_key_updates();
     if (record_size) record_size_ = record_size;
     uint64_t limit = rekey_after;
     if (limit == 0) limit = tls.suite() ? tls::ktls::aead_record_limit(tls.suite()) : 0;

@@ -41,6 +41,15 @@ inline bool eventually(F cond, int ms = 3000) {
     return cond();
 }
 
+// An SSL message callback (SSL_set_msg_callback, `arg` a uint64_t*) that
+// counts the KeyUpdates (handshake type 24) the client's OpenSSL received.
+inline void count_key_updates(int write_p, int, int content_type, const void* buf, size_t len, SSL*,
+                              void* arg) {
+    if (!write_p && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+        static_cast<const uint8_t*>(buf)[0] == 24)
+        ++*static_cast<uint64_t*>(arg);
+}
+
 // ---- RPC records by hand (the client must not share the gateway's code) ----
 
 inline void put32(std::string& s, uint32_t v) {

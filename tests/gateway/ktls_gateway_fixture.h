@@ -78,8 +78,13 @@ class ktls_gateway_fixture : public ::testing::Test {
 
     // A client through STARTTLS (or implicit TLS) and the handshake.
     std::unique_ptr<client> open(bool implicit = false) {
-        auto c = std::make_unique<client>();
-        EXPECT_TRUE(c->connect(implicit ? gw_->implicit_port() : gw_->port()));
+        return open_client(implicit ? gw_->implicit_port() : gw_->port(), implicit);
+    }
+    // The same to any gateway's `port`, offering only TLS `version`.
+    static std::unique_ptr<client> open_client(uint16_t port, bool implicit,
+                                               int version = TLS1_3_VERSION) {
+        auto c = std::make_unique<client>(version);
+        EXPECT_TRUE(c->connect(port));
         if (!implicit) {
             std::string e = c->starttls();
             EXPECT_EQ(e, "");

@@ -148,15 +148,6 @@ TEST_P(gateway_rekey, gateway_initiates_key_updates) {
     EXPECT_EQ(c->wait_close(), "close_notify");
 }
 
-// KeyUpdates received by the client's OpenSSL (handshake type 24), counted
-// from its message callback.
-void count_key_updates(int write_p, int, int content_type, const void* buf, size_t len, SSL*,
-                       void* arg) {
-    if (!write_p && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
-        static_cast<const uint8_t*>(buf)[0] == 24)
-        ++*static_cast<uint64_t*>(arg);
-}
-
 // Issue 15's bulk case: RPCGATE_REKEY_BULK_MIB (default 4; 64 in the 7.x
 // guest) echoed in calls of 16,000 bytes (one record each way per call), a
 // KeyUpdate with update_requested from the client every 1,000 records and one
