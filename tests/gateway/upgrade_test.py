@@ -46,6 +46,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -221,7 +222,7 @@ def start(env, conns, *extra, tls=False, drain_ms=20000, timeout_ms=UPGRADE_MS):
 
 def load_flowing(env, conns, after):
     """The gateway forwards calls again beyond `after` on `conns` connections."""
-    return (total(env, "rpcgate_connections_open") == conns and
+    return (total(env, "rpcgate_connections_open") >= conns and
             total(env, "rpcgate_calls_forwarded_total") > after)
 
 
@@ -236,6 +237,29 @@ def run_load(argv):
         b = start_bench(env, "--connections", str(conns), "--depth", "2", "--size", "64",
                         "--size-max", "65536", "--verify")
         wait_until(START, lambda: load_flowing(env, conns, 1000), "the load to flow")
+        # Beside the load, new connections all along (connect, NULL, close):
+        # none may be refused or lost while the listeners change hands.
+        churn = {"ok": 0, "failed": [], "stop": False}
+
+        def connect_loop():
+            xid = 0
+            while not churn["stop"]:
+                xid += 1
+                try:
+                    c = harness.Conn(env.gw_port, timeout=30)
+                    c.send(harness.frame(harness.call_body(xid, harness.PROC_NULL)))
+                    rx, ok, _ = harness.parse_reply(c.record())
+                    c.close()
+                    if rx == xid and ok:
+                        churn["ok"] += 1
+                    else:
+                        churn["failed"].append(f"call {xid}: reply {rx}, accepted {ok}")
+                except (OSError, harness.Closed, Failure) as e:
+                    churn["failed"].append(f"connection {xid}: {e!r}")
+                time.sleep(0.005)
+
+        churner = threading.Thread(target=connect_loop, daemon=True)
+        churner.start()
         t_all = time.monotonic()
         times = []
         for i in range(1, upgrades + 1):
@@ -257,6 +281,11 @@ def run_load(argv):
             before = total(env, "rpcgate_calls_forwarded_total")
             wait_until(START, lambda: load_flowing(env, conns, before + 100),
                        f"calls to flow on {conns} connections after upgrade {i}")
+        churn["stop"] = True
+        churner.join(60)
+        check(not churn["failed"], f"{len(churn['failed'])} of {churn['ok'] + len(churn['failed'])} "
+              f"new connections failed during the upgrades: {churn['failed'][:5]}")
+        check(churn["ok"] > 0, "no new connection was made during the upgrades")
         moved = metric(env, "rpcgate_upgrade_connections_total", 'fate="moved"')
         closed = metric(env, "rpcgate_upgrade_connections_total", 'fate="closed"')
         failed = metric(env, "rpcgate_upgrades_total", 'result="failed"')
@@ -268,7 +297,8 @@ def run_load(argv):
             f"{max(times):.2f} s, signal to old exit); moved {moved:.0f}, closed {closed:.0f}; "
             f"pause per moved connection: mean {1000 * pause_sum / max(pause_n, 1):.2f} ms, "
             f"max {1000 * pause_max:.2f} ms; bench: {r['calls']} calls, errors {r['errors']}, "
-            f"p99.9 {r['p999_us']} us, max {r['max_us']} us")
+            f"p99.9 {r['p999_us']} us, max {r['max_us']} us; {churn['ok']} new connections "
+            f"beside it, none refused")
         check(r["errors"] == 0, f"the bench saw errors: {json.dumps(r)[:600]}")
         check(r["calls"] > 0, "the bench completed no call")
         check(failed == 0, f"{failed} upgrade(s) failed: " + env.gw.tail())
