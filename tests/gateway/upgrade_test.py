@@ -2,7 +2,7 @@
 """In-place upgrade of a running `rpcgate` (docs/upgrade.md), under load, with
 the real daemon, real sockets and `rpcgate-bench` on both ends.
 
-  upgrade_test.py load|tls|systemd|stuck|hang|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
+  upgrade_test.py load|accept|tls|systemd|stuck|hang|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
 
 load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          through the gateway to `rpcgate-bench serve`, while UPGRADES (10)
@@ -11,6 +11,10 @@ load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          its 64 connections (it never reconnects: a connection that ends is an
          error) all moved, every time; rpcgate_upgrade_connections_total
          {fate="moved"} says so, and {fate="closed"} stays 0.
+         Beside it, new connections all along (connect, NULL, close).
+accept   bursts of new connections at each phase of the listeners' hand-over
+         (before; the new binary started, not ready; ready while the old
+         shards are busy; the old one moving; after): each one answered.
 tls      STARTTLS (userspace TLS) load across one upgrade by POST /upgrade:
          no TLS connection moves; each is closed cleanly between calls, and
          the bench sees exactly that: one error per closed connection (depth
@@ -50,7 +54,8 @@ import threading
 import time
 import urllib.request
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "faults"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "faults"))
 import harness  # noqa: E402
 from harness import Failure, check, log, wait_until  # noqa: E402
 
@@ -220,6 +225,25 @@ def start(env, conns, *extra, tls=False, drain_ms=20000, timeout_ms=UPGRADE_MS):
     return env.gw.pid
 
 
+def upgrade_once(env, exits, pid, i):
+    """The i-th upgrade by SIGUSR2 to `pid`, awaited until the old process
+    exited with status 0 and the new one counts i completed: (the new pid,
+    seconds from the signal)."""
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGUSR2)
+    new = new_pid_after(env, i)
+    wait_until(START + UPGRADE_MS / 1000, lambda: exits.gone(pid),
+               f"old pid {pid} to exit after upgrade {i}")
+    st = exits.status.get(pid)
+    check(st is None or (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0),
+          f"old pid {pid} ended with status {st}: " + env.gw.tail())
+    check(os.path.exists(f"/proc/{new}"), f"new pid {new} is not running: " + env.gw.tail())
+    wait_until(START, lambda: metric_or(env, "rpcgate_upgrades_total",
+                                        'result="completed"') == i,
+               f"rpcgate_upgrades_total{{result=\"completed\"}} == {i}")
+    return new, time.monotonic() - t0
+
+
 def load_flowing(env, conns, after):
     """The gateway forwards calls again beyond `after` on `conns` connections."""
     return (total(env, "rpcgate_connections_open") >= conns and
@@ -263,20 +287,8 @@ def run_load(argv):
         t_all = time.monotonic()
         times = []
         for i in range(1, upgrades + 1):
-            t0 = time.monotonic()
-            os.kill(pid, signal.SIGUSR2)
-            new = new_pid_after(env, i)
-            wait_until(START + UPGRADE_MS / 1000, lambda: exits.gone(pid),
-                       f"old pid {pid} to exit after upgrade {i}")
-            st = exits.status.get(pid)
-            check(st is None or (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0),
-                  f"old pid {pid} ended with status {st}: " + env.gw.tail())
-            check(os.path.exists(f"/proc/{new}"), f"new pid {new} is not running: " + env.gw.tail())
-            wait_until(START, lambda: metric_or(env, "rpcgate_upgrades_total",
-                                                'result="completed"') == i,
-                       f"rpcgate_upgrades_total{{result=\"completed\"}} == {i}")
-            times.append(time.monotonic() - t0)
-            pid = new
+            pid, took = upgrade_once(env, exits, pid, i)
+            times.append(took)
             # The load goes on in the new process, on the same connections.
             before = total(env, "rpcgate_calls_forwarded_total")
             wait_until(START, lambda: load_flowing(env, conns, before + 100),
@@ -305,6 +317,127 @@ def run_load(argv):
         check(closed == 0, f"{closed} connection(s) closed by the upgrades")
         check(moved >= conns * upgrades,
               f"moved {moved} connections, expected at least {conns} x {upgrades}")
+        sanitizer_clean(env)
+    finally:
+        kill_all()
+        exits.reap()
+    return 0
+
+
+def burst(port, n, first_xid, seconds):
+    """n new connections at once, a NULL call sent on each, then each reply
+    awaited until one deadline `seconds` away: what failed, as text."""
+    deadline = time.monotonic() + seconds
+    conns, failed = [], []
+    for k in range(n):
+        xid = first_xid + k
+        try:
+            c = harness.Conn(port, timeout=seconds)
+            c.send(harness.frame(harness.call_body(xid, harness.PROC_NULL)))
+            conns.append((xid, c))
+        except (OSError, harness.Closed) as e:
+            failed.append(f"connection {xid}: {e!r}")
+    for xid, c in conns:
+        try:
+            c.raw.settimeout(max(0.1, deadline - time.monotonic()))
+            rx, ok, _ = harness.parse_reply(c.record())
+            if rx != xid or not ok:
+                failed.append(f"call {xid}: reply {rx}, accepted {ok}")
+        except (OSError, harness.Closed, Failure, struct.error) as e:
+            failed.append(f"connection {xid}: {e!r}")
+        finally:
+            c.close()
+    return failed
+
+
+def log_has(env, text):
+    with open(env.gw.logfile, errors="replace") as f:
+        return text in f.read()
+
+
+def run_accept(argv):
+    """New connections at each phase of the hand-over of the listeners, each a
+    burst of 8 (so that both shards' SO_REUSEPORT sockets get some) and then
+    nothing until every one is answered: a connection left unanswered in an
+    accept queue would wait for a later one to wake an accept up, and there
+    is none.
+      before    the old process alone;
+      starting  the new binary runs but waits for the test's go (it is not
+                ready): the old one still alone;
+      busy      the new process is ready and accepts, the old one's shards
+                are busy (RPCGATE_UPGRADE_BUSY_MS) before they stop
+                accepting: io_uring gives each connection's wake-up to the
+                old accept, armed first, which only takes it when its shard
+                waits on the ring again; by then its accept is cancelled, so
+                the old process must take what the queue still holds;
+      moving    the old process stopped accepting and waits for a connection
+                stuck inside a call (closed at --upgrade-drain-timeout);
+      after     the old process is gone."""
+    rpcgate, bench, make_certs = argv[:3]
+    env = tracked_env("upgrade-accept", rpcgate, bench)
+    exits = Exits()
+    n, busy_ms, drain_ms, answer_s = 8, 2000, 5000, 20
+    gate = os.path.join(env.work, "go")
+    script = os.path.join(env.work, "new-rpcgate")
+    # The new binary waits for the go (a file), at most a minute.
+    write_script(script, f'i=0\nwhile [ ! -e "{gate}" ] && [ $i -lt 1200 ]; do sleep 0.05; '
+                 f'i=$((i + 1)); done\nexec "{os.path.abspath(rpcgate)}" "$@"')
+    figures = []
+
+    def phase(name, first_xid):
+        t0 = time.monotonic()
+        failed = burst(env.gw_port, n, first_xid, answer_s)
+        took = time.monotonic() - t0
+        figures.append(f"{name} {1000 * took:.0f} ms")
+        check(not failed, f"phase {name}: {len(failed)} of {n} new connections not answered "
+              f"within {answer_s} s: {failed[:4]}")
+
+    os.environ["RPCGATE_UPGRADE_BUSY_MS"] = str(busy_ms)
+    try:
+        pid = start(env, 0, "--upgrade-binary", script, drain_ms=drain_ms)
+    finally:
+        del os.environ["RPCGATE_UPGRADE_BUSY_MS"]
+    try:
+        before = total(env, "rpcgate_calls_forwarded_total")
+        stuck = harness.Conn(env.gw_port)
+        stuck.echo(1, b"before")
+        whole = harness.echo_call(2, b"x" * 1000)
+        stuck.send(whole[:500])  # half a call: the old process waits for it to the deadline
+        wait_until(START, lambda: total(env, "rpcgate_calls_forwarded_total") >= before + 1,
+                   "the stuck connection's first call")
+        phase("before", 100)
+        os.kill(pid, signal.SIGUSR2)
+        new = new_pid_after(env, 1)
+        phase("starting", 200)
+        check(not log_has(env, "accepts on the"),
+              "the new process was ready before the test's go")
+        open(gate, "w").close()
+        wait_until(START, lambda: log_has(env, "accepts on the"), "the new process to be ready")
+        t_ready = time.monotonic()
+        phase("busy", 300)
+        wait_until(START, lambda: log_has(env, "accept queue, taken here"),
+                   "the old process to take the connections left in its accept queues")
+        check(not exits.gone(pid), "the old process exited before the phase `moving`")
+        phase("moving", 400)
+        check(not exits.gone(pid), "the old process exited during the phase `moving`")
+        wait_until(START + drain_ms / 1000, lambda: exits.gone(pid), f"old pid {pid} to exit")
+        t_exit = time.monotonic()
+        st = exits.status.get(pid)
+        check(st is None or (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0),
+              f"old pid {pid} ended with status {st}: " + env.gw.tail())
+        phase("after", 500)
+        wait_until(START, lambda: metric_or(env, "rpcgate_upgrade_connections_total",
+                                            'fate="closed"') == 1, "fate closed == 1")
+        moved = metric(env, "rpcgate_upgrade_connections_total", 'fate="moved"')
+        with open(env.gw.logfile, errors="replace") as f:
+            taken = sum(int(m) for m in re.findall(r"(\d+) connection\(s\) left in a released "
+                                                   r"listener's accept queue", f.read()))
+        log(f"accept: {n} new connections per phase, every one answered ({', '.join(figures)}; "
+            f"busy shards {busy_ms} ms); {taken} taken from the old accept queues and moved "
+            f"({moved:.0f} moved in all); ready to old exit {t_exit - t_ready:.1f} s; "
+            f"new pid {new}")
+        check(moved >= taken, f"{taken} connections taken from the accept queues, {moved} moved")
+        check(harness.rpc_null_ok(env.gw_port), "the new process does not answer")
         sanitizer_clean(env)
     finally:
         kill_all()
@@ -600,5 +733,6 @@ if __name__ == "__main__":
     become_subreaper()
     harness.Env.last = None
     sys.exit(harness.main({"load": with_log(run_load), "tls": with_log(run_tls),
+                           "accept": with_log(run_accept),
                            "refused": with_log(run_refused), "systemd": with_log(run_systemd),
                            "stuck": with_log(run_stuck), "hang": with_log(run_hang)}))
