@@ -3,6 +3,7 @@
 the real daemon, real sockets and `rpcgate-bench` on both ends.
 
   upgrade_test.py load|accept|tls|systemd|stuck|hang|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
+  upgrade_test.py nfs RPCGATE RPCGATE_BENCH MAKE_CERTS UPGRADES [GANESHA_STATEDIR]
 
 load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          through the gateway to `rpcgate-bench serve`, while UPGRADES (10)
@@ -15,6 +16,10 @@ load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
 accept   bursts of new connections at each phase of the listeners' hand-over
          (before; the new binary started, not ready; ready while the old
          shards are busy; the old one moving; after): each one answered.
+nfs      `nfs-cp` (libnfs, NFSv3) copies a file in and out through the
+         gateway to nfs-ganesha, again and again, beside the load of `load`,
+         while UPGRADES upgrades happen, each during a copy: every copy
+         byte-identical, no error, nothing closed. 77 without ganesha.
 tls      STARTTLS (userspace TLS) load across one upgrade by POST /upgrade:
          no TLS connection moves; each is closed cleanly between calls, and
          the bench sees exactly that: one error per closed connection (depth
@@ -42,9 +47,11 @@ started or inherited at the end, and fails on any sanitizer report in the
 gateway's log (both processes write to it). Exit 0 pass, 1 fail.
 """
 import ctypes
+import filecmp
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -445,6 +452,167 @@ def run_accept(argv):
     return 0
 
 
+def start_ganesha(state):
+    """nfs-ganesha on free loopback ports (tests/peers/ganesha.sh): its
+    variables, or None with the reason when it cannot run here (exit 77)."""
+    script = os.path.join(HERE, "..", "peers", "ganesha.sh")
+    subprocess.run([script, "stop", state], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = subprocess.run([script, "start", state], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=180)
+    if r.returncode == harness.SKIP:
+        return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "ganesha.sh: 77"
+    check(r.returncode == 0, f"ganesha.sh start exited {r.returncode}: {r.stderr[-2000:]}")
+    return dict(line.split("=", 1) for line in r.stdout.split()), ""
+
+
+def stop_ganesha(state):
+    script = os.path.join(HERE, "..", "peers", "ganesha.sh")
+    subprocess.run([script, "stop", state], stdout=subprocess.DEVNULL, timeout=120)
+
+
+def same_file(a, b):
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def run_nfs(argv):
+    """A libnfs client (nfs-cp, NFSv3, MOUNT and NFS through the gateway's
+    port) copies a file in and out through the gateway to nfs-ganesha, again
+    and again, while the bench's verifying load runs beside it (64
+    connections, 64 B-64 KiB) and UPGRADES upgrades happen back to back,
+    each one signalled while a copy is under way. Every copy must succeed
+    and come back byte-identical (and the export's file too), the bench see
+    no error, and no connection be closed by an upgrade. Skips (77) when
+    nfs-cp or ganesha cannot run."""
+    rpcgate, bench, make_certs = argv[:3]
+    upgrades = int(argv[3]) if len(argv) > 3 else 10
+    if not shutil.which("nfs-cp"):
+        print("SKIP: nfs-cp is not installed (libnfs-utils)", flush=True)
+        return harness.SKIP
+    env = tracked_env("upgrade-nfs", rpcgate, bench)
+    state = argv[4] if len(argv) > 4 else os.path.join(env.work, "ganesha")
+    exits = Exits()
+    conns, size = 64, 16 << 20
+    max_copies, copy_s = 200, 300
+    g = None
+    try:
+        g, why = start_ganesha(state)
+        if g is None:
+            print(f"SKIP: nfs-ganesha cannot run here: {why}", flush=True)
+            return harness.SKIP
+        pid = start(env, conns, "--backend", f"nfs=127.0.0.1:{g['NFS_PORT']}",
+                    "--backend", f"mount=127.0.0.1:{g['MNT_PORT']}")
+        src = os.path.join(env.work, "src.bin")
+        with open(src, "wb") as f:
+            for _ in range(size >> 20):
+                f.write(os.urandom(1 << 20))
+        b = start_bench(env, "--connections", str(conns), "--depth", "2", "--size", "64",
+                        "--size-max", "65536", "--verify")
+        wait_until(START, lambda: load_flowing(env, conns, 1000), "the load to flow")
+
+        def url(name):
+            return (f"nfs://127.0.0.1{g['EXPORT']}/{name}?nfsport={env.gw_port}"
+                    f"&mountport={env.gw_port}")
+
+        copy = {"done": 0, "bytes": 0, "errors": [], "stop": False, "busy": 0, "spans": []}
+
+        def copier():
+            t_end = time.monotonic() + copy_s
+            back = os.path.join(env.work, "back.bin")
+            for i in range(max_copies):
+                if copy["stop"] or time.monotonic() > t_end:
+                    return
+                name = f"copy-{i}.bin"
+                t0 = time.monotonic()
+                for what, cmd in (("in", [src, url(name)]), ("out", [url(name), back])):
+                    copy["busy"] = 1
+                    try:
+                        p = subprocess.run(["nfs-cp", *cmd], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True, timeout=240)
+                        err = p.stderr.strip()[-300:] if p.returncode else ""
+                        if p.returncode:
+                            err = f"exit {p.returncode}: {err}"
+                    except subprocess.TimeoutExpired:
+                        err = "no end after 240 s"
+                    copy["busy"] = 0
+                    if err:
+                        copy["errors"].append(f"copy {i} {what}: nfs-cp {err}")
+                        return
+                copy["spans"].append((t0, time.monotonic()))
+                exported = os.path.join(g["EXPORT_DIR"], name)
+                if not same_file(src, back) or not same_file(src, exported):
+                    copy["errors"].append(f"copy {i}: the bytes differ (read back: "
+                                          f"{same_file(src, back)}, on the export: "
+                                          f"{same_file(src, exported)})")
+                    return
+                copy["done"] += 1
+                copy["bytes"] += 2 * size
+                for f in (back, exported):
+                    os.remove(f)
+
+        copier_thread = threading.Thread(target=copier, daemon=True)
+        copier_thread.start()
+        t_all = time.monotonic()
+        times, marks = [], []
+        for i in range(1, upgrades + 1):
+            # Each upgrade while nfs-cp runs (a copy in flight, in or out).
+            wait_until(START, lambda: copy["busy"] or copy["errors"] or
+                       not copier_thread.is_alive(), f"a copy under way for upgrade {i}")
+            check(not copy["errors"], f"before upgrade {i}: {copy['errors']}")
+            check(copier_thread.is_alive(), f"the copies ended before upgrade {i} "
+                  f"({copy['done']} made, bounded by {max_copies} and {copy_s} s)")
+            t0 = time.monotonic()
+            pid, took = upgrade_once(env, exits, pid, i)
+            times.append(took)
+            marks.append((t0, time.monotonic()))
+            before = total(env, "rpcgate_calls_forwarded_total")
+            wait_until(START, lambda: load_flowing(env, conns, before + 100),
+                       f"calls to flow on {conns} connections after upgrade {i}")
+        # The copy under way when the upgrades ended finishes (and is checked).
+        copy["stop"] = True
+        copier_thread.join(copy_s)
+        check(not copier_thread.is_alive(), "the last copy did not end")
+        closed = metric(env, "rpcgate_upgrade_connections_total", 'fate="closed"')
+        failed = metric(env, "rpcgate_upgrades_total", 'result="failed"')
+        pause_max = metric(env, "rpcgate_upgrade_pause_max_seconds")
+        r = bench_report(env, b)
+        # Each old process's last line: what it moved, drained and closed.
+        with open(env.gw.logfile, errors="replace") as f:
+            fates = [tuple(int(x) for x in m) for m in re.findall(
+                r"upgrade complete: pid \d+ serves now; moved (\d+), drained (\d+), closed (\d+)",
+                f.read())]
+        moved_each = [m for m, _, _ in fates]
+        crossed = sum(1 for u0, u1 in marks if any(c0 < u1 and u0 < c1
+                                                  for c0, c1 in copy["spans"]))
+        log(f"nfs: {upgrades} upgrades in {time.monotonic() - t_all:.1f} s (each "
+            f"{', '.join(f'{t:.2f}' for t in times)} s, signal to old exit); moved per upgrade "
+            f"{', '.join(str(m) for m in moved_each)} ({conns} bench connections + nfs-cp's), "
+            f"drained {sum(d for _, d, _ in fates)}, "
+            f"closed {closed:.0f}, pause max {1000 * pause_max:.1f} ms; nfs-cp: {copy['done']} "
+            f"copies of {size >> 20} MiB in and out, {copy['bytes'] / 2**20:.0f} MiB, all "
+            f"identical, {crossed} of {upgrades} upgrades during a copy, errors "
+            f"{len(copy['errors'])}; bench: {r['calls']} calls, errors {r['errors']}")
+        check(not copy["errors"], f"nfs-cp through the upgrades: {copy['errors']}")
+        check(copy["done"] > 0, "no copy completed")
+        check(crossed == upgrades, f"only {crossed} of {upgrades} upgrades during a copy")
+        check(r["errors"] == 0, f"the bench saw errors: {json.dumps(r)[:600]}")
+        check(failed == 0, f"{failed} upgrade(s) failed: " + env.gw.tail())
+        check(closed == 0, f"{closed} connection(s) closed by the upgrades")
+        check(len(fates) == upgrades, f"{len(fates)} 'upgrade complete' lines for {upgrades}")
+        check(all(m >= conns and c == 0 for m, _, c in fates),
+              f"an upgrade moved fewer than the bench's {conns} connections or closed some: "
+              f"(moved, drained, closed) {fates}")
+        sanitizer_clean(env)
+    finally:
+        if g is not None:
+            stop_ganesha(state)
+        kill_all()
+        exits.reap()
+    return 0
+
+
 def run_tls(argv):
     rpcgate, bench, make_certs = argv[:3]
     env = tracked_env("upgrade-tls", rpcgate, bench, make_certs)
@@ -733,6 +901,6 @@ if __name__ == "__main__":
     become_subreaper()
     harness.Env.last = None
     sys.exit(harness.main({"load": with_log(run_load), "tls": with_log(run_tls),
-                           "accept": with_log(run_accept),
+                           "accept": with_log(run_accept), "nfs": with_log(run_nfs),
                            "refused": with_log(run_refused), "systemd": with_log(run_systemd),
                            "stuck": with_log(run_stuck), "hang": with_log(run_hang)}))
