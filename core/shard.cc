@@ -1005,7 +1005,7 @@ void shard::sweep_released(listener* l) {
         int fd = ::accept4(l->fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR) continue;
-            break;  // EAGAIN: empty; anything else: the new process will see it too
+            break;  // EAGAIN: empty; else (fd limit): left for the new process's next wake-up
         }
         bump(stats_.accepts);
         ++taken;
