@@ -383,7 +383,7 @@ def run_accept(argv):
     rpcgate, bench, make_certs = argv[:3]
     env = tracked_env("upgrade-accept", rpcgate, bench)
     exits = Exits()
-    n, busy_ms, drain_ms, answer_s = 8, 2000, 5000, 20
+    n, busy_ms, drain_ms, answer_s = 8, 3000, 5000, 20
     gate = os.path.join(env.work, "go")
     script = os.path.join(env.work, "new-rpcgate")
     # The new binary waits for the go (a file), at most a minute.
