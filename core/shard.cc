@@ -883,6 +883,10 @@ void shard::dispatch(io_uring_cqe* cqe) {
                     return;
                 }
             }
+            if (!l->armed && l->released) {
+                sweep_released(l);  // its last CQE: the old accept is off the socket
+                return;
+            }
             if (!l->armed && !l->closed && !stop_seen_) arm_accept(l);
             return;
         }
@@ -949,19 +953,72 @@ void shard::release_listeners() {
     for (auto& l : listeners_) {
         if (l->closed) continue;
         l->released = true;
-        stop_listener(l.get());
+        l->closed = true;
+        l->retry.cancel();
+        if (ring_ok_ && l->armed) {
+            // The fd stays open until the accept's last CQE: sweep_released.
+            cancel_accept(l.get());
+        } else {
+            sweep_released(l.get());
+        }
     }
 }
 
 void shard::stop_listener(listener* l) {
     l->closed = true;
     l->retry.cancel();
-    if (ring_ok_ && l->armed) {
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel64(sqe, encode(l, tag_accept), 0);
-        io_uring_sqe_set_data64(sqe, tag_ignore);
-    }
+    if (ring_ok_ && l->armed) cancel_accept(l);
     ::close(l->fd);
+    l->fd = -1;
+}
+
+void shard::cancel_accept(listener* l) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, encode(l, tag_accept), 0);
+    io_uring_sqe_set_data64(sqe, tag_ignore);
+}
+
+// The accept of a released listener is gone from the socket; what is still
+// in its accept queue would be nobody's. io_uring waits for a connection as
+// an exclusive waiter (one wake-up per connection, to the first waiter in
+// the socket's queue, which is ours: we armed it before the new process
+// did). A wake-up that reached our accept while this thread was busy is
+// turned into a completion only when the thread next waits on the ring
+// (deferred task work); a cancel processed first ends the accept with
+// -ECANCELED and that connection stays queued, with the new process's
+// accept never woken for it: the client hangs until the next connection
+// arrives on the same socket. So, now that the wake-ups go to the new
+// process, take what is left ourselves (it moves like the others), then
+// let go of the socket.
+void shard::sweep_released(listener* l) {
+    if (l->fd < 0) return;
+    // Non-blocking (the file is shared with the new process, whose io_uring
+    // accepts do not mind): if it takes the last connection between two of
+    // ours, accept4 answers EAGAIN rather than block this thread.
+    int flags = ::fcntl(l->fd, F_GETFL);
+    if (flags >= 0 && !(flags & O_NONBLOCK)) ::fcntl(l->fd, F_SETFL, flags | O_NONBLOCK);
+    unsigned taken = 0;
+    // Bounded: connections keep arriving, and they are the new process's.
+    for (int i = 0; i < 4096; ++i) {
+        sockaddr_storage peer{};
+        socklen_t plen = sizeof peer;
+        int fd = ::accept4(l->fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR) continue;
+            break;  // EAGAIN: empty; else (fd limit): left for the new process's next wake-up
+        }
+        bump(stats_.accepts);
+        ++taken;
+        set_nodelay(fd);
+        l->h->on_accept(*this, fd, peer);
+    }
+    if (taken > 0)
+        RPCGATE_LOG(core, info,
+                    "shard {}: {} connection(s) left in a released listener's accept queue, "
+                    "taken here",
+                    cfg_.index, taken);
+    ::close(l->fd);
+    l->fd = -1;
 }
 
 bool shard::listeners_quiet() const noexcept {
@@ -982,8 +1039,14 @@ void shard::arm_accept(listener* l) {
 
 void shard::close_listeners() {
     if (backend_ && backend_attached_) backend_->close_listeners(*this);
-    for (auto& l : listeners_)
-        if (!l->closed) stop_listener(l.get());
+    for (auto& l : listeners_) {
+        if (!l->closed) {
+            stop_listener(l.get());
+        } else if (l->fd >= 0) {
+            ::close(l->fd);  // released, its cancel still under way: the loop ends
+            l->fd = -1;
+        }
+    }
 }
 
 int shard::register_file(int fd) {

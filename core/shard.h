@@ -423,8 +423,10 @@ class shard {
     // The fds of the open listeners, in the order they were opened.
     std::vector<int> listener_fds() const;
     // Stops accepting (another process holds the same sockets now):
-    // cancels the accepts and closes our fds; a connection the kernel
-    // accepted before the cancel still reaches its handler.
+    // cancels the accepts; a connection the kernel accepted before the
+    // cancel still reaches its handler, and so does one left in the accept
+    // queue once the cancel is done (see sweep_released); then closes our
+    // fds.
     void release_listeners();
     // True when no accept is armed any more (after release_listeners: every
     // accepted connection has been handed to its handler).
@@ -489,6 +491,10 @@ class shard {
     int add_listener(int fd, listener_handler* h);
     // Cancels a listener's accept and closes its fd.
     void stop_listener(listener* l);
+    void cancel_accept(listener* l);
+    // A released listener whose accept ended: takes what its accept queue
+    // still holds (to the handler), then closes its fd.
+    void sweep_released(listener* l);
     void recycle(uint16_t bid) noexcept;
     void flush_buffers() noexcept;
     void rearm_starved();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/log.h"
@@ -166,6 +167,11 @@ void shard_context::on_stop() {
 }
 
 void shard_context::begin_move(std::shared_ptr<move_sink> sink, uint32_t drain_ms) {
+    // Test seam (tests/gateway/upgrade_test.py `accept`): this shard is busy
+    // for so long before it stops accepting, as a loaded one can be; the
+    // connections that arrive meanwhile are the old process's to take.
+    if (const char* v = std::getenv("RPCGATE_UPGRADE_BUSY_MS"); v && *v)
+        ::usleep(useconds_t(std::min<unsigned long>(std::strtoul(v, nullptr, 10), 60000)) * 1000);
     sink_ = std::move(sink);
     upgrade_drain_ms_ = drain_ms;
     move_deadline_ms_ = sh_.now_ms() + drain_ms;

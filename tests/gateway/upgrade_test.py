@@ -2,7 +2,8 @@
 """In-place upgrade of a running `rpcgate` (docs/upgrade.md), under load, with
 the real daemon, real sockets and `rpcgate-bench` on both ends.
 
-  upgrade_test.py load|tls_move|tls|systemd|stuck|hang|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
+  upgrade_test.py load|accept|tls_move|tls|systemd|stuck|hang|refused RPCGATE RPCGATE_BENCH MAKE_CERTS [UPGRADES]
+  upgrade_test.py nfs RPCGATE RPCGATE_BENCH MAKE_CERTS UPGRADES [GANESHA_STATEDIR]
 
 load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          through the gateway to `rpcgate-bench serve`, while UPGRADES (10)
@@ -11,6 +12,14 @@ load     `rpcgate-bench run --verify` (mixed sizes, 64 plaintext connections)
          its 64 connections (it never reconnects: a connection that ends is an
          error) all moved, every time; rpcgate_upgrade_connections_total
          {fate="moved"} says so, and {fate="closed"} stays 0.
+         Beside it, new connections all along (connect, NULL, close).
+accept   bursts of new connections at each phase of the listeners' hand-over
+         (before; the new binary started, not ready; ready while the old
+         shards are busy; the old one moving; after): each one answered.
+nfs      `nfs-cp` (libnfs, NFSv3) copies a file in and out through the
+         gateway to nfs-ganesha, again and again, beside the load of `load`,
+         while UPGRADES upgrades happen, each during a copy: every copy
+         byte-identical, no error, nothing closed. 77 without ganesha.
 tls_move STARTTLS and implicit-TLS load (TLS 1.3, rpcgate's own records:
          the default) across UPGRADES upgrades back to back: every TLS
          connection moves with its keys and record sequence numbers, and the
@@ -45,18 +54,22 @@ started or inherited at the end, and fails on any sanitizer report in the
 gateway's log (both processes write to it). Exit 0 pass, 1 fail.
 """
 import ctypes
+import filecmp
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "faults"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "faults"))
 import harness  # noqa: E402
 from harness import Failure, check, log, wait_until  # noqa: E402
 
@@ -226,9 +239,28 @@ def start(env, conns, *extra, tls=False, drain_ms=20000, timeout_ms=UPGRADE_MS):
     return env.gw.pid
 
 
+def upgrade_once(env, exits, pid, i):
+    """The i-th upgrade by SIGUSR2 to `pid`, awaited until the old process
+    exited with status 0 and the new one counts i completed: (the new pid,
+    seconds from the signal)."""
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGUSR2)
+    new = new_pid_after(env, i)
+    wait_until(START + UPGRADE_MS / 1000, lambda: exits.gone(pid),
+               f"old pid {pid} to exit after upgrade {i}")
+    st = exits.status.get(pid)
+    check(st is None or (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0),
+          f"old pid {pid} ended with status {st}: " + env.gw.tail())
+    check(os.path.exists(f"/proc/{new}"), f"new pid {new} is not running: " + env.gw.tail())
+    wait_until(START, lambda: metric_or(env, "rpcgate_upgrades_total",
+                                        'result="completed"') == i,
+               f"rpcgate_upgrades_total{{result=\"completed\"}} == {i}")
+    return new, time.monotonic() - t0
+
+
 def load_flowing(env, conns, after):
     """The gateway forwards calls again beyond `after` on `conns` connections."""
-    return (total(env, "rpcgate_connections_open") == conns and
+    return (total(env, "rpcgate_connections_open") >= conns and
             total(env, "rpcgate_calls_forwarded_total") > after)
 
 
@@ -239,20 +271,8 @@ def upgrade_under_load(env, exits, pid, upgrades, conns):
     from the signal to the old process's exit."""
     times = []
     for i in range(1, upgrades + 1):
-        t0 = time.monotonic()
-        os.kill(pid, signal.SIGUSR2)
-        new = new_pid_after(env, i)
-        wait_until(START + UPGRADE_MS / 1000, lambda: exits.gone(pid),
-                   f"old pid {pid} to exit after upgrade {i}")
-        st = exits.status.get(pid)
-        check(st is None or (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0),
-              f"old pid {pid} ended with status {st}: " + env.gw.tail())
-        check(os.path.exists(f"/proc/{new}"), f"new pid {new} is not running: " + env.gw.tail())
-        wait_until(START, lambda: metric_or(env, "rpcgate_upgrades_total",
-                                            'result="completed"') == i,
-                   f"rpcgate_upgrades_total{{result=\"completed\"}} == {i}")
-        times.append(time.monotonic() - t0)
-        pid = new
+        pid, took = upgrade_once(env, exits, pid, i)
+        times.append(took)
         # The load goes on in the new process, on the same connections.
         before = total(env, "rpcgate_calls_forwarded_total")
         wait_until(START, lambda: load_flowing(env, conns, before + 100),
@@ -271,8 +291,36 @@ def run_load(argv):
         b = start_bench(env, "--connections", str(conns), "--depth", "2", "--size", "64",
                         "--size-max", "65536", "--verify")
         wait_until(START, lambda: load_flowing(env, conns, 1000), "the load to flow")
+        # Beside the load, new connections all along (connect, NULL, close):
+        # none may be refused or lost while the listeners change hands.
+        churn = {"ok": 0, "failed": [], "stop": False}
+
+        def connect_loop():
+            xid = 0
+            while not churn["stop"]:
+                xid += 1
+                try:
+                    c = harness.Conn(env.gw_port, timeout=30)
+                    c.send(harness.frame(harness.call_body(xid, harness.PROC_NULL)))
+                    rx, ok, _ = harness.parse_reply(c.record())
+                    c.close()
+                    if rx == xid and ok:
+                        churn["ok"] += 1
+                    else:
+                        churn["failed"].append(f"call {xid}: reply {rx}, accepted {ok}")
+                except (OSError, harness.Closed, Failure) as e:
+                    churn["failed"].append(f"connection {xid}: {e!r}")
+                time.sleep(0.005)
+
+        churner = threading.Thread(target=connect_loop, daemon=True)
+        churner.start()
         t_all = time.monotonic()
         pid, times = upgrade_under_load(env, exits, pid, upgrades, conns)
+        churn["stop"] = True
+        churner.join(60)
+        check(not churn["failed"], f"{len(churn['failed'])} of {churn['ok'] + len(churn['failed'])} "
+              f"new connections failed during the upgrades: {churn['failed'][:5]}")
+        check(churn["ok"] > 0, "no new connection was made during the upgrades")
         moved = metric(env, "rpcgate_upgrade_connections_total", 'fate="moved"')
         closed = metric(env, "rpcgate_upgrade_connections_total", 'fate="closed"')
         failed = metric(env, "rpcgate_upgrades_total", 'result="failed"')
@@ -284,7 +332,8 @@ def run_load(argv):
             f"{max(times):.2f} s, signal to old exit); moved {moved:.0f}, closed {closed:.0f}; "
             f"pause per moved connection: mean {1000 * pause_sum / max(pause_n, 1):.2f} ms, "
             f"max {1000 * pause_max:.2f} ms; bench: {r['calls']} calls, errors {r['errors']}, "
-            f"p99.9 {r['p999_us']} us, max {r['max_us']} us")
+            f"p99.9 {r['p999_us']} us, max {r['max_us']} us; {churn['ok']} new connections "
+            f"beside it, none refused")
         check(r["errors"] == 0, f"the bench saw errors: {json.dumps(r)[:600]}")
         check(r["calls"] > 0, "the bench completed no call")
         check(failed == 0, f"{failed} upgrade(s) failed: " + env.gw.tail())
@@ -293,6 +342,288 @@ def run_load(argv):
               f"moved {moved} connections, expected at least {conns} x {upgrades}")
         sanitizer_clean(env)
     finally:
+        kill_all()
+        exits.reap()
+    return 0
+
+
+def burst(port, n, first_xid, seconds):
+    """n new connections at once, a NULL call sent on each, then each reply
+    awaited until one deadline `seconds` away: what failed, as text."""
+    deadline = time.monotonic() + seconds
+    conns, failed = [], []
+    for k in range(n):
+        xid = first_xid + k
+        try:
+            c = harness.Conn(port, timeout=seconds)
+            c.send(harness.frame(harness.call_body(xid, harness.PROC_NULL)))
+            conns.append((xid, c))
+        except (OSError, harness.Closed) as e:
+            failed.append(f"connection {xid}: {e!r}")
+    for xid, c in conns:
+        try:
+            c.raw.settimeout(max(0.1, deadline - time.monotonic()))
+            rx, ok, _ = harness.parse_reply(c.record())
+            if rx != xid or not ok:
+                failed.append(f"call {xid}: reply {rx}, accepted {ok}")
+        except (OSError, harness.Closed, Failure, struct.error) as e:
+            failed.append(f"connection {xid}: {e!r}")
+        finally:
+            c.close()
+    return failed
+
+
+def log_has(env, text):
+    with open(env.gw.logfile, errors="replace") as f:
+        return text in f.read()
+
+
+def run_accept(argv):
+    """New connections at each phase of the hand-over of the listeners, each a
+    burst of 8 (so that both shards' SO_REUSEPORT sockets get some) and then
+    nothing until every one is answered: a connection left unanswered in an
+    accept queue would wait for a later one to wake an accept up, and there
+    is none.
+      before    the old process alone;
+      starting  the new binary runs but waits for the test's go (it is not
+                ready): the old one still alone;
+      busy      the new process is ready and accepts, the old one's shards
+                are busy (RPCGATE_UPGRADE_BUSY_MS) before they stop
+                accepting: io_uring gives each connection's wake-up to the
+                old accept, armed first, which only takes it when its shard
+                waits on the ring again; by then its accept is cancelled, so
+                the old process must take what the queue still holds;
+      moving    the old process stopped accepting and waits for a connection
+                stuck inside a call (closed at --upgrade-drain-timeout);
+      after     the old process is gone."""
+    rpcgate, bench, make_certs = argv[:3]
+    env = tracked_env("upgrade-accept", rpcgate, bench)
+    exits = Exits()
+    n, busy_ms, drain_ms, answer_s = 8, 3000, 5000, 20
+    gate = os.path.join(env.work, "go")
+    script = os.path.join(env.work, "new-rpcgate")
+    # The new binary waits for the go (a file), at most a minute.
+    write_script(script, f'i=0\nwhile [ ! -e "{gate}" ] && [ $i -lt 1200 ]; do sleep 0.05; '
+                 f'i=$((i + 1)); done\nexec "{os.path.abspath(rpcgate)}" "$@"')
+    figures = []
+
+    def phase(name, first_xid):
+        t0 = time.monotonic()
+        failed = burst(env.gw_port, n, first_xid, answer_s)
+        took = time.monotonic() - t0
+        figures.append(f"{name} {1000 * took:.0f} ms")
+        check(not failed, f"phase {name}: {len(failed)} of {n} new connections not answered "
+              f"within {answer_s} s: {failed[:4]}")
+
+    os.environ["RPCGATE_UPGRADE_BUSY_MS"] = str(busy_ms)
+    try:
+        pid = start(env, 0, "--upgrade-binary", script, drain_ms=drain_ms)
+    finally:
+        del os.environ["RPCGATE_UPGRADE_BUSY_MS"]
+    try:
+        before = total(env, "rpcgate_calls_forwarded_total")
+        stuck = harness.Conn(env.gw_port)
+        stuck.echo(1, b"before")
+        whole = harness.echo_call(2, b"x" * 1000)
+        stuck.send(whole[:500])  # half a call: the old process waits for it to the deadline
+        wait_until(START, lambda: total(env, "rpcgate_calls_forwarded_total") >= before + 1,
+                   "the stuck connection's first call")
+        phase("before", 100)
+        os.kill(pid, signal.SIGUSR2)
+        new = new_pid_after(env, 1)
+        phase("starting", 200)
+        check(not log_has(env, "accepts on the"),
+              "the new process was ready before the test's go")
+        open(gate, "w").close()
+        wait_until(START, lambda: log_has(env, "accepts on the"), "the new process to be ready")
+        t_ready = time.monotonic()
+        phase("busy", 300)
+        wait_until(START, lambda: log_has(env, "accept queue, taken here"),
+                   "the old process to take the connections left in its accept queues")
+        check(not exits.gone(pid), "the old process exited before the phase `moving`")
+        phase("moving", 400)
+        check(not exits.gone(pid), "the old process exited during the phase `moving`")
+        wait_until(START + drain_ms / 1000, lambda: exits.gone(pid), f"old pid {pid} to exit")
+        t_exit = time.monotonic()
+        st = exits.status.get(pid)
+        check(st is None or (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0),
+              f"old pid {pid} ended with status {st}: " + env.gw.tail())
+        phase("after", 500)
+        wait_until(START, lambda: metric_or(env, "rpcgate_upgrade_connections_total",
+                                            'fate="closed"') == 1, "fate closed == 1")
+        moved = metric(env, "rpcgate_upgrade_connections_total", 'fate="moved"')
+        with open(env.gw.logfile, errors="replace") as f:
+            taken = sum(int(m) for m in re.findall(r"(\d+) connection\(s\) left in a released "
+                                                   r"listener's accept queue", f.read()))
+        log(f"accept: {n} new connections per phase, every one answered ({', '.join(figures)}; "
+            f"busy shards {busy_ms} ms); {taken} taken from the old accept queues and moved "
+            f"({moved:.0f} moved in all); ready to old exit {t_exit - t_ready:.1f} s; "
+            f"new pid {new}")
+        check(moved >= taken, f"{taken} connections taken from the accept queues, {moved} moved")
+        check(harness.rpc_null_ok(env.gw_port), "the new process does not answer")
+        sanitizer_clean(env)
+    finally:
+        kill_all()
+        exits.reap()
+    return 0
+
+
+def start_ganesha(state):
+    """nfs-ganesha on free loopback ports (tests/peers/ganesha.sh): its
+    variables, or None with the reason when it cannot run here (exit 77)."""
+    script = os.path.join(HERE, "..", "peers", "ganesha.sh")
+    subprocess.run([script, "stop", state], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = subprocess.run([script, "start", state], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=180)
+    if r.returncode == harness.SKIP:
+        return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "ganesha.sh: 77"
+    check(r.returncode == 0, f"ganesha.sh start exited {r.returncode}: {r.stderr[-2000:]}")
+    return dict(line.split("=", 1) for line in r.stdout.split()), ""
+
+
+def stop_ganesha(state):
+    script = os.path.join(HERE, "..", "peers", "ganesha.sh")
+    subprocess.run([script, "stop", state], stdout=subprocess.DEVNULL, timeout=120)
+
+
+def same_file(a, b):
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def run_nfs(argv):
+    """A libnfs client (nfs-cp, NFSv3, MOUNT and NFS through the gateway's
+    port) copies a file in and out through the gateway to nfs-ganesha, again
+    and again, while the bench's verifying load runs beside it (64
+    connections, 64 B-64 KiB) and UPGRADES upgrades happen back to back,
+    each one signalled while a copy is under way. Every copy must succeed
+    and come back byte-identical (and the export's file too), the bench see
+    no error, and no connection be closed by an upgrade. Skips (77) when
+    nfs-cp or ganesha cannot run."""
+    rpcgate, bench, make_certs = argv[:3]
+    upgrades = int(argv[3]) if len(argv) > 3 else 10
+    if not shutil.which("nfs-cp"):
+        print("SKIP: nfs-cp is not installed (libnfs-utils)", flush=True)
+        return harness.SKIP
+    env = tracked_env("upgrade-nfs", rpcgate, bench)
+    state = argv[4] if len(argv) > 4 else os.path.join(env.work, "ganesha")
+    exits = Exits()
+    conns, size = 64, 16 << 20
+    max_copies, copy_s = 200, 300
+    g = None
+    try:
+        g, why = start_ganesha(state)
+        if g is None:
+            print(f"SKIP: nfs-ganesha cannot run here: {why}", flush=True)
+            return harness.SKIP
+        pid = start(env, conns, "--backend", f"nfs=127.0.0.1:{g['NFS_PORT']}",
+                    "--backend", f"mount=127.0.0.1:{g['MNT_PORT']}")
+        src = os.path.join(env.work, "src.bin")
+        with open(src, "wb") as f:
+            for _ in range(size >> 20):
+                f.write(os.urandom(1 << 20))
+        b = start_bench(env, "--connections", str(conns), "--depth", "2", "--size", "64",
+                        "--size-max", "65536", "--verify")
+        wait_until(START, lambda: load_flowing(env, conns, 1000), "the load to flow")
+
+        def url(name):
+            return (f"nfs://127.0.0.1{g['EXPORT']}/{name}?nfsport={env.gw_port}"
+                    f"&mountport={env.gw_port}")
+
+        copy = {"done": 0, "bytes": 0, "errors": [], "stop": False, "busy": 0, "spans": []}
+
+        def copier():
+            t_end = time.monotonic() + copy_s
+            back = os.path.join(env.work, "back.bin")
+            for i in range(max_copies):
+                if copy["stop"] or time.monotonic() > t_end:
+                    return
+                name = f"copy-{i}.bin"
+                t0 = time.monotonic()
+                for what, cmd in (("in", [src, url(name)]), ("out", [url(name), back])):
+                    copy["busy"] = 1
+                    try:
+                        p = subprocess.run(["nfs-cp", *cmd], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True, timeout=240)
+                        err = p.stderr.strip()[-300:] if p.returncode else ""
+                        if p.returncode:
+                            err = f"exit {p.returncode}: {err}"
+                    except subprocess.TimeoutExpired:
+                        err = "no end after 240 s"
+                    copy["busy"] = 0
+                    if err:
+                        copy["errors"].append(f"copy {i} {what}: nfs-cp {err}")
+                        return
+                copy["spans"].append((t0, time.monotonic()))
+                exported = os.path.join(g["EXPORT_DIR"], name)
+                if not same_file(src, back) or not same_file(src, exported):
+                    copy["errors"].append(f"copy {i}: the bytes differ (read back: "
+                                          f"{same_file(src, back)}, on the export: "
+                                          f"{same_file(src, exported)})")
+                    return
+                copy["done"] += 1
+                copy["bytes"] += 2 * size
+                for f in (back, exported):
+                    os.remove(f)
+
+        copier_thread = threading.Thread(target=copier, daemon=True)
+        copier_thread.start()
+        t_all = time.monotonic()
+        times, marks = [], []
+        for i in range(1, upgrades + 1):
+            # Each upgrade while nfs-cp runs (a copy in flight, in or out).
+            wait_until(START, lambda: copy["busy"] or copy["errors"] or
+                       not copier_thread.is_alive(), f"a copy under way for upgrade {i}")
+            check(not copy["errors"], f"before upgrade {i}: {copy['errors']}")
+            check(copier_thread.is_alive(), f"the copies ended before upgrade {i} "
+                  f"({copy['done']} made, bounded by {max_copies} and {copy_s} s)")
+            t0 = time.monotonic()
+            pid, took = upgrade_once(env, exits, pid, i)
+            times.append(took)
+            marks.append((t0, time.monotonic()))
+            before = total(env, "rpcgate_calls_forwarded_total")
+            wait_until(START, lambda: load_flowing(env, conns, before + 100),
+                       f"calls to flow on {conns} connections after upgrade {i}")
+        # The copy under way when the upgrades ended finishes (and is checked).
+        copy["stop"] = True
+        copier_thread.join(copy_s)
+        check(not copier_thread.is_alive(), "the last copy did not end")
+        closed = metric(env, "rpcgate_upgrade_connections_total", 'fate="closed"')
+        failed = metric(env, "rpcgate_upgrades_total", 'result="failed"')
+        pause_max = metric(env, "rpcgate_upgrade_pause_max_seconds")
+        r = bench_report(env, b)
+        # Each old process's last line: what it moved, drained and closed.
+        with open(env.gw.logfile, errors="replace") as f:
+            fates = [tuple(int(x) for x in m) for m in re.findall(
+                r"upgrade complete: pid \d+ serves now; moved (\d+), drained (\d+), closed (\d+)",
+                f.read())]
+        moved_each = [m for m, _, _ in fates]
+        crossed = sum(1 for u0, u1 in marks if any(c0 < u1 and u0 < c1
+                                                  for c0, c1 in copy["spans"]))
+        log(f"nfs: {upgrades} upgrades in {time.monotonic() - t_all:.1f} s (each "
+            f"{', '.join(f'{t:.2f}' for t in times)} s, signal to old exit); moved per upgrade "
+            f"{', '.join(str(m) for m in moved_each)} ({conns} bench connections + nfs-cp's), "
+            f"drained {sum(d for _, d, _ in fates)}, "
+            f"closed {closed:.0f}, pause max {1000 * pause_max:.1f} ms; nfs-cp: {copy['done']} "
+            f"copies of {size >> 20} MiB in and out, {copy['bytes'] / 2**20:.0f} MiB, all "
+            f"identical, {crossed} of {upgrades} upgrades during a copy, errors "
+            f"{len(copy['errors'])}; bench: {r['calls']} calls, errors {r['errors']}")
+        check(not copy["errors"], f"nfs-cp through the upgrades: {copy['errors']}")
+        check(copy["done"] > 0, "no copy completed")
+        check(crossed == upgrades, f"only {crossed} of {upgrades} upgrades during a copy")
+        check(r["errors"] == 0, f"the bench saw errors: {json.dumps(r)[:600]}")
+        check(failed == 0, f"{failed} upgrade(s) failed: " + env.gw.tail())
+        check(closed == 0, f"{closed} connection(s) closed by the upgrades")
+        check(len(fates) == upgrades, f"{len(fates)} 'upgrade complete' lines for {upgrades}")
+        check(all(m >= conns and c == 0 for m, _, c in fates),
+              f"an upgrade moved fewer than the bench's {conns} connections or closed some: "
+              f"(moved, drained, closed) {fates}")
+        sanitizer_clean(env)
+    finally:
+        if g is not None:
+            stop_ganesha(state)
         kill_all()
         exits.reap()
     return 0
@@ -648,5 +979,6 @@ if __name__ == "__main__":
     harness.Env.last = None
     sys.exit(harness.main({"load": with_log(run_load), "tls": with_log(run_tls),
                            "tls_move": with_log(run_tls_move),
+                           "accept": with_log(run_accept), "nfs": with_log(run_nfs),
                            "refused": with_log(run_refused), "systemd": with_log(run_systemd),
                            "stuck": with_log(run_stuck), "hang": with_log(run_hang)}))

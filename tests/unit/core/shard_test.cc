@@ -339,4 +339,53 @@ TEST(shard, stop_closes_listeners_and_exits_when_streams_end) {
     EXPECT_EQ(srv.closed.load(), 1);
 }
 
+// An upgrade's hand-over of a listening socket (gateway/upgrade.h): the old
+// shard's accept was armed first, so the kernel wakes it, not the new one,
+// for each connection (io_uring waits as an exclusive waiter). Connections
+// that arrive while the old shard is busy, and that it then stops accepting
+// on, must still be accepted: by the old shard once its accept is cancelled
+// (release_listeners sweeps the queue), since nothing wakes the new one.
+TEST(shard, released_listener_leaves_no_connection_in_its_accept_queue) {
+    echo_server old_srv, new_srv;
+    running_shard old_rs(shard_config{});
+    ASSERT_EQ(old_rs.start(&old_srv), "");
+    int shared = -1;
+    old_rs.run([&] { shared = ::dup(old_rs.sh->listener_fds().at(0)); });
+    ASSERT_GE(shared, 0);
+    running_shard new_rs(shard_config{});
+    ASSERT_EQ(new_rs.sh->start([&] { EXPECT_GT(new_rs.sh->listen_fd(shared, &new_srv), 0); }), "");
+    uint16_t port = old_rs.sh->listen_port();
+    // The old shard is busy (not waiting on its ring) while clients
+    // connect, then stops accepting.
+    std::atomic<bool> busy{false};
+    ASSERT_TRUE(old_rs.box->try_post([&] {
+        busy = true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        old_rs.sh->release_listeners();
+    }));
+    ASSERT_TRUE(wait_for([&] { return busy.load(); }));
+    constexpr int n = 4;
+    int fds[n];
+    for (int& fd : fds) {
+        fd = connect_to(port);
+        ASSERT_GE(fd, 0);
+        ASSERT_EQ(::write(fd, "x", 1), 1);
+    }
+    EXPECT_TRUE(
+        wait_for([&] { return old_srv.accepted.load() + new_srv.accepted.load() == n; }, 5000))
+        << "accepted by the old shard " << old_srv.accepted.load() << ", by the new one "
+        << new_srv.accepted.load() << ", of " << n;
+    for (int fd : fds) {
+        std::string back;
+        EXPECT_TRUE(read_exact(fd, back, 1) && back == "x");
+        ::close(fd);
+    }
+    // And the socket is the new shard's alone from now on.
+    int fd = connect_to(port);
+    ASSERT_GE(fd, 0);
+    EXPECT_TRUE(wait_for([&] { return new_srv.accepted.load() >= 1; }));
+    ::close(fd);
+    RecordProperty("accepted_by_old", old_srv.accepted.load());
+}
+
 }  // namespace
