@@ -84,15 +84,15 @@ std::unique_ptr<record_layer> record_layer::make(std::unique_ptr<ktls::traffic_s
     return r;
 }
 
+std::string record_layer::move_blocker() const {
+    if (failed_) return "the record layer failed: " + error_;
+    if (!hs_.empty()) return "a post-handshake message is half-read";
+    return "";
+}
+
 bool record_layer::save(moved_state& st, std::string* why) const {
-    if (failed_) {
-        *why = "the record layer failed: " + error_;
-        return false;
-    }
-    if (!hs_.empty()) {
-        *why = "a post-handshake message is half-read";
-        return false;
-    }
+    *why = move_blocker();
+    if (!why->empty()) return false;
     secrets_->save(st);
     st.where = moved_state::records::own;
     st.tx_seq = tx_.seq;

@@ -84,6 +84,8 @@ class record_layer {
     // counts out; false (*why) after an error or while a post-handshake
     // message is half-read (a KeyUpdate may be in it).
     bool save(moved_state& st, std::string* why) const;
+    // Why save() would refuse now ("" when it would not), without copying anything.
+    std::string move_blocker() const;
     // The same record layer again, in the next process.
     static std::unique_ptr<record_layer> restore(const moved_state& st, std::string* why);
 

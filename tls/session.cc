@@ -353,10 +353,7 @@ std::string session::move_blocker() const {
     if (!records_)
         return "OpenSSL's records (" +
                (records_note_.empty() ? std::string("asked for") : records_note_) + ")";
-    std::string why;
-    moved_state probe;
-    if (!records_->save(probe, &why)) return why;
-    return "";
+    return records_->move_blocker();
 }
 
 bool session::save(moved_state* st, std::string* why) const {

@@ -280,6 +280,21 @@ def upgrade_under_load(env, exits, pid, upgrades, conns):
     return pid, times
 
 
+def upgrade_outcome(env):
+    """After the upgrades: connections moved, drained and closed, upgrades
+    failed (as /metrics says them), and the pause per moved connection in
+    words for the log."""
+    fate = [metric(env, "rpcgate_upgrade_connections_total", f'fate="{f}"')
+            for f in ("moved", "drained", "closed")]
+    failed = metric(env, "rpcgate_upgrades_total", 'result="failed"')
+    pause_max = metric(env, "rpcgate_upgrade_pause_max_seconds")
+    pause_sum = metric(env, "rpcgate_upgrade_pause_seconds_sum")
+    pause_n = metric(env, "rpcgate_upgrade_pause_seconds_count")
+    pause = (f"pause per moved connection: mean {1000 * pause_sum / max(pause_n, 1):.2f} ms, "
+             f"max {1000 * pause_max:.2f} ms")
+    return fate[0], fate[1], fate[2], failed, pause
+
+
 def run_load(argv):
     rpcgate, bench, make_certs = argv[:3]
     upgrades = int(argv[3]) if len(argv) > 3 else 10
@@ -321,17 +336,11 @@ def run_load(argv):
         check(not churn["failed"], f"{len(churn['failed'])} of {churn['ok'] + len(churn['failed'])} "
               f"new connections failed during the upgrades: {churn['failed'][:5]}")
         check(churn["ok"] > 0, "no new connection was made during the upgrades")
-        moved = metric(env, "rpcgate_upgrade_connections_total", 'fate="moved"')
-        closed = metric(env, "rpcgate_upgrade_connections_total", 'fate="closed"')
-        failed = metric(env, "rpcgate_upgrades_total", 'result="failed"')
-        pause_max = metric(env, "rpcgate_upgrade_pause_max_seconds")
-        pause_sum = metric(env, "rpcgate_upgrade_pause_seconds_sum")
-        pause_n = metric(env, "rpcgate_upgrade_pause_seconds_count")
+        moved, _, closed, failed, pause = upgrade_outcome(env)
         r = bench_report(env, b)
         log(f"{upgrades} upgrades in {time.monotonic() - t_all:.1f} s (each {min(times):.2f}-"
             f"{max(times):.2f} s, signal to old exit); moved {moved:.0f}, closed {closed:.0f}; "
-            f"pause per moved connection: mean {1000 * pause_sum / max(pause_n, 1):.2f} ms, "
-            f"max {1000 * pause_max:.2f} ms; bench: {r['calls']} calls, errors {r['errors']}, "
+            f"{pause}; bench: {r['calls']} calls, errors {r['errors']}, "
             f"p99.9 {r['p999_us']} us, max {r['max_us']} us; {churn['ok']} new connections "
             f"beside it, none refused")
         check(r["errors"] == 0, f"the bench saw errors: {json.dumps(r)[:600]}")
@@ -399,7 +408,7 @@ def run_accept(argv):
     rpcgate, bench, make_certs = argv[:3]
     env = tracked_env("upgrade-accept", rpcgate, bench)
     exits = Exits()
-    n, busy_ms, drain_ms, answer_s = 8, 3000, 5000, 20
+    n, busy_ms, drain_ms, answer_s = 8, 6000, 5000, 20
     gate = os.path.join(env.work, "go")
     script = os.path.join(env.work, "new-rpcgate")
     # The new binary waits for the go (a file), at most a minute.
@@ -720,18 +729,11 @@ def run_tls_move(argv):
         check(rekeys >= 0, "no rpcgate_tls_rekeys_tx_own_total in /metrics")
         wait_until(START, lambda: total(env, "rpcgate_tls_rekeys_tx_own_total") > rekeys,
                    "a KeyUpdate of a moved session in the last process")
-        moved = metric(env, "rpcgate_upgrade_connections_total", 'fate="moved"')
-        drained = metric(env, "rpcgate_upgrade_connections_total", 'fate="drained"')
-        closed = metric(env, "rpcgate_upgrade_connections_total", 'fate="closed"')
-        failed = metric(env, "rpcgate_upgrades_total", 'result="failed"')
-        pause_max = metric(env, "rpcgate_upgrade_pause_max_seconds")
-        pause_sum = metric(env, "rpcgate_upgrade_pause_seconds_sum")
-        pause_n = metric(env, "rpcgate_upgrade_pause_seconds_count")
+        moved, drained, closed, failed, pause = upgrade_outcome(env)
         r1, r2 = bench_report(env, b1), bench_report(env, b2)
         log(f"{upgrades} upgrades under TLS load in {time.monotonic() - t_all:.1f} s (each "
             f"{min(times):.2f}-{max(times):.2f} s); moved {moved:.0f}, drained {drained:.0f}, "
-            f"closed {closed:.0f}; pause per moved connection: mean "
-            f"{1000 * pause_sum / max(pause_n, 1):.2f} ms, max {1000 * pause_max:.2f} ms; "
+            f"closed {closed:.0f}; {pause}; "
             f"STARTTLS bench: {r1['calls']} calls, connects {r1['connects']}, p99.9 "
             f"{r1['p999_us']} us; implicit-TLS bench: {r2['calls']} calls, connects "
             f"{r2['connects']}")
