@@ -62,12 +62,12 @@ void render_call_stats(std::string& out, const std::vector<const call_stats*>& s
         std::string l = labels(k);                                                               \
         uint64_t cum = 0, sum_ns = 0;                                                            \
         for (size_t b = 0; b <= k_latency_buckets; ++b) {                                        \
-            for (const call_stats* s : shards) cum += rd(s->at(k).field.buckets[b]);             \
+            for (const call_stats* s : shards) cum += rd(s->at(k).buckets[b][field]);            \
             if (b < k_latency_buckets)                                                           \
                 fmt::format_to(it, "rpcgate_" metric "_bucket{{{},le=\"{}\"}} {}\n", l,          \
                                latency_histogram::bound_seconds(b), cum);                        \
         }                                                                                        \
-        for (const call_stats* s : shards) sum_ns += rd(s->at(k).field.sum_ns);                  \
+        for (const call_stats* s : shards) sum_ns += rd(s->at(k).sum_ns[field]);                 \
         fmt::format_to(it, "rpcgate_" metric "_bucket{{{},le=\"+Inf\"}} {}\n", l, cum);          \
         fmt::format_to(it, "rpcgate_" metric "_sum{{{}}} {}\n", l, double(sum_ns) * 1e-9);       \
         fmt::format_to(it, "rpcgate_" metric "_count{{{}}} {}\n", l, cum);                       \

@@ -247,14 +247,8 @@ call_kind find_call_kind(std::string_view program, std::string_view version,
     return call_kind_other;
 }
 
-bool reply_accepted_ok(const core::slice_chain& record) noexcept {
-    // RFC 5531 §9: xid, REPLY, MSG_ACCEPTED, verifier, accept_stat. Nearly
-    // every reply has an empty verifier in its first slice: read it there.
-    if (record.count() > 0 && record.part(0).size() >= 24) {
-        const uint8_t* p = record.part(0).data();
-        if (load_be32(p + 16) == 0)
-            return load_be32(p + 4) == 1 && load_be32(p + 8) == 0 && load_be32(p + 20) == 0;
-    }
+bool reply_accepted_ok_decoded(const core::slice_chain& record) noexcept {
+    // RFC 5531 §9: xid, REPLY, MSG_ACCEPTED, verifier, accept_stat.
     xdr_reader r(record);
     auto xid = r.u32();
     auto type = r.u32();

@@ -29,6 +29,7 @@
 #include <string_view>
 
 #include "core/buffer.h"
+#include "rpc/xdr_codec.h"
 
 namespace rpcgate::rpc {
 
@@ -62,7 +63,17 @@ call_kind find_call_kind(std::string_view program, std::string_view version,
 
 // Whether a REPLY record says the call succeeded at the RPC level
 // (MSG_ACCEPTED with SUCCESS). Anything else, a truncated reply included,
-// is an error.
-bool reply_accepted_ok(const core::slice_chain& record) noexcept;
+// is an error. Inline for the reply nearly every server sends (RFC 5531
+// §9: an empty verifier, the header in the first slice); the rest decodes.
+bool reply_accepted_ok_decoded(const core::slice_chain& record) noexcept;
+inline bool reply_accepted_ok(const core::slice_chain& record) noexcept {
+    if (record.count() > 0 && record.part(0).size() >= 24) {
+        const uint8_t* p = record.part(0).data();
+        // xid, REPLY (1), MSG_ACCEPTED (0), verifier flavor, length 0, SUCCESS (0)
+        if (load_be32(p + 16) == 0)
+            return load_be32(p + 4) == 1 && load_be32(p + 8) == 0 && load_be32(p + 20) == 0;
+    }
+    return reply_accepted_ok_decoded(record);
+}
 
 }  // namespace rpcgate::rpc

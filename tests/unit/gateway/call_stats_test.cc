@@ -95,9 +95,9 @@ TEST(call_stats, a_call_and_its_reply_are_counted_and_timed) {
     EXPECT_EQ(s.replies.load(), 2u);
     EXPECT_EQ(s.errors.load(), 1u);
     EXPECT_EQ(s.call_bytes.load(), 240u);
-    EXPECT_EQ(s.gateway_latency.sum_ns.load(), 100'000u + 20'000u);
-    EXPECT_EQ(s.backend_latency.sum_ns.load(), 60'000u + 20'000u);
-    EXPECT_EQ(s.gateway_latency.buckets[latency_histogram::bucket_of(100'000)].load(), 1u);
+    EXPECT_EQ(s.sum_ns[gateway_latency].load(), 100'000u + 20'000u);
+    EXPECT_EQ(s.sum_ns[backend_latency].load(), 60'000u + 20'000u);
+    EXPECT_EQ(s.buckets[latency_histogram::bucket_of(100'000)][gateway_latency].load(), 1u);
     EXPECT_EQ(c.calls_untimed.load(), 0u);
     EXPECT_EQ(f.size(), 0u);
 }
