@@ -14,18 +14,72 @@ uint64_t rd(const std::atomic<uint64_t>& a) {
 
 }  // namespace
 
-void calls_in_flight::grow() {
-    size_t old_cap = cap_;
-    std::unique_ptr<entry[]> old = std::move(slots_);
-    cap_ = old_cap ? old_cap * 2 : 16;
-    shift_ = unsigned(std::countr_zero(cap_));
-    slots_.reset(new entry[cap_]());
+void calls_in_flight::grow_direct() {
+    size_t old_cap = direct_cap_;
+    std::unique_ptr<entry[]> old = std::move(direct_);
+    direct_cap_ = old_cap ? old_cap * 2 : 16;
+    direct_.reset(new entry[direct_cap_]());
+    // Every direct entry finds its slot again (a wider table keeps apart what
+    // a narrower one kept apart), or spills; the spilled stay where they are.
+    for (size_t i = 0; i < old_cap; ++i) {
+        if (!old[i].used) continue;
+        entry& d = direct_[old[i].xid & (direct_cap_ - 1)];
+        if (!d.used)
+            d = old[i];
+        else
+            spill_add(old[i]);
+    }
+}
+
+void calls_in_flight::grow_spill() {
+    size_t old_cap = spill_cap_;
+    std::unique_ptr<entry[]> old = std::move(spill_);
+    spill_cap_ = old_cap ? old_cap * 2 : 16;
+    spill_shift_ = unsigned(std::countr_zero(spill_cap_));
+    spill_.reset(new entry[spill_cap_]());
     for (size_t i = 0; i < old_cap; ++i) {
         if (!old[i].used) continue;
         size_t j = home(old[i].xid);
-        while (slots_[j].used) j = (j + 1) & (cap_ - 1);
-        slots_[j] = old[i];
+        while (spill_[j].used) j = (j + 1) & (spill_cap_ - 1);
+        spill_[j] = old[i];
     }
+}
+
+void calls_in_flight::spill_add(const entry& e) {
+    // At most a quarter full: short runs keep a lookup and its backward
+    // shift to a slot or two.
+    if ((spill_size_ + 1) * 4 > spill_cap_) grow_spill();
+    size_t i = home(e.xid);
+    while (spill_[i].used) i = (i + 1) & (spill_cap_ - 1);
+    spill_[i] = e;
+    ++spill_size_;
+}
+
+bool calls_in_flight::spill_take(uint32_t xid, entry* out) noexcept {
+    size_t mask = spill_cap_ - 1;
+    for (size_t i = home(xid); spill_[i].used; i = (i + 1) & mask) {
+        if (spill_[i].xid != xid) continue;
+        *out = spill_[i];
+        // Backward shift: move up every later entry of the run that may
+        // sit at i (its home is not in (i, j]), so no tombstone is needed.
+        size_t j = i;
+        for (;;) {
+            spill_[i].used = 0;
+            for (;;) {
+                j = (j + 1) & mask;
+                if (!spill_[j].used) {
+                    --spill_size_;
+                    return true;
+                }
+                size_t h = home(spill_[j].xid);
+                bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+                if (!stays) break;
+            }
+            spill_[i] = spill_[j];
+            i = j;
+        }
+    }
+    return false;
 }
 
 void render_call_stats(std::string& out, const std::vector<const call_stats*>& shards) {

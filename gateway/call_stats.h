@@ -87,25 +87,38 @@ class call_stats {
 };
 
 // The calls of one session waiting for their reply: xid -> (kind, time
-// received). Open addressing, linear probing, deletion by backward shift;
-// a retransmitted xid is one more entry (its reply takes one). Past
+// received). Clients number their calls in sequence (Linux, libtirpc,
+// rpcgate-bench), so a call goes first to its direct slot, xid modulo the
+// slot count: the calls in flight sit side by side, and a batch of calls or
+// of replies touches a cache line or two of the table rather than one line
+// each (their reply comes a millisecond later, when a scattered line has
+// left the cache). A call whose slot is taken (a retransmission, xids out
+// of sequence, a window wider than the slots) goes to the spill table: open
+// addressing on a hash of the xid, linear probing, deletion by backward
+// shift. A retransmitted xid is one more entry (its reply takes one). Past
 // k_max_entries a call is counted but not timed (add returns false).
 class calls_in_flight {
   public:
-    static constexpr size_t k_max_entries = 1u << 14;  // 1 MiB of table at most
+    static constexpr size_t k_max_entries = 1u << 14;
+    static constexpr size_t k_max_direct = 1u << 12;  // 64 KiB of direct slots at most
 
     // Remembers a call; false when full (the call is then not timed).
     inline bool add(uint32_t xid, rpc::call_kind kind, uint64_t received_ns);
     // Finds and forgets the call `xid`; false if it is not there.
     inline bool take(uint32_t xid, rpc::call_kind* kind, uint64_t* received_ns) noexcept;
     size_t size() const noexcept { return size_; }
+    // How many of them sit in the spill table (tests).
+    size_t spilled() const noexcept { return spill_size_; }
     // Calls f(xid, kind, received_ns) for every call remembered (an upgrade
     // carries them to the new process).
     template <typename F>
     void for_each(F&& f) const {
-        for (size_t i = 0; i < cap_; ++i)
-            if (slots_[i].used)
-                f(slots_[i].xid, rpc::call_kind(slots_[i].kind), slots_[i].received_ns);
+        for (size_t i = 0; i < direct_cap_; ++i)
+            if (direct_[i].used)
+                f(direct_[i].xid, rpc::call_kind(direct_[i].kind), direct_[i].received_ns);
+        for (size_t i = 0; i < spill_cap_; ++i)
+            if (spill_[i].used)
+                f(spill_[i].xid, rpc::call_kind(spill_[i].kind), spill_[i].received_ns);
     }
 
   private:
@@ -116,14 +129,20 @@ class calls_in_flight {
         uint16_t used;
     };
     size_t home(uint32_t xid) const noexcept {
-        return size_t((xid * 0x9E3779B1u) >> (32 - shift_)) & (cap_ - 1);
+        return size_t((xid * 0x9E3779B1u) >> (32 - spill_shift_)) & (spill_cap_ - 1);
     }
-    void grow();
+    void grow_direct();
+    void grow_spill();
+    void spill_add(const entry& e);
+    bool spill_take(uint32_t xid, entry* out) noexcept;
 
-    std::unique_ptr<entry[]> slots_;
-    size_t cap_ = 0;
-    size_t size_ = 0;
-    unsigned shift_ = 0;  // log2(cap_)
+    std::unique_ptr<entry[]> direct_;
+    size_t direct_cap_ = 0;
+    std::unique_ptr<entry[]> spill_;
+    size_t spill_cap_ = 0;
+    size_t spill_size_ = 0;
+    unsigned spill_shift_ = 0;  // log2(spill_cap_)
+    size_t size_ = 0;           // direct and spilled
 };
 
 // A call of kind `kind` and `bytes` bytes forwarded at `now_ns`: counted,
@@ -143,15 +162,14 @@ void render_call_stats(std::string& out, const std::vector<const call_stats*>& s
 // ---- inline: on the data path, per call
 
 inline bool calls_in_flight::add(uint32_t xid, rpc::call_kind kind, uint64_t received_ns) {
-    // At most a quarter full: short runs keep a lookup and its backward
-    // shift to a slot or two.
-    if ((size_ + 1) * 4 > cap_) {
-        if (cap_ >= k_max_entries * 4) return false;
-        grow();
-    }
-    size_t i = home(xid);
-    while (slots_[i].used) i = (i + 1) & (cap_ - 1);
-    slots_[i] = entry{received_ns, xid, kind, 1};
+    if (size_ >= k_max_entries) return false;
+    // At most half full: a window of sequential xids never wraps onto itself.
+    if (size_ * 2 >= direct_cap_ && direct_cap_ < k_max_direct) grow_direct();
+    entry& d = direct_[xid & (direct_cap_ - 1)];
+    if (!d.used)
+        d = entry{received_ns, xid, kind, 1};
+    else
+        spill_add(entry{received_ns, xid, kind, 1});
     ++size_;
     return true;
 }
@@ -159,31 +177,18 @@ inline bool calls_in_flight::add(uint32_t xid, rpc::call_kind kind, uint64_t rec
 inline bool calls_in_flight::take(uint32_t xid, rpc::call_kind* kind,
                                   uint64_t* received_ns) noexcept {
     if (size_ == 0) return false;
-    size_t i = home(xid);
-    for (; slots_[i].used; i = (i + 1) & (cap_ - 1)) {
-        if (slots_[i].xid != xid) continue;
-        *kind = slots_[i].kind;
-        *received_ns = slots_[i].received_ns;
-        // Backward shift: move up every later entry of the run that may
-        // sit at i (its home is not in (i, j]), so no tombstone is needed.
-        size_t j = i;
-        for (;;) {
-            slots_[i].used = 0;
-            for (;;) {
-                j = (j + 1) & (cap_ - 1);
-                if (!slots_[j].used) {
-                    --size_;
-                    return true;
-                }
-                size_t h = home(slots_[j].xid);
-                bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
-                if (!stays) break;
-            }
-            slots_[i] = slots_[j];
-            i = j;
-        }
+    entry& d = direct_[xid & (direct_cap_ - 1)];
+    entry found;
+    if (d.used && d.xid == xid) {
+        found = d;
+        d.used = 0;
+    } else if (spill_size_ == 0 || !spill_take(xid, &found)) {
+        return false;
     }
-    return false;
+    *kind = found.kind;
+    *received_ns = found.received_ns;
+    --size_;
+    return true;
 }
 
 inline void note_call(call_stats& cs, calls_in_flight& f, gateway_counters& counters, uint32_t xid,

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import subprocess
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -189,6 +190,15 @@ def summarize(runs, na, meta):
                   + ", ".join(f"{w} {fmt_ratio(r)}" for w, r in cost) + "."]
         for w, r in cost:
             ratios.setdefault(f"{w}/rpcgate", {})["vs_rpcgate_nostats"] = r
+        for w, _ in cost:
+            paired = report_cpu.paired_cpu(runs, w, "rpcgate", "rpcgate-nostats")
+            if not paired:
+                continue
+            mid = statistics.median(paired)
+            lines.append(f"Its cost in proxy CPU per call, {w}: {(mid - 1) * 100:+.1f} % (the "
+                         f"median over {len(paired)} rounds of each round's ratio; "
+                         f"{(paired[0] - 1) * 100:+.1f} to {(paired[-1] - 1) * 100:+.1f} %).")
+            ratios[f"{w}/rpcgate"]["cpu_vs_rpcgate_nostats"] = mid
     cpu_lines, cpu = report_cpu.cpu_table(groups, closed, setups, LABEL, meta)
     idle_lines, idle = report_cpu.idle_table(groups, setups, LABEL, meta)
     lib_lines = report_cpu.library_lines(meta)

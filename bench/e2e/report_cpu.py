@@ -51,6 +51,19 @@ def cpu_figures(result):
     return f
 
 
+def paired_cpu(runs, workload, a, b):
+    """Set-up A's proxy CPU per call over B's, round by round (the two ran
+    side by side in each round, so a round's load cancels out): the sorted
+    ratios, or [] when no round has both."""
+    per = {}
+    for r in runs:
+        if r["workload"] == workload and r["setup"] in (a, b):
+            f = cpu_figures(r["result"]) or {}
+            if f.get("proxy_us_per_call"):
+                per.setdefault(r.get("round", 1), {})[r["setup"]] = f["proxy_us_per_call"]
+    return sorted(d[a] / d[b] for d in per.values() if a in d and b in d)
+
+
 def cpu_table(groups, workloads, setups, labels, meta, peers=haproxies, tls=TLS):
     """Markdown lines and {"workload/setup": figures and ratios}. PEERS(setup): the
     (HAProxy 3.2, HAProxy 2.6) set-ups it is held against; TLS: the TLS set-ups."""

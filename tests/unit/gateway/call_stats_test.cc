@@ -7,6 +7,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "rpc/message.h"
 
@@ -66,6 +67,62 @@ TEST(call_stats, in_flight_table_matches_replies_to_calls) {
             ASSERT_EQ(f.size(), n);
         }
     }
+}
+
+TEST(call_stats, sequential_xids_sit_in_their_direct_slots) {
+    // A client's window of sequential xids, replies in and out of order:
+    // nothing spills, so a reply finds its call in one slot.
+    calls_in_flight f;
+    uint32_t next = 0xfffffff0u;  // wraps past 2^32 on the way
+    std::vector<uint32_t> open;
+    std::mt19937 rng(9);
+    for (int i = 0; i < 100000; ++i) {
+        while (open.size() < 16) {
+            ASSERT_TRUE(f.add(next, 3, next));
+            open.push_back(next++);
+        }
+        size_t pick = rng() % 4 == 0 ? rng() % open.size() : 0;  // mostly in order
+        rpc::call_kind k = 0;
+        uint64_t t = 0;
+        ASSERT_TRUE(f.take(open[pick], &k, &t));
+        EXPECT_EQ(t, open[pick]);
+        open.erase(open.begin() + long(pick));
+    }
+    EXPECT_EQ(f.spilled(), 0u);
+    EXPECT_EQ(f.size(), open.size());
+    // A retransmission is one more entry: it spills, and each reply takes one.
+    ASSERT_TRUE(f.add(open[0], 5, 1));
+    EXPECT_EQ(f.spilled(), 1u);
+    size_t seen = 0;
+    f.for_each([&](uint32_t xid, rpc::call_kind, uint64_t) { seen += xid == open[0]; });
+    EXPECT_EQ(seen, 2u);
+    rpc::call_kind k = 0;
+    uint64_t t = 0;
+    EXPECT_TRUE(f.take(open[0], &k, &t));
+    EXPECT_TRUE(f.take(open[0], &k, &t));
+    EXPECT_FALSE(f.take(open[0], &k, &t));
+    EXPECT_EQ(f.spilled(), 0u);
+}
+
+TEST(call_stats, random_xids_are_matched_through_the_spill_table) {
+    calls_in_flight f;
+    std::mt19937 rng(11);
+    std::map<uint32_t, uint64_t> model;
+    for (int i = 0; i < 6000; ++i) {
+        uint32_t xid = uint32_t(rng());
+        if (model.count(xid)) continue;
+        ASSERT_TRUE(f.add(xid, 2, i));
+        model[xid] = uint64_t(i);
+    }
+    EXPECT_GT(f.spilled(), 0u);  // 6000 random xids collide in 4096 direct slots
+    for (auto& [xid, t0] : model) {
+        rpc::call_kind k = 0;
+        uint64_t t = 0;
+        ASSERT_TRUE(f.take(xid, &k, &t)) << xid;
+        EXPECT_EQ(t, t0);
+    }
+    EXPECT_EQ(f.size(), 0u);
+    EXPECT_EQ(f.spilled(), 0u);
 }
 
 TEST(call_stats, in_flight_table_is_bounded) {
