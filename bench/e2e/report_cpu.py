@@ -104,7 +104,42 @@ def cpu_table(groups, workloads, setups, labels, meta, peers=haproxies, tls=TLS)
                          f"{fmt(row['cpu_vs_haproxy32'])} | {fmt(row['cpu_vs_haproxy'])} | "
                          f"{fmt(row['x_aead'])} | {fmt(f.get('echo_us_per_call'))} | "
                          f"{fmt(f.get('proxy_vs_echo'))} |")
+    lines += floor_lines(med, setups, labels, aead, out)
     return lines, out
+
+
+# A TLS set-up and the same proxy forwarding the same bytes in plaintext.
+PLAIN_TWIN = {"rpcgate-tls": "rpcgate", "rpcgate-tls-base": "rpcgate-base",
+              "haproxy-tls": "haproxy", "haproxy32-tls": "haproxy32"}
+
+
+def floor_lines(med, setups, labels, aead, out):
+    """The bulk TLS rows against their floor: the same proxy's plaintext CPU per
+    GB in this run plus the AEAD's own (openssl speed). No user-space TLS proxy
+    forwarding through these sockets can spend less, so floor / AEAD is the
+    lowest "x AEAD" that set-up could reach here."""
+    rows = []
+    for s in setups:
+        tls, plain = med.get(("large", s)), med.get(("large", PLAIN_TWIN.get(s, "")))
+        lib = aead.get("chroot" if s.startswith("haproxy32") else "host") or {}
+        if not tls or not plain or not lib.get("s_per_gb"):
+            continue
+        t, p, a = tls.get("proxy_s_per_gb"), plain.get("proxy_s_per_gb"), lib["s_per_gb"]
+        if not t or not p:
+            continue
+        floor = p + a
+        out.setdefault(f"large/{s}", {}).update({"floor_s_per_gb": floor, "x_floor": t / floor,
+                                                 "floor_x_aead": floor / a})
+        rows.append(f"| {labels.get(s, s)} | {t:.3f} | {p:.3f} | {a:.3f} | {floor:.3f} | "
+                    f"{t / floor:.2f} | {t / a:.2f} | {floor / a:.2f} |")
+    if not rows:
+        return []
+    return ["", "1 MiB TLS against its floor: the same proxy's plaintext CPU per GB in this run "
+            "(the sockets' and the kernel's part) plus the AEAD's own cost (openssl speed, the "
+            "set-up's OpenSSL). \"floor x AEAD\" is the lowest \"x AEAD\" a user-space TLS proxy "
+            "doing that forwarding can reach on this machine.", "",
+            "| setup | TLS s/GB | plaintext s/GB | AEAD s/GB | floor s/GB | TLS / floor | "
+            "x AEAD | floor x AEAD |", "|---|---:|---:|---:|---:|---:|---:|---:|"] + rows
 
 
 def idle_table(groups, setups, labels, meta):
