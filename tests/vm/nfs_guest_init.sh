@@ -57,8 +57,15 @@ say "BOOT $(uname -r) $(uptime_s)"
 . /etc/rpcgate-vm.env
 # The modules came without kmod's indexes (the host has no kmod): make them.
 depmod -a "$(uname -r)" 2>/dev/null
+load() { if modprobe "$1" 2>/dev/null; then say "MODULE $1 ok"; else say "MODULE $1 fail"; fi; }
+# The NFS client's modules (13 s of TCG on 7.x) load while knfsd starts and
+# the host runs its part; the client waits for them.
+client_modules_pid=""
 for m in $(cat /etc/rpcgate-vm.modules); do
-    if modprobe "$m" 2>/dev/null; then say "MODULE $m ok"; else say "MODULE $m fail"; fi
+    case $m in
+        nfsv4) load "$m" & client_modules_pid=$! ;;
+        *) load "$m" ;;
+    esac
 done
 
 # slirp: the guest is 10.0.2.15, the host 10.0.2.2.
@@ -142,6 +149,7 @@ grep -E 'TlsCurr|TlsTx|TlsRx' /proc/net/tls_stat | while read -r k v; do say "TL
 # knfsd in this guest (NFSv4.2, tls: K42_MIB each way, /srv/plain takes
 # plaintext from the gateway). ganesha 4.3 fails the 4.2 client's reads
 # (READ_PLUS: EIO, the gateway left out too), hence knfsd for 4.2.
+[ -z "$client_modules_pid" ] || wait "$client_modules_pid"
 mkdir -p /mnt/c
 head -c "$((CLIENT_MIB << 20))" /dev/urandom >/tmp/out.bin
 head -c "$((K42_MIB << 20))" /dev/urandom >/tmp/out42.bin
