@@ -6,10 +6,12 @@
 #    (xprtsec=mtls); the host writes and reads a file in each through
 #    rpcgate's client role, then a file `done` holding the data's sha256; the
 #    guest checks its own copy against it.
-# 2. The Linux client: mounts the host's rpcgate (server role, in front of
-#    nfs-ganesha) with xprtsec=tls (NFSv4.2 and 4.1) and xprtsec=mtls (with
-#    and without a client certificate given to tlshd), reads the host's file
-#    and writes one of its own, and reports the sha256 of both.
+# 2. The Linux client: mounts the host's rpcgate (server role) with
+#    xprtsec=tls and mtls (NFSv4.1, nfs-ganesha behind it) and xprtsec=tls
+#    (NFSv4.2, this guest's knfsd behind it), reads the server's file and
+#    writes one of its own, and reports the sha256 of both; then tries the
+#    mtls gateway without a client certificate (both ways) and reports how
+#    the mount ends.
 #
 # Reports on the serial console (nfs_vm.sh reads these):
 #   RPCGATE-VM BOOT <release> <uptime>      RPCGATE-VM KNFSD <uptime>
@@ -45,6 +47,8 @@ finish() {
     grep handshake_ /sys/kernel/tracing/trace 2>/dev/null | while read -r line; do say "TRACE $line"; done
     echo "--- tlshd log (tail)"
     tail -n 40 /tmp/tlshd.log 2>/dev/null
+    echo "--- the initramfs (unpack time)"
+    dmesg | grep -iE 'initramfs|initrd'
     echo "--- dmesg (tail)"
     dmesg | tail -n 40
     say "END $(uptime_s)"
@@ -210,6 +214,19 @@ say "MTLS-NOCERT rc=$rc"
 dmesg | tail -n 8
 if grep -q ' /mnt/c ' /proc/mounts; then
     say "CHECK client-mtls-nocert fail mounted without a client certificate"
+    umount /mnt/c
+fi
+# xprtsec=tls (no client certificate offered) to the gateway's mtls port:
+# here the gateway is the one that refuses.
+t0=$(ms)
+timeout "${MTLS_REFUSAL_TIMEOUT_S:-60}" mount -t nfs -o "vers=4.1,xprtsec=tls,port=$GW_MTLS_PORT" \
+    10.0.2.2:/export /mnt/c
+rc=$?
+say "TIME client-mtls-tlsonly $(($(ms) - t0))"
+say "MTLS-TLSONLY rc=$rc"
+dmesg | tail -n 8
+if grep -q ' /mnt/c ' /proc/mounts; then
+    say "CHECK client-mtls-tlsonly fail mounted the mtls port without a client certificate"
     umount /mnt/c
 fi
 tlshd_start 1
