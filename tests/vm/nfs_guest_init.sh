@@ -135,7 +135,7 @@ exportfs -v
 
 # ---- 1. server role: the host's writes and reads through rpcgate ----
 for x in tls mtls; do
-    deadline=$(($(ms) + ${SERVER_WAIT_S:-240} * 1000))
+    deadline=$(($(ms) + ${SERVER_WAIT_S:-150} * 1000))
     while [ ! -s "/srv/$x/done" ] && [ "$(ms)" -lt "$deadline" ]; do sleep 0.2; done
     if [ ! -s "/srv/$x/done" ]; then
         say "CHECK server-$x fail no done file from the host"

@@ -203,40 +203,48 @@ client_bytes=$((mib << 20))
 head -c "$client_bytes" /dev/urandom >"$EXPORT_DIR/in.bin"
 in_sha=$(sha256sum "$EXPORT_DIR/in.bin" | cut -d ' ' -f 1)
 
-gateway() { # gateway NAME PORT ARGS...: rpcgate in the background, log in $work/NAME.log
-    local name=$1 port=$2
+# gateway VAR NAME ARGS...: rpcgate on a free port (put into VAR), in the
+# background, log in $work/NAME.log; returns once its log says it listens.
+# A port free when picked may be taken before rpcgate binds it (other work
+# on this machine): then another port, three times at most.
+gateway() {
+    local var=$1 name=$2 try port pid
     shift 2
-    "$rpcgate" --listen "127.0.0.1:$port" --shards 1 --no-reserved-port --log-level info "$@" \
-        >"$work/$name.log" 2>&1 </dev/null &
-    pids+=($!)
+    for try in 1 2 3; do
+        port=$(peer_free_port)
+        "$rpcgate" --listen "127.0.0.1:$port" --shards 1 --no-reserved-port --log-level info "$@" \
+            >"$work/$name.log" 2>&1 </dev/null &
+        pid=$!
+        peer_wait_until 60 eval "grep -q 'listening on port $port (' '$work/$name.log' || ! peer_alive $pid" || true
+        if grep -q "listening on port $port (" "$work/$name.log"; then
+            pids+=("$pid")
+            printf -v "$var" %s "$port"
+            return 0
+        fi
+        peer_stop "$pid" 5
+        grep -q 'already in use' "$work/$name.log" || break
+        say "port $port was taken before rpcgate $name bound it (try $try)"
+    done
+    die "rpcgate $name did not start: $(tail -n 3 "$work/$name.log")"
 }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 fwd_nfs=$(peer_free_port)
 fwd_mnt=$(peer_free_port)
-gw_knfsd=$(peer_free_port)
-gw_tls=$(peer_free_port)
-gw_mtls=$(peer_free_port)
-up_tls=$(peer_free_port)
-up_mtls=$(peer_free_port)
 # Server role: --tls required and --tls mtls in front of ganesha (NFSv4.1),
 # --tls required in front of knfsd in the guest (4.2: ganesha 4.3 fails the
 # 4.2 client's reads). knfsd's /srv/plain takes plaintext from the gateway.
-gateway srv-tls "$gw_tls" --tls required --cert "$certs/gw.pem" --key "$certs/gw.key" \
+gateway gw_tls srv-tls --tls required --cert "$certs/gw.pem" --key "$certs/gw.key" \
     --backend "nfs=127.0.0.1:$NFS_PORT"
-gateway srv-mtls "$gw_mtls" --tls mtls --cert "$certs/gw.pem" --key "$certs/gw.key" \
+gateway gw_mtls srv-mtls --tls mtls --cert "$certs/gw.pem" --key "$certs/gw.key" \
     --ca "$certs/ca.pem" --backend "nfs=127.0.0.1:$NFS_PORT"
-gateway srv-knfsd "$gw_knfsd" --tls required --cert "$certs/gw.pem" --key "$certs/gw.key" \
+gateway gw_knfsd srv-knfsd --tls required --cert "$certs/gw.pem" --key "$certs/gw.key" \
     --backend "nfs=127.0.0.1:$fwd_nfs"
 # Client role towards knfsd (MOUNT stays plaintext: rpc.mountd has no TLS).
-gateway up-tls "$up_tls" --upstream-tls required --upstream-ca "$certs/ca.pem" \
+gateway up_tls up-tls --upstream-tls required --upstream-ca "$certs/ca.pem" \
     --backend "nfs=127.0.0.1:$fwd_nfs" --backend "mount=127.0.0.1:$fwd_mnt,tls=off"
-gateway up-mtls "$up_mtls" --upstream-tls mtls --upstream-ca "$certs/ca.pem" \
+gateway up_mtls up-mtls --upstream-tls mtls --upstream-ca "$certs/ca.pem" \
     --upstream-cert "$certs/client.pem" --upstream-key "$certs/client.key" \
     --backend "nfs=127.0.0.1:$fwd_nfs" --backend "mount=127.0.0.1:$fwd_mnt,tls=off"
-for p in "$gw_knfsd" "$gw_tls" "$gw_mtls" "$up_tls" "$up_mtls"; do
-    peer_wait_until 60 port_open "$p" || die "rpcgate on port $p did not start (logs in $work)"
-done
 
 server_bytes=$((client_bytes / 4))
 k42_mib=$(((mib + 3) / 4))
@@ -270,8 +278,10 @@ qemu_pid=$!
 fails=()
 fail() { say "FAIL: $*"; fails+=("$*"); }
 console() { tr -d '\r' <"$log"; }
-guest_said() { console | grep -q "RPCGATE-VM $1"; }
-peer_wait_until $((timeout_s - 30)) guest_said KNFSD ||
+# Up, or qemu gone (a panic, a hang killed at the timeout): no use waiting on.
+knfsd_or_gone() { console | grep -q "RPCGATE-VM KNFSD" || ! peer_alive "$qemu_pid"; }
+peer_wait_until "$timeout_s" knfsd_or_gone || true
+console | grep -q "RPCGATE-VM KNFSD" ||
     { console | tail -n 60 >&2; die "knfsd did not come up in the guest"; }
 knfsd_at=$SECONDS
 say "knfsd up in the guest after $((knfsd_at - start)) s"

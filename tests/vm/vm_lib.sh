@@ -20,13 +20,15 @@
 #                             there; refreshes the lists and retries once when
 #                             the download fails; drops older kernels of SUBDIR
 #   vm_fetch_kernel_tree WORK download the image (and 7.x's linux-binary and
-#                             linux-modules) into WORK/deb, unpack into WORK/x,
-#                             make modules.dep; set kroot (the tree holding
-#                             lib/modules), kver and vmlinuz
+#                             linux-modules) into WORK/deb, unpack into WORK/x;
+#                             set kroot (the tree holding lib/modules), kver
+#                             and vmlinuz
 #   vm_module_closure MROOT NAME...
 #                             the modules of NAME... this kernel has (mod_got)
 #                             and every module they need (mod_closure, paths
-#                             relative to MROOT); fails if tls is missing
+#                             relative to MROOT, from the modules' own
+#                             depends=: the package has no modules.dep);
+#                             fails if tls is missing
 #   vm_copy_modules MROOT DEST  mod_closure into DEST, uncompressed, with a
 #                             modules.dep and modules.alias of their own
 #
@@ -183,32 +185,50 @@ vm_fetch_kernel_tree() {
     vmlinuz=$work/x/boot/vmlinuz-$kver
     [ -f "$vmlinuz" ] || vmlinuz=$kroot/lib/modules/$kver/vmlinuz
     [ -n "$kver" ] && [ -f "$vmlinuz" ] || die "$pkg holds no vmlinuz/modules"
-    # The package ships no modules.dep (its postinst runs depmod): make one
-    # for the unpacked tree, without touching the host's /lib/modules.
-    "$busybox" depmod -b "$kroot" "$kver"
+}
+
+vm_modinfo_depends() { # vm_modinfo_depends FILE: the modules FILE needs (its .modinfo depends=)
+    case $1 in
+        *.ko.xz) xz -dc "$1" ;;
+        *.ko.zst) zstd -qdc "$1" ;;
+        *) cat "$1" ;;
+    esac | tr '\0' '\n' | sed -n 's/^depends=//p' | head -n 1 | tr ',' ' '
 }
 
 vm_module_closure() {
-    local mroot=$1 m path dep want=()
+    local mroot=$1 m path dep
     shift
     mod_got=()
     mod_closure=()
+    # Module names use '_' where file names may use '-' (aesni-intel.ko is
+    # aesni_intel); depends= gives names.
+    local -A where=()
+    while read -r path; do
+        m=${path##*/}
+        m=${m%%.ko*}
+        where[${m//-/_}]=$path
+    done < <(cd "$mroot" && find kernel -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst')
+    local queue=()
     for m in "$@"; do
-        path=$(cd "$mroot" && find kernel -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" | head -n 1)
+        path=${where[${m//-/_}]:-}
         if [ -z "$path" ]; then
             [ "$m" != tls ] || { say "$pkg has no module tls"; return 1; }
             continue
         fi
-        want+=("$path")
+        queue+=("$path")
         mod_got+=("$m")
     done
-    # Close over modules.dep (a module line lists every module it needs).
-    local seen=" "
-    for path in "${want[@]}"; do
-        for dep in $path $(sed -n "s|^$path: *||p" "$mroot/modules.dep"); do
-            case $seen in *" $dep "*) continue ;; esac
-            seen+="$dep "
-            mod_closure+=("$dep")
+    # Close over depends= (a module names the ones it needs directly), reading
+    # only these modules: a depmod of the whole tree decompresses thousands.
+    local seen=" " i=0
+    while [ "$i" -lt ${#queue[@]} ]; do
+        path=${queue[$i]}
+        i=$((i + 1))
+        case $seen in *" $path "*) continue ;; esac
+        seen+="$path "
+        mod_closure+=("$path")
+        for dep in $(vm_modinfo_depends "$mroot/$path"); do
+            [ -z "${where[$dep]:-}" ] || queue+=("${where[$dep]}")
         done
     done
 }
