@@ -184,6 +184,10 @@ client_run() {
     cp "$source" "/mnt/c/out-$name.bin" && sync
     rc=$?
     say "TIME client-$name-write $(($(ms) - t0))"
+    # The transport's connects and the READ/WRITE counts, retransmissions,
+    # timeouts and times (nfsiostat's source): a stall shows here.
+    sed -n '\|mounted on /mnt/c |,$p' /proc/self/mountstats | grep -E '^[[:space:]]*(xprt|READ|WRITE):' |
+        while read -r line; do say "MOUNTSTATS $name $line"; done
     umount /mnt/c
     check "client-$name-write" "cp to the mount" [ "$rc" = 0 ]
     if [ -n "$dir" ]; then

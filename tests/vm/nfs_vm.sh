@@ -356,6 +356,9 @@ for n in tls41 mtls41 tls42; do
     [ "$n" != tls42 ] || size=$k42_mib
     say "client $n: $size MiB read in $(v | sed -n "s/^RPCGATE-VM TIME client-$n-read //p") ms, written in $(v | sed -n "s/^RPCGATE-VM TIME client-$n-write //p") ms"
 done
+# Per mount: xprt (connects, sends, receives) and READ/WRITE (ops,
+# transmissions, timeouts, bytes, queue/RTT/execute ms) from mountstats.
+v | sed -n 's/^RPCGATE-VM MOUNTSTATS /  mountstats /p' >&2
 nocert=$(v | sed -n 's/^RPCGATE-VM MTLS-NOCERT //p')
 say "mtls mount without a client certificate: $nocert after $(v | sed -n 's/^RPCGATE-VM TIME client-mtls-nocert //p') ms"
 case $nocert in rc=0 | rc=124 | "") fail "the mtls mount without a client certificate did not fail ($nocert)" ;; esac
