@@ -150,8 +150,8 @@ run_ctest() {
 # (45-140 s each in release; the upgrade code is the same one the host's
 # gateway.upgrade_* and gateway_ktls_upgrade_tests run under each sanitizer);
 # Linux's knfsd and NFS client against the gateway in the 6.12 and 7.x guests
-# (linux_nfs_tls_vm*, 45-110 s each on a quiet machine, 3-6 min beside a
-# build; the Debian 13 guest built once into the build dir, 95 s quiet).
+# (linux_nfs_tls_vm*, 41-90 s each on a quiet machine, 3-6 min beside a
+# build; the Debian 13 guest built once into the build dir, 50 s quiet).
 # The other two report smokes (the echo and NFS reports at their smallest,
 # 25-45 s each under ASan) are timing scripts too: once, in release.
 once_only='tirpc_client_10000_calls|gateway_rekey_bulk_vm_7|e2e_report_upgrade_smoke|gateway_ktls_upgrade_vm|linux_nfs_tls_vm|e2e_report_smoke|e2e_report_nfs_smoke'

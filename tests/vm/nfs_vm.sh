@@ -29,7 +29,7 @@
 #   --smp     vCPUs of the guest (default 2: tlshd's handshake must finish
 #             within knfsd's 5 s on a loaded host)
 #
-# The guest: `mmdebstrap --variant=minbase trixie` (nfs-kernel-server,
+# The guest: `mmdebstrap --variant=essential trixie` (nfs-kernel-server,
 # nfs-common, ktls-utils, rpcbind, kmod, iproute2, mount) from the host's own
 # Debian mirror, as an initramfs cached under DIR (rebuilt when the package
 # list changes), plus the kernel's modules that NFS, kTLS and virtio-net need
@@ -94,7 +94,7 @@ rootfs_trim=(
     usr/share/zoneinfo usr/share/i18n usr/share/common-licenses var/cache/debconf
     var/cache/apt var/lib/apt/lists
 )
-rootfs_recipe="2 minbase ${debian_packages[*]} no-doc ${rootfs_trim[*]}"
+rootfs_recipe="3 essential ${debian_packages[*]} no-doc ${rootfs_trim[*]}"
 rootfs_dir=$cache/debian-trixie-$(echo "$rootfs_recipe" | sha256sum | cut -c 1-12)
 build_rootfs() {
     local mirror work=$rootfs_dir.tmp t0=$SECONDS
@@ -102,8 +102,10 @@ build_rootfs() {
     rm -rf "$work"
     mkdir -p "$work/root"
     say "building the Debian 13 userspace (mmdebstrap from $mirror)"
-    # unshare mode: no mount on the host, even as root.
-    mmdebstrap --mode=unshare --variant=minbase --include="$(
+    # unshare mode: no mount on the host, even as root. The essential
+    # variant (no apt, no Priority: required extras) with what the guest
+    # runs: 56 s against minbase's 95.
+    mmdebstrap --mode=unshare --variant=essential --include="$(
         IFS=,
         echo "${debian_packages[*]}"
     )" \
@@ -290,22 +292,28 @@ say "knfsd up in the guest after $((knfsd_at - start)) s"
 url() { echo "nfs://127.0.0.1$2?nfsport=$1&mountport=$3&version=3"; }
 head -c "$server_bytes" /dev/urandom >"$work/data.bin"
 data_sha=$(sha256sum "$work/data.bin" | cut -d ' ' -f 1)
+# refused_by_knfsd WHAT OUT CMD...: CMD must fail with knfsd's answer
+# NFS3ERR_ACCES (MOUNT is plaintext and works; the first NFS call, FSINFO,
+# is refused), not for any other reason such as an unreachable server.
+refused_by_knfsd() {
+    local what=$1 out=$2
+    shift 2
+    if timeout 60 "$@" >"$out" 2>&1; then
+        fail "$what was accepted"
+    elif grep -q 'NFS3ERR_ACCES' "$out"; then
+        say "$what refused: $(tr '\n' ' ' <"$out" | cut -c 1-120)"
+    else
+        fail "$what failed, but not with knfsd's NFS3ERR_ACCES: $(tr '\n' ' ' <"$out" | cut -c 1-200)"
+    fi
+}
 # The plaintext control: straight to knfsd, both exports must refuse.
 for x in tls mtls; do
-    if timeout 60 nfs-cp "$work/data.bin" "$(url "$fwd_nfs" "/srv/$x/plain.bin" "$fwd_mnt")" \
-        >"$work/plain-$x.out" 2>&1; then
-        fail "plaintext nfs-cp straight to knfsd's /srv/$x was accepted"
-    else
-        say "plaintext straight to knfsd /srv/$x refused: $(tr '\n' ' ' <"$work/plain-$x.out" | cut -c 1-160)"
-    fi
+    refused_by_knfsd "plaintext straight to knfsd's /srv/$x" "$work/plain-$x.out" \
+        nfs-cp "$work/data.bin" "$(url "$fwd_nfs" "/srv/$x/plain.bin" "$fwd_mnt")"
 done
 # TLS without a client certificate on the mtls export: refused too.
-if timeout 60 nfs-cp "$work/data.bin" "$(url "$up_tls" /srv/mtls/nocert.bin "$up_tls")" \
-    >"$work/nocert.out" 2>&1; then
-    fail "the mtls export accepted a TLS client without a certificate"
-else
-    say "mtls export, TLS without a client certificate refused: $(tr '\n' ' ' <"$work/nocert.out" | cut -c 1-160)"
-fi
+refused_by_knfsd "TLS without a client certificate on the mtls export" "$work/nocert.out" \
+    nfs-cp "$work/data.bin" "$(url "$up_tls" /srv/mtls/nocert.bin "$up_tls")"
 for x in tls mtls; do
     port=$up_tls
     [ "$x" = tls ] || port=$up_mtls
