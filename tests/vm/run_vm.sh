@@ -86,206 +86,42 @@ cache=$(cd "$cache" && pwd)
 
 # ---- the kernel: a Debian suite's linux-image-amd64, cached per version ----
 
-# The host's own suite comes from the host's apt lists. Another suite gets a
-# private apt state under the cache (its own lists, never the host's): the
-# same mirror as the host's main archive, the suite's `main`, verified with
-# the host's Debian keyring.
-host_suite=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
-apt_dir=""
-if [ "$kernel" != "$host_suite" ]; then
-    apt_dir=$cache/apt
-    mkdir -p "$apt_dir/state/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/parts"
-fi
-apt_private() { # apt_private apt-get|apt-cache ARGS: the host's or the private state
-    local tool=$1
-    shift
-    if [ -z "$apt_dir" ]; then
-        "$tool" "$@"
-        return
-    fi
-    "$tool" -o Dir::State="$apt_dir/state" -o Dir::State::status=/dev/null \
-        -o Dir::Cache="$apt_dir/cache" -o Dir::Etc::SourceList="$apt_dir/sources.list" \
-        -o Dir::Etc::SourceParts="$apt_dir/parts" -o Dir::Etc::Preferences=/dev/null \
-        -o Dir::Etc::PreferencesParts="$apt_dir/parts" "$@"
-}
-# The private lists: made on first use, refreshed when older than a day or
-# when a download fails (Debian replaces kernels; old lists name removed files).
-refresh_private_lists() {
-    local mirror
-    mirror=$(apt-get indextargets --format '$(REPO_URI) $(CODENAME)' 'Identifier: Packages' 2>/dev/null |
-        awk -v s="$host_suite" '$2 == s { print $1; exit }')
-    [ -n "$mirror" ] || mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
-    [ -n "$mirror" ] || { say "no Debian mirror in the host's apt sources"; return 1; }
-    local base=${kernel%-backports}
-    {
-        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $base main"
-        [ "$base" = "$kernel" ] ||
-            echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $kernel main"
-    } >"$apt_dir/sources.list.$kernel"
-    # One state per cache; its source list is the union of what tests asked for.
-    sort -u "$apt_dir"/sources.list.* >"$apt_dir/sources.list"
-    say "refreshing the private apt lists for $kernel ($mirror)"
-    apt_private apt-get update -qq >"$apt_dir/update.log" 2>&1 || {
-        tail -n 5 "$apt_dir/update.log" >&2
-        return 1
-    }
-}
-
-# The metapackage of the suite depends on the versioned image package. Since
-# Debian 13's backports that one may be a shell depending on
-# linux-binary-<abi> (vmlinuz) and linux-modules-<abi>: those are fetched too.
-resolve_kernel() {
-    local pkg ver sel=""
-    # The host's suite: apt's candidate (updates and security included).
-    [ -z "$apt_dir" ] || sel=/$kernel
-    pkg=$(apt_private apt-cache depends "linux-image-amd64$sel" 2>/dev/null |
-        sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
-    [ -n "$pkg" ] || return 1
-    ver=$(apt_private apt-cache show --no-all-versions "$pkg$sel" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
-    [ -n "$ver" ] || return 1
-    echo "${pkg}_${ver}"
-}
-
-exec 9>"$cache/.lock"
-flock 9
-if [ -n "$apt_dir" ]; then
-    if [ ! -f "$apt_dir/sources.list.$kernel" ] ||
-        [ -z "$(find "$apt_dir/state/lists" -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]; then
-        refresh_private_lists || say "cannot refresh the private apt lists for $kernel"
-    fi
-fi
-kcache=$cache/kernel-$kernel
-mkdir -p "$kcache"
-if key=$(resolve_kernel); then
-    :
-elif key=$(ls -1 "$kcache" 2>/dev/null | grep '^linux-image-.*_' | sort -V | tail -n 1) && [ -n "$key" ]; then
-    say "apt cannot resolve linux-image-amd64/$kernel now; using the cached $key"
-else
-    die "apt-cache cannot resolve linux-image-amd64/$kernel (run apt-get update, as scripts/setup.sh does)"
-fi
-kdir=$kcache/$key
-pkg=${key%%_*}
+. "$(dirname "$0")/vm_lib.sh"
+vm_apt_init
 # tls is required; the rest (the AEADs kTLS asks the crypto API for --
 # gcm(aes), rfc7539(chacha20,poly1305) -- with their x86 implementations,
 # and sock_diag for TCP: INET_DIAG_ULP_INFO says where a socket's crypto
 # runs) are taken where the kernel has them as modules: names change across
 # versions (7.x folds ghash, ctr and the x86 chacha/poly1305 glue into the
 # kernel or into lib/crypto).
-modules=(
-    tls gcm ghash-generic ghash-clmulni-intel aesni-intel ctr
-    chacha20poly1305 chacha chacha_generic chacha-x86_64 poly1305_generic poly1305-x86_64
-    inet_diag tcp_diag
-)
+modules=("${vm_ktls_modules[@]}")
 
 build_kernel_pieces() {
     local work=$kdir.tmp
-    rm -rf "$work"
-    mkdir -p "$work/deb"
-    local ver=${key#*_} pkgs=("$pkg=${key#*_}") dep
-    for dep in $(apt_private apt-cache depends "$pkg=$ver" 2>/dev/null |
-        sed -n 's/^ *Depends: \(linux-\(binary\|modules\)-[0-9][^ ]*\)$/\1/p'); do
-        pkgs+=("$dep=$ver")
-    done
-    say "fetching ${pkgs[*]} (apt-get download; nothing is installed)"
-    (cd "$work/deb" && apt_private apt-get download -q "${pkgs[@]}" >download.log 2>&1) || {
-        tail -n 5 "$work/deb/download.log" >&2
-        say "apt-get download $pkg failed"
-        return 1
-    }
-    local deb
-    for deb in "$work"/deb/*.deb; do dpkg -x "$deb" "$work/x" || return 1; done
-    # Debian 12 ships /lib/modules, Debian 13 /usr/lib/modules (merged /usr);
-    # vmlinuz is in /boot or, in 7.x's linux-binary, beside the modules.
-    local root=$work/x
-    [ -d "$root/lib/modules" ] || root=$work/x/usr
-    local kver
-    kver=$(ls -1 "$root/lib/modules" | head -n 1)
-    local vmlinuz=$work/x/boot/vmlinuz-$kver
-    [ -f "$vmlinuz" ] || vmlinuz=$root/lib/modules/$kver/vmlinuz
-    [ -n "$kver" ] && [ -f "$vmlinuz" ] || die "$pkg holds no vmlinuz/modules"
-    # The package ships no modules.dep (its postinst runs depmod): make one
-    # for the unpacked tree, without touching the host's /lib/modules.
-    "$busybox" depmod -b "$root" "$kver" || return 1
-    local mroot=$root/lib/modules/$kver want=() m path got=()
-    for m in "${modules[@]}"; do
-        path=$(cd "$mroot" && find kernel -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" | head -n 1)
-        if [ -z "$path" ]; then
-            [ "$m" != tls ] || die "$pkg has no module tls"
-            continue
-        fi
-        want+=("$path")
-        got+=("$m")
-    done
-    # Close over modules.dep (a module line lists every module it needs).
-    local closure=() seen=" "
-    for path in "${want[@]}"; do
-        for dep in $path $(sed -n "s|^$path: *||p" "$mroot/modules.dep"); do
-            case $seen in *" $dep "*) continue ;; esac
-            seen+="$dep "
-            closure+=("$dep")
-        done
-    done
+    vm_fetch_kernel_tree "$work" || return 1
+    local mroot=$kroot/lib/modules/$kver path
+    vm_module_closure "$mroot" "${modules[@]}" || return 1
     local base=$work/base
     mkdir -p "$base/bin" "$base/sbin" "$base/etc" "$base/lib/modules/$kver"
     cp "$busybox" "$base/bin/busybox"
-    # Debian 13 compresses modules (xz); busybox's modprobe may not
-    # decompress, so they go in plain.
-    for path in "${closure[@]}"; do
-        mkdir -p "$base/lib/modules/$kver/$(dirname "$path")"
-        case $path in
-            *.ko.xz) xz -dc "$mroot/$path" >"$base/lib/modules/$kver/${path%.xz}" ;;
-            *.ko.zst) zstd -qdc "$mroot/$path" >"$base/lib/modules/$kver/${path%.zst}" ;;
-            *) cp "$mroot/$path" "$base/lib/modules/$kver/$path" ;;
-        esac
-    done
-    for f in modules.builtin modules.order; do
-        [ ! -f "$mroot/$f" ] || cp "$mroot/$f" "$base/lib/modules/$kver/"
-    done
-    # modules.dep and modules.alias for just this subset: the kernel's own
-    # request_module("crypto-...") then finds them through busybox modprobe.
-    "$busybox" depmod -b "$base" "$kver"
+    vm_copy_modules "$mroot" "$base/lib/modules/$kver"
     # What the guest loads (and reports) at boot: the modules this kernel has.
-    printf '%s\n' "${got[@]}" >"$base/etc/rpcgate-vm.modules"
+    printf '%s\n' "${mod_got[@]}" >"$base/etc/rpcgate-vm.modules"
     (cd "$base" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) >"$work/base.cpio.gz"
     cp "$vmlinuz" "$work/vmlinuz"
     echo "$kver" >"$work/release"
-    printf '%s\n' "${closure[@]}" >"$work/modules.txt"
+    printf '%s\n' "${mod_closure[@]}" >"$work/modules.txt"
     rm -rf "$work/x" "$work/base" "$work/deb"
     rm -rf "$kdir"
     mv "$work" "$kdir"
-    # Kernels of this suite from earlier runs are not needed any more (nor
-    # the cache's layout before suites: <cache>/linux-image-*).
+    # The cache's layout before suites: <cache>/linux-image-*.
     rm -rf "$cache"/linux-image-*
-    local old
-    for old in "$kcache"/linux-image-*; do
-        [ "$old" = "$kdir" ] || rm -rf "$old"
-    done
 }
 
 # Several VM tests may start at once (ctest -j): one builds the kernel
-# pieces, the others wait for it (the lock on the cache taken above, held
-# until then).
-if [ ! -f "$kdir/base.cpio.gz" ] || [ ! -f "$kdir/vmlinuz" ]; then
-    if ! build_kernel_pieces; then
-        # Lists older than the mirror name a kernel it no longer has:
-        # refresh them once (as root for the host's: what scripts/setup.sh
-        # does) and retry.
-        if [ -n "$apt_dir" ]; then
-            refresh_private_lists || die "cannot refresh the private apt lists for $kernel"
-        else
-            [ "$(id -u)" = 0 ] || die "cannot fetch the kernel (apt-get update as root may help)"
-            say "refreshing apt's package lists and retrying"
-            apt-get update -qq >/dev/null 2>&1 || true
-        fi
-        key=$(resolve_kernel) || die "apt-cache cannot resolve linux-image-amd64/$kernel"
-        kdir=$kcache/$key
-        pkg=${key%%_*}
-        build_kernel_pieces || die "cannot fetch $key"
-    fi
-fi
-
-flock -u 9
-exec 9>&-
+# pieces, the others wait for it (vm_prepare_kernel holds a lock on the
+# cache meanwhile).
+vm_prepare_kernel "kernel-$kernel" build_kernel_pieces base.cpio.gz
 kver=$(cat "$kdir/release")
 
 # ---- the payload: init, the programs and their libraries (every run) ----
