@@ -99,4 +99,33 @@ class ktls_gateway_fixture : public ::testing::Test {
     std::unique_ptr<gw::gateway> gw_;
 };
 
+// Issue 15's bulk cases, in either role: the gateway's counters (`t`)
+// against the KeyUpdates its peer sent (`requested` of them asking for the
+// gateway's) and received, over `calls` calls of one record each way with
+// both sides at `every` records. `kernel`: the gateway's kTLS followed the
+// peer's updates (in userspace OpenSSL follows them itself, uncounted).
+struct bulk_key_updates {
+    uint64_t sent = 0, requested = 0, received = 0;
+    uint32_t calls = 0, every = 0;
+};
+inline void expect_bulk_key_updates(const gw::gateway_totals& t, bool kernel,
+                                    const bulk_key_updates& k) {
+    EXPECT_GE(k.sent, 4u);
+    EXPECT_EQ(t.tls_key_update_closes, 0u);
+    if (kernel) {
+        EXPECT_EQ(t.tls_rekeys_rx_peer, k.sent);
+        EXPECT_EQ(t.tls_rekeys_tx_peer, k.requested);
+    }
+    // The gateway's own: at least one between two of the peer's requests
+    // (2 x every records apart; an answer is a new key, so the own count
+    // starts again there), at most one per `every` calls (kTLS may pack two
+    // messages into one record: fewer, never more).
+    EXPECT_GE(t.tls_rekeys_tx_own, k.requested - 1);
+    EXPECT_GE(t.tls_rekeys_tx_own, 1u);
+    EXPECT_LE(t.tls_rekeys_tx_own, k.calls / k.every + 1);
+    // One answer per update_requested, plus the gateway's own.
+    EXPECT_EQ(k.received, k.requested + t.tls_rekeys_tx_own)
+        << "the peer saw a different number of KeyUpdates than the gateway counted";
+}
+
 }  // namespace rpcgate::test_gw

@@ -28,6 +28,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -372,10 +373,13 @@ int connect_plain(uint16_t port) {
 
 // An RPC-with-TLS echo server on OpenSSL's own API (blocking, one
 // connection, its own thread) that sends NewSessionTickets after the
-// handshake, as OpenSSL servers do by default (two in TLS 1.3).
-class ticket_server {
+// handshake, as OpenSSL servers do by default (two in TLS 1.3). With
+// `key_update_every` it also asks for a KeyUpdate (SSL_key_update with
+// update_requested every other time) before every that many replies, and
+// counts the KeyUpdates it sends and receives.
+class openssl_echo_server {
   public:
-    ticket_server() {
+    explicit openssl_echo_server(uint32_t key_update_every = 0) : every_(key_update_every) {
         ctx_ = SSL_CTX_new(TLS_server_method());
         SSL_CTX_clear_options(ctx_, SSL_OP_ENABLE_KTLS);
         SSL_CTX_set_min_proto_version(ctx_, TLS1_3_VERSION);
@@ -392,7 +396,7 @@ class ticket_server {
         port_ = ntohs(a.sin_port);
         thread_ = std::thread([this] { serve(); });
     }
-    ~ticket_server() {
+    ~openssl_echo_server() {
         ::shutdown(lfd_, SHUT_RDWR);
         if (thread_.joinable()) thread_.join();
         ::close(lfd_);
@@ -400,6 +404,11 @@ class ticket_server {
     }
     uint16_t port() const { return port_; }
     const std::string& error() const { return err_; }
+    uint64_t key_updates_sent() const { return updates_sent_.load(); }
+    uint64_t key_updates_requested() const { return updates_requested_.load(); }
+    uint64_t key_updates_received() const { return updates_received_.load(); }
+    // The replies written; read after the last one came back.
+    uint32_t replies() const { return replies_.load(); }
 
   private:
     void serve() {
@@ -425,6 +434,13 @@ class ticket_server {
         ::send(fd, framed.data(), framed.size(), MSG_NOSIGNAL);
         SSL* ssl = SSL_new(ctx_);
         SSL_set_fd(ssl, fd);
+        SSL_set_msg_callback(ssl, [](int write_p, int, int content_type, const void* buf,
+                                     size_t len, SSL*, void* arg) {
+            if (!write_p && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+                static_cast<const uint8_t*>(buf)[0] == 24)  // KeyUpdate
+                static_cast<std::atomic<uint64_t>*>(arg)->fetch_add(1);
+        });
+        SSL_set_msg_callback_arg(ssl, &updates_received_);
         if (SSL_accept(ssl) != 1) err_ = "SSL_accept: " + last_ssl_error();
         // Echo every call: the opaque argument after a header with AUTH_NONE.
         for (;;) {
@@ -443,8 +459,23 @@ class ticket_server {
                     std::string out;
                     put32(out, 0x80000000u | uint32_t(body.size()));
                     out += body;
+                    // The KeyUpdate goes out before this reply, under the old
+                    // key; every other one asks for the peer's.
+                    if (every_ && (replies_.load() + 1) % every_ == 0) {
+                        bool ask = updates_sent_.load() % 2 == 0;
+                        if (SSL_key_update(ssl, ask ? SSL_KEY_UPDATE_REQUESTED
+                                                    : SSL_KEY_UPDATE_NOT_REQUESTED) != 1) {
+                            err_ = "SSL_key_update: " + last_ssl_error();
+                            break;
+                        }
+                        updates_sent_.fetch_add(1);
+                        updates_requested_.fetch_add(ask);
+                    }
                     size_t put = 0;
-                    if (SSL_write_ex(ssl, out.data(), out.size(), &put) == 1) continue;
+                    if (SSL_write_ex(ssl, out.data(), out.size(), &put) == 1) {
+                        replies_.fetch_add(1);
+                        continue;
+                    }
                 }
             }
             break;
@@ -453,6 +484,9 @@ class ticket_server {
         ::close(fd);
     }
 
+    uint32_t every_ = 0;
+    std::atomic<uint64_t> updates_sent_{0}, updates_requested_{0}, updates_received_{0};
+    std::atomic<uint32_t> replies_{0};
     SSL_CTX* ctx_ = nullptr;
     int lfd_ = -1;
     uint16_t port_ = 0;
@@ -572,10 +606,69 @@ TEST_P(gateway_ktls, upstream_chain_key_updates_both_ways) {
     a->wait();
 }
 
+// Issue 15's bulk case in the client role: plaintext client -> A (kTLS
+// towards its backend, --tls-rekey-after) -> a server on OpenSSL's API that
+// sends a KeyUpdate every 1,000 replies, every other one asking for A's.
+// RPCGATE_REKEY_BULK_MIB (default 4; 64 in the 7.x guest) echoed in calls of
+// 16,000 bytes, one record each way per call; A's own KeyUpdate after 1,000
+// records under one key (50 and 50 below 64 MiB, so that the host's runs
+// rekey too). As in gateway_rekey.bulk_with_key_updates_from_both_sides:
+// every byte back intact on the one upstream connection, A's counters equal
+// to what the server sent, and the server saw exactly A's answers and own.
+TEST_P(gateway_ktls, upstream_bulk_with_key_updates_from_both_sides) {
+    if (kernel() && !GetParam().rx)
+        GTEST_SKIP() << "half kTLS: upstream_chain_key_updates_both_ways covers its rekeys";
+    if (kernel() && !k::kernel_can_rekey())
+        GTEST_SKIP() << "this kernel cannot rekey kTLS (Linux < 6.14): "
+                        "upstream_chain_key_updates_both_ways checks its clean close";
+    const char* env = std::getenv("RPCGATE_REKEY_BULK_MIB");
+    const uint64_t mib = env && *env ? std::strtoull(env, nullptr, 10) : 4;
+    const uint32_t calls = uint32_t((mib << 20) / 16000 + 1);
+    const uint32_t k_every = mib >= 64 ? 1000 : 50;
+    openssl_echo_server srv(k_every);
+    auto a = upstream_gateway(GetParam(), srv.port(), k_every);
+    int fd = connect_plain(a->port());
+    ASSERT_GE(fd, 0);
+    const std::string payload = random_bytes(16000);
+    auto t0 = std::chrono::steady_clock::now();
+    for (uint32_t xid = 1; xid <= calls; ++xid)
+        ASSERT_EQ(plain_echo(fd, xid, payload), "")
+            << "call " << xid << " after " << srv.key_updates_sent()
+            << " KeyUpdates from the server; " << srv.error() << "\nA: " << a->connections_json();
+    long long ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count();
+    // The server counts a reply once SSL_write returned: maybe after the
+    // client read it.
+    EXPECT_TRUE(eventually([&] { return srv.replies() == calls; })) << srv.replies();
+    auto t = a->totals();
+    const uint64_t sent = srv.key_updates_sent(), requested = srv.key_updates_requested(),
+                   received = srv.key_updates_received();
+    std::printf(
+        "[gw-ktls] %s: upstream %llu MiB each way in %u calls, %lld ms: KeyUpdates from the "
+        "server %llu (%llu asking for one), received by it %llu; A's rekeys rx_peer %llu "
+        "tx_peer %llu tx_own %llu\n",
+        GetParam().name, (unsigned long long)mib, calls, ms, (unsigned long long)sent,
+        (unsigned long long)requested, (unsigned long long)received,
+        (unsigned long long)t.tls_rekeys_rx_peer, (unsigned long long)t.tls_rekeys_tx_peer,
+        (unsigned long long)t.tls_rekeys_tx_own);
+    EXPECT_EQ(sent, calls / k_every);
+    EXPECT_EQ(t.upstream_tls, 1u);  // no reconnect
+    if (kernel()) {
+        EXPECT_EQ(t.upstream_ktls_rx, 1u);
+    }
+    // The server has read every call, so every KeyUpdate of A's.
+    expect_bulk_key_updates(t, kernel(), {sent, requested, received, calls, k_every});
+    ::close(fd);
+    a->stop();
+    a->wait();
+    EXPECT_EQ(srv.error(), "");
+}
+
 // NewSessionTickets from an upstream server are consumed (on kTLS RX: read
 // with recvmsg, then the socket is adopted again) and calls go on.
 TEST_P(gateway_ktls, upstream_tickets_are_consumed) {
-    ticket_server srv;
+    openssl_echo_server srv;
     auto a = upstream_gateway(GetParam(), srv.port());
     int fd = connect_plain(a->port());
     ASSERT_GE(fd, 0);
