@@ -214,6 +214,8 @@ std::unique_ptr<session> session::make_bare(const context& ctx, std::string* err
         return nullptr;
     }
     SSL_set_ex_data(s->ssl_, session_ex_index(), &s->io_->vs);
+    SSL_set_msg_callback(s->ssl_, on_openssl_message);
+    SSL_set_msg_callback_arg(s->ssl_, s.get());
     if (ctx.is_server()) {
         SSL_set_accept_state(s->ssl_);
     } else {
@@ -527,11 +529,29 @@ uint64_t session::own_key_updates() const noexcept {
 }
 
 uint64_t session::tx_generation() const noexcept {
-    return records_ ? records_->tx_generation() : own_updates_;
+    return records_ ? records_->tx_generation() : openssl_tx_updates_;
 }
 
 uint64_t session::rx_generation() const noexcept {
-    return records_ ? records_->rx_generation() : 0;
+    return records_ ? records_->rx_generation() : openssl_rx_updates_;
+}
+
+// OpenSSL answers a peer's update_requested inside SSL_read (it writes its
+// KeyUpdate there and then): only its message callback sees that our TX
+// key changed, and so that the records under the new one count from zero.
+void session::on_openssl_message(int write_p, int, int content_type, const void* buf, size_t len,
+                                 SSL*, void* arg) {
+    constexpr uint8_t hs_key_update = 24;
+    if (content_type != SSL3_RT_HANDSHAKE || len == 0 ||
+        static_cast<const uint8_t*>(buf)[0] != hs_key_update)
+        return;
+    auto* s = static_cast<session*>(arg);
+    if (write_p) {
+        ++s->openssl_tx_updates_;
+        s->records_since_update_ = 0;
+    } else {
+        ++s->openssl_rx_updates_;
+    }
 }
 
 void session::fail(std::string why) {
@@ -625,8 +645,10 @@ status session::read(core::slice_chain& plain, core::slice_chain& out) {
 
 bool session::write_records(const uint8_t* p, size_t n) {
     size_t put = 0;
+    bool ok = SSL_write_ex(ssl_, p, n, &put) == 1 && put == n;
+    // After the write: a KeyUpdate it carried first set the count to zero.
     records_since_update_ += (n + max_record - 1) / max_record;
-    if (SSL_write_ex(ssl_, p, n, &put) == 1 && put == n) return true;
+    if (ok) return true;
     error_ = last_error();
     return false;
 }

@@ -208,6 +208,11 @@ class session {
     uint64_t rekey_after_ = 0;
     uint64_t records_since_update_ = 0;
     uint64_t own_updates_ = 0;
+    // KeyUpdates OpenSSL wrote and read (its own record path only): the key
+    // generations, whoever started them.
+    uint64_t openssl_tx_updates_ = 0, openssl_rx_updates_ = 0;
+    static void on_openssl_message(int write_p, int version, int content_type, const void* buf,
+                                   size_t len, SSL* ssl, void* arg);
     bool lean_ = false;
     uint32_t data_reads_ = 0;  // reads that yielded plaintext since the session became lean
     std::unique_ptr<record_layer> records_;
