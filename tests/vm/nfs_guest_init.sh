@@ -7,7 +7,7 @@
 #    rpcgate's client role, then a file `done` holding the data's sha256; the
 #    guest checks its own copy against it.
 # 2. The Linux client: mounts the host's rpcgate (server role) with
-#    xprtsec=tls and mtls (NFSv4.1, nfs-ganesha behind it) and xprtsec=tls
+#    xprtsec=tls and mtls (NFSv4.1, nfs-ganesha behind it) and tls and mtls
 #    (NFSv4.2, this guest's knfsd behind it), reads the server's file and
 #    writes one of its own, and reports the sha256 of both; then tries the
 #    mtls gateway without a client certificate (both ways) and reports how
@@ -150,7 +150,7 @@ grep -E 'TlsCurr|TlsTx|TlsRx' /proc/net/tls_stat | while read -r k v; do say "TL
 
 # ---- 2. client role: the Linux client through the host's rpcgate ----
 # to ganesha on the host (NFSv4.1, tls and mtls: CLIENT_MIB each way) and to
-# knfsd in this guest (NFSv4.2, tls: K42_MIB each way, /srv/plain takes
+# knfsd in this guest (NFSv4.2, tls and mtls: K42_MIB each way, /srv/plain takes
 # plaintext from the gateway). ganesha 4.3 fails the 4.2 client's reads
 # (READ_PLUS: EIO, the gateway left out too), hence knfsd for 4.2.
 [ -z "$client_modules_pid" ] || wait "$client_modules_pid"
@@ -235,4 +235,5 @@ if grep -q ' /mnt/c ' /proc/mounts; then
 fi
 tlshd_start 1
 client_run mtls41 "$GW_MTLS_PORT" /export vers=4.1,xprtsec=mtls /tmp/out.bin
+client_run mtls42 "$GW_KNFSD_MTLS_PORT" /srv/plain vers=4.2,xprtsec=mtls /tmp/out42.bin /srv/plain
 finish

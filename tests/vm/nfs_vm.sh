@@ -11,7 +11,7 @@
 #     gateway without a client certificate on the mtls one.
 #   client role: the Linux client (guest) mounts rpcgate (host) with
 #     xprtsec=tls and xprtsec=mtls, NFSv4.1, in front of nfs-ganesha (host;
-#     --tls required, --tls mtls), and NFSv4.2 with xprtsec=tls in front of
+#     --tls required, --tls mtls), and NFSv4.2 with xprtsec=tls and mtls in front of
 #     knfsd in the same guest (ganesha 4.3 fails 4.2 reads, READ_PLUS); it
 #     reads a file of --mib MiB and writes one of its own (a quarter of it
 #     for 4.2): sha256 on both sides. Under mtls a mount without a client
@@ -241,6 +241,8 @@ gateway gw_mtls srv-mtls --tls mtls --cert "$certs/gw.pem" --key "$certs/gw.key"
     --ca "$certs/ca.pem" --backend "nfs=127.0.0.1:$NFS_PORT"
 gateway gw_knfsd srv-knfsd --tls required --cert "$certs/gw.pem" --key "$certs/gw.key" \
     --backend "nfs=127.0.0.1:$fwd_nfs"
+gateway gw_knfsd_mtls srv-knfsd-mtls --tls mtls --cert "$certs/gw.pem" --key "$certs/gw.key" \
+    --ca "$certs/ca.pem" --backend "nfs=127.0.0.1:$fwd_nfs"
 # Client role towards knfsd (MOUNT stays plaintext: rpc.mountd has no TLS).
 gateway up_tls up-tls --upstream-tls required --upstream-ca "$certs/ca.pem" \
     --backend "nfs=127.0.0.1:$fwd_nfs" --backend "mount=127.0.0.1:$fwd_mnt,tls=off"
@@ -254,6 +256,7 @@ k42_mib=$(((mib + 3) / 4))
     echo "CLIENT_MIB=$mib"
     echo "IN_SHA=$in_sha"
     echo "GW_KNFSD_PORT=$gw_knfsd"
+    echo "GW_KNFSD_MTLS_PORT=$gw_knfsd_mtls"
     echo "K42_MIB=$k42_mib"
     echo "GW_TLS_PORT=$gw_tls"
     echo "GANESHA_PORT=$NFS_PORT"
@@ -351,17 +354,19 @@ guest_sha() { v | sed -n "s/^RPCGATE-VM SHA $1 //p" | head -n 1; }
 [ "$(guest_sha server-tls)" = "$data_sha" ] || fail "the guest's copy in /srv/tls is not what the host wrote"
 [ "$(guest_sha server-mtls)" = "$data_sha" ] || fail "the guest's copy in /srv/mtls is not what the host wrote"
 src=$(guest_sha client-source)
-for n in tls41 mtls41 tls42; do
+for n in tls41 mtls41 tls42 mtls42; do
     want=$in_sha
-    [ "$n" != tls42 ] || want=$(guest_sha "client-$n-read")  # knfsd's copy, checked in the guest
+    knfsd=0
+    case $n in *42) knfsd=1 ;; esac
+    [ "$knfsd" = 0 ] || want=$(guest_sha "client-$n-read")  # knfsd's copy, checked in the guest
     [ -n "$want" ] && [ "$(guest_sha "client-$n-read")" = "$want" ] ||
         fail "client $n: in.bin read in the guest differs"
-    if [ "$n" != tls42 ] && { [ ! -f "$EXPORT_DIR/out-$n.bin" ] ||
+    if [ "$knfsd" = 0 ] && { [ ! -f "$EXPORT_DIR/out-$n.bin" ] ||
         [ "$(sha256sum "$EXPORT_DIR/out-$n.bin" | cut -d ' ' -f 1)" != "$src" ]; }; then
         fail "client $n: out-$n.bin on ganesha's export is not what the guest wrote"
     fi
     size=$mib
-    [ "$n" != tls42 ] || size=$k42_mib
+    [ "$knfsd" = 0 ] || size=$k42_mib
     say "client $n: $size MiB read in $(v | sed -n "s/^RPCGATE-VM TIME client-$n-read //p") ms, written in $(v | sed -n "s/^RPCGATE-VM TIME client-$n-write //p") ms"
 done
 # Per mount: xprt (connects, sends, receives) and READ/WRITE (ops,
