@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -99,7 +100,25 @@ class ktls_gateway_fixture : public ::testing::Test {
     std::unique_ptr<gw::gateway> gw_;
 };
 
-// Issue 15's bulk cases, in either role: the gateway's counters (`t`)
+// Issue 15's bulk cases, in either role: RPCGATE_REKEY_BULK_MIB (default 4;
+// 64 in the 7.x guest) each way in calls of 16,000 bytes, one record each
+// way per call; a KeyUpdate every 1,000 records from each side at the
+// issue's 64 MiB, every 50 below it (263 calls at 4 MiB), so that the host's
+// runs rekey too.
+struct bulk_plan {
+    uint64_t mib = 0;
+    uint32_t calls = 0, every = 0;
+};
+inline bulk_plan bulk_key_update_plan() {
+    const char* env = std::getenv("RPCGATE_REKEY_BULK_MIB");
+    bulk_plan p;
+    p.mib = env && *env ? std::strtoull(env, nullptr, 10) : 4;
+    p.calls = uint32_t((p.mib << 20) / 16000 + 1);
+    p.every = p.mib >= 64 ? 1000 : 50;
+    return p;
+}
+
+// The gateway's counters (`t`)
 // against the KeyUpdates its peer sent (`requested` of them asking for the
 // gateway's) and received, over `calls` calls of one record each way with
 // both sides at `every` records. `kernel`: the gateway's kTLS followed the

@@ -609,10 +609,8 @@ TEST_P(gateway_ktls, upstream_chain_key_updates_both_ways) {
 // Issue 15's bulk case in the client role: plaintext client -> A (kTLS
 // towards its backend, --tls-rekey-after) -> a server on OpenSSL's API that
 // sends a KeyUpdate every 1,000 replies, every other one asking for A's.
-// RPCGATE_REKEY_BULK_MIB (default 4; 64 in the 7.x guest) echoed in calls of
-// 16,000 bytes, one record each way per call; A's own KeyUpdate after 1,000
-// records under one key (50 and 50 below 64 MiB, so that the host's runs
-// rekey too). As in gateway_rekey.bulk_with_key_updates_from_both_sides:
+// A's own KeyUpdate after 1,000 records under one key (size and cadence:
+// bulk_key_update_plan). As in gateway_rekey.bulk_with_key_updates_from_both_sides:
 // every byte back intact on the one upstream connection, A's counters equal
 // to what the server sent, and the server saw exactly A's answers and own.
 TEST_P(gateway_ktls, upstream_bulk_with_key_updates_from_both_sides) {
@@ -621,10 +619,7 @@ TEST_P(gateway_ktls, upstream_bulk_with_key_updates_from_both_sides) {
     if (kernel() && !k::kernel_can_rekey())
         GTEST_SKIP() << "this kernel cannot rekey kTLS (Linux < 6.14): "
                         "upstream_chain_key_updates_both_ways checks its clean close";
-    const char* env = std::getenv("RPCGATE_REKEY_BULK_MIB");
-    const uint64_t mib = env && *env ? std::strtoull(env, nullptr, 10) : 4;
-    const uint32_t calls = uint32_t((mib << 20) / 16000 + 1);
-    const uint32_t k_every = mib >= 64 ? 1000 : 50;
+    const auto [mib, calls, k_every] = bulk_key_update_plan();
     openssl_echo_server srv(k_every);
     auto a = upstream_gateway(GetParam(), srv.port(), k_every);
     int fd = connect_plain(a->port());

@@ -149,20 +149,16 @@ TEST_P(gateway_rekey, gateway_initiates_key_updates) {
     EXPECT_EQ(c->wait_close(), "close_notify");
 }
 
-// Issue 15's bulk case: RPCGATE_REKEY_BULK_MIB (default 4; 64 in the 7.x
-// guest) echoed in calls of 16,000 bytes (one record each way per call), a
+// Issue 15's bulk case (size and cadence: bulk_key_update_plan): a
 // KeyUpdate from the client every 1,000 records and the gateway's own after
-// 1,000 records under one key (--tls-rekey-after; every 50 below 64 MiB, so
-// that the host's runs rekey too). Every other update of the client's asks
+// 1,000 records under one key (--tls-rekey-after). Every other update of the client's asks
 // for the gateway's (update_requested), which rekeys the gateway's TX and so
 // starts its own count again; the others leave it alone, so the gateway's
 // own updates happen whatever the phase of the two. Every byte back intact
 // on the one connection; the gateway's counters equal to what the client
 // sent, and the client saw exactly the gateway's answers and own updates.
 TEST_P(gateway_rekey, bulk_with_key_updates_from_both_sides) {
-    const uint64_t mib = env_or("RPCGATE_REKEY_BULK_MIB", 4);
-    const uint32_t calls = uint32_t((mib << 20) / 16000 + 1);
-    const uint64_t k_every = mib >= 64 ? 1000 : 50;
+    const auto [mib, calls, k_every] = bulk_key_update_plan();
     start_gateway(k_every);
     auto c = open();
     ASSERT_TRUE(c);
@@ -198,7 +194,7 @@ TEST_P(gateway_rekey, bulk_with_key_updates_from_both_sides) {
         (unsigned long long)t.tls_rekeys_rx_peer, (unsigned long long)t.tls_rekeys_tx_peer,
         (unsigned long long)t.tls_rekeys_tx_own);
     EXPECT_EQ(t.tls_sessions, 1u);  // no reconnect
-    expect_bulk_key_updates(t, kernel(), {sent, requested, received, calls, uint32_t(k_every)});
+    expect_bulk_key_updates(t, kernel(), {sent, requested, received, calls, k_every});
     SSL_shutdown(c->ssl());
     EXPECT_EQ(c->wait_close(), "close_notify");
 }
