@@ -156,7 +156,7 @@ run_ctest() {
 # rekey, and the sanitizer jobs run the suite in the 6.1 and 7.x guests).
 # The other two report smokes (the echo and NFS reports at their smallest,
 # 25-45 s each under ASan) are timing scripts too: once, in release.
-once_only='tirpc_client_10000_calls|gateway_rekey_bulk_vm_7|e2e_report_upgrade_smoke|gateway_ktls_upgrade_vm|linux_nfs_tls_vm|ktls_vm_6_12|e2e_report_smoke|e2e_report_nfs_smoke'
+once_only='vm_harness_names_oom|tirpc_client_10000_calls|gateway_rekey_bulk_vm_7|e2e_report_upgrade_smoke|gateway_ktls_upgrade_vm|linux_nfs_tls_vm|ktls_vm_6_12|e2e_report_smoke|e2e_report_nfs_smoke'
 run_preset() {
     local preset=$1 extra=()
     if [ "$setup" = 1 ]; then

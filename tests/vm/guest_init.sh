@@ -25,13 +25,33 @@ done
 # Per test: the host's whole-boot timeout is the backstop; this keeps one
 # hung test from eating the others' time.
 per_test=${RPCGATE_VM_TEST_TIMEOUT:-240}
+# Each test in its own memory cgroup: its peak is reported (the guest's RAM
+# holds the initramfs too, and an ASan build's quarantine is large), and a
+# kill by the OOM killer is told apart from the timeout's.
+cgroot=""
+if mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null &&
+    echo +memory >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+    cgroot=/sys/fs/cgroup
+fi
+say "MEMORY $(sed -n 's/^MemAvailable: *//p' /proc/meminfo) available before the tests"
 while read -r name cmd; do
     [ -n "$name" ] || continue
     say "BEGIN $name"
     cd /tmp
-    # shellcheck disable=SC2086 # the command line is split as written
-    timeout -s KILL "$per_test" $cmd
+    cg=/nonexistent
+    [ -n "$cgroot" ] && mkdir -p "$cgroot/$name" && cg=$cgroot/$name
+    # The shell that execs the test moves itself into the cgroup first.
+    # shellcheck disable=SC2086,SC2016 # the command line is split as written
+    sh -c '[ -d "$1" ] && echo $$ >"$1/cgroup.procs"; shift; exec timeout -s KILL "$@"' \
+        sh "$cg" "$per_test" $cmd
     rc=$?
+    if [ -d "$cg" ]; then
+        peak=$(cat "$cg/memory.peak" 2>/dev/null || echo 0)
+        say "MEMORY $name peak $((peak / 1048576)) MiB"
+        oom=$(sed -n 's/^oom_kill //p' "$cg/memory.events")
+        [ "${oom:-0}" = 0 ] ||
+            say "OOM $name: $oom process(es) killed by the kernel's OOM killer (guest RAM $(sed -n 's/^MemTotal: *//p' /proc/meminfo))"
+    fi
     if [ $rc = 0 ]; then say "PASS $name"; else say "FAIL $name rc=$rc"; fi
 done </etc/rpcgate-vm.tests
 echo "--- /proc/net/tls_stat"

@@ -22,6 +22,10 @@
 #                 libraries ldd lists, for a program) without running it: the
 #                 programs and data a --run script uses
 #   --timeout S   hard limit for the whole boot (default 480)
+#   --mem MIB     the guest's RAM (default 1536). The initramfs lives in it
+#                 (an ASan build's programs are ~250 MiB unpacked) and so does
+#                 an ASan process's quarantine (256 MiB by default); qemu
+#                 takes host memory only as the guest touches it
 #
 # Nothing is installed on the host and its apt state is not changed: the
 # kernel package is fetched with `apt-get download` (a suite other than the
@@ -34,6 +38,8 @@
 #   RPCGATE-VM MODULE <name> ok|fail
 #   RPCGATE-VM BEGIN <name>
 #   RPCGATE-VM PASS <name> | RPCGATE-VM FAIL <name> rc=<n>
+#   RPCGATE-VM MEMORY <name> peak <MiB> MiB   (each test's memory cgroup)
+#   RPCGATE-VM OOM <name>: ...                (the OOM killer ended it)
 #   RPCGATE-VM END <guest uptime, s>
 # Exit: 0 every --run passed; 1 a failure, a missing verdict, a hang (the
 # guest is killed at the timeout) or a guest that could not be built; 77 (skip)
@@ -46,6 +52,7 @@ skip() { say "SKIP: $*"; exit 77; }
 
 cache=""
 timeout_s=480
+mem_mib=1536
 kernel=bookworm
 envs=()
 adds=()
@@ -55,11 +62,12 @@ while [ $# -gt 0 ]; do
     case $1 in
         --cache) cache=${2:?--cache needs a directory}; shift ;;
         --timeout) timeout_s=${2:?--timeout needs seconds}; shift ;;
+        --mem) mem_mib=${2:?--mem needs MiB}; shift ;;
         --kernel) kernel=${2:?--kernel needs a suite}; shift ;;
         --env) envs+=("${2:?--env needs NAME=VALUE}"); shift ;;
         --add) adds+=("${2:?--add needs a file}"); shift ;;
         --run) names+=("${2:?--run needs a name}"); cmds+=("${3:?--run needs a command}"); shift 2 ;;
-        -h | --help) sed -n '2,44p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
     shift
@@ -189,7 +197,7 @@ start=$(date +%s)
 set +e
 # -cpu max: TCG then emulates AES-NI and PCLMULQDQ, so aesni-intel loads.
 # -no-reboot + panic=-1: a kernel panic ends qemu instead of looping.
-timeout --kill-after=10 "$timeout_s" "$qemu" -accel tcg -cpu max -m 768 -smp 1 \
+timeout --kill-after=10 "$timeout_s" "$qemu" -accel tcg -cpu max -m "$mem_mib" -smp 1 \
     -nographic -no-reboot -nodefaults -serial stdio -monitor none \
     -kernel "$kdir/vmlinuz" -initrd "$run_dir/initrd.cpio.gz" \
     -append "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init" \
@@ -212,11 +220,14 @@ grep -q "RPCGATE-VM BOOT" "$log.txt" || { say "the guest never booted"; fail=1; 
 while read -r line; do
     case $line in *" MODULE "*" fail"*) say "guest: $line"; fail=1 ;; esac
 done <<<"$verdicts"
+grep -E 'RPCGATE-VM (MEMORY|OOM) ' <<<"$verdicts" | sed 's/^RPCGATE-VM /guest: /' >&2 || true
 for n in "${names[@]}"; do
     if grep -q "RPCGATE-VM PASS $n\$" <<<"$verdicts"; then
         say "PASS $n"
     elif v=$(grep "RPCGATE-VM FAIL $n " <<<"$verdicts"); then
-        say "FAIL $n (${v##* })"
+        why=${v##* }
+        grep -q "RPCGATE-VM OOM $n:" <<<"$verdicts" && why+=", the OOM killer: raise --mem"
+        say "FAIL $n ($why)"
         fail=1
     else
         say "FAIL $n (no verdict)"
