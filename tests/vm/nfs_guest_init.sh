@@ -15,6 +15,7 @@
 #
 # Reports on the serial console (nfs_vm.sh reads these):
 #   RPCGATE-VM BOOT <release> <uptime>      RPCGATE-VM KNFSD <uptime>
+#   RPCGATE-VM KGW up <uptime> | KGW fail <log tail>
 #   RPCGATE-VM CHECK <name> ok|fail <detail>
 #   RPCGATE-VM SHA <name> <sha256>          RPCGATE-VM TIME <name> <ms>
 #   RPCGATE-VM TRACE <handshake tracepoint line>
@@ -45,6 +46,10 @@ finish() {
         say "TLSSTAT $k $v"
     done
     grep handshake_ /sys/kernel/tracing/trace 2>/dev/null | while read -r line; do say "TRACE $line"; done
+    for f in /tmp/kgw-tls.log /tmp/kgw-mtls.log; do
+        echo "--- $f (tail)"
+        tail -n 12 "$f" 2>/dev/null
+    done
     echo "--- tlshd log (tail)"
     tail -n 40 /tmp/tlshd.log 2>/dev/null
     echo "--- the initramfs (unpack time)"
@@ -133,6 +138,31 @@ rpc.nfsd -p 2049 4
 say "KNFSD $(uptime_s)"
 exportfs -v
 
+# ---- 1b. rpcgate in this guest, its upstream TLS in this kernel ----
+# The host's build, run by the host's loader with the host's libraries
+# (nfs_vm.sh copies them), in front of knfsd: the host's nfs-cp comes in
+# through forwarded ports, the gateway's admin port too.
+kgw() { # kgw NAME PORT ADMIN_PORT ARGS...
+    local name=$1 port=$2 admin=$3
+    shift 3
+    /opt/rpcgate/lib/ld-linux-x86-64.so.2 --library-path /opt/rpcgate/lib /opt/rpcgate/rpcgate \
+        --listen "0.0.0.0:$port" --admin "0.0.0.0:$admin" --shards 1 --no-reserved-port \
+        --ktls on --log-level info --upstream-ca /etc/rpcgate-vm/ca.pem \
+        --backend nfs=127.0.0.1:2049 --backend mount=127.0.0.1:20048,tls=off "$@" \
+        >"/tmp/kgw-$name.log" 2>&1 </dev/null &
+}
+kgw tls 3049 9049 --upstream-tls required
+kgw mtls 3050 9050 --upstream-tls mtls --upstream-cert /etc/rpcgate-vm/client.pem \
+    --upstream-key /etc/rpcgate-vm/client.key
+deadline=$(($(ms) + 60000))
+while [ "$(ms)" -lt "$deadline" ] && ! { grep -q 'listening on port 3049 (' /tmp/kgw-tls.log &&
+    grep -q 'listening on port 3050 (' /tmp/kgw-mtls.log; }; do sleep 0.2; done
+if grep -q 'listening on port 3049 (' /tmp/kgw-tls.log && grep -q 'listening on port 3050 (' /tmp/kgw-mtls.log; then
+    say "KGW up $(uptime_s)"
+else
+    say "KGW fail $(tail -n 2 /tmp/kgw-tls.log /tmp/kgw-mtls.log | tr '\n' ' ' | cut -c 1-300)"
+fi
+
 # ---- 1. server role: the host's writes and reads through rpcgate ----
 for x in tls mtls; do
     deadline=$(($(ms) + ${SERVER_WAIT_S:-150} * 1000))
@@ -206,32 +236,42 @@ fi
 client_run tls41 "$GW_TLS_PORT" /export vers=4.1,xprtsec=tls /tmp/out.bin
 client_run tls42 "$GW_KNFSD_PORT" /srv/plain vers=4.2,xprtsec=tls /tmp/out42.bin /srv/plain
 
+# refused_mount NAME TAG OPTIONS: a mount of the mtls gateway that must
+# fail; its time and exit status reported (TIME client-NAME, TAG rc=N), a
+# mount that went through is a failed CHECK.
+refused_mount() {
+    local name=$1 tag=$2 opts=$3 t0 rc
+    t0=$(ms)
+    timeout "${MTLS_REFUSAL_TIMEOUT_S:-60}" mount -t nfs -o "$opts,port=$GW_MTLS_PORT" 10.0.2.2:/export /mnt/c
+    rc=$?
+    say "TIME client-$name $(($(ms) - t0))"
+    say "$tag rc=$rc"
+    dmesg | tail -n 8
+    if grep -q ' /mnt/c ' /proc/mounts; then
+        say "CHECK client-$name fail mounted the mtls port with $opts and no client certificate"
+        umount /mnt/c
+    fi
+}
 # mtls without a client certificate: the gateway must refuse the handshake;
 # what the kernel makes of that is measured here (nfs_vm.sh asserts it).
 tlshd_start 0
-t0=$(ms)
-timeout "${MTLS_REFUSAL_TIMEOUT_S:-60}" mount -t nfs -o "vers=4.1,xprtsec=mtls,port=$GW_MTLS_PORT" \
-    10.0.2.2:/export /mnt/c
-rc=$?
-say "TIME client-mtls-nocert $(($(ms) - t0))"
-say "MTLS-NOCERT rc=$rc"
-dmesg | tail -n 8
-if grep -q ' /mnt/c ' /proc/mounts; then
-    say "CHECK client-mtls-nocert fail mounted without a client certificate"
-    umount /mnt/c
-fi
+refused_mount mtls-nocert MTLS-NOCERT vers=4.1,xprtsec=mtls
 # xprtsec=tls (no client certificate offered) to the gateway's mtls port:
-# here the gateway is the one that refuses.
-t0=$(ms)
-timeout "${MTLS_REFUSAL_TIMEOUT_S:-60}" mount -t nfs -o "vers=4.1,xprtsec=tls,port=$GW_MTLS_PORT" \
-    10.0.2.2:/export /mnt/c
-rc=$?
-say "TIME client-mtls-tlsonly $(($(ms) - t0))"
-say "MTLS-TLSONLY rc=$rc"
-dmesg | tail -n 8
-if grep -q ' /mnt/c ' /proc/mounts; then
-    say "CHECK client-mtls-tlsonly fail mounted the mtls port without a client certificate"
-    umount /mnt/c
+# here the gateway is the one that refuses. timeo=50: when the kernel
+# misses the refusal (see nfs_vm.sh), it finds out at its first
+# retransmission, 5 s on, not the default 60 s.
+refused_mount mtls-tlsonly MTLS-TLSONLY vers=4.1,xprtsec=tls,timeo=50,retrans=1
+# The same, with the gateway's refusal late on purpose: everything the
+# guest sends to the mtls port waits 400 ms (netem on that port only), so
+# tlshd has finished and handed the socket to the kernel before the alert
+# and FIN come: what the kernel itself does with a refusal, every time.
+if tc qdisc add dev eth0 root handle 1: prio 2>/dev/null &&
+    tc qdisc add dev eth0 parent 1:3 handle 30: netem delay 400ms &&
+    tc filter add dev eth0 parent 1:0 protocol ip prio 1 u32 match ip dport "$GW_MTLS_PORT" 0xffff flowid 1:3; then
+    refused_mount mtls-late MTLS-LATE vers=4.1,xprtsec=tls,timeo=50,retrans=1
+    tc qdisc del dev eth0 root
+else
+    say "MTLS-LATE no netem: $(tc qdisc show dev eth0 2>&1 | head -n 1)"
 fi
 tlshd_start 1
 client_run mtls41 "$GW_MTLS_PORT" /export vers=4.1,xprtsec=mtls /tmp/out.bin
