@@ -142,13 +142,14 @@ exportfs -v
 # The host's build, run by the host's loader with the host's libraries
 # (nfs_vm.sh copies them), in front of knfsd: the host's nfs-cp comes in
 # through forwarded ports, the gateway's admin port too.
-kgw() { # kgw NAME PORT ADMIN_PORT ARGS...
+kgw() { # kgw NAME PORT ADMIN_PORT ARGS... (KGW_ARGS: the host's RPCGATE_KGW_ARGS)
     local name=$1 port=$2 admin=$3
     shift 3
+    # shellcheck disable=SC2086 # KGW_ARGS is split as written
     /opt/rpcgate/lib/ld-linux-x86-64.so.2 --library-path /opt/rpcgate/lib /opt/rpcgate/rpcgate \
         --listen "0.0.0.0:$port" --admin "0.0.0.0:$admin" --shards 1 --no-reserved-port \
         --ktls on --log-level info --upstream-ca /etc/rpcgate-vm/ca.pem \
-        --backend nfs=127.0.0.1:2049 --backend mount=127.0.0.1:20048,tls=off "$@" \
+        --backend nfs=127.0.0.1:2049 --backend mount=127.0.0.1:20048,tls=off $KGW_ARGS "$@" \
         >"/tmp/kgw-$name.log" 2>&1 </dev/null &
 }
 kgw tls 3049 9049 --upstream-tls required

@@ -40,7 +40,9 @@
 # list changes), plus the kernel's modules that NFS, kTLS and virtio-net need
 # (tests/vm/vm_lib.sh: fetched with apt-get download, nothing installed). The
 # host reaches it through slirp's forwarded ports, the guest the host at
-# 10.0.2.2. Exit 0 all checks passed; 1 a check failed or the guest hung;
+# 10.0.2.2. RPCGATE_KGW_ARGS: more options for the guest's two gateways
+# (a diagnosis: --tls-rekey-after N, --log-level debug).
+# Exit 0 all checks passed; 1 a check failed or the guest hung;
 # 77 it cannot run here (not root, no qemu, mmdebstrap, ganesha or libnfs).
 set -euo pipefail
 
@@ -59,7 +61,7 @@ while [ $# -gt 0 ]; do
         --mib) mib=${2:?}; shift ;;
         --smp) smp=${2:?}; shift ;;
         --timeout) timeout_s=${2:?}; shift ;;
-        -h | --help) sed -n '2,39p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
     shift
@@ -285,6 +287,7 @@ k42_mib=$(((mib + 3) / 4))
     echo "GANESHA_PORT=$NFS_PORT"
     echo "DIAG_GANESHA_42=${RPCGATE_DIAG_GANESHA_42:-0}"
     echo "GW_MTLS_PORT=$gw_mtls"
+    printf 'KGW_ARGS=%q\n' "${RPCGATE_KGW_ARGS:-}"
 } >"$run_dir/payload/etc/rpcgate-vm.env"
 cp "$here/nfs_guest_init.sh" "$run_dir/payload/init"
 chmod 755 "$run_dir/payload/init"
