@@ -52,16 +52,6 @@ gateway() {
     pids+=($!)
     peer_wait_until 10 port_open "$port" || fail "rpcgate $name did not start"
 }
-# metric ADMIN_PORT NAME: a counter of /metrics, summed over its shards.
-metric() {
-    python3 - "$1" "$2" <<'PY'
-import sys, urllib.request
-text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
-name = "rpcgate_" + sys.argv[2]
-vals = [int(l.split()[1]) for l in text.splitlines() if l.split(" ")[0].split("{")[0] == name]
-print(sum(vals) if vals else "missing")
-PY
-}
 
 tls_b=(--tls required --cert "$work/certs/server.pem" --key "$work/certs/server.key")
 routes_b=(--backend "nfs=127.0.0.1:$NFS_PORT" --backend "mount=127.0.0.1:$MNT_PORT"
@@ -75,8 +65,8 @@ grep -q "TLS demanded for nfs,nfs_acl" "$work/b.log" || fail "B did not log its 
     tooweak 100003 3 >"$work/tirpc.out" 2>&1 || { cat "$work/tirpc.out" >&2; fail "libtirpc steps"; }
 sed 's/^/  libtirpc -> B (plaintext): /' "$work/tirpc.out"
 grep -q "getport 100005 3: port $b_port\$" "$work/tirpc.out" || fail "GETPORT MOUNT is not B's port"
-too_weak=$(metric "$b_admin" tls_too_weak_total)
-allowed=$(metric "$b_admin" tls_plaintext_allowed_total)
+too_weak=$(peer_metric "$b_admin" tls_too_weak_total)
+allowed=$(peer_metric "$b_admin" tls_plaintext_allowed_total)
 echo "B: tls_too_weak_total $too_weak, tls_plaintext_allowed_total $allowed"
 [ "$too_weak" = 1 ] || fail "tls_too_weak_total is $too_weak after one plaintext NFS call"
 # GETPORT (answered by B), MNT, NLM NULL.
@@ -90,10 +80,10 @@ head -c $((4 << 20)) /dev/urandom >"$work/in.bin"
 url="nfs://127.0.0.1$EXPORT/policy.bin?nfsport=$a_port&mountport=$a_port"
 peer_nfs_roundtrip "$work/in.bin" "$url" "$work/out.bin" >/dev/null || fail "nfs-cp through A -> B"
 cmp "$work/in.bin" "$EXPORT_DIR/policy.bin" || fail "the file on the export differs"
-up_tls=$(metric "$a_admin" upstream_tls_total)
-b_sessions=$(metric "$b_admin" tls_sessions_total)
-allowed2=$(metric "$b_admin" tls_plaintext_allowed_total)
-too_weak2=$(metric "$b_admin" tls_too_weak_total)
+up_tls=$(peer_metric "$a_admin" upstream_tls_total)
+b_sessions=$(peer_metric "$b_admin" tls_sessions_total)
+allowed2=$(peer_metric "$b_admin" tls_plaintext_allowed_total)
+too_weak2=$(peer_metric "$b_admin" tls_too_weak_total)
 echo "libnfs -> A -> B: 4 MiB in and out, identical; A upstream_tls_total $up_tls," \
     "B tls_sessions_total $b_sessions, tls_plaintext_allowed_total $allowed2, too_weak $too_weak2"
 [ "$up_tls" != missing ] && [ "$up_tls" -ge 1 ] || fail "A made no upstream TLS connection"

@@ -16,7 +16,11 @@
 #                                  Stop it with: ganesha.sh stop STATEDIR
 #   peer_nfs_roundtrip FILE URL COPY
 #                                  nfs-cp FILE to the libnfs URL and back into COPY,
-#                                  cmp them; prints "in N ms, out M ms"
+#                                  cmp them; prints "in N ms, out M ms". Each nfs-cp
+#                                  gets $PEER_NFS_TIMEOUT (default 180) s
+#   peer_metric ADMIN_PORT NAME    rpcgate_NAME from the gateway's /metrics on
+#                                  127.0.0.1:ADMIN_PORT, summed over its series
+#                                  (shards, labels); "missing" if it has none
 #   peer_start_ready VAR LOG CMD...
 #                                  start CMD in the background (stdout and stderr to
 #                                  LOG), wait up to $PEER_READY_TIMEOUT (default 30) s
@@ -128,14 +132,24 @@ peer_ganesha_start() {
 }
 
 peer_nfs_roundtrip() {
-    local t0 t1 t2
+    local t0 t1 t2 limit=${PEER_NFS_TIMEOUT:-180}
     t0=$(date +%s%3N)
-    nfs-cp "$1" "$2" >/dev/null || { echo "nfs-cp $1 -> $2 failed" >&2; return 1; }
+    timeout "$limit" nfs-cp "$1" "$2" >/dev/null || { echo "nfs-cp $1 -> $2 failed" >&2; return 1; }
     t1=$(date +%s%3N)
-    nfs-cp "$2" "$3" >/dev/null || { echo "nfs-cp $2 -> $3 failed" >&2; return 1; }
+    timeout "$limit" nfs-cp "$2" "$3" >/dev/null || { echo "nfs-cp $2 -> $3 failed" >&2; return 1; }
     t2=$(date +%s%3N)
     cmp "$1" "$3" >&2 || { echo "what came back from $2 differs from $1" >&2; return 1; }
     echo "in $((t1 - t0)) ms, out $((t2 - t1)) ms"
+}
+
+peer_metric() {
+    python3 - "$1" "$2" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+name = "rpcgate_" + sys.argv[2]
+vals = [int(l.split()[1]) for l in text.splitlines() if l.split(" ")[0].split("{")[0] == name]
+print(sum(vals) if vals else "missing")
+PY
 }
 
 peer_start_ready() {

@@ -214,8 +214,7 @@ done
 guest_gw=$run_dir/payload/opt/rpcgate
 mkdir -p "$guest_gw/lib"
 cp "$rpcgate" "$guest_gw/rpcgate"
-ldd "$rpcgate" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*ld-linux[^ ]*\) (0x.*/\1/p' |
-    while read -r lib; do cp -L "$lib" "$guest_gw/lib/"; done
+vm_shared_libs "$rpcgate" | while read -r lib; do cp -L "$lib" "$guest_gw/lib/"; done
 [ -f "$guest_gw/lib/ld-linux-x86-64.so.2" ] || die "ldd names no loader for $rpcgate"
 
 # ganesha behind the gateway's server role; the guest reads in.bin from it.
@@ -346,24 +345,17 @@ done
 # TLS without a client certificate on the mtls export: refused too.
 refused_by_knfsd "TLS without a client certificate on the mtls export" "$work/nocert.out" \
     nfs-cp "$work/data.bin" "$(url "$up_tls" /srv/mtls/nocert.bin "$up_tls")"
-# round_trip WHAT PORT FILE SRC: nfs-cp SRC into knfsd's FILE through the
-# gateway on PORT and back out, byte-compared; the times in the log line.
+# round_trip WHAT PORT FILE SRC: SRC into knfsd's FILE through the gateway
+# on PORT and back out, byte-compared (peer_nfs_roundtrip); times in the log.
 round_trip() {
-    local what=$1 port=$2 file=$3 src=$4 name t0 t1 t2
+    local what=$1 port=$2 file=$3 src=$4 name times
     name=$(basename "$file" .bin)-$(basename "$(dirname "$file")")
-    t0=$(date +%s%3N)
-    if ! timeout 180 nfs-cp "$src" "$(url "$port" "$file" "$port")" >"$work/in-$name.out" 2>&1; then
-        fail "nfs-cp into knfsd's $file through $what: $(cat "$work/in-$name.out")"
-        return 1
-    fi
-    t1=$(date +%s%3N)
-    timeout 180 nfs-cp "$(url "$port" "$file" "$port")" "$work/back-$name.bin" >"$work/out-$name.out" 2>&1 ||
-        fail "nfs-cp out of knfsd's $file through $what: $(cat "$work/out-$name.out")"
-    t2=$(date +%s%3N)
-    if cmp -s "$src" "$work/back-$name.bin"; then
-        say "$what to knfsd's $file: $(($(stat -c %s "$src") >> 20)) MiB in $((t1 - t0)) ms, out $((t2 - t1)) ms, identical"
+    if times=$(peer_nfs_roundtrip "$src" "$(url "$port" "$file" "$port")" "$work/back-$name.bin" \
+        2>"$work/rt-$name.err"); then
+        say "$what to knfsd's $file: $(($(stat -c %s "$src") >> 20)) MiB $times, identical"
     else
-        fail "what came back from knfsd's $file through $what differs"
+        fail "$what, knfsd's $file: $(tr '\n' ' ' <"$work/rt-$name.err" | cut -c 1-300)"
+        return 1
     fi
 }
 for x in tls mtls; do
@@ -378,11 +370,6 @@ done
 # ---- 1b. the gateway's own kTLS, in the guest, to knfsd ----
 # In through rpcgate in the guest (kTLS both ways towards knfsd) and out
 # again, byte-compared; its counters must show the kernel doing the TLS.
-metric() { # metric ADMIN_PORT NAME: the sum of NAME's series
-    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
-        "http://127.0.0.1:$1/metrics" 2>/dev/null |
-        awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
-}
 peer_wait_until 90 eval 'console | grep -q "RPCGATE-VM KGW " || ! peer_alive "$qemu_pid"' || true
 # A quarter of the server role's bytes (4 MiB at the default --mib): the
 # point is the kernel's records both ways, and the release job's time.
@@ -393,9 +380,9 @@ if console | grep -q "RPCGATE-VM KGW up"; then
         port=$fwd_kgw_tls admin=$fwd_kgw_admin_tls
         [ "$x" = tls ] || { port=$fwd_kgw_mtls admin=$fwd_kgw_admin_mtls; }
         round_trip "the guest's rpcgate (kTLS, xprtsec=$x)" "$port" "/srv/$x/ktls.bin" "$work/kdata.bin" || continue
-        ktx=$(metric "$admin" rpcgate_upstream_ktls_tx_total)
-        krx=$(metric "$admin" rpcgate_upstream_ktls_rx_total)
-        hs=$(metric "$admin" rpcgate_upstream_tls_total)
+        ktx=$(peer_metric "$admin" upstream_ktls_tx_total)
+        krx=$(peer_metric "$admin" upstream_ktls_rx_total)
+        hs=$(peer_metric "$admin" upstream_tls_total)
         say "the guest's rpcgate ($x): upstream TLS sessions $hs, with kTLS TX $ktx and RX $krx"
         [ "$hs" -ge 1 ] && [ "$ktx" = "$hs" ] && [ "$krx" = "$hs" ] ||
             fail "the guest's rpcgate ($x) did not put every upstream TLS session into the kernel ($hs sessions, kTLS TX $ktx, RX $krx)"
@@ -443,7 +430,8 @@ case $nocert in rc=0 | rc=124 | "") fail "the mtls mount without a client certif
 # xprtsec=tls to the mtls gateway: the gateway refuses (certificate_required)
 # and the mount fails at once (no hang: the guest's timeout would say 124).
 tlsonly=$(v | sed -n 's/^RPCGATE-VM MTLS-TLSONLY //p')
-say "xprtsec=tls mount of the mtls gateway: $tlsonly after $(v | sed -n 's/^RPCGATE-VM TIME client-mtls-tlsonly //p') ms"
+tlsonly_ms=$(v | sed -n 's/^RPCGATE-VM TIME client-mtls-tlsonly //p')
+say "xprtsec=tls mount of the mtls gateway: $tlsonly after $tlsonly_ms ms"
 # In TLS 1.3 the client finishes its side before the server has judged its
 # certificate: tlshd may report success and hand the socket to the kernel
 # just as the gateway's alert and FIN come in. Mostly the kernel then fails
@@ -454,7 +442,6 @@ say "xprtsec=tls mount of the mtls gateway: $tlsonly after $(v | sed -n 's/^RPCG
 case $tlsonly in
     rc=0 | rc=124 | "") fail "the xprtsec=tls mount of the mtls gateway did not fail within 60 s ($tlsonly)" ;;
 esac
-tlsonly_ms=$(v | sed -n 's/^RPCGATE-VM TIME client-mtls-tlsonly //p')
 [ "${tlsonly_ms:-0}" -lt 5000 ] ||
     say "note: the kernel missed the gateway's refusal and found the connection closed at its retransmission (the race after tlshd's handover; docs/ktls.md)"
 late=$(v | sed -n 's/^RPCGATE-VM MTLS-LATE //p')

@@ -150,13 +150,11 @@ copy_with_path() { # copy_with_path FILE: same absolute path inside the guest
 libdirs=" "
 copy_to_opt_bin() { # FILE into /opt/bin, with the shared libraries of a program
     cp -L "$1" "$root/opt/bin/"
-    # ldd prints "name => /path (addr)" and "/lib64/ld-linux-x86-64.so.2 (addr)";
-    # for a script or a data file it prints neither.
     local lib
     while read -r lib; do
         copy_with_path "$lib"
         case $libdirs in *" $(dirname "$lib") "*) ;; *) libdirs+="$(dirname "$lib") " ;; esac
-    done < <(ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p')
+    done < <(vm_shared_libs "$1")
 }
 
 guest_cmds=()

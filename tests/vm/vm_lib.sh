@@ -31,6 +31,9 @@
 #                             fails if tls is missing
 #   vm_copy_modules MROOT DEST  mod_closure into DEST, uncompressed, with a
 #                             modules.dep and modules.alias of their own
+#   vm_shared_libs FILE       print the shared libraries ldd lists for FILE
+#                             (the loader too), a path a line; nothing for a
+#                             script or a data file
 #
 # vm_ktls_modules: the modules kernel TLS needs where the kernel has them as
 # modules (names change across versions: 7.x builds ghash, ctr and the x86
@@ -254,4 +257,9 @@ vm_copy_modules() {
     # -b takes the directory that holds lib/modules.
     local top=${dest%/lib/modules/*}
     "$busybox" depmod -b "$top" "$(basename "$dest")"
+}
+
+vm_shared_libs() {
+    # ldd prints "name => /path (addr)" and "/lib64/ld-linux-x86-64.so.2 (addr)".
+    ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p'
 }
